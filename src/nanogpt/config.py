@@ -1,0 +1,208 @@
+"""Settings: the model shape (`ModelConfig`), the training run (`TrainConfig`) and the presets.
+
+One source of truth for each setting: a dataclass field. Its command-line flag, its `--help` text and its
+place in a checkpoint's `config.json` all come from the field (see `field_flag` / `field_help`), and a
+preset is just a dict of field values. This module knows nothing of argparse or torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UserError
+
+
+class ConfigError(UserError):
+    """A setting (or a combination of settings) a user gave is invalid; the message is one clear line."""
+
+
+def opt(default: Any, help: str, flag: str | None = None, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
+    """A dataclass field that carries its own `--help` text and (optionally) a flag name."""
+    return field(default=default, metadata={"help": help, "flag": flag, **kw})
+
+
+def field_flag(f: dataclasses.Field) -> str:
+    """The long command-line flag of a field: its `flag` metadata, else `--name-with-dashes`."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def field_help(f: dataclasses.Field) -> str:
+    return f.metadata.get("help", "")
+
+
+@dataclass
+class ModelConfig:
+    """Shape of a GPT-2-style decoder. Names mirror GPT-2 / nanoGPT (`n_layer`, `n_head`, `n_embd`)."""
+
+    vocab_size: int = opt(0, "vocabulary size (taken from the dataset's vocab.json)", cli=False)
+    block_size: int = opt(64, "context length in tokens (the model's max sequence length)")
+    n_layer: int = opt(4, "number of transformer blocks", flag="--layer-count")
+    n_head: int = opt(4, "attention heads per block; must divide --embedding-size", flag="--head-count")
+    n_embd: int = opt(128, "embedding (model) width", flag="--embedding-size")
+    dropout: float = opt(0.0, "dropout probability during training (0 disables it)")
+    bias: bool = opt(False, "use biases in Linear and LayerNorm layers (GPT-2 has them)")
+
+    def validate(self) -> None:
+        """Raise ConfigError with one clear line if the shape is impossible."""
+        for name in ("block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) <= 0:
+                flag = field_flag(next(f for f in dataclasses.fields(self) if f.name == name))
+                raise ConfigError(f"{flag} must be a positive integer, got {getattr(self, name)}")
+        if self.vocab_size < 0:
+            raise ConfigError(f"vocab_size must be positive, got {self.vocab_size}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"--head-count ({self.n_head}) must divide --embedding-size ({self.n_embd}) evenly"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class TrainConfig:
+    """Everything about a training run except the model's shape."""
+
+    # data
+    data_dir: str | None = opt(None, "folder with train.bin, val.bin and vocab.json from `nanogpt prepare`")
+    training_dataset: str | None = opt(None, "train.bin to train on (instead of --data-dir)")
+    validation_dataset: str | None = opt(None, "val.bin to validate on (instead of --data-dir)")
+    vocab_metadata: str | None = opt(None, "vocab.json describing the tokens (instead of --data-dir)")
+    # schedule
+    seed: int = opt(1337, "random seed; 0 picks a random one and prints it")
+    steps: int = opt(2000, "total optimizer steps of the run")
+    batch_size: int = opt(12, "micro-batch size (sequences per forward pass)")
+    grad_accum: int = opt(1, "micro-batches accumulated per optimizer step")
+    learning_rate: float = opt(1e-3, "peak learning rate (AdamW)")
+    min_learning_rate: float = opt(1e-4, "learning rate at the end of the cosine decay")
+    lr_schedule: str = opt("cosine", "learning-rate schedule after warm-up", choices=("cosine", "constant"))
+    warmup_steps: int = opt(100, "linear warm-up steps")
+    weight_decay: float = opt(0.1, "AdamW weight decay (applied to matrices, not to biases/norms)")
+    beta1: float = opt(0.9, "AdamW beta1")
+    beta2: float = opt(0.99, "AdamW beta2")
+    grad_clip: float = opt(1.0, "clip the gradient norm to this value (0 disables clipping)")
+    # evaluation and logging
+    validation_interval: int = opt(250, "steps between validation-loss evaluations (0: only at the end)")
+    validation_batch: int = opt(0, "batch size for validation (0: same as --batch-size)")
+    eval_iters: int = opt(20, "batches averaged per validation-loss evaluation")
+    log_interval: int = opt(10, "steps between headless progress lines")
+    save_interval: int = opt(0, "steps between automatic checkpoints (0: only at the end)")
+    tokens_to_generate: int = opt(200, "tokens sampled by the UI's `g` key")
+    out_dir: str = opt("out", "folder for checkpoints")
+    # hardware
+    device: str = opt("auto", "device to train on", choices=("auto", "cpu", "cuda", "mps"))
+    dtype: str = opt(
+        "auto",
+        "compute precision; auto picks bfloat16 only where the hardware does it fast",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
+    compile: bool | None = opt(None, "torch.compile the model (default: where it pays off)")
+
+    def validate(self) -> None:
+        """Raise ConfigError with one clear line if a setting is impossible."""
+        for name in ("steps", "batch_size", "grad_accum", "eval_iters"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        for name in ("validation_interval", "validation_batch", "log_interval", "save_interval", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if self.min_learning_rate < 0 or self.min_learning_rate > self.learning_rate:
+            raise ConfigError(
+                f"--min-learning-rate must be in [0, --learning-rate], got {self.min_learning_rate}"
+            )
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+
+    @property
+    def eval_batch_size(self) -> int:
+        return self.validation_batch or self.batch_size
+
+
+# Presets set the model shape and the schedule together; flags given explicitly win over them.
+PRESETS: dict[str, dict[str, Any]] = {
+    # nanoGPT's "I only have a macbook" CPU recipe (README): ~0.8M parameters, val loss ~1.88.
+    "cpu-small": dict(
+        n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0,
+        batch_size=12, grad_accum=1, steps=2000, learning_rate=1e-3, min_learning_rate=1e-4,
+        lr_schedule="cosine", warmup_steps=100, beta1=0.9, beta2=0.99, weight_decay=0.1, grad_clip=1.0,
+        validation_interval=250, eval_iters=20,
+    ),
+    # nanoGPT's config/train_shakespeare_char.py ("baby GPT"): 10.7M parameters.
+    "baby-gpt": dict(
+        n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2,
+        batch_size=64, grad_accum=1, steps=5000, learning_rate=1e-3, min_learning_rate=1e-4,
+        lr_schedule="cosine", warmup_steps=100, beta1=0.9, beta2=0.99, weight_decay=0.1, grad_clip=1.0,
+        validation_interval=250, eval_iters=200,
+    ),
+    # nanogpt-rusted README's "618k parameter model" (char level).
+    "618k": dict(
+        n_layer=3, n_head=4, n_embd=128, block_size=64, dropout=0.0,
+        batch_size=32, validation_batch=32, grad_accum=1, steps=15000, learning_rate=1e-3,
+        min_learning_rate=1e-4, lr_schedule="cosine", warmup_steps=100, beta1=0.9, beta2=0.99,
+        weight_decay=0.1, grad_clip=1.0, validation_interval=250, eval_iters=20,
+    ),
+    # nanogpt-rusted README's "2.4M parameter model".
+    "2.4m": dict(
+        n_layer=3, n_head=8, n_embd=256, block_size=128, dropout=0.0,
+        batch_size=32, validation_batch=32, grad_accum=1, steps=20000, learning_rate=1e-3,
+        min_learning_rate=1e-4, lr_schedule="cosine", warmup_steps=100, beta1=0.9, beta2=0.99,
+        weight_decay=0.1, grad_clip=1.0, validation_interval=250, eval_iters=20,
+    ),
+    # GPT-2 small (124M) as in nanoGPT's train_gpt2.py: ~0.5M tokens per step via accumulation.
+    "gpt2-124m": dict(
+        n_layer=12, n_head=12, n_embd=768, block_size=1024, dropout=0.0, bias=True,
+        batch_size=12, grad_accum=40, steps=600000, learning_rate=6e-4, min_learning_rate=6e-5,
+        lr_schedule="cosine", warmup_steps=2000, beta1=0.9, beta2=0.95, weight_decay=0.1, grad_clip=1.0,
+        validation_interval=1000, eval_iters=200, log_interval=1, save_interval=1000,
+    ),
+}
+
+MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
+TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+# The fields that fix the shape of the weights: a resumed checkpoint's values cannot be overridden.
+SHAPE_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "bias", "vocab_size")
+
+
+def default_preset(device_type: str) -> str:
+    """The preset used when the user names none and gives no size flags: small on CPU/MPS, baby-gpt on CUDA."""
+    return "baby-gpt" if device_type == "cuda" else "cpu-small"
+
+
+def resolve(
+    overrides: dict[str, Any],
+    preset: str | None = None,
+    base: tuple[ModelConfig, TrainConfig] | None = None,
+) -> tuple[ModelConfig, TrainConfig]:
+    """Build (ModelConfig, TrainConfig): `base` (or the defaults), then `preset`, then explicit `overrides`.
+
+    `overrides` maps field names (of either dataclass) to the values the user gave explicitly.
+    Raises ConfigError for an unknown preset, an unknown field, or invalid values.
+    """
+    model_cfg, train_cfg = base if base is not None else (ModelConfig(), TrainConfig())
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        values.update(PRESETS[preset])
+    values.update(overrides)
+    unknown = set(values) - MODEL_FIELDS - TRAIN_FIELDS
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    model_cfg = dataclasses.replace(model_cfg, **{k: v for k, v in values.items() if k in MODEL_FIELDS})
+    train_cfg = dataclasses.replace(train_cfg, **{k: v for k, v in values.items() if k in TRAIN_FIELDS})
+    model_cfg.validate()
+    train_cfg.validate()
+    return model_cfg, train_cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a config dataclass from JSON, ignoring keys this version does not know."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})

@@ -1,0 +1,116 @@
+"""What the training engine tells its front ends (events) and what they may ask of it (commands).
+
+Plain frozen dataclasses: no torch, no Textual, so the UI and the headless runner can both import them.
+The engine emits events through a callback; front ends send commands through a `queue.Queue`, and the
+engine reads them between two steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+# ----------------------------------------------------------------------------- events
+@dataclass(frozen=True)
+class RunStarted:
+    """The run is set up: what is being trained, on what, and the history so far (for a resumed run)."""
+
+    start_step: int  # steps already done (0 for a fresh run)
+    total_steps: int
+    n_params: int
+    model: dict[str, Any]  # ModelConfig as a dict
+    train: dict[str, Any]  # TrainConfig as a dict
+    device: str  # e.g. "cpu", "cuda:0"
+    dtype: str  # e.g. "float32", "bfloat16"
+    dataset: str  # where the data came from (a folder or file)
+    tokenizer: str  # "char" or "gpt2"
+    tokens_per_step: int  # batch x block x grad_accum x world size
+    history: tuple[dict[str, Any], ...] = ()  # training-log entries {step, loss, duration_ms, validation_loss?}
+    seed: int = 0
+    world_size: int = 1
+
+
+@dataclass(frozen=True)
+class StepDone:
+    step: int  # steps done after this one (1-based: model_step_N is the state after N steps)
+    loss: float  # mean training loss over the step's micro-batches
+    duration_ms: float
+    lr: float
+    tokens_per_s: float
+
+
+@dataclass(frozen=True)
+class EvalDone:
+    step: int
+    val_loss: float
+
+
+@dataclass(frozen=True)
+class Sampled:
+    step: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Saved:
+    step: int
+    stem: str  # path without suffix, e.g. out/model_step_500
+    paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Paused:
+    step: int
+
+
+@dataclass(frozen=True)
+class Resumed:
+    step: int
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    """The loop has ended. reason: "completed" (all steps done), "stopped" (asked to stop), "error"."""
+
+    step: int
+    reason: str
+    stem: str | None = None  # the last checkpoint written, if any
+    message: str = ""  # for "error": one line saying what went wrong
+
+
+Event = RunStarted | StepDone | EvalDone | Sampled | Saved | Paused | Resumed | RunFinished
+
+
+# ----------------------------------------------------------------------------- commands
+@dataclass(frozen=True)
+class Pause:
+    pass
+
+
+@dataclass(frozen=True)
+class Resume:
+    pass
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Sample `n_tokens` from the current weights between two steps, without changing the run."""
+
+    n_tokens: int = 200
+    prompt: str = ""
+
+
+@dataclass(frozen=True)
+class Save:
+    pass
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Finish the current step, save if anything is unsaved, and end the loop."""
+
+    save: bool = field(default=True)
+
+
+Command = Pause | Resume | Sample | Save | Stop
