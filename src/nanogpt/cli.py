@@ -34,9 +34,11 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) ->
         else:
             base = {int: int, float: float, str: str, int | None: int, str | None: str}.get(kind, str)
             kw["type"] = base
-            kw["metavar"] = f.name.upper() if "choices" not in f.metadata else None
+            kw["metavar"] = {int: "N", float: "X"}.get(base, "PATH" if "dataset" in f.name or "dir" in f.name
+                                                         or "metadata" in f.name else "TEXT")
             if "choices" in f.metadata:
                 kw["choices"] = f.metadata["choices"]
+                kw["metavar"] = "{" + ",".join(f.metadata["choices"]) + "}"
         group.add_argument(field_flag(f), **kw)
 
 
