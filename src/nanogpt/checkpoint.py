@@ -1,0 +1,253 @@
+"""Checkpoint files: atomic writes, validated reads, no pickle.
+
+A checkpoint `STEM` (e.g. `out/model_step_500`) is the state after 500 optimizer steps, in five files:
+
+- `STEM.safetensors`          the weights of the plain (uncompiled, unwrapped) GPT; the LM head is tied to
+                               `transformer.wte.weight` and stored once, under that name, as GPT-2 does;
+- `STEM.config.json`          {"format", "step", "model": ModelConfig, "train": TrainConfig,
+                               "tokenizer": vocab.json's dict with the full vocabulary} - self-contained;
+- `STEM.training_log.json`    [{step, loss, duration_ms, validation_loss?}, ...] for the whole run so far;
+- `STEM.resume.safetensors`   optimizer moments (`optim.<param index>.<name>`) for exact resume;
+- `STEM.resume.json`          step, batch counter, seed and anything else the engine needs to continue.
+
+For generation: `load_model(stem, device) -> (GPT in eval mode, meta)` where meta is the config.json dict
+(`meta["tokenizer"]` feeds `tokenizers.from_meta`). `stem` may also be the path of the .safetensors file.
+Every reading function raises UserError with one line for a missing, corrupt or truncated file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig, TrainConfig, from_dict, to_dict
+from .errors import UserError
+
+FORMAT = 1
+TIED = ("lm_head.weight", "transformer.wte.weight")  # (dropped on save, kept)
+SUFFIXES = (".safetensors", ".config.json", ".training_log.json", ".resume.safetensors", ".resume.json")
+
+
+def stem_of(path: str | Path) -> Path:
+    """The checkpoint stem of a stem or of any of its files (e.g. `out/model_step_5.safetensors`)."""
+    p = str(path)
+    for suffix in sorted(SUFFIXES, key=len, reverse=True):
+        if p.endswith(suffix):
+            return Path(p[: -len(suffix)])
+    return Path(p)
+
+
+def stem_for(out_dir: str | Path, step: int) -> Path:
+    return Path(out_dir) / f"model_step_{step}"
+
+
+def _file(stem: Path, suffix: str) -> Path:
+    return stem.with_name(stem.name + suffix)
+
+
+# ----------------------------------------------------------------------------- atomic writes
+def _atomic(path: Path, write) -> None:
+    """Write through `write(tmp_path)` to a temporary name in the same folder, then rename into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:  # make the bytes durable before the rename makes them visible
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # includes KeyboardInterrupt: never leave a half-written file behind
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically."""
+    text = json.dumps(obj, indent=1, ensure_ascii=False)
+    _atomic(path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+
+
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically (tensors are copied to contiguous CPU memory first)."""
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    _atomic(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
+
+
+# ----------------------------------------------------------------------------- validated reads
+def read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{what} {path} is corrupt or truncated ({type(e).__name__}: {str(e)[:80]})") from None
+
+
+def read_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"{what} {path} is corrupt or truncated ({str(e)[:80]})") from None
+
+
+# ----------------------------------------------------------------------------- weights
+def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """State dict of a plain GPT with the tied LM head stored once (under transformer.wte.weight)."""
+    state = dict(model.state_dict())
+    dropped, kept = TIED
+    if dropped in state and kept in state and state[dropped].data_ptr() == state[kept].data_ptr():
+        del state[dropped]
+    return state
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load a weights file into `model`; UserError if names or shapes do not match its config."""
+    state = read_tensors(path, "checkpoint weights")
+    dropped, kept = TIED
+    if dropped not in state and kept in state:
+        state[dropped] = state[kept]
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise UserError(
+            f"checkpoint weights {path} do not match its config "
+            f"(missing: {', '.join(missing[:3]) or '-'}; unexpected: {', '.join(unexpected[:3]) or '-'})"
+        )
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise UserError(
+                f"checkpoint weights {path}: {name} has shape {tuple(tensor.shape)}, "
+                f"its config says {tuple(expected[name].shape)}"
+            )
+    model.load_state_dict(state)
+
+
+# ----------------------------------------------------------------------------- whole checkpoints
+def save(
+    stem: Path,
+    *,
+    step: int,
+    model: torch.nn.Module,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    tokenizer_meta: dict[str, Any],
+    log: list[dict[str, Any]],
+    optimizer_tensors: dict[str, torch.Tensor],
+    resume_state: dict[str, Any],
+) -> tuple[str, ...]:
+    """Write all five files of checkpoint `stem` (each atomically); returns their paths."""
+    paths = {s: _file(stem, s) for s in SUFFIXES}
+    # resume state and weights first, config last: a config.json implies the rest was written
+    write_tensors(paths[".resume.safetensors"], optimizer_tensors, {"format": "nanogpt-resume"})
+    write_json(paths[".resume.json"], {"format": FORMAT, "step": step, **resume_state})
+    write_tensors(paths[".safetensors"], model_tensors(model), {"format": "pt", "step": str(step)})
+    write_json(paths[".training_log.json"], log)
+    write_json(
+        paths[".config.json"],
+        {"format": FORMAT, "step": step, "model": to_dict(model_cfg), "train": to_dict(train_cfg),
+         "tokenizer": tokenizer_meta},
+    )
+    return tuple(str(p) for p in paths.values())
+
+
+def read_meta(stem: str | Path) -> dict[str, Any]:
+    """The config.json of a checkpoint, checked: {"step", "model", "train", "tokenizer", ...}."""
+    stem = stem_of(stem)
+    path = _file(stem, ".config.json")
+    if not path.is_file() and not _file(stem, ".safetensors").is_file():
+        raise UserError(f"checkpoint not found: {stem} (expected {stem}.safetensors and {path.name})")
+    meta = read_json(path, "checkpoint config")
+    if not isinstance(meta, dict) or not all(isinstance(meta.get(k), dict) for k in ("model", "train", "tokenizer")):
+        raise UserError(f"checkpoint config {path} is not a nanogpt checkpoint config")
+    if not isinstance(meta.get("step"), int):
+        raise UserError(f"checkpoint config {path} has no step")
+    return meta
+
+
+def configs(meta: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+    """The ModelConfig and TrainConfig stored in a checkpoint's config.json."""
+    try:
+        model_cfg = from_dict(ModelConfig, meta["model"])
+        train_cfg = from_dict(TrainConfig, meta["train"])
+        model_cfg.validate()
+    except (TypeError, ValueError) as e:
+        raise UserError(f"checkpoint config has invalid settings: {e}") from None
+    return model_cfg, train_cfg
+
+
+def read_log(stem: str | Path) -> list[dict[str, Any]]:
+    """The training log saved with a checkpoint."""
+    stem = stem_of(stem)
+    log = read_json(_file(stem, ".training_log.json"), "training log")
+    if not isinstance(log, list) or not all(isinstance(e, dict) and "step" in e for e in log):
+        raise UserError(f"training log {_file(stem, '.training_log.json')} is not a list of steps")
+    return log
+
+
+def read_resume(stem: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The resume state (JSON) and optimizer tensors of a checkpoint."""
+    stem = stem_of(stem)
+    state = read_json(_file(stem, ".resume.json"), "resume state")
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise UserError(f"resume state {_file(stem, '.resume.json')} is invalid")
+    return state, read_tensors(_file(stem, ".resume.safetensors"), "optimizer state")
+
+
+def weights_path(stem: str | Path) -> Path:
+    return _file(stem_of(stem), ".safetensors")
+
+
+def load_model(stem: str | Path, device: torch.device | str = "cpu"):
+    """Load a checkpoint for inference: (GPT in eval mode on `device`, meta = its config.json dict)."""
+    from .model import GPT  # here, so that reading configs does not build models
+
+    meta = read_meta(stem)
+    model_cfg, _ = configs(meta)
+    model = GPT(model_cfg)
+    load_weights(model, weights_path(stem))
+    model.to(device)
+    model.eval()
+    return model, meta
+
+
+# ----------------------------------------------------------------------------- optimizer state
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """Flatten an optimizer's per-parameter state into named tensors (`optim.<index>.<name>`)."""
+    out: dict[str, torch.Tensor] = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for name, value in state.items():
+            out[f"optim.{index}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return out
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    """Restore the per-parameter state saved by `optimizer_tensors`; the hyper-parameters stay the current ones."""
+    current = optimizer.state_dict()
+    n_params = sum(len(g["params"]) for g in current["param_groups"])
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        try:
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+        except ValueError:
+            raise UserError(f"optimizer state has an unexpected entry {key!r}") from None
+    if state and (max(state) >= n_params):
+        raise UserError("optimizer state does not match the model (different parameter count)")
+    current["state"] = state
+    try:
+        optimizer.load_state_dict(current)
+    except (ValueError, RuntimeError) as e:
+        raise UserError(f"optimizer state does not match the model: {str(e)[:80]}") from None

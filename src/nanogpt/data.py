@@ -1,0 +1,175 @@
+"""Token data for training: the bins as np.memmap, checked against vocab.json, and a seeded batch sampler.
+
+Batch `i` of a stream is a pure function of (seed, stream, i): numpy's counter-based Philox generator is
+keyed by (seed, stream) and its counter starts at `i` in a high word, so no generator state has to be
+carried from batch to batch. Exact resume then needs only the batch counter, and under torchrun rank r
+of W at local micro-step m draws global micro-batch `counter + m * W + r` of the same stream, so the data
+a run sees does not depend on how it is split over processes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .tokenizers import Tokenizer, from_meta, token_dtype
+
+TRAIN_STREAM = 0
+VAL_STREAM = 1
+_SCAN_CHUNK = 1 << 24  # tokens per chunk when checking ids against the vocabulary
+_FULL_SCAN_LIMIT = 1 << 26  # above this many tokens only spread-out chunks are checked (a full scan takes minutes)
+
+
+@dataclass
+class TokenData:
+    """The training and validation tokens of a prepared dataset and the vocabulary that describes them."""
+
+    train: np.memmap
+    val: np.memmap
+    meta: dict[str, Any]  # vocab.json as a dict (tokenizer, vocab_size, itos/stoi for char)
+    tokenizer: Tokenizer
+    source: str  # where it came from, for display
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+
+def read_vocab(path: Path) -> dict[str, Any]:
+    """Read and check a vocab.json; UserError when it is missing or not a vocabulary."""
+    if not path.is_file():
+        raise UserError(f"vocabulary metadata not found: {path}")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read vocabulary metadata {path}: {e}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("vocab_size"), int) or meta["vocab_size"] <= 0:
+        raise UserError(f"{path} is not a vocabulary file (it needs a positive integer 'vocab_size')")
+    tokenizer = from_meta(meta)
+    if tokenizer.vocab_size != meta["vocab_size"]:
+        raise UserError(
+            f"{path} is inconsistent: vocab_size {meta['vocab_size']} but its tokenizer has {tokenizer.vocab_size} tokens"
+        )
+    return meta
+
+
+def dtype_of(meta: dict[str, Any], where: Path | str) -> np.dtype:
+    """The on-disk dtype of the token ids: vocab.json's 'dtype' if given, else what prepare writes."""
+    name = meta.get("dtype") or token_dtype(int(meta["vocab_size"]))
+    if name not in ("uint16", "uint32"):
+        raise UserError(f"{where}: unsupported token dtype {name!r} (expected uint16 or uint32)")
+    if name == "uint16" and meta["vocab_size"] > 65536:
+        raise UserError(f"{where}: vocab_size {meta['vocab_size']} does not fit the declared dtype uint16")
+    return np.dtype(name).newbyteorder("<")
+
+
+def open_bin(path: Path, dtype: np.dtype, vocab_size: int, vocab_path: Path) -> np.memmap:
+    """Memory-map a token file, checking its size and that every id is inside the vocabulary."""
+    if not path.is_file():
+        raise UserError(f"dataset file not found: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise UserError(f"dataset file is empty: {path}")
+    if size % dtype.itemsize:
+        raise UserError(
+            f"{path} is truncated or not a {dtype.name} token file ({size} bytes is not a multiple of "
+            f"{dtype.itemsize}); re-run `nanogpt prepare`"
+        )
+    data = np.memmap(path, dtype=dtype, mode="r")
+    n = len(data)
+    if n <= _FULL_SCAN_LIMIT:
+        starts = range(0, n, _SCAN_CHUNK)
+        length = _SCAN_CHUNK
+    else:  # huge file: 64 chunks of 1M tokens spread over it, including its start and its end
+        length = 1 << 20
+        starts = sorted({int(s) for s in np.linspace(0, n - length, 64)})
+    top = max(int(data[s : s + length].max()) for s in starts)
+    if top >= vocab_size:
+        raise UserError(
+            f"{path} holds token id {top}, but {vocab_path} has only {vocab_size} tokens: "
+            "the vocabulary does not match this data (prepare them together)"
+        )
+    return data
+
+
+def load(
+    data_dir: str | Path | None = None,
+    training_dataset: str | Path | None = None,
+    validation_dataset: str | Path | None = None,
+    vocab_metadata: str | Path | None = None,
+) -> TokenData:
+    """Open a prepared dataset: a folder, or the three files given separately (they override the folder's)."""
+    folder = Path(data_dir) if data_dir is not None else None
+    if folder is not None and not folder.is_dir():
+        raise UserError(f"data folder not found: {folder}")
+    if folder is None and (training_dataset is None or validation_dataset is None):
+        raise UserError("give --data-dir, or both --training-dataset and --validation-dataset")
+    train_path = Path(training_dataset) if training_dataset is not None else folder / "train.bin"
+    val_path = Path(validation_dataset) if validation_dataset is not None else folder / "val.bin"
+    if vocab_metadata is not None:
+        vocab_path = Path(vocab_metadata)
+    elif folder is not None:
+        vocab_path = folder / "vocab.json"
+    else:  # prepare writes vocab.json beside the bins
+        vocab_path = train_path.parent / "vocab.json"
+    meta = read_vocab(vocab_path)
+    dtype = dtype_of(meta, vocab_path)
+    train = open_bin(train_path, dtype, meta["vocab_size"], vocab_path)
+    val = open_bin(val_path, dtype, meta["vocab_size"], vocab_path)
+    source = str(folder) if folder is not None and training_dataset is None else str(train_path)
+    return TokenData(train=train, val=val, meta=meta, tokenizer=from_meta(meta), source=source)
+
+
+def check_block_size(data: TokenData, block_size: int) -> None:
+    """A window needs block_size + 1 tokens (inputs and shifted targets): UserError if a split is too short."""
+    for name, tokens in (("validation", data.val), ("training", data.train)):
+        if len(tokens) <= block_size:
+            raise UserError(
+                f"--block-size {block_size} is larger than the {name} data ({len(tokens)} tokens); "
+                "use a smaller --block-size or more text"
+            )
+
+
+def batch_offsets(seed: int, stream: int, index: int, batch_size: int, n_tokens: int, block_size: int) -> np.ndarray:
+    """Start offsets of the windows of batch `index`: a pure function of its arguments."""
+    # Key (seed, stream) picks an independent stream; the batch index sits in the counter's third word,
+    # so each batch reads its own 2**128-long stretch of the stream and never overlaps another batch.
+    bitgen = np.random.Philox(key=np.array([seed, stream], dtype=np.uint64),
+                              counter=np.array([0, 0, index, 0], dtype=np.uint64))
+    return np.random.Generator(bitgen).integers(0, n_tokens - block_size, size=batch_size)
+
+
+class BatchSampler:
+    """Batches (x, y) of `batch_size` random windows from one split, batch i a pure function of (seed, i)."""
+
+    def __init__(self, tokens: np.ndarray, *, block_size: int, batch_size: int, seed: int, stream: int,
+                 device: torch.device):
+        self.tokens = tokens
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.stream = stream
+        self.device = device
+        self._window = np.arange(block_size + 1)
+
+    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and next-token targets, both (batch_size, block_size) int64 on the device."""
+        offsets = batch_offsets(self.seed, self.stream, index, self.batch_size, len(self.tokens), self.block_size)
+        windows = torch.from_numpy(self.tokens[offsets[:, None] + self._window].astype(np.int64))
+        if self.device.type == "cuda":
+            # pinned host memory lets the copy run asynchronously with the GPU's work
+            windows = windows.pin_memory().to(self.device, non_blocking=True)
+        else:
+            windows = windows.to(self.device)
+        return windows[:, :-1], windows[:, 1:]
+
+
+def global_batch_index(counter: int, micro_step: int, rank: int, world_size: int) -> int:
+    """Global micro-batch that rank r of W draws at local micro-step m of the step starting at `counter`."""
+    return counter + micro_step * world_size + rank

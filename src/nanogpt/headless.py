@@ -1,0 +1,122 @@
+"""Training without the UI (no TTY, CI, torchrun, `--headless`): progress lines, signals, exit code.
+
+One line per `--log-interval` steps and one per validation loss go to stdout (rank 0 only); on a terminal
+a Rich progress bar sits below them. SIGINT/SIGTERM finish the current step, save and exit 0; a second
+SIGINT stops at once (files are written atomically, so nothing is left half-written).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import Any
+
+from .engine import Trainer
+from .events import EvalDone, Event, Paused, RunFinished, RunStarted, Sampled, Saved, StepDone
+
+
+def _fmt_count(n: float) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else f"{n:.0f}"
+
+
+class _Printer:
+    """Turns events into lines (and a progress bar on a terminal)."""
+
+    def __init__(self, trainer: Trainer, quiet: bool):
+        self.trainer = trainer
+        self.quiet = quiet
+        self.progress: Any = None
+        self.task: Any = None
+        self.interval = max(1, trainer.train_cfg.log_interval)
+
+    def line(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.progress is not None:
+            self.progress.console.print(text, highlight=False, markup=False)
+        else:
+            print(text, flush=True)
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            m = event.model
+            what = "resuming at step" if event.start_step else "training"
+            self.line(
+                f"{what} {event.start_step if event.start_step else ''}".rstrip()
+                + f": {_fmt_count(event.n_params)} parameters ({m['n_layer']} layers, {m['n_head']} heads, "
+                f"{m['n_embd']} embedding, block {m['block_size']}) on {event.device} ({event.dtype}), "
+                f"{event.total_steps} steps of {event.tokens_per_step:,} tokens, data {event.dataset} "
+                f"({event.tokenizer}), seed {event.seed}"
+                + (f", {event.world_size} processes" if event.world_size > 1 else "")
+            )
+            if self.progress is not None:
+                self.task = self.progress.add_task("training", total=event.total_steps, completed=event.start_step)
+        elif isinstance(event, StepDone):
+            if self.progress is not None:
+                self.progress.update(self.task, completed=event.step,
+                                     description=f"loss {event.loss:.4f}")
+            if event.step % self.interval == 0 or event.step == self.trainer.total_steps:
+                self.line(
+                    f"step {event.step:>6}/{self.trainer.total_steps} | loss {event.loss:.4f} | "
+                    f"{event.duration_ms:8.1f} ms/step | {event.tokens_per_s:>10,.0f} tok/s | lr {event.lr:.2e}"
+                )
+        elif isinstance(event, EvalDone):
+            self.line(f"step {event.step:>6}/{self.trainer.total_steps} | val loss {event.val_loss:.4f}")
+        elif isinstance(event, Saved):
+            self.line(f"saved {event.stem}")
+        elif isinstance(event, Sampled):
+            self.line(event.text)
+        elif isinstance(event, Paused):
+            self.line(f"paused at step {event.step}")
+
+
+def run_headless(trainer: Trainer) -> int:
+    """Run the training loop printing progress; returns the process exit code (0, or 1 on an error)."""
+    quiet = not trainer.is_main
+    printer = _Printer(trainer, quiet)
+    interrupts = 0
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts > 1 and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: stop now (every file is written atomically)
+        if interrupts == 1 and not quiet:
+            print(f"{signal.Signals(signum).name}: finishing this step, then saving (Ctrl-C again to quit now)",
+                  file=sys.stderr, flush=True)
+        trainer.request_stop()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+    use_bar = not quiet and sys.stderr.isatty() and sys.stdout.isatty()
+    try:
+        if use_bar:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeRemainingColumn(), transient=True) as progress:
+                printer.progress = progress
+                finished = trainer.run(printer)
+            printer.progress = None
+        else:
+            finished = trainer.run(printer)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return _report(finished, quiet)
+
+
+def _report(finished: RunFinished, quiet: bool) -> int:
+    if finished.reason == "error":
+        if not quiet:
+            print(f"nanogpt train: error: {finished.message}", file=sys.stderr, flush=True)
+        return 1
+    if not quiet:
+        if finished.reason == "stopped":
+            print(f"stopped at step {finished.step}", file=sys.stderr, flush=True)
+        if finished.stem:
+            print(f"checkpoint: {finished.stem}", flush=True)
+    return 0
