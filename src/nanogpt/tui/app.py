@@ -1,0 +1,435 @@
+"""The live training UI: a Textual app that runs the engine in one worker thread and shows its events.
+
+The engine (`Trainer.run`) runs in a `@work(thread=True)` worker and talks to the app only through its
+events and a command queue. Step events are the frequent ones: the worker only appends them to a deque
+(cheap, so training is not slowed) and a timer on the UI thread drains it ten times a second; the chart
+is redrawn at most a few times per second, and less often if a draw is slow. The rarer events (eval,
+saved, sampled, paused, finished...) arrive as messages and drain the deque first, so they are always
+shown in order.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.message import Message
+from textual.widgets import Footer, Static
+
+from ..events import (
+    EvalDone,
+    Event,
+    Pause,
+    Paused,
+    Resume,
+    Resumed,
+    RunFinished,
+    RunStarted,
+    Sample,
+    Sampled,
+    Save,
+    Saved,
+    StepDone,
+    Stop,
+)
+from .widgets import LossChart, RunHeader, SampleScreen, StatusLine, clock, human_count
+
+TICK_S = 0.1  # how often the UI drains step events and refreshes the status line
+MIN_DRAW_INTERVAL_S = 0.5  # the chart redraws at most twice a second,
+MAX_DRAW_INTERVAL_S = 3.0  # at least every 3 s while data comes in,
+MAX_DRAW_SHARE = 0.03  # and in between spends at most ~3% of one core drawing (a draw costs ~10-20 ms)
+
+
+class EngineEvent(Message):
+    """An event from the engine thread (any but StepDone, which goes through the deque)."""
+
+    def __init__(self, event: Event) -> None:
+        super().__init__()
+        self.event = event
+
+
+class TrainingApp(App[int]):
+    """Full-screen training UI: header, loss chart, status line, footer with the keys."""
+
+    TITLE = "nanogpt"
+    CSS = """
+    Screen { layout: vertical; }
+    RunHeader { height: 2; padding: 0 1; background: $boost; }
+    LossChart { height: 1fr; min-height: 8; }
+    #status-row { height: auto; }
+    StatusLine { width: 1fr; height: auto; padding: 0 1; }
+    #badge { width: auto; min-width: 10; padding: 0 1; text-style: bold; content-align: center middle; }
+    #badge.running { background: $success; color: $text; }
+    #badge.paused { background: $warning; color: black; }
+    #badge.stopping { background: $warning-darken-2; color: black; }
+    #badge.finished { background: $primary; color: $text; }
+    #badge.error { background: $error; color: $text; }
+    #notice { height: auto; padding: 0 1; color: $text-muted; }
+    #error { height: auto; padding: 0 1; background: $error 30%; display: none; }
+    #error.shown { display: block; }
+    SampleScreen { align: center middle; }
+    #sample-box { width: 90%; height: 80%; border: round $accent; background: $panel; padding: 0 1; }
+    #sample-title { text-style: bold; height: 1; }
+    #sample-scroll { height: 1fr; }
+    #sample-hint { height: 1; color: $text-muted; }
+    """
+    BINDINGS: ClassVar[list[Binding]] = [
+        Binding("g", "sample", "sample text"),
+        Binding("s", "save", "save"),
+        Binding("p", "toggle_pause", "pause/resume"),
+        Binding("l", "toggle_log", "log/linear y"),
+        Binding("q", "quit_run", "quit"),
+        # Ctrl-C arrives as a key in the UI's raw terminal: treat it as q (save, then leave cleanly)
+        Binding("ctrl+c", "quit_run", "quit", show=False, priority=True),
+    ]
+
+    def __init__(self, trainer: Any, start_paused: bool = False) -> None:
+        super().__init__()
+        self.trainer = trainer
+        self.start_paused = start_paused
+        self.commands: queue.Queue = queue.Queue()
+        self._steps: deque[StepDone] = deque()
+        # what the engine has told us
+        self.run_info: RunStarted | None = None
+        self.step = int(getattr(trainer, "step", 0))
+        self.total_steps = int(getattr(trainer, "total_steps", 0))
+        self.recent: deque[StepDone] = deque(maxlen=10)
+        self.recent_losses: deque[float] = deque(maxlen=10)
+        self.last_val: tuple[int, float] | None = None
+        self.paused = start_paused
+        self.pause_requested = False
+        self.stopping = False
+        self.finished: RunFinished | None = None  # as shown on screen
+        self.result: RunFinished | None = None  # as returned by trainer.run (set by the worker thread)
+        self.last_saved: Saved | None = None
+        self.worker_traceback: str | None = None
+        self.sample_screen: SampleScreen | None = None
+        # clocks: elapsed counts only time spent running (not paused) in this session
+        self._session_start_step: int | None = None
+        self._run_t0: float | None = None
+        self._paused_s = 0.0
+        self._paused_since: float | None = time.monotonic() if start_paused else None
+        self._last_draw = 0.0
+        self._chart_dirty = False
+        self._finished_emitted = threading.Event()
+
+    # ------------------------------------------------------------------ layout
+    def compose(self) -> ComposeResult:
+        yield RunHeader("starting…", id="header")
+        yield LossChart(id="chart")
+        with Horizontal(id="status-row"):
+            yield StatusLine("", id="status")
+            yield Static("", id="badge")
+        yield Static("", id="error")
+        yield Static("", id="notice")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._render_status()
+        self.run_engine()
+        self.set_interval(TICK_S, self._tick)
+
+    # ------------------------------------------------------------------ engine thread
+    @work(thread=True, exclusive=True, name="engine")
+    def run_engine(self) -> None:
+        """Run the whole training loop on this worker thread."""
+        try:
+            result = self.trainer.run(self._emit, self.commands, start_paused=self.start_paused)
+        # An engine bug: shown on screen like an engine-reported error; the traceback is printed on exit.
+        except Exception as e:  # noqa: BLE001
+            self.worker_traceback = traceback.format_exc()
+            message = f"{type(e).__name__}: {e}".splitlines()[0]
+            result = RunFinished(step=int(getattr(self.trainer, "step", 0)), reason="error", message=message)
+        self.result = result
+        if not self._finished_emitted.is_set():
+            self._emit(result)
+
+    def _emit(self, event: Event) -> None:
+        """Called by the engine on its thread: steps go to the deque, the rest become messages."""
+        if isinstance(event, StepDone):
+            self._steps.append(event)
+            return
+        if isinstance(event, RunFinished):
+            self._finished_emitted.set()
+        self.post_message(EngineEvent(event))
+
+    # ------------------------------------------------------------------ UI thread
+    def _drain_steps(self) -> None:
+        if not self._steps:
+            return
+        steps: list[int] = []
+        losses: list[float] = []
+        while self._steps:
+            ev = self._steps.popleft()
+            steps.append(ev.step)
+            losses.append(ev.loss)
+            self.recent.append(ev)
+            self.recent_losses.append(ev.loss)
+            self.step = ev.step
+        if self._session_start_step is None:
+            self._session_start_step = steps[0] - 1
+        self.query_one(LossChart).add_train(steps, losses)
+        self._chart_dirty = True
+
+    def _tick(self) -> None:
+        before = self.step
+        self._drain_steps()
+        if self.step != before or self.run_info is not None and self.finished is None and not self.paused:
+            self._render_status()
+        self._maybe_draw_chart()
+
+    def _maybe_draw_chart(self, force: bool = False) -> None:
+        if not self._chart_dirty:
+            return
+        chart = self.query_one(LossChart)
+        now = time.monotonic()
+        interval = min(MAX_DRAW_INTERVAL_S, max(MIN_DRAW_INTERVAL_S, chart.last_draw_s / MAX_DRAW_SHARE))
+        if force or now - self._last_draw >= interval:
+            self._last_draw = now
+            self._chart_dirty = False
+            chart.refresh()
+
+    def on_engine_event(self, message: EngineEvent) -> None:
+        self._drain_steps()  # everything emitted before this event is in the deque: show it first
+        ev = message.event
+        if isinstance(ev, RunStarted):
+            self._on_run_started(ev)
+        elif isinstance(ev, EvalDone):
+            self.last_val = (ev.step, ev.val_loss)
+            self.query_one(LossChart).add_val(ev.step, ev.val_loss)
+            self._chart_dirty = True
+        elif isinstance(ev, Sampled):
+            if self.sample_screen is not None:
+                self.sample_screen.show_text(ev.step, ev.text)
+        elif isinstance(ev, Saved):
+            self.last_saved = ev
+            self._notice(f"saved {ev.stem} (step {ev.step}: {', '.join(_suffixes(ev))})")
+        elif isinstance(ev, Paused):
+            self._set_paused(True)
+            self.pause_requested = False
+        elif isinstance(ev, Resumed):
+            self._set_paused(False)
+        elif isinstance(ev, RunFinished):
+            self._on_finished(ev)
+        self._render_status()
+        self._maybe_draw_chart(force=isinstance(ev, (RunStarted, RunFinished)))
+
+    def _on_run_started(self, ev: RunStarted) -> None:
+        self.run_info = ev
+        self.step = ev.start_step
+        self.total_steps = ev.total_steps
+        self._run_t0 = time.monotonic()
+        if self._paused_since is not None:
+            self._paused_since = self._run_t0
+        self.query_one(RunHeader).show_run(ev)
+        chart = self.query_one(LossChart)
+        hist = [h for h in ev.history if "loss" in h]
+        chart.add_train([int(h["step"]) for h in hist], [float(h["loss"]) for h in hist])
+        for h in ev.history:
+            if h.get("validation_loss") is not None:
+                chart.add_val(int(h["step"]), float(h["validation_loss"]))
+                self.last_val = (int(h["step"]), float(h["validation_loss"]))
+        self.recent_losses.extend(float(h["loss"]) for h in hist[-10:])
+        self._chart_dirty = True
+        if ev.start_step:
+            self._notice(f"resumed at step {ev.start_step} with {len(hist)} logged steps; press p to continue")
+
+    def _on_finished(self, ev: RunFinished) -> None:
+        self.finished = ev
+        self._set_paused(False)
+        if ev.reason == "error":
+            err = self.query_one("#error", Static)
+            err.update(Text.assemble(("Training stopped with an error: ", "bold"), ev.message,
+                                     "\nPress q to leave."))
+            err.add_class("shown")
+            return
+        if ev.reason == "stopped" or self.stopping:
+            self.exit(0)
+            return
+        where = f"; saved {ev.stem}" if ev.stem else ""
+        self._notice(f"finished {ev.step} steps{where}. Press q to leave.")
+
+    def _set_paused(self, paused: bool) -> None:
+        now = time.monotonic()
+        if paused and self._paused_since is None:
+            self._paused_since = now
+        elif not paused and self._paused_since is not None:
+            self._paused_s += now - self._paused_since
+            self._paused_since = None
+        self.paused = paused
+
+    def _notice(self, text: str) -> None:
+        self.query_one("#notice", Static).update(Text(text))
+
+    # ------------------------------------------------------------------ status line
+    def _elapsed(self) -> float | None:
+        if self._run_t0 is None:
+            return None
+        end = self._paused_since if self._paused_since is not None else time.monotonic()
+        return max(0.0, end - self._run_t0 - self._paused_s)
+
+    def status_text(self) -> str:
+        """The numbers of the status line, as plain text (tests read it)."""
+        parts = [f"step {self.step}/{self.total_steps}"]
+        if self.recent_losses:
+            parts.append(f"loss {sum(self.recent_losses) / len(self.recent_losses):.4f}")
+        if self.last_val is not None:
+            parts.append(f"val {self.last_val[1]:.4f} @{self.last_val[0]}")
+        if self.recent:
+            ms = sum(e.duration_ms for e in self.recent) / len(self.recent)
+            tps = sum(e.tokens_per_s for e in self.recent) / len(self.recent)
+            parts += [f"{ms:.1f} ms/step", f"{human_count(tps)} tok/s", f"lr {self.recent[-1].lr:.2e}"]
+        elapsed = self._elapsed()
+        parts.append(f"elapsed {clock(elapsed)}")
+        done = self.step - (self._session_start_step or 0) if self._session_start_step is not None else 0
+        if elapsed and done > 0 and self.finished is None:
+            parts.append(f"ETA {clock(elapsed / done * (self.total_steps - self.step))}")
+        return "  │  ".join(parts)
+
+    def badge(self) -> str:
+        """The state word shown at the right of the status line."""
+        if self.finished is not None:
+            return {"completed": "DONE", "error": "ERROR"}.get(self.finished.reason, "STOPPED")
+        if self.stopping:
+            return "STOPPING"
+        if self.paused:
+            return "PAUSED"
+        if self.pause_requested:
+            return "PAUSING"
+        return "RUNNING" if self.run_info is not None else "STARTING"
+
+    def _render_status(self) -> None:
+        self.query_one(StatusLine).update(Text(self.status_text()))
+        badge = self.query_one("#badge", Static)
+        word = self.badge()
+        badge.update(word)
+        cls = {"DONE": "finished", "ERROR": "error", "STOPPED": "finished", "PAUSED": "paused",
+               "PAUSING": "paused", "STOPPING": "stopping"}.get(word, "running")
+        badge.set_classes(cls)
+
+    # ------------------------------------------------------------------ keys
+    def action_toggle_pause(self) -> None:
+        if self.finished is not None or self.stopping:
+            return
+        if self.paused or self.pause_requested:
+            self.commands.put(Resume())
+            self.pause_requested = False
+            self._notice("resuming")
+        else:
+            self.commands.put(Pause())
+            self.pause_requested = True
+            self._notice("pausing after the current step")
+        self._render_status()
+
+    def action_sample(self) -> None:
+        if self.sample_screen is not None or self.stopping:
+            return
+        n = int(self.trainer.train_cfg.tokens_to_generate)
+        was_running = self.finished is None and not (self.paused or self.pause_requested)
+        screen = SampleScreen(self.step, n)
+        self.sample_screen = screen
+
+        def closed(_: None) -> None:
+            self.sample_screen = None
+            if was_running and self.finished is None and not self.stopping:
+                self.commands.put(Resume())
+                self.pause_requested = False
+                self._render_status()
+
+        self.push_screen(screen, closed)
+        if self.finished is not None:
+            if self.finished.reason != "error":  # the loop is over: sample directly, off the UI thread
+                self._sample_after_run(screen, n)
+            return
+        if was_running:
+            self.commands.put(Pause())
+            self.pause_requested = True
+        self.commands.put(Sample(n_tokens=n))
+        self._render_status()
+
+    @work(thread=True, name="sample")
+    def _sample_after_run(self, screen: SampleScreen, n: int) -> None:
+        text = self.trainer.sample(n)
+        self.call_from_thread(screen.show_text, self.step, text)
+
+    def action_save(self) -> None:
+        if self.finished is not None:
+            where = self.last_saved.stem if self.last_saved else self.finished.stem
+            self._notice(f"the run is over; last checkpoint: {where}")
+            return
+        self.commands.put(Save())
+        self._notice("saving after the current step…")
+
+    def action_toggle_log(self) -> None:
+        chart = self.query_one(LossChart)
+        chart.log_scale = not chart.log_scale
+        self._chart_dirty = True
+        self._maybe_draw_chart(force=True)
+
+    def action_quit_run(self) -> None:
+        if self.finished is not None:
+            self.exit(1 if self.finished.reason == "error" else 0)
+            return
+        if self.stopping:
+            self._notice("still stopping: finishing the current step and saving…")
+            return
+        self.stopping = True
+        self.commands.put(Stop())
+        self._notice("stopping: finishing the current step and saving…")
+        self._render_status()
+
+    def on_unmount(self) -> None:
+        # If the UI goes away while training runs (it should not), stop the engine so its thread ends.
+        if self.result is None and self.finished is None:
+            stop = getattr(self.trainer, "request_stop", None)
+            if stop is not None:
+                stop()
+            self.commands.put(Stop())
+
+
+def _suffixes(ev: Saved) -> list[str]:
+    names = [p.removeprefix(ev.stem) for p in ev.paths]
+    return names or ["written"]
+
+
+def run_tui(trainer: Any, start_paused: bool = False) -> int:
+    """Run the training UI until the user quits; print where to resume from; return the exit code."""
+    app = TrainingApp(trainer, start_paused=start_paused)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # `kill PID` gets the same clean stop as q: the engine finishes its step, saves and ends
+        previous = signal.signal(signal.SIGTERM, lambda *_: trainer.request_stop())
+    try:
+        code = app.run()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    result = app.result or app.finished
+    if app.worker_traceback:
+        print(app.worker_traceback, file=sys.stderr, end="")
+    if result is None:
+        return code if code is not None else 1
+    if result.reason == "error":
+        print(f"nanogpt train: error: {result.message}", file=sys.stderr)
+        if result.stem:
+            print(f"last checkpoint: {result.stem}", file=sys.stderr)
+        return 1
+    if result.stem:
+        if result.reason == "completed":
+            print(f"Finished {result.step} steps. Saved {result.stem}")
+            print(f"Generate text with: nanogpt generate {result.stem}")
+        else:
+            print(f"Stopped at step {result.step}. Saved {result.stem}")
+            print(f"Resume with: nanogpt train --resume-training {result.stem}")
+    return 0 if code is None else code
