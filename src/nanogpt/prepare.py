@@ -683,22 +683,16 @@ def _run(
 
 
 def _summary(stream: TextIO, sources: list[_Source], meta: dict[str, Any], out: Path, mixology: bool) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=stream, soft_wrap=True, highlight=False)
+    # not a terminal (a log, a pipe): no 80-column limit, so that long source names are not cut
+    console = Console(file=stream, soft_wrap=True, highlight=False, width=None if stream.isatty() else 160)
     if mixology:
-        table = Table(title="sources", title_justify="left")
-        for col in (
-            "source",
-            "target",
-            "train tokens",
-            "train share",
-            "val tokens",
-            "val share",
-            "text used",
-        ):
-            table.add_column(col, justify="left" if col == "source" else "right")
+        table = Table(title="sources", title_justify="left", box=box.SIMPLE_HEAD)
+        for col in ("source", "target", "train tokens", "share", "val tokens", "share", "text used"):
+            table.add_column(col, justify="left" if col == "source" else "right", no_wrap=True)
         for s in meta["sources"]:
             table.add_row(
                 s["path"],

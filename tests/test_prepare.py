@@ -1,0 +1,353 @@
+"""`nanogpt prepare`: real files in tmp_path through the real CLI, checked against nanoGPT and tiktoken."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nanogpt.cli import main
+from nanogpt.prepare import bundled_dataset, is_prepared
+from nanogpt.tokenizers import GPT2_EOT, gpt2_encoding
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m nanogpt ...` in a fresh process, as a user runs it."""
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "nanogpt", *args],
+        check=False,
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def load(folder: Path) -> tuple[dict, np.ndarray, np.ndarray]:
+    meta = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    dtype = np.dtype(meta["dtype"]).newbyteorder("<")
+    return meta, np.fromfile(folder / "train.bin", dtype=dtype), np.fromfile(folder / "val.bin", dtype=dtype)
+
+
+def decode_char(meta: dict, ids: np.ndarray) -> str:
+    return "".join(meta["itos"][i] for i in ids)
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files prepare might have left behind."""
+    return sorted(p.name for p in folder.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp")
+
+
+# --- char tokenizer -----------------------------------------------------------------------------------------
+
+
+def test_char_is_byte_identical_to_nanogpt(shared_data, reference_nanogpt, tmp_path):
+    ref = tmp_path / "ref"
+    shutil.copytree(reference_nanogpt / "data" / "shakespeare_char", ref)
+    shutil.copy(shared_data / "tinyshakespeare.txt", ref / "input.txt")  # present, so it never downloads
+    (ref / "requests.py").write_text("")  # its `import requests` must not need the package, nor the network
+    done = subprocess.run(
+        [sys.executable, "prepare.py"], check=False, cwd=ref, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+
+    src = tmp_path / "mine" / "input.txt"
+    src.parent.mkdir()
+    shutil.copy(shared_data / "tinyshakespeare.txt", src)
+    result = run_cli("prepare", str(src))
+    assert result.returncode == 0, result.stderr
+    assert (src.parent / "train.bin").read_bytes() == (ref / "train.bin").read_bytes()
+    assert (src.parent / "val.bin").read_bytes() == (ref / "val.bin").read_bytes()
+    meta, train, val = load(src.parent)
+    assert (meta["tokenizer"], meta["vocab_size"], meta["dtype"]) == ("char", 65, "uint16")
+    assert (len(train), len(val)) == (1_003_854, 111_540) == (meta["train_tokens"], meta["val_tokens"])
+    assert meta["itos"] == sorted(meta["itos"]) and meta["stoi"] == {c: i for i, c in enumerate(meta["itos"])}
+    assert leftovers(src.parent) == []
+
+
+def test_char_split_and_round_trip(tmp_path):
+    text = "".join(f"line {i}: the quick brown fox, {i * i}!\n" for i in range(500))
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    assert main(["prepare", str(tmp_path / "t.txt"), "--val-fraction", "0.25"]) == 0
+    meta, train, val = load(tmp_path)
+    split = int(len(text) * (1 - 0.25))
+    assert decode_char(meta, train) == text[:split] and decode_char(meta, val) == text[split:]
+    assert meta["itos"] == sorted(set(text))
+
+
+def test_crlf_is_read_as_lf(tmp_path):
+    (tmp_path / "unix").mkdir()
+    (tmp_path / "dos").mkdir()
+    text = "First line\nsecond line\n\nthird, and more text to split\n" * 20
+    (tmp_path / "unix" / "a.txt").write_bytes(text.encode())
+    (tmp_path / "dos" / "a.txt").write_bytes(text.replace("\n", "\r\n").encode())
+    for name in ("unix", "dos"):
+        assert main(["prepare", str(tmp_path / name / "a.txt")]) == 0
+    for f in ("train.bin", "val.bin"):
+        assert (tmp_path / "unix" / f).read_bytes() == (tmp_path / "dos" / f).read_bytes()
+    assert load(tmp_path / "dos")[0]["itos"] == load(tmp_path / "unix")[0]["itos"] == sorted(set(text))
+
+
+def test_large_vocabulary_uses_uint32(tmp_path):
+    chars = [chr(c) for c in range(0x100, 0x100 + 70_000) if not 0xD800 <= c < 0xE000]
+    text = "".join(chars) + "".join(chars[:1000])
+    (tmp_path / "wide.txt").write_text(text, encoding="utf-8")
+    assert main(["prepare", str(tmp_path / "wide.txt")]) == 0
+    meta, train, val = load(tmp_path)
+    assert meta["dtype"] == "uint32" and meta["vocab_size"] == len(chars) > 65_536
+    assert (tmp_path / "train.bin").stat().st_size == 4 * meta["train_tokens"]
+    assert decode_char(meta, np.concatenate([train, val])) == text
+
+
+def test_bundled_corpus_is_tiny_shakespeare(tmp_path, shared_data):
+    result = run_cli("prepare", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "data" / "tinyshakespeare"
+    meta, train, val = load(out)
+    assert (meta["vocab_size"], len(train), len(val)) == (65, 1_003_854, 111_540)
+    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    assert decode_char(meta, val) == text[int(len(text) * 0.9) :]
+
+
+def test_bundled_dataset_is_prepared_once_and_reused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NANOGPT_CACHE_DIR", str(tmp_path / "cache"))
+    folder = bundled_dataset("char")
+    assert folder == tmp_path / "cache" / "tinyshakespeare-char" and is_prepared(folder)
+    assert str(folder) in capsys.readouterr().err
+    stamp = (folder / "train.bin").stat().st_mtime_ns
+    assert bundled_dataset("char") == folder
+    assert "using" in capsys.readouterr().err and (folder / "train.bin").stat().st_mtime_ns == stamp
+    # an incomplete folder (say, a crash of an older version) is prepared again
+    with open(folder / "train.bin", "r+b") as f:
+        f.truncate(100)
+    assert not is_prepared(folder)
+    assert bundled_dataset("char") == folder and is_prepared(folder)
+    assert load(folder)[0]["train_tokens"] == 1_003_854
+
+
+def test_rerun_overwrites_and_leaves_no_temp_files(tmp_path):
+    (tmp_path / "a.txt").write_text("hello there, world\n" * 200, encoding="utf-8")
+    assert main(["prepare", str(tmp_path / "a.txt"), "--out-dir", str(tmp_path / "out")]) == 0
+    first = (tmp_path / "out" / "train.bin").read_bytes()
+    assert main(["prepare", str(tmp_path / "a.txt"), "--out-dir", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "train.bin").read_bytes() == first
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["train.bin", "val.bin", "vocab.json"]
+
+
+# --- GPT-2 tokenizer ---------------------------------------------------------------------------------------
+
+
+def test_gpt2_matches_nanogpt_shakespeare_recipe(shared_data, tmp_path):
+    shutil.copy(shared_data / "tinyshakespeare.txt", tmp_path / "input.txt")
+    assert main(["prepare", str(tmp_path / "input.txt"), "--tokenizer", "gpt2"]) == 0
+    meta, train, val = load(tmp_path)
+    assert (meta["tokenizer"], meta["vocab_size"], meta["dtype"]) == ("gpt2", 50257, "uint16")
+    assert (len(train), len(val)) == (301_966, 36_059)
+    # nanoGPT's data/shakespeare/prepare.py: split by characters, then encode_ordinary each part
+    text = (tmp_path / "input.txt").read_text(encoding="utf-8")
+    enc = gpt2_encoding()
+    assert train.tolist() == enc.encode_ordinary(text[: int(len(text) * 0.9)])
+    assert val.tolist() == enc.encode_ordinary(text[int(len(text) * 0.9) :])
+
+
+def test_gpt2_streamed_pieces_equal_whole_encoding(shared_data, tmp_path):
+    # a file larger than one encoding piece (1 Mi characters), so the pipeline cuts it several times
+    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    text = (
+        text + (shared_data / "gutenberg_alice.txt").read_text(encoding="utf-8").replace("\r\n", "\n") + text
+    )
+    (tmp_path / "big.txt").write_text(text, encoding="utf-8")
+    assert main(["prepare", str(tmp_path / "big.txt"), "--tokenizer", "gpt2", "--val-fraction", "0.05"]) == 0
+    _, train, val = load(tmp_path)
+    enc = gpt2_encoding()
+    split = int(len(text) * 0.95)
+    assert train.tolist() == enc.encode_ordinary(text[:split])
+    assert val.tolist() == enc.encode_ordinary(text[split:])
+
+
+def test_gpt2_endoftext_between_files(tmp_path):
+    folder = tmp_path / "corpus" / "100_notes"
+    folder.mkdir(parents=True)
+    one, two = "First document.\nIt has two lines.\n", "Second document, a longer one.\n" * 8
+    (folder / "b.txt").write_text(two, encoding="utf-8")  # sorted order: a.txt first
+    (folder / "a.txt").write_text(one, encoding="utf-8")
+    assert main(["prepare", str(tmp_path / "corpus"), "--tokenizer", "gpt2"]) == 0
+    meta, train, val = load(tmp_path / "corpus")
+    enc = gpt2_encoding()
+    split = int((len(one) + len(two)) * 0.9) - len(one)
+    assert train.tolist() == enc.encode_ordinary(one) + [GPT2_EOT] + enc.encode_ordinary(two[:split])
+    assert val.tolist() == enc.encode_ordinary(two[split:])
+    assert meta["sources"][0]["files"] == 2
+
+
+# --- mixology ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "gpt2"])
+def test_mixology_shares_follow_the_percentages(shared_data, tmp_path, tokenizer):
+    mix = tmp_path / "mix"
+    for name in ("25_alice", "75_shakespeare", "drafts"):
+        (mix / name).mkdir(parents=True)
+    shutil.copy(shared_data / "gutenberg_alice.txt", mix / "25_alice" / "alice.txt")
+    shutil.copy(shared_data / "tinyshakespeare.txt", mix / "75_shakespeare" / "shakespeare.txt")
+    (mix / "drafts" / "ignored.txt").write_text("not part of the mix\n", encoding="utf-8")
+    result = run_cli("prepare", str(mix), "--tokenizer", tokenizer, "--strip-gutenberg")
+    assert result.returncode == 0, result.stderr
+    assert "drafts" in result.stdout + result.stderr  # the ignored folder is named
+    assert "25_alice" in result.stdout and "75_shakespeare" in result.stdout  # the table of sources
+    meta, train, val = load(mix)
+    alice, shakespeare = meta["sources"]
+    assert (alice["percent"], shakespeare["percent"]) == (25, 75)
+    for part, ids in (("train", train), ("val", val)):
+        total = alice[f"{part}_tokens"] + shakespeare[f"{part}_tokens"]
+        assert total == len(ids) == meta[f"{part}_tokens"]
+        assert abs(alice[f"{part}_tokens"] / total - 0.25) <= 0.01
+        assert abs(shakespeare[f"{part}_tokens"] / total - 0.75) <= 0.01
+    # Alice is the scarce source: all of it is used, and Shakespeare only as much as 75% needs
+    assert (
+        main(
+            [
+                "prepare",
+                str(mix / "25_alice" / "alice.txt"),
+                "--tokenizer",
+                tokenizer,
+                "--strip-gutenberg",
+                "--out-dir",
+                str(tmp_path / "alice"),
+            ]
+        )
+        == 0
+    )
+    alone = load(tmp_path / "alice")[0]
+    assert alice["train_tokens"] == alone["train_tokens"] and alice["val_tokens"] == alone["val_tokens"]
+    assert shakespeare["used"] < 0.5
+    if tokenizer == "char":
+        assert decode_char(meta, train[: alice["train_tokens"]]) == decode_char(
+            alone, load(tmp_path / "alice")[1]
+        )
+    assert leftovers(mix) == []
+
+
+def test_mixology_percentages_must_sum_to_100(tmp_path, capsys):
+    for name in ("30_a", "40_b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "x.txt").write_text("some text here\n", encoding="utf-8")
+    assert main(["prepare", str(tmp_path)]) == 1
+    assert "sum to 70" in capsys.readouterr().err
+    assert not (tmp_path / "train.bin").exists()
+
+
+# --- Gutenberg ---------------------------------------------------------------------------------------------
+
+
+def test_strip_gutenberg(shared_data, tmp_path):
+    shutil.copy(shared_data / "gutenberg_alice.txt", tmp_path / "alice.txt")
+    assert main(["prepare", str(tmp_path / "alice.txt"), "--out-dir", str(tmp_path / "raw")]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                str(tmp_path / "alice.txt"),
+                "--out-dir",
+                str(tmp_path / "stripped"),
+                "--strip-gutenberg",
+            ]
+        )
+        == 0
+    )
+    raw_meta, raw_train, raw_val = load(tmp_path / "raw")
+    meta, train, val = load(tmp_path / "stripped")
+    raw = decode_char(raw_meta, np.concatenate([raw_train, raw_val]))
+    text = decode_char(meta, np.concatenate([train, val]))
+    assert "\r" not in raw and "\r" not in text  # CRLF is read as LF either way
+    assert raw.startswith("The Project Gutenberg eBook") and "*** END OF THE PROJECT GUTENBERG" in raw
+    assert "PROJECT GUTENBERG" not in text.upper() and "*** START" not in text
+    assert text.lstrip().startswith("[Illustration]") and text.rstrip().endswith("THE END")
+    assert "Down the Rabbit-Hole" in text and len(text) < 0.9 * len(raw)
+    assert len(meta["itos"]) <= len(raw_meta["itos"])
+
+
+# --- bad input ---------------------------------------------------------------------------------------------
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "latin1.txt").write_bytes("caf\u00e9 au lait\n".encode("latin-1"))
+    (tmp_path / "binary.txt").write_bytes(b"text at first" + b"\x00\x01\x02" * 10)
+    (tmp_path / "good.txt").write_text("plenty of good text to split\n" * 20, encoding="utf-8")
+    (tmp_path / "nosources").mkdir()
+    (tmp_path / "nosources" / "notes").mkdir()
+    (tmp_path / "nosources" / "notes" / "a.txt").write_text("hi\n", encoding="utf-8")
+    (tmp_path / "nofiles" / "100_a").mkdir(parents=True)
+    (tmp_path / "afile").write_text("x", encoding="utf-8")
+    good = str(tmp_path / "good.txt")
+    return {
+        "missing": ([str(tmp_path / "nope.txt")], "does not exist"),
+        "empty": ([str(tmp_path / "empty.txt")], "is empty"),
+        "not utf-8": (
+            [str(tmp_path / "latin1.txt")],
+            "latin1.txt is not UTF-8 text (invalid byte at offset 3)",
+        ),
+        "binary": (
+            [str(tmp_path / "binary.txt")],
+            "binary.txt looks like a binary file (NUL byte at offset 13)",
+        ),
+        "no sources": ([str(tmp_path / "nosources")], "no usable sources"),
+        "no files": ([str(tmp_path / "nofiles")], "100_a has no .txt files"),
+        "tokenizer": ([good, "--tokenizer", "bpe"], "unknown tokenizer 'bpe'"),
+        "val fraction": ([good, "--val-fraction", "1.5"], "--val-fraction"),
+        "unwritable": (
+            [good, "--out-dir", str(tmp_path / "afile" / "out")],
+            "cannot write to the output folder",
+        ),
+        "too small": ([str(tmp_path / "afile")], "too little text"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "empty",
+        "not utf-8",
+        "binary",
+        "no sources",
+        "no files",
+        "tokenizer",
+        "val fraction",
+        "unwritable",
+        "too small",
+    ],
+)
+def test_bad_input_is_one_line_and_exit_1(tmp_path, capsys, case):
+    args, message = _bad_inputs(tmp_path)[case]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(["prepare", *args]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("nanogpt prepare: error: ") and message in err[-1]
+    assert not any("Traceback" in line for line in err)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_bad_input_in_a_real_process(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("na\u00efve\n".encode("latin-1"))
+    result = run_cli("prepare", str(tmp_path / "latin1.txt"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    expected = (
+        f"{tmp_path / 'latin1.txt'} is not UTF-8 text (invalid byte at offset 2); convert it to UTF-8 first"
+    )
+    assert result.stderr.strip().splitlines() == [f"nanogpt prepare: error: {expected}"]
