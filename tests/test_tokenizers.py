@@ -1,0 +1,93 @@
+"""Tokenizers: char vocabularies, the offline GPT-2 BPE, and the cut points prepare streams GPT-2 text at."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from nanogpt.cli import main
+from nanogpt.errors import UserError
+from nanogpt.prepare import safe_cut
+from nanogpt.tokenizers import GPT2_EOT, CharTokenizer, GPT2Tokenizer, from_meta, gpt2_encoding, token_dtype
+
+
+def test_gpt2_is_openai_gpt2_offline():
+    tok = GPT2Tokenizer()
+    assert tok.encode("Hello world") == [15496, 995]
+    assert tok.vocab_size == 50257 and tok.eot == GPT2_EOT == 50256
+    assert gpt2_encoding().encode("<|endoftext|>", allowed_special="all") == [50256]
+    text = "Ünïcödé, émojis 🙂 and\ttabs\n\n  'll've 1234567"
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_char_vocabulary_is_sorted_by_code_point():
+    tok = CharTokenizer("hello, Wörld!\n")
+    assert tok.itos == sorted(set("hello, Wörld!\n")) and tok.itos[0] == "\n"
+    assert tok.decode(tok.encode("Wörld")) == "Wörld"
+    with pytest.raises(UserError, match="not in this model's vocabulary"):
+        tok.encode("xyz")
+
+
+def test_token_dtype_boundary():
+    assert token_dtype(65) == token_dtype(50257) == token_dtype(65536) == "uint16"
+    assert token_dtype(65537) == "uint32"
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "gpt2"])
+def test_vocab_json_rebuilds_the_tokenizer(tmp_path, tokenizer):
+    text = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 30
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    assert main(["prepare", str(tmp_path / "t.txt"), "--tokenizer", tokenizer]) == 0
+    meta = json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8"))
+    tok = from_meta(meta)
+    ids = (
+        np.fromfile(tmp_path / "train.bin", dtype="<u2").tolist()
+        + np.fromfile(tmp_path / "val.bin", "<u2").tolist()
+    )
+    assert tok.decode(ids) == text
+
+
+def test_from_meta_rejects_what_it_does_not_know():
+    with pytest.raises(UserError, match="unknown tokenizer"):
+        from_meta({"tokenizer": "sentencepiece"})
+    with pytest.raises(UserError, match="no 'itos'"):
+        from_meta({"tokenizer": "char"})
+
+
+TRICKY = "a  \n\n b\r\n\tc's 'll 12 345,67 ... !!\n   \n\nÉté — ünïcödé 🙂🙂  x\u00a0y\u3000z end.\n"
+
+
+@pytest.fixture
+def texts(shared_data):
+    alice = (shared_data / "gutenberg_alice.txt").read_text(encoding="utf-8")
+    return [
+        TRICKY * 40,
+        alice[:200_000],
+        (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:200_000],
+    ]
+
+
+def test_safe_cut_never_changes_gpt2_tokens(texts):
+    enc = gpt2_encoding()
+    rng = random.Random(0)
+    for text in texts:
+        for _ in range(40):
+            end = rng.randrange(2, len(text))
+            start = max(0, end - rng.randrange(2, 20_000))
+            piece = text[start:end]
+            cut = safe_cut(piece)
+            if cut == 0:
+                continue
+            assert 0 < cut < len(piece) and not piece[cut - 1].isspace() and piece[cut].isspace()
+            assert enc.encode_ordinary(piece[:cut]) + enc.encode_ordinary(piece[cut:]) == enc.encode_ordinary(
+                piece
+            )
+
+
+def test_safe_cut_finds_nothing_without_a_word_boundary():
+    assert safe_cut("nospaceshere") == 0
+    assert safe_cut("   \n\n  ") == 0
+    assert safe_cut("word\n\nnext") == 4
