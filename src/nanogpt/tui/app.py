@@ -126,13 +126,20 @@ class TrainingApp(App[int]):
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
-        yield RunHeader("starting…", id="header")
-        yield LossChart(id="chart")
+        # kept as attributes: `query_one` would search the sample popup while it is on top
+        self.header = RunHeader("starting…", id="header")
+        self.chart = LossChart(id="chart")
+        self.status = StatusLine("", id="status")
+        self.badge_widget = Static("", id="badge")
+        self.error_widget = Static("", id="error")
+        self.notice = Static("", id="notice")
+        yield self.header
+        yield self.chart
         with Horizontal(id="status-row"):
-            yield StatusLine("", id="status")
-            yield Static("", id="badge")
-        yield Static("", id="error")
-        yield Static("", id="notice")
+            yield self.status
+            yield self.badge_widget
+        yield self.error_widget
+        yield self.notice
         yield Footer()
 
     def on_mount(self) -> None:
@@ -179,7 +186,7 @@ class TrainingApp(App[int]):
             self.step = ev.step
         if self._session_start_step is None:
             self._session_start_step = steps[0] - 1
-        self.query_one(LossChart).add_train(steps, losses)
+        self.chart.add_train(steps, losses)
         self._chart_dirty = True
 
     def _tick(self) -> None:
@@ -192,7 +199,7 @@ class TrainingApp(App[int]):
     def _maybe_draw_chart(self, force: bool = False) -> None:
         if not self._chart_dirty:
             return
-        chart = self.query_one(LossChart)
+        chart = self.chart
         now = time.monotonic()
         interval = min(MAX_DRAW_INTERVAL_S, max(MIN_DRAW_INTERVAL_S, chart.last_draw_s / MAX_DRAW_SHARE))
         if force or now - self._last_draw >= interval:
@@ -207,7 +214,7 @@ class TrainingApp(App[int]):
             self._on_run_started(ev)
         elif isinstance(ev, EvalDone):
             self.last_val = (ev.step, ev.val_loss)
-            self.query_one(LossChart).add_val(ev.step, ev.val_loss)
+            self.chart.add_val(ev.step, ev.val_loss)
             self._chart_dirty = True
         elif isinstance(ev, Sampled):
             if self.sample_screen is not None:
@@ -232,8 +239,8 @@ class TrainingApp(App[int]):
         self._run_t0 = time.monotonic()
         if self._paused_since is not None:
             self._paused_since = self._run_t0
-        self.query_one(RunHeader).show_run(ev)
-        chart = self.query_one(LossChart)
+        self.header.show_run(ev)
+        chart = self.chart
         hist = [h for h in ev.history if "loss" in h]
         chart.add_train([int(h["step"]) for h in hist], [float(h["loss"]) for h in hist])
         for h in ev.history:
@@ -249,7 +256,7 @@ class TrainingApp(App[int]):
         self.finished = ev
         self._set_paused(False)
         if ev.reason == "error":
-            err = self.query_one("#error", Static)
+            err = self.error_widget
             err.update(Text.assemble(("Training stopped with an error: ", "bold"), ev.message,
                                      "\nPress q to leave."))
             err.add_class("shown")
@@ -270,7 +277,7 @@ class TrainingApp(App[int]):
         self.paused = paused
 
     def _notice(self, text: str) -> None:
-        self.query_one("#notice", Static).update(Text(text))
+        self.notice.update(Text(text))
 
     # ------------------------------------------------------------------ status line
     def _elapsed(self) -> float | None:
@@ -310,8 +317,8 @@ class TrainingApp(App[int]):
         return "RUNNING" if self.run_info is not None else "STARTING"
 
     def _render_status(self) -> None:
-        self.query_one(StatusLine).update(Text(self.status_text()))
-        badge = self.query_one("#badge", Static)
+        self.status.update(Text(self.status_text()))
+        badge = self.badge_widget
         word = self.badge()
         badge.update(word)
         cls = {"DONE": "finished", "ERROR": "error", "STOPPED": "finished", "PAUSED": "paused",
@@ -372,7 +379,7 @@ class TrainingApp(App[int]):
         self._notice("saving after the current step…")
 
     def action_toggle_log(self) -> None:
-        chart = self.query_one(LossChart)
+        chart = self.chart
         chart.log_scale = not chart.log_scale
         self._chart_dirty = True
         self._maybe_draw_chart(force=True)

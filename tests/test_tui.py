@@ -1,0 +1,215 @@
+"""The training UI driven by Textual's pilot, with a real tiny GPT training on real Tiny Shakespeare."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from nanogpt.engine import build_trainer
+from nanogpt.prepare import prepare
+from nanogpt.tui.app import TrainingApp
+from nanogpt.tui.widgets import SampleScreen
+
+SIZE = (120, 40)
+SUFFIXES = (".safetensors", ".config.json", ".training_log.json")
+# 2 layers, 32 wide: a few ms per step on CPU, still a real GPT on real text
+TINY = {
+    "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 4, "eval_iters": 2,
+    "device": "cpu", "compile": False, "dtype": "float32", "warmup_steps": 5, "validation_interval": 0,
+    "tokens_to_generate": 40,
+}
+
+
+@pytest.fixture(scope="module")
+def char_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny Shakespeare prepared at character level by `nanogpt.prepare` (skips when the data is absent)."""
+    text = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+    if not text.is_file():
+        pytest.skip(f"shared data not found at {text}")
+    out = tmp_path_factory.mktemp("shakespeare")
+    prepare(str(text), tokenizer="char", out_dir=str(out))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    # Tiny steps gain nothing from a second intra-op thread, and on a busy 2-core box its spin-waits
+    # make them ~100x slower; restore the setting for the other tests.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_trainer(data: Path, out: Path, **settings):
+    return build_trainer({**TINY, "data_dir": str(data), "out_dir": str(out), **settings})
+
+
+async def wait_for(pilot, condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Let the app run until `condition()` holds (a generous limit only turns a hang into a failure)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for: {what}")
+        await pilot.pause(0.05)
+
+
+def checkpoint_files(stem: str) -> list[Path]:
+    return [Path(stem + s) for s in SUFFIXES]
+
+
+def test_chart_and_status_follow_training_and_q_saves_and_exits(char_data: Path, tmp_path: Path) -> None:
+    trainer = make_trainer(char_data, tmp_path, steps=100_000, validation_interval=10)
+    app = TrainingApp(trainer)
+
+    async def drive() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            chart = app.chart
+            await wait_for(pilot, lambda: len(chart.val_steps) >= 2, "two validation losses")
+            await wait_for(pilot, lambda: chart.draws > 0 and chart.drawn_points >= 10, "a drawn chart")
+            assert chart.train_steps[:3] == [1, 2, 3]
+            assert all(0.5 < x < 10 for x in chart.train_losses)
+            assert chart.val_steps[:2] == [10, 20]
+            status = app.status_text()
+            assert f"/{100_000}" in status and "ms/step" in status and "val " in status
+            assert app.badge() == "RUNNING"
+            await pilot.press("q")
+            await wait_for(pilot, lambda: app.result is not None, "the run to stop")
+
+    asyncio.run(drive())
+    assert app.return_value == 0
+    assert app.result.reason == "stopped"
+    assert app.result.stem is not None
+    assert all(p.is_file() for p in checkpoint_files(app.result.stem))
+    assert app.result.stem.endswith(f"model_step_{app.result.step}")
+
+
+def test_p_pauses_and_resumes_the_step_counter(char_data: Path, tmp_path: Path) -> None:
+    trainer = make_trainer(char_data, tmp_path, steps=100_000)
+    app = TrainingApp(trainer)
+
+    async def drive() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.step >= 3, "a few steps")
+            await pilot.press("p")
+            assert app.badge() in ("PAUSING", "PAUSED")  # acknowledged at once, before the step ends
+            await wait_for(pilot, lambda: app.badge() == "PAUSED", "the engine to pause")
+            held = app.step
+            await pilot.pause(0.5)
+            assert app.step == held and trainer.step == held
+            assert "PAUSED" in str(app.badge_widget.render())
+            await pilot.press("p")
+            await wait_for(pilot, lambda: app.step > held + 2, "steps after resuming")
+            assert app.badge() == "RUNNING"
+            await pilot.press("q")
+            await wait_for(pilot, lambda: app.result is not None, "the run to stop")
+
+    asyncio.run(drive())
+
+
+def test_g_shows_a_sample_and_escape_closes_it_and_training_goes_on(char_data: Path, tmp_path: Path) -> None:
+    trainer = make_trainer(char_data, tmp_path, steps=100_000)
+    app = TrainingApp(trainer)
+
+    async def drive() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.step >= 3, "a few steps")
+            await pilot.press("g")
+            assert isinstance(app.screen, SampleScreen)
+            screen = app.screen
+            await wait_for(pilot, lambda: screen.text is not None, "the sampled text")
+            held = app.step
+            assert app.badge() == "PAUSED" and trainer.step == held
+            # the popup shows what these weights sample (the engine's sampler is seeded by the step)
+            assert screen.text == trainer.sample(40)
+            assert len(screen.text) >= 10
+            await pilot.press("escape")
+            assert not isinstance(app.screen, SampleScreen)
+            await wait_for(pilot, lambda: app.step > held + 2, "training to continue")
+            await pilot.press("q")
+            await wait_for(pilot, lambda: app.result is not None, "the run to stop")
+
+    asyncio.run(drive())
+
+
+def test_s_saves_a_checkpoint_without_stopping(char_data: Path, tmp_path: Path) -> None:
+    trainer = make_trainer(char_data, tmp_path, steps=100_000)
+    app = TrainingApp(trainer)
+
+    async def drive() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.step >= 3, "a few steps")
+            await pilot.press("s")
+            await wait_for(pilot, lambda: app.last_saved is not None, "the checkpoint")
+            saved = app.last_saved
+            assert saved.stem == str(tmp_path / f"model_step_{saved.step}")
+            assert all(p.is_file() for p in checkpoint_files(saved.stem))
+            assert saved.stem in str(app.notice.render())
+            await wait_for(pilot, lambda: app.step > saved.step + 2, "training to go on")
+            await pilot.press("q")
+            await wait_for(pilot, lambda: app.result is not None, "the run to stop")
+
+    asyncio.run(drive())
+
+
+def test_last_step_saves_and_waits_for_q_then_resume_starts_paused_with_history(
+    char_data: Path, tmp_path: Path
+) -> None:
+    app = TrainingApp(make_trainer(char_data, tmp_path, steps=20, validation_interval=10))
+
+    async def first_run() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.finished is not None, "the last step")
+            await pilot.pause(0.3)
+            assert app.is_running and app.badge() == "DONE"  # still on screen with the final numbers
+            assert app.status_text().startswith("step 20/20")
+            await pilot.press("q")
+
+    asyncio.run(first_run())
+    assert app.return_value == 0 and app.result.reason == "completed"
+    stem = str(tmp_path / "model_step_20")
+    assert app.result.stem == stem
+    first_losses = app.chart.train_losses
+
+    resumed = build_trainer({"steps": 40, "out_dir": str(tmp_path), "device": "cpu"}, resume=stem)
+    app2 = TrainingApp(resumed, start_paused=True)
+
+    async def second_run() -> None:
+        async with app2.run_test(size=SIZE) as pilot:
+            chart = app2.chart
+            await wait_for(pilot, lambda: app2.run_info is not None, "the run to start")
+            await wait_for(pilot, lambda: chart.draws > 0, "the chart")
+            await pilot.pause(0.5)
+            assert app2.badge() == "PAUSED" and app2.step == 20 and resumed.step == 20
+            assert chart.train_steps == list(range(1, 21))
+            assert chart.train_losses == pytest.approx(first_losses)
+            assert chart.val_steps == [10, 20]
+            await pilot.press("p")
+            await wait_for(pilot, lambda: app2.finished is not None, "the resumed run to finish")
+            assert chart.train_steps == list(range(1, 41))
+            await pilot.press("q")
+
+    asyncio.run(second_run())
+    assert app2.result.reason == "completed" and app2.result.stem == str(tmp_path / "model_step_40")
+
+
+def test_an_engine_error_is_shown_and_q_exits_with_1(char_data: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the checkpoint folder should be")
+    app = TrainingApp(make_trainer(char_data, blocker / "out", steps=3))
+
+    async def drive() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.finished is not None, "the failed save")
+            assert app.badge() == "ERROR"
+            shown = str(app.error_widget.render())
+            assert "cannot write checkpoint" in shown and app.finished.message in shown
+            await pilot.press("q")
+
+    asyncio.run(drive())
+    assert app.return_value == 1
