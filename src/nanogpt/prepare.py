@@ -18,9 +18,11 @@ import gzip
 import io
 import json
 import os
+import queue
 import re
 import secrets
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -148,18 +150,24 @@ class _CharSet:
 
     def __init__(self) -> None:
         self.seen = np.zeros(_MAX_CODE_POINT, dtype=bool)
+        self.known_ascii = b""
 
     def add(self, text: str) -> None:
         if not text:
             return
         if text.isascii():
-            counts = np.bincount(np.frombuffer(text.encode("ascii"), dtype=np.uint8), minlength=128)
-            self.seen[:128] |= counts > 0
+            # deleting the characters already known leaves (almost always) nothing: a fast C loop
+            new = text.encode("ascii").translate(None, self.known_ascii)
+            if new:
+                self.seen[np.frombuffer(new, dtype=np.uint8)] = True
+                self.known_ascii = bytes(np.flatnonzero(self.seen[:128]).astype(np.uint8))
         else:
             self.seen[np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)] = True
+            self.known_ascii = bytes(np.flatnonzero(self.seen[:128]).astype(np.uint8))
 
     def clear(self) -> None:
         self.seen[:] = False
+        self.known_ascii = b""
 
     def chars(self) -> list[str]:
         return [chr(c) for c in np.flatnonzero(self.seen)]
@@ -243,6 +251,37 @@ def safe_cut(text: str) -> int:
     return 0
 
 
+class _DiskWriter:
+    """Writes token blocks on a thread of its own, so the disk works while the next chunk is encoded."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[tuple[BinaryIO, np.ndarray] | None] = queue.Queue(maxsize=4)
+        self.error: OSError | None = None
+        self.thread = threading.Thread(target=self._run, name="nanogpt-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    item[0].write(memoryview(item[1]).cast("B"))
+                except OSError as e:  # e.g. disk full: reported by the next write() or by close()
+                    self.error = e
+
+    def write(self, fh: BinaryIO, ids: np.ndarray) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put((fh, np.ascontiguousarray(ids)))
+
+    def close(self) -> None:
+        """Wait until every block is on disk; raise the first write error, if any."""
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 class _Writer:
     """Encodes text into part files, keeping the order of writes; GPT-2 encodes on a pool of threads."""
 
@@ -251,6 +290,7 @@ class _Writer:
         self.np_dtype = np.dtype(dtype).newbyteorder("<")
         self.pending: collections.deque[tuple[_Part, Future | np.ndarray]] = collections.deque()
         self.buffers: dict[int, str] = {}
+        self.disk = _DiskWriter()
         if tokenizer == "char":
             assert itos is not None
             codes = np.array([ord(c) for c in itos], dtype=np.int64)
@@ -277,7 +317,7 @@ class _Writer:
             else:
                 codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
             ids = self.lut[codes]
-            ids.tofile(part.fh)
+            self.disk.write(part.fh, ids)
             part.tokens += len(ids)
             return
         key = id(part)
@@ -310,7 +350,7 @@ class _Writer:
         while len(self.pending) > keep:
             part, job = self.pending.popleft()
             ids = job.result() if isinstance(job, Future) else job
-            ids.astype(self.np_dtype, copy=False).tofile(part.fh)
+            self.disk.write(part.fh, ids.astype(self.np_dtype, copy=False))
             part.tokens += len(ids)
 
     def close(self) -> None:
@@ -318,10 +358,16 @@ class _Writer:
         self._drain()
         if self.pool is not None:
             self.pool.shutdown()
+        self.disk.close()
 
     def abort(self) -> None:
+        """Stop all threads (after an error); safe to call after close()."""
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            self.disk.close()
+        except OSError:
+            pass  # the error that got us here is the one to report
 
 
 # ----------------------------------------------------------------------------------------------------------
