@@ -351,3 +351,44 @@ def test_bad_input_in_a_real_process(tmp_path):
         f"{tmp_path / 'latin1.txt'} is not UTF-8 text (invalid byte at offset 2); convert it to UTF-8 first"
     )
     assert result.stderr.strip().splitlines() == [f"nanogpt prepare: error: {expected}"]
+
+
+# --- progress ----------------------------------------------------------------------------------------------
+
+
+def test_progress_is_plain_lines_without_a_terminal(tmp_path):
+    (tmp_path / "a.txt").write_text("plain words here\n" * 2000, encoding="utf-8")
+    result = run_cli("prepare", str(tmp_path / "a.txt"))
+    assert result.returncode == 0, result.stderr
+    assert "\x1b[" not in result.stderr + result.stdout
+    assert any(line.startswith("tokenizing: ") and "MB/s" in line for line in result.stderr.splitlines())
+
+
+def test_progress_bar_on_a_terminal(tmp_path):
+    pty = pytest.importorskip("pty")
+    (tmp_path / "a.txt").write_text(
+        "some words on a line\n" * 150_000, encoding="utf-8"
+    )  # 3 MB: several chunks
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(SRC), "TERM": "xterm-256color", "COLUMNS": "100"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nanogpt", "prepare", str(tmp_path / "a.txt"), "--tokenizer", "gpt2"],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=env,
+    )
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        shown += data
+    stdout = proc.communicate()[0].decode()
+    os.close(master)
+    assert proc.returncode == 0, shown.decode(errors="replace")
+    assert b"\x1b[" in shown and b"tokenizing" in shown  # Rich drew its bar on the terminal
+    assert "wrote " in stdout and "\x1b[" not in stdout  # the summary on a pipe stays plain
