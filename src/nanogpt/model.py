@@ -29,19 +29,29 @@ class LayerNorm(nn.Module):
 
 
 class KVCache:
-    """Pre-allocated keys and values for every layer: (n_layer, B, n_head, block_size, head_size) each.
+    """Pre-allocated keys and values of every layer for inference; `pos` is how many positions are filled.
 
-    `pos` is how many positions are filled. A static buffer means no allocation per generated token.
+    One static buffer `kv` (n_layer, B, 2, n_head, block_size, head_size) with `k` and `v` as views of it,
+    so generating a token allocates nothing and one copy stores a layer's new key and value together.
+    `GPT.forward(idx, cache=...)` fills it for any number of tokens (a prompt); `GPT.decode_step` is the
+    fast path for one token. A cache is meant for one generation: `decode_step` binds it to the model's
+    parameters the first time it sees it.
     """
 
-    def __init__(self, cfg: ModelConfig, batch_size: int, device: torch.device, dtype: torch.dtype):
+    def __init__(self, cfg: ModelConfig, batch_size: int, device: torch.device | str, dtype: torch.dtype):
         hs = cfg.n_embd // cfg.n_head
-        shape = (cfg.n_layer, batch_size, cfg.n_head, cfg.block_size, hs)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.block_size = cfg.block_size
+        self.batch_size = batch_size
+        self.kv = torch.zeros(
+            (cfg.n_layer, batch_size, 2, cfg.n_head, cfg.block_size, hs), device=device, dtype=dtype
+        )
+        self.k = self.kv[:, :, 0]  # (n_layer, B, nh, block_size, hs)
+        self.v = self.kv[:, :, 1]
         self.pos = 0
+        self.plan: tuple | None = None  # (model, per-layer weights and views) built by GPT.decode_step
 
     def reset(self) -> None:
+        """Forget every position (the buffer is reused as is: stale entries are never read)."""
         self.pos = 0
 
 
@@ -174,6 +184,55 @@ class GPT(nn.Module):
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def decode_step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits (B, vocab) of one new token per row (tokens: (B,)) at position `cache.pos`; advances it.
+
+        The same math as `forward(tokens[:, None], cache=cache)`, as plain functional calls over weights and
+        cache views bound once per cache: for a small model a decode step is nearly all per-operator
+        overhead, so this path has no module dispatch, no slicing and no allocation beyond the op outputs.
+        Inference only: call it under `torch.inference_mode()`, with the model in eval mode (no dropout).
+        """
+        p = cache.pos
+        if p >= cache.block_size:
+            raise ValueError(f"the cache is full ({cache.block_size} positions); start a new window")
+        plan = cache.plan
+        if plan is None or plan[0] is not self:
+            plan = cache.plan = (self, self._decode_plan(cache))
+        (wte, wpe, lnf_w, lnf_b, layers), C = plan[1], self.config.n_embd
+        B = tokens.shape[0]
+        x = wte[tokens] + wpe[p]  # (B, C)
+        nh = self.config.n_head
+        for layer in layers:
+            ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b = layer[:12]
+            slots, kvs = layer[12:]
+            h = F.layer_norm(x, (C,), ln1_w, ln1_b, 1e-5)
+            qkv = F.linear(h, attn_w, attn_b).view(B, 3, nh, -1)
+            slots[p].copy_(qkv[:, 1:])  # this position's key and value, one copy into the static cache
+            k, v = kvs[p]  # (B, nh, p + 1, hs): every position so far, this one included
+            # one query attends to all cached positions: no mask needed
+            y = F.scaled_dot_product_attention(qkv[:, :1].transpose(1, 2), k, v)  # (B, nh, 1, hs)
+            x = x + F.linear(y.view(B, C), proj_w, proj_b)
+            h = F.layer_norm(x, (C,), ln2_w, ln2_b, 1e-5)
+            x = x + F.linear(F.gelu(F.linear(h, fc_w, fc_b)), fc2_w, fc2_b)
+        cache.pos = p + 1
+        return F.linear(F.layer_norm(x, (C,), lnf_w, lnf_b, 1e-5), wte)
+
+    def _decode_plan(self, cache: KVCache) -> tuple:
+        """Weights and per-position cache views for `decode_step`, gathered once instead of every token."""
+        t = self.transformer
+        layers = []
+        for i, block in enumerate(t.h):
+            a, m = block.attn, block.mlp
+            positions = range(cache.block_size)
+            layers.append((
+                block.ln_1.weight, block.ln_1.bias, a.c_attn.weight, a.c_attn.bias,
+                a.c_proj.weight, a.c_proj.bias, block.ln_2.weight, block.ln_2.bias,
+                m.c_fc.weight, m.c_fc.bias, m.c_proj.weight, m.c_proj.bias,
+                [cache.kv[i, :, :, :, p] for p in positions],  # slot (B, 2, nh, hs) of position p
+                [(cache.k[i, :, :, : p + 1], cache.v[i, :, :, : p + 1]) for p in positions],
+            ))
+        return t.wte.weight, t.wpe.weight, t.ln_f.weight, t.ln_f.bias, layers
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
         """AdamW parameter groups: decay the matrices (dim >= 2), not biases and LayerNorm gains."""
