@@ -63,6 +63,7 @@ class TrainingApp(App[int]):
     """Full-screen training UI: header, loss chart, status line, footer with the keys."""
 
     TITLE = "nanogpt"
+    ENABLE_COMMAND_PALETTE = False
     CSS = """
     Screen { layout: vertical; }
     RunHeader { height: 2; padding: 0 1; background: $boost; }
@@ -79,7 +80,7 @@ class TrainingApp(App[int]):
     #error { height: auto; padding: 0 1; background: $error 30%; display: none; }
     #error.shown { display: block; }
     SampleScreen { align: center middle; }
-    #sample-box { width: 90%; height: 80%; border: round $accent; background: $panel; padding: 0 1; }
+    #sample-box { width: 90%; height: 70%; border: round $accent; background: $panel; padding: 0 1; }
     #sample-title { text-style: bold; height: 1; }
     #sample-scroll { height: 1fr; }
     #sample-hint { height: 1; color: $text-muted; }
@@ -255,6 +256,8 @@ class TrainingApp(App[int]):
     def _on_finished(self, ev: RunFinished) -> None:
         self.finished = ev
         self._set_paused(False)
+        if self.sample_screen is not None and self.sample_screen.text is None:
+            self.sample_screen.show_text(ev.step, f"(no sample: the run ended, {ev.reason})")
         if ev.reason == "error":
             err = self.error_widget
             err.update(Text.assemble(("Training stopped with an error: ", "bold"), ev.message,
@@ -302,7 +305,7 @@ class TrainingApp(App[int]):
         done = self.step - (self._session_start_step or 0) if self._session_start_step is not None else 0
         if elapsed and done > 0 and self.finished is None:
             parts.append(f"ETA {clock(elapsed / done * (self.total_steps - self.step))}")
-        return "  │  ".join(parts)
+        return " │ ".join(parts)
 
     def badge(self) -> str:
         """The state word shown at the right of the status line."""

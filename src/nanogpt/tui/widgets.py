@@ -62,21 +62,17 @@ class RunHeader(Static):
         line1 = Text.assemble(
             ("nanogpt ", "bold"),
             (f"{human_count(run.n_params)} params", "bold cyan"),
-            f"  ·  {m.get('n_layer')} layers  ·  {m.get('n_head')} heads  ·  "
-            f"embd {m.get('n_embd')}  ·  block {m.get('block_size')}  ·  vocab {m.get('vocab_size')}",
+            f" · {m.get('n_layer')} layers · {m.get('n_head')} heads · embd {m.get('n_embd')}"
+            f" · block {m.get('block_size')} · vocab {m.get('vocab_size')}",
         )
         world = f" × {run.world_size}" if run.world_size > 1 else ""
+        dim = "dim"
         line2 = Text.assemble(
-            ("data ", "dim"),
-            run.dataset,
-            ("  tokenizer ", "dim"),
-            run.tokenizer,
-            ("  device ", "dim"),
-            f"{run.device}{world} {run.dtype}",
-            ("  batch ", "dim"),
-            f"{t.get('batch_size')}×{t.get('grad_accum')} = {human_count(run.tokens_per_step)} tok/step",
-            ("  seed ", "dim"),
-            str(run.seed),
+            ("data ", dim), run.dataset, (" · ", dim), run.tokenizer,
+            (" · ", dim), f"{run.device}{world} {run.dtype}",
+            (" · ", dim), f"{human_count(run.tokens_per_step)} tok/step",
+            (f" (batch {t.get('batch_size')}×{t.get('grad_accum')})", dim),
+            (" · seed ", dim), str(run.seed),
         )
         self.update(Text("\n").join([line1, line2]))
 
