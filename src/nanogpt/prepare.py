@@ -330,8 +330,10 @@ class _Writer:
         buf += text
         while len(buf) >= CHUNK_CHARS:
             cut = safe_cut(buf)
-            if cut == 0:  # one enormous "word": keep reading until a safe place to cut comes along
-                break
+            if cut == 0:  # one enormous "word": keep reading until a safe place to cut comes along,
+                if len(buf) < 16 * CHUNK_CHARS:
+                    break
+                cut = CHUNK_CHARS  # but bound the memory: text with no whitespace for 16M characters is not prose
             self._submit(part, self.pool.submit(self._encode_gpt2, buf[:cut]))  # type: ignore[union-attr]
             buf = buf[cut:]
         self.buffers[key] = buf
