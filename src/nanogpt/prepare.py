@@ -790,7 +790,10 @@ def bundled_dataset(tokenizer: str = "char") -> Path:
     """The bundled Tiny Shakespeare prepared with `tokenizer`, in the cache folder (prepared the first time)."""
     _check_options(tokenizer, 0.1)
     out = cache_dir() / f"{BUNDLED_NAME}-{tokenizer}"
-    if is_prepared(out):
+    if (
+        is_prepared(out)
+        and json.loads((out / "vocab.json").read_text(encoding="utf-8"))["tokenizer"] == tokenizer
+    ):
         print(f"using the bundled Tiny Shakespeare ({tokenizer}) prepared in {out}", file=sys.stderr)
         return out
     print(
