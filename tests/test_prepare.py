@@ -102,6 +102,19 @@ def test_crlf_is_read_as_lf(tmp_path):
     assert load(tmp_path / "dos")[0]["itos"] == load(tmp_path / "unix")[0]["itos"] == sorted(set(text))
 
 
+def test_line_ends_across_chunk_boundaries(tmp_path):
+    from nanogpt.prepare import CHUNK_CHARS
+
+    # a CRLF split across two reads, a lone CR (old Mac) and a CR at the very end of the file
+    text = "x" * (CHUNK_CHARS - 1) + "\r\n" + "after the boundary\rold mac line\r\nlast\r"
+    (tmp_path / "a.txt").write_bytes(text.encode())
+    assert main(["prepare", str(tmp_path / "a.txt"), "--val-fraction", "0.001"]) == 0
+    meta, train, val = load(tmp_path)
+    expected = text.replace("\r\n", "\n").replace("\r", "\n")
+    assert decode_char(meta, np.concatenate([train, val])) == expected
+    assert len(train) == int(len(expected) * (1 - 0.001))
+
+
 def test_large_vocabulary_uses_uint32(tmp_path):
     chars = [chr(c) for c in range(0x100, 0x100 + 70_000) if not 0xD800 <= c < 0xE000]
     text = "".join(chars) + "".join(chars[:1000])

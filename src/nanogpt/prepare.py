@@ -121,9 +121,11 @@ def _read_chunks(path: Path, progress: _Progress | None = None) -> Iterator[str]
     """The text of a file in chunks, CRLF (and lone CR) read as LF, as nanoGPT's open(..., 'r') reads it."""
     with open(path, "rb") as raw:
         stream: BinaryIO = gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw  # type: ignore[assignment]
-        # utf-8-sig: a byte-order mark (Windows editors) is not text
-        text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline=None)
+        # utf-8-sig: a byte-order mark (Windows editors) is not text. newline="": we translate line ends
+        # ourselves, since TextIOWrapper's universal newlines cost more than everything else in a char pass
+        text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
         done = 0
+        cr = ""  # a CR at the end of the last chunk: it may be the first half of a CRLF
         while True:
             try:
                 chunk = text.read(CHUNK_CHARS)
@@ -142,7 +144,15 @@ def _read_chunks(path: Path, progress: _Progress | None = None) -> Iterator[str]
                 pos = raw.tell()
                 progress.advance(pos - done)
                 done = pos
+            if cr or "\r" in chunk:
+                chunk = cr + chunk
+                cr = "\r" if chunk.endswith("\r") else ""
+                chunk = chunk[: len(chunk) - len(cr)].replace("\r\n", "\n").replace("\r", "\n")
+                if not chunk:
+                    continue
             yield chunk
+        if cr:
+            yield "\n"
 
 
 class _CharSet:
@@ -296,6 +306,10 @@ class _Writer:
             codes = np.array([ord(c) for c in itos], dtype=np.int64)
             self.lut = np.zeros(int(codes.max()) + 1, dtype=self.np_dtype)
             self.lut[codes] = np.arange(len(itos))
+            # ASCII sorts first, so ASCII characters have ids < 128: bytes.translate maps them in one C loop
+            self.ascii_table = bytes(
+                int(self.lut[c]) if c < len(self.lut) else 0 for c in range(128)
+            ) + bytes(128)
             self.pool = None
         else:
             self.enc = gpt2_encoding()
@@ -313,10 +327,10 @@ class _Writer:
             return
         if self.tokenizer == "char":
             if text.isascii():
-                codes = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+                ascii_ids = text.encode("ascii").translate(self.ascii_table)
+                ids = np.frombuffer(ascii_ids, dtype=np.uint8).astype(self.np_dtype)
             else:
-                codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-            ids = self.lut[codes]
+                ids = self.lut[np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)]
             self.disk.write(part.fh, ids)
             part.tokens += len(ids)
             return
