@@ -179,6 +179,10 @@ class _CharSet:
         self.seen[:] = False
         self.known_ascii = b""
 
+    def merge(self, other: _CharSet) -> None:
+        self.seen |= other.seen
+        self.known_ascii = bytes(np.flatnonzero(self.seen[:128]).astype(np.uint8))
+
     def chars(self) -> list[str]:
         return [chr(c) for c in np.flatnonzero(self.seen)]
 
@@ -227,7 +231,7 @@ def _scan(doc: _Doc, charset: _CharSet | None, strip: bool, progress: _Progress)
     doc.begin, doc.end = begin, pos if end is None else end
     doc.chars = doc.end - doc.begin
     if local is not None and local is not charset and charset is not None:
-        charset.seen |= local.seen
+        charset.merge(local)
 
 
 def _doc_text(doc: _Doc, progress: _Progress) -> Iterator[str]:
