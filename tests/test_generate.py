@@ -1,0 +1,239 @@
+"""Sampling: KV-cache generation equals uncached generation, seeds, greedy, top-k/top-p, and `nanogpt generate`."""
+
+from __future__ import annotations
+
+import os
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nanogpt import checkpoint
+from nanogpt.cli import main
+from nanogpt.config import ModelConfig, TrainConfig
+from nanogpt.generate import decode_escapes, default_slide, generate_tokens, sample_next, start_ids
+from nanogpt.model import GPT
+from nanogpt.tokenizers import CharTokenizer, GPT2Tokenizer
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+CHARS = string.ascii_letters + " \n.,:;!?'-"
+
+
+def tiny(block_size: int = 16, vocab_size: int = 37, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    model = GPT(ModelConfig(vocab_size=vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=32))
+    with torch.no_grad():  # larger logits than at initialisation: clear winners, so greedy has no near-ties
+        model.transformer.wte.weight.mul_(5.0)
+    return model.eval()
+
+
+def uncached(model: GPT, prompt: list[int], n: int, slide: int, temperature: float,
+             generator: torch.Generator | None = None) -> list[int]:
+    """The documented window rule without a cache: a full forward over ids[start:] for every token, where
+    start advances by `slide` whenever the window would exceed block_size (slide=1 is nanoGPT's crop)."""
+    block = model.config.block_size
+    ids, out = list(prompt), []
+    start = max(0, len(ids) - block)
+    with torch.no_grad():
+        for _ in range(n):
+            if len(ids) - start > block:
+                start += slide
+            logits, _ = model(torch.tensor([ids[start:]]))
+            logits = logits[:, -1]
+            if temperature == 0:
+                token = int(logits.argmax())
+            else:
+                token = int(torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator))
+            ids.append(token)
+            out.append(token)
+    return out
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("slide", [1, 4, None])  # 1 = nanoGPT's crop, None = the default
+@pytest.mark.parametrize("prompt_len", [3, 21])  # shorter and longer than the window
+def test_cached_generation_equals_uncached_token_for_token(slide, prompt_len):
+    model = tiny()
+    prompt = torch.randint(0, 37, (prompt_len,), generator=seeded(prompt_len)).tolist()
+    n = 45  # well past block_size 16: the window slides several times
+    rule = default_slide(16) if slide is None else slide
+    for temperature in (0.0, 1.0):
+        got = list(generate_tokens(model, prompt, n, temperature=temperature, generator=seeded(9), slide=slide))
+        expected = uncached(model, prompt, n, rule, temperature, generator=seeded(9))
+        assert got == expected
+
+
+def test_same_seed_same_tokens_other_seed_other_tokens():
+    model = tiny()
+    a = list(generate_tokens(model, [1, 2], 40, generator=seeded(5)))
+    b = list(generate_tokens(model, [1, 2], 40, generator=seeded(5)))
+    c = list(generate_tokens(model, [1, 2], 40, generator=seeded(6)))
+    assert a == b
+    assert a != c
+
+
+def test_temperature_zero_is_greedy_and_draws_no_random_numbers():
+    model = tiny()
+    g1, g2 = seeded(1), seeded(2)
+    state = g1.get_state()
+    a = list(generate_tokens(model, [4], 30, temperature=0, generator=g1))
+    b = list(generate_tokens(model, [4], 30, temperature=0, generator=g2))
+    assert a == b == uncached(model, [4], 30, default_slide(16), 0.0)
+    assert torch.equal(g1.get_state(), state)
+
+
+def test_top_k_1_and_tiny_top_p_are_greedy():
+    model = tiny()
+    greedy = list(generate_tokens(model, [7, 8], 25, temperature=0))
+    assert list(generate_tokens(model, [7, 8], 25, top_k=1, generator=seeded(3))) == greedy
+    assert list(generate_tokens(model, [7, 8], 25, top_p=1e-6, generator=seeded(3))) == greedy
+
+
+def test_top_k_and_top_p_restrict_the_candidates():
+    logits = torch.tensor([[0.0, 5.0, 4.0, 3.0, -1.0]])  # probabilities ~ .005 .66 .24 .09 .002
+    g = seeded(0)
+    assert {sample_next(logits, 1.0, top_k=2, generator=g) for _ in range(300)} == {1, 2}
+    assert {sample_next(logits, 1.0, top_p=0.8, generator=g) for _ in range(300)} == {1, 2}
+    assert {sample_next(logits, 1.0, top_p=0.5, generator=g) for _ in range(50)} == {1}
+    assert {sample_next(logits, 1.0, generator=g) for _ in range(2000)} >= {1, 2, 3}
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 50])
+def test_token_count_is_respected(n):
+    assert len(list(generate_tokens(tiny(), [0], n, generator=seeded(0)))) == n
+
+
+def test_training_mode_is_restored_and_bad_settings_rejected():
+    model = tiny().train()
+    list(generate_tokens(model, [1], 5, generator=seeded(0)))
+    assert model.training
+    for kwargs in ({"temperature": -1.0}, {"top_k": 0}, {"top_p": 0.0}, {"slide": 17}):
+        with pytest.raises(ValueError):
+            list(generate_tokens(model, [1], 5, **kwargs))
+    with pytest.raises(ValueError):
+        list(generate_tokens(model, [], 5))
+
+
+def test_start_ids_and_escapes():
+    tok = CharTokenizer(CHARS)
+    assert start_ids(tok, "") == [tok.stoi["\n"]]
+    assert start_ids(tok, "ab") == tok.encode("ab")
+    assert decode_escapes(r"a\nb\tc\\n") == "a\nb\tc\\n"
+
+
+# ----------------------------------------------------------------------------- the command line
+def save_checkpoint(folder: Path, tokenizer, vocab_size: int) -> Path:
+    """A real checkpoint written by checkpoint.save (untrained weights are enough to test sampling)."""
+    model = tiny(vocab_size=vocab_size, seed=1)
+    stem = checkpoint.stem_for(folder, 0)
+    checkpoint.save(stem, step=0, model=model, model_cfg=model.config, train_cfg=TrainConfig(),
+                    tokenizer_meta=tokenizer.to_meta(), log=[], optimizer_tensors={}, resume_state={})
+    return stem
+
+
+@pytest.fixture(scope="module")
+def char_stem(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tok = CharTokenizer(CHARS)
+    return save_checkpoint(tmp_path_factory.mktemp("char_ckpt"), tok, tok.vocab_size)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "nanogpt", "generate", *args], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+def test_cli_stdout_is_prompt_then_generated_text(char_stem):
+    r = run_cli(str(char_stem), "--tokens-to-generate", "30", "--prompt", r"To be\nor", "--seed", "7")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("To be\nor")
+    generated = r.stdout[len("To be\nor") :]
+    assert len(generated) == 30 and set(generated) <= set(CHARS)  # one char per token, nothing else
+    assert "parameters" in r.stderr  # the chatter goes to stderr
+    # the streamed text is exactly the decoded tokens of the same seeded sampler
+    model, meta = checkpoint.load_model(char_stem)
+    tok = CharTokenizer(meta["tokenizer"]["itos"])
+    tokens = generate_tokens(model, tok.encode("To be\nor"), 30, generator=torch.Generator().manual_seed(7))
+    assert generated == tok.decode(tokens)
+
+
+def test_cli_same_seed_same_text_seed_zero_random(char_stem, capsys):
+    outs = []
+    for seed in ("11", "11", "12", "0"):
+        assert main(["generate", str(char_stem), "--tokens-to-generate", "40", "--seed", seed]) == 0
+        cap = capsys.readouterr()
+        outs.append(cap.out)
+    assert outs[0] == outs[1] and outs[0] != outs[2]
+    assert "seed: " in cap.err  # seed 0 picks one and says which
+
+
+def test_cli_temperature_zero_ignores_the_seed(char_stem, capsys):
+    outs = []
+    for seed in ("1", "2"):
+        assert main(["generate", str(char_stem), "--temperature", "0", "--seed", seed, "--prompt", "ab"]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] and len(outs[0]) == 2 + 200
+
+
+def test_cli_prompt_character_outside_vocabulary_is_one_line_error(char_stem):
+    r = run_cli(str(char_stem), "--prompt", "café")
+    assert r.returncode == 1
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'é'" in lines[0] and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--tokens-to-generate", "-1"], ["--temperature", "-0.5"], ["--top-p", "0"], ["--top-p", "1.5"],
+     ["--top-k", "0"], ["--seed", "-3"]],
+)
+def test_cli_bad_settings_are_one_line_errors(char_stem, capsys, flags):
+    assert main(["generate", str(char_stem), *flags]) == 1
+    cap = capsys.readouterr()
+    assert cap.out == "" and len(cap.err.strip().splitlines()) == 1 and flags[0] in cap.err
+
+
+def test_cli_missing_or_corrupt_checkpoint(char_stem, tmp_path, capsys):
+    assert main(["generate", str(tmp_path / "model_step_9")]) == 1
+    assert "not found" in capsys.readouterr().err
+    broken = tmp_path / "model_step_0"
+    for suffix in (".safetensors", ".config.json"):
+        data = Path(str(char_stem) + suffix).read_bytes()
+        Path(str(broken) + suffix).write_bytes(data[: len(data) // 2] if suffix == ".safetensors" else data)
+    assert main(["generate", str(broken)]) == 1
+    cap = capsys.readouterr()
+    assert cap.out == "" and len(cap.err.strip().splitlines()) == 1 and "corrupt" in cap.err
+
+
+def test_cli_vocab_metadata_override(char_stem, tmp_path, capsys):
+    import json
+
+    model_meta = checkpoint.read_meta(char_stem)["tokenizer"]
+    vocab = tmp_path / "vocab.json"
+    vocab.write_text(json.dumps(model_meta), encoding="utf-8")
+    assert main(["generate", str(char_stem), "--tokens-to-generate", "20"]) == 0
+    plain = capsys.readouterr().out
+    assert main(["generate", str(char_stem), "--tokens-to-generate", "20", "--vocab-metadata", str(vocab)]) == 0
+    assert capsys.readouterr().out == plain
+    vocab.write_text(json.dumps(CharTokenizer("abc").to_meta()), encoding="utf-8")
+    assert main(["generate", str(char_stem), "--vocab-metadata", str(vocab)]) == 1
+    assert "vocabulary" in capsys.readouterr().err
+
+
+def test_cli_gpt2_streaming_decodes_like_the_whole_text(tmp_path, capsys):
+    """GPT-2 tokens can split a UTF-8 character; the streamed text equals decoding all tokens at once."""
+    tok = GPT2Tokenizer()
+    stem = save_checkpoint(tmp_path, tok, tok.vocab_size)
+    prompt = "Olá, café ☕"
+    assert main(["generate", str(stem), "--tokens-to-generate", "25", "--prompt", prompt, "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    model, _ = checkpoint.load_model(stem)
+    tokens = list(generate_tokens(model, tok.encode(prompt), 25, generator=torch.Generator().manual_seed(3)))
+    assert out == prompt + tok.decode(tokens)

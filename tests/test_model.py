@@ -1,0 +1,122 @@
+"""The GPT itself: causal masking, GPT-2 parameter names, weight tying, and the KV cache's inference paths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nanogpt.config import ModelConfig
+from nanogpt.model import GPT, KVCache
+
+
+def tiny(bias: bool = False, block_size: int = 16, vocab_size: int = 37, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=32, bias=bias)
+    return GPT(cfg).eval()
+
+
+def all_logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+    """Logits of every position (passing targets makes forward return them all)."""
+    logits, _ = model(idx, targets=idx)
+    return logits
+
+
+def test_logits_at_t_do_not_depend_on_later_tokens():
+    model = tiny()
+    idx = torch.randint(0, 37, (2, 16), generator=torch.Generator().manual_seed(1))
+    changed = idx.clone()
+    t = 9
+    changed[:, t + 1 :] = (changed[:, t + 1 :] + 5) % 37  # every later token differs
+    with torch.no_grad():
+        a, b = all_logits(model, idx), all_logits(model, changed)
+    torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1])
+    assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])  # the later positions do see the change
+
+
+def test_parameter_names_and_shapes_map_onto_gpt2():
+    model = tiny(bias=True)
+    C, V, T = 32, 37, 16
+    # Hugging Face GPT2LMHeadModel's names; its Conv1D stores (in, out), torch Linear (out, in)
+    expected = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (T, C),
+                "transformer.ln_f.weight": (C,), "transformer.ln_f.bias": (C,), "lm_head.weight": (V, C)}
+    for i in range(2):
+        h = f"transformer.h.{i}."
+        expected |= {
+            h + "ln_1.weight": (C,), h + "ln_1.bias": (C,), h + "ln_2.weight": (C,), h + "ln_2.bias": (C,),
+            h + "attn.c_attn.weight": (3 * C, C), h + "attn.c_attn.bias": (3 * C,),
+            h + "attn.c_proj.weight": (C, C), h + "attn.c_proj.bias": (C,),
+            h + "mlp.c_fc.weight": (4 * C, C), h + "mlp.c_fc.bias": (4 * C,),
+            h + "mlp.c_proj.weight": (C, 4 * C), h + "mlp.c_proj.bias": (C,),
+        }
+    got = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    assert got == expected
+
+
+def test_lm_head_is_tied_to_the_token_embedding():
+    model = tiny()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    idx = torch.randint(0, 37, (2, 8))
+    _, loss = model.train()(idx, targets=idx)
+    loss.backward()
+    assert model.transformer.wte.weight.grad is not None and model.transformer.wte.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_kv_cache_forward_equals_full_forward(bias):
+    """Prefill in chunks, then single tokens through forward(cache=) and decode_step: same logits."""
+    model = tiny(bias=bias)
+    idx = torch.randint(0, 37, (2, 16), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        full = all_logits(model, idx)
+        cache = KVCache(model.config, 2, "cpu", torch.float32)
+        got = []
+        for a, b in [(0, 5), (5, 9)]:  # a prompt, then more prompt after cached positions
+            logits, _ = model(idx[:, a:b], cache=cache)
+            got.append(logits[:, -1])
+        for t in range(9, 12):  # one token through the general forward path
+            got.append(model(idx[:, t : t + 1], cache=cache)[0][:, -1])
+        for t in range(12, 16):  # one token through the fast path
+            got.append(model.decode_step(idx[:, t], cache))
+    expected = [full[:, 4], full[:, 8], *(full[:, t] for t in range(9, 16))]
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+    assert cache.pos == 16
+
+
+def test_cache_rejects_more_than_block_size():
+    model = tiny(block_size=8)
+    cache = KVCache(model.config, 1, "cpu", torch.float32)
+    with torch.inference_mode():
+        model(torch.zeros(1, 8, dtype=torch.long), cache=cache)
+        with pytest.raises(ValueError):
+            model.decode_step(torch.zeros(1, dtype=torch.long), cache)
+        cache.reset()
+        model.decode_step(torch.zeros(1, dtype=torch.long), cache)  # a reset cache is usable again
+    assert cache.pos == 1
+
+
+def test_decode_step_follows_weight_updates_when_given_a_new_cache():
+    """A cache binds the parameters (not copies): in-place updates between generations are seen."""
+    model = tiny()
+    tok = torch.tensor([3])
+    with torch.inference_mode():
+        before = model.decode_step(tok, KVCache(model.config, 1, "cpu", torch.float32))
+        model.transformer.h[0].mlp.c_fc.weight.mul_(2.0)
+        after = model.decode_step(tok, KVCache(model.config, 1, "cpu", torch.float32))
+        reference, _ = model(tok.view(1, 1))
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, reference[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_cache_matches_bfloat16_forward():
+    """Tiny on purpose: bfloat16 is emulated (slow) on CPUs without avx512_bf16."""
+    model = tiny().to(torch.bfloat16)
+    idx = torch.randint(0, 37, (1, 6), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        full = all_logits(model, idx)
+        cache = KVCache(model.config, 1, "cpu", torch.bfloat16)
+        model(idx[:, :4], cache=cache)
+        model.decode_step(idx[:, 4], cache)
+        last = model.decode_step(idx[:, 5], cache)
+    assert last.dtype == torch.bfloat16
+    torch.testing.assert_close(last.float(), full[:, -1].float(), rtol=0.05, atol=0.05)
