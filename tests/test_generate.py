@@ -1,7 +1,8 @@
-"""Sampling: KV-cache generation equals uncached generation, seeds, greedy, top-k/top-p, and `nanogpt generate`."""
+"""Sampling: cached generation equals uncached generation, seeds, greedy, top-k/top-p, `nanogpt generate`."""
 
 from __future__ import annotations
 
+import json
 import os
 import string
 import subprocess
@@ -46,7 +47,8 @@ def uncached(model: GPT, prompt: list[int], n: int, slide: int, temperature: flo
             if temperature == 0:
                 token = int(logits.argmax())
             else:
-                token = int(torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator))
+                probs = torch.softmax(logits / temperature, -1)
+                token = int(torch.multinomial(probs, 1, generator=generator))
             ids.append(token)
             out.append(token)
     return out
@@ -64,7 +66,8 @@ def test_cached_generation_equals_uncached_token_for_token(slide, prompt_len):
     n = 45  # well past block_size 16: the window slides several times
     rule = default_slide(16) if slide is None else slide
     for temperature in (0.0, 1.0):
-        got = list(generate_tokens(model, prompt, n, temperature=temperature, generator=seeded(9), slide=slide))
+        tokens = generate_tokens(model, prompt, n, temperature=temperature, generator=seeded(9), slide=slide)
+        got = list(tokens)
         expected = uncached(model, prompt, n, rule, temperature, generator=seeded(9))
         assert got == expected
 
@@ -145,8 +148,8 @@ def char_stem(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "nanogpt", "generate", *args], capture_output=True,
-                          text=True, env=env, timeout=120)
+    command = [sys.executable, "-m", "nanogpt", "generate", *args]
+    return subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=120)
 
 
 def test_cli_stdout_is_prompt_then_generated_text(char_stem):
@@ -213,14 +216,13 @@ def test_cli_missing_or_corrupt_checkpoint(char_stem, tmp_path, capsys):
 
 
 def test_cli_vocab_metadata_override(char_stem, tmp_path, capsys):
-    import json
-
     model_meta = checkpoint.read_meta(char_stem)["tokenizer"]
     vocab = tmp_path / "vocab.json"
     vocab.write_text(json.dumps(model_meta), encoding="utf-8")
-    assert main(["generate", str(char_stem), "--tokens-to-generate", "20"]) == 0
+    args = ["generate", str(char_stem), "--tokens-to-generate", "20"]
+    assert main(args) == 0
     plain = capsys.readouterr().out
-    assert main(["generate", str(char_stem), "--tokens-to-generate", "20", "--vocab-metadata", str(vocab)]) == 0
+    assert main([*args, "--vocab-metadata", str(vocab)]) == 0
     assert capsys.readouterr().out == plain
     vocab.write_text(json.dumps(CharTokenizer("abc").to_meta()), encoding="utf-8")
     assert main(["generate", str(char_stem), "--vocab-metadata", str(vocab)]) == 1
