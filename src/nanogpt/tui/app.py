@@ -69,7 +69,7 @@ class TrainingApp(App[int]):
     RunHeader { height: 2; padding: 0 1; background: $boost; }
     LossChart { height: 1fr; min-height: 8; }
     #status-row { height: auto; }
-    StatusLine { width: 1fr; height: auto; padding: 0 1; }
+    StatusLine { width: 1fr; height: auto; padding: 0 0 0 1; }
     #badge { width: auto; min-width: 10; padding: 0 1; text-style: bold; content-align: center middle; }
     #badge.running { background: $success; color: $text; }
     #badge.paused { background: $warning; color: black; }
@@ -80,9 +80,10 @@ class TrainingApp(App[int]):
     #error { height: auto; padding: 0 1; background: $error 30%; display: none; }
     #error.shown { display: block; }
     SampleScreen { align: center middle; }
-    #sample-box { width: 90%; height: 70%; border: round $accent; background: $panel; padding: 0 1; }
-    #sample-title { text-style: bold; height: 1; }
-    #sample-scroll { height: 1fr; }
+    #sample-box { width: 90%; height: auto; max-height: 80%; border: round $accent; background: $panel;
+                  padding: 0 1; }
+    #sample-title { text-style: bold; height: 1; margin-bottom: 1; }
+    #sample-scroll { height: auto; max-height: 30; }
     #sample-hint { height: 1; color: $text-muted; }
     """
     BINDINGS: ClassVar[list[Binding]] = [
@@ -292,16 +293,17 @@ class TrainingApp(App[int]):
     def status_text(self) -> str:
         """The numbers of the status line, as plain text (tests read it)."""
         parts = [f"step {self.step}/{self.total_steps}"]
-        if self.recent_losses:
+        if self.recent_losses:  # the mean of the last 10: one step's loss is too noisy to read
             parts.append(f"loss {sum(self.recent_losses) / len(self.recent_losses):.4f}")
         if self.last_val is not None:
             parts.append(f"val {self.last_val[1]:.4f} @{self.last_val[0]}")
         if self.recent:
             ms = sum(e.duration_ms for e in self.recent) / len(self.recent)
             tps = sum(e.tokens_per_s for e in self.recent) / len(self.recent)
-            parts += [f"{ms:.1f} ms/step", f"{human_count(tps)} tok/s", f"lr {self.recent[-1].lr:.2e}"]
+            parts += [f"{ms:.{1 if ms < 100 else 0}f} ms/step", f"{human_count(tps)} tok/s",
+                      "lr " + f"{self.recent[-1].lr:.1e}".replace("e-0", "e-")]
         elapsed = self._elapsed()
-        parts.append(f"elapsed {clock(elapsed)}")
+        parts.append(f"time {clock(elapsed)}")
         done = self.step - (self._session_start_step or 0) if self._session_start_step is not None else 0
         if elapsed and done > 0 and self.finished is None:
             parts.append(f"ETA {clock(elapsed / done * (self.total_steps - self.step))}")

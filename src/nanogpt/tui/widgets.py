@@ -31,11 +31,24 @@ def human_count(n: float) -> str:
 
 
 def clock(seconds: float | None) -> str:
-    """Seconds as H:MM:SS ('-' when unknown)."""
+    """Seconds as M:SS or H:MM:SS ('-' when unknown)."""
     if seconds is None or math.isnan(seconds) or seconds < 0:
         return "-"
     s = round(seconds)
+    if s < 3600:
+        return f"{s // 60}:{s % 60:02d}"
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def step_ticks(lo: float, hi: float, n: int = 5) -> list[int]:
+    """At least `n` round step numbers in [lo, hi] (1, 2 or 5 times a power of ten apart)."""
+    span = max(hi - lo, 1.0)
+    raw = span / max(n - 1, 1)
+    power = 10 ** math.floor(math.log10(raw))
+    gap = max(m * power for m in (1, 2, 5) if m * power <= raw)  # the widest round gap giving >= n ticks
+    gap = max(1, int(gap))
+    first = math.ceil(lo / gap) * gap
+    return list(range(int(first), int(hi) + 1, gap))
 
 
 def downsample(xs: Sequence[float], ys: Sequence[float], n_max: int) -> tuple[list[float], list[float]]:
@@ -114,6 +127,8 @@ class LossChart(PlotextPlot):
             plt.plot(xs, ys, marker="braille", color="cyan+", label="train")
         if self.val_steps:
             plt.scatter(self.val_steps, self.val_losses, marker="●", color="orange+", label="validation")
+        if xs:
+            plt.xticks(step_ticks(min(xs[0], *self.val_steps[:1]), max(xs[-1], *self.val_steps[-1:])))
         plt.yscale("log" if self.log_scale else "linear")
         plt.title("loss (log scale)" if self.log_scale else "loss")
         plt.xlabel("step")
