@@ -1,11 +1,18 @@
-"""The torchrun environment: rank, world size, process group, and rank-0-only I/O.
+"""The torchrun environment: rank, world size, the process group, and the few collectives the engine needs.
 
-Without torchrun every helper answers for a single process (rank 0 of 1), so the engine has one code path.
+`torchrun --nproc_per_node=N -m nanogpt train ...` starts N copies of the CLI with RANK, LOCAL_RANK and
+WORLD_SIZE set. Each process drives one device (cuda:LOCAL_RANK on GPUs; the CPU with gloo otherwise),
+the engine wraps its model in DistributedDataParallel, and only rank 0 writes files and prints.
+Without torchrun every helper answers for a single process (rank 0 of 1) and the collectives are
+no-ops, so the engine has one code path.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+
+import torch
 
 
 def under_torchrun() -> bool:
@@ -33,14 +40,34 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_process_group(device_type: str) -> None:
+def local_device(device: torch.device) -> torch.device:
+    """The device this process drives: under torchrun a CUDA device becomes cuda:LOCAL_RANK."""
+    if device.type != "cuda" or not under_torchrun():
+        return device
+    index = local_rank() if device.index is None else device.index
+    if index >= torch.cuda.device_count():
+        from .errors import UserError
+
+        raise UserError(f"LOCAL_RANK {local_rank()} has no GPU: this machine has {torch.cuda.device_count()} "
+                        "(use --nproc_per_node at most the number of GPUs)")
+    torch.cuda.set_device(index)  # so NCCL and every later allocation use this process's own GPU
+    return torch.device("cuda", index)
+
+
+def init_process_group(device: torch.device | str) -> None:
     """Join the torchrun process group (NCCL on CUDA, gloo otherwise); a no-op for a single process."""
     if not under_torchrun():
         return
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return
+    device = local_device(torch.device(device))
+    if device.type == "cuda":
+        dist.init_process_group(backend="nccl", device_id=device)
+    else:
+        dist.init_process_group(backend="gloo")
+    atexit.register(destroy_process_group)  # leave the group cleanly however the CLI ends
 
 
 def is_initialized() -> bool:
@@ -53,8 +80,41 @@ def is_initialized() -> bool:
 
 
 def destroy_process_group() -> None:
-    """Leave the process group cleanly at the end of a run."""
+    """Leave the process group cleanly at the end of a run (safe to call twice)."""
     if is_initialized():
         import torch.distributed as dist
 
         dist.destroy_process_group()
+
+
+def broadcast_int(value: int, device: torch.device) -> int:
+    """Rank 0's `value` on every rank (e.g. a random seed that all ranks must share)."""
+    if not is_initialized():
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
+def mean(value: torch.Tensor) -> torch.Tensor:
+    """The mean of a scalar tensor over all ranks (SUM then divide: gloo has no AVG in older torch)."""
+    if not is_initialized():
+        return value
+    import torch.distributed as dist
+
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value / world_size()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when `flag` is true on at least one, so that all ranks take the same branch."""
+    if not is_initialized():
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

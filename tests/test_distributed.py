@@ -1,0 +1,159 @@
+"""torchrun/DDP on CPU with gloo: real `torchrun -m nanogpt train` jobs of 2 processes against 1-process runs.
+
+The data stream and the dropout masks are functions of the global micro-batch index, so 2 processes x
+batch B must train exactly like 1 process with --grad-accum 2 x batch B, and checkpoints move freely
+between world sizes. Each torchrun job costs a few seconds of start-up (3 Python processes importing torch),
+so the jobs are shared between tests through module-scoped fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from engine_fixtures import TINY, TINY_FLAGS, shakespeare_dir  # noqa: F401 - pytest fixture
+from safetensors.torch import load_file
+
+from nanogpt import checkpoint
+from nanogpt.engine import build_trainer
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+STEPS = 6
+# tiny model, 6 steps, a checkpoint at step 3 to resume from; the learning rate is high enough that
+# the weights move visibly, so that a wrong gradient average would show
+COMMON = ["--steps", str(STEPS), "--save-interval", "3", "--validation-interval", "3", "--learning-rate", "3e-3",
+          "--log-interval", "1", "--warmup-steps", str(TINY["warmup_steps"])]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["OMP_NUM_THREADS"] = "1"  # torchrun would set it too; says so loudly unless it is set
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    return env
+
+
+def _torchrun_cmd(nproc: int, args: list[str]) -> list[str]:
+    # --standalone: a private rendezvous on a free local port, so that parallel test runs never collide
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "nanogpt", "train", "--headless", *TINY_FLAGS, *args]
+
+
+def torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(_torchrun_cmd(nproc, args), env=_env(), capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+def single(data_dir: Path, out: Path, resume: Path | None = None, **kw) -> None:
+    """A 1-process run of the same engine, in this process."""
+    opts = {**TINY, "data_dir": str(data_dir), "out_dir": str(out), "steps": STEPS, "save_interval": 3,
+            "validation_interval": 3, "learning_rate": 3e-3, **kw}
+    finished = build_trainer(opts, resume=str(resume) if resume else None).run(lambda event: None)
+    assert finished.reason == "completed", finished.message
+
+
+def log_of(stem: Path) -> list[dict]:
+    return checkpoint.read_log(stem)
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Two checkpoints hold the same training log (losses, validation losses) and the same weights."""
+    log_a, log_b = log_of(a), log_of(b)
+    assert [e["step"] for e in log_a] == [e["step"] for e in log_b] == list(range(1, STEPS + 1))
+    torch.testing.assert_close([e["loss"] for e in log_b], [e["loss"] for e in log_a], rtol=0, atol=1e-5)
+    val_a = {e["step"]: e["validation_loss"] for e in log_a if "validation_loss" in e}
+    val_b = {e["step"]: e["validation_loss"] for e in log_b if "validation_loss" in e}
+    assert sorted(val_a) == sorted(val_b) == [3, STEPS]  # averaged over the ranks' share of the batches
+    assert list(val_b.values()) == pytest.approx(list(val_a.values()), abs=1e-5)
+    wa = load_file(checkpoint.weights_path(a))
+    wb = load_file(checkpoint.weights_path(b))
+    assert sorted(wa) == sorted(wb)  # same names: no DDP `module.` prefix
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], rtol=0, atol=1e-5, msg=name)
+
+
+@pytest.fixture(scope="module")
+def runs(shakespeare_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:  # noqa: F811
+    """The reference runs: 2 processes x batch 8 by torchrun and 1 process x 2 accumulation x batch 8,
+    both without dropout (`plain`) and with dropout 0.1 (`dropout`)."""
+    root = tmp_path_factory.mktemp("ddp")
+    out: dict = {"root": root, "data": shakespeare_dir}
+    for name, dropout in (("plain", "0"), ("dropout", "0.1")):
+        result = torchrun(2, ["--data-dir", str(shakespeare_dir), "--out-dir", str(root / f"{name}2"),
+                              "--dropout", dropout, *COMMON])
+        out[f"{name}2_stdout"] = result.stdout
+        single(shakespeare_dir, root / f"{name}1", grad_accum=2, dropout=float(dropout))
+    return out
+
+
+def test_two_processes_train_like_one_with_twice_the_accumulation(runs: dict) -> None:
+    root = runs["root"]
+    assert_same_run(root / "plain1" / f"model_step_{STEPS}", root / "plain2" / f"model_step_{STEPS}")
+    stdout = runs["plain2_stdout"]
+    # rank 0 alone prints: one start line, one line per step, and the effective batch
+    assert stdout.count("training:") == 1
+    assert "effective batch 8 x 2 processes = 16 sequences" in stdout
+    assert sum(line.startswith("step ") and "| loss" in line for line in stdout.splitlines()) == STEPS
+    assert f"checkpoint: {root / 'plain2' / f'model_step_{STEPS}'}" in stdout
+
+
+def test_dropout_masks_follow_the_batch_not_the_rank(runs: dict) -> None:
+    # dropout differs per rank (each rank draws other micro-batches), yet the run does not depend on the split
+    root = runs["root"]
+    assert_same_run(root / "dropout1" / f"model_step_{STEPS}", root / "dropout2" / f"model_step_{STEPS}")
+    plain, dropped = log_of(root / "plain1" / f"model_step_{STEPS}"), log_of(root / "dropout1" / f"model_step_{STEPS}")
+    assert plain[0]["loss"] != dropped[0]["loss"]  # dropout was really on
+
+
+def test_two_process_checkpoint_resumes_on_one_process(runs: dict) -> None:
+    root = runs["root"]
+    single(runs["data"], root / "resumed1", resume=root / "dropout2" / "model_step_3", grad_accum=2)
+    assert_same_run(root / "dropout2" / f"model_step_{STEPS}", root / "resumed1" / f"model_step_{STEPS}")
+
+
+def test_one_process_checkpoint_resumes_on_two_processes(runs: dict) -> None:
+    root = runs["root"]
+    result = torchrun(2, ["--data-dir", str(runs["data"]), "--out-dir", str(root / "resumed2"),
+                          "--resume-training", str(root / "dropout1" / "model_step_3"), "--grad-accum", "1"])
+    assert "resuming at step 3" in result.stdout
+    assert_same_run(root / "dropout1" / f"model_step_{STEPS}", root / "resumed2" / f"model_step_{STEPS}")
+
+
+def test_sigterm_saves_once_and_every_rank_exits(shakespeare_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    out = tmp_path / "out"
+    cmd = _torchrun_cmd(2, ["--data-dir", str(shakespeare_dir), "--out-dir", str(out), "--steps", "100000",
+                            "--log-interval", "1", "--validation-interval", "0"])
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        lines = []
+        for line in proc.stdout:  # wait until the ranks are training together
+            lines.append(line)
+            if line.startswith("step ") and "| loss" in line and int(line.split()[1].split("/")[0]) >= 2:
+                break
+        signal_sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)  # to torchrun, as a cluster's scheduler does; it forwards it to the ranks
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    stdout = "".join(lines) + stdout
+    stems = {checkpoint.stem_of(p.name) for p in out.iterdir() if not p.name.startswith(".")}
+    assert len(stems) == 1, sorted(p.name for p in out.iterdir())
+    (stem,) = stems
+    step = int(stem.name.removeprefix("model_step_"))
+    assert step >= 2 and f"stopped at step {step}" in stderr and f"checkpoint: {out / stem.name}" in stdout
+    assert stdout.count("saved ") == 1 and len(log_of(out / stem.name)) == step
+    # every rank finished its step and exited by itself: torchrun had no rank to kill, and no rank failed
+    # (torchrun itself reports the signal it got with a SignalException traceback and exit code 1)
+    assert "SIGKILL" not in stderr and time.monotonic() - signal_sent < 60
+    assert stderr.count("Traceback") <= 1 and ("Traceback" not in stderr or "SignalException" in stderr)
