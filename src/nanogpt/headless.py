@@ -20,6 +20,16 @@ def _fmt_count(n: float) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else f"{n:.0f}"
 
 
+def _effective_batch(event: RunStarted) -> str:
+    """', effective batch 12 x 2 accumulation x 4 processes = 96 sequences' when it is more than --batch-size."""
+    batch, accum = event.train["batch_size"], event.train["grad_accum"]
+    if accum == 1 and event.world_size == 1:
+        return ""
+    parts = [str(batch)] + ([f"{accum} accumulation"] if accum > 1 else [])
+    parts += [f"{event.world_size} processes"] if event.world_size > 1 else []
+    return f", effective batch {' x '.join(parts)} = {batch * accum * event.world_size} sequences"
+
+
 class _Printer:
     """Turns events into lines (and a progress bar on a terminal)."""
 
@@ -48,7 +58,7 @@ class _Printer:
                 f"{m['n_embd']} embedding, block {m['block_size']}) on {event.device} ({event.dtype}), "
                 f"{event.total_steps} steps of {event.tokens_per_step:,} tokens, data {event.dataset} "
                 f"({event.tokenizer}), seed {event.seed}"
-                + (f", {event.world_size} processes" if event.world_size > 1 else "")
+                + _effective_batch(event)
             )
             if self.progress is not None:
                 self.task = self.progress.add_task("training", total=event.total_steps, completed=event.start_step)
