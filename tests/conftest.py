@@ -25,3 +25,7 @@ def reference_nanogpt() -> Path:
     if not (path / "data" / "shakespeare_char" / "prepare.py").is_file():
         pytest.skip(f"reference nanoGPT not found at {path}")
     return path
+
+
+# Tiny Shakespeare prepared at character level, once per session (tests/engine_fixtures.py)
+from engine_fixtures import shakespeare_dir  # noqa: F401 - shared fixture

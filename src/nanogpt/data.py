@@ -69,8 +69,9 @@ def dtype_of(meta: dict[str, Any], where: Path | str) -> np.dtype:
     return np.dtype(name).newbyteorder("<")
 
 
-def open_bin(path: Path, dtype: np.dtype, vocab_size: int, vocab_path: Path) -> np.memmap:
-    """Memory-map a token file, checking its size and that every id is inside the vocabulary."""
+def open_bin(path: Path, dtype: np.dtype, vocab_size: int, vocab_path: Path, expected: int | None = None) -> np.memmap:
+    """Memory-map a token file, checking its size (against `expected` tokens, when vocab.json records it)
+    and that every id is inside the vocabulary."""
     if not path.is_file():
         raise UserError(f"dataset file not found: {path}")
     size = path.stat().st_size
@@ -80,6 +81,11 @@ def open_bin(path: Path, dtype: np.dtype, vocab_size: int, vocab_path: Path) -> 
         raise UserError(
             f"{path} is truncated or not a {dtype.name} token file ({size} bytes is not a multiple of "
             f"{dtype.itemsize}); re-run `nanogpt prepare`"
+        )
+    if isinstance(expected, int) and size != expected * dtype.itemsize:
+        raise UserError(
+            f"{path} holds {size // dtype.itemsize} tokens but {vocab_path} says {expected}: "
+            "it is truncated or from another `nanogpt prepare` run"
         )
     data = np.memmap(path, dtype=dtype, mode="r")
     n = len(data)
@@ -120,8 +126,11 @@ def load(
         vocab_path = train_path.parent / "vocab.json"
     meta = read_vocab(vocab_path)
     dtype = dtype_of(meta, vocab_path)
-    train = open_bin(train_path, dtype, meta["vocab_size"], vocab_path)
-    val = open_bin(val_path, dtype, meta["vocab_size"], vocab_path)
+    # prepare records the token counts; they only describe the bins of the same folder
+    same = train_path.parent == vocab_path.parent
+    train = open_bin(train_path, dtype, meta["vocab_size"], vocab_path, meta.get("train_tokens") if same else None)
+    same = val_path.parent == vocab_path.parent
+    val = open_bin(val_path, dtype, meta["vocab_size"], vocab_path, meta.get("val_tokens") if same else None)
     source = str(folder) if folder is not None and training_dataset is None else str(train_path)
     return TokenData(train=train, val=val, meta=meta, tokenizer=from_meta(meta), source=source)
 

@@ -7,8 +7,9 @@ single-threaded; a UI runs it in one worker thread and talks to it only through 
 Determinism, which exact resume rests on:
 - data batch i is a pure function of (seed, i) (data.py); the step's global micro-batches are
   `batch_counter + m * world_size + rank`, and the counter is saved;
-- the torch RNG (dropout) is re-seeded at every step from (seed, step, rank), so no RNG state has to be
-  carried over a checkpoint and ranks get different dropout masks;
+- the torch RNG (dropout) is re-seeded before every micro-batch from (seed, global micro-batch index), so
+  no RNG state has to be carried over a checkpoint, ranks get different dropout masks, and a run gives the
+  same result however it is split over processes (N ranks x accumulation A = 1 process x N*A);
 - the learning rate is a pure function of the step (schedule.py); the optimizer moments are saved.
 """
 
@@ -31,8 +32,8 @@ import torch
 from . import checkpoint, config, data, distributed, runtime, schedule
 from .errors import UserError
 from .events import (
-    Event,
     EvalDone,
+    Event,
     Pause,
     Paused,
     Resume,
@@ -56,9 +57,10 @@ class TrainingDiverged(Exception):
     """The loss became NaN or infinite: training cannot continue from here."""
 
 
-def _step_seed(seed: int, step: int, rank: int) -> int:
-    """Seed of the torch RNG (dropout) for one step of one rank: a pure function, so resume needs no state."""
-    return (seed * 1_000_003 + step * 7919 + rank * 104_729 + 1) % (2**63 - 1)
+def _dropout_seed(seed: int, index: int) -> int:
+    """Seed of the torch RNG (dropout) for global micro-batch `index`: a pure function, so resume needs no
+    state and the dropout masks do not depend on which rank draws the batch."""
+    return (seed * 1_000_003 + index * 7919 + 1) % (2**63 - 1)
 
 
 # ----------------------------------------------------------------------------- building a trainer
@@ -68,6 +70,10 @@ def _resolve_data(train_cfg: config.TrainConfig) -> tuple[config.TrainConfig, da
         from .prepare import bundled_dataset
 
         train_cfg = dataclasses.replace(train_cfg, data_dir=str(bundled_dataset()))
+    # absolute paths in the saved config, so that a resume from another folder finds the same data
+    train_cfg = dataclasses.replace(train_cfg, **{
+        f: str(Path(getattr(train_cfg, f)).absolute()) for f in DATA_FIELDS if getattr(train_cfg, f) is not None
+    })
     tokens = data.load(train_cfg.data_dir, train_cfg.training_dataset, train_cfg.validation_dataset,
                        train_cfg.vocab_metadata)
     return train_cfg, tokens
@@ -97,7 +103,7 @@ def build_trainer(overrides: dict[str, Any], preset: str | None = None, resume: 
     meta = checkpoint.read_meta(stem) if stem is not None else None
     saved = checkpoint.configs(meta) if meta is not None else None
     device_name = overrides.get("device") or (saved[1].device if saved else "auto")
-    device = runtime.resolve_device(device_name)
+    device = distributed.local_device(runtime.resolve_device(device_name))  # cuda:LOCAL_RANK under torchrun
     if saved is None and preset is None and not any(k in overrides for k in SIZE_FIELDS):
         preset = config.default_preset(device.type)
     if saved is not None and any(k in overrides for k in DATA_FIELDS):
@@ -107,7 +113,9 @@ def build_trainer(overrides: dict[str, Any], preset: str | None = None, resume: 
     if saved is not None:
         _check_resume_shape(saved[0], model_cfg, stem)
     if train_cfg.seed == 0:
-        train_cfg = dataclasses.replace(train_cfg, seed=secrets.randbelow(2**31 - 1) + 1)
+        distributed.init_process_group(device)  # under torchrun every rank must use rank 0's pick
+        seed = distributed.broadcast_int(secrets.randbelow(2**31 - 1) + 1, device)
+        train_cfg = dataclasses.replace(train_cfg, seed=seed)
         if distributed.is_main():
             print(f"seed 0: using random seed {train_cfg.seed} (pass --seed {train_cfg.seed} to repeat)",
                   file=sys.stderr)
@@ -141,7 +149,7 @@ class Trainer:
         self.step = 0  # optimizer steps done; model_step_N is the state after N steps
         self.batch_counter = 0  # global micro-batches consumed so far (over all ranks)
         self.log: list[dict[str, Any]] = []
-        self.last_saved_step: int | None = None
+        self.last_saved_step = 0  # the untrained state at step 0 is never worth a checkpoint of its own
         self.last_stem: str | None = None
         self._stop = threading.Event()
 
@@ -199,11 +207,11 @@ class Trainer:
         lr = self.lr_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        torch.manual_seed(_step_seed(cfg.seed, self.step, self.rank))
         total = torch.zeros((), device=self.device)
         for micro in range(cfg.grad_accum):
             index = data.global_batch_index(self.batch_counter, micro, self.rank, self.world_size)
             x, y = self.train_batches.batch(index)
+            torch.manual_seed(_dropout_seed(cfg.seed, index))
             last = micro == cfg.grad_accum - 1
             # under DDP only the last micro-step all-reduces the gradients
             sync = contextlib.nullcontext() if last or self.world_size == 1 else self.train_module.no_sync()
@@ -213,12 +221,8 @@ class Trainer:
                 scaled = loss / cfg.grad_accum
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             total += loss.detach()
-        mean = total / cfg.grad_accum
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(mean, op=dist.ReduceOp.AVG)
-        loss_value = mean.item()
+        # the logged loss is the mean over all micro-batches of all ranks, so logs compare across world sizes
+        loss_value = distributed.mean(total / cfg.grad_accum).item()
         if not math.isfinite(loss_value):
             self.optimizer.zero_grad(set_to_none=True)
             raise TrainingDiverged(f"training loss became {loss_value} at step {self.step + 1}; "
@@ -267,31 +271,33 @@ class Trainer:
 
     @torch.no_grad()
     def sample(self, n_tokens: int, prompt: str = "") -> str:
-        """Text sampled from the current weights (prompt + continuation); leaves the run unchanged."""
+        """Text sampled from the current weights (prompt + continuation); leaves the run unchanged.
+
+        Uses generate.py's sampler (temperature 1) in eval mode with its own generator, and restores train
+        mode and the global RNG state, so a run that samples trains exactly like one that does not.
+        """
+        from .generate import generate_tokens, start_ids
+
         tok = self.tokens.tokenizer
-        ids = tok.encode(prompt) if prompt else []
-        if not ids:  # start from a newline for char data, <|endoftext|> for GPT-2
-            ids = [getattr(tok, "eot", None)] if getattr(tok, "eot", None) is not None else tok.encode("\n")[:1] or [0]
+        ids = start_ids(tok, prompt)  # UserError for a character outside the vocabulary
         cpu_state = torch.get_rng_state()
         cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         generator = torch.Generator(device=self.device).manual_seed(self.train_cfg.seed + self.step)
-        self.model.eval()
         try:
-            idx = torch.tensor([ids], dtype=torch.long, device=self.device)
-            out = _generate(self.model, idx, n_tokens, generator)
+            new = list(generate_tokens(self.model, ids, n_tokens, temperature=1.0, generator=generator))
         finally:
             self.model.train()
             torch.set_rng_state(cpu_state)
             if cuda_states is not None:
                 torch.cuda.set_rng_state_all(cuda_states)
-        text = tok.decode(out[0].tolist())
-        return prompt + text[len(tok.decode(ids)) :] if prompt else text[len(tok.decode(ids)) :]
+        return prompt + tok.decode(new)
 
     # ------------------------------------------------------------------------- checkpoints
     def save(self) -> Saved:
         """Write checkpoint model_step_N for the current step into out_dir (rank 0 only writes)."""
         stem = checkpoint.stem_for(self.train_cfg.out_dir, self.step)
         paths: tuple[str, ...] = ()
+        failure: UserError | None = None
         if self.is_main:
             try:
                 paths = checkpoint.save(
@@ -303,7 +309,10 @@ class Trainer:
                                   "scaler": self.scaler.state_dict() if self.scaler else None},
                 )
             except OSError as e:
-                raise UserError(f"cannot write checkpoint {stem}: {e.strerror or e}") from None
+                failure = UserError(f"cannot write checkpoint {stem}: {e.strerror or e}")
+        # under torchrun every rank learns whether rank 0 could write, so that they all stop together
+        if distributed.any_rank(failure is not None, self.device):
+            raise failure or UserError(f"rank 0 could not write checkpoint {stem}")
         self.last_saved_step = self.step
         self.last_stem = str(stem)
         return Saved(step=self.step, stem=str(stem), paths=paths)
@@ -343,7 +352,8 @@ class Trainer:
         try:
             while True:
                 paused, stop = self._obey(emit, commands, paused)
-                if stop or self._stop.is_set():
+                # ranks agree on stopping (a signal may reach them at different steps), else they would hang
+                if distributed.any_rank(stop or self._stop.is_set(), self.device):
                     if self.last_saved_step != self.step:
                         emit(self.save())
                     return self._finish(emit, "stopped")
@@ -405,19 +415,3 @@ class Trainer:
                 emit(Sampled(step=self.step, text=text))
             elif isinstance(command, Save):
                 emit(self.save())
-
-
-def _generate(model: GPT, idx: torch.Tensor, n_tokens: int, generator: torch.Generator) -> torch.Tensor:
-    """Sample n_tokens after idx with generate.py's sampler (temperature 1, no top-k/top-p)."""
-    try:
-        from .generate import generate_tokens
-    except ImportError:
-        generate_tokens = None
-    if generate_tokens is not None:
-        return generate_tokens(model, idx, n_tokens, temperature=1.0, top_k=None, top_p=None, generator=generator)
-    # fallback until generate.py exists: full forward passes over the cropped context
-    for _ in range(n_tokens):
-        logits, _ = model(idx[:, -model.config.block_size :])
-        probs = torch.softmax(logits[:, -1, :].float(), dim=-1)
-        idx = torch.cat([idx, torch.multinomial(probs, 1, generator=generator)], dim=1)
-    return idx

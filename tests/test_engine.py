@@ -1,0 +1,173 @@
+"""engine.py: exact resume, settings resolution, the run loop and its commands, on real tiny training runs."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from engine_fixtures import TINY
+
+from nanogpt import config
+from nanogpt.engine import build_trainer
+from nanogpt.errors import UserError
+from nanogpt.events import (
+    EvalDone,
+    Pause,
+    Paused,
+    Resume,
+    Resumed,
+    RunFinished,
+    RunStarted,
+    Sample,
+    Sampled,
+    Saved,
+    StepDone,
+    Stop,
+)
+
+
+def settings(data_dir: Path, out: Path, **kw) -> dict:
+    return {**TINY, "data_dir": str(data_dir), "out_dir": str(out), **kw}
+
+
+def run_collect(trainer, commands=None, start_paused=False, on_event=None) -> list:
+    events: list = []
+
+    def emit(event) -> None:
+        events.append(event)
+        if on_event is not None:
+            on_event(event)
+
+    trainer.run(emit, commands, start_paused)
+    return events
+
+
+def losses(events: list) -> list[float]:
+    return [e.loss for e in events if isinstance(e, StepDone)]
+
+
+def test_exact_resume_with_dropout_and_accumulation(shakespeare_dir: Path, tmp_path: Path) -> None:
+    opts = settings(shakespeare_dir, tmp_path / "a", steps=12, dropout=0.2, grad_accum=2, save_interval=6,
+                    validation_interval=4)
+    full = run_collect(build_trainer(opts))
+    resumed_trainer = build_trainer({**opts, "out_dir": str(tmp_path / "b")},
+                                    resume=str(tmp_path / "a" / "model_step_6"))
+    assert resumed_trainer.step == 6
+    resumed = run_collect(resumed_trainer)
+    assert isinstance(resumed[0], RunStarted) and resumed[0].start_step == 6
+    assert [h["step"] for h in resumed[0].history] == [1, 2, 3, 4, 5, 6]
+    torch.testing.assert_close(losses(resumed), losses(full)[6:], rtol=0, atol=1e-5)
+    vals = lambda evs: [(e.step, e.val_loss) for e in evs if isinstance(e, EvalDone)]
+    assert vals(resumed) == pytest.approx(vals(full)[1:], abs=1e-5)  # steps 8 and 12
+    # the resumed log continues the saved one: it holds the whole history
+    from nanogpt import checkpoint
+
+    log_a = checkpoint.read_log(tmp_path / "a" / "model_step_12")
+    log_b = checkpoint.read_log(tmp_path / "b" / "model_step_12")
+    assert [e["step"] for e in log_b] == list(range(1, 13))
+    assert [e["loss"] for e in log_b] == pytest.approx([e["loss"] for e in log_a], abs=1e-5)
+    wa, _ = checkpoint.load_model(tmp_path / "a" / "model_step_12")
+    wb, _ = checkpoint.load_model(tmp_path / "b" / "model_step_12")
+    for (name, pa), pb in zip(wa.state_dict().items(), wb.state_dict().values()):
+        torch.testing.assert_close(pb, pa, rtol=0, atol=1e-6, msg=name)
+
+
+def test_loss_falls_on_a_short_real_run(shakespeare_dir: Path, tmp_path: Path) -> None:
+    trainer = build_trainer(settings(shakespeare_dir, tmp_path, steps=60, learning_rate=1e-2,
+                                     min_learning_rate=1e-3, validation_interval=30))
+    events = run_collect(trainer)
+    vals = [e.val_loss for e in events if isinstance(e, EvalDone)]
+    assert losses(events)[0] > 4.0  # ~ln(65): the untrained model guesses uniformly
+    # 60 tiny steps learn the character frequencies: far below the uniform 4.17, still falling
+    assert vals[-1] < 3.3 and vals[-1] < vals[0] < losses(events)[0]
+    assert events[-1] == RunFinished(step=60, reason="completed", stem=str(tmp_path / "model_step_60"))
+
+
+def test_default_preset_is_cpu_small_on_cpu(shakespeare_dir: Path, tmp_path: Path) -> None:
+    trainer = build_trainer({"device": "cpu", "data_dir": str(shakespeare_dir), "out_dir": str(tmp_path)})
+    _, train_cfg = config.resolve({}, "cpu-small")
+    assert (trainer.model_cfg.n_layer, trainer.model_cfg.n_embd, trainer.model_cfg.block_size) == (4, 128, 64)
+    assert trainer.train_cfg.steps == train_cfg.steps == 2000
+    assert trainer.model_cfg.vocab_size == 65  # taken from the data
+
+
+def test_explicit_flags_win_over_the_preset(shakespeare_dir: Path, tmp_path: Path) -> None:
+    trainer = build_trainer({"device": "cpu", "data_dir": str(shakespeare_dir), "out_dir": str(tmp_path),
+                             "n_layer": 1, "steps": 7}, preset="618k")
+    assert trainer.model_cfg.n_layer == 1 and trainer.train_cfg.steps == 7
+    assert trainer.train_cfg.batch_size == config.PRESETS["618k"]["batch_size"] == 32
+
+
+def test_resume_keeps_saved_settings_and_takes_explicit_ones(shakespeare_dir: Path, tmp_path: Path) -> None:
+    first = build_trainer(settings(shakespeare_dir, tmp_path, steps=3, learning_rate=2e-3))
+    stem = first.run(lambda e: None).stem
+    # only the data location and the new step count are given: everything else comes from the checkpoint
+    again = build_trainer({"steps": 5, "data_dir": str(shakespeare_dir)}, resume=stem)
+    assert again.train_cfg.learning_rate == 2e-3 and again.train_cfg.steps == 5
+    assert again.model_cfg == first.model_cfg and again.step == 3
+    with pytest.raises(UserError, match="--embedding-size 64 conflicts with checkpoint"):
+        build_trainer({"n_embd": 64}, resume=stem)
+
+
+def test_seed_zero_picks_and_prints_a_random_seed(shakespeare_dir: Path, tmp_path: Path, capsys) -> None:
+    trainer = build_trainer(settings(shakespeare_dir, tmp_path, steps=1, seed=0))
+    assert trainer.train_cfg.seed > 0
+    assert f"using random seed {trainer.train_cfg.seed}" in capsys.readouterr().err
+
+
+def test_sampling_and_evaluating_do_not_change_the_run(shakespeare_dir: Path, tmp_path: Path) -> None:
+    opts = settings(shakespeare_dir, tmp_path, steps=6, dropout=0.1)
+    plain = build_trainer(opts)
+    busy = build_trainer(opts)
+    a, b = [], []
+    for _ in range(6):
+        a.append(plain.train_step().loss)
+        b.append(busy.train_step().loss)
+        first, second = busy.evaluate(), busy.evaluate()
+        assert first == second  # the validation batches are fixed
+        text = busy.sample(20, prompt="ROMEO:")
+        assert text.startswith("ROMEO:") and len(text) == 26
+        assert busy.model.training
+    assert a == b
+
+
+def test_commands_between_steps(shakespeare_dir: Path, tmp_path: Path) -> None:
+    trainer = build_trainer(settings(shakespeare_dir, tmp_path, steps=50))
+    commands: queue.Queue = queue.Queue()
+    for c in (Pause(), Sample(n_tokens=10), Resume()):
+        commands.put(c)
+
+    def on_event(event) -> None:
+        if isinstance(event, StepDone) and event.step == 2:
+            commands.put(Sample(n_tokens=5))
+            commands.put(Stop())
+
+    events = run_collect(trainer, commands, on_event=on_event)
+    kinds = [type(e) for e in events]
+    assert kinds[:4] == [RunStarted, Paused, Sampled, Resumed]
+    assert kinds[4:] == [StepDone, StepDone, Sampled, Saved, RunFinished]
+    assert len(events[2].text) == 10
+    assert events[-1] == RunFinished(step=2, reason="stopped", stem=str(tmp_path / "model_step_2"))
+
+
+def test_request_stop_from_another_thread_while_paused(shakespeare_dir: Path, tmp_path: Path) -> None:
+    trainer = build_trainer(settings(shakespeare_dir, tmp_path, steps=50))
+    threading.Timer(0.3, trainer.request_stop).start()
+    events = run_collect(trainer, queue.Queue(), start_paused=True)
+    assert [type(e) for e in events] == [RunStarted, Paused, RunFinished]
+    assert events[-1].reason == "stopped" and events[-1].stem is None  # nothing trained, nothing saved
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(shakespeare_dir: Path,
+                                                                            tmp_path: Path) -> None:
+    # an absurd learning rate makes the weights overflow after the first update
+    trainer = build_trainer(settings(shakespeare_dir, tmp_path, steps=20, learning_rate=1e30,
+                                     min_learning_rate=0.0, warmup_steps=0, grad_clip=0.0, save_interval=1))
+    events = run_collect(trainer)
+    finished = events[-1]
+    assert finished.reason == "error" and "loss became nan at step 2" in finished.message
+    assert finished.stem == str(tmp_path / "model_step_1") and "model_step_1" in finished.message
+    assert not (tmp_path / "model_step_2.safetensors").exists()
