@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_fixtures import TINY, TINY_FLAGS, shakespeare_dir  # noqa: F401 - pytest fixture
+from engine_fixtures import TINY, TINY_FLAGS
 from safetensors.torch import load_file
 
 from nanogpt import checkpoint
-from nanogpt.engine import build_trainer
+from nanogpt.engine import Trainer, build_trainer
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 STEPS = 6
@@ -53,12 +53,14 @@ def torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
     return result
 
 
-def single(data_dir: Path, out: Path, resume: Path | None = None, **kw) -> None:
+def single(data_dir: Path, out: Path, resume: Path | None = None, **kw) -> Trainer:
     """A 1-process run of the same engine, in this process."""
     opts = {**TINY, "data_dir": str(data_dir), "out_dir": str(out), "steps": STEPS, "save_interval": 3,
             "validation_interval": 3, "learning_rate": 3e-3, **kw}
-    finished = build_trainer(opts, resume=str(resume) if resume else None).run(lambda event: None)
+    trainer = build_trainer(opts, resume=str(resume) if resume else None)
+    finished = trainer.run(lambda event: None)
     assert finished.reason == "completed", finished.message
+    return trainer
 
 
 def log_of(stem: Path) -> list[dict]:
@@ -82,7 +84,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(shakespeare_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:  # noqa: F811
+def runs(shakespeare_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The reference runs: 2 processes x batch 8 by torchrun and 1 process x 2 accumulation x batch 8,
     both without dropout (`plain`) and with dropout 0.1 (`dropout`)."""
     root = tmp_path_factory.mktemp("ddp")
@@ -114,21 +116,32 @@ def test_dropout_masks_follow_the_batch_not_the_rank(runs: dict) -> None:
     assert plain[0]["loss"] != dropped[0]["loss"]  # dropout was really on
 
 
-def test_two_process_checkpoint_resumes_on_one_process(runs: dict) -> None:
+def test_two_process_checkpoint_resumes_on_one_process(runs: dict, capsys) -> None:
     root = runs["root"]
-    single(runs["data"], root / "resumed1", resume=root / "dropout2" / "model_step_3", grad_accum=2)
+    # no --grad-accum: one process takes 2 micro-batches per step to keep the checkpoint's batch of 16
+    opts = {k: v for k, v in TINY.items() if k not in ("batch_size", "grad_accum")}
+    trainer = build_trainer({**opts, "data_dir": str(runs["data"]), "out_dir": str(root / "resumed1")},
+                            resume=str(root / "dropout2" / "model_step_3"))
+    assert trainer.train_cfg.grad_accum == 2 and trainer.step == 3
+    assert "using --grad-accum 2 on 1 to keep its effective batch of 16 sequences" in capsys.readouterr().err
+    assert trainer.run(lambda event: None).reason == "completed"
     assert_same_run(root / "dropout2" / f"model_step_{STEPS}", root / "resumed1" / f"model_step_{STEPS}")
+    # an explicit --grad-accum wins (and the effective batch changes)
+    again = build_trainer({"grad_accum": 1, "data_dir": str(runs["data"])}, resume=str(root / "dropout2" / "model_step_3"))
+    assert again.train_cfg.grad_accum == 1
 
 
 def test_one_process_checkpoint_resumes_on_two_processes(runs: dict) -> None:
     root = runs["root"]
     result = torchrun(2, ["--data-dir", str(runs["data"]), "--out-dir", str(root / "resumed2"),
-                          "--resume-training", str(root / "dropout1" / "model_step_3"), "--grad-accum", "1"])
+                          "--resume-training", str(root / "dropout1" / "model_step_3")])
     assert "resuming at step 3" in result.stdout
+    # no --grad-accum: 2 processes x 1 keep the batch of 1 process x 2 (said once, by rank 0)
+    assert result.stderr.count("using --grad-accum 1 on 2 to keep its effective batch of 16 sequences") == 1
     assert_same_run(root / "dropout1" / f"model_step_{STEPS}", root / "resumed2" / f"model_step_{STEPS}")
 
 
-def test_sigterm_saves_once_and_every_rank_exits(shakespeare_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_sigterm_saves_once_and_every_rank_exits(shakespeare_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     cmd = _torchrun_cmd(2, ["--data-dir", str(shakespeare_dir), "--out-dir", str(out), "--steps", "100000",
                             "--log-interval", "1", "--validation-interval", "0"])

@@ -10,9 +10,17 @@ no-ops, so the engine has one code path.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
+import sys
+from collections.abc import Collection
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 
 def under_torchrun() -> bool:
@@ -42,6 +50,11 @@ def is_main() -> bool:
 
 def local_device(device: torch.device) -> torch.device:
     """The device this process drives: under torchrun a CUDA device becomes cuda:LOCAL_RANK."""
+    if device.type == "mps" and world_size() > 1:
+        from .errors import UserError
+
+        raise UserError("torchrun with more than one process needs CUDA or the CPU (gloo cannot use Apple MPS); "
+                        "use --device cpu")
     if device.type != "cuda" or not under_torchrun():
         return device
     index = local_rank() if device.index is None else device.index
@@ -87,13 +100,18 @@ def destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
+def _wire(device: torch.device) -> torch.device:
+    """Where collective tensors live: the GPU for NCCL, the CPU for gloo."""
+    return device if device.type == "cuda" else torch.device("cpu")
+
+
 def broadcast_int(value: int, device: torch.device) -> int:
     """Rank 0's `value` on every rank (e.g. a random seed that all ranks must share)."""
     if not is_initialized():
         return value
     import torch.distributed as dist
 
-    t = torch.tensor([value], dtype=torch.int64, device=device)
+    t = torch.tensor([value], dtype=torch.int64, device=_wire(device))
     dist.broadcast(t, src=0)
     return int(t.item())
 
@@ -104,9 +122,9 @@ def mean(value: torch.Tensor) -> torch.Tensor:
         return value
     import torch.distributed as dist
 
-    value = value.detach().clone()
-    dist.all_reduce(value, op=dist.ReduceOp.SUM)
-    return value / world_size()
+    total = value.detach().to(_wire(value.device), copy=True)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total / world_size()
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:
@@ -115,6 +133,45 @@ def any_rank(flag: bool, device: torch.device) -> bool:
         return flag
     import torch.distributed as dist
 
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_wire(device))
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def keep_effective_batch(train_cfg: TrainConfig, saved: TrainConfig, stem: Path,
+                         explicit: Collection[str]) -> TrainConfig:
+    """On resume with another number of processes, adjust --grad-accum to keep the checkpoint's effective batch.
+
+    --grad-accum is per process (the effective batch is batch x grad_accum x world size), so a checkpoint
+    saved by 8 processes x 1 resumes on 2 processes with 4 and on one device with 8, and the run goes on
+    as if nothing had changed. An explicit --grad-accum, or a --batch-size other than the saved one, wins;
+    so does a world size that does not divide the saved batch (then the effective batch changes; we say so).
+    """
+    from . import checkpoint
+
+    state = checkpoint.read_json(Path(f"{checkpoint.stem_of(stem)}.resume.json"), "resume state")
+    saved_world = int(state.get("world_size", 1)) if isinstance(state, dict) else 1
+    world = world_size()
+    if saved_world == world or "grad_accum" in explicit or (train_cfg.batch_size, train_cfg.grad_accum) != (
+            saved.batch_size, saved.grad_accum):
+        return train_cfg
+    sequences = saved.batch_size * saved.grad_accum * saved_world
+    if (saved.grad_accum * saved_world) % world:
+        _note(f"checkpoint {stem} was trained with {sequences} sequences per step on {_procs(saved_world)}; "
+              f"{world} processes cannot keep that with --batch-size {saved.batch_size}, so the effective batch "
+              f"is now {saved.batch_size * saved.grad_accum * world}")
+        return train_cfg
+    grad_accum = saved.grad_accum * saved_world // world
+    _note(f"checkpoint {stem} was trained on {_procs(saved_world)} x "
+          f"{saved.grad_accum} accumulation; using --grad-accum {grad_accum} on {world} to keep its effective "
+          f"batch of {sequences} sequences")
+    return dataclasses.replace(train_cfg, grad_accum=grad_accum)
+
+
+def _procs(n: int) -> str:
+    return f"{n} process" + ("es" if n != 1 else "")
+
+
+def _note(text: str) -> None:
+    if is_main():
+        print(f"note: {text}", file=sys.stderr, flush=True)

@@ -112,6 +112,8 @@ def build_trainer(overrides: dict[str, Any], preset: str | None = None, resume: 
     model_cfg, train_cfg = config.resolve(overrides, preset, base=saved)
     if saved is not None:
         _check_resume_shape(saved[0], model_cfg, stem)
+        # --grad-accum is per process: on another world size keep the checkpoint's effective batch
+        train_cfg = distributed.keep_effective_batch(train_cfg, saved[1], stem, overrides)
     if train_cfg.seed == 0:
         distributed.init_process_group(device)  # under torchrun every rank must use rank 0's pick
         seed = distributed.broadcast_int(secrets.randbelow(2**31 - 1) + 1, device)
