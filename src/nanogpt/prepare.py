@@ -119,7 +119,11 @@ def _nul_offset(path: Path) -> int:
 
 def _read_chunks(path: Path, progress: _Progress | None = None) -> Iterator[str]:
     """The text of a file in chunks, CRLF (and lone CR) read as LF, as nanoGPT's open(..., 'r') reads it."""
-    with open(path, "rb") as raw:
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 - closed by the with below; open errors become one line
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    with raw:
         stream: BinaryIO = gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw  # type: ignore[assignment]
         # utf-8-sig: a byte-order mark (Windows editors) is not text. newline="": we translate line ends
         # ourselves, since TextIOWrapper's universal newlines cost more than everything else in a char pass
@@ -481,7 +485,14 @@ def _find_sources(path: Path) -> tuple[list[_Source], list[str]]:
     if not path.is_dir():
         raise UserError(f"{path} is neither a file nor a folder")
     sources, ignored = [], []
-    for sub in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    try:
+        entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    except OSError as e:
+        raise UserError(f"cannot read the folder {path}: {e.strerror or e}") from None
+    ignored += [
+        p.name for p in entries if p.is_file() and p.suffix.lower() == ".txt"
+    ]  # text outside NN_ folders
+    for sub in (p for p in entries if p.is_dir()):
         m = _MIX_FOLDER.match(sub.name)
         if not m or int(m.group(1)) == 0:
             ignored.append(sub.name)
@@ -489,7 +500,8 @@ def _find_sources(path: Path) -> tuple[list[_Source], list[str]]:
         files = sorted(f for f in sub.rglob("*") if f.is_file() and f.suffix.lower() == ".txt")
         docs = [_Doc(f, f.stat().st_size) for f in files]
         sources.append(_Source(m.group(2), sub.name + "/", int(m.group(1)), docs))
-    note = f" (ignored: {', '.join(s + '/' for s in ignored)})" if ignored else ""
+    shown = [f"{name}/" if (path / name).is_dir() else name for name in ignored]
+    note = f" (ignored: {', '.join(shown)})" if ignored else ""
     if not sources:
         raise UserError(
             f"{path} has no usable sources: expected sub-folders named NN_name/ (e.g. 25_lovecraft/, "
@@ -602,8 +614,9 @@ def _run(
     sources, ignored = _find_sources(path)
     mixology = path.is_dir()
     if mixology and ignored:
+        shown = [f"{name}/" if (path / name).is_dir() else name for name in ignored]
         print(
-            f"ignored sub-folders without an NN_ percent prefix: {', '.join(s + '/' for s in ignored)}",
+            f"ignored (not in a sub-folder named NN_name/ with NN > 0): {', '.join(shown)}",
             file=sys.stderr,
         )
     try:
