@@ -9,6 +9,7 @@ so the jobs are shared between tests through module-scoped fixtures.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -86,14 +87,18 @@ def assert_same_run(a: Path, b: Path) -> None:
 @pytest.fixture(scope="module")
 def runs(shakespeare_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The reference runs: 2 processes x batch 8 by torchrun and 1 process x 2 accumulation x batch 8,
-    both without dropout (`plain`) and with dropout 0.1 (`dropout`)."""
+    both without dropout (`plain`, with --seed 0: a random seed) and with dropout 0.1 (`dropout`)."""
     root = tmp_path_factory.mktemp("ddp")
     out: dict = {"root": root, "data": shakespeare_dir}
-    for name, dropout in (("plain", "0"), ("dropout", "0.1")):
+    for name, dropout, seed in (("plain", "0", "0"), ("dropout", "0.1", "1337")):
         result = torchrun(2, ["--data-dir", str(shakespeare_dir), "--out-dir", str(root / f"{name}2"),
-                              "--dropout", dropout, *COMMON])
+                              "--dropout", dropout, "--seed", seed, *COMMON])
         out[f"{name}2_stdout"] = result.stdout
-        single(shakespeare_dir, root / f"{name}1", grad_accum=2, dropout=float(dropout))
+        if seed == "0":  # rank 0 picks a random seed and every rank must use it: the 1-process run repeats it
+            picked = re.findall(r"using random seed (\d+)", result.stderr)
+            assert len(picked) == 1, result.stderr
+            seed = picked[0]
+        single(shakespeare_dir, root / f"{name}1", grad_accum=2, dropout=float(dropout), seed=int(seed))
     return out
 
 
