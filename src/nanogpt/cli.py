@@ -42,8 +42,15 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) ->
         group.add_argument(field_flag(f), **kw)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr and exit code 1, like every other user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nanogpt",
         description="Pre-train a small GPT-2-style language model from scratch on your own text.",
     )
