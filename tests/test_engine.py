@@ -171,3 +171,11 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(shake
     assert finished.reason == "error" and "loss became nan at step 2" in finished.message
     assert finished.stem == str(tmp_path / "model_step_1") and "model_step_1" in finished.message
     assert not (tmp_path / "model_step_2.safetensors").exists()
+
+
+def test_no_data_options_train_on_the_bundled_corpus(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("NANOGPT_CACHE_DIR", str(tmp_path / "cache"))
+    trainer = build_trainer({**TINY, "steps": 1, "out_dir": str(tmp_path / "out")})
+    assert Path(trainer.train_cfg.data_dir).parent == tmp_path / "cache"
+    assert trainer.tokens.vocab_size == 65 and len(trainer.tokens.train) > 900_000  # Tiny Shakespeare
+    assert trainer.run(lambda e: None).reason == "completed"

@@ -1,0 +1,142 @@
+"""`nanogpt train` through the real CLI: a headless run, resume, SIGTERM, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from engine_fixtures import SHARED_TEXT, TINY_FLAGS, prepare_char
+
+from nanogpt.cli import main
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def train(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["train", "--headless", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_headless_run_prints_progress_and_saves(shakespeare_dir: Path, tmp_path: Path, capsys) -> None:
+    code, out, err = train(capsys, *TINY_FLAGS, "--data-dir", str(shakespeare_dir), "--out-dir", str(tmp_path),
+                           "--steps", "4", "--log-interval", "2", "--validation-interval", "2")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("training: ") and "(2 layers, 2 heads, 32 embedding, block 32)" in lines[0]
+    step_lines = [line for line in lines if line.startswith("step") and "| loss" in line]
+    assert [line.split("|")[0].split()[1] for line in step_lines] == ["2/4", "4/4"]
+    assert all("ms/step" in line and "tok/s" in line and "lr " in line for line in step_lines)
+    assert sum("val loss" in line for line in lines) == 2
+    assert lines[-1] == f"checkpoint: {tmp_path / 'model_step_4'}"
+    assert (tmp_path / "model_step_4.safetensors").is_file()
+
+
+def test_resume_from_the_cli_continues_the_log(shakespeare_dir: Path, tmp_path: Path, capsys) -> None:
+    common = [*TINY_FLAGS, "--data-dir", str(shakespeare_dir), "--out-dir", str(tmp_path)]
+    assert train(capsys, *common, "--steps", "3")[0] == 0
+    code, out, err = train(capsys, "--resume-training", str(tmp_path / "model_step_3"), "--steps", "5")
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("resuming at step 3")
+    log = json.loads((tmp_path / "model_step_5.training_log.json").read_text())
+    assert [e["step"] for e in log] == [1, 2, 3, 4, 5]
+
+
+@pytest.fixture(scope="module")
+def small_text_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dataset of 3,000 characters: 300 validation tokens."""
+    if not SHARED_TEXT.is_file():
+        pytest.skip("shared data not found")
+    return prepare_char(SHARED_TEXT.read_text(encoding="utf-8")[:3000], tmp_path_factory.mktemp("small"))
+
+
+def broken_copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("input.txt"))
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--data-dir", "{missing}"], "data folder not found"),
+        (["--data-dir", "{truncated}"], "truncated"),
+        (["--data-dir", "{wrong_vocab}"], "vocabulary does not match"),
+        (["--data-dir", "{data}", "--vocab-metadata", "{corrupt_vocab}"], "cannot read vocabulary"),
+        (["--data-dir", "{data}", "--head-count", "3"], "--head-count (3) must divide --embedding-size (32)"),
+        (["--data-dir", "{data}", "--steps", "0"], "--steps must be a positive integer"),
+        (["--data-dir", "{data}", "--batch-size", "-2"], "--batch-size must be a positive integer"),
+        (["--data-dir", "{data}", "--layer-count", "0"], "--layer-count must be a positive integer"),
+        (["--data-dir", "{small}", "--block-size", "512"], "larger than the validation data (300 tokens)"),
+        (["--data-dir", "{data}", "--preset", "huge"], "preset"),
+        (["--data-dir", "{data}", "--device", "tpu"], "device"),
+        (["--resume-training", "{missing}/model_step_3"], "checkpoint not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_1(flags: list[str], message: str, shakespeare_dir: Path,
+                                          small_text_dir: Path, tmp_path: Path, capsys) -> None:
+    truncated = broken_copy(shakespeare_dir, tmp_path / "truncated")
+    with open(truncated / "val.bin", "ab") as f:
+        f.write(b"\0")
+    wrong_vocab = broken_copy(shakespeare_dir, tmp_path / "wrong_vocab")
+    itos = json.loads((wrong_vocab / "vocab.json").read_text())["itos"][:20]
+    (wrong_vocab / "vocab.json").write_text(json.dumps(
+        {"tokenizer": "char", "vocab_size": 20, "itos": itos, "stoi": {c: i for i, c in enumerate(itos)}}))
+    corrupt_vocab = tmp_path / "corrupt.json"
+    corrupt_vocab.write_text('{"tokenizer": "ch')
+    names = {"missing": tmp_path / "missing", "truncated": truncated, "wrong_vocab": wrong_vocab,
+             "data": shakespeare_dir, "corrupt_vocab": corrupt_vocab, "small": small_text_dir}
+    args = [f.format(**names) for f in flags]
+    try:
+        code = main(["train", "--headless", *TINY_FLAGS, "--out-dir", str(tmp_path / "out"), *args])
+    except SystemExit as e:  # argparse's own checks (choices) exit from inside parse_args
+        code = e.code
+    _, err = capsys.readouterr()
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert message in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing half-written
+
+
+def test_resume_with_a_conflicting_shape_is_one_line(shakespeare_dir: Path, tmp_path: Path, capsys) -> None:
+    assert train(capsys, *TINY_FLAGS, "--data-dir", str(shakespeare_dir), "--out-dir", str(tmp_path),
+                 "--steps", "2")[0] == 0
+    code, _, err = train(capsys, "--resume-training", str(tmp_path / "model_step_2.safetensors"),
+                         "--embedding-size", "64", "--steps", "4")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "--embedding-size 64 conflicts with checkpoint" in err
+
+
+def test_sigterm_finishes_the_step_saves_and_exits_0(shakespeare_dir: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nanogpt", "train", "--headless", *TINY_FLAGS, "--data-dir", str(shakespeare_dir),
+         "--out-dir", str(tmp_path), "--steps", "100000", "--log-interval", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        for line in proc.stdout:  # wait until training is under way
+            if line.startswith("step") or time.monotonic() > deadline:
+                break
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "SIGTERM: finishing this step" in err
+    stem = out.strip().splitlines()[-1].removeprefix("checkpoint: ")
+    step = int(stem.rsplit("_", 1)[1])
+    assert 1 <= step < 100000
+    log = json.loads(Path(stem + ".training_log.json").read_text())
+    assert log[-1]["step"] == step
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        Path(stem).name + s for s in (".safetensors", ".config.json", ".training_log.json", ".resume.safetensors",
+                                      ".resume.json"))
