@@ -128,7 +128,7 @@ class LossChart(PlotextPlot):
         if self.val_steps:
             plt.scatter(self.val_steps, self.val_losses, marker="●", color="orange+", label="validation")
         if xs:
-            plt.xticks(step_ticks(min(xs[0], *self.val_steps[:1]), max(xs[-1], *self.val_steps[-1:])))
+            plt.xticks(step_ticks(min([xs[0], *self.val_steps[:1]]), max([xs[-1], *self.val_steps[-1:]])))
         plt.yscale("log" if self.log_scale else "linear")
         plt.title("loss (log scale)" if self.log_scale else "loss")
         plt.xlabel("step")
