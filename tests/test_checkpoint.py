@@ -99,3 +99,23 @@ def test_weights_not_matching_the_config_are_a_user_error(trained, tmp_path: Pat
     config.write_text(json.dumps(meta))
     with pytest.raises(UserError, match="shape"):
         checkpoint.load_model(tmp_path / stem.name)
+
+
+def test_truncated_resume_state_is_a_user_error(trained, shakespeare_dir: Path, tmp_path: Path) -> None:
+    _, stem = trained
+    for suffix in checkpoint.SUFFIXES:
+        (tmp_path / (stem.name + suffix)).write_bytes(Path(str(stem) + suffix).read_bytes())
+    state = tmp_path / (stem.name + ".resume.safetensors")
+    state.write_bytes(state.read_bytes()[:-100])
+    with pytest.raises(UserError, match="optimizer state .* is corrupt or truncated"):
+        build_trainer({"data_dir": str(shakespeare_dir)}, resume=str(tmp_path / stem.name))
+
+
+def test_optimizer_state_round_trips(trained) -> None:
+    trainer, _ = trained
+    saved = checkpoint.optimizer_tensors(trainer.optimizer)
+    assert any(k.endswith("exp_avg_sq") for k in saved)
+    fresh = torch.optim.AdamW(trainer.model.optimizer_groups(0.1), lr=1e-3)
+    checkpoint.load_optimizer(fresh, saved)
+    for key, value in checkpoint.optimizer_tensors(fresh).items():
+        torch.testing.assert_close(value, saved[key], rtol=0, atol=0)

@@ -246,6 +246,12 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Te
             raise UserError(f"optimizer state has an unexpected entry {key!r}") from None
     if state and (max(state) >= n_params):
         raise UserError("optimizer state does not match the model (different parameter count)")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for index, entries in state.items():
+        for name, value in entries.items():
+            if value.dim() > 0 and value.shape != params[index].shape:
+                raise UserError(f"optimizer state {name} of parameter {index} has shape {tuple(value.shape)}, "
+                                f"the model's is {tuple(params[index].shape)}")
     current["state"] = state
     try:
         optimizer.load_state_dict(current)
