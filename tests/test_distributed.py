@@ -1,8 +1,8 @@
 """torchrun/DDP on CPU with gloo: real `torchrun -m nanogpt train` jobs of 2 processes against 1-process runs.
 
 The data stream and the dropout masks are functions of the global micro-batch index, so 2 processes x
-batch B must train exactly like 1 process with --grad-accum 2 x batch B, and checkpoints move freely
-between world sizes. Each torchrun job costs a few seconds of start-up (3 Python processes importing torch),
+--grad-accum A x batch B must train exactly like 1 process x --grad-accum 2A x batch B (same losses and
+weights within 1e-5), and checkpoints move freely between world sizes. Each torchrun job costs a few seconds of start-up (3 Python processes importing torch),
 so the jobs are shared between tests through module-scoped fixtures.
 """
 
@@ -86,19 +86,20 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def runs(shakespeare_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The reference runs: 2 processes x batch 8 by torchrun and 1 process x 2 accumulation x batch 8,
-    both without dropout (`plain`, with --seed 0: a random seed) and with dropout 0.1 (`dropout`)."""
+    """The reference runs by torchrun and on 1 process with the same effective batch: without dropout
+    (`plain`: 2 processes x batch 8 against 1 process x 2 accumulation, with --seed 0, a random seed) and
+    with dropout 0.1 (`dropout`: 2 processes x 2 accumulation against 1 process x 4 accumulation)."""
     root = tmp_path_factory.mktemp("ddp")
     out: dict = {"root": root, "data": shakespeare_dir}
-    for name, dropout, seed in (("plain", "0", "0"), ("dropout", "0.1", "1337")):
+    for name, dropout, seed, accum in (("plain", "0", "0", 1), ("dropout", "0.1", "1337", 2)):
         result = torchrun(2, ["--data-dir", str(shakespeare_dir), "--out-dir", str(root / f"{name}2"),
-                              "--dropout", dropout, "--seed", seed, *COMMON])
+                              "--dropout", dropout, "--seed", seed, "--grad-accum", str(accum), *COMMON])
         out[f"{name}2_stdout"] = result.stdout
         if seed == "0":  # rank 0 picks a random seed and every rank must use it: the 1-process run repeats it
             picked = re.findall(r"using random seed (\d+)", result.stderr)
             assert len(picked) == 1, result.stderr
             seed = picked[0]
-        single(shakespeare_dir, root / f"{name}1", grad_accum=2, dropout=float(dropout), seed=int(seed))
+        single(shakespeare_dir, root / f"{name}1", grad_accum=2 * accum, dropout=float(dropout), seed=int(seed))
     return out
 
 
@@ -113,8 +114,9 @@ def test_two_processes_train_like_one_with_twice_the_accumulation(runs: dict) ->
     assert f"checkpoint: {root / 'plain2' / f'model_step_{STEPS}'}" in stdout
 
 
-def test_dropout_masks_follow_the_batch_not_the_rank(runs: dict) -> None:
-    # dropout differs per rank (each rank draws other micro-batches), yet the run does not depend on the split
+def test_dropout_and_accumulation_follow_the_batch_not_the_rank(runs: dict) -> None:
+    # rank r at micro-step m draws global micro-batch m * 2 + r, and its dropout mask is keyed by that index:
+    # the masks differ per rank, yet the run does not depend on how it is split over processes
     root = runs["root"]
     assert_same_run(root / "dropout1" / f"model_step_{STEPS}", root / "dropout2" / f"model_step_{STEPS}")
     plain, dropped = log_of(root / "plain1" / f"model_step_{STEPS}"), log_of(root / "dropout1" / f"model_step_{STEPS}")
@@ -123,12 +125,12 @@ def test_dropout_masks_follow_the_batch_not_the_rank(runs: dict) -> None:
 
 def test_two_process_checkpoint_resumes_on_one_process(runs: dict, capsys) -> None:
     root = runs["root"]
-    # no --grad-accum: one process takes 2 micro-batches per step to keep the checkpoint's batch of 16
+    # no --grad-accum: one process takes 4 micro-batches per step to keep the checkpoint's 2 x 2 x 8
     opts = {k: v for k, v in TINY.items() if k not in ("batch_size", "grad_accum")}
     trainer = build_trainer({**opts, "data_dir": str(runs["data"]), "out_dir": str(root / "resumed1")},
                             resume=str(root / "dropout2" / "model_step_3"))
-    assert trainer.train_cfg.grad_accum == 2 and trainer.step == 3
-    assert "using --grad-accum 2 on 1 to keep its effective batch of 16 sequences" in capsys.readouterr().err
+    assert trainer.train_cfg.grad_accum == 4 and trainer.step == 3
+    assert "using --grad-accum 4 on 1 to keep its effective batch of 32 sequences" in capsys.readouterr().err
     assert trainer.run(lambda event: None).reason == "completed"
     assert_same_run(root / "dropout2" / f"model_step_{STEPS}", root / "resumed1" / f"model_step_{STEPS}")
     # an explicit --grad-accum wins (and the effective batch changes)
@@ -141,8 +143,8 @@ def test_one_process_checkpoint_resumes_on_two_processes(runs: dict) -> None:
     result = torchrun(2, ["--data-dir", str(runs["data"]), "--out-dir", str(root / "resumed2"),
                           "--resume-training", str(root / "dropout1" / "model_step_3")])
     assert "resuming at step 3" in result.stdout
-    # no --grad-accum: 2 processes x 1 keep the batch of 1 process x 2 (said once, by rank 0)
-    assert result.stderr.count("using --grad-accum 1 on 2 to keep its effective batch of 16 sequences") == 1
+    # no --grad-accum: 2 processes x 2 keep the batch of 1 process x 4 (said once, by rank 0)
+    assert result.stderr.count("using --grad-accum 2 on 2 to keep its effective batch of 32 sequences") == 1
     assert_same_run(root / "dropout1" / f"model_step_{STEPS}", root / "resumed2" / f"model_step_{STEPS}")
 
 
