@@ -13,7 +13,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -152,21 +151,22 @@ def test_sigterm_saves_once_and_every_rank_exits(shakespeare_dir: Path, tmp_path
     out = tmp_path / "out"
     cmd = _torchrun_cmd(2, ["--data-dir", str(shakespeare_dir), "--out-dir", str(out), "--steps", "100000",
                             "--log-interval", "1", "--validation-interval", "0"])
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    err_file = tmp_path / "stderr.txt"  # a file, not a pipe: an unread full pipe would block torchrun
+    with err_file.open("w") as err:
+        proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=err, text=True,
+                                start_new_session=True)
     try:
         lines = []
         for line in proc.stdout:  # wait until the ranks are training together
             lines.append(line)
             if line.startswith("step ") and "| loss" in line and int(line.split()[1].split("/")[0]) >= 2:
                 break
-        signal_sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)  # to torchrun, as a cluster's scheduler does; it forwards it to the ranks
-        stdout, stderr = proc.communicate(timeout=120)
+        stdout, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    stdout = "".join(lines) + stdout
+    stdout, stderr = "".join(lines) + stdout, err_file.read_text()
     stems = {checkpoint.stem_of(p.name) for p in out.iterdir() if not p.name.startswith(".")}
     assert len(stems) == 1, sorted(p.name for p in out.iterdir())
     (stem,) = stems
@@ -175,5 +175,5 @@ def test_sigterm_saves_once_and_every_rank_exits(shakespeare_dir: Path, tmp_path
     assert stdout.count("saved ") == 1 and len(log_of(out / stem.name)) == step
     # every rank finished its step and exited by itself: torchrun had no rank to kill, and no rank failed
     # (torchrun itself reports the signal it got with a SignalException traceback and exit code 1)
-    assert "SIGKILL" not in stderr and time.monotonic() - signal_sent < 60
+    assert "SIGKILL" not in stderr  # torchrun kills (and says so) a rank still alive 30 s after the signal
     assert stderr.count("Traceback") <= 1 and ("Traceback" not in stderr or "SignalException" in stderr)
