@@ -227,8 +227,11 @@ class TrainingApp(App[int]):
         elif isinstance(ev, Paused):
             self._set_paused(True)
             self.pause_requested = False
+            if self.sample_screen is None and ev.step > (self.run_info.start_step if self.run_info else 0):
+                self._notice(f"paused after step {ev.step}; p resumes")
         elif isinstance(ev, Resumed):
             self._set_paused(False)
+            self._notice(f"resumed at step {ev.step}")
         elif isinstance(ev, RunFinished):
             self._on_finished(ev)
         self._render_status()
