@@ -59,7 +59,9 @@ def gpt2_encoding():
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
     vocab_bpe, encoder_json = _gpt2_files()
-    ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=os.fspath(vocab_bpe), encoder_json_file=os.fspath(encoder_json))
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=os.fspath(vocab_bpe), encoder_json_file=os.fspath(encoder_json)
+    )
     return tiktoken.Encoding(
         name="gpt2-offline",
         explicit_n_vocab=GPT2_VOCAB_SIZE,
