@@ -80,13 +80,16 @@ class CausalSelfAttention(nn.Module):
             p = cache.pos
             cache.k[layer, :B, :, p : p + T] = k
             cache.v[layer, :B, :, p : p + T] = v
-            k = cache.k[layer, :B, :, : p + T]
-            v = cache.v[layer, :B, :, : p + T]
-            if T == 1:  # one new token attends to everything before it: no mask needed
-                y = F.scaled_dot_product_attention(q, k, v)
-            else:  # a prompt (prefill) after p cached positions: causal within the new tokens
-                mask = torch.ones(T, p + T, dtype=torch.bool, device=x.device).tril(diagonal=p)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            if p == 0:  # a fresh window (a prompt): plain causal attention over the new tokens alone
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                k = cache.k[layer, :B, :, : p + T]
+                v = cache.v[layer, :B, :, : p + T]
+                if T == 1:  # one new token attends to everything before it: no mask needed
+                    y = F.scaled_dot_product_attention(q, k, v)
+                else:  # more prompt after p cached positions: causal within the new tokens
+                    mask = torch.ones(T, p + T, dtype=torch.bool, device=x.device).tril(diagonal=p)
+                    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -190,8 +193,9 @@ class GPT(nn.Module):
 
         The same math as `forward(tokens[:, None], cache=cache)`, as plain functional calls over weights and
         cache views bound once per cache: for a small model a decode step is nearly all per-operator
-        overhead, so this path has no module dispatch, no slicing and no allocation beyond the op outputs.
-        Inference only: call it under `torch.inference_mode()`, with the model in eval mode (no dropout).
+        overhead, so this path has no module dispatch, no slicing, and matmuls that take the transposed
+        weights directly and fold the residual add in (`addmm`). Inference only: call it under
+        `torch.inference_mode()` with the model in eval mode (dropout is not applied).
         """
         p = cache.pos
         if p >= cache.block_size:
@@ -199,40 +203,41 @@ class GPT(nn.Module):
         plan = cache.plan
         if plan is None or plan[0] is not self:
             plan = cache.plan = (self, self._decode_plan(cache))
-        (wte, wpe, lnf_w, lnf_b, layers), C = plan[1], self.config.n_embd
+        wte, wte_t, wpe, lnf_w, lnf_b, layers = plan[1]
+        C, nh = self.config.n_embd, self.config.n_head
         B = tokens.shape[0]
         x = wte[tokens] + wpe[p]  # (B, C)
-        nh = self.config.n_head
         for layer in layers:
-            ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b = layer[:12]
-            slots, kvs = layer[12:]
+            ln1_w, ln1_b, attn_t, attn_b, proj_t, proj_b, ln2_w, ln2_b, fc_t, fc_b, fc2_t, fc2_b, kv = layer
             h = F.layer_norm(x, (C,), ln1_w, ln1_b, 1e-5)
-            qkv = F.linear(h, attn_w, attn_b).view(B, 3, nh, -1)
-            slots[p].copy_(qkv[:, 1:])  # this position's key and value, one copy into the static cache
-            k, v = kvs[p]  # (B, nh, p + 1, hs): every position so far, this one included
-            # one query attends to all cached positions: no mask needed
-            y = F.scaled_dot_product_attention(qkv[:, :1].transpose(1, 2), k, v)  # (B, nh, 1, hs)
-            x = x + F.linear(y.view(B, C), proj_w, proj_b)
+            qkv = torch.mm(h, attn_t) if attn_b is None else torch.addmm(attn_b, h, attn_t)
+            qkv = qkv.view(B, 3, nh, -1)
+            slot, k, v = kv[p]
+            slot.copy_(qkv[:, 1:])  # this position's key and value, one copy into the static cache
+            # one query attends to every cached position (this one included): no mask needed
+            y = F.scaled_dot_product_attention(qkv[:, :1].transpose(1, 2), k, v).view(B, C)
+            x = torch.addmm(x, y, proj_t) if proj_b is None else torch.addmm(x + proj_b, y, proj_t)
             h = F.layer_norm(x, (C,), ln2_w, ln2_b, 1e-5)
-            x = x + F.linear(F.gelu(F.linear(h, fc_w, fc_b)), fc2_w, fc2_b)
+            h = F.gelu(torch.mm(h, fc_t) if fc_b is None else torch.addmm(fc_b, h, fc_t))
+            x = torch.addmm(x, h, fc2_t) if fc2_b is None else torch.addmm(x + fc2_b, h, fc2_t)
         cache.pos = p + 1
-        return F.linear(F.layer_norm(x, (C,), lnf_w, lnf_b, 1e-5), wte)
+        return torch.mm(F.layer_norm(x, (C,), lnf_w, lnf_b, 1e-5), wte_t)
 
     def _decode_plan(self, cache: KVCache) -> tuple:
-        """Weights and per-position cache views for `decode_step`, gathered once instead of every token."""
+        """Weights (matrices transposed, as views) and per-position cache views for `decode_step`."""
         t = self.transformer
         layers = []
         for i, block in enumerate(t.h):
             a, m = block.attn, block.mlp
-            positions = range(cache.block_size)
+            # per position p: the (B, 2, nh, hs) slot of its key and value, and keys/values 0..p
+            kv = [(cache.kv[i, :, :, :, p], cache.k[i, :, :, : p + 1], cache.v[i, :, :, : p + 1])
+                  for p in range(cache.block_size)]
             layers.append((
-                block.ln_1.weight, block.ln_1.bias, a.c_attn.weight, a.c_attn.bias,
-                a.c_proj.weight, a.c_proj.bias, block.ln_2.weight, block.ln_2.bias,
-                m.c_fc.weight, m.c_fc.bias, m.c_proj.weight, m.c_proj.bias,
-                [cache.kv[i, :, :, :, p] for p in positions],  # slot (B, 2, nh, hs) of position p
-                [(cache.k[i, :, :, : p + 1], cache.v[i, :, :, : p + 1]) for p in positions],
+                block.ln_1.weight, block.ln_1.bias, a.c_attn.weight.t(), a.c_attn.bias,
+                a.c_proj.weight.t(), a.c_proj.bias, block.ln_2.weight, block.ln_2.bias,
+                m.c_fc.weight.t(), m.c_fc.bias, m.c_proj.weight.t(), m.c_proj.bias, kv,
             ))
-        return t.wte.weight, t.wpe.weight, t.ln_f.weight, t.ln_f.bias, layers
+        return t.wte.weight, t.wte.weight.t(), t.wpe.weight, t.ln_f.weight, t.ln_f.bias, layers
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
         """AdamW parameter groups: decay the matrices (dim >= 2), not biases and LayerNorm gains."""

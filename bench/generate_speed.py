@@ -1,0 +1,155 @@
+"""Generation speed, ours against nanoGPT's sample.py, side by side in one process on the same weights.
+
+Both sample 500 tokens (sample.py's defaults: temperature 0.8, top-k 200, start "\\n") from a model of
+the cpu-small shape (4 layers, 4 heads, 128 wide, block 64, char vocabulary of 65), random weights unless
+--checkpoint gives a trained one; nanoGPT gets the very same weights (the parameter names match). nanoGPT
+is the unmodified reference at ../shared/reference/nanoGPT: its model.py is imported from there and its
+`GPT.generate` is called as sample.py calls it (under torch.no_grad); that column is skipped when the
+reference is absent. Ours is `generate.generate_tokens` (what `nanogpt generate` runs), once with nanoGPT's
+exact crop (slide 1) and once per other window slide asked for. The runs alternate, so a shared machine's
+noise falls on all alike: compare the ratios, not bare times across runs.
+
+    PYTHONPATH=src python bench/generate_speed.py                 # 500 tokens, 7 rounds
+    PYTHONPATH=src python bench/generate_speed.py --threads 2 --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT.parent / "shared" / "reference" / "nanoGPT"
+sys.path.insert(0, str(ROOT / "src"))
+
+from nanogpt.config import ModelConfig
+from nanogpt.generate import default_slide, generate_tokens
+from nanogpt.model import GPT
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tokens", type=int, default=500, help="tokens per generation (default: 500)")
+    p.add_argument("--rounds", type=int, default=7, help="generations per column (default: 7)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for every column (default: 1)")
+    p.add_argument("--slides", default="default,32",
+                   help="our window slides besides 1 (nanoGPT's crop), comma-separated (default: default,32)")
+    p.add_argument("--checkpoint", help="a trained checkpoint stem instead of random cpu-small weights")
+    p.add_argument("--profile", action="store_true", help="also print where our decode time goes")
+    return p.parse_args(argv)
+
+
+def load_reference():
+    """nanoGPT's model module, imported from the reference checkout (None when it is absent)."""
+    path = REFERENCE / "model.py"
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("nanogpt_reference_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_models(args: argparse.Namespace):
+    """(our GPT, nanoGPT's GPT with the same weights or None, start token id)."""
+    if args.checkpoint:
+        from nanogpt.checkpoint import load_model
+        from nanogpt.generate import start_ids
+        from nanogpt.tokenizers import from_meta
+
+        ours, meta = load_model(args.checkpoint, "cpu")
+        start = start_ids(from_meta(meta["tokenizer"]), "")
+    else:
+        torch.manual_seed(1337)
+        ours = GPT(ModelConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)).eval()
+        start = [0]  # "\n" is id 0 in Tiny Shakespeare's char vocabulary
+    ref = load_reference()
+    if ref is None:
+        return ours, None, start
+    c = ours.config
+    theirs = ref.GPT(ref.GPTConfig(block_size=c.block_size, vocab_size=c.vocab_size, n_layer=c.n_layer,
+                                   n_head=c.n_head, n_embd=c.n_embd, dropout=0.0, bias=c.bias))
+    missing, unexpected = theirs.load_state_dict(ours.state_dict(), strict=False)
+    assert not unexpected and all(k.endswith(".attn.bias") for k in missing), (missing, unexpected)
+    return ours, theirs.eval(), start
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    name = fields.get("Model name", "unknown CPU").strip()
+    flags = fields.get("Flags", "")
+    return f"{name}, {os.cpu_count()} CPUs, avx512_bf16: {'yes' if 'avx512_bf16' in flags else 'no'}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    ours, theirs, start = build_models(args)
+    block = ours.config.block_size
+    n = args.tokens
+    columns: dict[str, Callable[[], object]] = {}
+    if theirs is not None:
+        def run_nanogpt() -> object:
+            with torch.no_grad():  # as sample.py
+                return theirs.generate(torch.tensor([start]), n, temperature=0.8, top_k=200)
+        columns["nanoGPT sample.py (crop every token)"] = run_nanogpt
+    asked = [s.strip() for s in args.slides.split(",") if s.strip()]
+    slides = [1] + [default_slide(block) if s == "default" else int(s) for s in asked]
+    for slide in dict.fromkeys(slides):
+        label = f"ours, slide {slide}" + (" (= nanoGPT's crop)" if slide == 1 else "") + (
+            " (default)" if slide == default_slide(block) else "")
+        columns[label] = (lambda s=slide: list(generate_tokens(
+            ours, start, n, temperature=0.8, top_k=200, generator=torch.Generator().manual_seed(1), slide=s)))
+
+    if theirs is not None:  # the same tokens as nanoGPT: greedy (its top_k=1) with nanoGPT's crop
+        with torch.no_grad():
+            want = theirs.generate(torch.tensor([start]), 200, top_k=1)[0, len(start):].tolist()
+        got = list(generate_tokens(ours, start, 200, temperature=0, slide=1))
+        print(f"greedy, slide 1: ours == nanoGPT for 200 tokens: {'yes' if got == want else 'NO'}")
+
+    for run in columns.values():  # warm-up: first calls allocate and initialise
+        run()
+    times: dict[str, list[float]] = {k: [] for k in columns}
+    for _ in range(args.rounds):
+        for label, run in columns.items():
+            started = time.perf_counter()
+            run()
+            times[label].append(time.perf_counter() - started)
+
+    print(f"\n{n} tokens, cpu-small shape (vocab {ours.config.vocab_size}, block {block}), "
+          f"{args.threads} thread(s), {args.rounds} rounds, torch {torch.__version__}")
+    print(f"CPU: {cpu_name()}\n")
+    base = statistics.median(n / t for t in times[next(iter(times))]) if theirs is not None else None
+    print(f"| {'column':<44} | tokens/s median | spread (min-max) | ratio vs nanoGPT |")
+    print(f"|{'-' * 46}|----------------:|-----------------:|-----------------:|")
+    for label, ts in times.items():
+        rates = sorted(n / t for t in ts)
+        med = statistics.median(rates)
+        ratio = f"{med / base:.2f}x" if base else "-"
+        print(f"| {label:<44} | {med:15.0f} | {rates[0]:7.0f}-{rates[-1]:<8.0f} | {ratio:>16} |")
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            list(generate_tokens(ours, start, n, temperature=0.8, top_k=200, generator=torch.Generator()))
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
