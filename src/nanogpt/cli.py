@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(ns)
     except UserError as e:
-        print(f"nanogpt {ns.command}: error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once
+            print(f"nanogpt {ns.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # a Ctrl-C outside the training loop (which handles its own)
         print(f"nanogpt {ns.command}: interrupted", file=sys.stderr)
