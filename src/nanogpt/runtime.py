@@ -6,6 +6,8 @@ Kept apart from the engine so the speed work (what pays on which CPU/GPU) lives 
 from __future__ import annotations
 
 import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -33,7 +35,7 @@ def cpu_has_fast_bf16() -> bool:
     """True when this CPU does bfloat16 matmuls natively (AVX-512 BF16 / AMX), not by slow emulation."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:  # older torch or a build without oneDNN: be safe
+    except Exception:  # noqa: BLE001 - older torch or a build without oneDNN: be safe
         return False
 
 
@@ -74,3 +76,95 @@ def should_compile(requested: bool | None, device: torch.device) -> bool:
     if requested is not None:
         return requested
     return device.type == "cuda"
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS and Windows have no affinity call
+        return os.cpu_count() or 1
+
+
+class CoreParallel:
+    """Splits each micro-batch across the CPU cores: one shard per worker, each on one intra-op thread.
+
+    Why: at the small shapes CPU users train (cpu-small: 12 x 64 tokens, width 128) every op is short, and
+    torch's intra-op threads pay an OpenMP fork/join per op (and stall badly when another process holds a
+    core). Running whole forward+backward passes side by side, one single-threaded shard per core, keeps
+    each core busy on its own work; the gradients are then summed. The result is the same computation: the
+    mean loss over the batch and its gradient (up to float summation order, which is fixed, so runs repeat).
+    """
+
+    def __init__(self, workers: int):
+        if workers < 2:
+            raise ValueError("CoreParallel needs at least 2 workers")
+        self.workers = workers
+        # the calling thread runs shard 0 itself; the pool runs the others
+        self._pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="nanogpt-shard")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+    def forward_backward(self, module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                         loss_scale: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """Add d(loss_scale * mean loss)/d(params) into the parameters' .grad; return the detached mean loss."""
+        params = [p for p in module.parameters() if p.requires_grad]
+        batch = x.shape[0]
+        n = min(self.workers, batch)
+        bounds = [batch * i // n for i in range(n + 1)]
+        shards = [(x[bounds[i]:bounds[i + 1]], y[bounds[i]:bounds[i + 1]], (bounds[i + 1] - bounds[i]) / batch)
+                  for i in range(n)]
+
+        def run(shard: tuple[torch.Tensor, torch.Tensor, float]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            xs, ys, weight = shard
+            with autocast(device, dtype):  # autocast state is per thread: enter it in the worker
+                _, loss = module(xs, ys)
+            # autograd.grad, not backward(): each shard's gradients come back to be summed in a fixed order
+            grads = torch.autograd.grad(loss * (loss_scale * weight), params)
+            return loss.detach() * weight, list(grads)
+
+        futures = [self._pool.submit(run, s) for s in shards[1:]]
+        loss, grads = run(shards[0])
+        for f in futures:
+            shard_loss, shard_grads = f.result()
+            loss = loss + shard_loss
+            torch._foreach_add_(grads, shard_grads)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                if p.grad is None:
+                    p.grad = g
+                else:
+                    p.grad.add_(g)
+        return loss
+
+
+def core_parallel_workers(device: torch.device, *, batch_size: int, dropout: float, dtype: torch.dtype,
+                          compiled: bool, world_size: int) -> int:
+    """How many CoreParallel shards pay for this run (one per core torch would use); below 2: the usual way.
+
+    Only on CPU, single process (torchrun ranks already own their cores), uncompiled, without dropout (its
+    random masks would be drawn from the shared generator in thread order, so runs would not repeat) and
+    without float16 (its GradScaler is not thread-safe). OMP_NUM_THREADS=1 turns it off.
+    """
+    if device.type != "cpu" or world_size > 1 or compiled or dropout > 0 or dtype == torch.float16:
+        return 1
+    return max(1, min(_default_threads(), batch_size))
+
+
+_DEFAULT_THREADS: int | None = None
+
+
+def _default_threads() -> int:
+    """torch's intra-op thread count before we changed it (physical cores, or OMP_NUM_THREADS)."""
+    global _DEFAULT_THREADS
+    if _DEFAULT_THREADS is None:
+        _DEFAULT_THREADS = torch.get_num_threads()
+    return _DEFAULT_THREADS
+
+
+def configure_threads(device: torch.device, workers: int = 1) -> None:
+    """Intra-op threads: torch's default normally; the cores divided among the shards under CoreParallel."""
+    if device.type != "cpu":
+        return
+    torch.set_num_threads(max(1, _default_threads() // max(1, workers)))

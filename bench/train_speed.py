@@ -1,0 +1,298 @@
+"""Training speed, ours against nanoGPT, side by side in one process on the same data and shapes.
+
+Ours is measured through the engine (`Trainer.train_step()`: the step users run). nanoGPT is the
+unmodified reference at ../shared/reference/nanoGPT: its model.py is imported from there and driven the
+way its train.py does (memmap batches, clip_grad_norm_, zero_grad(set_to_none), loss.item() every step
+as with the recipe's --log_interval=1). The two alternate in blocks of steps so that the noise of a
+shared machine falls on both alike; compare the ratio, not the bare times.
+
+    PYTHONPATH=src python bench/train_speed.py                      # cpu-small on CPU, 300 steps
+    PYTHONPATH=src python bench/train_speed.py --device cuda --preset baby-gpt --steps 200 --skip 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+REFERENCE = SHARED / "reference" / "nanoGPT"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="cpu-small")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto", help="ours: auto/float32/bfloat16/float16; nanoGPT gets the same")
+    p.add_argument("--steps", type=int, default=300, help="steps per side")
+    p.add_argument("--skip", type=int, default=50, help="first steps per side left out of the statistics")
+    p.add_argument("--block", type=int, default=10, help="steps per side before switching to the other")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="ours: torch.compile (auto: runtime.should_compile)")
+    p.add_argument("--nanogpt-compile", choices=("auto", "on", "off"), default="auto",
+                   help="nanoGPT's compile flag (auto: on for CUDA as its default, off on CPU as its CPU recipe)")
+    p.add_argument("--nanogpt-adamw", choices=("fused", "as-is"), default="fused",
+                   help="fused: give nanoGPT fused AdamW (the stricter yardstick); as-is: its configure_optimizers")
+    p.add_argument("--data-dir", help="prepared data (train.bin/vocab.json); default: Tiny Shakespeare, char")
+    p.add_argument("--no-reference", action="store_true", help="measure ours only")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--probe", choices=("ours", "nanogpt"), help=argparse.SUPPRESS)  # child: memory probe
+    return p.parse_args(argv)
+
+
+def prepared_data(args: argparse.Namespace, tmp: Path) -> Path:
+    """A folder with train.bin/val.bin/vocab.json: --data-dir, else Tiny Shakespeare tokenized by chars."""
+    if args.data_dir:
+        return Path(args.data_dir)
+    from nanogpt import prepare
+
+    source = SHARED / "data" / "tinyshakespeare.txt"
+    out = tmp / "data"
+    with contextlib.redirect_stdout(sys.stderr):
+        prepare.prepare(str(source) if source.is_file() else None, tokenizer="char", out_dir=str(out))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- ours
+class Ours:
+    name = "ours"
+
+    def __init__(self, args: argparse.Namespace, data_dir: Path, out_dir: Path):
+        from nanogpt import engine
+
+        overrides = {"data_dir": str(data_dir), "device": args.device, "dtype": args.dtype,
+                     "out_dir": str(out_dir)}
+        if args.compile != "auto":
+            overrides["compile"] = args.compile == "on"
+        self.trainer = engine.build_trainer(overrides, preset=args.preset)
+        self.compiled = self.trainer.forward_model is not self.trainer.model
+        self.tokens_per_step = self.trainer.tokens_per_step
+        self.label = f"ours ({str(self.trainer.dtype).removeprefix('torch.')}{', compiled' if self.compiled else ''})"
+
+    def step(self) -> float:
+        return self.trainer.train_step().loss
+
+
+# -------------------------------------------------------------------------------------------- nanoGPT
+class NanoGPT:
+    """nanoGPT's model.py, imported (not copied) from the reference folder, driven as its train.py does."""
+
+    name = "nanogpt"
+
+    def __init__(self, args: argparse.Namespace, data_dir: Path, ours_cfg: tuple):
+        spec = importlib.util.spec_from_file_location("reference_nanogpt_model", REFERENCE / "model.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        model_cfg, train_cfg, device, dtype = ours_cfg
+        self.device = device
+        torch.manual_seed(train_cfg.seed)
+        with contextlib.redirect_stdout(sys.stderr):  # it prints parameter counts
+            gcfg = module.GPTConfig(block_size=model_cfg.block_size, vocab_size=model_cfg.vocab_size,
+                                    n_layer=model_cfg.n_layer, n_head=model_cfg.n_head, n_embd=model_cfg.n_embd,
+                                    dropout=model_cfg.dropout, bias=model_cfg.bias)
+            self.model = module.GPT(gcfg).to(device)
+            betas = (train_cfg.beta1, train_cfg.beta2)
+            self.optimizer = self.model.configure_optimizers(train_cfg.weight_decay, train_cfg.learning_rate,
+                                                             betas, device.type)
+        if args.nanogpt_adamw == "fused" and not self.optimizer.defaults.get("fused"):
+            groups = [{k: v for k, v in g.items() if k in ("params", "weight_decay")}
+                      for g in self.optimizer.param_groups]
+            self.optimizer = torch.optim.AdamW(groups, lr=train_cfg.learning_rate, betas=betas, fused=True)
+        compile_on = args.nanogpt_compile == "on" or (args.nanogpt_compile == "auto" and device.type == "cuda")
+        self.compiled = compile_on
+        self.forward = torch.compile(self.model) if compile_on else self.model
+        self.ctx = (contextlib.nullcontext() if device.type == "cpu" and dtype == torch.float32
+                    else torch.amp.autocast(device_type=device.type, dtype=dtype))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        self.train_bin = str(data_dir / "train.bin")
+        self.block_size, self.batch_size = model_cfg.block_size, train_cfg.batch_size
+        self.grad_accum, self.grad_clip = train_cfg.grad_accum, train_cfg.grad_clip
+        self.lr = train_cfg.learning_rate
+        self.tokens_per_step = self.batch_size * self.block_size * self.grad_accum
+        fused = bool(self.optimizer.defaults.get("fused"))
+        self.label = (f"nanoGPT ({str(dtype).removeprefix('torch.')}, {'fused' if fused else 'foreach'} AdamW"
+                      f"{', compiled' if compile_on else ''})")
+        self.x, self.y = self.get_batch()
+
+    def get_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # as train.py: a fresh memmap every batch, random windows, int64 stacks
+        data = np.memmap(self.train_bin, dtype=np.uint16, mode="r")
+        ix = torch.randint(len(data) - self.block_size, (self.batch_size,))
+        x = torch.stack([torch.from_numpy((data[i:i + self.block_size]).astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy((data[i + 1:i + 1 + self.block_size]).astype(np.int64)) for i in ix])
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device), y.to(self.device)
+
+    def step(self) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr  # train.py sets it every step (the schedule's value does not change the cost)
+        for _ in range(self.grad_accum):
+            with self.ctx:
+                _, loss = self.forward(self.x, self.y)
+                loss = loss / self.grad_accum
+            self.x, self.y = self.get_batch()
+            self.scaler.scale(loss).backward()
+        if self.grad_clip != 0.0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.item() * self.grad_accum  # --log_interval=1: one sync per step, as the recipe runs
+
+
+# ------------------------------------------------------------------------------------------ measuring
+def build(which: str, args: argparse.Namespace, data_dir: Path, out_dir: Path, ours: Ours | None = None):
+    if which == "ours":
+        return Ours(args, data_dir, out_dir)
+    t = ours.trainer
+    return NanoGPT(args, data_dir, (t.model_cfg, t.train_cfg, t.device, t.dtype))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def rss_mib() -> float:
+    """Current resident set size in MiB (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return 0.0
+
+
+def probe_memory(args: argparse.Namespace, data_dir: Path, out_dir: Path) -> None:
+    """Child process: build one side, run 20 steps, print its peak memory in MiB (RSS growth on CPU)."""
+    device = torch.device(args.device)
+    before = rss_mib()
+    ours = build("ours", args, data_dir, out_dir)
+    runner = ours if args.probe == "ours" else build("nanogpt", args, data_dir, out_dir, ours)
+    if runner is not ours:
+        before = rss_mib()
+        del ours  # nanoGPT's probe should not count our model
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(20):
+        runner.step()
+    sync(device)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+    print(json.dumps({"peak_mib": peak}))
+
+
+def memory_of(which: str, args: argparse.Namespace, data_dir: Path) -> float | None:
+    """Peak memory of one side, measured alone in a fresh process (one process cannot separate the two)."""
+    cmd = [sys.executable, __file__, "--probe", which, "--data-dir", str(data_dir), "--preset", args.preset,
+           "--device", args.device, "--dtype", args.dtype, "--compile", args.compile,
+           "--nanogpt-compile", args.nanogpt_compile, "--nanogpt-adamw", args.nanogpt_adamw]
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        print(f"memory probe for {which} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def run(args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory(prefix="train_speed_") as tmp_name:
+        tmp = Path(tmp_name)
+        data_dir = prepared_data(args, tmp)
+        if args.probe:
+            probe_memory(args, data_dir, tmp / "out")
+            return {}
+        ours = build("ours", args, data_dir, tmp / "out")
+        device = ours.trainer.device
+        runners = [ours]
+        if not args.no_reference and (REFERENCE / "model.py").is_file():
+            runners.append(build("nanogpt", args, data_dir, tmp / "out", ours))
+        elif not args.no_reference:
+            print(f"nanoGPT reference not found at {REFERENCE}: measuring ours only", file=sys.stderr)
+        times: dict[str, list[float]] = {r.name: [] for r in runners}
+        first: dict[str, float] = {}
+        losses: dict[str, float] = {}
+        round_no = 0
+        while any(len(times[r.name]) < args.steps for r in runners):
+            order = runners if round_no % 2 == 0 else runners[::-1]  # alternate who goes first
+            for r in order:
+                for _ in range(min(args.block, args.steps - len(times[r.name]))):
+                    sync(device)
+                    t0 = time.perf_counter()
+                    losses[r.name] = r.step()
+                    sync(device)
+                    dt = (time.perf_counter() - t0) * 1000.0
+                    if not times[r.name]:
+                        first[r.name] = dt  # includes compilation where it applies
+                    times[r.name].append(dt)
+            round_no += 1
+        results = {}
+        for r in runners:
+            kept = times[r.name][args.skip:] or times[r.name]
+            q = statistics.quantiles(kept, n=10) if len(kept) > 1 else [kept[0]] * 9
+            results[r.name] = {
+                "label": r.label, "median_ms": statistics.median(kept), "p10_ms": q[0], "p90_ms": q[-1],
+                "first_step_ms": first[r.name], "tokens_per_s": r.tokens_per_step / statistics.median(kept) * 1e3,
+                "last_loss": losses[r.name], "steps": len(kept),
+            }
+        if not args.no_memory:
+            for r in runners:
+                results[r.name]["peak_mib"] = memory_of(r.name, args, data_dir)
+    return results
+
+
+def print_table(results: dict, args: argparse.Namespace) -> None:
+    base = results.get("nanogpt")
+    cpu = torch.backends.cpu.get_cpu_capability()
+    print(f"# train speed: preset {args.preset}, device {args.device}, steps {args.skip}-{args.steps} per side, "
+          f"blocks of {args.block}, torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {cpu}")
+    head = (f"| {'run':<44} | median ms | p10-p90 ms    | first step ms | tokens/s | peak MiB | "
+            f"ours/nanoGPT |")
+    print(head)
+    print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
+    for name in ("nanogpt", "ours"):
+        if name not in results:
+            continue
+        r = results[name]
+        ratio = f"{r['median_ms'] / base['median_ms']:.3f}" if base and name == "ours" else ("1.000" if base else "-")
+        mem = f"{r['peak_mib']:.0f}" if r.get("peak_mib") is not None else "-"
+        spread = f"{r['p10_ms']:.1f}-{r['p90_ms']:.1f}"
+        print(f"| {r['label']:<44} | {r['median_ms']:9.1f} | {spread:<13} | {r['first_step_ms']:13.0f} | "
+              f"{r['tokens_per_s']:8.0f} | {mem:>8} | {ratio:>12} |")
+    if args.device == "cpu":
+        print("peak MiB on CPU: resident-memory growth over 20 steps, each side alone in a fresh process")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.skip >= args.steps:
+        args.skip = 0
+    results = run(args)
+    if args.probe:
+        return 0
+    print_table(results, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""runtime.py: precision choice, CPU core-parallel training steps, and the model's training-path math."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nanogpt import runtime
+from nanogpt.config import ModelConfig
+from nanogpt.model import GPT
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_intra_op_thread():
+    """One intra-op thread, as under CoreParallel: these models are tiny, and OpenMP's fork/join per op
+    stalls for whole scheduler time slices when other processes (parallel test runs) hold the cores."""
+    runtime._default_threads()  # remember torch's own default before changing it
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_model(seed: int = 0, **kw) -> GPT:
+    torch.manual_seed(seed)
+    cfg = {"vocab_size": 17, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32, "dropout": 0.0}
+    cfg.update(kw)
+    return GPT(ModelConfig(**cfg))
+
+
+def tiny_batch(batch: int = 6, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, 17, (batch, 17), generator=g)
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+def train(model: GPT, dtype: torch.dtype, steps: int, workers: int) -> list[float]:
+    """A few AdamW steps on one fixed batch (memorising it), as the engine runs them; returns the losses."""
+    opt = runtime.make_optimizer(model, lr=3e-3, betas=(0.9, 0.99), weight_decay=0.1, device=CPU)
+    parallel = runtime.CoreParallel(workers) if workers > 1 else None
+    x, y = tiny_batch()
+    losses = []
+    for _ in range(steps):
+        if parallel is not None:
+            loss = parallel.forward_backward(model, x, y, loss_scale=1.0, device=CPU, dtype=dtype)
+        else:
+            with runtime.autocast(CPU, dtype):
+                _, loss = model(x, y)
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    if parallel is not None:
+        parallel.close()
+    return losses
+
+
+# ------------------------------------------------------------------------------------------ precision
+def test_auto_dtype_on_cpu_is_bfloat16_only_where_the_cpu_does_it_natively():
+    expected = torch.bfloat16 if runtime.cpu_has_fast_bf16() else torch.float32
+    assert runtime.resolve_dtype("auto", CPU) == expected
+
+
+def test_auto_dtype_never_picks_emulated_bfloat16(monkeypatch):
+    # torch's oneDNN probe is what tells an AVX-512-BF16/AMX CPU from an AVX2 one: make it say "no"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert runtime.cpu_has_fast_bf16() is False
+    assert runtime.resolve_dtype("auto", CPU) == torch.float32
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert runtime.resolve_dtype("auto", CPU) == torch.bfloat16
+
+
+def test_explicit_dtypes_are_honoured():
+    assert runtime.resolve_dtype("float32", CPU) == torch.float32
+    assert runtime.resolve_dtype("bfloat16", CPU) == torch.bfloat16
+    assert runtime.resolve_dtype("float16", CPU) == torch.float16
+
+
+# -------------------------------------------------------------------------------------- training steps
+@pytest.mark.parametrize("workers", [1, 2])
+def test_float32_training_steps_lower_the_loss(workers):
+    losses = train(tiny_model(), torch.float32, steps=25, workers=workers)
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.8 * losses[0]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_bfloat16_training_steps_run_and_lower_the_loss(workers):
+    # tiny on purpose: on AVX2-only CPUs bfloat16 matmuls are emulated and ~100x slower
+    losses = train(tiny_model(n_layer=1), torch.bfloat16, steps=8, workers=workers)
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("batch", [6, 5])
+def test_core_parallel_gives_the_gradient_of_the_whole_batch(batch):
+    x, y = tiny_batch(batch)
+    whole = tiny_model()
+    _, loss = whole(x, y)
+    (0.5 * loss).backward()  # loss_scale 0.5, as with --grad-accum 2
+    sharded = tiny_model()
+    parallel = runtime.CoreParallel(3)
+    sharded_loss = parallel.forward_backward(sharded, x, y, loss_scale=0.5, device=CPU, dtype=torch.float32)
+    parallel.close()
+    torch.testing.assert_close(sharded_loss, loss.detach())
+    for (name, p), q in zip(whole.named_parameters(), sharded.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=name, rtol=1e-5, atol=1e-7)
+
+
+def test_core_parallel_adds_to_existing_gradients_and_repeats_exactly():
+    x, y = tiny_batch()
+    runs = []
+    for _ in range(2):
+        model = tiny_model()
+        parallel = runtime.CoreParallel(2)
+        for _ in range(2):  # two micro-batches accumulate, as with --grad-accum 2
+            parallel.forward_backward(model, x, y, loss_scale=0.5, device=CPU, dtype=torch.float32)
+        parallel.close()
+        runs.append([p.grad.clone() for p in model.parameters()])
+    reference = tiny_model()
+    _, loss = reference(x, y)
+    loss.backward()
+    for a, b, r in zip(runs[0], runs[1], reference.parameters()):
+        assert torch.equal(a, b)  # the shards' gradients are summed in a fixed order: runs repeat bit for bit
+        torch.testing.assert_close(a, r.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_core_parallel_is_used_only_where_it_is_safe():
+    common = {"batch_size": 12, "dropout": 0.0, "dtype": torch.float32, "compiled": False, "world_size": 1}
+    assert runtime.core_parallel_workers(CPU, **common) == min(runtime._default_threads(), 12)
+    assert runtime.core_parallel_workers(torch.device("cuda"), **common) == 1
+    assert runtime.core_parallel_workers(CPU, **{**common, "dropout": 0.1}) == 1  # masks would not repeat
+    assert runtime.core_parallel_workers(CPU, **{**common, "compiled": True}) == 1
+    assert runtime.core_parallel_workers(CPU, **{**common, "world_size": 2}) == 1
+    assert runtime.core_parallel_workers(CPU, **{**common, "dtype": torch.float16}) == 1
+    assert runtime.core_parallel_workers(CPU, **{**common, "batch_size": 1}) == 1
+
+
+def test_configure_threads_divides_the_cores_among_the_shards():
+    default = runtime._default_threads()
+    runtime.configure_threads(CPU, 2)
+    assert torch.get_num_threads() == max(1, default // 2)
+    runtime.configure_threads(CPU, 1)
+    assert torch.get_num_threads() == default
+
+
+# ------------------------------------------------------------------------------ the model's training math
+def test_mlp_activation_is_gpt2_exact_gelu():
+    model = tiny_model()
+    mlp = model.transformer.h[0].mlp
+    x = torch.randn(3, 5, 32)
+    h = mlp.c_fc(x)
+    reference = mlp.c_proj(0.5 * h * (1.0 + torch.erf(h / math.sqrt(2.0))))
+    torch.testing.assert_close(mlp(x), reference)
+
+
+def test_training_attention_equals_explicit_causal_softmax_with_gradients():
+    torch.manual_seed(3)
+    model = tiny_model()
+    attn = model.transformer.h[0].attn
+    x = torch.randn(2, 16, 32, requires_grad=True)
+    out = attn(x)
+    # the textbook formula: softmax(q k^T / sqrt(hs) + causal mask) v, heads side by side, then c_proj
+    x2 = x.detach().clone().requires_grad_(True)
+    q, k, v = attn.c_attn(x2).split(32, dim=2)
+    q, k, v = (t.view(2, 16, 2, 16).transpose(1, 2) for t in (q, k, v))
+    mask = torch.ones(16, 16, dtype=torch.bool).tril()
+    att = (q @ k.transpose(-2, -1) / math.sqrt(16)).masked_fill(~mask, float("-inf"))
+    ref = attn.c_proj((F.softmax(att, dim=-1) @ v).transpose(1, 2).reshape(2, 16, 32))
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x2, g)[0])
