@@ -173,6 +173,13 @@ class Trainer:
 
             ids = [device.index if device.index is not None else distributed.local_rank()] if device.type == "cuda" else None
             self.train_module = DistributedDataParallel(self.forward_model, device_ids=ids)
+        # CPU: each micro-batch runs as single-threaded shards side by side, one per core (see runtime)
+        workers = runtime.core_parallel_workers(
+            device, batch_size=train_cfg.batch_size, dropout=model_cfg.dropout, dtype=self.dtype,
+            compiled=self.forward_model is not self.model, world_size=self.world_size,
+        )
+        self.core_parallel = runtime.CoreParallel(workers) if workers > 1 else None
+        runtime.configure_threads(device, workers)
         self.model.train()
         self.train_batches = data.BatchSampler(
             tokens.train, block_size=model_cfg.block_size, batch_size=train_cfg.batch_size,
@@ -214,6 +221,10 @@ class Trainer:
             index = data.global_batch_index(self.batch_counter, micro, self.rank, self.world_size)
             x, y = self.train_batches.batch(index)
             torch.manual_seed(_dropout_seed(cfg.seed, index))
+            if self.core_parallel is not None:
+                total += self.core_parallel.forward_backward(self.train_module, x, y, loss_scale=1 / cfg.grad_accum,
+                                                             device=self.device, dtype=self.dtype)
+                continue
             last = micro == cfg.grad_accum - 1
             # under DDP only the last micro-step all-reduces the gradients
             sync = contextlib.nullcontext() if last or self.world_size == 1 else self.train_module.no_sync()
