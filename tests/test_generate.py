@@ -34,7 +34,8 @@ def tiny(block_size: int = 16, vocab_size: int = 37, seed: int = 0) -> GPT:
 def uncached(model: GPT, prompt: list[int], n: int, slide: int, temperature: float,
              generator: torch.Generator | None = None) -> list[int]:
     """The documented window rule without a cache: a full forward over ids[start:] for every token, where
-    start advances by `slide` whenever the window would exceed block_size (slide=1 is nanoGPT's crop)."""
+    start advances by `slide` whenever the window would exceed block_size (slide=1 is nanoGPT's crop).
+    Sampling goes through the same sample_next: what differs is only how the logits are computed."""
     block = model.config.block_size
     ids, out = list(prompt), []
     start = max(0, len(ids) - block)
@@ -43,12 +44,7 @@ def uncached(model: GPT, prompt: list[int], n: int, slide: int, temperature: flo
             if len(ids) - start > block:
                 start += slide
             logits, _ = model(torch.tensor([ids[start:]]))
-            logits = logits[:, -1]
-            if temperature == 0:
-                token = int(logits.argmax())
-            else:
-                probs = torch.softmax(logits / temperature, -1)
-                token = int(torch.multinomial(probs, 1, generator=generator))
+            token = sample_next(logits[:, -1], temperature, generator=generator)  # the sampler under test
             ids.append(token)
             out.append(token)
     return out
@@ -105,6 +101,17 @@ def test_top_k_and_top_p_restrict_the_candidates():
     assert {sample_next(logits, 1.0, top_p=0.8, generator=g) for _ in range(300)} == {1, 2}
     assert {sample_next(logits, 1.0, top_p=0.5, generator=g) for _ in range(50)} == {1}
     assert {sample_next(logits, 1.0, generator=g) for _ in range(2000)} >= {1, 2, 3}
+
+
+def test_sampled_frequencies_follow_the_probabilities():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 0.5, float("-inf")]])
+    probs = torch.softmax(logits / 0.8, -1)[0]
+    g, n = seeded(4), 20000
+    draws = torch.tensor([sample_next(logits, 0.8, generator=g) for _ in range(n)])
+    counts = torch.bincount(draws, minlength=6)
+    assert counts[5] == 0  # probability 0 is never drawn
+    # within 5 standard deviations of the binomial count for every token
+    assert torch.all((counts - n * probs).abs() <= 5 * (n * probs * (1 - probs)).sqrt() + 1)
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 50])
