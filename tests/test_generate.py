@@ -246,3 +246,16 @@ def test_cli_gpt2_streaming_decodes_like_the_whole_text(tmp_path, capsys):
     model, _ = checkpoint.load_model(stem)
     tokens = list(generate_tokens(model, tok.encode(prompt), 25, generator=torch.Generator().manual_seed(3)))
     assert out == prompt + tok.decode(tokens)
+
+
+def test_generate_cli_window_slide(char_stem, capsys):
+    """slide=1 (nanoGPT's crop) is reachable from generate_cli; a slide beyond the block is a UserError."""
+    from nanogpt.errors import UserError
+    from nanogpt.generate import generate_cli
+
+    assert generate_cli(str(char_stem), tokens=40, temperature=0, slide=1) == 0
+    model, meta = checkpoint.load_model(char_stem)
+    greedy = uncached(model, start_ids(CharTokenizer(meta["tokenizer"]["itos"]), ""), 40, 1, 0.0)
+    assert capsys.readouterr().out == CharTokenizer(meta["tokenizer"]["itos"]).decode(greedy)
+    with pytest.raises(UserError, match="slide"):
+        generate_cli(str(char_stem), slide=17)
