@@ -133,14 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{n} tokens, cpu-small shape (vocab {ours.config.vocab_size}, block {block}), "
           f"{args.threads} thread(s), {args.rounds} rounds, torch {torch.__version__}")
     print(f"CPU: {cpu_name()}\n")
-    base = statistics.median(n / t for t in times[next(iter(times))]) if theirs is not None else None
+    first = times[next(iter(times))] if theirs is not None else None
     print(f"| {'column':<44} | tokens/s median | spread (min-max) | ratio vs nanoGPT |")
     print(f"|{'-' * 46}|----------------:|-----------------:|-----------------:|")
     for label, ts in times.items():
         rates = sorted(n / t for t in ts)
-        med = statistics.median(rates)
-        ratio = f"{med / base:.2f}x" if base else "-"
-        print(f"| {label:<44} | {med:15.0f} | {rates[0]:7.0f}-{rates[-1]:<8.0f} | {ratio:>16} |")
+        # the ratio is the median of per-round ratios: each round's runs are adjacent in time, so a burst
+        # of load on the shared machine falls on both sides of a ratio
+        ratio = f"{statistics.median(b / a for a, b in zip(ts, first, strict=True)):.2f}x" if first else "-"
+        median = statistics.median(rates)
+        print(f"| {label:<44} | {median:15.0f} | {rates[0]:7.0f}-{rates[-1]:<8.0f} | {ratio:>16} |")
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile

@@ -206,7 +206,7 @@ class GPT(nn.Module):
         wte, wte_t, wpe, lnf_w, lnf_b, layers = plan[1]
         C, nh = self.config.n_embd, self.config.n_head
         B = tokens.shape[0]
-        x = wte[tokens] + wpe[p]  # (B, C)
+        x = torch.index_select(wte, 0, tokens) + wpe[p]  # (B, C); cheaper than wte[tokens]
         for layer in layers:
             ln1_w, ln1_b, attn_t, attn_b, proj_t, proj_b, ln2_w, ln2_b, fc_t, fc_b, fc2_t, fc2_b, kv = layer
             h = F.layer_norm(x, (C,), ln1_w, ln1_b, 1e-5)
