@@ -214,8 +214,14 @@ class GPT(nn.Module):
             qkv = qkv.view(B, 3, nh, -1)
             slot, k, v = kv[p]
             slot.copy_(qkv[:, 1:])  # this position's key and value, one copy into the static cache
-            # one query attends to every cached position (this one included): no mask needed
-            y = F.scaled_dot_product_attention(qkv[:, :1].transpose(1, 2), k, v).view(B, C)
+            # one query attends to every cached position (this one included): no mask needed. With one
+            # row, three batched-over-heads ops beat SDPA's general kernel (whose set-up is most of its
+            # cost here); q is pre-scaled by 1/sqrt(head_size) through the weights (see _decode_plan).
+            if B == 1:
+                att = torch.softmax(torch.bmm(qkv[0, 0].unsqueeze(1), k), dim=-1)  # (nh, 1, p + 1)
+                y = torch.bmm(att, v).view(B, C)
+            else:
+                y = F.scaled_dot_product_attention(qkv[:, :1].transpose(1, 2), k, v, scale=1.0).view(B, C)
             x = torch.addmm(x, y, proj_t) if proj_b is None else torch.addmm(x + proj_b, y, proj_t)
             h = F.layer_norm(x, (C,), ln2_w, ln2_b, 1e-5)
             h = F.gelu(torch.mm(h, fc_t) if fc_b is None else torch.addmm(fc_b, h, fc_t))
@@ -224,16 +230,33 @@ class GPT(nn.Module):
         return torch.mm(F.layer_norm(x, (C,), lnf_w, lnf_b, 1e-5), wte_t)
 
     def _decode_plan(self, cache: KVCache) -> tuple:
-        """Weights (matrices transposed, as views) and per-position cache views for `decode_step`."""
+        """Weights (matrices transposed, as views) and per-position cache views for `decode_step`.
+
+        The query part of c_attn is a scaled copy (by 1/sqrt(head_size), the attention scale), so the
+        plan sees in-place weight updates made before it is built, i.e. before a generation starts.
+        """
         t = self.transformer
+        hs = self.config.n_embd // self.config.n_head
+        one_row = cache.batch_size == 1
         layers = []
         for i, block in enumerate(t.h):
             a, m = block.attn, block.mlp
-            # per position p: the (B, 2, nh, hs) slot of its key and value, and keys/values 0..p
-            kv = [(cache.kv[i, :, :, :, p], cache.k[i, :, :, : p + 1], cache.v[i, :, :, : p + 1])
-                  for p in range(cache.block_size)]
+            attn_t = a.c_attn.weight.detach().t().clone()  # (C, 3C): columns q | k | v
+            attn_t[:, : self.config.n_embd] /= math.sqrt(hs)
+            attn_b = None
+            if a.c_attn.bias is not None:
+                attn_b = a.c_attn.bias.detach().clone()
+                attn_b[: self.config.n_embd] /= math.sqrt(hs)
+            # per position p: the (B, 2, nh, hs) slot of its key and value, then keys and values 0..p
+            # ((nh, hs, p + 1) keys, transposed for bmm, and (nh, p + 1, hs) values with one row)
+            if one_row:
+                kv = [(cache.kv[i, :, :, :, p], cache.k[i, 0, :, : p + 1].transpose(1, 2),
+                       cache.v[i, 0, :, : p + 1]) for p in range(cache.block_size)]
+            else:
+                kv = [(cache.kv[i, :, :, :, p], cache.k[i, :, :, : p + 1], cache.v[i, :, :, : p + 1])
+                      for p in range(cache.block_size)]
             layers.append((
-                block.ln_1.weight, block.ln_1.bias, a.c_attn.weight.t(), a.c_attn.bias,
+                block.ln_1.weight, block.ln_1.bias, attn_t, attn_b,
                 a.c_proj.weight.t(), a.c_proj.bias, block.ln_2.weight, block.ln_2.bias,
                 m.c_fc.weight.t(), m.c_fc.bias, m.c_proj.weight.t(), m.c_proj.bias, kv,
             ))
