@@ -184,11 +184,13 @@ def test_cli_same_seed_same_text_seed_zero_random(char_stem, capsys):
 
 
 def test_cli_temperature_zero_ignores_the_seed(char_stem, capsys):
+    threads = torch.get_num_threads()
     outs = []
     for seed in ("1", "2"):
         assert main(["generate", str(char_stem), "--temperature", "0", "--seed", seed, "--prompt", "ab"]) == 0
         outs.append(capsys.readouterr().out)
     assert outs[0] == outs[1] and len(outs[0]) == 2 + 200
+    assert torch.get_num_threads() == threads  # the CLI's one-thread setting does not leak
 
 
 def test_cli_prompt_character_outside_vocabulary_is_one_line_error(char_stem):

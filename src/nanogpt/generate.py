@@ -207,6 +207,26 @@ def _read_vocab(path: str) -> Tokenizer:
     return from_meta(meta)
 
 
+def _stream(model: GPT, ids: list[int], n_tokens: int, tokenizer: Tokenizer, prompt: str,
+            generator: torch.Generator, settings: dict) -> tuple[int, float]:
+    """Write the prompt, then each generated token's text as it comes, to stdout; (count, start time)."""
+    next_text, rest = _token_text(tokenizer)
+    out = sys.stdout
+    out.write(prompt)
+    out.flush()
+    started = time.perf_counter()
+    count = 0
+    for token in generate_tokens(model, ids, n_tokens, generator=generator, **settings):
+        out.write(next_text(token))
+        out.flush()
+        count += 1
+    out.write(rest())
+    if out.isatty():  # so a shell prompt does not follow the text on its last line; pipes get the text only
+        out.write("\n")
+    out.flush()
+    return count, started
+
+
 def generate_cli(
     stem: str,
     tokens: int = 200,
@@ -244,28 +264,19 @@ def generate_cli(
         print(f"seed: {seed}", file=sys.stderr)
     generator = torch.Generator(device=dev).manual_seed(seed)
     n_params = sum(p.numel() for p in model.parameters())
-    if dev.type == "cpu" and n_params < SINGLE_THREAD_PARAMS:
-        torch.set_num_threads(1)
     print(
         f"{stem}: {n_params / 1e6:.2f}M parameters, {tokenizer.name} vocabulary of {tokenizer.vocab_size}, "
         f"on {dev.type}",
         file=sys.stderr,
     )
-    next_text, rest = _token_text(tokenizer)
-    out = sys.stdout
-    out.write(text)
-    out.flush()
-    started = time.perf_counter()
-    count = 0
-    settings = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "slide": slide}
-    for token in generate_tokens(model, ids, tokens, generator=generator, **settings):
-        out.write(next_text(token))
-        out.flush()
-        count += 1
-    out.write(rest())
-    if out.isatty():  # so a shell prompt does not follow the text on its last line; pipes get the text only
-        out.write("\n")
-    out.flush()
+    threads = torch.get_num_threads()
+    if dev.type == "cpu" and n_params < SINGLE_THREAD_PARAMS:
+        torch.set_num_threads(1)
+    try:
+        count, started = _stream(model, ids, tokens, tokenizer, text, generator,
+                                 {"temperature": temperature, "top_k": top_k, "top_p": top_p, "slide": slide})
+    finally:  # the setting is process-wide: give it back (generate_cli may be called in-process)
+        torch.set_num_threads(threads)
     seconds = time.perf_counter() - started
     print(f"{count} tokens in {seconds:.2f} s ({count / max(seconds, 1e-9):.0f} tokens/s)", file=sys.stderr)
     return 0
