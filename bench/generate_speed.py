@@ -42,10 +42,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=500, help="tokens per generation (default: 500)")
     p.add_argument("--rounds", type=int, default=7, help="generations per column (default: 7)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for every column (default: 1)")
-    p.add_argument("--slides", default="default,32",
-                   help="our window slides besides 1 (nanoGPT's crop), comma-separated (default: default,32)")
+    p.add_argument("--slides", default="default,16",
+                   help="our window slides besides 1 (nanoGPT's crop), comma-separated (default: default,16)")
     p.add_argument("--checkpoint", help="a trained checkpoint stem instead of random cpu-small weights")
     p.add_argument("--profile", action="store_true", help="also print where our decode time goes")
+    p.add_argument("--context-loss", metavar="VAL_BIN",
+                   help="with --checkpoint: also print the validation loss each window slide implies, from "
+                        "the model's loss at every context length over this val.bin")
     return p.parse_args(argv)
 
 
@@ -93,6 +96,35 @@ def cpu_name() -> str:
     name = fields.get("Model name", "unknown CPU").strip()
     flags = fields.get("Flags", "")
     return f"{name}, {os.cpu_count()} CPUs, avx512_bf16: {'yes' if 'avx512_bf16' in flags else 'no'}"
+
+
+def print_context_loss(model: GPT, val_bin: Path, slides: list[int]) -> None:
+    """Mean loss at each context length (full windows over val.bin, stride 7) and what each slide implies.
+
+    With slide S the next token is predicted from block-S+1 .. block tokens of context, uniformly over a
+    long generation; slide 1 (nanoGPT) always uses block tokens, i.e. the window's last position.
+    """
+    import numpy as np
+
+    from nanogpt.tokenizers import token_dtype
+
+    block = model.config.block_size
+    val = np.fromfile(val_bin, dtype=token_dtype(model.config.vocab_size)).astype(np.int64)
+    starts = np.arange(0, len(val) - block - 1, 7)
+    total = torch.zeros(block)
+    with torch.inference_mode():
+        for i in range(0, len(starts), 256):
+            rows = starts[i : i + 256]
+            x = torch.from_numpy(np.stack([val[j : j + block] for j in rows]))
+            y = torch.from_numpy(np.stack([val[j + 1 : j + block + 1] for j in rows]))
+            logits, _ = model(x, targets=y)
+            total += torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none").sum(0)
+    curve = total / len(starts)
+    print(f"\nloss by context length ({len(starts)} windows of {val_bin}):")
+    print("  " + "  ".join(f"{n}: {curve[n - 1]:.3f}" for n in (1, 2, 4, 8, 16, 32, 48, 64) if n <= block))
+    for slide in dict.fromkeys(slides):
+        mean = curve[block - slide :].mean()
+        print(f"  slide {slide:>3}: context {block - slide + 1}-{block}, mean loss {mean:.4f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         ratio = f"{statistics.median(b / a for a, b in zip(ts, first, strict=True)):.2f}x" if first else "-"
         median = statistics.median(rates)
         print(f"| {label:<44} | {median:15.0f} | {rates[0]:7.0f}-{rates[-1]:<8.0f} | {ratio:>16} |")
+
+    if args.context_loss:
+        print_context_loss(ours, Path(args.context_loss), [1, 16, *slides[1:]])
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
