@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", default="", help="text to start from; \\n escapes are decoded (default: empty)")
     g.add_argument("--vocab-metadata", default=None, help="vocab.json to use instead of the checkpoint's own vocabulary")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="device (default: auto)")
+    g.add_argument(
+        "--window-slide", type=int, default=None, metavar="N",
+        help="when the text outgrows the context, drop the oldest N tokens and go on (default: half the "
+        "block size, which lets the KV cache do its job; 1 = nanoGPT's exact crop, several times slower)",
+    )
     return parser
 
 
@@ -144,6 +149,7 @@ def _cmd_generate(ns: argparse.Namespace) -> int:
         prompt=ns.prompt,
         vocab_metadata=ns.vocab_metadata,
         device=ns.device,
+        slide=ns.window_slide,
     )
 
 
