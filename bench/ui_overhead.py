@@ -8,7 +8,9 @@ Variants, each a fresh cpu-small run of --steps steps on Tiny Shakespeare (char)
   cli-tui-pty  `python -m nanogpt train` as a subprocess in a real 120x40 pseudo-terminal (the real UI:
                it draws and writes escape codes to a terminal); q is sent once the run has saved
 The metric is the mean step time from the run's training log (`duration_ms` of each step after --skip),
-i.e. how long the engine's steps take while the front end does its work beside them. Variants alternate
+i.e. how long the engine's steps take while the front end does its work beside them. For `tui`
+it also prints how busy the UI thread was (its CPU time over the run's wall time): the cost that does
+not depend on how noisy the machine is. Variants alternate
 round by round so that the noise of a shared machine falls on all alike; compare the ratios.
 
     PYTHONPATH=src python bench/ui_overhead.py                      # 3 rounds of 200 steps, all variants
@@ -79,19 +81,26 @@ def run_headless_variant(args: argparse.Namespace, data: Path, out: Path) -> Non
         run_headless(trainer)
 
 
-def run_tui_variant(args: argparse.Namespace, data: Path, out: Path) -> None:
+def run_tui_variant(args: argparse.Namespace, data: Path, out: Path) -> float:
+    """Returns the UI thread's CPU time over the run's wall time (1.0 = one core kept busy)."""
     from nanogpt.engine import build_trainer
     from nanogpt.tui.app import TrainingApp
 
     app = TrainingApp(build_trainer(settings(args, data, out), preset=args.preset))
+    share = 0.0
 
     async def drive() -> None:
+        nonlocal share
         async with app.run_test(size=(120, 40)) as pilot:
+            # the app, its timers and its drawing all run on this thread (the engine has its own)
+            cpu0, wall0 = time.thread_time(), time.perf_counter()
             while app.finished is None:
                 await pilot.pause(0.1)
+            share = (time.thread_time() - cpu0) / (time.perf_counter() - wall0)
             await pilot.press("q")
 
     asyncio.run(drive())
+    return share
 
 
 def cli_command(args: argparse.Namespace, data: Path, out: Path) -> list[str]:
@@ -171,22 +180,27 @@ def main(argv: list[str] | None = None) -> int:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
           f"{os.getloadavg()[0]:.1f}")
     results: dict[str, list[float]] = {v: [] for v in variants}  # mean step ms of each run
+    ui_share: list[float] = []  # tui variant: the UI thread's CPU time / wall time
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         data = tmp / "data"
         source = str(SHARED_TEXT) if SHARED_TEXT.is_file() else None  # None: the bundled copy
-        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            prepare(source, tokenizer="char", out_dir=str(data))
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+            with contextlib.redirect_stderr(sink):
+                prepare(source, tokenizer="char", out_dir=str(data))
         for r in range(args.rounds):
             order = variants[r % len(variants):] + variants[: r % len(variants)]
             for v in order:
                 out = tmp / f"{v}-{r}"
                 t0 = time.perf_counter()
-                RUNNERS[v](args, data, out)
+                share = RUNNERS[v](args, data, out)
                 ms = step_ms(out, args.steps, args.skip)
                 results[v].append(statistics.fmean(ms))
+                if share is not None:
+                    ui_share.append(share)
                 print(f"round {r + 1} {v:13s} {statistics.fmean(ms):7.2f} ms/step "
-                      f"(median {statistics.median(ms):.2f}), run took {time.perf_counter() - t0:.1f} s",
+                      f"(median {statistics.median(ms):.2f}), run took {time.perf_counter() - t0:.1f} s"
+                      + (f", UI thread busy {100 * share:.1f}% of a core" if share is not None else ""),
                       flush=True)
     base = statistics.median(results[variants[0]])
     print()
@@ -198,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         med = statistics.median(results[v])
         runs = ", ".join(f"{x:.1f}" for x in results[v])
         print(f"| {v} | {med:.2f} | {1000 / med:.1f} | {med / base:.3f} | {runs} |")
+    if ui_share:
+        busy = 100 * statistics.median(ui_share)
+        print(f"\nUI thread (app, timers, chart drawing) busy: {busy:.1f}% of one core "
+              f"(median of {len(ui_share)} runs: {', '.join(f'{100 * x:.1f}%' for x in ui_share)})")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0

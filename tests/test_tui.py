@@ -106,6 +106,10 @@ def test_p_pauses_and_resumes_the_step_counter(char_data: Path, tmp_path: Path) 
             await pilot.press("p")
             await wait_for(pilot, lambda: app.step > held + 2, "steps after resuming")
             assert app.badge() == "RUNNING"
+            draws = app.chart.draws
+            await pilot.press("l")  # log-scaled loss axis: redrawn at once, and again as data comes
+            await wait_for(pilot, lambda: app.chart.draws > draws, "a log-scale draw")
+            assert app.chart.log_scale
             await pilot.press("q")
             await wait_for(pilot, lambda: app.result is not None, "the run to stop")
 
