@@ -14,11 +14,39 @@ import pytest
 SHARED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 # 2 layers, 32 wide, block 32: a few ms per step on CPU, still a real GPT
-TINY = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 8, "eval_iters": 4,
-        "device": "cpu", "compile": False, "dtype": "float32", "log_interval": 1, "validation_interval": 0,
-        "warmup_steps": 5}
-TINY_FLAGS = ["--layer-count", "2", "--head-count", "2", "--embedding-size", "32", "--block-size", "32",
-              "--batch-size", "8", "--eval-iters", "4", "--device", "cpu", "--no-compile", "--dtype", "float32"]
+TINY = {
+    "n_layer": 2,
+    "n_head": 2,
+    "n_embd": 32,
+    "block_size": 32,
+    "batch_size": 8,
+    "eval_iters": 4,
+    "device": "cpu",
+    "compile": False,
+    "dtype": "float32",
+    "log_interval": 1,
+    "validation_interval": 0,
+    "warmup_steps": 5,
+}
+TINY_FLAGS = [
+    "--layer-count",
+    "2",
+    "--head-count",
+    "2",
+    "--embedding-size",
+    "32",
+    "--block-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--eval-iters",
+    "4",
+    "--device",
+    "cpu",
+    "--no-compile",
+    "--dtype",
+    "float32",
+]
 
 
 def prepare_char(text: str, out: Path) -> Path:

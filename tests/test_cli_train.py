@@ -1,4 +1,4 @@
-"""`nanogpt train` through the real CLI: a headless run, resume, SIGTERM, and one-line errors for bad input."""
+"""`nanogpt train` through the real CLI: a headless run, resume, SIGTERM, one-line errors for bad input."""
 
 from __future__ import annotations
 
@@ -26,8 +26,20 @@ def train(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def test_headless_run_prints_progress_and_saves(shakespeare_dir: Path, tmp_path: Path, capsys) -> None:
-    code, out, err = train(capsys, *TINY_FLAGS, "--data-dir", str(shakespeare_dir), "--out-dir", str(tmp_path),
-                           "--steps", "4", "--log-interval", "2", "--validation-interval", "2")
+    code, out, err = train(
+        capsys,
+        *TINY_FLAGS,
+        "--data-dir",
+        str(shakespeare_dir),
+        "--out-dir",
+        str(tmp_path),
+        "--steps",
+        "4",
+        "--log-interval",
+        "2",
+        "--validation-interval",
+        "2",
+    )
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("training: ") and "(2 layers, 2 heads, 32 embedding, block 32)" in lines[0]
@@ -79,19 +91,29 @@ def broken_copy(src: Path, dst: Path) -> Path:
         (["--resume-training", "{missing}/model_step_3"], "checkpoint not found"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_1(flags: list[str], message: str, shakespeare_dir: Path,
-                                          small_text_dir: Path, tmp_path: Path, capsys) -> None:
+def test_bad_input_is_one_line_and_exit_1(
+    flags: list[str], message: str, shakespeare_dir: Path, small_text_dir: Path, tmp_path: Path, capsys
+) -> None:
     truncated = broken_copy(shakespeare_dir, tmp_path / "truncated")
     with open(truncated / "val.bin", "ab") as f:
         f.write(b"\0")
     wrong_vocab = broken_copy(shakespeare_dir, tmp_path / "wrong_vocab")
     itos = json.loads((wrong_vocab / "vocab.json").read_text())["itos"][:20]
-    (wrong_vocab / "vocab.json").write_text(json.dumps(
-        {"tokenizer": "char", "vocab_size": 20, "itos": itos, "stoi": {c: i for i, c in enumerate(itos)}}))
+    (wrong_vocab / "vocab.json").write_text(
+        json.dumps(
+            {"tokenizer": "char", "vocab_size": 20, "itos": itos, "stoi": {c: i for i, c in enumerate(itos)}}
+        )
+    )
     corrupt_vocab = tmp_path / "corrupt.json"
     corrupt_vocab.write_text('{"tokenizer": "ch')
-    names = {"missing": tmp_path / "missing", "truncated": truncated, "wrong_vocab": wrong_vocab,
-             "data": shakespeare_dir, "corrupt_vocab": corrupt_vocab, "small": small_text_dir}
+    names = {
+        "missing": tmp_path / "missing",
+        "truncated": truncated,
+        "wrong_vocab": wrong_vocab,
+        "data": shakespeare_dir,
+        "corrupt_vocab": corrupt_vocab,
+        "small": small_text_dir,
+    }
     args = [f.format(**names) for f in flags]
     try:
         code = main(["train", "--headless", *TINY_FLAGS, "--out-dir", str(tmp_path / "out"), *args])
@@ -105,10 +127,28 @@ def test_bad_input_is_one_line_and_exit_1(flags: list[str], message: str, shakes
 
 
 def test_resume_with_a_conflicting_shape_is_one_line(shakespeare_dir: Path, tmp_path: Path, capsys) -> None:
-    assert train(capsys, *TINY_FLAGS, "--data-dir", str(shakespeare_dir), "--out-dir", str(tmp_path),
-                 "--steps", "2")[0] == 0
-    code, _, err = train(capsys, "--resume-training", str(tmp_path / "model_step_2.safetensors"),
-                         "--embedding-size", "64", "--steps", "4")
+    assert (
+        train(
+            capsys,
+            *TINY_FLAGS,
+            "--data-dir",
+            str(shakespeare_dir),
+            "--out-dir",
+            str(tmp_path),
+            "--steps",
+            "2",
+        )[0]
+        == 0
+    )
+    code, _, err = train(
+        capsys,
+        "--resume-training",
+        str(tmp_path / "model_step_2.safetensors"),
+        "--embedding-size",
+        "64",
+        "--steps",
+        "4",
+    )
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert "--embedding-size 64 conflicts with checkpoint" in err
 
@@ -116,9 +156,26 @@ def test_resume_with_a_conflicting_shape_is_one_line(shakespeare_dir: Path, tmp_
 def test_sigterm_finishes_the_step_saves_and_exits_0(shakespeare_dir: Path, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nanogpt", "train", "--headless", *TINY_FLAGS, "--data-dir", str(shakespeare_dir),
-         "--out-dir", str(tmp_path), "--steps", "100000", "--log-interval", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "nanogpt",
+            "train",
+            "--headless",
+            *TINY_FLAGS,
+            "--data-dir",
+            str(shakespeare_dir),
+            "--out-dir",
+            str(tmp_path),
+            "--steps",
+            "100000",
+            "--log-interval",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         deadline = time.monotonic() + 120
@@ -138,5 +195,6 @@ def test_sigterm_finishes_the_step_saves_and_exits_0(shakespeare_dir: Path, tmp_
     log = json.loads(Path(stem + ".training_log.json").read_text())
     assert log[-1]["step"] == step
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        Path(stem).name + s for s in (".safetensors", ".config.json", ".training_log.json", ".resume.safetensors",
-                                      ".resume.json"))
+        Path(stem).name + s
+        for s in (".safetensors", ".config.json", ".training_log.json", ".resume.safetensors", ".resume.json")
+    )

@@ -15,8 +15,9 @@ from nanogpt.errors import UserError
 
 
 def sampler(tokens: np.ndarray, seed: int = 1337, stream: int = data.TRAIN_STREAM) -> data.BatchSampler:
-    return data.BatchSampler(tokens, block_size=16, batch_size=4, seed=seed, stream=stream,
-                             device=torch.device("cpu"))
+    return data.BatchSampler(
+        tokens, block_size=16, batch_size=4, seed=seed, stream=stream, device=torch.device("cpu")
+    )
 
 
 def test_batch_is_a_pure_function_of_seed_and_index(shakespeare_dir: Path) -> None:
@@ -37,7 +38,7 @@ def test_windows_come_from_the_data(shakespeare_dir: Path) -> None:
     tokens = data.load(shakespeare_dir)
     offsets = data.batch_offsets(1337, 0, 3, 4, len(tokens.train), 16)
     x, _ = sampler(tokens.train).batch(3)
-    for row, start in zip(x, offsets):
+    for row, start in zip(x, offsets, strict=True):
         assert row.tolist() == tokens.train[start : start + 16].astype(int).tolist()
 
 
@@ -76,8 +77,12 @@ def test_truncated_bin_is_a_user_error(shakespeare_dir: Path, tmp_path: Path) ->
 def test_vocab_not_matching_bins_is_a_user_error(shakespeare_dir: Path, tmp_path: Path) -> None:
     d = copy_dataset(shakespeare_dir, tmp_path / "d")
     meta = json.loads((d / "vocab.json").read_text())
-    small = {"tokenizer": "char", "vocab_size": 10, "itos": meta["itos"][:10],
-             "stoi": {c: i for i, c in enumerate(meta["itos"][:10])}}
+    small = {
+        "tokenizer": "char",
+        "vocab_size": 10,
+        "itos": meta["itos"][:10],
+        "stoi": {c: i for i, c in enumerate(meta["itos"][:10])},
+    }
     (d / "vocab.json").write_text(json.dumps(small))
     with pytest.raises(UserError, match="does not match"):
         data.load(d)

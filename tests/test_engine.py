@@ -50,17 +50,28 @@ def losses(events: list) -> list[float]:
 
 
 def test_exact_resume_with_dropout_and_accumulation(shakespeare_dir: Path, tmp_path: Path) -> None:
-    opts = settings(shakespeare_dir, tmp_path / "a", steps=12, dropout=0.2, grad_accum=2, save_interval=6,
-                    validation_interval=4)
+    opts = settings(
+        shakespeare_dir,
+        tmp_path / "a",
+        steps=12,
+        dropout=0.2,
+        grad_accum=2,
+        save_interval=6,
+        validation_interval=4,
+    )
     full = run_collect(build_trainer(opts))
-    resumed_trainer = build_trainer({**opts, "out_dir": str(tmp_path / "b")},
-                                    resume=str(tmp_path / "a" / "model_step_6"))
+    resumed_trainer = build_trainer(
+        {**opts, "out_dir": str(tmp_path / "b")}, resume=str(tmp_path / "a" / "model_step_6")
+    )
     assert resumed_trainer.step == 6
     resumed = run_collect(resumed_trainer)
     assert isinstance(resumed[0], RunStarted) and resumed[0].start_step == 6
     assert [h["step"] for h in resumed[0].history] == [1, 2, 3, 4, 5, 6]
     torch.testing.assert_close(losses(resumed), losses(full)[6:], rtol=0, atol=1e-5)
-    vals = lambda evs: [(e.step, e.val_loss) for e in evs if isinstance(e, EvalDone)]
+
+    def vals(evs: list) -> list[tuple[int, float]]:
+        return [(e.step, e.val_loss) for e in evs if isinstance(e, EvalDone)]
+
     assert vals(resumed) == pytest.approx(vals(full)[1:], abs=1e-5)  # steps 8 and 12
     # the resumed log continues the saved one: it holds the whole history
     from nanogpt import checkpoint
@@ -71,13 +82,21 @@ def test_exact_resume_with_dropout_and_accumulation(shakespeare_dir: Path, tmp_p
     assert [e["loss"] for e in log_b] == pytest.approx([e["loss"] for e in log_a], abs=1e-5)
     wa, _ = checkpoint.load_model(tmp_path / "a" / "model_step_12")
     wb, _ = checkpoint.load_model(tmp_path / "b" / "model_step_12")
-    for (name, pa), pb in zip(wa.state_dict().items(), wb.state_dict().values()):
+    for (name, pa), pb in zip(wa.state_dict().items(), wb.state_dict().values(), strict=True):
         torch.testing.assert_close(pb, pa, rtol=0, atol=1e-6, msg=name)
 
 
 def test_loss_falls_on_a_short_real_run(shakespeare_dir: Path, tmp_path: Path) -> None:
-    trainer = build_trainer(settings(shakespeare_dir, tmp_path, steps=60, learning_rate=1e-2,
-                                     min_learning_rate=1e-3, validation_interval=30))
+    trainer = build_trainer(
+        settings(
+            shakespeare_dir,
+            tmp_path,
+            steps=60,
+            learning_rate=1e-2,
+            min_learning_rate=1e-3,
+            validation_interval=30,
+        )
+    )
     events = run_collect(trainer)
     vals = [e.val_loss for e in events if isinstance(e, EvalDone)]
     assert losses(events)[0] > 4.0  # ~ln(65): the untrained model guesses uniformly
@@ -95,8 +114,16 @@ def test_default_preset_is_cpu_small_on_cpu(shakespeare_dir: Path, tmp_path: Pat
 
 
 def test_explicit_flags_win_over_the_preset(shakespeare_dir: Path, tmp_path: Path) -> None:
-    trainer = build_trainer({"device": "cpu", "data_dir": str(shakespeare_dir), "out_dir": str(tmp_path),
-                             "n_layer": 1, "steps": 7}, preset="618k")
+    trainer = build_trainer(
+        {
+            "device": "cpu",
+            "data_dir": str(shakespeare_dir),
+            "out_dir": str(tmp_path),
+            "n_layer": 1,
+            "steps": 7,
+        },
+        preset="618k",
+    )
     assert trainer.model_cfg.n_layer == 1 and trainer.train_cfg.steps == 7
     assert trainer.train_cfg.batch_size == config.PRESETS["618k"]["batch_size"] == 32
 
@@ -161,11 +188,22 @@ def test_request_stop_from_another_thread_while_paused(shakespeare_dir: Path, tm
     assert events[-1].reason == "stopped" and events[-1].stem is None  # nothing trained, nothing saved
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(shakespeare_dir: Path,
-                                                                            tmp_path: Path) -> None:
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
+    shakespeare_dir: Path, tmp_path: Path
+) -> None:
     # an absurd learning rate makes the weights overflow after the first update
-    trainer = build_trainer(settings(shakespeare_dir, tmp_path, steps=20, learning_rate=1e30,
-                                     min_learning_rate=0.0, warmup_steps=0, grad_clip=0.0, save_interval=1))
+    trainer = build_trainer(
+        settings(
+            shakespeare_dir,
+            tmp_path,
+            steps=20,
+            learning_rate=1e30,
+            min_learning_rate=0.0,
+            warmup_steps=0,
+            grad_clip=0.0,
+            save_interval=1,
+        )
+    )
     events = run_collect(trainer)
     finished = events[-1]
     assert finished.reason == "error" and "loss became nan at step 2" in finished.message

@@ -77,7 +77,9 @@ def write_json(path: Path, obj: Any) -> None:
     _atomic(path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
 
 
-def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def write_tensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     """Write a safetensors file atomically (tensors are copied to contiguous CPU memory first)."""
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     _atomic(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
@@ -90,7 +92,9 @@ def read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{what} {path} is corrupt or truncated ({type(e).__name__}: {str(e)[:80]})") from None
+        raise UserError(
+            f"{what} {path} is corrupt or truncated ({type(e).__name__}: {str(e)[:80]})"
+        ) from None
 
 
 def read_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -157,8 +161,13 @@ def save(
     write_json(paths[".training_log.json"], log)
     write_json(
         paths[".config.json"],
-        {"format": FORMAT, "step": step, "model": to_dict(model_cfg), "train": to_dict(train_cfg),
-         "tokenizer": tokenizer_meta},
+        {
+            "format": FORMAT,
+            "step": step,
+            "model": to_dict(model_cfg),
+            "train": to_dict(train_cfg),
+            "tokenizer": tokenizer_meta,
+        },
     )
     return tuple(str(p) for p in paths.values())
 
@@ -170,7 +179,9 @@ def read_meta(stem: str | Path) -> dict[str, Any]:
     if not path.is_file() and not _file(stem, ".safetensors").is_file():
         raise UserError(f"checkpoint not found: {stem} (expected {stem}.safetensors and {path.name})")
     meta = read_json(path, "checkpoint config")
-    if not isinstance(meta, dict) or not all(isinstance(meta.get(k), dict) for k in ("model", "train", "tokenizer")):
+    if not isinstance(meta, dict) or not all(
+        isinstance(meta.get(k), dict) for k in ("model", "train", "tokenizer")
+    ):
         raise UserError(f"checkpoint config {path} is not a nanogpt checkpoint config")
     if not isinstance(meta.get("step"), int):
         raise UserError(f"checkpoint config {path} has no step")
@@ -234,7 +245,7 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tenso
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    """Restore the per-parameter state saved by `optimizer_tensors`; the hyper-parameters stay the current ones."""
+    """Restore the per-parameter state saved by `optimizer_tensors`; hyper-parameters stay as they are."""
     current = optimizer.state_dict()
     n_params = sum(len(g["params"]) for g in current["param_groups"])
     state: dict[int, dict[str, torch.Tensor]] = {}
@@ -250,8 +261,10 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Te
     for index, entries in state.items():
         for name, value in entries.items():
             if value.dim() > 0 and value.shape != params[index].shape:
-                raise UserError(f"optimizer state {name} of parameter {index} has shape {tuple(value.shape)}, "
-                                f"the model's is {tuple(params[index].shape)}")
+                raise UserError(
+                    f"optimizer state {name} of parameter {index} has shape {tuple(value.shape)}, "
+                    f"the model's is {tuple(params[index].shape)}"
+                )
     current["state"] = state
     try:
         optimizer.load_state_dict(current)

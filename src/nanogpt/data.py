@@ -23,7 +23,9 @@ from .tokenizers import Tokenizer, from_meta, token_dtype
 TRAIN_STREAM = 0
 VAL_STREAM = 1
 _SCAN_CHUNK = 1 << 24  # tokens per chunk when checking ids against the vocabulary
-_FULL_SCAN_LIMIT = 1 << 26  # above this many tokens only spread-out chunks are checked (a full scan takes minutes)
+_FULL_SCAN_LIMIT = (
+    1 << 26
+)  # above this many tokens only spread-out chunks are checked (a full scan takes minutes)
 
 
 @dataclass
@@ -54,7 +56,8 @@ def read_vocab(path: Path) -> dict[str, Any]:
     tokenizer = from_meta(meta)
     if tokenizer.vocab_size != meta["vocab_size"]:
         raise UserError(
-            f"{path} is inconsistent: vocab_size {meta['vocab_size']} but its tokenizer has {tokenizer.vocab_size} tokens"
+            f"{path} is inconsistent: vocab_size {meta['vocab_size']} but its tokenizer has "
+            f"{tokenizer.vocab_size} tokens"
         )
     return meta
 
@@ -69,7 +72,9 @@ def dtype_of(meta: dict[str, Any], where: Path | str) -> np.dtype:
     return np.dtype(name).newbyteorder("<")
 
 
-def open_bin(path: Path, dtype: np.dtype, vocab_size: int, vocab_path: Path, expected: int | None = None) -> np.memmap:
+def open_bin(
+    path: Path, dtype: np.dtype, vocab_size: int, vocab_path: Path, expected: int | None = None
+) -> np.memmap:
     """Memory-map a token file, checking its size (against `expected` tokens, when vocab.json records it)
     and that every id is inside the vocabulary."""
     if not path.is_file():
@@ -128,7 +133,9 @@ def load(
     dtype = dtype_of(meta, vocab_path)
     # prepare records the token counts; they only describe the bins of the same folder
     same = train_path.parent == vocab_path.parent
-    train = open_bin(train_path, dtype, meta["vocab_size"], vocab_path, meta.get("train_tokens") if same else None)
+    train = open_bin(
+        train_path, dtype, meta["vocab_size"], vocab_path, meta.get("train_tokens") if same else None
+    )
     same = val_path.parent == vocab_path.parent
     val = open_bin(val_path, dtype, meta["vocab_size"], vocab_path, meta.get("val_tokens") if same else None)
     source = str(folder) if folder is not None and training_dataset is None else str(train_path)
@@ -136,7 +143,7 @@ def load(
 
 
 def check_block_size(data: TokenData, block_size: int) -> None:
-    """A window needs block_size + 1 tokens (inputs and shifted targets): UserError if a split is too short."""
+    """A window needs block_size + 1 tokens (inputs and shifted targets): UserError if a split is shorter."""
     for name, tokens in (("validation", data.val), ("training", data.train)):
         if len(tokens) <= block_size:
             raise UserError(
@@ -145,20 +152,31 @@ def check_block_size(data: TokenData, block_size: int) -> None:
             )
 
 
-def batch_offsets(seed: int, stream: int, index: int, batch_size: int, n_tokens: int, block_size: int) -> np.ndarray:
+def batch_offsets(
+    seed: int, stream: int, index: int, batch_size: int, n_tokens: int, block_size: int
+) -> np.ndarray:
     """Start offsets of the windows of batch `index`: a pure function of its arguments."""
     # Key (seed, stream) picks an independent stream; the batch index sits in the counter's third word,
     # so each batch reads its own 2**128-long stretch of the stream and never overlaps another batch.
-    bitgen = np.random.Philox(key=np.array([seed, stream], dtype=np.uint64),
-                              counter=np.array([0, 0, index, 0], dtype=np.uint64))
+    bitgen = np.random.Philox(
+        key=np.array([seed, stream], dtype=np.uint64), counter=np.array([0, 0, index, 0], dtype=np.uint64)
+    )
     return np.random.Generator(bitgen).integers(0, n_tokens - block_size, size=batch_size)
 
 
 class BatchSampler:
     """Batches (x, y) of `batch_size` random windows from one split, batch i a pure function of (seed, i)."""
 
-    def __init__(self, tokens: np.ndarray, *, block_size: int, batch_size: int, seed: int, stream: int,
-                 device: torch.device):
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        *,
+        block_size: int,
+        batch_size: int,
+        seed: int,
+        stream: int,
+        device: torch.device,
+    ):
         self.tokens = tokens
         self.block_size = block_size
         self.batch_size = batch_size
@@ -169,7 +187,9 @@ class BatchSampler:
 
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and next-token targets, both (batch_size, block_size) int64 on the device."""
-        offsets = batch_offsets(self.seed, self.stream, index, self.batch_size, len(self.tokens), self.block_size)
+        offsets = batch_offsets(
+            self.seed, self.stream, index, self.batch_size, len(self.tokens), self.block_size
+        )
         windows = torch.from_numpy(self.tokens[offsets[:, None] + self._window].astype(np.int64))
         if self.device.type == "cuda":
             # pinned host memory lets the copy run asynchronously with the GPU's work

@@ -53,16 +53,20 @@ def local_device(device: torch.device) -> torch.device:
     if device.type == "mps" and world_size() > 1:
         from .errors import UserError
 
-        raise UserError("torchrun with more than one process needs CUDA or the CPU (gloo cannot use Apple MPS); "
-                        "use --device cpu")
+        raise UserError(
+            "torchrun with more than one process needs CUDA or the CPU (gloo cannot use Apple MPS); "
+            "use --device cpu"
+        )
     if device.type != "cuda" or not under_torchrun():
         return device
     index = local_rank() if device.index is None else device.index
     if index >= torch.cuda.device_count():
         from .errors import UserError
 
-        raise UserError(f"LOCAL_RANK {local_rank()} has no GPU: this machine has {torch.cuda.device_count()} "
-                        "(use --nproc_per_node at most the number of GPUs)")
+        raise UserError(
+            f"LOCAL_RANK {local_rank()} has no GPU: this machine has {torch.cuda.device_count()} "
+            "(use --nproc_per_node at most the number of GPUs)"
+        )
     torch.cuda.set_device(index)  # so NCCL and every later allocation use this process's own GPU
     return torch.device("cuda", index)
 
@@ -138,9 +142,10 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
-def keep_effective_batch(train_cfg: TrainConfig, saved: TrainConfig, stem: Path,
-                         explicit: Collection[str]) -> TrainConfig:
-    """On resume with another number of processes, adjust --grad-accum to keep the checkpoint's effective batch.
+def keep_effective_batch(
+    train_cfg: TrainConfig, saved: TrainConfig, stem: Path, explicit: Collection[str]
+) -> TrainConfig:
+    """On resume with another number of processes, adjust --grad-accum to keep the effective batch.
 
     --grad-accum is per process (the effective batch is batch x grad_accum x world size), so a checkpoint
     saved by 8 processes x 1 resumes on 2 processes with 4 and on one device with 8, and the run goes on
@@ -152,19 +157,27 @@ def keep_effective_batch(train_cfg: TrainConfig, saved: TrainConfig, stem: Path,
     state = checkpoint.read_json(Path(f"{checkpoint.stem_of(stem)}.resume.json"), "resume state")
     saved_world = int(state.get("world_size", 1)) if isinstance(state, dict) else 1
     world = world_size()
-    if saved_world == world or "grad_accum" in explicit or (train_cfg.batch_size, train_cfg.grad_accum) != (
-            saved.batch_size, saved.grad_accum):
+    if (
+        saved_world == world
+        or "grad_accum" in explicit
+        or (train_cfg.batch_size, train_cfg.grad_accum) != (saved.batch_size, saved.grad_accum)
+    ):
         return train_cfg
     sequences = saved.batch_size * saved.grad_accum * saved_world
     if (saved.grad_accum * saved_world) % world:
-        _note(f"checkpoint {stem} was trained with {sequences} sequences per step on {_procs(saved_world)}; "
-              f"{world} processes cannot keep that with --batch-size {saved.batch_size}, so the effective batch "
-              f"is now {saved.batch_size * saved.grad_accum * world}")
+        _note(
+            f"checkpoint {stem} was trained with {sequences} sequences per step on {_procs(saved_world)}; "
+            f"{world} processes cannot keep that with --batch-size {saved.batch_size}, "
+            "so the effective batch "
+            f"is now {saved.batch_size * saved.grad_accum * world}"
+        )
         return train_cfg
     grad_accum = saved.grad_accum * saved_world // world
-    _note(f"checkpoint {stem} was trained on {_procs(saved_world)} x "
-          f"{saved.grad_accum} accumulation; using --grad-accum {grad_accum} on {world} to keep its effective "
-          f"batch of {sequences} sequences")
+    _note(
+        f"checkpoint {stem} was trained on {_procs(saved_world)} x "
+        f"{saved.grad_accum} accumulation; using --grad-accum {grad_accum} on {world} to keep its effective "
+        f"batch of {sequences} sequences"
+    )
     return dataclasses.replace(train_cfg, grad_accum=grad_accum)
 
 

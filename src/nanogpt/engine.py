@@ -71,11 +71,17 @@ def _resolve_data(train_cfg: config.TrainConfig) -> tuple[config.TrainConfig, da
 
         train_cfg = dataclasses.replace(train_cfg, data_dir=str(bundled_dataset()))
     # absolute paths in the saved config, so that a resume from another folder finds the same data
-    train_cfg = dataclasses.replace(train_cfg, **{
-        f: str(Path(getattr(train_cfg, f)).absolute()) for f in DATA_FIELDS if getattr(train_cfg, f) is not None
-    })
-    tokens = data.load(train_cfg.data_dir, train_cfg.training_dataset, train_cfg.validation_dataset,
-                       train_cfg.vocab_metadata)
+    train_cfg = dataclasses.replace(
+        train_cfg,
+        **{
+            f: str(Path(getattr(train_cfg, f)).absolute())
+            for f in DATA_FIELDS
+            if getattr(train_cfg, f) is not None
+        },
+    )
+    tokens = data.load(
+        train_cfg.data_dir, train_cfg.training_dataset, train_cfg.validation_dataset, train_cfg.vocab_metadata
+    )
     return train_cfg, tokens
 
 
@@ -119,12 +125,16 @@ def build_trainer(overrides: dict[str, Any], preset: str | None = None, resume: 
         seed = distributed.broadcast_int(secrets.randbelow(2**31 - 1) + 1, device)
         train_cfg = dataclasses.replace(train_cfg, seed=seed)
         if distributed.is_main():
-            print(f"seed 0: using random seed {train_cfg.seed} (pass --seed {train_cfg.seed} to repeat)",
-                  file=sys.stderr)
+            print(
+                f"seed 0: using random seed {train_cfg.seed} (pass --seed {train_cfg.seed} to repeat)",
+                file=sys.stderr,
+            )
     train_cfg, tokens = _resolve_data(train_cfg)
     if meta is not None:
         saved_tok = meta["tokenizer"]
-        if saved_tok.get("vocab_size") != tokens.vocab_size or saved_tok.get("itos") != tokens.meta.get("itos"):
+        if saved_tok.get("vocab_size") != tokens.vocab_size or saved_tok.get("itos") != tokens.meta.get(
+            "itos"
+        ):
             raise UserError(
                 f"the data's vocabulary ({tokens.source}) differs from checkpoint {stem}'s "
                 f"({saved_tok.get('vocab_size')} tokens): resume on data prepared with the same vocabulary"
@@ -137,8 +147,14 @@ def build_trainer(overrides: dict[str, Any], preset: str | None = None, resume: 
 class Trainer:
     """Trains one model. Front ends call `run`; tests and tools may call the step-level methods directly."""
 
-    def __init__(self, model_cfg: config.ModelConfig, train_cfg: config.TrainConfig, tokens: data.TokenData,
-                 device: torch.device, resume: Path | None = None):
+    def __init__(
+        self,
+        model_cfg: config.ModelConfig,
+        train_cfg: config.TrainConfig,
+        tokens: data.TokenData,
+        device: torch.device,
+        resume: Path | None = None,
+    ):
         self.model_cfg = model_cfg
         self.train_cfg = train_cfg
         self.tokens = tokens
@@ -158,8 +174,11 @@ class Trainer:
         torch.manual_seed(train_cfg.seed)  # the same initial weights on every rank
         self.model = GPT(model_cfg).to(device)  # the plain module: saved, sampled from
         self.optimizer = runtime.make_optimizer(
-            self.model, lr=train_cfg.learning_rate, betas=(train_cfg.beta1, train_cfg.beta2),
-            weight_decay=train_cfg.weight_decay, device=device,
+            self.model,
+            lr=train_cfg.learning_rate,
+            betas=(train_cfg.beta1, train_cfg.beta2),
+            weight_decay=train_cfg.weight_decay,
+            device=device,
         )
         self.scaler = torch.amp.GradScaler(device.type) if self.dtype == torch.float16 else None
         if resume is not None:
@@ -171,23 +190,39 @@ class Trainer:
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            ids = [device.index if device.index is not None else distributed.local_rank()] if device.type == "cuda" else None
+            ids = (
+                [device.index if device.index is not None else distributed.local_rank()]
+                if device.type == "cuda"
+                else None
+            )
             self.train_module = DistributedDataParallel(self.forward_model, device_ids=ids)
         # CPU: each micro-batch runs as single-threaded shards side by side, one per core (see runtime)
         workers = runtime.core_parallel_workers(
-            device, batch_size=train_cfg.batch_size, dropout=model_cfg.dropout, dtype=self.dtype,
-            compiled=self.forward_model is not self.model, world_size=self.world_size,
+            device,
+            batch_size=train_cfg.batch_size,
+            dropout=model_cfg.dropout,
+            dtype=self.dtype,
+            compiled=self.forward_model is not self.model,
+            world_size=self.world_size,
         )
         self.core_parallel = runtime.CoreParallel(workers) if workers > 1 else None
         runtime.configure_threads(device, workers)
         self.model.train()
         self.train_batches = data.BatchSampler(
-            tokens.train, block_size=model_cfg.block_size, batch_size=train_cfg.batch_size,
-            seed=train_cfg.seed, stream=data.TRAIN_STREAM, device=device,
+            tokens.train,
+            block_size=model_cfg.block_size,
+            batch_size=train_cfg.batch_size,
+            seed=train_cfg.seed,
+            stream=data.TRAIN_STREAM,
+            device=device,
         )
         self.val_batches = data.BatchSampler(
-            tokens.val, block_size=model_cfg.block_size, batch_size=train_cfg.eval_batch_size,
-            seed=train_cfg.seed, stream=data.VAL_STREAM, device=device,
+            tokens.val,
+            block_size=model_cfg.block_size,
+            batch_size=train_cfg.eval_batch_size,
+            seed=train_cfg.seed,
+            stream=data.VAL_STREAM,
+            device=device,
         )
 
     # ------------------------------------------------------------------------- properties
@@ -205,8 +240,14 @@ class Trainer:
 
     def lr_at(self, step: int) -> float:
         cfg = self.train_cfg
-        return schedule.learning_rate(step, peak=cfg.learning_rate, minimum=cfg.min_learning_rate,
-                                      warmup=cfg.warmup_steps, total=cfg.steps, kind=cfg.lr_schedule)
+        return schedule.learning_rate(
+            step,
+            peak=cfg.learning_rate,
+            minimum=cfg.min_learning_rate,
+            warmup=cfg.warmup_steps,
+            total=cfg.steps,
+            kind=cfg.lr_schedule,
+        )
 
     # ------------------------------------------------------------------------- one step
     def train_step(self) -> StepDone:
@@ -222,8 +263,14 @@ class Trainer:
             x, y = self.train_batches.batch(index)
             torch.manual_seed(_dropout_seed(cfg.seed, index))
             if self.core_parallel is not None:
-                total += self.core_parallel.forward_backward(self.train_module, x, y, loss_scale=1 / cfg.grad_accum,
-                                                             device=self.device, dtype=self.dtype)
+                total += self.core_parallel.forward_backward(
+                    self.train_module,
+                    x,
+                    y,
+                    loss_scale=1 / cfg.grad_accum,
+                    device=self.device,
+                    dtype=self.dtype,
+                )
                 continue
             last = micro == cfg.grad_accum - 1
             # under DDP only the last micro-step all-reduces the gradients
@@ -238,8 +285,10 @@ class Trainer:
         loss_value = distributed.mean(total / cfg.grad_accum).item()
         if not math.isfinite(loss_value):
             self.optimizer.zero_grad(set_to_none=True)
-            raise TrainingDiverged(f"training loss became {loss_value} at step {self.step + 1}; "
-                                   "try a lower --learning-rate or --grad-clip")
+            raise TrainingDiverged(
+                f"training loss became {loss_value} at step {self.step + 1}; "
+                "try a lower --learning-rate or --grad-clip"
+            )
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if cfg.grad_clip > 0:
@@ -254,8 +303,13 @@ class Trainer:
         self.batch_counter += cfg.grad_accum * self.world_size
         duration = time.perf_counter() - t0
         self.log.append({"step": self.step, "loss": loss_value, "duration_ms": duration * 1000.0})
-        return StepDone(step=self.step, loss=loss_value, duration_ms=duration * 1000.0, lr=lr,
-                        tokens_per_s=self.tokens_per_step / max(duration, 1e-9))
+        return StepDone(
+            step=self.step,
+            loss=loss_value,
+            duration_ms=duration * 1000.0,
+            lr=lr,
+            tokens_per_s=self.tokens_per_step / max(duration, 1e-9),
+        )
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -314,12 +368,20 @@ class Trainer:
         if self.is_main:
             try:
                 paths = checkpoint.save(
-                    stem, step=self.step, model=self.model, model_cfg=self.model_cfg, train_cfg=self.train_cfg,
-                    tokenizer_meta=self.tokens.meta, log=self.log,
+                    stem,
+                    step=self.step,
+                    model=self.model,
+                    model_cfg=self.model_cfg,
+                    train_cfg=self.train_cfg,
+                    tokenizer_meta=self.tokens.meta,
+                    log=self.log,
                     optimizer_tensors=checkpoint.optimizer_tensors(self.optimizer),
-                    resume_state={"batch_counter": self.batch_counter, "seed": self.train_cfg.seed,
-                                  "world_size": self.world_size,
-                                  "scaler": self.scaler.state_dict() if self.scaler else None},
+                    resume_state={
+                        "batch_counter": self.batch_counter,
+                        "seed": self.train_cfg.seed,
+                        "world_size": self.world_size,
+                        "scaler": self.scaler.state_dict() if self.scaler else None,
+                    },
                 )
             except OSError as e:
                 failure = UserError(f"cannot write checkpoint {stem}: {e.strerror or e}")
@@ -348,17 +410,28 @@ class Trainer:
         """Finish the current step, save, and end the loop (safe from signal handlers and other threads)."""
         self._stop.set()
 
-    def run(self, emit: Callable[[Event], None], commands: queue.Queue | None = None,
-            start_paused: bool = False) -> RunFinished:
+    def run(
+        self, emit: Callable[[Event], None], commands: queue.Queue | None = None, start_paused: bool = False
+    ) -> RunFinished:
         """The training loop: emit RunStarted, then steps/evaluations/saves; obey commands between steps."""
         cfg = self.train_cfg
-        emit(RunStarted(
-            start_step=self.step, total_steps=self.total_steps, n_params=self.n_params(),
-            model=config.to_dict(self.model_cfg), train=config.to_dict(cfg), device=str(self.device),
-            dtype=str(self.dtype).removeprefix("torch."), dataset=self.tokens.source,
-            tokenizer=str(self.tokens.meta.get("tokenizer")), tokens_per_step=self.tokens_per_step,
-            history=tuple(dict(e) for e in self.log), seed=cfg.seed, world_size=self.world_size,
-        ))
+        emit(
+            RunStarted(
+                start_step=self.step,
+                total_steps=self.total_steps,
+                n_params=self.n_params(),
+                model=config.to_dict(self.model_cfg),
+                train=config.to_dict(cfg),
+                device=str(self.device),
+                dtype=str(self.dtype).removeprefix("torch."),
+                dataset=self.tokens.source,
+                tokenizer=str(self.tokens.meta.get("tokenizer")),
+                tokens_per_step=self.tokens_per_step,
+                history=tuple(dict(e) for e in self.log),
+                seed=cfg.seed,
+                world_size=self.world_size,
+            )
+        )
         paused = start_paused
         if paused:
             emit(Paused(step=self.step))
@@ -382,11 +455,18 @@ class Trainer:
                 emit(self.save())
             return self._finish(emit, "completed")
         except TrainingDiverged as e:
-            return self._finish(emit, "error", str(e) + (f"; last good checkpoint: {self.last_stem}"
-                                                         if self.last_stem else ""))
+            return self._finish(
+                emit,
+                "error",
+                str(e) + (f"; last good checkpoint: {self.last_stem}" if self.last_stem else ""),
+            )
         except torch.OutOfMemoryError:
-            return self._finish(emit, "error", f"out of memory on {self.device} at step {self.step + 1}; "
-                                "try a smaller --batch-size (with --grad-accum to keep the batch)")
+            return self._finish(
+                emit,
+                "error",
+                f"out of memory on {self.device} at step {self.step + 1}; "
+                "try a smaller --batch-size (with --grad-accum to keep the batch)",
+            )
         except UserError as e:
             return self._finish(emit, "error", str(e))
         except OSError as e:
@@ -397,8 +477,9 @@ class Trainer:
         emit(event)
         return event
 
-    def _obey(self, emit: Callable[[Event], None], commands: queue.Queue | None,
-              paused: bool) -> tuple[bool, bool]:
+    def _obey(
+        self, emit: Callable[[Event], None], commands: queue.Queue | None, paused: bool
+    ) -> tuple[bool, bool]:
         """Handle the queued commands; while paused, wait for more. Returns (paused, stop)."""
         if commands is None:
             return False, False

@@ -21,7 +21,7 @@ def _fmt_count(n: float) -> str:
 
 
 def _effective_batch(event: RunStarted) -> str:
-    """', effective batch 12 x 2 accumulation x 4 processes = 96 sequences' when it is more than --batch-size."""
+    """', effective batch 12 x 2 accumulation x 4 processes = 96 sequences' when more than --batch-size."""
     batch, accum = event.train["batch_size"], event.train["grad_accum"]
     if accum == 1 and event.world_size == 1:
         return ""
@@ -57,19 +57,20 @@ class _Printer:
                 + f": {_fmt_count(event.n_params)} parameters ({m['n_layer']} layers, {m['n_head']} heads, "
                 f"{m['n_embd']} embedding, block {m['block_size']}) on {event.device} ({event.dtype}), "
                 f"{event.total_steps} steps of {event.tokens_per_step:,} tokens, data {event.dataset} "
-                f"({event.tokenizer}), seed {event.seed}"
-                + _effective_batch(event)
+                f"({event.tokenizer}), seed {event.seed}" + _effective_batch(event)
             )
             if self.progress is not None:
-                self.task = self.progress.add_task("training", total=event.total_steps, completed=event.start_step)
+                self.task = self.progress.add_task(
+                    "training", total=event.total_steps, completed=event.start_step
+                )
         elif isinstance(event, StepDone):
             if self.progress is not None:
-                self.progress.update(self.task, completed=event.step,
-                                     description=f"loss {event.loss:.4f}")
+                self.progress.update(self.task, completed=event.step, description=f"loss {event.loss:.4f}")
             if event.step % self.interval == 0 or event.step == self.trainer.total_steps:
                 self.line(
                     f"step {event.step:>6}/{self.trainer.total_steps} | loss {event.loss:.4f} | "
-                    f"{event.duration_ms:8.1f} ms/step | {event.tokens_per_s:>10,.0f} tok/s | lr {event.lr:.2e}"
+                    f"{event.duration_ms:8.1f} ms/step | {event.tokens_per_s:>10,.0f} tok/s | "
+                    f"lr {event.lr:.2e}"
                 )
         elif isinstance(event, EvalDone):
             self.line(f"step {event.step:>6}/{self.trainer.total_steps} | val loss {event.val_loss:.4f}")
@@ -93,8 +94,11 @@ def run_headless(trainer: Trainer) -> int:
         if interrupts > 1 and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl-C: stop now (every file is written atomically)
         if interrupts == 1 and not quiet:
-            print(f"{signal.Signals(signum).name}: finishing this step, then saving (Ctrl-C again to quit now)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{signal.Signals(signum).name}: finishing this step, then saving (Ctrl-C again to quit now)",
+                file=sys.stderr,
+                flush=True,
+            )
         trainer.request_stop()
 
     previous = {}
@@ -106,8 +110,13 @@ def run_headless(trainer: Trainer) -> int:
         if use_bar:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TimeRemainingColumn(), transient=True) as progress:
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                transient=True,
+            ) as progress:
                 printer.progress = progress
                 finished = trainer.run(printer)
             printer.progress = None
