@@ -37,16 +37,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="cpu-small")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="auto", help="ours: auto/float32/bfloat16/float16; nanoGPT gets the same")
+    p.add_argument("--dtype", default="auto", help="auto/float32/bfloat16/float16, for both sides")
     p.add_argument("--steps", type=int, default=300, help="steps per side")
     p.add_argument("--skip", type=int, default=50, help="first steps per side left out of the statistics")
     p.add_argument("--block", type=int, default=10, help="steps per side before switching to the other")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="ours: torch.compile (auto: runtime.should_compile)")
     p.add_argument("--nanogpt-compile", choices=("auto", "on", "off"), default="auto",
-                   help="nanoGPT's compile flag (auto: on for CUDA as its default, off on CPU as its CPU recipe)")
+                   help="nanoGPT's compile (auto: on for CUDA as its default, off on CPU as its recipe)")
     p.add_argument("--nanogpt-adamw", choices=("fused", "as-is"), default="fused",
-                   help="fused: give nanoGPT fused AdamW (the stricter yardstick); as-is: its configure_optimizers")
+                   help="fused: nanoGPT gets fused AdamW (stricter); as-is: its configure_optimizers")
     p.add_argument("--data-dir", help="prepared data (train.bin/vocab.json); default: Tiny Shakespeare, char")
     p.add_argument("--no-reference", action="store_true", help="measure ours only")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
@@ -79,10 +79,18 @@ class Ours:
                      "out_dir": str(out_dir)}
         if args.compile != "auto":
             overrides["compile"] = args.compile == "on"
+        from nanogpt import runtime
+
+        self.default_threads = runtime._default_threads()  # torch's own setting, before the engine changes it
         self.trainer = engine.build_trainer(overrides, preset=args.preset)
+        self.threads = torch.get_num_threads()  # what the engine chose for its step
         self.compiled = self.trainer.forward_model is not self.trainer.model
         self.tokens_per_step = self.trainer.tokens_per_step
-        self.label = f"ours ({str(self.trainer.dtype).removeprefix('torch.')}{', compiled' if self.compiled else ''})"
+        shards = self.trainer.core_parallel.workers if getattr(self.trainer, "core_parallel", None) else 1
+        dtype = str(self.trainer.dtype).removeprefix("torch.")
+        self.label = (f"ours ({dtype}{', compiled' if self.compiled else ''}"
+                      f", {shards} shard{'s' if shards > 1 else ''} x {self.threads} thread"
+                      f"{'s' if self.threads > 1 else ''})")
 
     def step(self) -> float:
         return self.trainer.train_step().loss
@@ -94,7 +102,7 @@ class NanoGPT:
 
     name = "nanogpt"
 
-    def __init__(self, args: argparse.Namespace, data_dir: Path, ours_cfg: tuple):
+    def __init__(self, args: argparse.Namespace, data_dir: Path, ours_cfg: tuple, ours_threads_default: int):
         spec = importlib.util.spec_from_file_location("reference_nanogpt_model", REFERENCE / "model.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
@@ -102,9 +110,11 @@ class NanoGPT:
         self.device = device
         torch.manual_seed(train_cfg.seed)
         with contextlib.redirect_stdout(sys.stderr):  # it prints parameter counts
-            gcfg = module.GPTConfig(block_size=model_cfg.block_size, vocab_size=model_cfg.vocab_size,
-                                    n_layer=model_cfg.n_layer, n_head=model_cfg.n_head, n_embd=model_cfg.n_embd,
-                                    dropout=model_cfg.dropout, bias=model_cfg.bias)
+            gcfg = module.GPTConfig(
+                block_size=model_cfg.block_size, vocab_size=model_cfg.vocab_size, n_layer=model_cfg.n_layer,
+                n_head=model_cfg.n_head, n_embd=model_cfg.n_embd, dropout=model_cfg.dropout,
+                bias=model_cfg.bias,
+            )
             self.model = module.GPT(gcfg).to(device)
             betas = (train_cfg.beta1, train_cfg.beta2)
             self.optimizer = self.model.configure_optimizers(train_cfg.weight_decay, train_cfg.learning_rate,
@@ -113,7 +123,8 @@ class NanoGPT:
             groups = [{k: v for k, v in g.items() if k in ("params", "weight_decay")}
                       for g in self.optimizer.param_groups]
             self.optimizer = torch.optim.AdamW(groups, lr=train_cfg.learning_rate, betas=betas, fused=True)
-        compile_on = args.nanogpt_compile == "on" or (args.nanogpt_compile == "auto" and device.type == "cuda")
+        auto = args.nanogpt_compile == "auto"
+        compile_on = args.nanogpt_compile == "on" or (auto and device.type == "cuda")
         self.compiled = compile_on
         self.forward = torch.compile(self.model) if compile_on else self.model
         self.ctx = (contextlib.nullcontext() if device.type == "cpu" and dtype == torch.float32
@@ -126,22 +137,25 @@ class NanoGPT:
         self.tokens_per_step = self.batch_size * self.block_size * self.grad_accum
         fused = bool(self.optimizer.defaults.get("fused"))
         self.label = (f"nanoGPT ({str(dtype).removeprefix('torch.')}, {'fused' if fused else 'foreach'} AdamW"
-                      f"{', compiled' if compile_on else ''})")
+                      f"{', compiled' if compile_on else ''}, {ours_threads_default} threads)")
+        self.threads = ours_threads_default  # torch's default, as nanoGPT's train.py runs
         self.x, self.y = self.get_batch()
 
     def get_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         # as train.py: a fresh memmap every batch, random windows, int64 stacks
         data = np.memmap(self.train_bin, dtype=np.uint16, mode="r")
         ix = torch.randint(len(data) - self.block_size, (self.batch_size,))
-        x = torch.stack([torch.from_numpy((data[i:i + self.block_size]).astype(np.int64)) for i in ix])
-        y = torch.stack([torch.from_numpy((data[i + 1:i + 1 + self.block_size]).astype(np.int64)) for i in ix])
+        bs = self.block_size
+        x = torch.stack([torch.from_numpy((data[i:i + bs]).astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy((data[i + 1:i + 1 + bs]).astype(np.int64)) for i in ix])
         if self.device.type == "cuda":
-            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+            x, y = x.pin_memory(), y.pin_memory()
+            return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         return x.to(self.device), y.to(self.device)
 
     def step(self) -> float:
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr  # train.py sets it every step (the schedule's value does not change the cost)
+            group["lr"] = self.lr  # train.py sets it every step (its value does not change the cost)
         for _ in range(self.grad_accum):
             with self.ctx:
                 _, loss = self.forward(self.x, self.y)
@@ -162,7 +176,7 @@ def build(which: str, args: argparse.Namespace, data_dir: Path, out_dir: Path, o
     if which == "ours":
         return Ours(args, data_dir, out_dir)
     t = ours.trainer
-    return NanoGPT(args, data_dir, (t.model_cfg, t.train_cfg, t.device, t.dtype))
+    return NanoGPT(args, data_dir, (t.model_cfg, t.train_cfg, t.device, t.dtype), ours.default_threads)
 
 
 def sync(device: torch.device) -> None:
@@ -180,14 +194,12 @@ def rss_mib() -> float:
 
 
 def probe_memory(args: argparse.Namespace, data_dir: Path, out_dir: Path) -> None:
-    """Child process: build one side, run 20 steps, print its peak memory in MiB (RSS growth on CPU)."""
+    """Child process: build one side, run 20 steps, print its peak memory in MiB (on CPU: RSS growth)."""
     device = torch.device(args.device)
-    before = rss_mib()
     ours = build("ours", args, data_dir, out_dir)
     runner = ours if args.probe == "ours" else build("nanogpt", args, data_dir, out_dir, ours)
-    if runner is not ours:
-        before = rss_mib()
-        del ours  # nanoGPT's probe should not count our model
+    before = rss_mib()  # after building: both sides count what their training steps add (optimizer state too)
+    torch.set_num_threads(runner.threads)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for _ in range(20):
@@ -234,6 +246,7 @@ def run(args: argparse.Namespace) -> dict:
         while any(len(times[r.name]) < args.steps for r in runners):
             order = runners if round_no % 2 == 0 else runners[::-1]  # alternate who goes first
             for r in order:
+                torch.set_num_threads(r.threads)  # each side with its own intra-op thread count
                 for _ in range(min(args.block, args.steps - len(times[r.name]))):
                     sync(device)
                     t0 = time.perf_counter()
@@ -250,7 +263,8 @@ def run(args: argparse.Namespace) -> dict:
             q = statistics.quantiles(kept, n=10) if len(kept) > 1 else [kept[0]] * 9
             results[r.name] = {
                 "label": r.label, "median_ms": statistics.median(kept), "p10_ms": q[0], "p90_ms": q[-1],
-                "first_step_ms": first[r.name], "tokens_per_s": r.tokens_per_step / statistics.median(kept) * 1e3,
+                "first_step_ms": first[r.name],
+                "tokens_per_s": r.tokens_per_step / statistics.median(kept) * 1e3,
                 "last_loss": losses[r.name], "steps": len(kept),
             }
         if not args.no_memory:
@@ -262,9 +276,10 @@ def run(args: argparse.Namespace) -> dict:
 def print_table(results: dict, args: argparse.Namespace) -> None:
     base = results.get("nanogpt")
     cpu = torch.backends.cpu.get_cpu_capability()
-    print(f"# train speed: preset {args.preset}, device {args.device}, steps {args.skip}-{args.steps} per side, "
-          f"blocks of {args.block}, torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {cpu}")
-    head = (f"| {'run':<44} | median ms | p10-p90 ms    | first step ms | tokens/s | peak MiB | "
+    print(f"# train speed: preset {args.preset}, device {args.device}, "
+          f"steps {args.skip}-{args.steps} per side, "
+          f"blocks of {args.block}, torch {torch.__version__}, CPU capability {cpu}")
+    head = (f"| {'run':<60} | median ms | p10-p90 ms    | first step ms | tokens/s | peak MiB | "
             f"ours/nanoGPT |")
     print(head)
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
@@ -272,13 +287,17 @@ def print_table(results: dict, args: argparse.Namespace) -> None:
         if name not in results:
             continue
         r = results[name]
-        ratio = f"{r['median_ms'] / base['median_ms']:.3f}" if base and name == "ours" else ("1.000" if base else "-")
+        if base:
+            ratio = f"{r['median_ms'] / base['median_ms']:.3f}" if name == "ours" else "1.000"
+        else:
+            ratio = "-"
         mem = f"{r['peak_mib']:.0f}" if r.get("peak_mib") is not None else "-"
         spread = f"{r['p10_ms']:.1f}-{r['p90_ms']:.1f}"
-        print(f"| {r['label']:<44} | {r['median_ms']:9.1f} | {spread:<13} | {r['first_step_ms']:13.0f} | "
+        print(f"| {r['label']:<60} | {r['median_ms']:9.1f} | {spread:<13} | {r['first_step_ms']:13.0f} | "
               f"{r['tokens_per_s']:8.0f} | {mem:>8} | {ratio:>12} |")
     if args.device == "cpu":
-        print("peak MiB on CPU: resident-memory growth over 20 steps, each side alone in a fresh process")
+        print("peak MiB on CPU: growth of resident memory over the first 20 steps (activations, gradients,"
+              " optimizer state), each side in a fresh process")
 
 
 def main(argv: list[str] | None = None) -> int:

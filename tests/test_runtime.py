@@ -109,7 +109,7 @@ def test_core_parallel_gives_the_gradient_of_the_whole_batch(batch):
     sharded_loss = parallel.forward_backward(sharded, x, y, loss_scale=0.5, device=CPU, dtype=torch.float32)
     parallel.close()
     torch.testing.assert_close(sharded_loss, loss.detach())
-    for (name, p), q in zip(whole.named_parameters(), sharded.parameters()):
+    for (name, p), q in zip(whole.named_parameters(), sharded.parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, msg=name, rtol=1e-5, atol=1e-7)
 
 
@@ -126,7 +126,7 @@ def test_core_parallel_adds_to_existing_gradients_and_repeats_exactly():
     reference = tiny_model()
     _, loss = reference(x, y)
     loss.backward()
-    for a, b, r in zip(runs[0], runs[1], reference.parameters()):
+    for a, b, r in zip(runs[0], runs[1], reference.parameters(), strict=True):
         assert torch.equal(a, b)  # the shards' gradients are summed in a fixed order: runs repeat bit for bit
         torch.testing.assert_close(a, r.grad, rtol=1e-5, atol=1e-7)
 
