@@ -1,12 +1,15 @@
 """Hardware choices: which device, which precision, whether to compile, which optimizer implementation.
 
-Kept apart from the engine so the speed work (what pays on which CPU/GPU) lives in one place.
+Kept apart from the engine so the speed work (what pays on which CPU/GPU) lives in one place. The engine
+calls resolve_device, resolve_dtype, autocast, make_optimizer, should_compile, and on CPU
+core_parallel_workers + CoreParallel.forward_backward + configure_threads (see BENCHMARKS.md, training speed).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -115,6 +118,7 @@ class CoreParallel:
         self.workers = workers
         # the calling thread runs shard 0 itself; the pool runs the others
         self._pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="nanogpt-shard")
+        weakref.finalize(self, self._pool.shutdown, wait=False)  # a dropped Trainer leaves no idle threads
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
