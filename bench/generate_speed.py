@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference" / "nanoGPT"
 sys.path.insert(0, str(ROOT / "src"))
 
-from nanogpt.config import ModelConfig
-from nanogpt.generate import default_slide, generate_tokens
-from nanogpt.model import GPT
+from nanogpt.config import ModelConfig  # noqa: E402 - after the sys.path line above
+from nanogpt.generate import default_slide, generate_tokens  # noqa: E402
+from nanogpt.model import GPT  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

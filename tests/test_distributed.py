@@ -2,8 +2,8 @@
 
 The data stream and the dropout masks are functions of the global micro-batch index, so 2 processes x
 --grad-accum A x batch B must train exactly like 1 process x --grad-accum 2A x batch B (same losses and
-weights within 1e-5), and checkpoints move freely between world sizes. Each torchrun job costs a few seconds of start-up (3 Python processes importing torch),
-so the jobs are shared between tests through module-scoped fixtures.
+weights within 1e-5), and checkpoints move freely between world sizes. Each torchrun job costs a few seconds of start-up
+(3 Python processes importing torch), so the jobs are shared between tests through module-scoped fixtures.
 """
 
 from __future__ import annotations
@@ -27,8 +27,20 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 STEPS = 6
 # tiny model, 6 steps, a checkpoint at step 3 to resume from; the learning rate is high enough that
 # the weights move visibly, so that a wrong gradient average would show
-COMMON = ["--steps", str(STEPS), "--save-interval", "3", "--validation-interval", "3", "--learning-rate", "3e-3",
-          "--log-interval", "1", "--warmup-steps", str(TINY["warmup_steps"])]
+COMMON = [
+    "--steps",
+    str(STEPS),
+    "--save-interval",
+    "3",
+    "--validation-interval",
+    "3",
+    "--learning-rate",
+    "3e-3",
+    "--log-interval",
+    "1",
+    "--warmup-steps",
+    str(TINY["warmup_steps"]),
+]
 
 
 def _env() -> dict[str, str]:
@@ -42,21 +54,41 @@ def _env() -> dict[str, str]:
 
 def _torchrun_cmd(nproc: int, args: list[str]) -> list[str]:
     # --standalone: a private rendezvous on a free local port, so that parallel test runs never collide
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "nanogpt", "train", "--headless", *TINY_FLAGS, *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "nanogpt",
+        "train",
+        "--headless",
+        *TINY_FLAGS,
+        *args,
+    ]
 
 
 def torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(_torchrun_cmd(nproc, args), env=_env(), capture_output=True, text=True, timeout=300,
-                            check=False)
+    result = subprocess.run(
+        _torchrun_cmd(nproc, args), env=_env(), capture_output=True, text=True, timeout=300, check=False
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result
 
 
 def single(data_dir: Path, out: Path, resume: Path | None = None, **kw) -> Trainer:
     """A 1-process run of the same engine, in this process."""
-    opts = {**TINY, "data_dir": str(data_dir), "out_dir": str(out), "steps": STEPS, "save_interval": 3,
-            "validation_interval": 3, "learning_rate": 3e-3, **kw}
+    opts = {
+        **TINY,
+        "data_dir": str(data_dir),
+        "out_dir": str(out),
+        "steps": STEPS,
+        "save_interval": 3,
+        "validation_interval": 3,
+        "learning_rate": 3e-3,
+        **kw,
+    }
     trainer = build_trainer(opts, resume=str(resume) if resume else None)
     finished = trainer.run(lambda event: None)
     assert finished.reason == "completed", finished.message
@@ -91,8 +123,22 @@ def runs(shakespeare_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     root = tmp_path_factory.mktemp("ddp")
     out: dict = {"root": root, "data": shakespeare_dir}
     for name, dropout, seed, accum in (("plain", "0", "0", 1), ("dropout", "0.1", "1337", 2)):
-        result = torchrun(2, ["--data-dir", str(shakespeare_dir), "--out-dir", str(root / f"{name}2"),
-                              "--dropout", dropout, "--seed", seed, "--grad-accum", str(accum), *COMMON])
+        result = torchrun(
+            2,
+            [
+                "--data-dir",
+                str(shakespeare_dir),
+                "--out-dir",
+                str(root / f"{name}2"),
+                "--dropout",
+                dropout,
+                "--seed",
+                seed,
+                "--grad-accum",
+                str(accum),
+                *COMMON,
+            ],
+        )
         out[f"{name}2_stdout"] = result.stdout
         if seed == "0":  # rank 0 picks a random seed and every rank must use it: the 1-process run repeats it
             picked = re.findall(r"using random seed (\d+)", result.stderr)
@@ -126,21 +172,34 @@ def test_two_process_checkpoint_resumes_on_one_process(runs: dict, capsys) -> No
     root = runs["root"]
     # no --grad-accum: one process takes 4 micro-batches per step to keep the checkpoint's 2 x 2 x 8
     opts = {k: v for k, v in TINY.items() if k not in ("batch_size", "grad_accum")}
-    trainer = build_trainer({**opts, "data_dir": str(runs["data"]), "out_dir": str(root / "resumed1")},
-                            resume=str(root / "dropout2" / "model_step_3"))
+    trainer = build_trainer(
+        {**opts, "data_dir": str(runs["data"]), "out_dir": str(root / "resumed1")},
+        resume=str(root / "dropout2" / "model_step_3"),
+    )
     assert trainer.train_cfg.grad_accum == 4 and trainer.step == 3
     assert "using --grad-accum 4 on 1 to keep its effective batch of 32 sequences" in capsys.readouterr().err
     assert trainer.run(lambda event: None).reason == "completed"
     assert_same_run(root / "dropout2" / f"model_step_{STEPS}", root / "resumed1" / f"model_step_{STEPS}")
     # an explicit --grad-accum wins (and the effective batch changes)
-    again = build_trainer({"grad_accum": 1, "data_dir": str(runs["data"])}, resume=str(root / "dropout2" / "model_step_3"))
+    again = build_trainer(
+        {"grad_accum": 1, "data_dir": str(runs["data"])}, resume=str(root / "dropout2" / "model_step_3")
+    )
     assert again.train_cfg.grad_accum == 1
 
 
 def test_one_process_checkpoint_resumes_on_two_processes(runs: dict) -> None:
     root = runs["root"]
-    result = torchrun(2, ["--data-dir", str(runs["data"]), "--out-dir", str(root / "resumed2"),
-                          "--resume-training", str(root / "dropout1" / "model_step_3")])
+    result = torchrun(
+        2,
+        [
+            "--data-dir",
+            str(runs["data"]),
+            "--out-dir",
+            str(root / "resumed2"),
+            "--resume-training",
+            str(root / "dropout1" / "model_step_3"),
+        ],
+    )
     assert "resuming at step 3" in result.stdout
     # no --grad-accum: 2 processes x 2 keep the batch of 1 process x 4 (said once, by rank 0)
     assert result.stderr.count("using --grad-accum 2 on 2 to keep its effective batch of 32 sequences") == 1
@@ -149,12 +208,24 @@ def test_one_process_checkpoint_resumes_on_two_processes(runs: dict) -> None:
 
 def test_sigterm_saves_once_and_every_rank_exits(shakespeare_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    cmd = _torchrun_cmd(2, ["--data-dir", str(shakespeare_dir), "--out-dir", str(out), "--steps", "100000",
-                            "--log-interval", "1", "--validation-interval", "0"])
+    cmd = _torchrun_cmd(
+        2,
+        [
+            "--data-dir",
+            str(shakespeare_dir),
+            "--out-dir",
+            str(out),
+            "--steps",
+            "100000",
+            "--log-interval",
+            "1",
+            "--validation-interval",
+            "0",
+        ],
+    )
     err_file = tmp_path / "stderr.txt"  # a file, not a pipe: an unread full pipe would block torchrun
     with err_file.open("w") as err:
-        proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=err, text=True,
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
     try:
         lines = []
         for line in proc.stdout:  # wait until the ranks are training together

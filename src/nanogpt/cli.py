@@ -34,8 +34,9 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) ->
         else:
             base = {int: int, float: float, str: str, int | None: int, str | None: str}.get(kind, str)
             kw["type"] = base
-            kw["metavar"] = {int: "N", float: "X"}.get(base, "PATH" if "dataset" in f.name or "dir" in f.name
-                                                         or "metadata" in f.name else "TEXT")
+            kw["metavar"] = {int: "N", float: "X"}.get(
+                base, "PATH" if "dataset" in f.name or "dir" in f.name or "metadata" in f.name else "TEXT"
+            )
             if "choices" in f.metadata:
                 kw["choices"] = f.metadata["choices"]
                 kw["metavar"] = "{" + ",".join(f.metadata["choices"]) + "}"
@@ -64,10 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
         "'mixology' folder whose sub-folders NN_name/ hold NN percent of the tokens. Without SOURCE, "
         "prepares the bundled Tiny Shakespeare corpus.",
     )
-    p.add_argument("source", nargs="?", metavar="SOURCE", help="text file or mixology folder (default: bundled Tiny Shakespeare)")
-    p.add_argument("--tokenizer", default="char", help="char (one token per character) or gpt2 (OpenAI's GPT-2 BPE) (default: char)")
-    p.add_argument("--out-dir", default=None, help="output folder (default: the folder of SOURCE; data/tinyshakespeare for the bundled corpus)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of each source kept for validation (default: 0.1)")
+    p.add_argument(
+        "source", nargs="?", metavar="SOURCE", help="text file or mixology folder (default: bundled Tiny Shakespeare)"
+    )
+    p.add_argument(
+        "--tokenizer",
+        default="char",
+        help="char (one token per character) or gpt2 (OpenAI's GPT-2 BPE) (default: char)",
+    )
+    p.add_argument(
+        "--out-dir",
+        default=None,
+        help="output folder (default: the folder of SOURCE; data/tinyshakespeare for the bundled corpus)",
+    )
+    p.add_argument(
+        "--val-fraction", type=float, default=0.1, help="fraction of each source kept for validation (default: 0.1)"
+    )
     p.add_argument("--strip-gutenberg", action="store_true", help="remove Project Gutenberg headers and footers")
 
     t = sub.add_parser(
@@ -76,9 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a GPT from scratch. With no data options it trains on the bundled Tiny "
         "Shakespeare; with no preset and no size flags it uses cpu-small on CPU/MPS and baby-gpt on CUDA.",
     )
-    t.add_argument("--preset", default=None, choices=list(PRESETS), help="model size and schedule in one go; explicit flags win")
-    t.add_argument("--resume-training", default=None, metavar="STEM", help="continue from a checkpoint, e.g. out/model_step_500")
-    t.add_argument("--headless", action="store_true", help="no UI: progress lines (automatic when stdout is not a terminal)")
+    t.add_argument(
+        "--preset", default=None, choices=list(PRESETS), help="model size and schedule in one go; explicit flags win"
+    )
+    t.add_argument(
+        "--resume-training", default=None, metavar="STEM", help="continue from a checkpoint, e.g. out/model_step_500"
+    )
+    t.add_argument(
+        "--headless", action="store_true", help="no UI: progress lines (automatic when stdout is not a terminal)"
+    )
     _add_config_flags(t, ModelConfig, "model")
     _add_config_flags(t, TrainConfig, "training")
 
@@ -91,13 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tokens-to-generate", type=int, default=200, help="number of tokens to generate (default: 200)")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 means greedy (default: 1.0)")
     g.add_argument("--top-k", type=int, default=None, help="sample only from the K most likely tokens")
-    g.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set of tokens with probability >= P")
+    g.add_argument(
+        "--top-p", type=float, default=None, help="nucleus sampling: the smallest set of tokens with probability >= P"
+    )
     g.add_argument("--seed", type=int, default=1337, help="random seed; 0 picks a random one (default: 1337)")
     g.add_argument("--prompt", default="", help="text to start from; \\n escapes are decoded (default: empty)")
-    g.add_argument("--vocab-metadata", default=None, help="vocab.json to use instead of the checkpoint's own vocabulary")
+    g.add_argument(
+        "--vocab-metadata", default=None, help="vocab.json to use instead of the checkpoint's own vocabulary"
+    )
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="device (default: auto)")
     g.add_argument(
-        "--window-slide", type=int, default=None, metavar="N",
+        "--window-slide",
+        type=int,
+        default=None,
+        metavar="N",
         help="when the text outgrows the context, drop the oldest N tokens and go on (default: half the "
         "block size, which lets the KV cache do its job; 1 = nanoGPT's exact crop, several times slower)",
     )

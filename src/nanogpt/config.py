@@ -53,9 +53,7 @@ class ModelConfig:
         if self.vocab_size < 0:
             raise ConfigError(f"vocab_size must be positive, got {self.vocab_size}")
         if self.n_embd % self.n_head:
-            raise ConfigError(
-                f"--head-count ({self.n_head}) must divide --embedding-size ({self.n_embd}) evenly"
-            )
+            raise ConfigError(f"--head-count ({self.n_head}) must divide --embedding-size ({self.n_embd}) evenly")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
 
@@ -110,9 +108,7 @@ class TrainConfig:
         if self.learning_rate <= 0:
             raise ConfigError(f"--learning-rate must be positive, got {self.learning_rate}")
         if self.min_learning_rate < 0 or self.min_learning_rate > self.learning_rate:
-            raise ConfigError(
-                f"--min-learning-rate must be in [0, --learning-rate], got {self.min_learning_rate}"
-            )
+            raise ConfigError(f"--min-learning-rate must be in [0, --learning-rate], got {self.min_learning_rate}")
         if self.seed < 0:
             raise ConfigError(f"--seed must be >= 0, got {self.seed}")
 
@@ -125,38 +121,113 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # nanoGPT's "I only have a macbook" CPU recipe (README): ~0.8M parameters, val loss ~1.88.
     "cpu-small": dict(
-        n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0,
-        batch_size=12, grad_accum=1, steps=2000, learning_rate=1e-3, min_learning_rate=1e-4,
-        lr_schedule="cosine", warmup_steps=100, beta1=0.9, beta2=0.99, weight_decay=0.1, grad_clip=1.0,
-        validation_interval=250, eval_iters=20,
+        n_layer=4,
+        n_head=4,
+        n_embd=128,
+        block_size=64,
+        dropout=0.0,
+        batch_size=12,
+        grad_accum=1,
+        steps=2000,
+        learning_rate=1e-3,
+        min_learning_rate=1e-4,
+        lr_schedule="cosine",
+        warmup_steps=100,
+        beta1=0.9,
+        beta2=0.99,
+        weight_decay=0.1,
+        grad_clip=1.0,
+        validation_interval=250,
+        eval_iters=20,
     ),
     # nanoGPT's config/train_shakespeare_char.py ("baby GPT"): 10.7M parameters.
     "baby-gpt": dict(
-        n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2,
-        batch_size=64, grad_accum=1, steps=5000, learning_rate=1e-3, min_learning_rate=1e-4,
-        lr_schedule="cosine", warmup_steps=100, beta1=0.9, beta2=0.99, weight_decay=0.1, grad_clip=1.0,
-        validation_interval=250, eval_iters=200,
+        n_layer=6,
+        n_head=6,
+        n_embd=384,
+        block_size=256,
+        dropout=0.2,
+        batch_size=64,
+        grad_accum=1,
+        steps=5000,
+        learning_rate=1e-3,
+        min_learning_rate=1e-4,
+        lr_schedule="cosine",
+        warmup_steps=100,
+        beta1=0.9,
+        beta2=0.99,
+        weight_decay=0.1,
+        grad_clip=1.0,
+        validation_interval=250,
+        eval_iters=200,
     ),
     # nanogpt-rusted README's "618k parameter model" (char level).
     "618k": dict(
-        n_layer=3, n_head=4, n_embd=128, block_size=64, dropout=0.0,
-        batch_size=32, validation_batch=32, grad_accum=1, steps=15000, learning_rate=1e-3,
-        min_learning_rate=1e-4, lr_schedule="cosine", warmup_steps=100, beta1=0.9, beta2=0.99,
-        weight_decay=0.1, grad_clip=1.0, validation_interval=250, eval_iters=20,
+        n_layer=3,
+        n_head=4,
+        n_embd=128,
+        block_size=64,
+        dropout=0.0,
+        batch_size=32,
+        validation_batch=32,
+        grad_accum=1,
+        steps=15000,
+        learning_rate=1e-3,
+        min_learning_rate=1e-4,
+        lr_schedule="cosine",
+        warmup_steps=100,
+        beta1=0.9,
+        beta2=0.99,
+        weight_decay=0.1,
+        grad_clip=1.0,
+        validation_interval=250,
+        eval_iters=20,
     ),
     # nanogpt-rusted README's "2.4M parameter model".
     "2.4m": dict(
-        n_layer=3, n_head=8, n_embd=256, block_size=128, dropout=0.0,
-        batch_size=32, validation_batch=32, grad_accum=1, steps=20000, learning_rate=1e-3,
-        min_learning_rate=1e-4, lr_schedule="cosine", warmup_steps=100, beta1=0.9, beta2=0.99,
-        weight_decay=0.1, grad_clip=1.0, validation_interval=250, eval_iters=20,
+        n_layer=3,
+        n_head=8,
+        n_embd=256,
+        block_size=128,
+        dropout=0.0,
+        batch_size=32,
+        validation_batch=32,
+        grad_accum=1,
+        steps=20000,
+        learning_rate=1e-3,
+        min_learning_rate=1e-4,
+        lr_schedule="cosine",
+        warmup_steps=100,
+        beta1=0.9,
+        beta2=0.99,
+        weight_decay=0.1,
+        grad_clip=1.0,
+        validation_interval=250,
+        eval_iters=20,
     ),
     # GPT-2 small (124M) as in nanoGPT's train_gpt2.py: ~0.5M tokens per step via accumulation.
     "gpt2-124m": dict(
-        n_layer=12, n_head=12, n_embd=768, block_size=1024, dropout=0.0, bias=True,
-        batch_size=12, grad_accum=40, steps=600000, learning_rate=6e-4, min_learning_rate=6e-5,
-        lr_schedule="cosine", warmup_steps=2000, beta1=0.9, beta2=0.95, weight_decay=0.1, grad_clip=1.0,
-        validation_interval=1000, eval_iters=200, log_interval=1, save_interval=1000,
+        n_layer=12,
+        n_head=12,
+        n_embd=768,
+        block_size=1024,
+        dropout=0.0,
+        bias=True,
+        batch_size=12,
+        grad_accum=40,
+        steps=600000,
+        learning_rate=6e-4,
+        min_learning_rate=6e-5,
+        lr_schedule="cosine",
+        warmup_steps=2000,
+        beta1=0.9,
+        beta2=0.95,
+        weight_decay=0.1,
+        grad_clip=1.0,
+        validation_interval=1000,
+        eval_iters=200,
+        log_interval=1,
+        save_interval=1000,
     ),
 }
 
