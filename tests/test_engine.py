@@ -217,3 +217,19 @@ def test_no_data_options_train_on_the_bundled_corpus(tmp_path: Path, monkeypatch
     assert Path(trainer.train_cfg.data_dir).parent == tmp_path / "cache"
     assert trainer.tokens.vocab_size == 65 and len(trainer.tokens.train) > 900_000  # Tiny Shakespeare
     assert trainer.run(lambda e: None).reason == "completed"
+
+
+def test_unexpected_error_saves_what_was_learned_then_raises(shakespeare_dir: Path, tmp_path: Path) -> None:
+    """A bug outside the engine (here: the front end's callback failing at step 3) loses no finished step."""
+    trainer = build_trainer(settings(shakespeare_dir, tmp_path, steps=10))
+
+    def front_end_bug(event) -> None:
+        if isinstance(event, StepDone) and event.step == 3:
+            raise RuntimeError("the front end broke")
+
+    with pytest.raises(RuntimeError, match="front end broke"):
+        run_collect(trainer, on_event=front_end_bug)
+    assert (tmp_path / "model_step_3.safetensors").is_file()
+    assert (tmp_path / "model_step_3.resume.json").is_file()
+    resumed = build_trainer({"out_dir": str(tmp_path)}, resume=str(tmp_path / "model_step_3"))
+    assert resumed.step == 3

@@ -471,6 +471,14 @@ class Trainer:
             return self._finish(emit, "error", str(e))
         except OSError as e:
             return self._finish(emit, "error", f"{e.strerror or e}")
+        except Exception:
+            # A bug, not a user error: keep what was learned (the weights are those of the last completed
+            # step: an exception inside a step leaves them untouched until optimizer.step), then let it show.
+            if self.is_main and self.step != self.last_saved_step:
+                with contextlib.suppress(Exception):
+                    saved = self.save()
+                    print(f"nanogpt: unexpected error; saved {saved.stem} first", file=sys.stderr)
+            raise
 
     def _finish(self, emit: Callable[[Event], None], reason: str, message: str = "") -> RunFinished:
         event = RunFinished(step=self.step, reason=reason, stem=self.last_stem, message=message)
