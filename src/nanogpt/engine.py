@@ -474,7 +474,8 @@ class Trainer:
         except Exception:
             # A bug, not a user error: keep what was learned (the weights are those of the last completed
             # step: an exception inside a step leaves them untouched until optimizer.step), then let it show.
-            if self.is_main and self.step != self.last_saved_step:
+            # (one process only: under DDP the other ranks may be anywhere, and save() talks to them)
+            if self.world_size == 1 and self.step != self.last_saved_step:
                 with contextlib.suppress(Exception):
                     saved = self.save()
                     print(f"nanogpt: unexpected error; saved {saved.stem} first", file=sys.stderr)
