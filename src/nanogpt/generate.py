@@ -34,7 +34,6 @@ token for token, for slide 1 and for the default).
 from __future__ import annotations
 
 import codecs
-import json
 import re
 import secrets
 import sys
@@ -45,6 +44,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .data import read_vocab
 from .errors import UserError
 from .model import GPT, KVCache
 from .tokenizers import CharTokenizer, GPT2Tokenizer, Tokenizer, from_meta
@@ -194,19 +194,6 @@ def _check_settings(
         raise UserError(f"--seed must be >= 0 (0 = random), got {seed}")
 
 
-def _read_vocab(path: str) -> Tokenizer:
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"vocabulary metadata not found: {file}")
-    try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"vocabulary metadata {file} is not valid JSON ({type(e).__name__})") from None
-    if not isinstance(meta, dict):
-        raise UserError(f"vocabulary metadata {file} is not a JSON object")
-    return from_meta(meta)
-
-
 def _stream(model: GPT, ids: list[int], n_tokens: int, tokenizer: Tokenizer, prompt: str,
             generator: torch.Generator, settings: dict) -> tuple[int, float]:
     """Write the prompt, then each generated token's text as it comes, to stdout; (count, start time)."""
@@ -251,7 +238,7 @@ def generate_cli(
     model, meta = load_model(stem, dev)
     if slide is not None and not 1 <= slide <= model.config.block_size:
         raise UserError(f"the window slide must be in [1, block size {model.config.block_size}], got {slide}")
-    tokenizer = _read_vocab(vocab_metadata) if vocab_metadata else from_meta(meta["tokenizer"])
+    tokenizer = from_meta(read_vocab(Path(vocab_metadata))) if vocab_metadata else from_meta(meta["tokenizer"])
     if tokenizer.vocab_size != model.config.vocab_size:
         raise UserError(
             f"the vocabulary has {tokenizer.vocab_size} tokens but the model was trained on "
