@@ -118,93 +118,35 @@ class TrainConfig:
 
 
 # Presets set the model shape and the schedule together; flags given explicitly win over them.
+# The small character-level recipes share nanoGPT's Shakespeare schedule (train_shakespeare_char.py):
+_CHAR_SCHEDULE: dict[str, Any] = {
+    "grad_accum": 1,
+    "learning_rate": 1e-3,
+    "min_learning_rate": 1e-4,
+    "lr_schedule": "cosine",
+    "warmup_steps": 100,
+    "beta1": 0.9,
+    "beta2": 0.99,
+    "weight_decay": 0.1,
+    "grad_clip": 1.0,
+    "validation_interval": 250,
+    "eval_iters": 20,
+}
+
+
+def _shape(n_layer: int, n_head: int, n_embd: int, block_size: int, dropout: float = 0.0) -> dict[str, Any]:
+    return {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "block_size": block_size, "dropout": dropout}
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     # nanoGPT's "I only have a macbook" CPU recipe (README): ~0.8M parameters, val loss ~1.88.
-    "cpu-small": dict(
-        n_layer=4,
-        n_head=4,
-        n_embd=128,
-        block_size=64,
-        dropout=0.0,
-        batch_size=12,
-        grad_accum=1,
-        steps=2000,
-        learning_rate=1e-3,
-        min_learning_rate=1e-4,
-        lr_schedule="cosine",
-        warmup_steps=100,
-        beta1=0.9,
-        beta2=0.99,
-        weight_decay=0.1,
-        grad_clip=1.0,
-        validation_interval=250,
-        eval_iters=20,
-    ),
+    "cpu-small": {**_CHAR_SCHEDULE, **_shape(4, 4, 128, 64), "batch_size": 12, "steps": 2000},
     # nanoGPT's config/train_shakespeare_char.py ("baby GPT"): 10.7M parameters.
-    "baby-gpt": dict(
-        n_layer=6,
-        n_head=6,
-        n_embd=384,
-        block_size=256,
-        dropout=0.2,
-        batch_size=64,
-        grad_accum=1,
-        steps=5000,
-        learning_rate=1e-3,
-        min_learning_rate=1e-4,
-        lr_schedule="cosine",
-        warmup_steps=100,
-        beta1=0.9,
-        beta2=0.99,
-        weight_decay=0.1,
-        grad_clip=1.0,
-        validation_interval=250,
-        eval_iters=200,
-    ),
+    "baby-gpt": {**_CHAR_SCHEDULE, **_shape(6, 6, 384, 256, 0.2), "batch_size": 64, "steps": 5000, "eval_iters": 200},
     # nanogpt-rusted README's "618k parameter model" (char level).
-    "618k": dict(
-        n_layer=3,
-        n_head=4,
-        n_embd=128,
-        block_size=64,
-        dropout=0.0,
-        batch_size=32,
-        validation_batch=32,
-        grad_accum=1,
-        steps=15000,
-        learning_rate=1e-3,
-        min_learning_rate=1e-4,
-        lr_schedule="cosine",
-        warmup_steps=100,
-        beta1=0.9,
-        beta2=0.99,
-        weight_decay=0.1,
-        grad_clip=1.0,
-        validation_interval=250,
-        eval_iters=20,
-    ),
+    "618k": {**_CHAR_SCHEDULE, **_shape(3, 4, 128, 64), "batch_size": 32, "validation_batch": 32, "steps": 15000},
     # nanogpt-rusted README's "2.4M parameter model".
-    "2.4m": dict(
-        n_layer=3,
-        n_head=8,
-        n_embd=256,
-        block_size=128,
-        dropout=0.0,
-        batch_size=32,
-        validation_batch=32,
-        grad_accum=1,
-        steps=20000,
-        learning_rate=1e-3,
-        min_learning_rate=1e-4,
-        lr_schedule="cosine",
-        warmup_steps=100,
-        beta1=0.9,
-        beta2=0.99,
-        weight_decay=0.1,
-        grad_clip=1.0,
-        validation_interval=250,
-        eval_iters=20,
-    ),
+    "2.4m": {**_CHAR_SCHEDULE, **_shape(3, 8, 256, 128), "batch_size": 32, "validation_batch": 32, "steps": 20000},
     # GPT-2 small (124M) as in nanoGPT's train_gpt2.py: ~0.5M tokens per step via accumulation.
     "gpt2-124m": dict(
         n_layer=12,
