@@ -86,8 +86,15 @@ def should_compile(requested: bool | None, device: torch.device) -> bool:
     """torch.compile where it pays: on by default on CUDA, off on CPU/MPS.
 
     Measured on CPU (AMD Zen 3, cpu-small, one thread): 81.7 against 84.4 CPU-ms per step, 3% for ~16
-    CPU-seconds of compiling at the start, and a compiled model cannot run as CoreParallel shards, which
-    give far more. nanoGPT's README saw no gain on Zen 3 or Zen 4 either.
+    CPU-seconds of compiling at the start. nanoGPT's README saw no gain on Zen 3 or Zen 4 either.
+    A compiled model does run as CoreParallel shards (called from two threads, its gradients match the
+    eager ones to 1e-8), but it gains nothing there: inductor's default Python wrapper calls its fused C++
+    kernels with the GIL held, so the two shards take turns (idle Zen 3, half a cpu-small batch per shard:
+    45.8/48.6 ms compiled against 44.6/49.1 ms eager for both shards side by side, though 38-41 against
+    45-46 ms for one shard alone). With `torch._inductor.config.cpp_wrapper = True` the whole graph runs
+    without the GIL: 91.1 against 99.4 ms per engine step (-8%, same losses to 2e-7; measured on a loaded
+    box, interleaved), for ~36 s of compiling, more than the 2000-step cpu-small run (~100 s) gains back.
+    So CPU stays uncompiled by default and core_parallel_workers still keeps compiled runs off the shards.
     """
     if requested is not None:
         return requested
