@@ -34,7 +34,7 @@ from typing import Any, BinaryIO, TextIO
 import numpy as np
 
 from .errors import UserError
-from .tokenizers import GPT2_EOT, GPT2Tokenizer, gpt2_encoding, token_dtype
+from .tokenizers import GPT2_EOT, CharTokenizer, GPT2Tokenizer, gpt2_encoding, token_dtype
 
 TOKENIZERS = ("char", "gpt2")
 BUNDLED_NAME = "tinyshakespeare"
@@ -42,9 +42,7 @@ CHUNK_CHARS = 1 << 20  # characters read at a time; also the size of one GPT-2 e
 _MAX_CODE_POINT = 0x110000
 _MIX_FOLDER = re.compile(r"^(\d+)_(.+)$")
 # Gutenberg markers: "*** START OF THE PROJECT GUTENBERG EBOOK ... ***" and "*** END OF ..." on a line.
-_GUTENBERG = re.compile(
-    r"^\*{3}\s*(START|END) OF\b[^\n]*PROJECT GUTENBERG[^\n]*$", re.MULTILINE | re.IGNORECASE
-)
+_GUTENBERG = re.compile(r"^\*{3}\s*(START|END) OF\b[^\n]*PROJECT GUTENBERG[^\n]*$", re.MULTILINE | re.IGNORECASE)
 
 
 @dataclass
@@ -141,9 +139,7 @@ def _read_chunks(path: Path, progress: _Progress | None = None) -> Iterator[str]
             if not chunk:
                 break
             if "\x00" in chunk:
-                raise UserError(
-                    f"{path} looks like a binary file (NUL byte at offset {_nul_offset(path)}), not text"
-                )
+                raise UserError(f"{path} looks like a binary file (NUL byte at offset {_nul_offset(path)}), not text")
             if progress is not None:
                 pos = raw.tell()
                 progress.advance(pos - done)
@@ -315,15 +311,11 @@ class _Writer:
             self.lut = np.zeros(int(codes.max()) + 1, dtype=self.np_dtype)
             self.lut[codes] = np.arange(len(itos))
             # ASCII sorts first, so ASCII characters have ids < 128: bytes.translate maps them in one C loop
-            self.ascii_table = bytes(
-                int(self.lut[c]) if c < len(self.lut) else 0 for c in range(128)
-            ) + bytes(128)
+            self.ascii_table = bytes(int(self.lut[c]) if c < len(self.lut) else 0 for c in range(128)) + bytes(128)
             self.pool = None
         else:
             self.enc = gpt2_encoding()
-            self.threads = max(
-                1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
-            )
+            self.threads = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2))
             self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nanogpt-bpe")
 
     def _encode_gpt2(self, text: str) -> np.ndarray:
@@ -489,9 +481,7 @@ def _find_sources(path: Path) -> tuple[list[_Source], list[str]]:
         entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
     except OSError as e:
         raise UserError(f"cannot read the folder {path}: {e.strerror or e}") from None
-    ignored += [
-        p.name for p in entries if p.is_file() and p.suffix.lower() == ".txt"
-    ]  # text outside NN_ folders
+    ignored += [p.name for p in entries if p.is_file() and p.suffix.lower() == ".txt"]  # text outside NN_ folders
     for sub in (p for p in entries if p.is_dir()):
         m = _MIX_FOLDER.match(sub.name)
         if not m or int(m.group(1)) == 0:
@@ -711,12 +701,11 @@ def _run(
             finals[name] = tmp
 
         train_total, val_total = sum(take["train"]), sum(take["val"])
-        meta: dict[str, Any] = {"tokenizer": tokenizer, "vocab_size": vocab_size, "dtype": dtype}
-        if itos is not None:
-            meta["itos"] = itos
-            meta["stoi"] = {c: i for i, c in enumerate(itos)}
-        else:
-            meta["eot_token"] = GPT2_EOT
+        # the vocabulary is serialised by the tokenizer itself, the same dict a checkpoint stores
+        tok_meta = (
+            CharTokenizer(itos).to_meta() if itos is not None else {**GPT2Tokenizer().to_meta(), "eot_token": GPT2_EOT}
+        )
+        meta: dict[str, Any] = {**tok_meta, "dtype": dtype}
         meta.update(
             train_tokens=train_total,
             val_tokens=val_total,
@@ -821,17 +810,12 @@ def bundled_dataset(tokenizer: str = "char") -> Path:
     """The bundled Tiny Shakespeare prepared with `tokenizer`, in the cache folder (prepared the first time)."""
     _check_options(tokenizer, 0.1)
     out = cache_dir() / f"{BUNDLED_NAME}-{tokenizer}"
-    if (
-        is_prepared(out)
-        and json.loads((out / "vocab.json").read_text(encoding="utf-8"))["tokenizer"] == tokenizer
-    ):
+    if is_prepared(out) and json.loads((out / "vocab.json").read_text(encoding="utf-8"))["tokenizer"] == tokenizer:
         print(f"using the bundled Tiny Shakespeare ({tokenizer}) prepared in {out}", file=sys.stderr)
         return out
     print(
         f"preparing the bundled Tiny Shakespeare ({tokenizer}) into {out} (once; reused next time)",
         file=sys.stderr,
     )
-    _prepare(
-        None, tokenizer=tokenizer, out_dir=out, val_fraction=0.1, strip_gutenberg=False, report=sys.stderr
-    )
+    _prepare(None, tokenizer=tokenizer, out_dir=out, val_fraction=0.1, strip_gutenberg=False, report=sys.stderr)
     return out
