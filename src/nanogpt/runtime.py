@@ -124,7 +124,13 @@ class CoreParallel:
             raise ValueError("CoreParallel needs at least 2 workers")
         self.workers = workers
         # the calling thread runs shard 0 itself; the pool runs the others
-        self._pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="nanogpt-shard")
+        # Each pool thread sets its own intra-op thread count: MKL's (mkl_set_num_threads_local) and
+        # OpenMP's are per-thread settings, so a new thread would otherwise run its matmuls on every core
+        # (measured: a fresh thread's 384x512x512 matmul at 127-132 GFLOP/s on 2 cores, i.e. 2 MKL threads,
+        # while torch.get_num_threads() reports 1), oversubscribing the cores the other shards are on.
+        threads = shard_threads(workers)
+        self._pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="nanogpt-shard",
+                                        initializer=torch.set_num_threads, initargs=(threads,))
         weakref.finalize(self, self._pool.shutdown, wait=False)  # a dropped Trainer leaves no idle threads
 
     def close(self) -> None:
@@ -186,8 +192,13 @@ def _default_threads() -> int:
     return _DEFAULT_THREADS
 
 
+def shard_threads(workers: int) -> int:
+    """Intra-op threads per CoreParallel shard (or of the one process when workers is 1): the cores shared."""
+    return max(1, _default_threads() // max(1, workers))
+
+
 def configure_threads(device: torch.device, workers: int = 1) -> None:
     """Intra-op threads: torch's default normally; the cores divided among the shards under CoreParallel."""
     if device.type != "cpu":
         return
-    torch.set_num_threads(max(1, _default_threads() // max(1, workers)))
+    torch.set_num_threads(shard_threads(workers))
