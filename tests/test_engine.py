@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 from pathlib import Path
@@ -233,3 +234,41 @@ def test_unexpected_error_saves_what_was_learned_then_raises(shakespeare_dir: Pa
     assert (tmp_path / "model_step_3.resume.json").is_file()
     resumed = build_trainer({"out_dir": str(tmp_path)}, resume=str(tmp_path / "model_step_3"))
     assert resumed.step == 3
+
+
+def test_deferred_loss_reads_give_the_same_run(shakespeare_dir: Path, tmp_path: Path) -> None:
+    """On CUDA/MPS the engine reads losses back `sync_every` steps at a time (no host-device sync inside a
+    step); forced here on CPU, the run's events, log and weights equal the read-every-step run."""
+    opts = dict(steps=12, validation_interval=5, save_interval=6)
+    every = build_trainer(settings(shakespeare_dir, tmp_path / "every", **opts))
+    batched = build_trainer(settings(shakespeare_dir, tmp_path / "batched", **opts))
+    assert every.sync_every == 1  # CPU default
+    batched.sync_every = 4
+    a, b = run_collect(every), run_collect(batched)
+
+    def shape(events: list) -> list:
+        return [(type(e).__name__, getattr(e, "step", None)) for e in events]
+
+    assert shape(a) == shape(b)  # StepDone 1..5, EvalDone 5, StepDone 6, Saved 6, ..., EvalDone 12, Saved 12
+    assert [e.step for e in b if isinstance(e, StepDone)] == list(range(1, 13))
+    assert losses(a) == losses(b)
+    assert [e.val_loss for e in a if isinstance(e, EvalDone)] == [e.val_loss for e in b if isinstance(e, EvalDone)]
+    log_a = json.loads((tmp_path / "every" / "model_step_12.training_log.json").read_text())
+    log_b = json.loads((tmp_path / "batched" / "model_step_12.training_log.json").read_text())
+    def without_times(log: list) -> list:
+        return [{k: v for k, v in e.items() if k != "duration_ms"} for e in log]
+
+    assert len(log_b) == 12 and without_times(log_a) == without_times(log_b)
+    for p, q in zip(every.model.parameters(), batched.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_deferred_loss_reads_still_stop_on_nan(shakespeare_dir: Path, tmp_path: Path) -> None:
+    trainer = build_trainer(
+        settings(shakespeare_dir, tmp_path, steps=20, learning_rate=1e30, min_learning_rate=0.0,
+                 warmup_steps=0, grad_clip=0.0)
+    )
+    trainer.sync_every = 4
+    events = run_collect(trainer)
+    assert [type(e) for e in events] == [RunStarted, StepDone, RunFinished]  # step 1 is reported, then the stop
+    assert events[-1].reason == "error" and "loss became nan at step 2" in events[-1].message

@@ -23,7 +23,7 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,22 @@ from .model import GPT
 
 DATA_FIELDS = ("data_dir", "training_dataset", "validation_dataset", "vocab_metadata")
 SIZE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size")
+
+
+# On an accelerator, losses are read back (a host-device sync) once per log interval, or sooner when this
+# many seconds have passed since the oldest unread step started (so a UI stays live on slow steps).
+SETTLE_SECONDS = 0.5
+
+
+@dataclasses.dataclass
+class _Pending:
+    """A finished optimizer step whose loss may still be a device tensor (see Trainer._settle)."""
+
+    step: int
+    lr: float
+    loss: torch.Tensor | float
+    t0: float
+    t1: float
 
 
 class TrainingDiverged(Exception):
@@ -206,6 +222,9 @@ class Trainer:
             world_size=self.world_size,
         )
         self.core_parallel = runtime.CoreParallel(workers) if workers > 1 else None
+        # steps whose losses `run` reads back at once: 1 on CPU (free there; a NaN then stops the run before
+        # the weights move), the log interval on CUDA/MPS (one host-device sync per interval, not per step)
+        self.sync_every = 1 if device.type == "cpu" else max(1, train_cfg.log_interval)
         runtime.configure_threads(device, workers)
         self.model.train()
         self.train_batches = data.BatchSampler(
@@ -251,7 +270,15 @@ class Trainer:
 
     # ------------------------------------------------------------------------- one step
     def train_step(self) -> StepDone:
-        """One optimizer step over grad_accum micro-batches (per rank); raises TrainingDiverged on NaN/inf."""
+        """One optimizer step over grad_accum micro-batches (per rank); raises TrainingDiverged on NaN/inf.
+
+        Reads the loss back at once (on an accelerator, a host-device sync); `run` defers that on CUDA/MPS.
+        """
+        return next(self._settle([self._step(check=True)]))
+
+    def _step(self, check: bool) -> _Pending:
+        """The step's work. check: read the loss now and refuse a NaN/inf before the weights move (CPU,
+        where reading costs nothing); otherwise the loss stays a device tensor until `_settle` (no sync)."""
         cfg = self.train_cfg
         t0 = time.perf_counter()
         lr = self.lr_at(self.step)
@@ -281,14 +308,16 @@ class Trainer:
                 scaled = loss / cfg.grad_accum
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             total += loss.detach()
-        # the logged loss is the mean over all micro-batches of all ranks, so logs compare across world sizes
-        loss_value = distributed.mean(total / cfg.grad_accum).item()
-        if not math.isfinite(loss_value):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise TrainingDiverged(
-                f"training loss became {loss_value} at step {self.step + 1}; "
-                "try a lower --learning-rate or --grad-clip"
-            )
+        loss_now: torch.Tensor | float = total / cfg.grad_accum
+        if check:
+            # the logged loss is the mean over all micro-batches of all ranks, so logs compare across sizes
+            loss_now = distributed.mean(loss_now).item()
+            if not math.isfinite(loss_now):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise TrainingDiverged(
+                    f"training loss became {loss_now} at step {self.step + 1}; "
+                    "try a lower --learning-rate or --grad-clip"
+                )
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if cfg.grad_clip > 0:
@@ -301,15 +330,39 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.batch_counter += cfg.grad_accum * self.world_size
-        duration = time.perf_counter() - t0
-        self.log.append({"step": self.step, "loss": loss_value, "duration_ms": duration * 1000.0})
-        return StepDone(
-            step=self.step,
-            loss=loss_value,
-            duration_ms=duration * 1000.0,
-            lr=lr,
-            tokens_per_s=self.tokens_per_step / max(duration, 1e-9),
-        )
+        return _Pending(step=self.step, lr=lr, loss=loss_now, t0=t0, t1=time.perf_counter())
+
+    def _settle(self, pending: list[_Pending]) -> Iterator[StepDone]:
+        """Log finished steps and yield their StepDone events, reading all their deferred losses back in
+        one transfer (and, under DDP, one all-reduce); raises TrainingDiverged at the first NaN/inf.
+
+        A deferred step's host-side time says little (the accelerator runs behind the host), so those
+        steps share the wall time from the first one's start to now equally.
+        """
+        if not pending:
+            return
+        deferred = [p.loss for p in pending if isinstance(p.loss, torch.Tensor)]
+        values = iter(distributed.mean(torch.stack(deferred)).tolist() if deferred else ())
+        now = time.perf_counter()
+        shared = (now - pending[0].t0) / len(pending)
+        for p in pending:
+            if isinstance(p.loss, torch.Tensor):
+                loss, duration = next(values), shared
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"training loss became {loss} at step {p.step}; "
+                        "try a lower --learning-rate or --grad-clip"
+                    )
+            else:
+                loss, duration = p.loss, p.t1 - p.t0
+            self.log.append({"step": p.step, "loss": loss, "duration_ms": duration * 1000.0})
+            yield StepDone(
+                step=p.step,
+                loss=loss,
+                duration_ms=duration * 1000.0,
+                lr=p.lr,
+                tokens_per_s=self.tokens_per_step / max(duration, 1e-9),
+            )
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -435,22 +488,49 @@ class Trainer:
         paused = start_paused
         if paused:
             emit(Paused(step=self.step))
+        # Finished steps whose loss is still on the device. On CPU each loss is read at once (free there);
+        # on an accelerator `sync_every` steps at a time: the host runs ahead and queues the next steps
+        # (batch copies included) while the device computes, with no sync inside a step.
+        pending: list[_Pending] = []
+
+        def settle() -> None:
+            batch = pending[:]
+            pending.clear()
+            for event in self._settle(batch):
+                emit(event)
+
+        def due() -> bool:
+            if len(pending) >= self.sync_every:
+                return True
+            if self.world_size > 1:
+                return False  # every rank must settle (an all-reduce) at the same steps: count only
+            waiting = commands is not None and not commands.empty()
+            return waiting or self._stop.is_set() or time.perf_counter() - pending[0].t0 >= SETTLE_SECONDS
+
         try:
             while True:
-                paused, stop = self._obey(emit, commands, paused)
-                # ranks agree on stopping (a signal may reach them at different steps), else they would hang
-                if distributed.any_rank(stop or self._stop.is_set(), self.device):
-                    if self.last_saved_step != self.step:
-                        emit(self.save())
-                    return self._finish(emit, "stopped")
+                if pending and due():
+                    settle()
+                if not pending:  # commands and stops are handled between settled steps only
+                    paused, stop = self._obey(emit, commands, paused)
+                    # ranks agree on stopping (a signal may reach them at different steps), else they would hang
+                    if distributed.any_rank(stop or self._stop.is_set(), self.device):
+                        if self.last_saved_step != self.step:
+                            emit(self.save())
+                        return self._finish(emit, "stopped")
                 if self.step >= self.total_steps:
                     break
-                emit(self.train_step())
+                pending.append(self._step(check=self.sync_every == 1))
                 last = self.step == self.total_steps
-                if last or (cfg.validation_interval and self.step % cfg.validation_interval == 0):
+                evaluate = last or (cfg.validation_interval and self.step % cfg.validation_interval == 0)
+                save = not last and cfg.save_interval and self.step % cfg.save_interval == 0
+                if self.sync_every == 1 or evaluate or save:
+                    settle()
+                if evaluate:
                     emit(EvalDone(step=self.step, val_loss=self.evaluate()))
-                if not last and cfg.save_interval and self.step % cfg.save_interval == 0:
+                if save:
                     emit(self.save())
+            settle()
             if self.last_saved_step != self.step:
                 emit(self.save())
             return self._finish(emit, "completed")
@@ -477,6 +557,8 @@ class Trainer:
             # (one process only: under DDP the other ranks may be anywhere, and save() talks to them)
             if self.world_size == 1 and self.step != self.last_saved_step:
                 with contextlib.suppress(Exception):
+                    for _ in self._settle(pending):  # log the steps not yet read back, without emitting
+                        pass
                     saved = self.save()
                     print(f"nanogpt: unexpected error; saved {saved.stem} first", file=sys.stderr)
             raise
