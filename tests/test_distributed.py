@@ -69,9 +69,10 @@ def _torchrun_cmd(nproc: int, args: list[str]) -> list[str]:
     ]
 
 
-def torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
+def torchrun(nproc: int, args: list[str], **env: str) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        _torchrun_cmd(nproc, args), env=_env(), capture_output=True, text=True, timeout=300, check=False
+        _torchrun_cmd(nproc, args), env={**_env(), **env}, capture_output=True, text=True, timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result
@@ -119,7 +120,9 @@ def assert_same_run(a: Path, b: Path) -> None:
 def runs(shakespeare_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The reference runs by torchrun and on 1 process with the same effective batch: without dropout
     (`plain`: 2 processes x batch 8 against 1 process x 2 accumulation, with --seed 0, a random seed) and
-    with dropout 0.1 (`dropout`: 2 processes x 2 accumulation against 1 process x 4 accumulation)."""
+    with dropout 0.1 (`dropout`: 2 processes x 2 accumulation against 1 process x 4 accumulation). The
+    `dropout` job reads its losses back 4 steps at a time (NANOGPT_SYNC_EVERY, what CUDA does by default),
+    so the ranks' batched all-reduces of deferred losses are checked against the 1-process run too."""
     root = tmp_path_factory.mktemp("ddp")
     out: dict = {"root": root, "data": shakespeare_dir}
     for name, dropout, seed, accum in (("plain", "0", "0", 1), ("dropout", "0.1", "1337", 2)):
@@ -138,6 +141,7 @@ def runs(shakespeare_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
                 str(accum),
                 *COMMON,
             ],
+            NANOGPT_SYNC_EVERY="4" if name == "dropout" else "1",
         )
         out[f"{name}2_stdout"] = result.stdout
         if seed == "0":  # rank 0 picks a random seed and every rank must use it: the 1-process run repeats it

@@ -11,6 +11,12 @@ Determinism, which exact resume rests on:
   no RNG state has to be carried over a checkpoint, ranks get different dropout masks, and a run gives the
   same result however it is split over processes (N ranks x accumulation A = 1 process x N*A);
 - the learning rate is a pure function of the step (schedule.py); the optimizer moments are saved.
+
+Host-device syncs: on CUDA/MPS nothing inside a step reads a value back. `run` reads the losses of
+`sync_every` steps (the log interval) in one transfer, or sooner when a command waits, a stop is asked
+for, an evaluation or a save is due, or half a second has passed; StepDone events then come in bursts.
+On CPU reading a loss costs nothing, so each is read at once and a NaN stops the run before the weights
+move (on an accelerator the NaN is found up to `sync_every` steps later; the last checkpoint is kept).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import queue
 import secrets
 import sys
@@ -224,7 +231,11 @@ class Trainer:
         self.core_parallel = runtime.CoreParallel(workers) if workers > 1 else None
         # steps whose losses `run` reads back at once: 1 on CPU (free there; a NaN then stops the run before
         # the weights move), the log interval on CUDA/MPS (one host-device sync per interval, not per step)
+        # (NANOGPT_SYNC_EVERY=N sets it on any device: a diagnostic, and how the tests run the deferred
+        # path, torchrun ranks included, on CPU)
         self.sync_every = 1 if device.type == "cpu" else max(1, train_cfg.log_interval)
+        if os.environ.get("NANOGPT_SYNC_EVERY", "").isdigit():
+            self.sync_every = max(1, int(os.environ["NANOGPT_SYNC_EVERY"]))
         runtime.configure_threads(device, workers)
         self.model.train()
         self.train_batches = data.BatchSampler(
