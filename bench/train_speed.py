@@ -3,7 +3,8 @@
 Ours is measured through the engine (`Trainer.train_step()`: the step users run). nanoGPT is the
 unmodified reference at ../shared/reference/nanoGPT: its model.py is imported from there and driven the
 way its train.py does (memmap batches, clip_grad_norm_, zero_grad(set_to_none), loss.item() every step
-as with the recipe's --log_interval=1). The two alternate in blocks of steps so that the noise of a
+as with the recipe's --log_interval=1; with --sync block, on CUDA/MPS by default, both read it once per
+block instead and blocks are timed whole). The two alternate in blocks of steps so that the noise of a
 shared machine falls on both alike; compare the ratio, not the bare times.
 
     PYTHONPATH=src python bench/train_speed.py                      # cpu-small on CPU, 300 steps
@@ -47,6 +48,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="nanoGPT's compile (auto: on for CUDA as its default, off on CPU as its recipe)")
     p.add_argument("--nanogpt-adamw", choices=("fused", "as-is"), default="fused",
                    help="fused: nanoGPT gets fused AdamW (stricter); as-is: its configure_optimizers")
+    p.add_argument("--sync", choices=("auto", "step", "block"), default="auto",
+                   help="step: time every step, each side reading its loss every step (nanoGPT's "
+                        "--log_interval=1); block: time blocks of --block steps, each side reading its loss "
+                        "once per block (our engine's rhythm on an accelerator, nanoGPT's "
+                        "--log_interval=BLOCK); statistics are then over per-block means "
+                        "(default auto: block on CUDA/MPS, step on CPU)")
     p.add_argument("--data-dir", help="prepared data (train.bin/vocab.json); default: Tiny Shakespeare, char")
     p.add_argument("--no-reference", action="store_true", help="measure ours only")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
@@ -94,6 +101,10 @@ class Ours:
 
     def step(self) -> float:
         return self.trainer.train_step().loss
+
+    def steps(self, n: int) -> float:
+        """n steps, losses read back once at the end (the engine's own rhythm on an accelerator)."""
+        return self.trainer.train_steps(n)[-1].loss
 
 
 # -------------------------------------------------------------------------------------------- nanoGPT
@@ -153,7 +164,13 @@ class NanoGPT:
             return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         return x.to(self.device), y.to(self.device)
 
-    def step(self) -> float:
+    def steps(self, n: int) -> float:
+        """n steps, the loss read back at the last one only (train.py with --log_interval=n)."""
+        for _ in range(n - 1):
+            self.step(read=False)
+        return self.step()
+
+    def step(self, read: bool = True) -> float:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr  # train.py sets it every step (its value does not change the cost)
         for _ in range(self.grad_accum):
@@ -168,6 +185,8 @@ class NanoGPT:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if not read:
+            return float("nan")
         return loss.item() * self.grad_accum  # --log_interval=1: one sync per step, as the recipe runs
 
 
@@ -234,6 +253,7 @@ def run(args: argparse.Namespace) -> dict:
             return {}
         ours = build("ours", args, data_dir, tmp / "out")
         device = ours.trainer.device
+        sync_per_block = args.sync == "block" or (args.sync == "auto" and device.type != "cpu")
         runners = [ours]
         if not args.no_reference and (REFERENCE / "model.py").is_file():
             runners.append(build("nanogpt", args, data_dir, tmp / "out", ours))
@@ -247,6 +267,17 @@ def run(args: argparse.Namespace) -> dict:
             order = runners if round_no % 2 == 0 else runners[::-1]  # alternate who goes first
             for r in order:
                 torch.set_num_threads(r.threads)  # each side with its own intra-op thread count
+                if sync_per_block:
+                    n = min(args.block, args.steps - len(times[r.name]))
+                    sync(device)
+                    t0 = time.perf_counter()
+                    losses[r.name] = r.steps(n)
+                    sync(device)
+                    dt = (time.perf_counter() - t0) * 1000.0 / n
+                    if not times[r.name]:
+                        first[r.name] = dt * n  # the first block, compilation included where it applies
+                    times[r.name].extend([dt] * n)
+                    continue
                 for _ in range(min(args.block, args.steps - len(times[r.name]))):
                     sync(device)
                     t0 = time.perf_counter()
@@ -278,7 +309,8 @@ def print_table(results: dict, args: argparse.Namespace) -> None:
     cpu = torch.backends.cpu.get_cpu_capability()
     print(f"# train speed: preset {args.preset}, device {args.device}, "
           f"steps {args.skip}-{args.steps} per side, "
-          f"blocks of {args.block}, torch {torch.__version__}, CPU capability {cpu}")
+          f"blocks of {args.block}, loss read every {args.sync if args.sync != 'auto' else 'step/block (auto)'}, "
+          f"torch {torch.__version__}, CPU capability {cpu}")
     head = (f"| {'run':<60} | median ms | p10-p90 ms    | first step ms | tokens/s | peak MiB | "
             f"ours/nanoGPT |")
     print(head)
