@@ -272,3 +272,14 @@ def test_deferred_loss_reads_still_stop_on_nan(shakespeare_dir: Path, tmp_path: 
     events = run_collect(trainer)
     assert [type(e) for e in events] == [RunStarted, StepDone, RunFinished]  # step 1 is reported, then the stop
     assert events[-1].reason == "error" and "loss became nan at step 2" in events[-1].message
+
+
+def test_train_steps_reads_losses_once_and_matches_train_step(shakespeare_dir: Path, tmp_path: Path) -> None:
+    one = build_trainer(settings(shakespeare_dir, tmp_path / "one", steps=6))
+    many = build_trainer(settings(shakespeare_dir, tmp_path / "many", steps=6))
+    many.sync_every = 3  # as on an accelerator: losses stay on the device until the end of the call
+    singles = [one.train_step() for _ in range(3)]
+    together = many.train_steps(3)
+    assert [e.step for e in together] == [1, 2, 3] and many.step == 3
+    assert [e.loss for e in together] == [e.loss for e in singles]
+    assert [e["step"] for e in many.log] == [1, 2, 3]
