@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,6 +153,44 @@ def test_configure_threads_divides_the_cores_among_the_shards():
     assert torch.get_num_threads() == max(1, default // 2)
     runtime.configure_threads(CPU, 1)
     assert torch.get_num_threads() == default
+
+
+_FAULTS_PER_STEP = """
+import resource, sys, torch
+from nanogpt import runtime
+from nanogpt.config import ModelConfig
+from nanogpt.model import GPT
+torch.set_num_threads(1)
+if sys.argv[1] == "tuned":
+    assert runtime.keep_freed_memory()
+torch.manual_seed(0)
+model = GPT(ModelConfig(n_layer=2, n_head=4, n_embd=128, block_size=64, vocab_size=65, dropout=0.0))
+x = torch.randint(0, 65, (12, 64))
+def step():
+    _, loss = model(x, x)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+for _ in range(3):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    step()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+"""
+
+
+@pytest.mark.skipif(not (sys.platform == "linux" and platform.libc_ver()[0] == "glibc"), reason="glibc only")
+def test_keep_freed_memory_stops_the_page_faults_of_every_step():
+    """glibc's default gives back and re-faults a cpu-small-sized step's activations every step."""
+    env = {**os.environ, "PYTHONPATH": str(Path(runtime.__file__).parents[1])}
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"):
+        env.pop(name, None)
+    faults = {
+        mode: float(subprocess.run([sys.executable, "-c", _FAULTS_PER_STEP, mode], env=env, check=True,
+                                   capture_output=True, text=True).stdout)
+        for mode in ("default", "tuned")
+    }
+    assert faults["default"] > 100 and faults["tuned"] < faults["default"] / 10, faults
 
 
 # ------------------------------------------------------------------------------ the model's training math

@@ -198,7 +198,47 @@ def shard_threads(workers: int) -> int:
 
 
 def configure_threads(device: torch.device, workers: int = 1) -> None:
-    """Intra-op threads: torch's default normally; the cores divided among the shards under CoreParallel."""
+    """Intra-op threads: torch's default normally; the cores divided among the shards under CoreParallel.
+    On CPU also keeps freed memory in the process (see keep_freed_memory)."""
     if device.type != "cpu":
         return
     torch.set_num_threads(shard_threads(workers))
+    keep_freed_memory()
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_ALLOCATOR_TUNED = False
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the OS at once.
+
+    Why: a CPU training step allocates and frees its activations (up to ~1 MB each for cpu-small), and by
+    default glibc trims the heap top and unmaps blocks as they are freed, so the next step faults the same
+    pages in again: ~1,400 page faults and ~4.5 ms of kernel time per cpu-small step, measured with getrusage
+    on Zen 3. With two CoreParallel shard threads in one address space those faults also contend for the
+    process's memory map lock. With the settings below the faults go to ~2 per step and the kernel time to
+    ~0.5 ms (wall time: ~5% per step, inside this box's noise). The cost: up to 256 MiB of freed memory
+    stays with the process rather than going back to the OS, while it runs. glibc (Linux) only; elsewhere a
+    no-op. Process-wide and idempotent; returns whether it applied.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return True
+    try:
+        import ctypes
+        import platform
+
+        if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+            return False
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    # a fixed mmap threshold (also ends glibc's sliding one) well above any activation, a heap that is
+    # trimmed only past 256 MiB of free space at the top, and heap growth in 64 MiB strides
+    _ALLOCATOR_TUNED = all(
+        mallopt(param, value) == 1
+        for param, value in ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 256 << 20), (_M_TOP_PAD, 64 << 20))
+    )
+    return _ALLOCATOR_TUNED
