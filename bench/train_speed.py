@@ -1,11 +1,13 @@
-"""Training speed, ours against nanoGPT, side by side in one process on the same data and shapes.
+"""Training speed, ours against nanoGPT, taking turns on the same machine, data and shapes.
 
 Ours is measured through the engine (`Trainer.train_step()`: the step users run). nanoGPT is the
 unmodified reference at ../shared/reference/nanoGPT: its model.py is imported from there and driven the
 way its train.py does (memmap batches, clip_grad_norm_, zero_grad(set_to_none), loss.item() every step
 as with the recipe's --log_interval=1; with --sync block, on CUDA/MPS by default, both read it once per
-block instead and blocks are timed whole). The two alternate in blocks of steps so that the noise of a
-shared machine falls on both alike; compare the ratio, not the bare times.
+block instead and blocks are timed whole). Each side runs in a process of its own (what one sets for its
+whole process, e.g. threads or allocator settings, stays there, as when each is run alone); the two
+alternate in blocks of steps so that the noise of a shared machine falls on both alike; compare the
+ratio, not the bare times.
 
     PYTHONPATH=src python bench/train_speed.py                      # cpu-small on CPU, 300 steps
     PYTHONPATH=src python bench/train_speed.py --device cuda --preset baby-gpt --steps 200 --skip 50
@@ -54,11 +56,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "once per block (our engine's rhythm on an accelerator, nanoGPT's "
                         "--log_interval=BLOCK); statistics are then over per-block means "
                         "(default auto: block on CUDA/MPS, step on CPU)")
+    p.add_argument("--batch-size", type=int, help="override the preset's batch size (both sides)")
+    p.add_argument("--grad-accum", type=int, help="override the preset's accumulation (both sides); e.g. 1 "
+                   "for gpt2-124m, whose 40 micro-steps per step only make the run longer")
+    p.add_argument("--peak-tflops", type=float,
+                   help="the card's dense bf16 peak for the MFU column (default: known for H100/H200/A100)")
     p.add_argument("--data-dir", help="prepared data (train.bin/vocab.json); default: Tiny Shakespeare, char")
     p.add_argument("--no-reference", action="store_true", help="measure ours only")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
     p.add_argument("--json", help="also write the results to this JSON file")
-    p.add_argument("--probe", choices=("ours", "nanogpt"), help=argparse.SUPPRESS)  # child: memory probe
+    p.add_argument("--worker", choices=("ours", "nanogpt"), help=argparse.SUPPRESS)  # child: one side
+    p.add_argument("--shape", default="{}", help=argparse.SUPPRESS)  # child: the work, as ours resolved it
+    p.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # child: peak memory only
     return p.parse_args(argv)
 
 
@@ -86,11 +95,18 @@ class Ours:
                      "out_dir": str(out_dir)}
         if args.compile != "auto":
             overrides["compile"] = args.compile == "on"
-        from nanogpt import runtime
+        for name in ("batch_size", "grad_accum"):
+            if getattr(args, name):
+                overrides[name] = getattr(args, name)
+        from nanogpt import config
 
-        self.default_threads = runtime._default_threads()  # torch's own setting, before the engine changes it
         self.trainer = engine.build_trainer(overrides, preset=args.preset)
         self.threads = torch.get_num_threads()  # what the engine chose for its step
+        t = self.trainer
+        # what nanoGPT's side needs to build the same work (sent to its own process)
+        self.shape = {"model": config.to_dict(t.model_cfg), "train": config.to_dict(t.train_cfg),
+                      "device": str(t.device), "dtype": str(t.dtype).removeprefix("torch."),
+                      "n_params": t.n_params()}
         self.compiled = self.trainer.forward_model is not self.trainer.model
         self.tokens_per_step = self.trainer.tokens_per_step
         shards = self.trainer.core_parallel.workers if getattr(self.trainer, "core_parallel", None) else 1
@@ -113,11 +129,14 @@ class NanoGPT:
 
     name = "nanogpt"
 
-    def __init__(self, args: argparse.Namespace, data_dir: Path, ours_cfg: tuple, ours_threads_default: int):
+    def __init__(self, args: argparse.Namespace, data_dir: Path, shape: dict):
         spec = importlib.util.spec_from_file_location("reference_nanogpt_model", REFERENCE / "model.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        model_cfg, train_cfg, device, dtype = ours_cfg
+        model_cfg = argparse.Namespace(**shape["model"])
+        train_cfg = argparse.Namespace(**shape["train"])
+        device, dtype = torch.device(shape["device"]), getattr(torch, shape["dtype"])
+        threads = torch.get_num_threads()  # torch's default in this fresh process, as train.py runs
         self.device = device
         torch.manual_seed(train_cfg.seed)
         with contextlib.redirect_stdout(sys.stderr):  # it prints parameter counts
@@ -148,8 +167,7 @@ class NanoGPT:
         self.tokens_per_step = self.batch_size * self.block_size * self.grad_accum
         fused = bool(self.optimizer.defaults.get("fused"))
         self.label = (f"nanoGPT ({str(dtype).removeprefix('torch.')}, {'fused' if fused else 'foreach'} AdamW"
-                      f"{', compiled' if compile_on else ''}, {ours_threads_default} threads)")
-        self.threads = ours_threads_default  # torch's default, as nanoGPT's train.py runs
+                      f"{', compiled' if compile_on else ''}, {threads} threads)")
         self.x, self.y = self.get_batch()
 
     def get_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,13 +209,9 @@ class NanoGPT:
 
 
 # ------------------------------------------------------------------------------------------ measuring
-def build(which: str, args: argparse.Namespace, data_dir: Path, out_dir: Path, ours: Ours | None = None):
-    if which == "ours":
-        return Ours(args, data_dir, out_dir)
-    t = ours.trainer
-    return NanoGPT(args, data_dir, (t.model_cfg, t.train_cfg, t.device, t.dtype), ours.default_threads)
-
-
+# Each side runs in a process of its own (a worker), so that what one sets for the whole process (intra-op
+# threads, the engine's allocator settings, oneDNN flags) cannot help or hurt the other; the parent makes
+# them take turns, a block of steps each, so a noisy machine's slow spells fall on both alike.
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -212,96 +226,171 @@ def rss_mib() -> float:
         return 0.0
 
 
-def probe_memory(args: argparse.Namespace, data_dir: Path, out_dir: Path) -> None:
-    """Child process: build one side, run 20 steps, print its peak memory in MiB (on CPU: RSS growth)."""
-    device = torch.device(args.device)
-    ours = build("ours", args, data_dir, out_dir)
-    runner = ours if args.probe == "ours" else build("nanogpt", args, data_dir, out_dir, ours)
-    before = rss_mib()  # after building: both sides count what their training steps add (optimizer state too)
-    torch.set_num_threads(runner.threads)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for _ in range(20):
-        runner.step()
-    sync(device)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
-    print(json.dumps({"peak_mib": peak}))
+def build_runner(args: argparse.Namespace, data_dir: Path, out_dir: Path):
+    if args.worker == "ours":
+        return Ours(args, data_dir, out_dir)
+    return NanoGPT(args, data_dir, json.loads(args.shape))
 
 
-def memory_of(which: str, args: argparse.Namespace, data_dir: Path) -> float | None:
-    """Peak memory of one side, measured alone in a fresh process (one process cannot separate the two)."""
-    cmd = [sys.executable, __file__, "--probe", which, "--data-dir", str(data_dir), "--preset", args.preset,
-           "--device", args.device, "--dtype", args.dtype, "--compile", args.compile,
-           "--nanogpt-compile", args.nanogpt_compile, "--nanogpt-adamw", args.nanogpt_adamw]
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        print(f"memory probe for {which} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+def timed_steps(runner, n: int, device: torch.device, per_block: bool) -> tuple[list[float], float]:
+    """Run n steps; per-step milliseconds (per_block: the block's mean for each) and the last loss."""
+    if per_block:
+        sync(device)
+        t0 = time.perf_counter()
+        loss = runner.steps(n)
+        sync(device)
+        return [(time.perf_counter() - t0) * 1000.0 / n] * n, loss
+    times = []
+    for _ in range(n):
+        sync(device)
+        t0 = time.perf_counter()
+        loss = runner.step()
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return times, loss
+
+
+def worker_main(args: argparse.Namespace) -> None:
+    """Child: build one side, say so on stdout, then run the blocks of steps the parent asks for on stdin.
+    With --probe, instead run 20 steps and print the peak memory (on CPU: resident-memory growth)."""
+    data_dir = Path(args.data_dir)
+    with tempfile.TemporaryDirectory(prefix="train_speed_out_") as out, contextlib.redirect_stdout(sys.stderr):
+        runner = build_runner(args, data_dir, Path(out))
+    device = torch.device(json.loads(args.shape)["device"] if args.worker == "nanogpt" else
+                          str(runner.trainer.device))
+    per_block = args.sync == "block" or (args.sync == "auto" and device.type != "cpu")
+    if args.probe:
+        before = rss_mib()  # after building: both sides count what their steps add (optimizer state too)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        timed_steps(runner, 20, device, per_block)
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+        print(json.dumps({"peak_mib": peak}), flush=True)
+        return
+    print(json.dumps({"label": runner.label, "tokens_per_step": runner.tokens_per_step, "per_block": per_block,
+                      "shape": getattr(runner, "shape", None)}), flush=True)
+    for line in sys.stdin:
+        times, loss = timed_steps(runner, int(line), device, per_block)
+        print(json.dumps({"times": times, "loss": loss}), flush=True)
+
+
+class Worker:
+    """Parent side of one worker process."""
+
+    def __init__(self, which: str, args: argparse.Namespace, data_dir: Path, shape: dict | None = None,
+                 probe: bool = False):
+        cmd = [sys.executable, __file__, "--worker", which, "--data-dir", str(data_dir), "--preset", args.preset,
+               "--device", args.device, "--dtype", args.dtype, "--compile", args.compile,
+               "--nanogpt-compile", args.nanogpt_compile, "--nanogpt-adamw", args.nanogpt_adamw,
+               "--sync", args.sync, "--shape", json.dumps(shape or {})]
+        for name in ("batch_size", "grad_accum"):
+            if getattr(args, name):
+                cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+        if probe:
+            cmd.append("--probe")
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.name = which
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.info = self._reply()
+
+    def _reply(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"the {self.name} worker failed (its error is above)")
+        return json.loads(line)
+
+    def steps(self, n: int) -> dict:
+        self.proc.stdin.write(f"{n}\n")
+        self.proc.stdin.flush()
+        return self._reply()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def memory_of(which: str, args: argparse.Namespace, data_dir: Path, shape: dict) -> float | None:
+    """Peak memory of one side over its first 20 steps, alone in a fresh process."""
+    try:
+        probe = Worker(which, args, data_dir, shape, probe=True)
+    except SystemExit as e:
+        print(f"memory probe for {which}: {e}", file=sys.stderr)
         return None
-    return json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"]
+    probe.proc.wait()
+    return probe.info["peak_mib"]
 
 
 def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="train_speed_") as tmp_name:
-        tmp = Path(tmp_name)
-        data_dir = prepared_data(args, tmp)
-        if args.probe:
-            probe_memory(args, data_dir, tmp / "out")
-            return {}
-        ours = build("ours", args, data_dir, tmp / "out")
-        device = ours.trainer.device
-        sync_per_block = args.sync == "block" or (args.sync == "auto" and device.type != "cpu")
-        runners = [ours]
+        data_dir = prepared_data(args, Path(tmp_name))
+        workers = [Worker("ours", args, data_dir)]
+        shape = workers[0].info["shape"]
         if not args.no_reference and (REFERENCE / "model.py").is_file():
-            runners.append(build("nanogpt", args, data_dir, tmp / "out", ours))
+            workers.append(Worker("nanogpt", args, data_dir, shape))
         elif not args.no_reference:
             print(f"nanoGPT reference not found at {REFERENCE}: measuring ours only", file=sys.stderr)
-        times: dict[str, list[float]] = {r.name: [] for r in runners}
+        times: dict[str, list[float]] = {w.name: [] for w in workers}
         first: dict[str, float] = {}
         losses: dict[str, float] = {}
         round_no = 0
-        while any(len(times[r.name]) < args.steps for r in runners):
-            order = runners if round_no % 2 == 0 else runners[::-1]  # alternate who goes first
-            for r in order:
-                torch.set_num_threads(r.threads)  # each side with its own intra-op thread count
-                if sync_per_block:
-                    n = min(args.block, args.steps - len(times[r.name]))
-                    sync(device)
-                    t0 = time.perf_counter()
-                    losses[r.name] = r.steps(n)
-                    sync(device)
-                    dt = (time.perf_counter() - t0) * 1000.0 / n
-                    if not times[r.name]:
-                        first[r.name] = dt * n  # the first block, compilation included where it applies
-                    times[r.name].extend([dt] * n)
+        while any(len(times[w.name]) < args.steps for w in workers):
+            order = workers if round_no % 2 == 0 else workers[::-1]  # alternate who goes first
+            for w in order:
+                n = min(args.block, args.steps - len(times[w.name]))
+                if n <= 0:
                     continue
-                for _ in range(min(args.block, args.steps - len(times[r.name]))):
-                    sync(device)
-                    t0 = time.perf_counter()
-                    losses[r.name] = r.step()
-                    sync(device)
-                    dt = (time.perf_counter() - t0) * 1000.0
-                    if not times[r.name]:
-                        first[r.name] = dt  # includes compilation where it applies
-                    times[r.name].append(dt)
+                reply = w.steps(n)
+                if not times[w.name]:
+                    # the first step (with --sync block: the first block), compilation included where it applies
+                    first[w.name] = reply["times"][0] * (n if w.info["per_block"] else 1)
+                times[w.name].extend(reply["times"])
+                losses[w.name] = reply["loss"]
             round_no += 1
+        for w in workers:
+            w.close()
         results = {}
-        for r in runners:
-            kept = times[r.name][args.skip:] or times[r.name]
+        for w in workers:
+            kept = times[w.name][args.skip:] or times[w.name]
             q = statistics.quantiles(kept, n=10) if len(kept) > 1 else [kept[0]] * 9
-            results[r.name] = {
-                "label": r.label, "median_ms": statistics.median(kept), "p10_ms": q[0], "p90_ms": q[-1],
-                "first_step_ms": first[r.name],
-                "tokens_per_s": r.tokens_per_step / statistics.median(kept) * 1e3,
-                "last_loss": losses[r.name], "steps": len(kept),
+            results[w.name] = {
+                "label": w.info["label"], "median_ms": statistics.median(kept), "p10_ms": q[0], "p90_ms": q[-1],
+                "first_step_ms": first[w.name],
+                "tokens_per_s": w.info["tokens_per_step"] / statistics.median(kept) * 1e3,
+                "last_loss": losses[w.name], "steps": len(kept),
+                "flops_per_step": flops_per_step(shape, shape["n_params"]),
             }
         if not args.no_memory:
-            for r in runners:
-                results[r.name]["peak_mib"] = memory_of(r.name, args, data_dir)
+            for w in workers:
+                results[w.name]["peak_mib"] = memory_of(w.name, args, data_dir, shape)
     return results
+
+
+# dense bf16 tensor-core peaks (FLOP/s) by device name, for the MFU column
+PEAKS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("A100", 312e12))
+
+
+def flops_per_step(shape: dict, n_params: int) -> float:
+    """nanoGPT's estimate (its GPT.estimate_mfu, from the PaLM paper): 6N + 12*L*H*Q*T per token, with N the
+    parameters without position embeddings, times the tokens of one optimizer step."""
+    m, t = shape["model"], shape["train"]
+    L, H, Q, T = m["n_layer"], m["n_head"], m["n_embd"] // m["n_head"], m["block_size"]
+    per_token = 6 * n_params + 12 * L * H * Q * T
+    return per_token * T * t["batch_size"] * t["grad_accum"]
+
+
+def peak_flops(args: argparse.Namespace) -> tuple[float, str] | None:
+    if args.peak_tflops:
+        return args.peak_tflops * 1e12, f"--peak-tflops {args.peak_tflops:g}"
+    if args.device != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    for key, peak in PEAKS:
+        if key in name:
+            return peak, f"{name}: {peak / 1e12:.0f} TFLOP/s dense bf16"
+    return None
 
 
 def print_table(results: dict, args: argparse.Namespace) -> None:
@@ -311,8 +400,9 @@ def print_table(results: dict, args: argparse.Namespace) -> None:
           f"steps {args.skip}-{args.steps} per side, "
           f"blocks of {args.block}, loss read every {args.sync if args.sync != 'auto' else 'step/block (auto)'}, "
           f"torch {torch.__version__}, CPU capability {cpu}")
+    peak = peak_flops(args)
     head = (f"| {'run':<60} | median ms | p10-p90 ms    | first step ms | tokens/s | peak MiB | "
-            f"ours/nanoGPT |")
+            f"ours/nanoGPT |" + (" MFU    |" if peak else ""))
     print(head)
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
     for name in ("nanogpt", "ours"):
@@ -323,10 +413,13 @@ def print_table(results: dict, args: argparse.Namespace) -> None:
             ratio = f"{r['median_ms'] / base['median_ms']:.3f}" if name == "ours" else "1.000"
         else:
             ratio = "-"
+        mfu = f" {r['flops_per_step'] / (r['median_ms'] / 1e3) / peak[0]:6.1%} |" if peak else ""
         mem = f"{r['peak_mib']:.0f}" if r.get("peak_mib") is not None else "-"
         spread = f"{r['p10_ms']:.1f}-{r['p90_ms']:.1f}"
         print(f"| {r['label']:<60} | {r['median_ms']:9.1f} | {spread:<13} | {r['first_step_ms']:13.0f} | "
-              f"{r['tokens_per_s']:8.0f} | {mem:>8} | {ratio:>12} |")
+              f"{r['tokens_per_s']:8.0f} | {mem:>8} | {ratio:>12} |{mfu}")
+    if peak:
+        print(f"MFU: nanoGPT's FLOP estimate per step over the median step time, against {peak[1]}")
     if args.device == "cpu":
         print("peak MiB on CPU: growth of resident memory over the first 20 steps (activations, gradients,"
               " optimizer state), each side in a fresh process")
@@ -336,9 +429,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.skip >= args.steps:
         args.skip = 0
-    results = run(args)
-    if args.probe:
+    if args.worker:
+        worker_main(args)
         return 0
+    results = run(args)
     print_table(results, args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

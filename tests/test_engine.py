@@ -277,7 +277,6 @@ def test_deferred_loss_reads_still_stop_on_nan(shakespeare_dir: Path, tmp_path: 
 def test_train_steps_reads_losses_once_and_matches_train_step(shakespeare_dir: Path, tmp_path: Path) -> None:
     one = build_trainer(settings(shakespeare_dir, tmp_path / "one", steps=6))
     many = build_trainer(settings(shakespeare_dir, tmp_path / "many", steps=6))
-    many.sync_every = 3  # as on an accelerator: losses stay on the device until the end of the call
     singles = [one.train_step() for _ in range(3)]
     together = many.train_steps(3)
     assert [e.step for e in together] == [1, 2, 3] and many.step == 3

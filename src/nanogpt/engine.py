@@ -289,9 +289,9 @@ class Trainer:
 
     def train_steps(self, n: int) -> list[StepDone]:
         """`n` steps whose losses are read back together at the end: on an accelerator, no host-device
-        sync between them (what `run` does per log interval). Raises TrainingDiverged on NaN/inf."""
-        check = self.sync_every == 1
-        return list(self._settle([self._step(check=check) for _ in range(n)]))
+        sync between them (what `run` does per log interval). Raises TrainingDiverged on NaN/inf, found at
+        the end (the weights have moved on by then)."""
+        return list(self._settle([self._step(check=False) for _ in range(n)]))
 
     def _step(self, check: bool) -> _Pending:
         """The step's work. check: read the loss now and refuse a NaN/inf before the weights move (CPU,
