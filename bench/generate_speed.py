@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT.parent / "shared" / "reference" / "nanoGPT"
+REFERENCE = Path(os.environ.get("NANOGPT_SHARED", ROOT.parent / "shared")) / "reference" / "nanoGPT"
 sys.path.insert(0, str(ROOT / "src"))
 
 from nanogpt.config import ModelConfig  # noqa: E402 - after the sys.path line above

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("NANOGPT_SHARED", ROOT.parent / "shared"))  # ../shared, or where it was copied
 TIKTOKEN_BASELINE = """
 import sys, time
 sys.path.insert(0, {src!r})

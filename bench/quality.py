@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT.parent / "shared" / "reference" / "nanoGPT"
+REFERENCE = Path(os.environ.get("NANOGPT_SHARED", ROOT.parent / "shared")) / "reference" / "nanoGPT"
 
 
 def full_val_loss(model, val, block: int, device) -> float:

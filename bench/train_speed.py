@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("NANOGPT_SHARED", ROOT.parent / "shared"))  # ../shared, or where it was copied
 REFERENCE = SHARED / "reference" / "nanoGPT"
 
 
@@ -274,7 +274,9 @@ def worker_main(args: argparse.Namespace) -> None:
                       "shape": getattr(runner, "shape", None)}), flush=True)
     for line in sys.stdin:
         times, loss = timed_steps(runner, int(line), device, per_block)
-        print(json.dumps({"times": times, "loss": loss}), flush=True)
+        # on CUDA each side's process has its own allocator: its peak is that side's alone
+        peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+        print(json.dumps({"times": times, "loss": loss, "peak_mib": peak}), flush=True)
 
 
 class Worker:
@@ -335,6 +337,7 @@ def run(args: argparse.Namespace) -> dict:
         times: dict[str, list[float]] = {w.name: [] for w in workers}
         first: dict[str, float] = {}
         losses: dict[str, float] = {}
+        peaks: dict[str, float | None] = {}
         round_no = 0
         while any(len(times[w.name]) < args.steps for w in workers):
             order = workers if round_no % 2 == 0 else workers[::-1]  # alternate who goes first
@@ -348,6 +351,7 @@ def run(args: argparse.Namespace) -> dict:
                     first[w.name] = reply["times"][0] * (n if w.info["per_block"] else 1)
                 times[w.name].extend(reply["times"])
                 losses[w.name] = reply["loss"]
+                peaks[w.name] = reply["peak_mib"]
             round_no += 1
         for w in workers:
             w.close()
@@ -360,9 +364,9 @@ def run(args: argparse.Namespace) -> dict:
                 "first_step_ms": first[w.name],
                 "tokens_per_s": w.info["tokens_per_step"] / statistics.median(kept) * 1e3,
                 "last_loss": losses[w.name], "steps": len(kept),
-                "flops_per_step": flops_per_step(shape, shape["n_params"]),
+                "flops_per_step": flops_per_step(shape, shape["n_params"]), "peak_mib": peaks[w.name],
             }
-        if not args.no_memory:
+        if not args.no_memory and peaks[workers[0].name] is None:  # CPU: resident-memory growth, fresh processes
             for w in workers:
                 results[w.name]["peak_mib"] = memory_of(w.name, args, data_dir, shape)
     return results
@@ -423,6 +427,8 @@ def print_table(results: dict, args: argparse.Namespace) -> None:
     if args.device == "cpu":
         print("peak MiB on CPU: growth of resident memory over the first 20 steps (activations, gradients,"
               " optimizer state), each side in a fresh process")
+    elif args.device == "cuda":
+        print("peak MiB on CUDA: torch.cuda.max_memory_allocated() of each side's own process over the run")
 
 
 def main(argv: list[str] | None = None) -> int:

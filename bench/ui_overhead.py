@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_TEXT = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+SHARED_TEXT = Path(os.environ.get("NANOGPT_SHARED", ROOT.parent / "shared")) / "data" / "tinyshakespeare.txt"
 VARIANTS = ("engine", "headless", "tui", "cli-headless", "cli-tui-pty")
 
 
