@@ -282,3 +282,19 @@ def test_train_steps_reads_losses_once_and_matches_train_step(shakespeare_dir: P
     assert [e.step for e in together] == [1, 2, 3] and many.step == 3
     assert [e.loss for e in together] == [e.loss for e in singles]
     assert [e["step"] for e in many.log] == [1, 2, 3]
+
+
+@pytest.mark.slow  # compiling takes ~30-60 s on a 2-core CPU the first time (inductor then caches it)
+def test_compiled_cpu_shards_train_like_eager(shakespeare_dir: Path, tmp_path: Path) -> None:
+    """--compile on CPU keeps the core-parallel shards (inductor's C++ wrapper: no GIL between kernels)."""
+    opts = dict(steps=5, batch_size=8)
+    eager = build_trainer(settings(shakespeare_dir, tmp_path / "eager", **opts))
+    compiled = build_trainer(settings(shakespeare_dir, tmp_path / "compiled", compile=True, **opts))
+    if eager.core_parallel is None:
+        pytest.skip("one CPU core: no shards to compare")
+    assert compiled.core_parallel is not None and compiled.forward_model is not compiled.model
+    a, b = run_collect(eager), run_collect(compiled)
+    assert b[-1].reason == "completed", b[-1]
+    torch.testing.assert_close(losses(b), losses(a), rtol=0, atol=1e-4)
+    for p, q in zip(eager.model.parameters(), compiled.model.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-4)

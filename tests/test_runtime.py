@@ -137,11 +137,10 @@ def test_core_parallel_adds_to_existing_gradients_and_repeats_exactly():
 
 
 def test_core_parallel_is_used_only_where_it_is_safe():
-    common = {"batch_size": 12, "dropout": 0.0, "dtype": torch.float32, "compiled": False, "world_size": 1}
+    common = {"batch_size": 12, "dropout": 0.0, "dtype": torch.float32, "world_size": 1}
     assert runtime.core_parallel_workers(CPU, **common) == min(runtime._default_threads(), 12)
     assert runtime.core_parallel_workers(torch.device("cuda"), **common) == 1
     assert runtime.core_parallel_workers(CPU, **{**common, "dropout": 0.1}) == 1  # masks would not repeat
-    assert runtime.core_parallel_workers(CPU, **{**common, "compiled": True}) == 1
     assert runtime.core_parallel_workers(CPU, **{**common, "world_size": 2}) == 1
     assert runtime.core_parallel_workers(CPU, **{**common, "dtype": torch.float16}) == 1
     assert runtime.core_parallel_workers(CPU, **{**common, "batch_size": 1}) == 1

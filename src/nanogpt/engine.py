@@ -206,9 +206,17 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type) if self.dtype == torch.float16 else None
         if resume is not None:
             self._restore(resume)
+        # CPU: each micro-batch runs as single-threaded shards side by side, one per core (see runtime)
+        workers = runtime.core_parallel_workers(
+            device,
+            batch_size=train_cfg.batch_size,
+            dropout=model_cfg.dropout,
+            dtype=self.dtype,
+            world_size=self.world_size,
+        )
         self.forward_model: torch.nn.Module = self.model  # what training and evaluation call
         if runtime.should_compile(train_cfg.compile, device):
-            self.forward_model = torch.compile(self.model)
+            self.forward_model = runtime.compile_model(self.model, device, workers)
         self.train_module: torch.nn.Module = self.forward_model
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -219,15 +227,6 @@ class Trainer:
                 else None
             )
             self.train_module = DistributedDataParallel(self.forward_model, device_ids=ids)
-        # CPU: each micro-batch runs as single-threaded shards side by side, one per core (see runtime)
-        workers = runtime.core_parallel_workers(
-            device,
-            batch_size=train_cfg.batch_size,
-            dropout=model_cfg.dropout,
-            dtype=self.dtype,
-            compiled=self.forward_model is not self.model,
-            world_size=self.world_size,
-        )
         self.core_parallel = runtime.CoreParallel(workers) if workers > 1 else None
         # steps whose losses `run` reads back at once: 1 on CPU (free there; a NaN then stops the run before
         # the weights move), the log interval on CUDA/MPS (one host-device sync per interval, not per step)

@@ -94,11 +94,22 @@ def should_compile(requested: bool | None, device: torch.device) -> bool:
     45-46 ms for one shard alone). With `torch._inductor.config.cpp_wrapper = True` the whole graph runs
     without the GIL: 91.1 against 99.4 ms per engine step (-8%, same losses to 2e-7; measured on a loaded
     box, interleaved), for ~36 s of compiling, more than the 2000-step cpu-small run (~100 s) gains back.
-    So CPU stays uncompiled by default and core_parallel_workers still keeps compiled runs off the shards.
+    So CPU stays uncompiled by default; `--compile` there gets compiled shards (compile_model).
+    Re-measured 2026-11-26 (idle Zen 3, two shards, interleaved): 47.4-49.7 against 51.2-52.7 ms (-6 to
+    -7%), compiling in 55 s the first time and 2-3 s once inductor's on-disk cache holds the kernels.
     """
     if requested is not None:
         return requested
     return device.type == "cuda"
+
+
+def compile_model(model: torch.nn.Module, device: torch.device, shards: int) -> torch.nn.Module:
+    """torch.compile; for CPU shards with inductor's C++ wrapper, whose compiled graph runs without the GIL
+    (the default Python wrapper holds it while calling the kernels, so two shard threads would take turns).
+    An inductor option of this compiled model only: no process-wide setting changes."""
+    if device.type == "cpu" and shards > 1:
+        return torch.compile(model, options={"cpp_wrapper": True})
+    return torch.compile(model)
 
 
 def cpu_cores() -> int:
@@ -169,14 +180,15 @@ class CoreParallel:
 
 
 def core_parallel_workers(device: torch.device, *, batch_size: int, dropout: float, dtype: torch.dtype,
-                          compiled: bool, world_size: int) -> int:
+                          world_size: int) -> int:
     """How many CoreParallel shards pay for this run (one per core torch would use); below 2: the usual way.
 
-    Only on CPU, single process (torchrun ranks already own their cores), uncompiled, without dropout (its
-    random masks would be drawn from the shared generator in thread order, so runs would not repeat) and
-    without float16 (its GradScaler is not thread-safe). OMP_NUM_THREADS=1 turns it off.
+    Only on CPU, single process (torchrun ranks already own their cores), without dropout (its random
+    masks would be drawn from the shared generator in thread order, so runs would not repeat) and without
+    float16 (its GradScaler is not thread-safe). OMP_NUM_THREADS=1 turns it off. A compiled model runs as
+    shards too (see compile_model).
     """
-    if device.type != "cpu" or world_size > 1 or compiled or dropout > 0 or dtype == torch.float16:
+    if device.type != "cpu" or world_size > 1 or dropout > 0 or dtype == torch.float16:
         return 1
     return max(1, min(_default_threads(), batch_size))
 
