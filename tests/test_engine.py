@@ -298,3 +298,20 @@ def test_compiled_cpu_shards_train_like_eager(shakespeare_dir: Path, tmp_path: P
     torch.testing.assert_close(losses(b), losses(a), rtol=0, atol=1e-4)
     for p, q in zip(eager.model.parameters(), compiled.model.parameters(), strict=True):
         torch.testing.assert_close(q, p, rtol=0, atol=1e-4)
+
+
+def test_unexpected_error_with_deferred_loss_reads_keeps_every_finished_step(
+    shakespeare_dir: Path, tmp_path: Path
+) -> None:
+    trainer = build_trainer(settings(shakespeare_dir, tmp_path, steps=10))
+    trainer.sync_every = 4  # steps 1-4 are read back together; the front end fails while showing step 3
+
+    def front_end_bug(event) -> None:
+        if isinstance(event, StepDone) and event.step == 3:
+            raise RuntimeError("the front end broke")
+
+    with pytest.raises(RuntimeError, match="front end broke"):
+        run_collect(trainer, on_event=front_end_bug)
+    from nanogpt import checkpoint
+
+    assert [e["step"] for e in checkpoint.read_log(tmp_path / "model_step_4")] == [1, 2, 3, 4]

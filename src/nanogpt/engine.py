@@ -30,7 +30,7 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -284,13 +284,19 @@ class Trainer:
 
         Reads the loss back at once (on an accelerator, a host-device sync); `run` defers that on CUDA/MPS.
         """
-        return next(self._settle([self._step(check=True)]))
+        events, error = self._settle([self._step(check=True)])
+        if error:
+            raise error
+        return events[0]
 
     def train_steps(self, n: int) -> list[StepDone]:
         """`n` steps whose losses are read back together at the end: on an accelerator, no host-device
         sync between them (what `run` does per log interval). Raises TrainingDiverged on NaN/inf, found at
         the end (the weights have moved on by then)."""
-        return list(self._settle([self._step(check=False) for _ in range(n)]))
+        events, error = self._settle([self._step(check=False) for _ in range(n)])
+        if error:
+            raise error
+        return events
 
     def _step(self, check: bool) -> _Pending:
         """The step's work. check: read the loss now and refuse a NaN/inf before the weights move (CPU,
@@ -348,37 +354,39 @@ class Trainer:
         self.batch_counter += cfg.grad_accum * self.world_size
         return _Pending(step=self.step, lr=lr, loss=loss_now, t0=t0, t1=time.perf_counter())
 
-    def _settle(self, pending: list[_Pending]) -> Iterator[StepDone]:
-        """Log finished steps and yield their StepDone events, reading all their deferred losses back in
-        one transfer (and, under DDP, one all-reduce); raises TrainingDiverged at the first NaN/inf.
+    def _settle(self, pending: list[_Pending]) -> tuple[list[StepDone], TrainingDiverged | None]:
+        """Log finished steps and return their StepDone events, reading all their deferred losses back in
+        one transfer (and, under DDP, one all-reduce). At the first NaN/inf: the steps before it, and the
+        error to raise once they are shown (the steps after it are not logged).
 
         A deferred step's host-side time says little (the accelerator runs behind the host), so those
         steps share the wall time from the first one's start to now equally.
         """
         if not pending:
-            return
+            return [], None
         deferred = [p.loss for p in pending if isinstance(p.loss, torch.Tensor)]
         values = iter(distributed.mean(torch.stack(deferred)).tolist() if deferred else ())
-        now = time.perf_counter()
-        shared = (now - pending[0].t0) / len(pending)
+        shared = (time.perf_counter() - pending[0].t0) / len(pending)
+        events: list[StepDone] = []
         for p in pending:
             if isinstance(p.loss, torch.Tensor):
                 loss, duration = next(values), shared
                 if not math.isfinite(loss):
-                    raise TrainingDiverged(
+                    return events, TrainingDiverged(
                         f"training loss became {loss} at step {p.step}; "
                         "try a lower --learning-rate or --grad-clip"
                     )
             else:
                 loss, duration = p.loss, p.t1 - p.t0
             self.log.append({"step": p.step, "loss": loss, "duration_ms": duration * 1000.0})
-            yield StepDone(
+            events.append(StepDone(
                 step=p.step,
                 loss=loss,
                 duration_ms=duration * 1000.0,
                 lr=p.lr,
                 tokens_per_s=self.tokens_per_step / max(duration, 1e-9),
-            )
+            ))
+        return events, None
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -512,8 +520,11 @@ class Trainer:
         def settle() -> None:
             batch = pending[:]
             pending.clear()
-            for event in self._settle(batch):
+            events, error = self._settle(batch)  # logged before any is shown: a failing front end loses none
+            for event in events:
                 emit(event)
+            if error:
+                raise error
 
         def due() -> bool:
             if len(pending) >= self.sync_every:
@@ -573,8 +584,7 @@ class Trainer:
             # (one process only: under DDP the other ranks may be anywhere, and save() talks to them)
             if self.world_size == 1 and self.step != self.last_saved_step:
                 with contextlib.suppress(Exception):
-                    for _ in self._settle(pending):  # log the steps not yet read back, without emitting
-                        pass
+                    self._settle(pending)  # log the steps not yet read back, without emitting them
                     saved = self.save()
                     print(f"nanogpt: unexpected error; saved {saved.stem} first", file=sys.stderr)
             raise
