@@ -79,6 +79,10 @@ class _Pending:
 class TrainingDiverged(Exception):
     """The loss became NaN or infinite: training cannot continue from here."""
 
+    @classmethod
+    def at(cls, step: int, loss: float) -> TrainingDiverged:
+        return cls(f"training loss became {loss} at step {step}; try a lower --learning-rate or --grad-clip")
+
 
 def _dropout_seed(seed: int, index: int) -> int:
     """Seed of the torch RNG (dropout) for global micro-batch `index`: a pure function, so resume needs no
@@ -336,10 +340,7 @@ class Trainer:
             loss_now = distributed.mean(loss_now).item()
             if not math.isfinite(loss_now):
                 self.optimizer.zero_grad(set_to_none=True)
-                raise TrainingDiverged(
-                    f"training loss became {loss_now} at step {self.step + 1}; "
-                    "try a lower --learning-rate or --grad-clip"
-                )
+                raise TrainingDiverged.at(self.step + 1, loss_now)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if cfg.grad_clip > 0:
@@ -372,10 +373,7 @@ class Trainer:
             if isinstance(p.loss, torch.Tensor):
                 loss, duration = next(values), shared
                 if not math.isfinite(loss):
-                    return events, TrainingDiverged(
-                        f"training loss became {loss} at step {p.step}; "
-                        "try a lower --learning-rate or --grad-clip"
-                    )
+                    return events, TrainingDiverged.at(p.step, loss)
             else:
                 loss, duration = p.loss, p.t1 - p.t0
             self.log.append({"step": p.step, "loss": loss, "duration_ms": duration * 1000.0})
