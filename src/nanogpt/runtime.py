@@ -106,10 +106,18 @@ def should_compile(requested: bool | None, device: torch.device) -> bool:
 def compile_model(model: torch.nn.Module, device: torch.device, shards: int) -> torch.nn.Module:
     """torch.compile; for CPU shards with inductor's C++ wrapper, whose compiled graph runs without the GIL
     (the default Python wrapper holds it while calling the kernels, so two shard threads would take turns).
-    An inductor option of this compiled model only: no process-wide setting changes."""
-    if device.type == "cpu" and shards > 1:
+    An inductor option of this compiled model only: no process-wide setting changes. The C++ wrapper is
+    built as a Python extension, so it needs Python's headers; without them, the default wrapper (which
+    works, and gains nothing over eager shards)."""
+    if device.type == "cpu" and shards > 1 and _python_headers():
         return torch.compile(model, options={"cpp_wrapper": True})
     return torch.compile(model)
+
+
+def _python_headers() -> bool:
+    import sysconfig
+
+    return os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h"))
 
 
 def cpu_cores() -> int:
