@@ -95,7 +95,11 @@ class TrainConfig:
         "compute precision; auto picks bfloat16 only where the hardware does it fast",
         choices=("auto", "float32", "bfloat16", "float16"),
     )
-    compile: bool | None = opt(None, "torch.compile the model (default: where it pays off)")
+    compile: bool | None = opt(
+        None,
+        "torch.compile the model (default: on CUDA only; on CPU it pays on long runs: ~7%% per step for "
+        "~1 min of compiling the first time)",
+    )
 
     def validate(self) -> None:
         """Raise ConfigError with one clear line if a setting is impossible."""
