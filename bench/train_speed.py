@@ -101,6 +101,7 @@ class Ours:
         from nanogpt import config
 
         self.trainer = engine.build_trainer(overrides, preset=args.preset)
+        self.device = self.trainer.device
         self.threads = torch.get_num_threads()  # what the engine chose for its step
         t = self.trainer
         # what nanoGPT's side needs to build the same work (sent to its own process)
@@ -256,8 +257,7 @@ def worker_main(args: argparse.Namespace) -> None:
     data_dir = Path(args.data_dir)
     with tempfile.TemporaryDirectory(prefix="train_speed_out_") as out, contextlib.redirect_stdout(sys.stderr):
         runner = build_runner(args, data_dir, Path(out))
-    device = torch.device(json.loads(args.shape)["device"] if args.worker == "nanogpt" else
-                          str(runner.trainer.device))
+    device = runner.device
     per_block = args.sync == "block" or (args.sync == "auto" and device.type != "cpu")
     if args.probe:
         before = rss_mib()  # after building: both sides count what their steps add (optimizer state too)

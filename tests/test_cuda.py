@@ -118,7 +118,7 @@ def test_torchrun_single_process(data_dir: Path, tmp_path: Path) -> None:
     """torchrun with one process: the NCCL process group on CUDA (gloo on CPU), DDP wrapping, rank 0 saving."""
     env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1"}
-    flags = [f for f in TINY_FLAGS]
+    flags = list(TINY_FLAGS)
     flags[flags.index("--device") + 1] = DEVICE
     flags[flags.index("--dtype") + 1] = "auto"
     done = subprocess.run(

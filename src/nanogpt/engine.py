@@ -240,6 +240,8 @@ class Trainer:
         if os.environ.get("NANOGPT_SYNC_EVERY", "").isdigit():
             self.sync_every = max(1, int(os.environ["NANOGPT_SYNC_EVERY"]))
         runtime.configure_threads(device, workers)
+        if device.type == "cpu":
+            runtime.keep_freed_memory()  # a step's activations are reused, not re-faulted (see runtime)
         self.model.train()
         self.train_batches = data.BatchSampler(
             tokens.train,
