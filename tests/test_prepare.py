@@ -255,6 +255,18 @@ def test_mixology_shares_follow_the_percentages(shared_data, tmp_path, tokenizer
     assert leftovers(mix) == []
 
 
+def test_mixology_source_names_the_folder_even_with_stray_sub_folders(tmp_path, capsys):
+    mix = tmp_path / "mix"
+    for name, line in (("25_a", "alpha words here\n"), ("75_b", "beta words there\n"), ("drafts", "stray\n")):
+        (mix / name).mkdir(parents=True)
+        (mix / name / "x.txt").write_text(line * 400, encoding="utf-8")
+    assert main(["prepare", str(mix), "--out-dir", str(tmp_path / "out")]) == 0
+    assert "drafts/" in capsys.readouterr().err  # the stray folder is named as ignored ...
+    meta = json.loads((tmp_path / "out" / "vocab.json").read_text(encoding="utf-8"))
+    assert meta["source"] == str(mix)  # ... but the source recorded is the folder prepared
+    assert [s["path"] for s in meta["sources"]] == ["25_a/", "75_b/"]
+
+
 def test_mixology_percentages_must_sum_to_100(tmp_path, capsys):
     for name in ("30_a", "40_b"):
         (tmp_path / name).mkdir()
