@@ -5,11 +5,11 @@ The `shakespeare_dir` fixture is registered in conftest.py; tests import the set
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from nanogpt.prepare import prepare
 
 SHARED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -50,26 +50,11 @@ TINY_FLAGS = [
 
 
 def prepare_char(text: str, out: Path) -> Path:
-    """A char-level dataset (train.bin, val.bin, vocab.json; 90/10 split) written by `nanogpt prepare` itself
-    when it exists, else by the same rule written out here (sorted characters, uint16 ids)."""
+    """A char-level dataset (train.bin, val.bin, vocab.json; 90/10 split) of `text`, written by `nanogpt prepare`."""
     out.mkdir(parents=True, exist_ok=True)
     src = out / "input.txt"
     src.write_text(text, encoding="utf-8")
-    try:
-        from nanogpt.prepare import prepare
-    except ImportError:
-        prepare = None
-    if prepare is not None:
-        prepare(str(src), tokenizer="char", out_dir=str(out), val_fraction=0.1, strip_gutenberg=False)
-        return out
-    chars = sorted(set(text))
-    stoi = {c: i for i, c in enumerate(chars)}
-    ids = np.array([stoi[c] for c in text], dtype="<u2")
-    n = int(len(ids) * 0.9)
-    ids[:n].tofile(out / "train.bin")
-    ids[n:].tofile(out / "val.bin")
-    meta = {"tokenizer": "char", "vocab_size": len(chars), "itos": chars, "stoi": stoi}
-    (out / "vocab.json").write_text(json.dumps(meta), encoding="utf-8")
+    prepare(str(src), tokenizer="char", out_dir=str(out), val_fraction=0.1, strip_gutenberg=False)
     return out
 
 

@@ -47,6 +47,12 @@ def decode_char(meta: dict, ids: np.ndarray) -> str:
     return "".join(meta["itos"][i] for i in ids)
 
 
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch):
+    """Every test runs in its own tmp_path, where prepare's default output folder data/NAME/ lands."""
+    monkeypatch.chdir(tmp_path)
+
+
 def leftovers(folder: Path) -> list[str]:
     """Temporary files prepare might have left behind."""
     return sorted(p.name for p in folder.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp")
@@ -70,20 +76,21 @@ def test_char_is_byte_identical_to_nanogpt(shared_data, reference_nanogpt, tmp_p
     shutil.copy(shared_data / "tinyshakespeare.txt", src)
     result = run_cli("prepare", str(src))
     assert result.returncode == 0, result.stderr
-    assert (src.parent / "train.bin").read_bytes() == (ref / "train.bin").read_bytes()
-    assert (src.parent / "val.bin").read_bytes() == (ref / "val.bin").read_bytes()
-    meta, train, val = load(src.parent)
+    out = tmp_path / "data" / "input"
+    assert (out / "train.bin").read_bytes() == (ref / "train.bin").read_bytes()
+    assert (out / "val.bin").read_bytes() == (ref / "val.bin").read_bytes()
+    meta, train, val = load(out)
     assert (meta["tokenizer"], meta["vocab_size"], meta["dtype"]) == ("char", 65, "uint16")
     assert (len(train), len(val)) == (1_003_854, 111_540) == (meta["train_tokens"], meta["val_tokens"])
     assert meta["itos"] == sorted(meta["itos"]) and meta["stoi"] == {c: i for i, c in enumerate(meta["itos"])}
-    assert leftovers(src.parent) == []
+    assert leftovers(tmp_path) == []
 
 
 def test_char_split_and_round_trip(tmp_path):
     text = "".join(f"line {i}: the quick brown fox, {i * i}!\n" for i in range(500))
     (tmp_path / "t.txt").write_text(text, encoding="utf-8")
     assert main(["prepare", str(tmp_path / "t.txt"), "--val-fraction", "0.25"]) == 0
-    meta, train, val = load(tmp_path)
+    meta, train, val = load(tmp_path / "data" / "t")
     split = int(len(text) * (1 - 0.25))
     assert decode_char(meta, train) == text[:split] and decode_char(meta, val) == text[split:]
     assert meta["itos"] == sorted(set(text))
@@ -96,7 +103,7 @@ def test_crlf_is_read_as_lf(tmp_path):
     (tmp_path / "unix" / "a.txt").write_bytes(text.encode())
     (tmp_path / "dos" / "a.txt").write_bytes(text.replace("\n", "\r\n").encode())
     for name in ("unix", "dos"):
-        assert main(["prepare", str(tmp_path / name / "a.txt")]) == 0
+        assert main(["prepare", str(tmp_path / name / "a.txt"), "--out-dir", str(tmp_path / name)]) == 0
     for f in ("train.bin", "val.bin"):
         assert (tmp_path / "unix" / f).read_bytes() == (tmp_path / "dos" / f).read_bytes()
     assert load(tmp_path / "dos")[0]["itos"] == load(tmp_path / "unix")[0]["itos"] == sorted(set(text))
@@ -109,7 +116,7 @@ def test_line_ends_across_chunk_boundaries(tmp_path):
     text = "x" * (CHUNK_CHARS - 1) + "\r\n" + "after the boundary\rold mac line\r\nlast\r"
     (tmp_path / "a.txt").write_bytes(text.encode())
     assert main(["prepare", str(tmp_path / "a.txt"), "--val-fraction", "0.001"]) == 0
-    meta, train, val = load(tmp_path)
+    meta, train, val = load(tmp_path / "data" / "a")
     expected = text.replace("\r\n", "\n").replace("\r", "\n")
     assert decode_char(meta, np.concatenate([train, val])) == expected
     assert len(train) == int(len(expected) * (1 - 0.001))
@@ -120,9 +127,9 @@ def test_large_vocabulary_uses_uint32(tmp_path):
     text = "".join(chars) + "".join(chars[:1000])
     (tmp_path / "wide.txt").write_text(text, encoding="utf-8")
     assert main(["prepare", str(tmp_path / "wide.txt")]) == 0
-    meta, train, val = load(tmp_path)
+    meta, train, val = load(tmp_path / "data" / "wide")
     assert meta["dtype"] == "uint32" and meta["vocab_size"] == len(chars) > 65_536
-    assert (tmp_path / "train.bin").stat().st_size == 4 * meta["train_tokens"]
+    assert (tmp_path / "data" / "wide" / "train.bin").stat().st_size == 4 * meta["train_tokens"]
     assert decode_char(meta, np.concatenate([train, val])) == text
 
 
@@ -167,7 +174,7 @@ def test_rerun_overwrites_and_leaves_no_temp_files(tmp_path):
 def test_gpt2_matches_nanogpt_shakespeare_recipe(shared_data, tmp_path):
     shutil.copy(shared_data / "tinyshakespeare.txt", tmp_path / "input.txt")
     assert main(["prepare", str(tmp_path / "input.txt"), "--tokenizer", "gpt2"]) == 0
-    meta, train, val = load(tmp_path)
+    meta, train, val = load(tmp_path / "data" / "input")
     assert (meta["tokenizer"], meta["vocab_size"], meta["dtype"]) == ("gpt2", 50257, "uint16")
     assert (len(train), len(val)) == (301_966, 36_059)
     # nanoGPT's data/shakespeare/prepare.py: split by characters, then encode_ordinary each part
@@ -185,7 +192,7 @@ def test_gpt2_streamed_pieces_equal_whole_encoding(shared_data, tmp_path):
     )
     (tmp_path / "big.txt").write_text(text, encoding="utf-8")
     assert main(["prepare", str(tmp_path / "big.txt"), "--tokenizer", "gpt2", "--val-fraction", "0.05"]) == 0
-    _, train, val = load(tmp_path)
+    _, train, val = load(tmp_path / "data" / "big")
     enc = gpt2_encoding()
     split = int(len(text) * 0.95)
     assert train.tolist() == enc.encode_ordinary(text[:split])
@@ -199,7 +206,7 @@ def test_gpt2_endoftext_between_files(tmp_path):
     (folder / "b.txt").write_text(two, encoding="utf-8")  # sorted order: a.txt first
     (folder / "a.txt").write_text(one, encoding="utf-8")
     assert main(["prepare", str(tmp_path / "corpus"), "--tokenizer", "gpt2"]) == 0
-    meta, train, val = load(tmp_path / "corpus")
+    meta, train, val = load(tmp_path / "data" / "corpus")
     enc = gpt2_encoding()
     split = int((len(one) + len(two)) * 0.9) - len(one)
     assert train.tolist() == enc.encode_ordinary(one) + [GPT2_EOT] + enc.encode_ordinary(two[:split])
@@ -222,7 +229,7 @@ def test_mixology_shares_follow_the_percentages(shared_data, tmp_path, tokenizer
     assert result.returncode == 0, result.stderr
     assert "drafts" in result.stdout + result.stderr  # the ignored folder is named
     assert "25_alice" in result.stdout and "75_shakespeare" in result.stdout  # the table of sources
-    meta, train, val = load(mix)
+    meta, train, val = load(tmp_path / "data" / "mix")
     alice, shakespeare = meta["sources"]
     assert (alice["percent"], shakespeare["percent"]) == (25, 75)
     for part, ids in (("train", train), ("val", val)):
@@ -252,7 +259,7 @@ def test_mixology_shares_follow_the_percentages(shared_data, tmp_path, tokenizer
         assert decode_char(meta, train[: alice["train_tokens"]]) == decode_char(
             alone, load(tmp_path / "alice")[1]
         )
-    assert leftovers(mix) == []
+    assert leftovers(tmp_path) == []
 
 
 def test_mixology_source_names_the_folder_even_with_stray_sub_folders(tmp_path, capsys):
@@ -273,7 +280,7 @@ def test_mixology_percentages_must_sum_to_100(tmp_path, capsys):
         (tmp_path / name / "x.txt").write_text("some text here\n", encoding="utf-8")
     assert main(["prepare", str(tmp_path)]) == 1
     assert "sum to 70" in capsys.readouterr().err
-    assert not (tmp_path / "train.bin").exists()
+    assert not (tmp_path / "data").exists()
 
 
 # --- Gutenberg ---------------------------------------------------------------------------------------------

@@ -40,13 +40,11 @@ def test_token_dtype_boundary():
 def test_vocab_json_rebuilds_the_tokenizer(tmp_path, tokenizer):
     text = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 30
     (tmp_path / "t.txt").write_text(text, encoding="utf-8")
-    assert main(["prepare", str(tmp_path / "t.txt"), "--tokenizer", tokenizer]) == 0
-    meta = json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8"))
+    out = tmp_path / "out"
+    assert main(["prepare", str(tmp_path / "t.txt"), "--tokenizer", tokenizer, "--out-dir", str(out)]) == 0
+    meta = json.loads((out / "vocab.json").read_text(encoding="utf-8"))
     tok = from_meta(meta)
-    ids = (
-        np.fromfile(tmp_path / "train.bin", dtype="<u2").tolist()
-        + np.fromfile(tmp_path / "val.bin", "<u2").tolist()
-    )
+    ids = np.fromfile(out / "train.bin", dtype="<u2").tolist() + np.fromfile(out / "val.bin", "<u2").tolist()
     assert tok.decode(ids) == text
 
 

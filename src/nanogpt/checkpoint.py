@@ -18,8 +18,6 @@ Every reading function raises UserError with one line for a missing, corrupt or 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_write
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
 from .errors import UserError
 
@@ -53,28 +52,10 @@ def _file(stem: Path, suffix: str) -> Path:
 
 
 # ----------------------------------------------------------------------------- atomic writes
-def _atomic(path: Path, write) -> None:
-    """Write through `write(tmp_path)` to a temporary name in the same folder, then rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:  # make the bytes durable before the rename makes them visible
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # includes KeyboardInterrupt: never leave a half-written file behind
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically."""
     text = json.dumps(obj, indent=1, ensure_ascii=False)
-    _atomic(path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+    atomic_write(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
 
 
 def write_tensors(
@@ -82,7 +63,7 @@ def write_tensors(
 ) -> None:
     """Write a safetensors file atomically (tensors are copied to contiguous CPU memory first)."""
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    _atomic(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
 
 
 # ----------------------------------------------------------------------------- validated reads

@@ -15,7 +15,7 @@ import sys
 from typing import Any, get_type_hints
 
 from . import __version__
-from .config import PRESETS, ModelConfig, TrainConfig, field_flag, field_help
+from .config import PRESETS, ModelConfig, PrepareConfig, TrainConfig, field_flag, field_help
 from .errors import UserError
 
 
@@ -65,23 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         "'mixology' folder whose sub-folders NN_name/ hold NN percent of the tokens. Without SOURCE, "
         "prepares the bundled Tiny Shakespeare corpus.",
     )
-    p.add_argument(
-        "source", nargs="?", metavar="SOURCE", help="text file or mixology folder (default: bundled Tiny Shakespeare)"
-    )
-    p.add_argument(
-        "--tokenizer",
-        default="char",
-        help="char (one token per character) or gpt2 (OpenAI's GPT-2 BPE) (default: char)",
-    )
-    p.add_argument(
-        "--out-dir",
-        default=None,
-        help="output folder (default: the folder of SOURCE; data/tinyshakespeare for the bundled corpus)",
-    )
-    p.add_argument(
-        "--val-fraction", type=float, default=0.1, help="fraction of each source kept for validation (default: 0.1)"
-    )
-    p.add_argument("--strip-gutenberg", action="store_true", help="remove Project Gutenberg headers and footers")
+    source = next(f for f in dataclasses.fields(PrepareConfig) if f.name == "source")
+    p.add_argument("source", nargs="?", default=None, metavar="SOURCE", help=field_help(source))
+    _add_config_flags(p, PrepareConfig, "settings")
 
     t = sub.add_parser(
         "train",
@@ -138,13 +124,8 @@ def _config_overrides(ns: argparse.Namespace) -> dict[str, Any]:
 def _cmd_prepare(ns: argparse.Namespace) -> int:
     from .prepare import prepare
 
-    prepare(
-        ns.source,
-        tokenizer=ns.tokenizer,
-        out_dir=ns.out_dir,
-        val_fraction=ns.val_fraction,
-        strip_gutenberg=ns.strip_gutenberg,
-    )
+    given = {f.name: getattr(ns, f.name) for f in dataclasses.fields(PrepareConfig) if hasattr(ns, f.name)}
+    prepare(**given)
     return 0
 
 

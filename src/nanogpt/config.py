@@ -1,4 +1,4 @@
-"""Settings: the model shape (`ModelConfig`), the training run (`TrainConfig`) and the presets.
+"""Settings: the model shape (`ModelConfig`), the training run (`TrainConfig`), the presets, and `PrepareConfig`.
 
 One source of truth for each setting: a dataclass field. Its command-line flag, its `--help` text and its
 place in a checkpoint's `config.json` all come from the field (see `field_flag` / `field_help`), and a
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UserError
+from .tokenizers import TOKENIZERS
 
 
 class ConfigError(UserError):
@@ -119,6 +120,31 @@ class TrainConfig:
     @property
     def eval_batch_size(self) -> int:
         return self.validation_batch or self.batch_size
+
+
+@dataclass
+class PrepareConfig:
+    """What `nanogpt prepare` reads, how it tokenizes, and where it writes."""
+
+    source: str | None = opt(None, "text file or mixology folder (default: the bundled Tiny Shakespeare)", cli=False)
+    # checked by validate(), not by argparse, so that the message is the same from the CLI and from Python
+    tokenizer: str = opt("char", "char (one token per character) or gpt2 (OpenAI's GPT-2 BPE)")
+    out_dir: str | None = opt(
+        None,
+        "output folder (default: data/NAME in the current folder, NAME being SOURCE's name without .txt; "
+        "data/tinyshakespeare for the bundled corpus)",
+    )
+    val_fraction: float = opt(0.1, "fraction of each source kept for validation (the end of each source)")
+    strip_gutenberg: bool = opt(False, "remove Project Gutenberg headers and footers")
+
+    def validate(self) -> None:
+        """Raise ConfigError with one clear line if a setting is impossible."""
+        if self.source is not None and not str(self.source).strip():
+            raise ConfigError("SOURCE is empty: give a text file or a mixology folder")
+        if self.tokenizer not in TOKENIZERS:
+            raise ConfigError(f"unknown tokenizer {self.tokenizer!r}: choose {' or '.join(TOKENIZERS)}")
+        if not (isinstance(self.val_fraction, (int, float)) and 0 < self.val_fraction < 1):
+            raise ConfigError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
 
 
 # Presets set the model shape and the schedule together; flags given explicitly win over them.

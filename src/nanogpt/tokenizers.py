@@ -17,6 +17,7 @@ from typing import Any
 
 from .errors import UserError
 
+TOKENIZERS = ("char", "gpt2")  # the names vocab.json and `--tokenizer` use
 GPT2_EOT = 50256  # <|endoftext|>
 GPT2_VOCAB_SIZE = 50257
 
@@ -83,9 +84,6 @@ class GPT2Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.enc.encode_ordinary(text)
-
-    def encode_batch(self, texts: list[str], num_threads: int = 2) -> list[list[int]]:
-        return self.enc.encode_ordinary_batch(texts, num_threads=num_threads)
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.enc.decode(list(ids))

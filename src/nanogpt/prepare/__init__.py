@@ -1,0 +1,26 @@
+"""`nanogpt prepare`: turn a text file or a mixology folder into train.bin, val.bin and vocab.json.
+
+    command.py   the command's steps in order, vocab.json, the summary; the bundled corpus and its cache
+    sources.py   what SOURCE holds (a file or NN_name/ sub-folders), reading text, Gutenberg stripping
+    encode.py    text -> token ids (char table, or GPT-2 on threads) -> part files; the mixology shares
+    progress.py  a progress bar on a terminal, plain lines elsewhere
+
+Two streaming passes over the text, so memory stays bounded whatever the corpus size; every file is
+written under a temporary name and renamed into place at the end (atomic.py).
+"""
+
+from .command import BUNDLED_NAME, TOKENIZERS, bundled_dataset, cache_dir, is_prepared, output_folder, prepare
+from .encode import safe_cut
+from .sources import CHUNK_CHARS
+
+__all__ = [
+    "BUNDLED_NAME",
+    "CHUNK_CHARS",
+    "TOKENIZERS",
+    "bundled_dataset",
+    "cache_dir",
+    "is_prepared",
+    "output_folder",
+    "prepare",
+    "safe_cut",
+]

@@ -1,0 +1,338 @@
+"""The `nanogpt prepare` command: its steps in order, vocab.json, the summary; and the bundled corpus's cache.
+
+One run: find the sources; pass 1 reads them (lengths, Gutenberg windows, the char vocabulary); pass 2
+splits each source at `int(chars * (1 - val_fraction))` and encodes its train and val text into part
+files; each source's tokens are cut to its mixology share and the parts joined into train.bin / val.bin.
+Everything is written under temporary names and published at the very end, vocab.json last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from ..atomic import publish, temp_file
+from ..config import PrepareConfig
+from ..errors import UserError
+from ..tokenizers import GPT2_EOT, TOKENIZERS, CharTokenizer, GPT2Tokenizer, token_dtype
+from .encode import Encoder, Part, copy_prefix, shares
+from .progress import Progress
+from .sources import CharSet, Source, doc_text, find_sources, scan
+
+BUNDLED_NAME = "tinyshakespeare"
+SPLITS = ("train", "val")
+
+
+def prepare(source: str | os.PathLike | None = None, **settings: Any) -> dict[str, Any]:
+    """Tokenize SOURCE (a file, a mixology folder, or None for the bundled corpus); return vocab.json's dict.
+
+    `settings` are PrepareConfig's fields (tokenizer, out_dir, val_fraction, strip_gutenberg). Ends by
+    printing the `nanogpt train` command that trains on the result.
+    """
+    cfg = PrepareConfig(source=None if source is None else os.fspath(source), **settings)
+    cfg.validate()
+    out = output_folder(cfg)
+    meta = _prepare(cfg, out, report=sys.stdout)
+    print(f"train on it with: nanogpt train --data-dir {shlex.quote(str(out))}", flush=True)
+    return meta
+
+
+def output_folder(cfg: PrepareConfig) -> Path:
+    """--out-dir, else a folder of its own: data/NAME in the current folder, NAME being the source's name.
+
+    Not beside the source: a second file prepared there would overwrite the first one's bins.
+    """
+    if cfg.out_dir is not None:
+        return Path(cfg.out_dir)
+    if cfg.source is None:
+        return Path("data") / BUNDLED_NAME
+    path = Path(cfg.source)
+    if path.is_dir():
+        return Path("data") / (path.resolve().name or "dataset")  # resolve: "." and ".." have no name
+    return Path("data") / Path(path.name.removesuffix(".gz")).stem
+
+
+def _prepare(cfg: PrepareConfig, out: Path, report: TextIO) -> dict[str, Any]:
+    if cfg.source is None:
+        with resources.as_file(resources.files("nanogpt") / "data" / f"{BUNDLED_NAME}.txt.gz") as bundled:
+            return _run(bundled, out, cfg, report, shown=f"bundled {BUNDLED_NAME}")
+    path = Path(cfg.source)
+    return _run(path, out, cfg, report, shown=str(path))
+
+
+def _run(path: Path, out: Path, cfg: PrepareConfig, report: TextIO, shown: str) -> dict[str, Any]:
+    """One prepare of `path` into `out`; `shown` is how vocab.json names the source."""
+    sources, ignored = find_sources(path)
+    mixology = path.is_dir()
+    if mixology and ignored:
+        print(f"ignored (not in a sub-folder named NN_name/ with NN > 0): {', '.join(ignored)}", file=sys.stderr)
+    created = _make_folder(out)
+    progress = Progress(sys.stderr)
+    parts: list[dict[str, Part]] = []  # per source: its train and val part
+    temps: list[Path] = []
+    encoder: Encoder | None = None
+    done = False
+    try:
+        itos = _read_pass(sources, path, cfg.strip_gutenberg, cfg.tokenizer, progress)
+        dtype = token_dtype(len(itos) if itos is not None else GPT2Tokenizer.vocab_size)
+        encoder = Encoder(cfg.tokenizer, itos, dtype)
+        _encode_pass(sources, parts, out, cfg, encoder, progress, temps)
+        take = _take(sources, parts, cfg.val_fraction)
+        itemsize = np.dtype(dtype).itemsize
+        finals = {name: _join([p[name] for p in parts], take[name], out, name, itemsize, temps) for name in SPLITS}
+        meta = _metadata(sources, parts, take, itos, dtype, cfg, shown)
+        fh, vocab_tmp = temp_file(out, "vocab.json")
+        temps.append(vocab_tmp)
+        with fh:
+            fh.write((json.dumps(meta, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
+        # vocab.json last, so that it only ever describes complete bins
+        publish(finals["train"], out / "train.bin")
+        publish(finals["val"], out / "val.bin")
+        publish(vocab_tmp, out / "vocab.json")
+        done = True
+    except OSError as e:
+        raise UserError(f"writing to {out} failed: {e.strerror or e}") from None
+    finally:
+        if encoder is not None:
+            encoder.abort()
+        for p in (p for pair in parts for p in pair.values()):
+            p.fh.close()
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        if not done:
+            _remove_empty(created)
+
+    _summary(report, meta, out, mixology)
+    return meta
+
+
+def _make_folder(out: Path) -> list[Path]:
+    """Create `out` (and its parents) and check it takes files; returns the folders created, deepest first."""
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fh, probe = temp_file(out, "probe")
+        fh.close()
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to the output folder {out}: {e.strerror or e}") from None
+    return created
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """After a failed run, remove the folders it created (deepest first), so that nothing is left behind."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (someone else wrote there) or already gone: leave it
+            return
+
+
+def _read_pass(sources: list[Source], path: Path, strip: bool, tokenizer: str, progress: Progress) -> list[str] | None:
+    """Pass 1: each file's length and Gutenberg window; returns the char vocabulary (None for GPT-2)."""
+    docs = [d for s in sources for d in s.docs]
+    charset = CharSet() if tokenizer == "char" else None
+    progress.start("reading", sum(d.size for d in docs))
+    for d in docs:
+        scan(d, charset, strip, progress)
+    progress.finish()
+    for s in sources:
+        s.chars = sum(d.chars for d in s.docs)
+        if strip:
+            for d in s.docs:
+                if not d.stripped:
+                    print(
+                        f"note: no Project Gutenberg header or footer found in {d.path}; kept it whole", file=sys.stderr
+                    )
+        if s.chars == 0:
+            what = f"{path / s.label}" if path.is_dir() else str(path)
+            raise UserError(f"{what} has no text" + (" left after --strip-gutenberg" if strip else ""))
+    return charset.chars() if charset is not None else None
+
+
+def _encode_pass(
+    sources: list[Source],
+    parts: list[dict[str, Part]],
+    out: Path,
+    cfg: PrepareConfig,
+    encoder: Encoder,
+    progress: Progress,
+    temps: list[Path],
+) -> None:
+    """Pass 2: encode each source's train and val text into part files (appended to `parts` as they open)."""
+    progress.start("tokenizing", sum(d.size for s in sources for d in s.docs))
+    for i, s in enumerate(sources):
+        pair: dict[str, Part] = {}
+        parts.append(pair)
+        for name in SPLITS:
+            fh, tmp = temp_file(out, f"{name}-{i}")
+            temps.append(tmp)
+            # GPT-2: <|endoftext|> also separates one source from the next in the joined file
+            pair[name] = Part(tmp, fh, started=(i > 0 and cfg.tokenizer == "gpt2"))
+        train, val = pair["train"], pair["val"]
+        split = int(s.chars * (1 - cfg.val_fraction))
+        pos = 0
+        for d in s.docs:
+            for text in doc_text(d, progress):
+                if pos < split < pos + len(text):
+                    encoder.write(train, text[: split - pos])
+                    encoder.end_document(train)
+                    encoder.write(val, text[split - pos :])
+                elif pos < split:
+                    encoder.write(train, text)
+                else:
+                    encoder.end_document(train)
+                    encoder.write(val, text)
+                pos += len(text)
+            encoder.end_document(train)
+            encoder.end_document(val)
+    encoder.close()
+    progress.finish()
+    for pair in parts:
+        for p in pair.values():
+            p.fh.close()  # flushed: the join reads them back
+
+
+def _take(sources: list[Source], parts: list[dict[str, Part]], val_fraction: float) -> dict[str, list[int]]:
+    """Tokens of each source's train and val parts that go into the bins (the mixology shares)."""
+    percents = [s.percent for s in sources]
+    take = {name: shares([p[name].tokens for p in parts], percents) for name in SPLITS}
+    for name in SPLITS:
+        if sum(take[name]) == 0:
+            i = min(range(len(sources)), key=lambda j: parts[j][name].tokens * 100 // sources[j].percent)
+            raise UserError(
+                f"too little text for a {name} split: {sources[i].label} gives {parts[i][name].tokens} {name} "
+                f"tokens at --val-fraction {val_fraction}"
+            )
+    return take
+
+
+def _join(parts: list[Part], take: list[int], out: Path, name: str, itemsize: int, temps: list[Path]) -> Path:
+    """The first `take[i]` tokens of each part, one after the other, in a temporary file; returns its path."""
+    if len(parts) == 1 and take[0] == parts[0].tokens:
+        return parts[0].path  # a single file: its part already is the whole result
+    fh, tmp = temp_file(out, f"{name}.bin")
+    temps.append(tmp)
+    with fh:
+        for part, n in zip(parts, take):
+            copy_prefix(part.path, fh, n * itemsize)
+    return tmp
+
+
+def _metadata(
+    sources: list[Source],
+    parts: list[dict[str, Part]],
+    take: dict[str, list[int]],
+    itos: list[str] | None,
+    dtype: str,
+    cfg: PrepareConfig,
+    shown: str,
+) -> dict[str, Any]:
+    """vocab.json: the tokenizer's own dict (the same a checkpoint stores), the token counts, the sources."""
+    train_total, val_total = sum(take["train"]), sum(take["val"])
+    tok_meta = (
+        CharTokenizer(itos).to_meta() if itos is not None else {**GPT2Tokenizer().to_meta(), "eot_token": GPT2_EOT}
+    )
+    meta: dict[str, Any] = {**tok_meta, "dtype": dtype}
+    meta.update(
+        train_tokens=train_total,
+        val_tokens=val_total,
+        val_fraction=cfg.val_fraction,
+        strip_gutenberg=cfg.strip_gutenberg,
+        source=shown,
+    )
+    meta["sources"] = [
+        {
+            "name": s.name,
+            "path": s.label,
+            "percent": s.percent,
+            "files": len(s.docs),
+            "chars": s.chars,
+            "train_tokens": t,
+            "val_tokens": v,
+            "train_share": round(t / train_total, 6),
+            "val_share": round(v / val_total, 6),
+            "used": round((t + v) / max(1, p["train"].tokens + p["val"].tokens), 6),
+        }
+        for s, p, t, v in zip(sources, parts, take["train"], take["val"])
+    ]
+    return meta
+
+
+def _summary(stream: TextIO, meta: dict[str, Any], out: Path, mixology: bool) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    # not a terminal (a log, a pipe): no 80-column limit, so that long source names are not cut
+    console = Console(file=stream, soft_wrap=True, highlight=False, width=None if stream.isatty() else 160)
+    if mixology:
+        table = Table(title="sources", title_justify="left", box=box.SIMPLE_HEAD)
+        for col in ("source", "target", "train tokens", "share", "val tokens", "share", "text used"):
+            table.add_column(col, justify="left" if col == "source" else "right", no_wrap=True)
+        for s in meta["sources"]:
+            table.add_row(
+                s["path"],
+                f"{s['percent']}%",
+                f"{s['train_tokens']:,}",
+                f"{100 * s['train_share']:.1f}%",
+                f"{s['val_tokens']:,}",
+                f"{100 * s['val_share']:.1f}%",
+                f"{100 * s['used']:.0f}%",
+            )
+        console.print(table)
+    console.print(
+        f"wrote {out / 'train.bin'} ({meta['train_tokens']:,} tokens), {out / 'val.bin'} ({meta['val_tokens']:,} "
+        f"tokens) and {out / 'vocab.json'} ({meta['tokenizer']}, vocab size {meta['vocab_size']:,}, {meta['dtype']})",
+        markup=False,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the bundled corpus, prepared once into a cache
+
+
+def cache_dir() -> Path:
+    """Where prepared bundled data is kept: $NANOGPT_CACHE_DIR, else $XDG_CACHE_HOME/nanogpt or ~/.cache/nanogpt."""
+    if os.environ.get("NANOGPT_CACHE_DIR"):
+        return Path(os.environ["NANOGPT_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "nanogpt"
+
+
+def is_prepared(folder: str | os.PathLike) -> bool:
+    """True when folder holds a vocab.json and train/val bins whose sizes match the counts it records."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        itemsize = np.dtype(meta["dtype"]).itemsize
+        return (
+            meta["tokenizer"] in TOKENIZERS
+            and (folder / "train.bin").stat().st_size == meta["train_tokens"] * itemsize
+            and (folder / "val.bin").stat().st_size == meta["val_tokens"] * itemsize
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def bundled_dataset(tokenizer: str = "char") -> Path:
+    """The bundled Tiny Shakespeare prepared with `tokenizer`, in the cache folder (prepared the first time)."""
+    out = cache_dir() / f"{BUNDLED_NAME}-{tokenizer}"
+    cfg = PrepareConfig(tokenizer=tokenizer, out_dir=str(out))
+    cfg.validate()
+    if is_prepared(out) and json.loads((out / "vocab.json").read_text(encoding="utf-8"))["tokenizer"] == tokenizer:
+        print(f"using the bundled Tiny Shakespeare ({tokenizer}) prepared in {out}", file=sys.stderr)
+        return out
+    print(
+        f"preparing the bundled Tiny Shakespeare ({tokenizer}) into {out} (once; reused next time)",
+        file=sys.stderr,
+    )
+    _prepare(cfg, out, report=sys.stderr)
+    return out

@@ -1,0 +1,279 @@
+"""What SOURCE holds and its text: a file or a mixology folder, read in chunks, Gutenberg header and footer found.
+
+The first pass (`scan`) measures each file in normalised characters (CRLF and lone CR read as LF), finds the
+kept window between Project Gutenberg's START and END lines, and collects the character vocabulary; the
+second pass (`doc_text`) streams that window again for encoding. Memory stays bounded whatever the size.
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import io
+import re
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from ..errors import UserError
+from .progress import Progress
+
+CHUNK_CHARS = 1 << 20  # characters read at a time; also the size of one GPT-2 encoding job
+_MAX_CODE_POINT = 0x110000
+_MIX_FOLDER = re.compile(r"^(\d+)_(.+)$")
+# Gutenberg markers: "*** START OF THE PROJECT GUTENBERG EBOOK ... ***" and "*** END OF ..." on a line.
+_GUTENBERG = re.compile(r"^\*{3}\s*(START|END) OF\b[^\n]*PROJECT GUTENBERG[^\n]*$", re.MULTILINE | re.IGNORECASE)
+
+
+@dataclass
+class Doc:
+    """One text file; `size` is its text in bytes; after `scan`, `begin`/`end` are the kept window in characters."""
+
+    path: Path
+    size: int
+    chars: int = 0
+    begin: int = 0
+    end: int = 0
+    stripped: bool = False
+
+
+@dataclass
+class Source:
+    """One source: a single file (100%) or a mixology sub-folder `NN_name/` (NN percent)."""
+
+    name: str
+    label: str  # how the source is shown: the folder or file name
+    percent: int
+    docs: list[Doc]
+    chars: int = 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# finding the sources
+
+
+def find_sources(path: Path) -> tuple[list[Source], list[str]]:
+    """The sources in SOURCE (a file, or a folder of NN_name/ sub-folders) and what the folder holds besides.
+
+    The second list names the ignored entries as shown to the user (`drafts/`, `notes.txt`).
+    """
+    if not path.exists():
+        raise UserError(f"{path} does not exist")
+    if path.is_file():
+        if path.stat().st_size == 0:
+            raise UserError(f"{path} is empty")
+        name = path.name.removesuffix(".gz").removesuffix(".txt")
+        return [Source(name, path.name, 100, [Doc(path, text_size(path))])], []
+    if not path.is_dir():
+        raise UserError(f"{path} is neither a file nor a folder")
+    sources, ignored = [], []
+    try:
+        entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    except OSError as e:
+        raise UserError(f"cannot read the folder {path}: {e.strerror or e}") from None
+    ignored += [p.name for p in entries if p.is_file() and p.suffix.lower() == ".txt"]  # text outside NN_ folders
+    for sub in (p for p in entries if p.is_dir()):
+        m = _MIX_FOLDER.match(sub.name)
+        if not m or int(m.group(1)) == 0:
+            ignored.append(sub.name + "/")
+            continue
+        files = sorted(f for f in sub.rglob("*") if f.is_file() and f.suffix.lower() == ".txt")
+        docs = [Doc(f, f.stat().st_size) for f in files]
+        sources.append(Source(m.group(2), sub.name + "/", int(m.group(1)), docs))
+    note = f" (ignored: {', '.join(ignored)})" if ignored else ""
+    if not sources:
+        raise UserError(
+            f"{path} has no usable sources: expected sub-folders named NN_name/ (e.g. 25_lovecraft/, "
+            f"75_shakespeare/) holding .txt files, NN being the percent of tokens{note}"
+        )
+    total = sum(s.percent for s in sources)
+    if total != 100:
+        shares = ", ".join(f"{s.label} {s.percent}%" for s in sources)
+        raise UserError(f"the source percentages in {path} sum to {total}, not 100 ({shares})")
+    for s in sources:
+        if not s.docs:
+            raise UserError(f"source {path / s.label} has no .txt files")
+        if sum(d.size for d in s.docs) == 0:
+            raise UserError(f"source {path / s.label} is empty")
+    return sources, ignored
+
+
+def text_size(path: Path) -> int:
+    """Bytes of text in a file: its size, or for .gz the uncompressed size its trailer records (mod 4 GiB)."""
+    size = path.stat().st_size
+    if path.suffix != ".gz" or size < 4:
+        return size
+    with open(path, "rb") as f:
+        f.seek(-4, io.SEEK_END)
+        return struct.unpack("<I", f.read(4))[0]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reading text
+
+
+def _open_bytes(path: Path) -> BinaryIO:
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # type: ignore[return-value]
+
+
+def _bad_utf8_offset(path: Path) -> int:
+    """Byte offset of the first byte that is not valid UTF-8 (only called once decoding has failed)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with _open_bytes(path) as f:
+        while True:
+            block = f.read(1 << 20)
+            pending = len(decoder.getstate()[0])  # bytes of an unfinished character from the last block
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as e:
+                return offset - pending + e.start
+            if not block:
+                return offset
+            offset += len(block)
+
+
+def _nul_offset(path: Path) -> int:
+    offset = 0
+    with _open_bytes(path) as f:
+        while block := f.read(1 << 20):
+            i = block.find(b"\x00")
+            if i >= 0:
+                return offset + i
+            offset += len(block)
+    return offset
+
+
+def read_chunks(path: Path, progress: Progress | None = None) -> Iterator[str]:
+    """The text of a file in chunks, CRLF (and lone CR) read as LF, as nanoGPT's open(..., 'r') reads it."""
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 - closed by the with below; open errors become one line
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    with raw:
+        stream: BinaryIO = gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw  # type: ignore[assignment]
+        # utf-8-sig: a byte-order mark (Windows editors) is not text. newline="": we translate line ends
+        # ourselves, since TextIOWrapper's universal newlines cost more than everything else in a char pass
+        text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+        done = 0
+        cr = ""  # a CR at the end of the last chunk: it may be the first half of a CRLF
+        while True:
+            try:
+                chunk = text.read(CHUNK_CHARS)
+            except UnicodeDecodeError:
+                raise UserError(
+                    f"{path} is not UTF-8 text (invalid byte at offset {_bad_utf8_offset(path)}); "
+                    "convert it to UTF-8 first"
+                ) from None
+            if not chunk:
+                break
+            if "\x00" in chunk:
+                raise UserError(f"{path} looks like a binary file (NUL byte at offset {_nul_offset(path)}), not text")
+            if progress is not None:
+                pos = stream.tell()  # bytes of text read (for .gz: uncompressed), like Doc.size counts them
+                progress.advance(pos - done)
+                done = pos
+            if cr or "\r" in chunk:
+                chunk = cr + chunk
+                cr = "\r" if chunk.endswith("\r") else ""
+                chunk = chunk[: len(chunk) - len(cr)].replace("\r\n", "\n").replace("\r", "\n")
+                if not chunk:
+                    continue
+            yield chunk
+        if cr:
+            yield "\n"
+
+
+class CharSet:
+    """The set of characters seen, as a table indexed by code point (numpy: set(str) is far too slow)."""
+
+    def __init__(self) -> None:
+        self.seen = np.zeros(_MAX_CODE_POINT, dtype=bool)
+        self.known_ascii = b""
+
+    def add(self, text: str) -> None:
+        if not text:
+            return
+        if text.isascii():
+            # deleting the characters already known leaves (almost always) nothing: a fast C loop
+            new = text.encode("ascii").translate(None, self.known_ascii)
+            if new:
+                self.seen[np.frombuffer(new, dtype=np.uint8)] = True
+                self.known_ascii = bytes(np.flatnonzero(self.seen[:128]).astype(np.uint8))
+        else:
+            self.seen[np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)] = True
+            self.known_ascii = bytes(np.flatnonzero(self.seen[:128]).astype(np.uint8))
+
+    def clear(self) -> None:
+        self.seen[:] = False
+        self.known_ascii = b""
+
+    def merge(self, other: CharSet) -> None:
+        self.seen |= other.seen
+        self.known_ascii = bytes(np.flatnonzero(self.seen[:128]).astype(np.uint8))
+
+    def chars(self) -> list[str]:
+        return [chr(c) for c in np.flatnonzero(self.seen)]
+
+
+def scan(doc: Doc, charset: CharSet | None, strip: bool, progress: Progress) -> None:
+    """Pass 1 over one file: its length in characters, its Gutenberg window, and its characters."""
+    local = CharSet() if (charset is not None and strip) else charset
+    pos = 0  # characters before the current piece
+    begin, end = 0, None
+    carry = ""
+
+    def piece_done(piece: str) -> None:
+        nonlocal begin, end
+        if strip and end is None:
+            for m in _GUTENBERG.finditer(piece):
+                if m.group(1).upper() == "START" and not doc.stripped:
+                    line_end = piece.find("\n", m.end())
+                    cut = len(piece) if line_end < 0 else line_end + 1
+                    begin, doc.stripped = pos + cut, True
+                    if local is not None:  # the header's characters are not part of the text
+                        local.clear()
+                    continue
+                if m.group(1).upper() == "END" and pos + m.start() >= begin:
+                    end, doc.stripped = pos + m.start(), True
+                    if local is not None:
+                        local.add(piece[max(0, begin - pos) : m.start()])
+                    return
+            if local is not None and pos + len(piece) > begin:
+                local.add(piece[max(0, begin - pos) :])
+        elif local is not None and end is None:
+            local.add(piece)
+
+    for chunk in read_chunks(doc.path, progress):
+        if strip:  # markers are whole lines: look at complete lines only
+            chunk = carry + chunk
+            cut = chunk.rfind("\n") + 1
+            if cut == 0 and len(chunk) < 16 * CHUNK_CHARS:
+                carry = chunk
+                continue
+            carry, chunk = (chunk[cut:], chunk[:cut]) if cut else ("", chunk)
+        piece_done(chunk)
+        pos += len(chunk)
+    if carry:
+        piece_done(carry)
+        pos += len(carry)
+    doc.begin, doc.end = begin, pos if end is None else end
+    doc.chars = doc.end - doc.begin
+    if local is not None and local is not charset and charset is not None:
+        charset.merge(local)
+
+
+def doc_text(doc: Doc, progress: Progress) -> Iterator[str]:
+    """Pass 2: the kept text of one file, in chunks."""
+    pos = 0
+    for chunk in read_chunks(doc.path, progress):
+        lo, hi = max(doc.begin - pos, 0), min(doc.end - pos, len(chunk))
+        pos += len(chunk)
+        if lo < hi:
+            yield chunk[lo:hi] if (lo, hi) != (0, len(chunk)) else chunk
+        if pos >= doc.end:
+            break
