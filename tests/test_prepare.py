@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from nanogpt.cli import main
+from nanogpt.errors import UserError
 from nanogpt.prepare import bundled_dataset, is_prepared
 from nanogpt.tokenizers import GPT2_EOT, gpt2_encoding
 
@@ -166,6 +168,65 @@ def test_rerun_overwrites_and_leaves_no_temp_files(tmp_path):
     assert main(["prepare", str(tmp_path / "a.txt"), "--out-dir", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "train.bin").read_bytes() == first
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["train.bin", "val.bin", "vocab.json"]
+
+
+def test_each_source_gets_a_folder_of_its_own_and_the_train_command_is_printed(tmp_path, capsys):
+    # two files side by side and a mixology folder: before, all three wrote the same train.bin
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("the first text, some words\n" * 200, encoding="utf-8")
+    (tmp_path / "texts" / "b.txt").write_text("the second text, other words\n" * 200, encoding="utf-8")
+    (tmp_path / "mix" / "100_c").mkdir(parents=True)
+    (tmp_path / "mix" / "100_c" / "c.txt").write_text("the third text, more words\n" * 200, encoding="utf-8")
+    for source, name in (("texts/a.txt", "a"), ("texts/b.txt", "b"), ("mix", "mix")):
+        assert main(["prepare", source]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[-1] == f"train on it with: nanogpt train --data-dir {Path('data') / name}"
+        assert is_prepared(tmp_path / "data" / name)
+    assert sorted(p.name for p in (tmp_path / "texts").iterdir()) == ["a.txt", "b.txt"]  # nothing beside them
+    metas = [load(tmp_path / "data" / name)[0] for name in ("a", "b", "mix")]
+    assert [m["source"] for m in metas] == [str(Path("texts") / "a.txt"), str(Path("texts") / "b.txt"), "mix"]
+    assert len({tuple(m["itos"]) for m in metas}) == 3  # three different vocabularies: nothing overwritten
+
+
+def test_the_printed_train_command_trains_on_the_prepared_data(shared_data, tmp_path, capsys):
+    from engine_fixtures import TINY_FLAGS
+
+    shutil.copy(shared_data / "tinyshakespeare.txt", tmp_path / "my text.txt")  # a space: the path is quoted
+    assert main(["prepare", "my text.txt"]) == 0
+    command = capsys.readouterr().out.splitlines()[-1].removeprefix("train on it with: ")
+    argv = shlex.split(command)
+    assert argv[:4] == ["nanogpt", "train", "--data-dir", str(Path("data") / "my text")]
+    assert main([*argv[1:], *TINY_FLAGS, "--steps", "2", "--headless", "--out-dir", "ckpt"]) == 0
+    assert (tmp_path / "ckpt" / "model_step_2.safetensors").is_file()
+
+
+def test_bundled_corpus_reports_its_text_size_not_the_gzip_size(shared_data, tmp_path):
+    from nanogpt.prepare.progress import human_bytes
+
+    result = run_cli("prepare", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text_size = human_bytes((shared_data / "tinyshakespeare.txt").stat().st_size)
+    reading = [line for line in result.stderr.splitlines() if line.startswith("reading: ")]
+    assert len(reading) == 1 and reading[0].startswith(f"reading: {text_size} in ")
+    hint = f"train on it with: nanogpt train --data-dir {Path('data') / 'tinyshakespeare'}"
+    assert result.stdout.splitlines()[-1] == hint
+
+
+def test_help_and_checks_come_from_prepare_config(capsys):
+    import dataclasses
+
+    from nanogpt.config import PrepareConfig, field_flag, field_help
+
+    with pytest.raises(SystemExit):
+        main(["prepare", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for f in dataclasses.fields(PrepareConfig):
+        assert " ".join(field_help(f).split()) in shown
+        if f.name != "source":
+            assert field_flag(f) in shown
+            assert f.default is None or f"(default: {f.default})" in shown
+    with pytest.raises(UserError, match="unknown tokenizer 'bpe'"):
+        PrepareConfig(tokenizer="bpe").validate()
 
 
 # --- GPT-2 tokenizer ---------------------------------------------------------------------------------------
