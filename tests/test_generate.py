@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import string
@@ -14,7 +15,7 @@ import torch
 
 from nanogpt import checkpoint
 from nanogpt.cli import main
-from nanogpt.config import ModelConfig, TrainConfig
+from nanogpt.config import GenerateConfig, ModelConfig, TrainConfig
 from nanogpt.generate import decode_escapes, default_slide, generate_tokens, sample_next, start_ids
 from nanogpt.model import GPT
 from nanogpt.tokenizers import CharTokenizer, GPT2Tokenizer
@@ -92,6 +93,17 @@ def test_top_k_1_and_tiny_top_p_are_greedy():
     greedy = list(generate_tokens(model, [7, 8], 25, temperature=0))
     assert list(generate_tokens(model, [7, 8], 25, top_k=1, generator=seeded(3))) == greedy
     assert list(generate_tokens(model, [7, 8], 25, top_p=1e-6, generator=seeded(3))) == greedy
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 5e-324, 1e-38, 1e-30])
+def test_a_temperature_too_small_to_divide_by_is_greedy(temperature):
+    """logits / 1e-45 overflows float32 to inf, and softmax then gives NaN: that is the greedy limit."""
+    logits = torch.tensor([[0.5, 3.0, -2.0, 2.9, -7.0]])
+    for kwargs in ({}, {"top_k": 3}, {"top_p": 0.9}):
+        assert {sample_next(logits, temperature, generator=seeded(i), **kwargs) for i in range(20)} == {1}
+    model = tiny()
+    greedy = list(generate_tokens(model, [7, 8], 25, temperature=0))
+    assert list(generate_tokens(model, [7, 8], 25, temperature=temperature, generator=seeded(3))) == greedy
 
 
 def test_top_k_and_top_p_restrict_the_candidates():
@@ -189,7 +201,7 @@ def test_cli_temperature_zero_ignores_the_seed(char_stem, capsys):
     for seed in ("1", "2"):
         assert main(["generate", str(char_stem), "--temperature", "0", "--seed", seed, "--prompt", "ab"]) == 0
         outs.append(capsys.readouterr().out)
-    assert outs[0] == outs[1] and len(outs[0]) == 2 + 200
+    assert outs[0] == outs[1] and len(outs[0]) == 2 + GenerateConfig.tokens_to_generate  # the default count
     assert torch.get_num_threads() == threads  # the CLI's one-thread setting does not leak
 
 
@@ -204,7 +216,8 @@ def test_cli_prompt_character_outside_vocabulary_is_one_line_error(char_stem):
 @pytest.mark.parametrize(
     "flags",
     [["--tokens-to-generate", "-1"], ["--temperature", "-0.5"], ["--top-p", "0"], ["--top-p", "1.5"],
-     ["--top-k", "0"], ["--seed", "-3"]],
+     ["--top-k", "0"], ["--seed", "-3"], ["--window-slide", "0"], ["--window-slide", "17"],
+     ["--temperature", "nan"]],
 )
 def test_cli_bad_settings_are_one_line_errors(char_stem, capsys, flags):
     assert main(["generate", str(char_stem), *flags]) == 1
@@ -255,9 +268,43 @@ def test_generate_cli_window_slide(char_stem, capsys):
     from nanogpt.errors import UserError
     from nanogpt.generate import generate_cli
 
-    assert generate_cli(str(char_stem), tokens=40, temperature=0, slide=1) == 0
+    assert generate_cli(str(char_stem), GenerateConfig(tokens_to_generate=40, temperature=0, window_slide=1)) == 0
     model, meta = checkpoint.load_model(char_stem)
     greedy = uncached(model, start_ids(CharTokenizer(meta["tokenizer"]["itos"]), ""), 40, 1, 0.0)
     assert capsys.readouterr().out == CharTokenizer(meta["tokenizer"]["itos"]).decode(greedy)
     with pytest.raises(UserError, match="slide"):
-        generate_cli(str(char_stem), slide=17)
+        generate_cli(str(char_stem), GenerateConfig(window_slide=17))
+
+
+class Terminal(io.StringIO):
+    """stdout as a terminal would be (only isatty differs from a pipe for the CLI)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("prompt", ["ab", r"ab\n"])
+@pytest.mark.parametrize("n", ["0", "12"])
+def test_cli_ends_the_text_with_a_newline_on_a_terminal_only(char_stem, monkeypatch, capsys, prompt, n):
+    args = ["generate", str(char_stem), "--prompt", prompt, "--tokens-to-generate", n, "--seed", "5"]
+    assert main(args) == 0
+    piped = capsys.readouterr().out  # what a pipe or a file gets: the text alone
+    assert len(piped) == len(decode_escapes(prompt)) + int(n)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    assert main(args) == 0
+    assert terminal.getvalue() == (piped if piped.endswith("\n") else piped + "\n")
+
+
+def test_cli_reports_the_parameter_count_training_reports(tmp_path, capsys):
+    """GPT.num_params() (without position embeddings), not every tensor: a long block makes them differ."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=len(CHARS), block_size=4096, n_layer=1, n_head=2, n_embd=32))
+    stem = checkpoint.stem_for(tmp_path, 0)
+    checkpoint.save(stem, step=0, model=model, model_cfg=model.config, train_cfg=TrainConfig(),
+                    tokenizer_meta=CharTokenizer(CHARS).to_meta(), log=[], optimizer_tensors={}, resume_state={})
+    assert main(["generate", str(stem), "--tokens-to-generate", "1"]) == 0
+    err = capsys.readouterr().err
+    every = sum(p.numel() for p in model.parameters())
+    assert f"{model.num_params() / 1e6:.2f}M parameters" in err
+    assert f"{every / 1e6:.2f}M" != f"{model.num_params() / 1e6:.2f}M"  # the test tells the two apart

@@ -1,4 +1,4 @@
-"""The GPT itself: causal masking, GPT-2 parameter names, weight tying, and the KV cache's inference paths."""
+"""The GPT itself: causal masking, GPT-2 parameter names, weight tying, parameter count, the KV cache."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def test_lm_head_is_tied_to_the_token_embedding():
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_kv_cache_forward_equals_full_forward(bias):
-    """Prefill in chunks, then single tokens through forward(cache=) and decode_step: same logits."""
+    """Prefill in chunks, then single tokens through forward(cache=): the logits of a full forward."""
     model = tiny(bias=bias)
     idx = torch.randint(0, 37, (2, 16), generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
@@ -73,50 +73,26 @@ def test_kv_cache_forward_equals_full_forward(bias):
         for a, b in [(0, 5), (5, 9)]:  # a prompt, then more prompt after cached positions
             logits, _ = model(idx[:, a:b], cache=cache)
             got.append(logits[:, -1])
-        for t in range(9, 12):  # one token through the general forward path
+        for t in range(9, 16):  # one token at a time
             got.append(model(idx[:, t : t + 1], cache=cache)[0][:, -1])
-        for t in range(12, 16):  # one token through the fast path
-            got.append(model.decode_step(idx[:, t], cache))
     expected = [full[:, 4], full[:, 8], *(full[:, t] for t in range(9, 16))]
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
     assert cache.pos == 16
 
 
-def test_cache_rejects_more_than_block_size():
+def test_forward_with_a_full_cache_is_rejected():
     model = tiny(block_size=8)
     cache = KVCache(model.config, 1, "cpu", torch.float32)
     with torch.inference_mode():
         model(torch.zeros(1, 8, dtype=torch.long), cache=cache)
-        with pytest.raises(ValueError):
-            model.decode_step(torch.zeros(1, dtype=torch.long), cache)
-        cache.reset()
-        model.decode_step(torch.zeros(1, dtype=torch.long), cache)  # a reset cache is usable again
-    assert cache.pos == 1
+        with pytest.raises(ValueError, match="block_size"):
+            model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
 
 
-def test_decode_step_follows_weight_updates_when_given_a_new_cache():
-    """A cache binds the parameters (not copies): in-place updates between generations are seen."""
-    model = tiny()
-    tok = torch.tensor([3])
-    with torch.inference_mode():
-        before = model.decode_step(tok, KVCache(model.config, 1, "cpu", torch.float32))
-        model.transformer.h[0].mlp.c_fc.weight.mul_(2.0)
-        after = model.decode_step(tok, KVCache(model.config, 1, "cpu", torch.float32))
-        reference, _ = model(tok.view(1, 1))
-    assert not torch.allclose(before, after)
-    torch.testing.assert_close(after, reference[:, -1], rtol=1e-5, atol=1e-5)
-
-
-def test_bfloat16_cache_matches_bfloat16_forward():
-    """Tiny on purpose: bfloat16 is emulated (slow) on CPUs without avx512_bf16."""
-    model = tiny().to(torch.bfloat16)
-    idx = torch.randint(0, 37, (1, 6), generator=torch.Generator().manual_seed(3))
-    with torch.inference_mode():
-        full = all_logits(model, idx)
-        cache = KVCache(model.config, 1, "cpu", torch.bfloat16)
-        model(idx[:, :4], cache=cache)
-        model.decode_step(idx[:, 4], cache)
-        last = model.decode_step(idx[:, 5], cache)
-    assert last.dtype == torch.bfloat16
-    torch.testing.assert_close(last.float(), full[:, -1].float(), rtol=0.05, atol=0.05)
+def test_num_params_counts_every_weight_once_but_the_position_embeddings():
+    """The one count training and `nanogpt generate` both report: lm_head is wte (tied), wpe is left out."""
+    model = tiny(bias=True)
+    every = sum(t.numel() for t in model.state_dict().values())  # lm_head.weight listed besides wte.weight
+    assert model.num_params() == every - 37 * 32 - 16 * 32
+    assert model.num_params(non_embedding=False) == every - 37 * 32

@@ -1,6 +1,6 @@
 """`nanogpt prepare | train | generate`: parse flags, hand them to the module that does the work.
 
-Train flags are generated from the fields of `ModelConfig` and `TrainConfig` (config.py), so a setting's
+Train and generate flags come from the fields of `ModelConfig`, `TrainConfig`, `GenerateConfig` (config.py): a setting's
 flag, help text and saved name never drift apart. Every flag defaults to "not given" (argparse.SUPPRESS),
 so that we know which values the user typed: those win over a preset and over a resumed checkpoint.
 Mistakes a user can make raise `UserError`; here they become one line on stderr and exit code 1.
@@ -15,7 +15,7 @@ import sys
 from typing import Any, get_type_hints
 
 from . import __version__
-from .config import PRESETS, ModelConfig, PrepareConfig, TrainConfig, field_flag, field_help
+from .config import PRESETS, GenerateConfig, ModelConfig, PrepareConfig, TrainConfig, field_flag, field_help
 from .errors import UserError
 
 
@@ -27,12 +27,14 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) ->
             continue
         kind = hints[f.name]
         default = f.default
-        shown = "" if default is None else f" (default: {default})"
+        shown = "" if default is None or "(default" in field_help(f) else f" (default: {default})"
         kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=field_help(f) + shown)
         if kind in (bool, bool | None):
             kw["action"] = argparse.BooleanOptionalAction
         else:
-            base = {int: int, float: float, str: str, int | None: int, str | None: str}.get(kind, str)
+            base = {int: int, float: float, str: str, int | None: int, float | None: float, str | None: str}.get(
+                kind, str
+            )
             kw["type"] = base
             kw["metavar"] = {int: "N", float: "X"}.get(
                 base, "PATH" if "dataset" in f.name or "dir" in f.name or "metadata" in f.name else "TEXT"
@@ -93,26 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate text from a checkpoint. Only the text goes to stdout, streamed as it is made.",
     )
     g.add_argument("stem", metavar="STEM", help="checkpoint stem, e.g. out/model_step_2000 (or its .safetensors file)")
-    g.add_argument("--tokens-to-generate", type=int, default=200, help="number of tokens to generate (default: 200)")
-    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 means greedy (default: 1.0)")
-    g.add_argument("--top-k", type=int, default=None, help="sample only from the K most likely tokens")
-    g.add_argument(
-        "--top-p", type=float, default=None, help="nucleus sampling: the smallest set of tokens with probability >= P"
-    )
-    g.add_argument("--seed", type=int, default=1337, help="random seed; 0 picks a random one (default: 1337)")
-    g.add_argument("--prompt", default="", help="text to start from; \\n escapes are decoded (default: empty)")
-    g.add_argument(
-        "--vocab-metadata", default=None, help="vocab.json to use instead of the checkpoint's own vocabulary"
-    )
-    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="device (default: auto)")
-    g.add_argument(
-        "--window-slide",
-        type=int,
-        default=None,
-        metavar="N",
-        help="when the text outgrows the context, drop the oldest N tokens and go on (default: half the "
-        "block size, which lets the KV cache do its job; 1 = nanoGPT's exact crop, several times slower)",
-    )
+    _add_config_flags(g, GenerateConfig, "sampling")
     return parser
 
 
@@ -146,18 +129,8 @@ def _cmd_train(ns: argparse.Namespace) -> int:
 def _cmd_generate(ns: argparse.Namespace) -> int:
     from .generate import generate_cli
 
-    return generate_cli(
-        ns.stem,
-        tokens=ns.tokens_to_generate,
-        temperature=ns.temperature,
-        top_k=ns.top_k,
-        top_p=ns.top_p,
-        seed=ns.seed,
-        prompt=ns.prompt,
-        vocab_metadata=ns.vocab_metadata,
-        device=ns.device,
-        slide=ns.window_slide,
-    )
+    given = {f.name: getattr(ns, f.name) for f in dataclasses.fields(GenerateConfig) if hasattr(ns, f.name)}
+    return generate_cli(ns.stem, GenerateConfig(**given))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Settings: the model shape (`ModelConfig`), the training run (`TrainConfig`), the presets, and `PrepareConfig`.
+"""Settings: the model shape (`ModelConfig`), the training run (`TrainConfig`), `PrepareConfig`,
+sampling (`GenerateConfig`) and the presets.
 
 One source of truth for each setting: a dataclass field. Its command-line flag, its `--help` text and its
 place in a checkpoint's `config.json` all come from the field (see `field_flag` / `field_help`), and a
@@ -60,6 +61,49 @@ class ModelConfig:
 
 
 @dataclass
+class GenerateConfig:
+    """How `nanogpt generate` samples (the training UI's `g` key samples `tokens_to_generate` as well)."""
+
+    tokens_to_generate: int = opt(200, "number of tokens to generate")
+    temperature: float = opt(1.0, "sampling temperature; 0 means greedy")
+    top_k: int | None = opt(None, "sample only from the N most likely tokens")
+    top_p: float | None = opt(None, "nucleus sampling: the smallest set of tokens with probability >= X")
+    seed: int = opt(1337, "random seed; 0 picks a random one and prints it")
+    prompt: str = opt("", "text to start from; \\n escapes are decoded (default: empty)")
+    vocab_metadata: str | None = opt(None, "vocab.json to use instead of the checkpoint's own vocabulary")
+    device: str = opt("auto", "device to generate on", choices=("auto", "cpu", "cuda", "mps"))
+    window_slide: int | None = opt(
+        None,
+        "when the text outgrows the context, drop the oldest N tokens and go on (default: half the block "
+        "size, which lets the KV cache do its job; 1 = nanoGPT's exact crop, several times slower)",
+    )
+
+    def problem(self, block_size: int | None = None) -> str | None:
+        """The first impossible setting as one line (None if all are possible); `block_size` bounds the slide."""
+        if self.tokens_to_generate < 0:
+            return f"--tokens-to-generate must be >= 0, got {self.tokens_to_generate}"
+        if not self.temperature >= 0:  # also rejects NaN
+            return f"--temperature must be >= 0 (0 = greedy), got {self.temperature}"
+        if self.top_k is not None and self.top_k < 1:
+            return f"--top-k must be >= 1, got {self.top_k}"
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            return f"--top-p must be in (0, 1], got {self.top_p}"
+        if self.seed < 0:
+            return f"--seed must be >= 0 (0 = random), got {self.seed}"
+        if self.window_slide is not None and self.window_slide < 1:
+            return f"--window-slide must be >= 1, got {self.window_slide}"
+        if self.window_slide is not None and block_size is not None and self.window_slide > block_size:
+            return f"--window-slide must be in [1, block size {block_size}], got {self.window_slide}"
+        return None
+
+    def validate(self, block_size: int | None = None) -> None:
+        """Raise ConfigError with one clear line if a setting is impossible."""
+        problem = self.problem(block_size)
+        if problem is not None:
+            raise ConfigError(problem)
+
+
+@dataclass
 class TrainConfig:
     """Everything about a training run except the model's shape."""
 
@@ -87,7 +131,7 @@ class TrainConfig:
     eval_iters: int = opt(20, "batches averaged per validation-loss evaluation")
     log_interval: int = opt(10, "steps between headless progress lines")
     save_interval: int = opt(0, "steps between automatic checkpoints (0: only at the end)")
-    tokens_to_generate: int = opt(200, "tokens sampled by the UI's `g` key")
+    tokens_to_generate: int = opt(GenerateConfig.tokens_to_generate, "tokens sampled by the UI's `g` key")
     out_dir: str = opt("out", "folder for checkpoints")
     # hardware
     device: str = opt("auto", "device to train on", choices=("auto", "cpu", "cuda", "mps"))

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .config import GenerateConfig
+
 
 # ----------------------------------------------------------------------------- events
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ class Resume:
 class Sample:
     """Sample `n_tokens` from the current weights between two steps, without changing the run."""
 
-    n_tokens: int = 200
+    n_tokens: int = GenerateConfig.tokens_to_generate
     prompt: str = ""
 
 

@@ -33,9 +33,8 @@ class KVCache:
 
     One static buffer `kv` (n_layer, B, 2, n_head, block_size, head_size) with `k` and `v` as views of it,
     so generating a token allocates nothing and one copy stores a layer's new key and value together.
-    `GPT.forward(idx, cache=...)` fills it for any number of tokens (a prompt); `GPT.decode_step` is the
-    fast path for one token. A cache is meant for one generation: `decode_step` binds it to the model's
-    parameters the first time it sees it.
+    `GPT.forward(idx, cache=...)` fills it for any number of tokens; inference.py's `Decoder` owns one per
+    generation and adds the fast path for one token.
     """
 
     def __init__(self, cfg: ModelConfig, batch_size: int, device: torch.device | str, dtype: torch.dtype):
@@ -48,7 +47,6 @@ class KVCache:
         self.k = self.kv[:, :, 0]  # (n_layer, B, nh, block_size, hs)
         self.v = self.kv[:, :, 1]
         self.pos = 0
-        self.plan: tuple | None = None  # (model, per-layer weights and views) built by GPT.decode_step
 
     def reset(self) -> None:
         """Forget every position (the buffer is reused as is: stale entries are never read)."""
@@ -187,80 +185,6 @@ class GPT(nn.Module):
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
         return logits, loss
-
-    def decode_step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Logits (B, vocab) of one new token per row (tokens: (B,)) at position `cache.pos`; advances it.
-
-        The same math as `forward(tokens[:, None], cache=cache)`, as plain functional calls over weights and
-        cache views bound once per cache: for a small model a decode step is nearly all per-operator
-        overhead, so this path has no module dispatch, no slicing, and matmuls that take the transposed
-        weights directly and fold the residual add in (`addmm`). Inference only: call it under
-        `torch.inference_mode()` with the model in eval mode (dropout is not applied).
-        """
-        p = cache.pos
-        if p >= cache.block_size:
-            raise ValueError(f"the cache is full ({cache.block_size} positions); start a new window")
-        plan = cache.plan
-        if plan is None or plan[0] is not self:
-            plan = cache.plan = (self, self._decode_plan(cache))
-        wte, wte_t, wpe, lnf_w, lnf_b, layers = plan[1]
-        C, nh = self.config.n_embd, self.config.n_head
-        B = tokens.shape[0]
-        x = torch.index_select(wte, 0, tokens) + wpe[p]  # (B, C); cheaper than wte[tokens]
-        for layer in layers:
-            ln1_w, ln1_b, attn_t, attn_b, proj_t, proj_b, ln2_w, ln2_b, fc_t, fc_b, fc2_t, fc2_b, kv = layer
-            h = F.layer_norm(x, (C,), ln1_w, ln1_b, 1e-5)
-            qkv = torch.mm(h, attn_t) if attn_b is None else torch.addmm(attn_b, h, attn_t)
-            qkv = qkv.view(B, 3, nh, -1)
-            slot, k, v = kv[p]
-            slot.copy_(qkv[:, 1:])  # this position's key and value, one copy into the static cache
-            # one query attends to every cached position (this one included): no mask needed. With one
-            # row, three batched-over-heads ops beat SDPA's general kernel (whose set-up is most of its
-            # cost here); q is pre-scaled by 1/sqrt(head_size) through the weights (see _decode_plan).
-            if B == 1:
-                att = torch.softmax(torch.bmm(qkv[0, 0].unsqueeze(1), k), dim=-1)  # (nh, 1, p + 1)
-                y = torch.bmm(att, v).view(B, C)
-            else:
-                y = F.scaled_dot_product_attention(qkv[:, :1].transpose(1, 2), k, v, scale=1.0).view(B, C)
-            x = torch.addmm(x, y, proj_t) if proj_b is None else torch.addmm(x + proj_b, y, proj_t)
-            h = F.layer_norm(x, (C,), ln2_w, ln2_b, 1e-5)
-            h = F.gelu(torch.mm(h, fc_t) if fc_b is None else torch.addmm(fc_b, h, fc_t))
-            x = torch.addmm(x, h, fc2_t) if fc2_b is None else torch.addmm(x + fc2_b, h, fc2_t)
-        cache.pos = p + 1
-        return torch.mm(F.layer_norm(x, (C,), lnf_w, lnf_b, 1e-5), wte_t)
-
-    def _decode_plan(self, cache: KVCache) -> tuple:
-        """Weights (matrices transposed, as views) and per-position cache views for `decode_step`.
-
-        The query part of c_attn is a scaled copy (by 1/sqrt(head_size), the attention scale), so the
-        plan sees in-place weight updates made before it is built, i.e. before a generation starts.
-        """
-        t = self.transformer
-        hs = self.config.n_embd // self.config.n_head
-        one_row = cache.batch_size == 1
-        layers = []
-        for i, block in enumerate(t.h):
-            a, m = block.attn, block.mlp
-            attn_t = a.c_attn.weight.detach().t().clone()  # (C, 3C): columns q | k | v
-            attn_t[:, : self.config.n_embd] /= math.sqrt(hs)
-            attn_b = None
-            if a.c_attn.bias is not None:
-                attn_b = a.c_attn.bias.detach().clone()
-                attn_b[: self.config.n_embd] /= math.sqrt(hs)
-            # per position p: the (B, 2, nh, hs) slot of its key and value, then keys and values 0..p
-            # ((nh, hs, p + 1) keys, transposed for bmm, and (nh, p + 1, hs) values with one row)
-            if one_row:
-                kv = [(cache.kv[i, :, :, :, p], cache.k[i, 0, :, : p + 1].transpose(1, 2),
-                       cache.v[i, 0, :, : p + 1]) for p in range(cache.block_size)]
-            else:
-                kv = [(cache.kv[i, :, :, :, p], cache.k[i, :, :, : p + 1], cache.v[i, :, :, : p + 1])
-                      for p in range(cache.block_size)]
-            layers.append((
-                block.ln_1.weight, block.ln_1.bias, attn_t, attn_b,
-                a.c_proj.weight.t(), a.c_proj.bias, block.ln_2.weight, block.ln_2.bias,
-                m.c_fc.weight.t(), m.c_fc.bias, m.c_proj.weight.t(), m.c_proj.bias, kv,
-            ))
-        return t.wte.weight, t.wte.weight.t(), t.wpe.weight, t.ln_f.weight, t.ln_f.bias, layers
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
         """AdamW parameter groups: decay the matrices (dim >= 2), not biases and LayerNorm gains."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import weakref
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -260,3 +261,45 @@ def keep_freed_memory() -> bool:
         for param, value in ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 256 << 20), (_M_TOP_PAD, 64 << 20))
     )
     return _ALLOCATOR_TUNED
+
+
+# ----------------------------------------------------------------------------- generation
+# Below this many parameters a CPU decode step is a chain of tiny operators whose cost is dispatch, not
+# arithmetic: extra threads only add synchronisation (on a busy machine, OpenMP threads waiting on a shared
+# core; see BENCHMARKS.md, "Generation speed"). One thread then; bigger models keep torch's default.
+SINGLE_THREAD_PARAMS = 5_000_000
+
+
+@contextlib.contextmanager
+def generation_threads(device: torch.device, n_params: int) -> Iterator[None]:
+    """While generating: one intra-op thread for a model under SINGLE_THREAD_PARAMS on CPU; restored after
+    (the count is process-wide, and `nanogpt generate` may run in-process)."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and n_params < SINGLE_THREAD_PARAMS:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def aten_kernels(device: torch.device) -> Iterator[None]:
+    """On CPU, run the enclosed ops on ATen's own kernels instead of handing some of them to oneDNN.
+
+    Why: for a contiguous float32 CPU tensor, aten::gelu (exact erf) goes to a oneDNN primitive whose
+    set-up cost per call dwarfs the work on one row, a large part of a small model's decode step; ATen's
+    vectorised kernel computes the same exact-erf GELU (to float rounding). Training keeps oneDNN: on its
+    larger activations oneDNN's GELU is the faster one (numbers in BENCHMARKS.md, "Generation speed").
+    The switch (`torch.backends.mkldnn.enabled`) is process-wide, so generation holds it only around the
+    model's compute and never across a `yield`; another thread computing meanwhile would at worst run
+    ATen's kernels for those ops (the same results, another speed).
+    """
+    if device.type != "cpu" or not torch.backends.mkldnn.enabled:
+        yield
+        return
+    torch._C._set_mkldnn_enabled(False)  # not the `flags()` context manager: it also resets oneDNN TF32
+    try:
+        yield
+    finally:
+        torch._C._set_mkldnn_enabled(True)

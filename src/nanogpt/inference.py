@@ -1,0 +1,130 @@
+"""The KV-cached decoder behind generation: a prompt through the model once, then one token at a time.
+
+`Decoder(model)` is one generation's state: a `KVCache` and the model's weights bound once for the fast
+path. `prefill` runs a prompt through `GPT.forward` (model.py, the one definition of the math), which
+fills the cache; `step` computes one new token's logits with that same math written as plain functional
+calls. For a small model a decode step is nearly all per-operator overhead, so this path has no module
+dispatch and no slicing (the cache is read through per-position views made once), and its matmuls take
+the transposed weights directly and fold the residual add in (`addmm`). tests/test_inference.py checks
+it against `GPT.forward` position by position.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .model import GPT, Block, KVCache
+
+
+class LayerWeights(NamedTuple):
+    """One block's weights as `Decoder.step` uses them: matrices transposed (views), biases None without bias.
+
+    The query columns of `attn_t` (and the query part of `attn_b`) are a copy scaled by 1/sqrt(head_size),
+    the attention scale, so attention needs no scaling op; the other tensors are the parameters themselves.
+    """
+
+    ln_1_weight: torch.Tensor
+    ln_1_bias: torch.Tensor | None
+    attn_t: torch.Tensor  # c_attn (C, 3C): columns q | k | v
+    attn_b: torch.Tensor | None
+    attn_proj_t: torch.Tensor  # attn.c_proj (C, C)
+    attn_proj_b: torch.Tensor | None
+    ln_2_weight: torch.Tensor
+    ln_2_bias: torch.Tensor | None
+    fc_t: torch.Tensor  # mlp.c_fc (C, 4C)
+    fc_b: torch.Tensor | None
+    mlp_proj_t: torch.Tensor  # mlp.c_proj (4C, C)
+    mlp_proj_b: torch.Tensor | None
+
+    @classmethod
+    def of(cls, block: Block, head_size: int) -> LayerWeights:
+        a, m = block.attn, block.mlp
+        C = a.n_embd
+        attn_t = a.c_attn.weight.detach().t().clone()
+        attn_t[:, :C] /= math.sqrt(head_size)
+        attn_b = None
+        if a.c_attn.bias is not None:
+            attn_b = a.c_attn.bias.detach().clone()
+            attn_b[:C] /= math.sqrt(head_size)
+        return cls(
+            block.ln_1.weight, block.ln_1.bias, attn_t, attn_b, a.c_proj.weight.t(), a.c_proj.bias,
+            block.ln_2.weight, block.ln_2.bias, m.c_fc.weight.t(), m.c_fc.bias, m.c_proj.weight.t(), m.c_proj.bias,
+        )
+
+
+class Decoder:
+    """One generation of `batch_size` rows: a KV cache and the model's weights bound for `step`.
+
+    Inference only: use it under `torch.inference_mode()` with the model in eval mode (dropout is not
+    applied). The weights are bound when it is made, so in-place updates made before then are seen; make
+    a new Decoder for each generation.
+    """
+
+    def __init__(self, model: GPT, batch_size: int = 1):
+        cfg, t = model.config, model.transformer
+        wte = t.wte.weight
+        self.model = model
+        self.cache = KVCache(cfg, batch_size, wte.device, wte.dtype)
+        self.n_embd, self.n_head = cfg.n_embd, cfg.n_head
+        self.wte, self.wte_t, self.wpe = wte, wte.t(), t.wpe.weight
+        self.ln_f_weight, self.ln_f_bias = t.ln_f.weight, t.ln_f.bias
+        self.layers = [LayerWeights.of(block, cfg.n_embd // cfg.n_head) for block in t.h]
+        # per layer, per position p: the (B, 2, nh, hs) slot of p's key and value, then the keys and values
+        # of positions 0..p: (nh, hs, p + 1) keys (transposed for bmm) and (nh, p + 1, hs) values with one
+        # row, (B, nh, p + 1, hs) both for SDPA with more
+        kv, k, v = self.cache.kv, self.cache.k, self.cache.v
+        if batch_size == 1:
+            self.positions = [[(kv[i, :, :, :, p], k[i, 0, :, : p + 1].transpose(1, 2), v[i, 0, :, : p + 1])
+                               for p in range(cfg.block_size)] for i in range(cfg.n_layer)]
+        else:
+            self.positions = [[(kv[i, :, :, :, p], k[i, :, :, : p + 1], v[i, :, :, : p + 1])
+                               for p in range(cfg.block_size)] for i in range(cfg.n_layer)]
+
+    def prefill(self, idx: torch.Tensor) -> torch.Tensor:
+        """Forget the cache and run `idx` (B, T) at positions 0..T-1; logits (B, vocab) of the last one."""
+        self.cache.reset()
+        logits, _ = self.model(idx, cache=self.cache)
+        return logits[:, -1, :]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits (B, vocab) of one new token per row (tokens: (B,)) at position `cache.pos`; advances it.
+
+        The same math as `GPT.forward(tokens[:, None], cache=self.cache)`.
+        """
+        cache = self.cache
+        p = cache.pos
+        if p >= cache.block_size:
+            raise ValueError(f"the cache is full ({cache.block_size} positions); start a new window")
+        C, nh = self.n_embd, self.n_head
+        B = tokens.shape[0]
+        x = torch.index_select(self.wte, 0, tokens) + self.wpe[p]  # (B, C); cheaper than wte[tokens]
+        for w, positions in zip(self.layers, self.positions):
+            h = F.layer_norm(x, (C,), w.ln_1_weight, w.ln_1_bias, 1e-5)
+            qkv = torch.mm(h, w.attn_t) if w.attn_b is None else torch.addmm(w.attn_b, h, w.attn_t)
+            qkv = qkv.view(B, 3, nh, -1)
+            slot, k, v = positions[p]
+            slot.copy_(qkv[:, 1:])  # this position's key and value, one copy into the static cache
+            # one query attends to every cached position (this one included): no mask needed. With one
+            # row, three batched-over-heads ops beat SDPA's general kernel (whose set-up is most of its
+            # cost here); q is pre-scaled through the weights (LayerWeights).
+            if B == 1:
+                att = torch.softmax(torch.bmm(qkv[0, 0].unsqueeze(1), k), dim=-1)  # (nh, 1, p + 1)
+                y = torch.bmm(att, v).view(B, C)
+            else:
+                y = F.scaled_dot_product_attention(qkv[:, :1].transpose(1, 2), k, v, scale=1.0).view(B, C)
+            if w.attn_proj_b is None:
+                x = torch.addmm(x, y, w.attn_proj_t)
+            else:
+                x = torch.addmm(x + w.attn_proj_b, y, w.attn_proj_t)
+            h = F.layer_norm(x, (C,), w.ln_2_weight, w.ln_2_bias, 1e-5)
+            h = F.gelu(torch.mm(h, w.fc_t) if w.fc_b is None else torch.addmm(w.fc_b, h, w.fc_t))
+            if w.mlp_proj_b is None:
+                x = torch.addmm(x, h, w.mlp_proj_t)
+            else:
+                x = torch.addmm(x + w.mlp_proj_b, h, w.mlp_proj_t)
+        cache.pos = p + 1
+        return torch.mm(F.layer_norm(x, (C,), self.ln_f_weight, self.ln_f_bias, 1e-5), self.wte_t)
