@@ -54,6 +54,7 @@ def run_ours(seed: int, steps: int | None, preset: str, data_dir: Path) -> dict:
 
     from nanogpt.engine import build_trainer
     from nanogpt.events import EvalDone
+    from nanogpt.runtime import training_process
 
     with tempfile.TemporaryDirectory() as out:
         overrides = {"seed": seed, "data_dir": str(data_dir), "out_dir": out, "device": "cpu"}
@@ -61,7 +62,8 @@ def run_ours(seed: int, steps: int | None, preset: str, data_dir: Path) -> dict:
             overrides["steps"] = steps
         trainer = build_trainer(overrides, preset=preset)
         evals: list[float] = []
-        trainer.run(lambda e: evals.append(e.val_loss) if isinstance(e, EvalDone) else None)
+        with training_process(trainer.hardware):  # the process-wide settings the CLI applies
+            trainer.run(lambda e: evals.append(e.val_loss) if isinstance(e, EvalDone) else None)
         val = np.memmap(data_dir / "val.bin", dtype=np.uint16, mode="r")
         full = full_val_loss(trainer.model, val, trainer.model_cfg.block_size, trainer.device)
     return {"logged": evals[-1], "full": full}

@@ -89,7 +89,7 @@ class Ours:
     name = "ours"
 
     def __init__(self, args: argparse.Namespace, data_dir: Path, out_dir: Path):
-        from nanogpt import engine
+        from nanogpt import engine, runtime
 
         overrides = {"data_dir": str(data_dir), "device": args.device, "dtype": args.dtype,
                      "out_dir": str(out_dir)}
@@ -101,6 +101,9 @@ class Ours:
         from nanogpt import config
 
         self.trainer = engine.build_trainer(overrides, preset=args.preset)
+        # the process-wide settings the CLI applies around a run (threads, allocator), for this worker's life
+        self._process = contextlib.ExitStack()
+        self._process.enter_context(runtime.training_process(self.trainer.hardware))
         self.device = self.trainer.device
         self.threads = torch.get_num_threads()  # what the engine chose for its step
         t = self.trainer
@@ -108,7 +111,7 @@ class Ours:
         self.shape = {"model": config.to_dict(t.model_cfg), "train": config.to_dict(t.train_cfg),
                       "device": str(t.device), "dtype": str(t.dtype).removeprefix("torch."),
                       "n_params": t.n_params()}
-        self.compiled = self.trainer.forward_model is not self.trainer.model
+        self.compiled = self.trainer.hardware.compile
         self.tokens_per_step = self.trainer.tokens_per_step
         shards = self.trainer.core_parallel.workers if getattr(self.trainer, "core_parallel", None) else 1
         dtype = str(self.trainer.dtype).removeprefix("torch.")

@@ -69,15 +69,21 @@ def step_ms(stem_dir: Path, steps: int, skip: int) -> list[float]:
 def run_engine(args: argparse.Namespace, data: Path, out: Path) -> None:
     from nanogpt.engine import build_trainer
 
-    build_trainer(settings(args, data, out), preset=args.preset).run(lambda event: None)
+    from nanogpt.runtime import training_process
+
+    trainer = build_trainer(settings(args, data, out), preset=args.preset)
+    with training_process(trainer.hardware):  # what the CLI applies around a run
+        trainer.run(lambda event: None)
 
 
 def run_headless_variant(args: argparse.Namespace, data: Path, out: Path) -> None:
     from nanogpt.engine import build_trainer
     from nanogpt.headless import run_headless
 
+    from nanogpt.runtime import training_process
+
     trainer = build_trainer(settings(args, data, out), preset=args.preset)
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), training_process(trainer.hardware):
         run_headless(trainer)
 
 
@@ -86,7 +92,10 @@ def run_tui_variant(args: argparse.Namespace, data: Path, out: Path) -> float:
     from nanogpt.engine import build_trainer
     from nanogpt.tui.app import TrainingApp
 
-    app = TrainingApp(build_trainer(settings(args, data, out), preset=args.preset))
+    from nanogpt.runtime import training_process
+
+    trainer = build_trainer(settings(args, data, out), preset=args.preset)
+    app = TrainingApp(trainer)
     share = 0.0
 
     async def drive() -> None:
@@ -99,7 +108,8 @@ def run_tui_variant(args: argparse.Namespace, data: Path, out: Path) -> float:
             share = (time.thread_time() - cpu0) / (time.perf_counter() - wall0)
             await pilot.press("q")
 
-    asyncio.run(drive())
+    with training_process(trainer.hardware, ui=True):  # as the CLI runs the UI
+        asyncio.run(drive())
     return share
 
 

@@ -58,7 +58,7 @@ def test_auto_precision_trains_and_reads_losses_once_per_log_interval(data_dir: 
                                  learning_rate=3e-3))
     if DEVICE == "cuda":
         assert trainer.dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-        assert trainer.sync_every == 5
+        assert trainer.hardware.sync_every == 5
     events = collect(trainer)
     assert isinstance(events[-1], RunFinished) and events[-1].reason == "completed", events[-1]
     losses = step_losses(events)
@@ -70,7 +70,7 @@ def test_auto_precision_trains_and_reads_losses_once_per_log_interval(data_dir: 
 def test_compiled_model_trains_like_eager(data_dir: Path, tmp_path: Path) -> None:
     eager = collect(build_trainer(opts(data_dir, tmp_path / "eager", steps=8, compile=False)))
     compiled_trainer = build_trainer(opts(data_dir, tmp_path / "compiled", steps=8, compile=True))
-    assert compiled_trainer.forward_model is not compiled_trainer.model
+    assert compiled_trainer.step_module is not compiled_trainer.model
     compiled = collect(compiled_trainer)
     assert compiled[-1].reason == "completed", compiled[-1]
     # same weights, batches and math; kernels differ (fused by inductor, bf16 rounding): close, not equal

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import threading
 from pathlib import Path
 
 import pytest
 import torch
-from engine_fixtures import TINY
+from engine_fixtures import TINY, TINY_FLAGS
 
 from nanogpt import config
 from nanogpt.engine import build_trainer
@@ -146,7 +147,15 @@ def test_resume_keeps_saved_settings_and_takes_explicit_ones(shakespeare_dir: Pa
 def test_seed_zero_picks_and_prints_a_random_seed(shakespeare_dir: Path, tmp_path: Path, capsys) -> None:
     trainer = build_trainer(settings(shakespeare_dir, tmp_path, steps=1, seed=0))
     assert trainer.train_cfg.seed > 0
-    assert f"using random seed {trainer.train_cfg.seed}" in capsys.readouterr().err
+    assert f"using random seed {trainer.train_cfg.seed}" in "\n".join(trainer.notes)  # the engine prints nothing
+    assert capsys.readouterr().err == ""
+    from nanogpt.cli import main  # the front end prints the engine's notes
+
+    flags = ["--data-dir", str(shakespeare_dir), "--out-dir", str(tmp_path / "cli"), "--steps", "1", "--seed", "0"]
+    assert main(["train", "--headless", *TINY_FLAGS, *flags]) == 0
+    err = capsys.readouterr().err
+    picked = re.findall(r"^seed 0: using random seed (\d+) \(pass --seed \1 to repeat\)$", err, re.M)
+    assert len(picked) == 1 and int(picked[0]) > 0
 
 
 def test_sampling_and_evaluating_do_not_change_the_run(shakespeare_dir: Path, tmp_path: Path) -> None:
@@ -216,11 +225,19 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
 
 
 def test_no_data_options_train_on_the_bundled_corpus(tmp_path: Path, monkeypatch) -> None:
+    """The front end (cli.py) names the bundled corpus when the user names no data; the engine needs data."""
     monkeypatch.setenv("NANOGPT_CACHE_DIR", str(tmp_path / "cache"))
-    trainer = build_trainer({**TINY, "steps": 1, "out_dir": str(tmp_path / "out")})
-    assert Path(trainer.train_cfg.data_dir).parent == tmp_path / "cache"
-    assert trainer.tokens.vocab_size == 65 and len(trainer.tokens.train) > 900_000  # Tiny Shakespeare
-    assert trainer.run(lambda e: None).reason == "completed"
+    from nanogpt import checkpoint
+    from nanogpt.cli import main
+
+    assert main(["train", "--headless", *TINY_FLAGS, "--steps", "1", "--out-dir", str(tmp_path / "out")]) == 0
+    meta = checkpoint.read_meta(tmp_path / "out" / "model_step_1")  # written: the run completed
+    data_dir = Path(meta["train"]["data_dir"])
+    assert data_dir.parent == tmp_path / "cache"
+    train_tokens = (data_dir / "train.bin").stat().st_size // 2  # uint16 ids
+    assert meta["tokenizer"]["vocab_size"] == 65 and train_tokens > 900_000  # Tiny Shakespeare
+    with pytest.raises(UserError, match="give --data-dir"):
+        build_trainer({**TINY, "steps": 1, "out_dir": str(tmp_path / "engine")})
 
 
 def test_unexpected_error_saves_what_was_learned_then_raises(shakespeare_dir: Path, tmp_path: Path) -> None:
@@ -239,14 +256,15 @@ def test_unexpected_error_saves_what_was_learned_then_raises(shakespeare_dir: Pa
     assert resumed.step == 3
 
 
-def test_deferred_loss_reads_give_the_same_run(shakespeare_dir: Path, tmp_path: Path) -> None:
+def test_deferred_loss_reads_give_the_same_run(shakespeare_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """On CUDA/MPS the engine reads losses back `sync_every` steps at a time (no host-device sync inside a
     step); forced here on CPU, the run's events, log and weights equal the read-every-step run."""
     opts = dict(steps=12, validation_interval=5, save_interval=6)
     every = build_trainer(settings(shakespeare_dir, tmp_path / "every", **opts))
+    monkeypatch.setenv("NANOGPT_SYNC_EVERY", "4")
     batched = build_trainer(settings(shakespeare_dir, tmp_path / "batched", **opts))
-    assert every.sync_every == 1  # CPU default
-    batched.sync_every = 4
+    assert every.hardware.sync_every == 1  # CPU default
+    assert batched.hardware.sync_every == 4
     a, b = run_collect(every), run_collect(batched)
 
     def shape(events: list) -> list:
@@ -266,12 +284,12 @@ def test_deferred_loss_reads_give_the_same_run(shakespeare_dir: Path, tmp_path: 
         assert torch.equal(p, q)
 
 
-def test_deferred_loss_reads_still_stop_on_nan(shakespeare_dir: Path, tmp_path: Path) -> None:
+def test_deferred_loss_reads_still_stop_on_nan(shakespeare_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("NANOGPT_SYNC_EVERY", "4")
     trainer = build_trainer(
         settings(shakespeare_dir, tmp_path, steps=20, learning_rate=1e30, min_learning_rate=0.0,
                  warmup_steps=0, grad_clip=0.0)
     )
-    trainer.sync_every = 4
     events = run_collect(trainer)
     assert [type(e) for e in events] == [RunStarted, StepDone, RunFinished]  # step 1 is reported, then the stop
     assert events[-1].reason == "error" and "loss became nan at step 2" in events[-1].message
@@ -295,7 +313,7 @@ def test_compiled_cpu_shards_train_like_eager(shakespeare_dir: Path, tmp_path: P
     compiled = build_trainer(settings(shakespeare_dir, tmp_path / "compiled", compile=True, **opts))
     if eager.core_parallel is None:
         pytest.skip("one CPU core: no shards to compare")
-    assert compiled.core_parallel is not None and compiled.forward_model is not compiled.model
+    assert compiled.core_parallel is not None and compiled.step_module is not compiled.model
     a, b = run_collect(eager), run_collect(compiled)
     assert b[-1].reason == "completed", b[-1]
     torch.testing.assert_close(losses(b), losses(a), rtol=0, atol=1e-4)
@@ -304,10 +322,10 @@ def test_compiled_cpu_shards_train_like_eager(shakespeare_dir: Path, tmp_path: P
 
 
 def test_unexpected_error_with_deferred_loss_reads_keeps_every_finished_step(
-    shakespeare_dir: Path, tmp_path: Path
+    shakespeare_dir: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    trainer = build_trainer(settings(shakespeare_dir, tmp_path, steps=10))
-    trainer.sync_every = 4  # steps 1-4 are read back together; the front end fails while showing step 3
+    monkeypatch.setenv("NANOGPT_SYNC_EVERY", "4")  # steps 1-4 are read back together
+    trainer = build_trainer(settings(shakespeare_dir, tmp_path, steps=10))  # the front end fails showing step 3
 
     def front_end_bug(event) -> None:
         if isinstance(event, StepDone) and event.step == 3:

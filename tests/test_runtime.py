@@ -24,7 +24,6 @@ CPU = torch.device("cpu")
 def one_intra_op_thread():
     """One intra-op thread, as under CoreParallel: these models are tiny, and OpenMP's fork/join per op
     stalls for whole scheduler time slices when other processes (parallel test runs) hold the cores."""
-    runtime._default_threads()  # remember torch's own default before changing it
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -137,8 +136,10 @@ def test_core_parallel_adds_to_existing_gradients_and_repeats_exactly():
 
 
 def test_core_parallel_is_used_only_where_it_is_safe():
-    common = {"batch_size": 12, "dropout": 0.0, "dtype": torch.float32, "world_size": 1}
-    assert runtime.core_parallel_workers(CPU, **common) == min(runtime._default_threads(), 12)
+    common = {"batch_size": 12, "dropout": 0.0, "dtype": torch.float32, "world_size": 1, "cores": 4}
+    assert runtime.core_parallel_workers(CPU, **common) == 4
+    assert runtime.core_parallel_workers(CPU, **{**common, "cores": 16}) == 12  # one shard per sequence at most
+    assert runtime.core_parallel_workers(CPU, **{**common, "cores": 1}) == 1  # OMP_NUM_THREADS=1
     assert runtime.core_parallel_workers(torch.device("cuda"), **common) == 1
     assert runtime.core_parallel_workers(CPU, **{**common, "dropout": 0.1}) == 1  # masks would not repeat
     assert runtime.core_parallel_workers(CPU, **{**common, "world_size": 2}) == 1
@@ -146,12 +147,37 @@ def test_core_parallel_is_used_only_where_it_is_safe():
     assert runtime.core_parallel_workers(CPU, **{**common, "batch_size": 1}) == 1
 
 
-def test_configure_threads_divides_the_cores_among_the_shards():
-    default = runtime._default_threads()
-    runtime.configure_threads(CPU, 2)
-    assert torch.get_num_threads() == max(1, default // 2)
-    runtime.configure_threads(CPU, 1)
-    assert torch.get_num_threads() == default
+def cpu_hardware(**train) -> runtime.Hardware:
+    from nanogpt.config import TrainConfig
+
+    return runtime.resolve_hardware(ModelConfig(dropout=0.0), TrainConfig(device="cpu", dtype="float32", **train))
+
+
+def test_hardware_divides_the_cores_among_the_shards_and_training_process_restores(monkeypatch):
+    torch.set_num_threads(2)  # as on a 2-core machine, whatever this one has
+    hw = cpu_hardware(batch_size=12)
+    assert (hw.shards, hw.threads, hw.world_size, hw.rank, hw.grad_scaler, hw.compile) == (2, 1, 1, 0, False, False)
+    assert hw.sync_every == 1  # CPU: every loss is read at once
+    switch = sys.getswitchinterval()
+    with runtime.training_process(hw):
+        assert torch.get_num_threads() == 1  # one per shard: the cores divided among them
+        assert sys.getswitchinterval() == switch  # no UI, no change
+    assert torch.get_num_threads() == 2
+    with runtime.training_process(cpu_hardware(batch_size=1)):  # one shard: torch's own count
+        assert torch.get_num_threads() == 2
+    monkeypatch.setenv("NANOGPT_SYNC_EVERY", "7")
+    assert cpu_hardware().sync_every == 7
+
+
+def test_a_ui_run_gets_a_short_gil_switch_interval_and_gives_it_back():
+    """The engine's threads wait less for the GIL while a UI thread draws (BENCHMARKS.md, the UI's overhead)."""
+    before = sys.getswitchinterval()
+    with runtime.training_process(cpu_hardware(), ui=True):
+        assert sys.getswitchinterval() == runtime.UI_SWITCH_INTERVAL_S
+    assert sys.getswitchinterval() == before  # restored when the UI goes
+    with pytest.raises(RuntimeError), runtime.training_process(cpu_hardware(), ui=True):
+        raise RuntimeError("the run failed")
+    assert sys.getswitchinterval() == before  # also after a failure
 
 
 _FAULTS_PER_STEP = """

@@ -10,6 +10,7 @@ A checkpoint `STEM` (e.g. `out/model_step_500`) is the state after 500 optimizer
 - `STEM.resume.safetensors`   optimizer moments (`optim.<param index>.<name>`) for exact resume;
 - `STEM.resume.json`          step, batch counter, seed and anything else the engine needs to continue.
 
+For a resume: `read(stem) -> Checkpoint`, every file but the weights read and checked once.
 For generation: `load_model(stem, device) -> (GPT in eval mode, meta)` where meta is the config.json dict
 (`meta["tokenizer"]` feeds `tokenizers.from_meta`). `stem` may also be the path of the .safetensors file.
 Every reading function raises UserError with one line for a missing, corrupt or truncated file.
@@ -17,6 +18,7 @@ Every reading function raises UserError with one line for a missing, corrupt or 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -200,6 +202,46 @@ def read_resume(stem: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
 
 def weights_path(stem: str | Path) -> Path:
     return _file(stem_of(stem), ".safetensors")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Checkpoint:
+    """What a resume needs from a checkpoint, read once (`read`); the weights stay in their file."""
+
+    stem: Path
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    tokenizer: dict[str, Any]  # vocab.json's dict, as saved
+    step: int  # optimizer steps done
+    batch_counter: int  # global micro-batches consumed (over all ranks)
+    world_size: int  # processes that trained it
+    scaler: dict[str, Any] | None  # the float16 GradScaler's state
+    log: list[dict[str, Any]]  # the training log up to `step`
+    optimizer_tensors: dict[str, torch.Tensor]  # for load_optimizer
+
+    @property
+    def weights(self) -> Path:
+        return weights_path(self.stem)
+
+
+def read(stem: str | Path) -> Checkpoint:
+    """Read and check checkpoint `stem` (or any of its files) for a resume; UserError if anything is off."""
+    stem = stem_of(stem)
+    model_cfg, train_cfg = configs(meta := read_meta(stem))
+    state, tensors = read_resume(stem)
+    step = int(state["step"])
+    return Checkpoint(
+        stem=stem,
+        model_cfg=model_cfg,
+        train_cfg=train_cfg,
+        tokenizer=meta["tokenizer"],
+        step=step,
+        batch_counter=int(state.get("batch_counter", 0)),
+        world_size=int(state.get("world_size", 1)),
+        scaler=state.get("scaler") or None,
+        log=[e for e in read_log(stem) if e["step"] <= step],
+        optimizer_tensors=tensors,
+    )
 
 
 def load_model(stem: str | Path, device: torch.device | str = "cpu"):

@@ -114,16 +114,27 @@ def _cmd_prepare(ns: argparse.Namespace) -> int:
 
 def _cmd_train(ns: argparse.Namespace) -> int:
     from .distributed import under_torchrun
-    from .engine import build_trainer
+    from .engine import DATA_FIELDS, build_trainer
+    from .runtime import training_process
 
-    trainer = build_trainer(_config_overrides(ns), preset=ns.preset, resume=ns.resume_training)
+    overrides = _config_overrides(ns)
+    if ns.resume_training is None and not any(k in overrides for k in DATA_FIELDS):
+        from .prepare import bundled_dataset
+
+        overrides["data_dir"] = str(bundled_dataset())  # no data named: the bundled corpus (prepared once)
+    trainer = build_trainer(overrides, preset=ns.preset, resume=ns.resume_training)
+    if trainer.is_main:
+        for note in trainer.notes:
+            print(note, file=sys.stderr, flush=True)
     if ns.headless or under_torchrun() or not sys.stdout.isatty():
         from .headless import run_headless
 
-        return run_headless(trainer)
+        with training_process(trainer.hardware):
+            return run_headless(trainer)
     from .tui.app import run_tui
 
-    return run_tui(trainer, start_paused=ns.resume_training is not None)
+    with training_process(trainer.hardware, ui=True):
+        return run_tui(trainer, start_paused=ns.resume_training is not None)
 
 
 def _cmd_generate(ns: argparse.Namespace) -> int:

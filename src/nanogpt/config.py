@@ -142,8 +142,8 @@ class TrainConfig:
     )
     compile: bool | None = opt(
         None,
-        "torch.compile the model (default: on CUDA only; on CPU it pays on long runs: ~7%% per step for "
-        "~1 min of compiling the first time)",
+        "torch.compile the model (default: on CUDA only; on CPU it pays on long runs only, after about a "
+        "minute of compiling the first time)",
     )
 
     def validate(self) -> None:

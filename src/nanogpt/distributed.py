@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import os
-import sys
 from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -143,48 +142,40 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 
 
 def keep_effective_batch(
-    train_cfg: TrainConfig, saved: TrainConfig, stem: Path, explicit: Collection[str]
-) -> TrainConfig:
+    train_cfg: TrainConfig, saved: TrainConfig, saved_world: int, explicit: Collection[str], stem: Path
+) -> tuple[TrainConfig, str | None]:
     """On resume with another number of processes, adjust --grad-accum to keep the effective batch.
 
     --grad-accum is per process (the effective batch is batch x grad_accum x world size), so a checkpoint
     saved by 8 processes x 1 resumes on 2 processes with 4 and on one device with 8, and the run goes on
     as if nothing had changed. An explicit --grad-accum, or a --batch-size other than the saved one, wins;
-    so does a world size that does not divide the saved batch (then the effective batch changes; we say so).
+    so does a world size that does not divide the saved batch (then the effective batch changes).
+    `saved`, `saved_world`: the checkpoint's settings and world size. Returns the settings and a note for
+    the user when it changed (or could not keep) the batch.
     """
-    from . import checkpoint
-
-    state = checkpoint.read_json(Path(f"{checkpoint.stem_of(stem)}.resume.json"), "resume state")
-    saved_world = int(state.get("world_size", 1)) if isinstance(state, dict) else 1
     world = world_size()
     if (
         saved_world == world
         or "grad_accum" in explicit
         or (train_cfg.batch_size, train_cfg.grad_accum) != (saved.batch_size, saved.grad_accum)
     ):
-        return train_cfg
+        return train_cfg, None
     sequences = saved.batch_size * saved.grad_accum * saved_world
     if (saved.grad_accum * saved_world) % world:
-        _note(
-            f"checkpoint {stem} was trained with {sequences} sequences per step on {_procs(saved_world)}; "
+        return train_cfg, (
+            f"note: checkpoint {stem} was trained with {sequences} sequences per step on {_procs(saved_world)}; "
             f"{world} processes cannot keep that with --batch-size {saved.batch_size}, "
             "so the effective batch "
             f"is now {saved.batch_size * saved.grad_accum * world}"
         )
-        return train_cfg
     grad_accum = saved.grad_accum * saved_world // world
-    _note(
-        f"checkpoint {stem} was trained on {_procs(saved_world)} x "
+    note = (
+        f"note: checkpoint {stem} was trained on {_procs(saved_world)} x "
         f"{saved.grad_accum} accumulation; using --grad-accum {grad_accum} on {world} to keep its effective "
         f"batch of {sequences} sequences"
     )
-    return dataclasses.replace(train_cfg, grad_accum=grad_accum)
+    return dataclasses.replace(train_cfg, grad_accum=grad_accum), note
 
 
 def _procs(n: int) -> str:
     return f"{n} process" + ("es" if n != 1 else "")
-
-
-def _note(text: str) -> None:
-    if is_main():
-        print(f"note: {text}", file=sys.stderr, flush=True)

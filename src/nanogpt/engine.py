@@ -3,6 +3,8 @@
 Every front end (headless lines, the Textual UI, torchrun) drives the same `Trainer.run(emit, commands)`:
 it emits events (events.py) and obeys commands between two steps. The engine is synchronous and
 single-threaded; a UI runs it in one worker thread and talks to it only through the queue and the events.
+The front end also names the data when the user names none (the bundled corpus), shows `Trainer.notes`,
+and enters `runtime.training_process` (the process-wide settings) around the run.
 
 Determinism, which exact resume rests on:
 - data batch i is a pure function of (seed, i) (data.py); the step's global micro-batches are
@@ -12,19 +14,20 @@ Determinism, which exact resume rests on:
   same result however it is split over processes (N ranks x accumulation A = 1 process x N*A);
 - the learning rate is a pure function of the step (schedule.py); the optimizer moments are saved.
 
-Host-device syncs: on CUDA/MPS nothing inside a step reads a value back. `run` reads the losses of
-`sync_every` steps (the log interval) in one transfer, or sooner when a command waits, a stop is asked
-for, an evaluation or a save is due, or half a second has passed; StepDone events then come in bursts.
-On CPU reading a loss costs nothing, so each is read at once and a NaN stops the run before the weights
-move (on an accelerator the NaN is found up to `sync_every` steps later; the last checkpoint is kept).
+Host-device syncs: on CUDA/MPS nothing inside a step reads a value back; `LossReadback` holds the losses
+of `Hardware.sync_every` steps (the log interval) and reads them in one transfer, or sooner when a command
+waits, a stop is asked for, an evaluation or a save is due, or half a second has passed; StepDone events
+then come in bursts. On CPU reading a loss costs nothing, so each is read at once and a NaN stops the run
+before the weights move (on an accelerator the NaN is found up to `sync_every` steps later; the last
+checkpoint is kept).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
-import os
 import queue
 import secrets
 import sys
@@ -32,9 +35,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint, config, data, distributed, runtime, schedule
 from .errors import UserError
@@ -60,22 +64,6 @@ DATA_FIELDS = ("data_dir", "training_dataset", "validation_dataset", "vocab_meta
 SIZE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size")
 
 
-# On an accelerator, losses are read back (a host-device sync) once per log interval, or sooner when this
-# many seconds have passed since the oldest unread step started (so a UI stays live on slow steps).
-SETTLE_SECONDS = 0.5
-
-
-@dataclasses.dataclass
-class _Pending:
-    """A finished optimizer step whose loss may still be a device tensor (see Trainer._settle)."""
-
-    step: int
-    lr: float
-    loss: torch.Tensor | float
-    t0: float
-    t1: float
-
-
 class TrainingDiverged(Exception):
     """The loss became NaN or infinite: training cannot continue from here."""
 
@@ -90,14 +78,77 @@ def _dropout_seed(seed: int, index: int) -> int:
     return (seed * 1_000_003 + index * 7919 + 1) % (2**63 - 1)
 
 
-# ----------------------------------------------------------------------------- building a trainer
-def _resolve_data(train_cfg: config.TrainConfig) -> tuple[config.TrainConfig, data.TokenData]:
-    """Open the dataset the config names, or the bundled corpus when it names none."""
-    if all(getattr(train_cfg, f) is None for f in DATA_FIELDS):
-        from .prepare import bundled_dataset
+# ----------------------------------------------------------------------------- reading losses back
+class FinishedStep(NamedTuple):
+    """An optimizer step done; its loss is a float when it was read at once, else still a device tensor."""
 
-        train_cfg = dataclasses.replace(train_cfg, data_dir=str(bundled_dataset()))
-    # absolute paths in the saved config, so that a resume from another folder finds the same data
+    step: int
+    lr: float
+    loss: torch.Tensor | float
+    t0: float
+    t1: float
+
+
+class LossReadback:
+    """Finished steps whose losses are read back from the device together: one host-device transfer (and
+    under DDP one all-reduce) for `every` steps, so that the host queues the next steps while the device
+    computes them."""
+
+    MAX_WAIT_S = 0.5  # one process: read back sooner once the oldest unread step is this old (a UI stays live)
+
+    def __init__(self, every: int, world_size: int):
+        self.every = every
+        self.world_size = world_size
+        self.unread: list[FinishedStep] = []
+
+    def add(self, step: FinishedStep) -> None:
+        self.unread.append(step)
+
+    def due(self, urgent: Callable[[], bool]) -> bool:
+        """Time to read back: `every` steps wait, or (one process) `urgent()` or MAX_WAIT_S has passed."""
+        if not self.unread:
+            return False
+        if len(self.unread) >= self.every:
+            return True
+        if self.world_size > 1:
+            return False  # every rank must read back (an all-reduce) at the same steps: count only
+        return urgent() or time.perf_counter() - self.unread[0].t0 >= self.MAX_WAIT_S
+
+    def read(self, tokens_per_step: int) -> tuple[list[StepDone], TrainingDiverged | None]:
+        """StepDone events for the unread steps, their deferred losses read in one transfer. At the first
+        NaN/inf: the steps before it, and the error to raise once they are shown (the rest are dropped).
+
+        A deferred step's host-side time says little (the accelerator runs behind the host), so those
+        steps share the wall time from the first one's start to now equally.
+        """
+        steps, self.unread = self.unread, []
+        if not steps:
+            return [], None
+        deferred = [s.loss for s in steps if isinstance(s.loss, torch.Tensor)]
+        values = iter(distributed.mean(torch.stack(deferred)).tolist() if deferred else ())
+        shared = (time.perf_counter() - steps[0].t0) / len(steps)
+        events: list[StepDone] = []
+        for s in steps:
+            if isinstance(s.loss, torch.Tensor):
+                loss, duration = next(values), shared
+                if not math.isfinite(loss):
+                    return events, TrainingDiverged.at(s.step, loss)
+            else:
+                loss, duration = s.loss, s.t1 - s.t0
+            events.append(StepDone(
+                step=s.step,
+                loss=loss,
+                duration_ms=duration * 1000.0,
+                lr=s.lr,
+                tokens_per_s=tokens_per_step / max(duration, 1e-9),
+            ))
+        return events, None
+
+
+# ----------------------------------------------------------------------------- building a trainer
+def _open_data(train_cfg: config.TrainConfig) -> tuple[config.TrainConfig, data.TokenData]:
+    """Open the dataset the config names, with absolute paths in the config to save (so that a resume from
+    another folder finds the same data)."""
     train_cfg = dataclasses.replace(
         train_cfg,
         **{
@@ -124,73 +175,120 @@ def _check_resume_shape(saved: config.ModelConfig, resolved: config.ModelConfig,
             )
 
 
+def _check_resume_vocabulary(saved: checkpoint.Checkpoint, tokens: data.TokenData) -> None:
+    vocab = saved.tokenizer
+    if vocab.get("vocab_size") != tokens.vocab_size or vocab.get("itos") != tokens.meta.get("itos"):
+        raise UserError(
+            f"the data's vocabulary ({tokens.source}) differs from checkpoint {saved.stem}'s "
+            f"({vocab.get('vocab_size')} tokens): resume on data prepared with the same vocabulary"
+        )
+
+
 def build_trainer(overrides: dict[str, Any], preset: str | None = None, resume: str | None = None) -> Trainer:
-    """Resolve device, settings and data, build model and optimizer, and (with `resume`) restore a checkpoint.
+    """Resolve settings, hardware and data, build model and optimizer, and (with `resume`) restore a checkpoint.
 
     Settings: the dataclass defaults (or with `resume`, the checkpoint's saved config), then `preset`,
     then `overrides` (the flags the user typed). With no preset, no size flags and no resume, the device's
-    default preset. Raises UserError for anything the user got wrong.
+    default preset. The settings must name the data (the CLI names the bundled corpus when the user does
+    not). Raises UserError for anything the user got wrong; what the user should know is in `Trainer.notes`.
     """
     overrides = dict(overrides)
-    stem = checkpoint.stem_of(resume) if resume is not None else None
-    meta = checkpoint.read_meta(stem) if stem is not None else None
-    saved = checkpoint.configs(meta) if meta is not None else None
-    device_name = overrides.get("device") or (saved[1].device if saved else "auto")
-    device = distributed.local_device(runtime.resolve_device(device_name))  # cuda:LOCAL_RANK under torchrun
+    notes: list[str] = []
+    saved = checkpoint.read(resume) if resume is not None else None
+    base = (saved.model_cfg, saved.train_cfg) if saved is not None else None
+    device = runtime.resolve_device(overrides.get("device") or (saved.train_cfg.device if saved else "auto"))
     if saved is None and preset is None and not any(k in overrides for k in SIZE_FIELDS):
         preset = config.default_preset(device.type)
-    if saved is not None and any(k in overrides for k in DATA_FIELDS):
+    if base is not None and any(k in overrides for k in DATA_FIELDS):
         # new data options replace the saved ones as a group (a new --data-dir drops the saved file paths)
-        saved = (saved[0], dataclasses.replace(saved[1], **{f: None for f in DATA_FIELDS}))
-    model_cfg, train_cfg = config.resolve(overrides, preset, base=saved)
+        base = (base[0], dataclasses.replace(base[1], **{f: None for f in DATA_FIELDS}))
+    model_cfg, train_cfg = config.resolve(overrides, preset, base=base)
     if saved is not None:
-        _check_resume_shape(saved[0], model_cfg, stem)
+        _check_resume_shape(saved.model_cfg, model_cfg, saved.stem)
         # --grad-accum is per process: on another world size keep the checkpoint's effective batch
-        train_cfg = distributed.keep_effective_batch(train_cfg, saved[1], stem, overrides)
+        train_cfg, note = distributed.keep_effective_batch(
+            train_cfg, saved.train_cfg, saved.world_size, overrides, saved.stem
+        )
+        notes += [note] if note else []
+    hardware = runtime.resolve_hardware(model_cfg, train_cfg)
     if train_cfg.seed == 0:
-        distributed.init_process_group(device)  # under torchrun every rank must use rank 0's pick
-        seed = distributed.broadcast_int(secrets.randbelow(2**31 - 1) + 1, device)
+        # under torchrun every rank must use rank 0's pick
+        seed = distributed.broadcast_int(secrets.randbelow(2**31 - 1) + 1, hardware.device)
         train_cfg = dataclasses.replace(train_cfg, seed=seed)
-        if distributed.is_main():
-            print(
-                f"seed 0: using random seed {train_cfg.seed} (pass --seed {train_cfg.seed} to repeat)",
-                file=sys.stderr,
-            )
-    train_cfg, tokens = _resolve_data(train_cfg)
-    if meta is not None:
-        saved_tok = meta["tokenizer"]
-        if saved_tok.get("vocab_size") != tokens.vocab_size or saved_tok.get("itos") != tokens.meta.get(
-            "itos"
-        ):
-            raise UserError(
-                f"the data's vocabulary ({tokens.source}) differs from checkpoint {stem}'s "
-                f"({saved_tok.get('vocab_size')} tokens): resume on data prepared with the same vocabulary"
-            )
+        notes.append(f"seed 0: using random seed {seed} (pass --seed {seed} to repeat)")
+    train_cfg, tokens = _open_data(train_cfg)
+    if saved is not None:
+        _check_resume_vocabulary(saved, tokens)
     model_cfg = dataclasses.replace(model_cfg, vocab_size=tokens.vocab_size)
     data.check_block_size(tokens, model_cfg.block_size)
-    return Trainer(model_cfg, train_cfg, tokens, device, resume=stem)
+    return Trainer(model_cfg, train_cfg, tokens, hardware, resume=saved, notes=notes)
+
+
+def _new_model(model_cfg: config.ModelConfig, seed: int, device: torch.device) -> GPT:
+    torch.manual_seed(seed)  # the same initial weights on every rank
+    return GPT(model_cfg).to(device)
+
+
+def _step_module(model: GPT, hardware: runtime.Hardware) -> torch.nn.Module:
+    """What a training step calls: `model`, compiled where that pays, wrapped in DDP on several processes."""
+    module: torch.nn.Module = model
+    if hardware.compile:
+        module = runtime.compile_model(model, hardware.device, hardware.shards)
+    if hardware.world_size > 1:
+        device = hardware.device
+        ids = [device.index if device.index is not None else hardware.local_rank] if device.type == "cuda" else None
+        module = DistributedDataParallel(module, device_ids=ids)
+    return module
+
+
+def _batch_samplers(
+    tokens: data.TokenData, model_cfg: config.ModelConfig, train_cfg: config.TrainConfig, device: torch.device
+) -> tuple[data.BatchSampler, data.BatchSampler]:
+    """The training and the validation batches (each batch a pure function of seed and index)."""
+    train, val = (
+        data.BatchSampler(
+            split,
+            block_size=model_cfg.block_size,
+            batch_size=batch_size,
+            seed=train_cfg.seed,
+            stream=stream,
+            device=device,
+        )
+        for split, batch_size, stream in (
+            (tokens.train, train_cfg.batch_size, data.TRAIN_STREAM),
+            (tokens.val, train_cfg.eval_batch_size, data.VAL_STREAM),
+        )
+    )
+    return train, val
 
 
 class Trainer:
-    """Trains one model. Front ends call `run`; tests and tools may call the step-level methods directly."""
+    """Trains one model. Front ends call `run`; tests and tools may call the step-level methods directly.
+
+    Two handles on the one model: `model`, the plain GPT (its weights are saved, restored, clipped and
+    sampled from), and `step_module`, what a training step calls (compiled where that pays, wrapped in DDP
+    on several processes). Evaluation calls `eval_module`: the step module without DDP.
+    """
 
     def __init__(
         self,
         model_cfg: config.ModelConfig,
         train_cfg: config.TrainConfig,
         tokens: data.TokenData,
-        device: torch.device,
-        resume: Path | None = None,
+        hardware: runtime.Hardware,
+        resume: checkpoint.Checkpoint | None = None,
+        notes: tuple[str, ...] | list[str] = (),
     ):
         self.model_cfg = model_cfg
         self.train_cfg = train_cfg
         self.tokens = tokens
-        self.device = device
-        distributed.init_process_group(device.type)
-        self.rank = distributed.rank()
-        self.world_size = distributed.world_size()
-        self.is_main = self.rank == 0
-        self.dtype = runtime.resolve_dtype(train_cfg.dtype, device)
+        self.hardware = hardware
+        self.device = hardware.device
+        self.dtype = hardware.dtype
+        self.rank = hardware.rank
+        self.world_size = hardware.world_size
+        self.is_main = hardware.is_main
+        self.notes = tuple(notes)  # for the user, from building it: a front end shows them before the run
         self.step = 0  # optimizer steps done; model_step_N is the state after N steps
         self.batch_counter = 0  # global micro-batches consumed so far (over all ranks)
         self.log: list[dict[str, Any]] = []
@@ -198,67 +296,25 @@ class Trainer:
         self.last_stem: str | None = None
         self._stop = threading.Event()
 
-        torch.manual_seed(train_cfg.seed)  # the same initial weights on every rank
-        self.model = GPT(model_cfg).to(device)  # the plain module: saved, sampled from
+        self.model = _new_model(model_cfg, train_cfg.seed, self.device)
         self.optimizer = runtime.make_optimizer(
             self.model,
             lr=train_cfg.learning_rate,
             betas=(train_cfg.beta1, train_cfg.beta2),
             weight_decay=train_cfg.weight_decay,
-            device=device,
+            device=self.device,
         )
-        self.scaler = torch.amp.GradScaler(device.type) if self.dtype == torch.float16 else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if hardware.grad_scaler else None
         if resume is not None:
             self._restore(resume)
+        self.step_module = _step_module(self.model, hardware)
         # CPU: each micro-batch runs as single-threaded shards side by side, one per core (see runtime)
-        workers = runtime.core_parallel_workers(
-            device,
-            batch_size=train_cfg.batch_size,
-            dropout=model_cfg.dropout,
-            dtype=self.dtype,
-            world_size=self.world_size,
+        self.core_parallel = (
+            runtime.CoreParallel(hardware.shards, hardware.threads or 1) if hardware.shards > 1 else None
         )
-        self.forward_model: torch.nn.Module = self.model  # what training and evaluation call
-        if runtime.should_compile(train_cfg.compile, device):
-            self.forward_model = runtime.compile_model(self.model, device, workers)
-        self.train_module: torch.nn.Module = self.forward_model
-        if self.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = (
-                [device.index if device.index is not None else distributed.local_rank()]
-                if device.type == "cuda"
-                else None
-            )
-            self.train_module = DistributedDataParallel(self.forward_model, device_ids=ids)
-        self.core_parallel = runtime.CoreParallel(workers) if workers > 1 else None
-        # steps whose losses `run` reads back at once: 1 on CPU (free there; a NaN then stops the run before
-        # the weights move), the log interval on CUDA/MPS (one host-device sync per interval, not per step)
-        # (NANOGPT_SYNC_EVERY=N sets it on any device: a diagnostic, and how the tests run the deferred
-        # path, torchrun ranks included, on CPU)
-        self.sync_every = 1 if device.type == "cpu" else max(1, train_cfg.log_interval)
-        if os.environ.get("NANOGPT_SYNC_EVERY", "").isdigit():
-            self.sync_every = max(1, int(os.environ["NANOGPT_SYNC_EVERY"]))
-        runtime.configure_threads(device, workers)
-        if device.type == "cpu":
-            runtime.keep_freed_memory()  # a step's activations are reused, not re-faulted (see runtime)
+        self.readback = LossReadback(hardware.sync_every, hardware.world_size)
         self.model.train()
-        self.train_batches = data.BatchSampler(
-            tokens.train,
-            block_size=model_cfg.block_size,
-            batch_size=train_cfg.batch_size,
-            seed=train_cfg.seed,
-            stream=data.TRAIN_STREAM,
-            device=device,
-        )
-        self.val_batches = data.BatchSampler(
-            tokens.val,
-            block_size=model_cfg.block_size,
-            batch_size=train_cfg.eval_batch_size,
-            seed=train_cfg.seed,
-            stream=data.VAL_STREAM,
-            device=device,
-        )
+        self.train_batches, self.val_batches = _batch_samplers(tokens, model_cfg, train_cfg, self.device)
 
     # ------------------------------------------------------------------------- properties
     @property
@@ -269,6 +325,12 @@ class Trainer:
     def tokens_per_step(self) -> int:
         cfg = self.train_cfg
         return cfg.batch_size * self.model_cfg.block_size * cfg.grad_accum * self.world_size
+
+    @property
+    def eval_module(self) -> torch.nn.Module:
+        """The step module without its DDP wrapper: each rank evaluates its own share of the batches."""
+        module = self.step_module
+        return module.module if isinstance(module, DistributedDataParallel) else module
 
     def n_params(self) -> int:
         return self.model.num_params()
@@ -290,23 +352,20 @@ class Trainer:
 
         Reads the loss back at once (on an accelerator, a host-device sync); `run` defers that on CUDA/MPS.
         """
-        events, error = self._settle([self._step(check=True)])
-        if error:
-            raise error
-        return events[0]
+        self._step(check=True)
+        return _or_raise(*self._read_back())[0]
 
     def train_steps(self, n: int) -> list[StepDone]:
         """`n` steps whose losses are read back together at the end: on an accelerator, no host-device
         sync between them (what `run` does per log interval). Raises TrainingDiverged on NaN/inf, found at
         the end (the weights have moved on by then)."""
-        events, error = self._settle([self._step(check=False) for _ in range(n)])
-        if error:
-            raise error
-        return events
+        for _ in range(n):
+            self._step(check=False)
+        return _or_raise(*self._read_back())
 
-    def _step(self, check: bool) -> _Pending:
-        """The step's work. check: read the loss now and refuse a NaN/inf before the weights move (CPU,
-        where reading costs nothing); otherwise the loss stays a device tensor until `_settle` (no sync)."""
+    def _step(self, check: bool) -> None:
+        """The step's work, handed to `readback`. check: read the loss now and refuse a NaN/inf before the
+        weights move (CPU, where reading costs nothing); otherwise the loss stays a device tensor (no sync)."""
         cfg = self.train_cfg
         t0 = time.perf_counter()
         lr = self.lr_at(self.step)
@@ -319,7 +378,7 @@ class Trainer:
             torch.manual_seed(_dropout_seed(cfg.seed, index))
             if self.core_parallel is not None:
                 total += self.core_parallel.forward_backward(
-                    self.train_module,
+                    self.step_module,
                     x,
                     y,
                     loss_scale=1 / cfg.grad_accum,
@@ -329,10 +388,10 @@ class Trainer:
                 continue
             last = micro == cfg.grad_accum - 1
             # under DDP only the last micro-step all-reduces the gradients
-            sync = contextlib.nullcontext() if last or self.world_size == 1 else self.train_module.no_sync()
+            sync = contextlib.nullcontext() if last or self.world_size == 1 else self.step_module.no_sync()
             with sync:
                 with runtime.autocast(self.device, self.dtype):
-                    _, loss = self.train_module(x, y)
+                    _, loss = self.step_module(x, y)
                 scaled = loss / cfg.grad_accum
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             total += loss.detach()
@@ -355,38 +414,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.batch_counter += cfg.grad_accum * self.world_size
-        return _Pending(step=self.step, lr=lr, loss=loss_now, t0=t0, t1=time.perf_counter())
+        self.readback.add(FinishedStep(step=self.step, lr=lr, loss=loss_now, t0=t0, t1=time.perf_counter()))
 
-    def _settle(self, pending: list[_Pending]) -> tuple[list[StepDone], TrainingDiverged | None]:
-        """Log finished steps and return their StepDone events, reading all their deferred losses back in
-        one transfer (and, under DDP, one all-reduce). At the first NaN/inf: the steps before it, and the
-        error to raise once they are shown (the steps after it are not logged).
-
-        A deferred step's host-side time says little (the accelerator runs behind the host), so those
-        steps share the wall time from the first one's start to now equally.
-        """
-        if not pending:
-            return [], None
-        deferred = [p.loss for p in pending if isinstance(p.loss, torch.Tensor)]
-        values = iter(distributed.mean(torch.stack(deferred)).tolist() if deferred else ())
-        shared = (time.perf_counter() - pending[0].t0) / len(pending)
-        events: list[StepDone] = []
-        for p in pending:
-            if isinstance(p.loss, torch.Tensor):
-                loss, duration = next(values), shared
-                if not math.isfinite(loss):
-                    return events, TrainingDiverged.at(p.step, loss)
-            else:
-                loss, duration = p.loss, p.t1 - p.t0
-            self.log.append({"step": p.step, "loss": loss, "duration_ms": duration * 1000.0})
-            events.append(StepDone(
-                step=p.step,
-                loss=loss,
-                duration_ms=duration * 1000.0,
-                lr=p.lr,
-                tokens_per_s=self.tokens_per_step / max(duration, 1e-9),
-            ))
-        return events, None
+    def _read_back(self) -> tuple[list[StepDone], TrainingDiverged | None]:
+        """Read the unread losses back and log their steps (all before any is shown: a failing front end
+        loses none); with the error to raise at a NaN/inf (see LossReadback.read)."""
+        events, error = self.readback.read(self.tokens_per_step)
+        self.log.extend({"step": e.step, "loss": e.loss, "duration_ms": e.duration_ms} for e in events)
+        return events, error
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -398,7 +433,7 @@ class Trainer:
             for i in range(self.rank, self.train_cfg.eval_iters, self.world_size):
                 x, y = self.val_batches.batch(i)
                 with runtime.autocast(self.device, self.dtype):
-                    _, loss = self.forward_model(x, y)
+                    _, loss = self.eval_module(x, y)
                 total += loss.float()
                 count += 1
             if self.world_size > 1:
@@ -469,18 +504,17 @@ class Trainer:
         self.last_stem = str(stem)
         return Saved(step=self.step, stem=str(stem), paths=paths)
 
-    def _restore(self, stem: Path) -> None:
-        """Continue from checkpoint `stem`: weights, optimizer moments, step, batch counter, training log."""
-        checkpoint.load_weights(self.model, checkpoint.weights_path(stem))
-        state, tensors = checkpoint.read_resume(stem)
-        checkpoint.load_optimizer(self.optimizer, tensors)
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
-        self.batch_counter = int(state.get("batch_counter", 0))
-        self.log = [e for e in checkpoint.read_log(stem) if e["step"] <= self.step]
+    def _restore(self, saved: checkpoint.Checkpoint) -> None:
+        """Continue from checkpoint `saved`: weights, optimizer moments, step, batch counter, training log."""
+        checkpoint.load_weights(self.model, saved.weights)
+        checkpoint.load_optimizer(self.optimizer, saved.optimizer_tensors)
+        if self.scaler is not None and saved.scaler:
+            self.scaler.load_state_dict(saved.scaler)
+        self.step = saved.step
+        self.batch_counter = saved.batch_counter
+        self.log = list(saved.log)
         self.last_saved_step = self.step
-        self.last_stem = str(stem)
+        self.last_stem = str(saved.stem)
 
     # ------------------------------------------------------------------------- the loop
     def request_stop(self) -> None:
@@ -491,103 +525,102 @@ class Trainer:
         self, emit: Callable[[Event], None], commands: queue.Queue | None = None, start_paused: bool = False
     ) -> RunFinished:
         """The training loop: emit RunStarted, then steps/evaluations/saves; obey commands between steps."""
-        cfg = self.train_cfg
-        emit(
-            RunStarted(
-                start_step=self.step,
-                total_steps=self.total_steps,
-                n_params=self.n_params(),
-                model=config.to_dict(self.model_cfg),
-                train=config.to_dict(cfg),
-                device=str(self.device),
-                dtype=str(self.dtype).removeprefix("torch."),
-                dataset=self.tokens.source,
-                tokenizer=str(self.tokens.meta.get("tokenizer")),
-                tokens_per_step=self.tokens_per_step,
-                history=tuple(dict(e) for e in self.log),
-                seed=cfg.seed,
-                world_size=self.world_size,
-            )
-        )
+        emit(self._run_started())
         paused = start_paused
         if paused:
             emit(Paused(step=self.step))
-        # Finished steps whose loss is still on the device. On CPU each loss is read at once (free there);
-        # on an accelerator `sync_every` steps at a time: the host runs ahead and queues the next steps
-        # (batch copies included) while the device computes, with no sync inside a step.
-        pending: list[_Pending] = []
-
-        def settle() -> None:
-            batch = pending[:]
-            pending.clear()
-            events, error = self._settle(batch)  # logged before any is shown: a failing front end loses none
-            for event in events:
-                emit(event)
-            if error:
-                raise error
-
-        def due() -> bool:
-            if len(pending) >= self.sync_every:
-                return True
-            if self.world_size > 1:
-                return False  # every rank must settle (an all-reduce) at the same steps: count only
-            waiting = commands is not None and not commands.empty()
-            return waiting or self._stop.is_set() or time.perf_counter() - pending[0].t0 >= SETTLE_SECONDS
-
+        urgent = functools.partial(self._someone_waits, commands)
         try:
             while True:
-                if pending and due():
-                    settle()
-                if not pending:  # commands and stops are handled between settled steps only
+                if self.readback.due(urgent):
+                    self._emit_read_back(emit)
+                if not self.readback.unread:  # commands and stops are handled between read-back steps only
                     paused, stop = self._obey(emit, commands, paused)
                     # ranks agree on stopping (a signal may reach them at different steps), else they would hang
                     if distributed.any_rank(stop or self._stop.is_set(), self.device):
-                        if self.last_saved_step != self.step:
-                            emit(self.save())
-                        return self._finish(emit, "stopped")
+                        return self._save_and_finish(emit, "stopped")
                 if self.step >= self.total_steps:
-                    break
-                pending.append(self._step(check=self.sync_every == 1))
-                last = self.step == self.total_steps
-                evaluate = last or (cfg.validation_interval and self.step % cfg.validation_interval == 0)
-                save = not last and cfg.save_interval and self.step % cfg.save_interval == 0
-                if self.sync_every == 1 or evaluate or save:
-                    settle()
+                    return self._save_and_finish(emit, "completed")
+                self._step(check=self.readback.every == 1)
+                evaluate, save = self._evaluate_or_save_due()
+                if self.readback.every == 1 or evaluate or save:
+                    self._emit_read_back(emit)
                 if evaluate:
                     emit(EvalDone(step=self.step, val_loss=self.evaluate()))
                 if save:
                     emit(self.save())
-            settle()
-            if self.last_saved_step != self.step:
-                emit(self.save())
-            return self._finish(emit, "completed")
-        except TrainingDiverged as e:
-            return self._finish(
-                emit,
-                "error",
-                str(e) + (f"; last good checkpoint: {self.last_stem}" if self.last_stem else ""),
-            )
-        except torch.OutOfMemoryError:
-            return self._finish(
-                emit,
-                "error",
-                f"out of memory on {self.device} at step {self.step + 1}; "
-                "try a smaller --batch-size (with --grad-accum to keep the batch)",
-            )
-        except UserError as e:
-            return self._finish(emit, "error", str(e))
-        except OSError as e:
-            return self._finish(emit, "error", f"{e.strerror or e}")
+        except (TrainingDiverged, torch.OutOfMemoryError, UserError, OSError) as e:
+            return self._finish(emit, "error", self._explain(e))
         except Exception:
-            # A bug, not a user error: keep what was learned (the weights are those of the last completed
-            # step: an exception inside a step leaves them untouched until optimizer.step), then let it show.
-            # (one process only: under DDP the other ranks may be anywhere, and save() talks to them)
-            if self.world_size == 1 and self.step != self.last_saved_step:
-                with contextlib.suppress(Exception):
-                    self._settle(pending)  # log the steps not yet read back, without emitting them
-                    saved = self.save()
-                    print(f"nanogpt: unexpected error; saved {saved.stem} first", file=sys.stderr)
+            self._save_before_crash()
             raise
+
+    def _run_started(self) -> RunStarted:
+        cfg = self.train_cfg
+        return RunStarted(
+            start_step=self.step,
+            total_steps=self.total_steps,
+            n_params=self.n_params(),
+            model=config.to_dict(self.model_cfg),
+            train=config.to_dict(cfg),
+            device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."),
+            dataset=self.tokens.source,
+            tokenizer=str(self.tokens.meta.get("tokenizer")),
+            tokens_per_step=self.tokens_per_step,
+            history=tuple(dict(e) for e in self.log),
+            seed=cfg.seed,
+            world_size=self.world_size,
+        )
+
+    def _someone_waits(self, commands: queue.Queue | None) -> bool:
+        """A queued command or a stop request: read the losses back now, so that it is obeyed soon."""
+        return (commands is not None and not commands.empty()) or self._stop.is_set()
+
+    def _emit_read_back(self, emit: Callable[[Event], None]) -> None:
+        events, error = self._read_back()
+        for event in events:
+            emit(event)
+        if error:
+            raise error
+
+    def _evaluate_or_save_due(self) -> tuple[bool, bool]:
+        """Whether the step just done is evaluated (every validation_interval steps, and the last step) and
+        saved (every save_interval steps; the last step is saved as the run ends)."""
+        cfg = self.train_cfg
+        last = self.step == self.total_steps
+        evaluate = last or bool(cfg.validation_interval and self.step % cfg.validation_interval == 0)
+        save = not last and bool(cfg.save_interval and self.step % cfg.save_interval == 0)
+        return evaluate, save
+
+    def _save_and_finish(self, emit: Callable[[Event], None], reason: str) -> RunFinished:
+        self._emit_read_back(emit)
+        if self.last_saved_step != self.step:
+            emit(self.save())
+        return self._finish(emit, reason)
+
+    def _explain(self, error: Exception) -> str:
+        """The one line a user sees for an error that ends the run."""
+        if isinstance(error, TrainingDiverged):
+            return str(error) + (f"; last good checkpoint: {self.last_stem}" if self.last_stem else "")
+        if isinstance(error, torch.OutOfMemoryError):
+            return (
+                f"out of memory on {self.device} at step {self.step + 1}; "
+                "try a smaller --batch-size (with --grad-accum to keep the batch)"
+            )
+        if isinstance(error, OSError):
+            return f"{error.strerror or error}"
+        return str(error)
+
+    def _save_before_crash(self) -> None:
+        """A bug, not a user error: keep what was learned (the weights are those of the last completed step:
+        an exception inside a step leaves them untouched until optimizer.step) before it shows. One process
+        only: under DDP the other ranks may be anywhere, and save() talks to them."""
+        if self.world_size == 1 and self.step != self.last_saved_step:
+            with contextlib.suppress(Exception):
+                self._read_back()  # log the steps not yet read back, without emitting them
+                saved = self.save()
+                print(f"nanogpt: unexpected error; saved {saved.stem} first", file=sys.stderr)
 
     def _finish(self, emit: Callable[[Event], None], reason: str, message: str = "") -> RunFinished:
         event = RunFinished(step=self.step, reason=reason, stem=self.last_stem, message=message)
@@ -626,3 +659,9 @@ class Trainer:
                 emit(Sampled(step=self.step, text=text))
             elif isinstance(command, Save):
                 emit(self.save())
+
+
+def _or_raise(events: list[StepDone], error: TrainingDiverged | None) -> list[StepDone]:
+    if error:
+        raise error
+    return events

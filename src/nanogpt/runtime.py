@@ -1,21 +1,33 @@
 """Hardware choices: which device, which precision, whether to compile, which optimizer implementation.
 
-Kept apart from the engine so the speed work (what pays on which CPU/GPU) lives in one place. The engine
-calls resolve_device, resolve_dtype, autocast, make_optimizer, should_compile, and on CPU
-core_parallel_workers + CoreParallel.forward_backward + configure_threads (see BENCHMARKS.md, training speed).
+Kept apart from the engine so the speed work (what pays on which CPU/GPU) lives in one place (see
+BENCHMARKS.md, training speed). Two entry points:
+
+- `resolve_hardware(model_cfg, train_cfg) -> Hardware`: device, precision, ranks, CPU shards, loss
+  read-back cadence, resolved once; the engine reads them from there.
+- `training_process(hardware, ui=...)`: the process-wide settings a training run wants (intra-op threads,
+  glibc's allocator, the GIL switch interval under a UI), entered by the front end, undone on exit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import sys
 import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+from typing import TYPE_CHECKING
+
 import torch
 
+from . import distributed
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .config import ModelConfig, TrainConfig
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,18 +98,8 @@ def make_optimizer(model: torch.nn.Module, *, lr: float, betas: tuple[float, flo
 def should_compile(requested: bool | None, device: torch.device) -> bool:
     """torch.compile where it pays: on by default on CUDA, off on CPU/MPS.
 
-    Measured on CPU (AMD Zen 3, cpu-small, one thread): 81.7 against 84.4 CPU-ms per step, 3% for ~16
-    CPU-seconds of compiling at the start. nanoGPT's README saw no gain on Zen 3 or Zen 4 either.
-    A compiled model does run as CoreParallel shards (called from two threads, its gradients match the
-    eager ones to 1e-8), but it gains nothing there: inductor's default Python wrapper calls its fused C++
-    kernels with the GIL held, so the two shards take turns (idle Zen 3, half a cpu-small batch per shard:
-    45.8/48.6 ms compiled against 44.6/49.1 ms eager for both shards side by side, though 38-41 against
-    45-46 ms for one shard alone). With `torch._inductor.config.cpp_wrapper = True` the whole graph runs
-    without the GIL: 91.1 against 99.4 ms per engine step (-8%, same losses to 2e-7; measured on a loaded
-    box, interleaved), for ~36 s of compiling, more than the 2000-step cpu-small run (~100 s) gains back.
-    So CPU stays uncompiled by default; `--compile` there gets compiled shards (compile_model).
-    Re-measured 2026-11-26 (idle Zen 3, two shards, interleaved): 47.4-49.7 against 51.2-52.7 ms (-6 to
-    -7%), compiling in 55 s the first time and 2-3 s once inductor's on-disk cache holds the kernels.
+    On CPU compiling gains a few percent per step but costs about a minute the first time, more than a
+    short run wins back (BENCHMARKS.md, training speed); `--compile` there gets compiled shards.
     """
     if requested is not None:
         return requested
@@ -121,14 +123,6 @@ def _python_headers() -> bool:
     return os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h"))
 
 
-def cpu_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, which containers and taskset narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # macOS and Windows have no affinity call
-        return os.cpu_count() or 1
-
-
 class CoreParallel:
     """Splits each micro-batch across the CPU cores: one shard per worker, each on one intra-op thread.
 
@@ -139,16 +133,15 @@ class CoreParallel:
     mean loss over the batch and its gradient (up to float summation order, which is fixed, so runs repeat).
     """
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, threads: int = 1):
         if workers < 2:
             raise ValueError("CoreParallel needs at least 2 workers")
         self.workers = workers
         # the calling thread runs shard 0 itself; the pool runs the others
         # Each pool thread sets its own intra-op thread count: MKL's (mkl_set_num_threads_local) and
         # OpenMP's are per-thread settings, so a new thread would otherwise run its matmuls on every core
-        # (measured: a fresh thread's 384x512x512 matmul at 127-132 GFLOP/s on 2 cores, i.e. 2 MKL threads,
-        # while torch.get_num_threads() reports 1), oversubscribing the cores the other shards are on.
-        threads = shard_threads(workers)
+        # (while torch.get_num_threads() reports 1), oversubscribing the cores the other shards are on.
+        # `threads`: intra-op threads per shard (Hardware.threads).
         self._pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="nanogpt-shard",
                                         initializer=torch.set_num_threads, initargs=(threads,))
         weakref.finalize(self, self._pool.shutdown, wait=False)  # a dropped Trainer leaves no idle threads
@@ -189,40 +182,98 @@ class CoreParallel:
 
 
 def core_parallel_workers(device: torch.device, *, batch_size: int, dropout: float, dtype: torch.dtype,
-                          world_size: int) -> int:
+                          world_size: int, cores: int) -> int:
     """How many CoreParallel shards pay for this run (one per core torch would use); below 2: the usual way.
 
     Only on CPU, single process (torchrun ranks already own their cores), without dropout (its random
     masks would be drawn from the shared generator in thread order, so runs would not repeat) and without
-    float16 (its GradScaler is not thread-safe). OMP_NUM_THREADS=1 turns it off. A compiled model runs as
-    shards too (see compile_model).
+    float16 (its GradScaler is not thread-safe). `cores`: torch's intra-op thread count (physical cores,
+    or OMP_NUM_THREADS, so OMP_NUM_THREADS=1 turns it off). A compiled model runs as shards too (see
+    compile_model).
     """
     if device.type != "cpu" or world_size > 1 or dropout > 0 or dtype == torch.float16:
         return 1
-    return max(1, min(_default_threads(), batch_size))
+    return max(1, min(cores, batch_size))
 
 
-_DEFAULT_THREADS: int | None = None
+@dataclasses.dataclass(frozen=True)
+class Hardware:
+    """Where and how this process trains: resolved once by `resolve_hardware`, read everywhere else."""
+
+    device: torch.device  # cuda:LOCAL_RANK under torchrun
+    dtype: torch.dtype  # the compute precision (autocast below float32)
+    rank: int
+    local_rank: int
+    world_size: int  # processes training together (1 without torchrun)
+    compile: bool  # torch.compile the model (should_compile)
+    shards: int  # CPU: CoreParallel shards per micro-batch (1: one pass, the usual way)
+    threads: int | None  # CPU: intra-op threads per shard while training; None: leave torch's setting
+    grad_scaler: bool  # float16 needs a GradScaler against underflowing gradients
+    # steps whose losses are read back in one host-device transfer: 1 on CPU (free there; a NaN then stops
+    # the run before the weights move), the log interval on CUDA/MPS (one sync per interval, not per step)
+    sync_every: int
+
+    @property
+    def is_main(self) -> bool:
+        """Only rank 0 writes checkpoints and prints."""
+        return self.rank == 0
 
 
-def _default_threads() -> int:
-    """torch's intra-op thread count before we changed it (physical cores, or OMP_NUM_THREADS)."""
-    global _DEFAULT_THREADS
-    if _DEFAULT_THREADS is None:
-        _DEFAULT_THREADS = torch.get_num_threads()
-    return _DEFAULT_THREADS
+def resolve_hardware(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Hardware:
+    """The Hardware for these settings; under torchrun also joins the process group (every rank must).
+
+    NANOGPT_SYNC_EVERY=N sets the loss read-back cadence on any device: a diagnostic, and how the tests run
+    the deferred read-back (torchrun ranks included) on CPU.
+    """
+    device = distributed.local_device(resolve_device(train_cfg.device))
+    distributed.init_process_group(device)
+    dtype = resolve_dtype(train_cfg.dtype, device)
+    world = distributed.world_size()
+    cores = torch.get_num_threads()  # torch's default: nothing has changed it yet in this process
+    shards = core_parallel_workers(device, batch_size=train_cfg.batch_size, dropout=model_cfg.dropout,
+                                   dtype=dtype, world_size=world, cores=cores)
+    sync_every = 1 if device.type == "cpu" else max(1, train_cfg.log_interval)
+    if os.environ.get("NANOGPT_SYNC_EVERY", "").isdigit():
+        sync_every = max(1, int(os.environ["NANOGPT_SYNC_EVERY"]))
+    return Hardware(
+        device=device,
+        dtype=dtype,
+        rank=distributed.rank(),
+        local_rank=distributed.local_rank(),
+        world_size=world,
+        compile=should_compile(train_cfg.compile, device),
+        shards=shards,
+        threads=max(1, cores // shards) if device.type == "cpu" else None,
+        grad_scaler=dtype == torch.float16,
+        sync_every=sync_every,
+    )
 
 
-def shard_threads(workers: int) -> int:
-    """Intra-op threads per CoreParallel shard (or of the one process when workers is 1): the cores shared."""
-    return max(1, _default_threads() // max(1, workers))
+# While a UI runs, Python hands the GIL to a waiting thread after 0.5 ms instead of 5 ms: a chart draw holds
+# the GIL for ~10-30 ms of pure Python, and the engine's threads would wait up to 5 ms at a time for it
+# between two operators (BENCHMARKS.md, the UI's overhead).
+UI_SWITCH_INTERVAL_S = 0.0005
 
 
-def configure_threads(device: torch.device, workers: int = 1) -> None:
-    """Intra-op threads: torch's default normally; the cores divided among the shards under CoreParallel."""
-    if device.type != "cpu":
-        return
-    torch.set_num_threads(shard_threads(workers))
+@contextlib.contextmanager
+def training_process(hardware: Hardware, *, ui: bool = False) -> Iterator[None]:
+    """The process-wide settings of a training run, applied in this one place; restored on exit.
+
+    Intra-op threads: the cores divided among the CPU shards. On CPU, glibc's allocator keeps freed memory
+    (keep_freed_memory; it has no way back, so that one stays). With `ui`, a short GIL switch interval.
+    """
+    threads, switch = torch.get_num_threads(), sys.getswitchinterval()
+    try:
+        if hardware.threads is not None:
+            torch.set_num_threads(hardware.threads)
+        if hardware.device.type == "cpu":
+            keep_freed_memory()  # a step's activations are reused, not re-faulted
+        if ui:
+            sys.setswitchinterval(UI_SWITCH_INTERVAL_S)
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        sys.setswitchinterval(switch)
 
 
 # glibc mallopt parameters (malloc.h)

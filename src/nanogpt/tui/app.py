@@ -51,12 +51,6 @@ TICK_S = 0.5  # how often the UI drains step events and refreshes the status lin
 MIN_DRAW_INTERVAL_S = 2.0  # the chart redraws at most every 2 s,
 MAX_DRAW_INTERVAL_S = 3.0  # at least every 3 s while data comes in,
 MAX_DRAW_SHARE = 0.02  # and in between spends at most ~2% of one core drawing (a draw costs ~10-30 ms)
-# While the UI runs, Python hands the GIL to a waiting thread after 0.5 ms instead of 5 ms. A chart draw
-# holds the GIL for ~10-30 ms of pure Python; with the default interval the engine's threads waited up
-# to 5 ms at a time for it between two operators. Measured (bench/ui_overhead.py, idle 2-core Zen 3,
-# cpu-small, twice 3 rounds each): step time with the UI +17% and +17% over headless at 5 ms, +0% and
-# +2% at 0.5 ms. The UI's own work is unchanged (6-7% of one core), only interleaved more finely.
-GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 class EngineEvent(Message):
@@ -109,7 +103,6 @@ class TrainingApp(App[int]):
         self.trainer = trainer
         self.start_paused = start_paused
         self.commands: queue.Queue = queue.Queue()
-        self._switch_interval: float | None = None  # the GIL switch interval to restore on exit
         self._steps: deque[StepDone] = deque()
         # what the engine has told us
         self.run_info: RunStarted | None = None
@@ -154,8 +147,6 @@ class TrainingApp(App[int]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self._switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self._render_status()
         self.run_engine()
         self.set_interval(TICK_S, self._tick)
@@ -416,8 +407,6 @@ class TrainingApp(App[int]):
         self._render_status()
 
     def on_unmount(self) -> None:
-        if self._switch_interval is not None:
-            sys.setswitchinterval(self._switch_interval)
         # If the UI goes away while training runs (it should not), stop the engine so its thread ends.
         if self.result is None and self.finished is None:
             stop = getattr(self.trainer, "request_stop", None)
