@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tokenizer",
         default="char",
-        choices=("char", "gpt2"),
+        metavar="{char,gpt2}",  # checked by prepare, whose message lists the tokenizers
         help="char (one token per character) or gpt2 (OpenAI's GPT-2 BPE) (default: char)",
     )
     p.add_argument(

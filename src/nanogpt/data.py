@@ -123,8 +123,8 @@ def _unprepared_folder(folder: Path) -> str:
     """A folder without vocab.json: name the prepare command that fills it."""
     texts = sorted(p.name for p in folder.iterdir() if p.suffix == ".txt") if folder.is_dir() else []
     source = str(folder / texts[0]) if len(texts) == 1 else "YOUR_TEXT.txt"
-    return (f"{folder} holds no prepared data (no vocab.json): run `nanogpt prepare {source} --out-dir {folder}` "
-            "first")
+    return (f"vocabulary metadata not found: {folder / 'vocab.json'} (the folder holds no prepared data): "
+            f"run `nanogpt prepare {source} --out-dir {folder}` first")
 
 
 def load(
