@@ -190,6 +190,7 @@ def test_sigterm_finishes_the_step_saves_and_exits_0(shakespeare_dir: Path, tmp_
     assert proc.returncode == 0, err
     assert "SIGTERM: finishing this step" in err
     stem = out.strip().splitlines()[-1].removeprefix("checkpoint: ")
+    assert err.strip().splitlines()[-1] == f"Resume with: nanogpt train --resume-training {stem}"
     step = int(stem.rsplit("_", 1)[1])
     assert 1 <= step < 100000
     log = json.loads(Path(stem + ".training_log.json").read_text())
@@ -198,3 +199,30 @@ def test_sigterm_finishes_the_step_saves_and_exits_0(shakespeare_dir: Path, tmp_
         Path(stem).name + s
         for s in (".safetensors", ".config.json", ".training_log.json", ".resume.safetensors", ".resume.json")
     )
+
+
+def test_the_start_says_where_the_parameters_are_and_how_often_the_text_is_read(
+    small_text_dir: Path, tmp_path: Path, capsys
+) -> None:
+    # 3,000 characters (2,700 training tokens) for a ~27k-parameter model, read many times over
+    code, out, err = train(
+        capsys, *TINY_FLAGS, "--data-dir", str(small_text_dir), "--out-dir", str(tmp_path), "--steps", "30",
+        "--block-size", "16",
+    )
+    assert code == 0, err
+    lines = out.splitlines()
+    n_params = float(lines[0].split(": ", 1)[1].split("k parameters")[0]) * 1e3
+    model = lines[1]
+    assert model.startswith("model: ") and "in embeddings" in model and "in 2 blocks" in model
+    emb, blocks = (float(x.split("k in")[0].split()[-1]) * 1e3 for x in model.split(", "))
+    assert emb + blocks == pytest.approx(n_params, rel=0.01)
+    # 30 steps x 8 sequences x 16 tokens over 2,700 training tokens
+    assert lines[2] == f"data: 2.7k training tokens, read {30 * 8 * 16 / 2700:.1f} times in 30 steps"
+    assert lines[3].startswith("note: the data is small for this model: 2.7k training tokens")
+    assert f"Generate text with: nanogpt generate {tmp_path / 'model_step_30'}" in err
+
+
+def test_one_step_is_singular(shakespeare_dir: Path, tmp_path: Path, capsys) -> None:
+    code, out, _ = train(capsys, *TINY_FLAGS, "--data-dir", str(shakespeare_dir), "--out-dir", str(tmp_path),
+                         "--steps", "1")
+    assert code == 0 and ", 1 step of " in out.splitlines()[0] and "in 1 step\n" in out

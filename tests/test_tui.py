@@ -217,3 +217,64 @@ def test_an_engine_error_is_shown_and_q_exits_with_1(char_data: Path, tmp_path: 
 
     asyncio.run(drive())
     assert app.return_value == 1
+
+
+def screen_lines(app: TrainingApp) -> list[str]:
+    """What the terminal shows of the app's main screen, one string per row."""
+    return [strip.text for strip in app.screen._compositor.render_strips()]
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_the_screen_lays_out_whole_fields_and_the_sample_clears_the_axes(
+    char_data: Path, tmp_path: Path, size: tuple[int, int]
+) -> None:
+    app = TrainingApp(make_trainer(char_data, tmp_path, steps=100_000, validation_interval=10))
+
+    async def drive() -> None:
+        async with app.run_test(size=size) as pilot:
+            await wait_for(pilot, lambda: app.last_val is not None and app.chart.plot_area is not None, "a val loss")
+            await pilot.pause(0.6)  # a tick: the status line shows the latest numbers
+            rows = screen_lines(app)
+            assert len(rows) == size[1] and all(len(r) == size[0] for r in rows)
+            # every field of the header and of the status line is on the screen whole, on one row
+            fields = [f.plain for g in app.header.groups for f in g] + [f.plain for g in app.status.groups for f in g]
+            assert len(fields) >= 12
+            for field in fields:
+                assert any(field in row for row in rows), f"{field!r} is split or missing at {size}"
+            header, status = app.header.region, app.status.region
+            assert header.bottom <= app.chart.region.y and app.chart.region.bottom <= status.y  # nothing overlaps
+            assert "RUNNING" in "".join(rows[status.y:status.bottom])
+            await pilot.press("g")
+            screen = app.screen
+            assert isinstance(screen, SampleScreen)
+            await wait_for(pilot, lambda: screen.text is not None, "the sampled text")
+            await pilot.pause(0.1)
+            box = screen.query_one("#sample-box").region
+            chart = app.chart.content_region
+            inside = app.chart.plot_area.translate(chart.offset)
+            # the axis labels are the chart's columns left of its frame and its rows below the frame
+            chart_rows = rows[chart.y:chart.bottom]
+            frame_left = min(r.index("┤") for r in chart_rows if "┤" in r)
+            assert box.x > frame_left and box.y > chart.y and box.bottom < chart.bottom - 1
+            assert inside.contains_region(box)
+            assert box.width >= SampleScreen.MIN_SIZE[0] and box.height >= SampleScreen.MIN_SIZE[1]
+            await pilot.press("escape")
+            await pilot.press("q")
+            await wait_for(pilot, lambda: app.result is not None, "the run to stop")
+
+    asyncio.run(drive())
+
+
+def test_p_after_the_run_finished_says_so(char_data: Path, tmp_path: Path) -> None:
+    app = TrainingApp(make_trainer(char_data, tmp_path, steps=1))
+
+    async def drive() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: app.finished is not None, "the one step")
+            assert "finished 1 step;" in str(app.notice.render())  # not "1 steps"
+            await pilot.press("p")
+            assert "the run has finished" in str(app.notice.render())
+            assert app.badge() == "DONE"
+            await pilot.press("q")
+
+    asyncio.run(drive())

@@ -3,20 +3,38 @@
 Train and generate flags come from the fields of `ModelConfig`, `TrainConfig`, `GenerateConfig` (config.py): a setting's
 flag, help text and saved name never drift apart. Every flag defaults to "not given" (argparse.SUPPRESS),
 so that we know which values the user typed: those win over a preset and over a resumed checkpoint.
-Mistakes a user can make raise `UserError`; here they become one line on stderr and exit code 1.
+Mistakes a user can make raise `UserError`; here they become one line on stderr and exit code 1. So does a
+mistyped flag, with the closest real one suggested. A bare `nanogpt` prints the commands and exits 0 (it
+is a question, not a mistake).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import json
 import os
+import time
+from pathlib import Path
 import sys
 from typing import Any, get_type_hints
 
 from . import __version__
-from .config import PRESETS, GenerateConfig, ModelConfig, PrepareConfig, TrainConfig, field_flag, field_help
+from .config import (
+    PRESETS,
+    GenerateConfig,
+    ModelConfig,
+    PrepareConfig,
+    TrainConfig,
+    default_preset,
+    field_flag,
+    field_help,
+)
 from .errors import UserError
+
+# The presets a run gets when it names none: what `train --help` shows as the defaults they set.
+DEFAULT_PRESETS = tuple(dict.fromkeys(default_preset(d) for d in ("cpu", "cuda")))
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
@@ -26,8 +44,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) ->
         if f.metadata.get("cli") is False:
             continue
         kind = hints[f.name]
-        default = f.default
-        shown = "" if default is None or "(default" in field_help(f) else f" (default: {default})"
+        shown = "" if "(default" in field_help(f) else _default_text(f)
         kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=field_help(f) + shown)
         if kind in (bool, bool | None):
             kw["action"] = argparse.BooleanOptionalAction
@@ -45,11 +62,69 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) ->
         group.add_argument(field_flag(f), **kw)
 
 
+def _default_text(f: dataclasses.Field) -> str:
+    """' (default: X)'; for a setting the presets choose, the values of the two default presets."""
+    by_preset = {name: PRESETS[name][f.name] for name in DEFAULT_PRESETS if f.name in PRESETS[name]}
+    if not by_preset:
+        return "" if f.default is None else f" (default: {f.default})"
+    if len(set(by_preset.values())) == 1:
+        return f" (default: {next(iter(by_preset.values()))}, from the preset)"
+    return " (default: from the preset: " + ", ".join(f"{v} for {k}" for k, v in by_preset.items()) + ")"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr and exit code 1, like every other user error."""
+    """argparse, but a bad flag is one line on stderr and exit code 1, like every other user error.
+
+    Abbreviations are off: `--step` must not silently mean `--steps` (nor break when a flag is added).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(1, f"{self.prog}: error: {message}\n")
+
+
+def _uniform_metavars(parser: argparse.ArgumentParser) -> None:
+    """Name every flag's value the same way in every subcommand's help: N, X, {a,b}, PATH or TEXT."""
+    for action in parser._actions:
+        if action.option_strings and action.nargs != 0 and action.metavar is None:
+            if action.choices is not None:
+                action.metavar = "{" + ",".join(map(str, action.choices)) + "}"
+            elif action.type in (int, float):
+                action.metavar = "N" if action.type is int else "X"
+            elif any(w in action.dest for w in ("dir", "path", "metadata", "dataset", "file")):
+                action.metavar = "PATH"
+            else:
+                action.metavar = "TEXT"
+
+
+def _unknown_flag_hint(arg: str, parser: argparse.ArgumentParser) -> str:
+    """'; did you mean --steps?' for --setps, --step or --learning_rate (nanoGPT's spelling)."""
+    flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
+    dashed = "--" + arg.split("=", 1)[0].lstrip("-").replace("_", "-")
+    longer = [f for f in flags if f.startswith(dashed)]  # an abbreviation, which we do not accept
+    close = [dashed] if dashed in flags else longer or difflib.get_close_matches(dashed, flags, n=1, cutoff=0.6)
+    return f"; did you mean {' or '.join(close[:3])}?" if close else ""
+
+
+def _stray_argument_hint(command: str, arg: str) -> str:
+    """What to type instead of a positional argument that `command` does not take."""
+    if command != "train":
+        return ""
+    path = Path(arg)
+    if path.is_dir() and (path / "vocab.json").is_file():
+        return f"; to train on this prepared folder: nanogpt train --data-dir {arg}"
+    if path.exists() or path.suffix:  # most likely a text to train on
+        return f"; train reads prepared data: run `nanogpt prepare {arg}` first, then train with --data-dir"
+    return "; train takes no positional arguments (give the data with --data-dir)"
+
+
+def _reject_extras(parser: argparse.ArgumentParser, command: str, extras: list[str]) -> None:
+    """argparse's 'unrecognized arguments', said by the subcommand, with what was probably meant."""
+    flag = next((a for a in extras if a.startswith("-")), None)
+    hint = _unknown_flag_hint(flag, parser) if flag else _stray_argument_hint(command, extras[0])
+    parser.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pre-train a small GPT-2-style language model from scratch on your own text.",
     )
     parser.add_argument("--version", action="version", version=f"nanogpt {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser(
         "prepare",
@@ -96,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("stem", metavar="STEM", help="checkpoint stem, e.g. out/model_step_2000 (or its .safetensors file)")
     _add_config_flags(g, GenerateConfig, "sampling")
+    for subparser in _subparsers(parser).values():
+        _uniform_metavars(subparser)
     return parser
 
 
@@ -144,14 +221,44 @@ def _cmd_generate(ns: argparse.Namespace) -> int:
     return generate_cli(ns.stem, GenerateConfig(**given))
 
 
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def _tell_torchrun(line: str) -> None:
+    """Under torchrun, hand our one line to its failure report, so it is the last thing printed.
+
+    torchrun prints its own traceback when a process exits non-zero; the report at the end shows the
+    process's error file, which torchrun names in TORCHELASTIC_ERROR_FILE (a string message is shown as is).
+    """
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        try:
+            Path(path).write_text(json.dumps({"message": line, "timestamp": int(time.time())}))
+        except OSError:
+            pass  # the report falls back to torchrun's generic line; ours was printed already
+
+
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = sys.argv[1:] if argv is None else argv
+    if not args:  # a bare `nanogpt`: what can it do?
+        parser.print_help()
+        return 0
+    ns, extras = parser.parse_known_args(args)
+    if ns.command is None:
+        parser.error("give a command: " + ", ".join(_subparsers(parser)))
+    if extras:
+        _reject_extras(_subparsers(parser)[ns.command], ns.command, extras)
     handler = {"prepare": _cmd_prepare, "train": _cmd_train, "generate": _cmd_generate}[ns.command]
     try:
         return handler(ns)
     except UserError as e:
+        line = f"nanogpt {ns.command}: error: {e}"
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once
-            print(f"nanogpt {ns.command}: error: {e}", file=sys.stderr)
+            print(line, file=sys.stderr)
+        _tell_torchrun(line)
         return 1
     except KeyboardInterrupt:  # a Ctrl-C outside the training loop (which handles its own)
         print(f"nanogpt {ns.command}: interrupted", file=sys.stderr)

@@ -109,6 +109,24 @@ def open_bin(
     return data
 
 
+def _missing_folder(folder: Path) -> str:
+    """'data folder not found', with the command that makes one."""
+    if folder.is_file() and folder.suffix in (".bin", ".json"):
+        return f"--data-dir wants the folder, not a file in it: --data-dir {folder.parent}"
+    if folder.is_file():
+        return (f"--data-dir {folder} is a file, not a prepared data folder: run `nanogpt prepare {folder}` "
+                "first, then train with --data-dir on the folder it writes")
+    return f"data folder not found: {folder} (make one from a text file with `nanogpt prepare FILE`)"
+
+
+def _unprepared_folder(folder: Path) -> str:
+    """A folder without vocab.json: name the prepare command that fills it."""
+    texts = sorted(p.name for p in folder.iterdir() if p.suffix == ".txt") if folder.is_dir() else []
+    source = str(folder / texts[0]) if len(texts) == 1 else "YOUR_TEXT.txt"
+    return (f"vocabulary metadata not found: {folder / 'vocab.json'} (the folder holds no prepared data): "
+            f"run `nanogpt prepare {source} --out-dir {folder}` first")
+
+
 def load(
     data_dir: str | Path | None = None,
     training_dataset: str | Path | None = None,
@@ -118,7 +136,7 @@ def load(
     """Open a prepared dataset: a folder, or the three files given separately (they override the folder's)."""
     folder = Path(data_dir) if data_dir is not None else None
     if folder is not None and not folder.is_dir():
-        raise UserError(f"data folder not found: {folder}")
+        raise UserError(_missing_folder(folder))
     if folder is None and (training_dataset is None or validation_dataset is None):
         raise UserError("give --data-dir, or both --training-dataset and --validation-dataset")
     train_path = Path(training_dataset) if training_dataset is not None else folder / "train.bin"
@@ -127,6 +145,8 @@ def load(
         vocab_path = Path(vocab_metadata)
     elif folder is not None:
         vocab_path = folder / "vocab.json"
+        if not vocab_path.exists():
+            raise UserError(_unprepared_folder(folder))
     else:  # prepare writes vocab.json beside the bins
         vocab_path = train_path.parent / "vocab.json"
     meta = read_vocab(vocab_path)

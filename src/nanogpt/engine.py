@@ -571,6 +571,8 @@ class Trainer:
             history=tuple(dict(e) for e in self.log),
             seed=cfg.seed,
             world_size=self.world_size,
+            block_params=sum(p.numel() for p in self.model.transformer.h.parameters()),
+            train_tokens=len(self.tokens.train),
         )
 
     def _someone_waits(self, commands: queue.Queue | None) -> bool:

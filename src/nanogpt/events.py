@@ -31,6 +31,8 @@ class RunStarted:
     history: tuple[dict[str, Any], ...] = ()  # training-log entries {step, loss, duration_ms, validation_loss?}
     seed: int = 0
     world_size: int = 1
+    block_params: int = 0  # of n_params, those in the transformer blocks (the rest: embeddings, final norm)
+    train_tokens: int = 0  # tokens in the training split: one epoch
 
 
 @dataclass(frozen=True)

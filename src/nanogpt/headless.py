@@ -14,10 +14,7 @@ from typing import Any
 
 from .engine import Trainer
 from .events import EvalDone, Event, Paused, RunFinished, RunStarted, Sampled, Saved, StepDone
-
-
-def _fmt_count(n: float) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else f"{n:.0f}"
+from .summary import count, data_use, hints, parameter_parts, plural
 
 
 def _effective_batch(event: RunStarted) -> str:
@@ -54,11 +51,16 @@ class _Printer:
             what = "resuming at step" if event.start_step else "training"
             self.line(
                 f"{what} {event.start_step if event.start_step else ''}".rstrip()
-                + f": {_fmt_count(event.n_params)} parameters ({m['n_layer']} layers, {m['n_head']} heads, "
+                + f": {count(event.n_params)} parameters ({m['n_layer']} layers, {m['n_head']} heads, "
                 f"{m['n_embd']} embedding, block {m['block_size']}) on {event.device} ({event.dtype}), "
-                f"{event.total_steps} steps of {event.tokens_per_step:,} tokens, data {event.dataset} "
+                f"{plural(event.total_steps, 'step')} of {event.tokens_per_step:,} tokens, data {event.dataset} "
                 f"({event.tokenizer}), seed {event.seed}" + _effective_batch(event)
             )
+            self.line(f"model: {parameter_parts(event)}")
+            if event.train_tokens:
+                self.line(f"data: {data_use(event)}")
+            for hint in hints(event):
+                self.line(f"note: {hint}")
             if self.progress is not None:
                 self.task = self.progress.add_task(
                     "training", total=event.total_steps, completed=event.start_step
@@ -138,4 +140,9 @@ def _report(finished: RunFinished, quiet: bool) -> int:
             print(f"stopped at step {finished.step}", file=sys.stderr, flush=True)
         if finished.stem:
             print(f"checkpoint: {finished.stem}", flush=True)
+            # what to type next, on stderr: stdout's last line stays the checkpoint (scripts read it)
+            if finished.reason == "stopped":
+                print(f"Resume with: nanogpt train --resume-training {finished.stem}", file=sys.stderr, flush=True)
+            else:
+                print(f"Generate text with: nanogpt generate {finished.stem}", file=sys.stderr, flush=True)
     return 0

@@ -25,6 +25,7 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
+from textual.geometry import Region
 from textual.message import Message
 from textual.widgets import Footer, Static
 
@@ -44,6 +45,7 @@ from ..events import (
     StepDone,
     Stop,
 )
+from ..summary import hints, plural
 from .widgets import LossChart, RunHeader, SampleScreen, StatusLine, clock, human_count
 
 # Keys act at once; only the display of the steps is throttled (bench/ui_overhead.py measures the cost).
@@ -68,7 +70,7 @@ class TrainingApp(App[int]):
     ENABLE_COMMAND_PALETTE = False
     CSS = """
     Screen { layout: vertical; }
-    RunHeader { height: 2; padding: 0 1; background: $boost; }
+    RunHeader { height: auto; padding: 0 1; background: $boost; }
     LossChart { height: 1fr; min-height: 8; }
     #status-row { height: auto; }
     StatusLine { width: 1fr; height: auto; padding: 0 0 0 1; }
@@ -78,14 +80,13 @@ class TrainingApp(App[int]):
     #badge.stopping { background: $warning-darken-2; color: black; }
     #badge.finished { background: $primary; color: $text; }
     #badge.error { background: $error; color: $text; }
-    #notice { height: auto; padding: 0 1; color: $text-muted; }
+    #notice { height: auto; max-height: 3; padding: 0 1; color: $text-muted; }
     #error { height: auto; padding: 0 1; background: $error 30%; display: none; }
     #error.shown { display: block; }
-    SampleScreen { align: center middle; }
-    #sample-box { width: 90%; height: auto; max-height: 80%; border: round $accent; background: $panel;
-                  padding: 0 1; }
-    #sample-title { text-style: bold; height: 1; margin-bottom: 1; }
-    #sample-scroll { height: auto; max-height: 30; }
+    SampleScreen { align: left top; }
+    #sample-box { border: round $accent; background: $panel; padding: 0 1; }
+    #sample-title { text-style: bold; height: 1; }
+    #sample-scroll { height: 1fr; }
     #sample-hint { height: 1; color: $text-muted; }
     """
     BINDINGS: ClassVar[list[Binding]] = [
@@ -131,9 +132,10 @@ class TrainingApp(App[int]):
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
         # kept as attributes: `query_one` would search the sample popup while it is on top
-        self.header = RunHeader("starting…", id="header")
+        self.header = RunHeader(id="header")
+        self.header.set_fields(["starting…"])
         self.chart = LossChart(id="chart")
-        self.status = StatusLine("", id="status")
+        self.status = StatusLine(id="status")
         self.badge_widget = Static("", id="badge")
         self.error_widget = Static("", id="error")
         self.notice = Static("", id="notice")
@@ -256,8 +258,12 @@ class TrainingApp(App[int]):
                 self.last_val = (int(h["step"]), float(h["validation_loss"]))
         self.recent_losses.extend(float(h["loss"]) for h in hist[-10:])
         self._chart_dirty = True
+        notes = ["note: " + "; ".join(hints(ev, short=True))] if hints(ev) else []
         if ev.start_step:
-            self._notice(f"resumed at step {ev.start_step} ({len(hist)} logged steps); press p to continue")
+            notes.insert(0, f"resumed at step {ev.start_step} ({plural(len(hist), 'logged step')}); press p to "
+                         "continue")
+        if notes:
+            self._notice(" · ".join(notes))
 
     def _on_finished(self, ev: RunFinished) -> None:
         self.finished = ev
@@ -274,7 +280,7 @@ class TrainingApp(App[int]):
             self.exit(0)
             return
         where = f"; saved {ev.stem}" if ev.stem else ""
-        self._notice(f"finished {ev.step} steps{where}. Press q to leave.")
+        self._notice(f"finished {plural(ev.step, 'step')}{where}. Press q to leave.")
 
     def _set_paused(self, paused: bool) -> None:
         now = time.monotonic()
@@ -297,6 +303,10 @@ class TrainingApp(App[int]):
 
     def status_text(self) -> str:
         """The numbers of the status line, as plain text (tests read it)."""
+        return " │ ".join(self.status_fields())
+
+    def status_fields(self) -> list[str]:
+        """The fields of the status line: step, losses, speed, learning rate, time."""
         parts = [f"step {self.step}/{self.total_steps}"]
         if self.recent_losses:  # the mean of the last 10: one step's loss is too noisy to read
             parts.append(f"loss {sum(self.recent_losses) / len(self.recent_losses):.4f}")
@@ -312,7 +322,7 @@ class TrainingApp(App[int]):
         done = self.step - (self._session_start_step or 0) if self._session_start_step is not None else 0
         if elapsed and done > 0 and self.finished is None:
             parts.append(f"ETA {clock(elapsed / done * (self.total_steps - self.step))}")
-        return " │ ".join(parts)
+        return parts
 
     def badge(self) -> str:
         """The state word shown at the right of the status line."""
@@ -327,7 +337,7 @@ class TrainingApp(App[int]):
         return "RUNNING" if self.run_info is not None else "STARTING"
 
     def _render_status(self) -> None:
-        self.status.update(Text(self.status_text()))
+        self.status.set_fields(self.status_fields())
         badge = self.badge_widget
         word = self.badge()
         badge.update(word)
@@ -337,7 +347,11 @@ class TrainingApp(App[int]):
 
     # ------------------------------------------------------------------ keys
     def action_toggle_pause(self) -> None:
-        if self.finished is not None or self.stopping:
+        if self.finished is not None:
+            self._notice("the run has finished: nothing to pause or resume (g samples, q leaves)")
+            return
+        if self.stopping:
+            self._notice("stopping: finishing the current step and saving…")
             return
         if self.paused or self.pause_requested:
             self.commands.put(Resume())
@@ -354,7 +368,7 @@ class TrainingApp(App[int]):
             return
         n = int(self.trainer.train_cfg.tokens_to_generate)
         was_running = self.finished is None and not (self.paused or self.pause_requested)
-        screen = SampleScreen(self.step, n)
+        screen = SampleScreen(self.step, n, area=self._sample_area)
         self.sample_screen = screen
 
         def closed(_: None) -> None:
@@ -374,6 +388,14 @@ class TrainingApp(App[int]):
             self.pause_requested = True
         self.commands.put(Sample(n_tokens=n))
         self._render_status()
+
+    def _sample_area(self) -> Region | None:
+        """Where the sample popup goes: inside the chart's frame, clear of its axis labels (screen cells)."""
+        chart = self.chart
+        inside = chart.plot_area
+        if inside is None:  # not drawn yet: plotext's usual margins (title, labels, ticks)
+            return chart.content_region.shrink((2, 1, 3, 8))
+        return inside.translate(chart.content_region.offset)
 
     @work(thread=True, name="sample")
     def _sample_after_run(self, screen: SampleScreen, n: int) -> None:
@@ -444,7 +466,7 @@ def run_tui(trainer: Any, start_paused: bool = False) -> int:
         return 1
     if result.stem:
         if result.reason == "completed":
-            print(f"Finished {result.step} steps. Saved {result.stem}")
+            print(f"Finished {plural(result.step, 'step')}. Saved {result.stem}")
             print(f"Generate text with: nanogpt generate {result.stem}")
         else:
             print(f"Stopped at step {result.step}. Saved {result.stem}")

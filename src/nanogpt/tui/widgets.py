@@ -8,26 +8,22 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult, RenderResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
+from textual.geometry import Region, Size
 from textual.screen import ModalScreen
+from textual.widget import Widget
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
 from ..events import RunStarted
-
-
-def human_count(n: float) -> str:
-    """1234 -> '1.2k', 812345 -> '812.3k', 10_700_000 -> '10.70M'."""
-    for limit, suffix, digits in ((1e9, "B", 2), (1e6, "M", 2), (1e3, "k", 1)):
-        if abs(n) >= limit:
-            return f"{n / limit:.{digits}f}{suffix}"
-    return f"{n:.0f}"
+from ..summary import count as human_count
+from ..summary import embedding_params, epochs, times
 
 
 def clock(seconds: float | None) -> str:
@@ -66,28 +62,80 @@ def downsample(xs: Sequence[float], ys: Sequence[float], n_max: int) -> tuple[li
     return out_x, out_y
 
 
-class RunHeader(Static):
-    """Two lines: what model is trained, and on what data and hardware."""
+def flow(groups: Sequence[Sequence[Text]], width: int, sep: str) -> list[Text]:
+    """Lay fields out in lines of at most `width` cells, breaking only between two fields.
+
+    Each group starts on a new line. A field wider than the whole line is cut at its start with an
+    ellipsis (the end of a path says more than its beginning).
+    """
+    width = max(width, 1)
+    lines: list[Text] = []
+    for group in groups:
+        line: Text | None = None
+        for field in group:
+            if field.cell_len > width:
+                field = Text("…") + field[field.cell_len - width + 1 :]
+            if line is not None and line.cell_len + len(sep) + field.cell_len <= width:
+                line.append(sep, "dim")
+                line.append_text(field)
+            else:
+                line = field.copy()
+                lines.append(line)
+    return lines
+
+
+class FieldLines(Widget):
+    """Fields separated by `SEP`, wrapped between fields (never inside one) to the widget's width."""
+
+    DEFAULT_CSS = "FieldLines { height: auto; }"
+    SEP = " · "
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.groups: list[list[Text]] = []
+
+    def set_fields(self, *groups: Sequence[str | Text]) -> None:
+        """Show these groups of fields (each group starts on a new line)."""
+        self.groups = [[Text(f) if isinstance(f, str) else f for f in g] for g in groups]
+        self.refresh(layout=True)
+
+    def lines(self, width: int) -> list[Text]:
+        return flow(self.groups, width, self.SEP)
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        return max(1, len(self.lines(width)))
+
+    def render(self) -> RenderResult:
+        return Text("\n").join(self.lines(self.size.width))
+
+
+class RunHeader(FieldLines):
+    """What model is trained (and where its parameters are), and on what data and hardware."""
 
     def show_run(self, run: RunStarted) -> None:
         """Fill in from the engine's RunStarted event."""
         m, t = run.model, run.train
-        line1 = Text.assemble(
-            ("nanogpt ", "bold"),
-            (f"{human_count(run.n_params)} params", "bold cyan"),
-            f" · {m.get('n_layer')} layers · {m.get('n_head')} heads · embd {m.get('n_embd')}"
-            f" · block {m.get('block_size')} · vocab {m.get('vocab_size')}",
-        )
+        model = [
+            Text.assemble(("nanogpt ", "bold"), (f"{human_count(run.n_params)} params", "bold cyan")),
+            f"{m.get('n_layer')} layers × {m.get('n_head')} heads × {m.get('n_embd')}",
+            f"block {m.get('block_size')}",
+            f"vocab {m.get('vocab_size'):,}",
+        ]
+        if run.block_params:
+            emb = embedding_params(run)
+            style = "bold yellow" if emb > run.n_params / 2 else ""
+            model += [Text(f"embeddings {human_count(emb)}", style), f"blocks {human_count(run.block_params)}"]
         world = f" × {run.world_size}" if run.world_size > 1 else ""
-        dim = "dim"
-        line2 = Text.assemble(
-            ("data ", dim), run.dataset, (" · ", dim), run.tokenizer,
-            (" · ", dim), f"{run.device}{world} {run.dtype}",
-            (" · ", dim), f"{human_count(run.tokens_per_step)} tok/step",
-            (f" (batch {t.get('batch_size')}×{t.get('grad_accum')})", dim),
-            (" · seed ", dim), str(run.seed),
-        )
-        self.update(Text("\n").join([line1, line2]))
+        data = [Text.assemble(("data ", "dim"), run.dataset, (f" ({run.tokenizer})", "dim"))]
+        if run.train_tokens:
+            data.append(f"{human_count(run.train_tokens)} tokens, read {times(epochs(run))}")
+        data += [
+            f"{run.device}{world} {run.dtype}",
+            Text.assemble(f"{human_count(run.tokens_per_step)} tok/step",
+                          (f" (batch {t.get('batch_size')}×{t.get('grad_accum')})", "dim")),
+            Text.assemble(("seed ", "dim"), str(run.seed)),
+        ]
+        self.set_fields(model + data)  # one flow: at 80 columns that is three lines, not four
 
 
 class LossChart(PlotextPlot):
@@ -108,6 +156,7 @@ class LossChart(PlotextPlot):
         self.draws = 0  # how many times the plot was built (tests and the throttle read it)
         self.drawn_points = 0  # train points in the last build
         self.last_draw_s = 0.0  # CPU seconds the last build took on the UI thread (not GIL waits)
+        self.plot_area: Region | None = None  # inside the drawn frame, in the widget's own cells
 
     def add_train(self, steps: Sequence[int], losses: Sequence[float]) -> None:
         self.train_steps.extend(steps)
@@ -133,26 +182,60 @@ class LossChart(PlotextPlot):
         plt.title("loss (log scale)" if self.log_scale else "loss")
         plt.xlabel("step")
         result = super().render()
+        self.plot_area = _inside_frame(result.plain.splitlines())
         self.draws += 1
         self.drawn_points = len(xs)
         self.last_draw_s = time.thread_time() - t0
         return result
 
 
-class StatusLine(Static):
-    """One line of numbers plus a state badge (RUNNING / PAUSED / ...)."""
+def _inside_frame(lines: list[str]) -> Region | None:
+    """The cells inside plotext's box (┌ ┐ └), which has the axis labels outside it; None if not drawn."""
+    top = next((i for i, line in enumerate(lines) if "┌" in line), None)
+    bottom = next((i for i in range(len(lines) - 1, -1, -1) if "└" in lines[i]), None)
+    if top is None or bottom is None or bottom <= top + 1 or "┐" not in lines[top]:
+        return None
+    left, right = lines[top].index("┌"), lines[top].rindex("┐")
+    return Region(left + 1, top + 1, right - left - 1, bottom - top - 1)
+
+
+class StatusLine(FieldLines):
+    """The run's numbers (a state badge sits beside it), wrapped between fields on a narrow screen."""
+
+    SEP = " │ "
 
 
 class SampleScreen(ModalScreen[None]):
-    """A popup with text sampled from the current weights; Esc closes it."""
+    """A popup with text sampled from the current weights; Esc closes it.
+
+    It is placed over the inside of the chart's frame (`area()`, in screen cells), so the axis labels, the
+    header and the status line stay readable around it.
+    """
 
     BINDINGS: ClassVar[list[Binding]] = [Binding("escape", "close", "close")]
+    MIN_SIZE = (24, 6)  # below this the popup takes the whole screen rather than be unreadable
 
-    def __init__(self, step: int, n_tokens: int) -> None:
+    def __init__(self, step: int, n_tokens: int, area: Callable[[], Region | None] = lambda: None) -> None:
         super().__init__()
         self.step = step
         self.n_tokens = n_tokens
         self.text: str | None = None
+        self.area = area
+
+    def on_mount(self) -> None:
+        self._place()
+
+    def on_resize(self) -> None:
+        self._place()
+
+    def _place(self) -> None:
+        area = self.area()
+        if area is None or area.width < self.MIN_SIZE[0] or area.height < self.MIN_SIZE[1]:
+            area = Region(0, 0, *self.size)
+        box = self.query_one("#sample-box")
+        box.styles.offset = (area.x, area.y)
+        box.styles.width = area.width
+        box.styles.height = area.height
 
     def compose(self) -> ComposeResult:
         with Vertical(id="sample-box"):

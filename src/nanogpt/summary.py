@@ -1,0 +1,83 @@
+"""What a run is made of, in words both front ends show at its start: where the parameters are, how often
+the run will see its text, and a hint when the data is small for the model. Torch-free (the UI uses it).
+"""
+
+from __future__ import annotations
+
+from .events import RunStarted
+
+
+def count(n: float) -> str:
+    """1234 -> '1.2k', 812345 -> '812.3k', 10_700_000 -> '10.70M'."""
+    for limit, suffix, digits in ((1e9, "B", 2), (1e6, "M", 2), (1e3, "k", 1)):
+        if abs(n) >= limit:
+            return f"{n / limit:.{digits}f}{suffix}"
+    return f"{n:.0f}"
+
+
+def plural(n: int, word: str) -> str:
+    """'1 step', '2 steps'."""
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
+
+
+def epochs(run: RunStarted) -> float:
+    """How many times the whole run (all its steps) reads the training split."""
+    return run.total_steps * run.tokens_per_step / run.train_tokens if run.train_tokens else 0.0
+
+
+def embedding_params(run: RunStarted) -> int:
+    """The parameters outside the blocks: the embeddings (and the final LayerNorm's few)."""
+    return run.n_params - run.block_params if run.block_params else 0
+
+
+def parameter_parts(run: RunStarted) -> str:
+    """'7.22M parameters: 6.44M in embeddings, 787.5k in 4 blocks'."""
+    if not run.block_params:
+        return f"{count(run.n_params)} parameters"
+    blocks = plural(int(run.model.get("n_layer", 0)), "block")
+    return f"{count(run.n_params)} parameters: {count(embedding_params(run))} in embeddings, " \
+        f"{count(run.block_params)} in {blocks}"
+
+
+def times(x: float) -> str:
+    """'6.7 times', or '2% of them' below once."""
+    if x >= 1:
+        return f"{x:.1f} times"
+    return f"{x:.0%} of them" if x >= 0.01 else "under 1% of them"
+
+
+def data_use(run: RunStarted) -> str:
+    """'1.00M training tokens, read 1.5 times in 2,000 steps'."""
+    if not run.train_tokens:
+        return ""
+    return f"{count(run.train_tokens)} training tokens, read {times(epochs(run))} in {plural(run.total_steps, 'step')}"
+
+
+def hints(run: RunStarted, short: bool = False) -> list[str]:
+    """Warnings worth reading before the run: a model mostly made of embeddings, data too small for it.
+
+    `short`: the same in fewer words, for a screen whose header already shows the numbers.
+    """
+    out = []
+    if short:
+        if embedding_params(run) > run.n_params / 2:
+            out.append("most parameters are embeddings: a char vocabulary (`prepare --tokenizer char`) makes a "
+                       "smaller, faster model")
+        if run.train_tokens and run.train_tokens < run.n_params and epochs(run) >= 1:
+            out.append(f"{count(run.train_tokens)} tokens are few for {count(run.n_params)} parameters: "
+                       "the model may memorise them")
+        return out
+    if embedding_params(run) > run.n_params / 2:
+        vocab = int(run.model.get("vocab_size", 0))
+        out.append(
+            f"{embedding_params(run) / run.n_params:.0%} of the parameters are embeddings (a {vocab:,}-token "
+            f"vocabulary); for a small text a character-level vocabulary (`nanogpt prepare --tokenizer char`) "
+            "makes a smaller, faster model"
+        )
+    if run.train_tokens and run.train_tokens < run.n_params and epochs(run) >= 1:
+        out.append(
+            f"the data is small for this model: {count(run.train_tokens)} training tokens for "
+            f"{count(run.n_params)} parameters, read {times(epochs(run))}; expect the model to memorise the "
+            "text (watch the validation loss), or use more text or a smaller model"
+        )
+    return out

@@ -1,0 +1,119 @@
+"""The command line's own behaviour: mistyped flags, stray arguments, a bare `nanogpt`, help, data hints."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nanogpt.cli import build_parser, main
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """`nanogpt ARGS` in this process: (exit code, stdout, stderr); argparse's own exits included."""
+    try:
+        code = main(list(args))
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["train", "--setps", "100"], "did you mean --steps?"),
+        (["train", "--learning_rate", "3e-4"], "did you mean --learning-rate?"),  # nanoGPT's spelling
+        (["train", "--step", "100"], "did you mean --steps?"),  # abbreviations are refused
+        (["generate", "out/model_step_1", "--temp", "0.5"], "did you mean --temperature?"),
+        (["prepare", "--tokeniser", "gpt2"], "did you mean --tokenizer?"),
+    ],
+)
+def test_a_mistyped_flag_is_named_by_its_subcommand_with_a_suggestion(capsys, args: list[str], said: str) -> None:
+    code, out, err = run_cli(capsys, *args)
+    assert code == 1 and out == ""
+    assert err.startswith(f"nanogpt {args[0]}: error: unrecognized arguments: {args[-2]}")
+    assert said in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_flag_nothing_resembles_gets_no_suggestion(capsys) -> None:
+    code, _, err = run_cli(capsys, "train", "--zzzzzz")
+    assert code == 1 and "did you mean" not in err and "--zzzzzz" in err
+
+
+def test_every_parser_refuses_abbreviations() -> None:
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command").choices
+    assert not parser.allow_abbrev
+    assert all(not p.allow_abbrev for p in subparsers.values())
+
+
+def test_a_text_file_given_to_train_says_to_prepare_it(capsys, shared_data: Path) -> None:
+    text = str(shared_data / "tinyshakespeare.txt")
+    code, _, err = run_cli(capsys, "train", text)
+    assert code == 1 and f"run `nanogpt prepare {text}` first" in err
+    code, _, err = run_cli(capsys, "train", "--headless", "--data-dir", text)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert f"is a file, not a prepared data folder: run `nanogpt prepare {text}`" in err
+
+
+def test_a_prepared_folder_given_to_train_says_data_dir(capsys, shakespeare_dir: Path) -> None:
+    code, _, err = run_cli(capsys, "train", str(shakespeare_dir))
+    assert code == 1 and f"nanogpt train --data-dir {shakespeare_dir}" in err
+
+
+def test_an_unprepared_folder_names_the_prepare_command(capsys, tmp_path: Path) -> None:
+    code, _, err = run_cli(capsys, "train", "--headless", "--data-dir", str(tmp_path))
+    assert code == 1 and f"run `nanogpt prepare YOUR_TEXT.txt --out-dir {tmp_path}` first" in err
+    (tmp_path / "story.txt").write_text("once upon a time")
+    code, _, err = run_cli(capsys, "train", "--headless", "--data-dir", str(tmp_path))
+    assert f"run `nanogpt prepare {tmp_path / 'story.txt'} --out-dir {tmp_path}` first" in err
+
+
+def test_bare_nanogpt_lists_the_commands_and_exits_0(capsys) -> None:
+    code, out, err = run_cli(capsys)
+    assert code == 0 and err == ""
+    for command in ("prepare", "train", "generate"):
+        assert f"    {command} " in out
+
+
+def test_help_names_values_alike_in_every_subcommand(capsys) -> None:
+    helps = {}
+    for command in ("prepare", "train", "generate"):
+        code, helps[command], _ = run_cli(capsys, command, "--help")
+        assert code == 0
+    assert "--tokenizer {char,gpt2}" in helps["prepare"] and "--val-fraction X" in helps["prepare"]
+    assert "--out-dir PATH" in helps["prepare"] and "--out-dir PATH" in helps["train"]
+    assert "--tokens-to-generate N" in helps["generate"] and "--tokens-to-generate N" in helps["train"]
+    assert "--temperature X" in helps["generate"] and "--learning-rate X" in helps["train"]
+    assert "--seed N" in helps["generate"] and "--seed N" in helps["train"]
+
+
+def test_train_help_says_which_defaults_the_preset_sets(capsys) -> None:
+    _, out, _ = run_cli(capsys, "train", "--help")
+    flat = " ".join(out.split())
+    assert "(default: from the preset: 2000 for cpu-small, 5000 for baby-gpt)" in flat  # --steps
+    assert "(default: from the preset: 12 for cpu-small, 64 for baby-gpt)" in flat  # --batch-size
+    assert "--log-interval N steps between headless progress lines (default: 10)" in flat  # no preset sets it
+
+
+def test_under_torchrun_a_missing_data_folder_is_the_last_line(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    missing = tmp_path / "nonexistent"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
+         "-m", "nanogpt", "train", "--headless", "--data-dir", str(missing)],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 1
+    lines = [line.strip() for line in result.stderr.strip().splitlines()]
+    # torchrun's report ends with the process's error; ours is that error, not a link to torchrun's docs
+    assert lines[-2] == f"traceback : nanogpt train: error: data folder not found: {missing} " \
+        "(make one from a text file with `nanogpt prepare FILE`)"
