@@ -1,4 +1,4 @@
-"""`nanogpt prepare | train | generate`: parse flags, hand them to the module that does the work.
+"""`nanogpt prepare | train | generate | export`: parse flags, hand them to the module that does the work.
 
 Train flags are generated from the fields of `ModelConfig` and `TrainConfig` (config.py), so a setting's
 flag, help text and saved name never drift apart. Every flag defaults to "not given" (argparse.SUPPRESS),
@@ -37,6 +37,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) ->
             kw["metavar"] = {int: "N", float: "X"}.get(
                 base, "PATH" if "dataset" in f.name or "dir" in f.name or "metadata" in f.name else "TEXT"
             )
+            kw["metavar"] = f.metadata.get("metavar", kw["metavar"])
             if "choices" in f.metadata:
                 kw["choices"] = f.metadata["choices"]
                 kw["metavar"] = "{" + ",".join(f.metadata["choices"]) + "}"
@@ -127,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="when the text outgrows the context, drop the oldest N tokens and go on (default: half the "
         "block size, which lets the KV cache do its job; 1 = nanoGPT's exact crop, several times slower)",
     )
+    e = sub.add_parser(
+        "export",
+        help="write a checkpoint as a Hugging Face GPT-2 folder (transformers, llama.cpp's GGUF converter)",
+        description="Write checkpoint STEM as a Hugging Face GPT-2 folder OUT_DIR: config.json, "
+        "model.safetensors, generation_config.json, tokenizer files and a README.md model card. "
+        "OUT_DIR must not exist (or be empty); it appears whole or not at all.",
+    )
+    e.add_argument("stem", metavar="STEM", help="checkpoint stem, e.g. out/model_step_2000 (or one of its files)")
+    e.add_argument("out_dir", metavar="OUT_DIR", help="the folder to create")
     return parser
 
 
@@ -179,9 +189,18 @@ def _cmd_generate(ns: argparse.Namespace) -> int:
     )
 
 
+def _cmd_export(ns: argparse.Namespace) -> int:
+    from .export import export
+
+    print(f"exported {ns.stem} to {export(ns.stem, ns.out_dir)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
-    handler = {"prepare": _cmd_prepare, "train": _cmd_train, "generate": _cmd_generate}[ns.command]
+    handler = {
+        "prepare": _cmd_prepare, "train": _cmd_train, "generate": _cmd_generate, "export": _cmd_export
+    }[ns.command]
     try:
         return handler(ns)
     except UserError as e:

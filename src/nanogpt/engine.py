@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from . import checkpoint, config, data, distributed, runtime, schedule
+from . import checkpoint, config, data, distributed, hf, runtime, schedule
 from .errors import UserError
 from .events import (
     EvalDone,
@@ -137,12 +137,20 @@ def build_trainer(overrides: dict[str, Any], preset: str | None = None, resume: 
     saved = checkpoint.configs(meta) if meta is not None else None
     device_name = overrides.get("device") or (saved[1].device if saved else "auto")
     device = distributed.local_device(runtime.resolve_device(device_name))  # cuda:LOCAL_RANK under torchrun
+    if saved is None and preset is None and overrides.get("init_from"):
+        preset = "finetune"  # the weights fix the shape; the schedule is a fine-tune's
     if saved is None and preset is None and not any(k in overrides for k in SIZE_FIELDS):
         preset = config.default_preset(device.type)
     if saved is not None and any(k in overrides for k in DATA_FIELDS):
         # new data options replace the saved ones as a group (a new --data-dir drops the saved file paths)
         saved = (saved[0], dataclasses.replace(saved[1], **{f: None for f in DATA_FIELDS}))
     model_cfg, train_cfg = config.resolve(overrides, preset, base=saved)
+    if saved is not None and overrides.get("init_from"):
+        raise UserError("--init-from starts a new run and --resume-training continues one: give only one")
+    imported = None  # weights to start from (--init-from); a resumed run has its own
+    if saved is None and train_cfg.init_from:
+        imported = hf.load_source(train_cfg.init_from)
+        model_cfg = hf.take_architecture(model_cfg, imported, overrides)
     if saved is not None:
         _check_resume_shape(saved[0], model_cfg, stem)
         # --grad-accum is per process: on another world size keep the checkpoint's effective batch
@@ -166,9 +174,11 @@ def build_trainer(overrides: dict[str, Any], preset: str | None = None, resume: 
                 f"the data's vocabulary ({tokens.source}) differs from checkpoint {stem}'s "
                 f"({saved_tok.get('vocab_size')} tokens): resume on data prepared with the same vocabulary"
             )
+    if imported is not None:
+        hf.check_data(imported, tokens.meta, tokens.source)
     model_cfg = dataclasses.replace(model_cfg, vocab_size=tokens.vocab_size)
     data.check_block_size(tokens, model_cfg.block_size)
-    return Trainer(model_cfg, train_cfg, tokens, device, resume=stem)
+    return Trainer(model_cfg, train_cfg, tokens, device, resume=stem, init_from=imported)
 
 
 class Trainer:
@@ -181,6 +191,7 @@ class Trainer:
         tokens: data.TokenData,
         device: torch.device,
         resume: Path | None = None,
+        init_from: hf.Imported | None = None,
     ):
         self.model_cfg = model_cfg
         self.train_cfg = train_cfg
@@ -200,6 +211,8 @@ class Trainer:
 
         torch.manual_seed(train_cfg.seed)  # the same initial weights on every rank
         self.model = GPT(model_cfg).to(device)  # the plain module: saved, sampled from
+        if init_from is not None:
+            hf.load_into(self.model, init_from)  # imported weights replace the random ones
         self.optimizer = runtime.make_optimizer(
             self.model,
             lr=train_cfg.learning_rate,

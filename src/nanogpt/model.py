@@ -94,15 +94,22 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+def gelu_approximation(cfg: ModelConfig) -> str:
+    """F.gelu's `approximate` for the config's activation: exact erf GELU, or GPT-2's tanh approximation
+    (weights trained with one differ by up to 1e-3 in the logits when run with the other)."""
+    return "tanh" if cfg.activation == "gelu_tanh" else "none"
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.approximate = gelu_approximation(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)))
 
 
 class Block(nn.Module):
@@ -205,6 +212,7 @@ class GPT(nn.Module):
             plan = cache.plan = (self, self._decode_plan(cache))
         wte, wte_t, wpe, lnf_w, lnf_b, layers = plan[1]
         C, nh = self.config.n_embd, self.config.n_head
+        approximate = gelu_approximation(self.config)
         B = tokens.shape[0]
         x = torch.index_select(wte, 0, tokens) + wpe[p]  # (B, C); cheaper than wte[tokens]
         for layer in layers:
@@ -224,7 +232,7 @@ class GPT(nn.Module):
                 y = F.scaled_dot_product_attention(qkv[:, :1].transpose(1, 2), k, v, scale=1.0).view(B, C)
             x = torch.addmm(x, y, proj_t) if proj_b is None else torch.addmm(x + proj_b, y, proj_t)
             h = F.layer_norm(x, (C,), ln2_w, ln2_b, 1e-5)
-            h = F.gelu(torch.mm(h, fc_t) if fc_b is None else torch.addmm(fc_b, h, fc_t))
+            h = F.gelu(torch.mm(h, fc_t) if fc_b is None else torch.addmm(fc_b, h, fc_t), approximate=approximate)
             x = torch.addmm(x, h, fc2_t) if fc2_b is None else torch.addmm(x + fc2_b, h, fc2_t)
         cache.pos = p + 1
         return torch.mm(F.layer_norm(x, (C,), lnf_w, lnf_b, 1e-5), wte_t)
