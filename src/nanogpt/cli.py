@@ -1,4 +1,4 @@
-"""`nanogpt prepare | train | generate`: parse flags, hand them to the module that does the work.
+"""`nanogpt prepare | train | generate | export`: parse flags, hand them to the module that does the work.
 
 Train and generate flags come from the fields of `ModelConfig`, `TrainConfig`, `GenerateConfig` (config.py): a setting's
 flag, help text and saved name never drift apart. Every flag defaults to "not given" (argparse.SUPPRESS),
@@ -56,6 +56,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) ->
             kw["metavar"] = {int: "N", float: "X"}.get(
                 base, "PATH" if "dataset" in f.name or "dir" in f.name or "metadata" in f.name else "TEXT"
             )
+            kw["metavar"] = f.metadata.get("metavar", kw["metavar"])
             if "choices" in f.metadata:
                 kw["choices"] = f.metadata["choices"]
                 kw["metavar"] = "{" + ",".join(f.metadata["choices"]) + "}"
@@ -171,6 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("stem", metavar="STEM", help="checkpoint stem, e.g. out/model_step_2000 (or its .safetensors file)")
     _add_config_flags(g, GenerateConfig, "sampling")
+    e = sub.add_parser(
+        "export",
+        help="write a checkpoint as a Hugging Face GPT-2 folder (transformers, llama.cpp's GGUF converter)",
+        description="Write checkpoint STEM as a Hugging Face GPT-2 folder OUT_DIR: config.json, "
+        "model.safetensors, generation_config.json, tokenizer files and a README.md model card. "
+        "OUT_DIR must not exist (or be empty); it appears whole or not at all.",
+    )
+    e.add_argument("stem", metavar="STEM", help="checkpoint stem, e.g. out/model_step_2000 (or one of its files)")
+    e.add_argument("out_dir", metavar="OUT_DIR", help="the folder to create")
     for subparser in _subparsers(parser).values():
         _uniform_metavars(subparser)
     return parser
@@ -240,6 +250,13 @@ def _tell_torchrun(line: str) -> None:
             pass  # the report falls back to torchrun's generic line; ours was printed already
 
 
+def _cmd_export(ns: argparse.Namespace) -> int:
+    from .export import export
+
+    print(f"exported {ns.stem} to {export(ns.stem, ns.out_dir)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = sys.argv[1:] if argv is None else argv
@@ -251,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a command: " + ", ".join(_subparsers(parser)))
     if extras:
         _reject_extras(_subparsers(parser)[ns.command], ns.command, extras)
-    handler = {"prepare": _cmd_prepare, "train": _cmd_train, "generate": _cmd_generate}[ns.command]
+    handler = {"prepare": _cmd_prepare, "train": _cmd_train, "generate": _cmd_generate, "export": _cmd_export}[
+        ns.command
+    ]
     try:
         return handler(ns)
     except UserError as e:

@@ -34,6 +34,9 @@ def field_help(f: dataclasses.Field) -> str:
     return f.metadata.get("help", "")
 
 
+ACTIVATIONS = ("gelu", "gelu_tanh")  # exact (erf) GELU; the tanh approximation GPT-2 was trained with
+
+
 @dataclass
 class ModelConfig:
     """Shape of a GPT-2-style decoder. Names mirror GPT-2 / nanoGPT (`n_layer`, `n_head`, `n_embd`)."""
@@ -45,6 +48,11 @@ class ModelConfig:
     n_embd: int = opt(128, "embedding (model) width", flag="--embedding-size")
     dropout: float = opt(0.0, "dropout probability during training (0 disables it)")
     bias: bool = opt(False, "use biases in Linear and LayerNorm layers (GPT-2 has them)")
+    activation: str = opt(
+        "gelu",
+        "MLP activation: exact GELU, or GPT-2's tanh approximation (what weights from --init-from GPT-2 use)",
+        choices=ACTIVATIONS,
+    )
 
     def validate(self) -> None:
         """Raise ConfigError with one clear line if the shape is impossible."""
@@ -58,6 +66,8 @@ class ModelConfig:
             raise ConfigError(f"--head-count ({self.n_head}) must divide --embedding-size ({self.n_embd}) evenly")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
 
 
 @dataclass
@@ -112,6 +122,13 @@ class TrainConfig:
     training_dataset: str | None = opt(None, "train.bin to train on (instead of --data-dir)")
     validation_dataset: str | None = opt(None, "val.bin to validate on (instead of --data-dir)")
     vocab_metadata: str | None = opt(None, "vocab.json describing the tokens (instead of --data-dir)")
+    init_from: str | None = opt(
+        None,
+        "start from these weights instead of random ones: a Hugging Face GPT-2 folder, a name in the Hugging "
+        "Face cache (gpt2, gpt2-medium, ...; never downloaded) or a nanoGPT ckpt.pt; the model takes their "
+        "shape (a smaller --block-size crops it); default preset: finetune",
+        metavar="SOURCE",
+    )
     # schedule
     seed: int = opt(1337, "random seed; 0 picks a random one and prints it")
     steps: int = opt(2000, "total optimizer steps of the run")
@@ -160,6 +177,8 @@ class TrainConfig:
             raise ConfigError(f"--min-learning-rate must be in [0, --learning-rate], got {self.min_learning_rate}")
         if self.seed < 0:
             raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        if self.init_from is not None and not self.init_from.strip():
+            raise ConfigError("--init-from needs a folder, a file or a Hugging Face model name")
 
     @property
     def eval_batch_size(self) -> int:
@@ -172,7 +191,7 @@ class PrepareConfig:
 
     source: str | None = opt(None, "text file or mixology folder (default: the bundled Tiny Shakespeare)", cli=False)
     # checked by validate(), not by argparse, so that the message is the same from the CLI and from Python
-    tokenizer: str = opt("char", "char (one token per character) or gpt2 (OpenAI's GPT-2 BPE)")
+    tokenizer: str = opt("char", "char (one token per character) or gpt2 (OpenAI's GPT-2 BPE)", metavar="{char,gpt2}")
     out_dir: str | None = opt(
         None,
         "output folder (default: data/NAME in the current folder, NAME being SOURCE's name without .txt; "
@@ -245,12 +264,31 @@ PRESETS: dict[str, dict[str, Any]] = {
         log_interval=1,
         save_interval=1000,
     ),
+    # nanoGPT's config/finetune_shakespeare.py: a few steps at a small constant learning rate from weights
+    # given by --init-from (which fix the model's shape), 32 sequences a step through accumulation.
+    "finetune": dict(
+        dropout=0.0,
+        batch_size=1,
+        grad_accum=32,
+        steps=20,
+        learning_rate=3e-5,
+        min_learning_rate=3e-5,
+        lr_schedule="constant",
+        warmup_steps=0,
+        beta1=0.9,
+        beta2=0.95,
+        weight_decay=0.1,
+        grad_clip=1.0,
+        validation_interval=5,
+        eval_iters=40,
+        log_interval=1,
+    ),
 }
 
 MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
 TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
-# The fields that fix the shape of the weights: a resumed checkpoint's values cannot be overridden.
-SHAPE_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "bias", "vocab_size")
+# The fields that fix the weights' shape and what they compute: a resumed checkpoint's values cannot be overridden.
+SHAPE_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "bias", "activation", "vocab_size")
 
 
 def default_preset(device_type: str) -> str:

@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from . import checkpoint, config, data, distributed, runtime, schedule
+from . import checkpoint, config, data, distributed, hf, runtime, schedule
 from .errors import UserError
 from .events import (
     EvalDone,
@@ -197,12 +197,20 @@ def build_trainer(overrides: dict[str, Any], preset: str | None = None, resume: 
     saved = checkpoint.read(resume) if resume is not None else None
     base = (saved.model_cfg, saved.train_cfg) if saved is not None else None
     device = runtime.resolve_device(overrides.get("device") or (saved.train_cfg.device if saved else "auto"))
+    if saved is None and preset is None and overrides.get("init_from"):
+        preset = "finetune"  # the weights fix the shape; the schedule is a fine-tune's
     if saved is None and preset is None and not any(k in overrides for k in SIZE_FIELDS):
         preset = config.default_preset(device.type)
     if base is not None and any(k in overrides for k in DATA_FIELDS):
         # new data options replace the saved ones as a group (a new --data-dir drops the saved file paths)
         base = (base[0], dataclasses.replace(base[1], **{f: None for f in DATA_FIELDS}))
     model_cfg, train_cfg = config.resolve(overrides, preset, base=base)
+    if saved is not None and overrides.get("init_from"):
+        raise UserError("--init-from starts a new run and --resume-training continues one: give only one")
+    imported = None  # weights to start from (--init-from); a resumed run has its own
+    if saved is None and train_cfg.init_from:
+        imported = hf.load_source(train_cfg.init_from)
+        model_cfg = hf.take_architecture(model_cfg, imported, overrides)
     if saved is not None:
         _check_resume_shape(saved.model_cfg, model_cfg, saved.stem)
         # --grad-accum is per process: on another world size keep the checkpoint's effective batch
@@ -219,9 +227,11 @@ def build_trainer(overrides: dict[str, Any], preset: str | None = None, resume: 
     train_cfg, tokens = _open_data(train_cfg)
     if saved is not None:
         _check_resume_vocabulary(saved, tokens)
+    if imported is not None:
+        hf.check_data(imported, tokens.meta, tokens.source)
     model_cfg = dataclasses.replace(model_cfg, vocab_size=tokens.vocab_size)
     data.check_block_size(tokens, model_cfg.block_size)
-    return Trainer(model_cfg, train_cfg, tokens, hardware, resume=saved, notes=notes)
+    return Trainer(model_cfg, train_cfg, tokens, hardware, resume=saved, notes=notes, init_from=imported)
 
 
 def _new_model(model_cfg: config.ModelConfig, seed: int, device: torch.device) -> GPT:
@@ -278,6 +288,7 @@ class Trainer:
         hardware: runtime.Hardware,
         resume: checkpoint.Checkpoint | None = None,
         notes: tuple[str, ...] | list[str] = (),
+        init_from: hf.Imported | None = None,
     ):
         self.model_cfg = model_cfg
         self.train_cfg = train_cfg
@@ -297,6 +308,8 @@ class Trainer:
         self._stop = threading.Event()
 
         self.model = _new_model(model_cfg, train_cfg.seed, self.device)
+        if init_from is not None:
+            hf.load_into(self.model, init_from)  # imported weights replace the random ones
         self.optimizer = runtime.make_optimizer(
             self.model,
             lr=train_cfg.learning_rate,

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .model import GPT, Block, KVCache
+from .model import GPT, Block, KVCache, gelu_approximation
 
 
 class LayerWeights(NamedTuple):
@@ -70,6 +70,7 @@ class Decoder:
         self.model = model
         self.cache = KVCache(cfg, batch_size, wte.device, wte.dtype)
         self.n_embd, self.n_head = cfg.n_embd, cfg.n_head
+        self.approximate = gelu_approximation(cfg)  # exact or tanh GELU, as the model computes
         self.wte, self.wte_t, self.wpe = wte, wte.t(), t.wpe.weight
         self.ln_f_weight, self.ln_f_bias = t.ln_f.weight, t.ln_f.bias
         self.layers = [LayerWeights.of(block, cfg.n_embd // cfg.n_head) for block in t.h]
@@ -100,6 +101,7 @@ class Decoder:
         if p >= cache.block_size:
             raise ValueError(f"the cache is full ({cache.block_size} positions); start a new window")
         C, nh = self.n_embd, self.n_head
+        approximate = self.approximate
         B = tokens.shape[0]
         x = torch.index_select(self.wte, 0, tokens) + self.wpe[p]  # (B, C); cheaper than wte[tokens]
         for w, positions in zip(self.layers, self.positions):
@@ -121,7 +123,7 @@ class Decoder:
             else:
                 x = torch.addmm(x + w.attn_proj_b, y, w.attn_proj_t)
             h = F.layer_norm(x, (C,), w.ln_2_weight, w.ln_2_bias, 1e-5)
-            h = F.gelu(torch.mm(h, w.fc_t) if w.fc_b is None else torch.addmm(w.fc_b, h, w.fc_t))
+            h = F.gelu(torch.mm(h, w.fc_t) if w.fc_b is None else torch.addmm(w.fc_b, h, w.fc_t), approximate=approximate)
             if w.mlp_proj_b is None:
                 x = torch.addmm(x, h, w.mlp_proj_t)
             else:

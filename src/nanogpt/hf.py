@@ -1,0 +1,474 @@
+"""Hugging Face GPT-2 interchange without `transformers`: weight names and layout, config.json, tokenizer files.
+
+Our GPT is GPT-2 (model.py): the parameter names equal `GPT2LMHeadModel.save_pretrained`'s, and the four
+matrices of each block (`attn.c_attn`, `attn.c_proj`, `mlp.c_fc`, `mlp.c_proj`) are stored transposed,
+because torch's Linear keeps (out, in) and Hugging Face's Conv1D (in, out). `attn.c_proj` is square, so a
+missed transpose loads without any error: only logits tell. Everything here is plain safetensors and JSON,
+so the runtime never needs `transformers` (the tests use it to check the folders).
+
+Reading (for `train --init-from`): a `save_pretrained` folder, a snapshot in the Hugging Face cache found by
+name (`gpt2`, `gpt2-medium`, ...; never downloaded), or a karpathy/nanoGPT `ckpt.pt` (weights only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import checkpoint
+from .config import ModelConfig, field_flag
+from .errors import UserError
+from .tokenizers import GPT2_EOT, GPT2_VOCAB_SIZE, _gpt2_files
+
+# the block matrices that Hugging Face's Conv1D stores (in, out)
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+CONV1D_MODULES = tuple(n.removesuffix(".weight") for n in CONV1D)
+# our activation setting <-> Hugging Face's activation_function (GPT-2's own weights use gelu_new, the tanh
+# approximation; gelu_pytorch_tanh is the same function through torch's fused kernel)
+TO_HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
+FROM_HF_ACTIVATION = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+# the ModelConfig fields a GPT-2 config expresses; any other field must keep its default to be exported
+GPT2_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "activation")
+NANOGPT_PADDED_VOCAB = 50304  # nanoGPT rounds GPT-2's 50257 up to a multiple of 64 for speed
+EOT_TEXT = "<|endoftext|>"
+
+
+# ----------------------------------------------------------------------------- weights
+def _linear_names(cfg: ModelConfig) -> list[str]:
+    """Names of every Linear/LayerNorm weight of a GPT with this shape that has a bias in GPT-2."""
+    names = []
+    for i in range(cfg.n_layer):
+        p = f"transformer.h.{i}."
+        names += [p + s for s in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")]
+    return names + ["transformer.ln_f"]
+
+
+def to_hf_tensors(tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Our checkpoint tensors (tied head stored once) -> `GPT2LMHeadModel`'s: Conv1D matrices transposed,
+    and zero biases where ours has none (Hugging Face's GPT-2 always has them)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        if name == "lm_head.weight":
+            continue  # tied to transformer.wte.weight, which Hugging Face stores alone as well
+        out[name] = t.t().contiguous() if name.endswith(CONV1D) else t.contiguous()
+    if not cfg.bias:
+        for name in _linear_names(cfg):
+            weight = out[name + ".weight"]
+            width = weight.shape[-1] if name.endswith(CONV1D_MODULES) else weight.shape[0]
+            out[name + ".bias"] = torch.zeros(width, dtype=weight.dtype)
+    return out
+
+
+
+def from_hf_tensors(tensors: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
+    """`GPT2LMHeadModel` tensors (any of Hugging Face's historical namings) -> ours, tied head stored once."""
+    out: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        if name.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # the causal-mask buffers older transformers versions saved
+        if not name.startswith(("transformer.", "lm_head.")):
+            name = "transformer." + name  # the original GPT-2 uploads name the GPT2Model's tensors alone
+        out[name] = t.t().contiguous() if name.endswith(CONV1D) else t
+    head = out.pop("lm_head.weight", None)
+    if head is not None and "transformer.wte.weight" in out and not torch.equal(head, out["transformer.wte.weight"]):
+        raise UserError(f"{where}: its lm_head is not tied to the token embeddings, which our GPT requires")
+    return out
+
+
+# ----------------------------------------------------------------------------- config.json
+def check_exportable(cfg: ModelConfig) -> None:
+    """UserError naming the first setting a GPT-2 config cannot express (one left at its default is fine)."""
+    for f in dataclasses.fields(cfg):
+        if f.name not in GPT2_FIELDS and getattr(cfg, f.name) != f.default:
+            raise UserError(
+                f"cannot export as GPT-2: {field_flag(f)} {getattr(cfg, f.name)} has no GPT-2 equivalent"
+            )
+    if cfg.activation not in TO_HF_ACTIVATION:
+        raise UserError(f"cannot export as GPT-2: --activation {cfg.activation} has no GPT-2 equivalent")
+
+
+def hf_config(cfg: ModelConfig, tokenizer_meta: dict[str, Any]) -> dict[str, Any]:
+    """config.json of the `GPT2LMHeadModel` that computes what `cfg`'s GPT computes."""
+    eot = GPT2_EOT if tokenizer_meta.get("tokenizer") == "gpt2" else None  # a char vocabulary has no EOT
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.block_size,
+        "n_ctx": cfg.block_size,  # gone from GPT2Config, but llama.cpp's converter reads it (as GPT-2's own has it)
+        "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_inner": None,  # 4 * n_embd, as ours
+        "activation_function": TO_HF_ACTIVATION[cfg.activation],
+        "resid_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout,
+        "attn_pdrop": cfg.dropout,
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+        "pad_token_id": None,
+        "dtype": "float32",
+    }
+
+
+def generation_config(tokenizer_meta: dict[str, Any]) -> dict[str, Any]:
+    """generation_config.json: the end-of-text token of GPT-2 BPE; none for a char vocabulary."""
+    eot = GPT2_EOT if tokenizer_meta.get("tokenizer") == "gpt2" else None
+    return {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}
+
+
+def model_fields_from_hf(hf: Any, where: str) -> dict[str, Any]:
+    """The ModelConfig fields of a Hugging Face GPT-2 config.json; UserError for anything our GPT cannot be."""
+    if not isinstance(hf, dict) or hf.get("model_type") != "gpt2":
+        kind = hf.get("model_type") if isinstance(hf, dict) else None
+        raise UserError(f"{where} is not a GPT-2 model (model_type {kind!r}); --init-from takes GPT-2 weights")
+
+    def setting(name: str, default: Any = None) -> Any:
+        return hf.get(name, default)
+
+    try:
+        fields = {
+            "vocab_size": int(setting("vocab_size", GPT2_VOCAB_SIZE)),
+            "block_size": int(setting("n_positions", setting("n_ctx", 1024))),
+            "n_layer": int(setting("n_layer", 12)),
+            "n_head": int(setting("n_head", 12)),
+            "n_embd": int(setting("n_embd", 768)),
+        }
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: its shape settings are not integers") from None
+    activation = setting("activation_function", "gelu_new")
+    if activation not in FROM_HF_ACTIVATION:
+        raise UserError(f"{where}: activation_function {activation!r} is not one our GPT has (gelu, gelu_new)")
+    fields.update(bias=True, activation=FROM_HF_ACTIVATION[activation])
+    unsupported = [
+        ("n_inner", setting("n_inner") not in (None, 4 * fields["n_embd"])),
+        ("layer_norm_epsilon", setting("layer_norm_epsilon", 1e-5) != 1e-5),
+        ("scale_attn_weights", setting("scale_attn_weights", True) is not True),
+        ("scale_attn_by_inverse_layer_idx", setting("scale_attn_by_inverse_layer_idx", False) is not False),
+        ("tie_word_embeddings", setting("tie_word_embeddings", True) is not True),
+        ("add_cross_attention", setting("add_cross_attention", False) is not False),
+    ]
+    for name, bad in unsupported:
+        if bad:
+            raise UserError(f"{where}: {name} = {setting(name)!r} is a GPT-2 variant our GPT does not implement")
+    return fields
+
+
+# ----------------------------------------------------------------------------- tokenizer files
+def _gpt2_vocab() -> tuple[dict[str, int], list[str]]:
+    """GPT-2's byte-level BPE: token -> id, and the merges in rank order (`"Ġ t"`), from the bundled files."""
+    vocab_bpe, encoder_json = _gpt2_files()
+    vocab = json.loads(encoder_json.read_text(encoding="utf-8"))
+    merges = [line for line in vocab_bpe.read_text(encoding="utf-8").splitlines()[1:] if line]
+    return vocab, merges
+
+
+def _bpe_model(vocab: dict[str, int], merges: list[str]) -> dict[str, Any]:
+    return {
+        "type": "BPE",
+        "dropout": None,
+        "unk_token": None,
+        "continuing_subword_prefix": "",
+        "end_of_word_suffix": "",
+        "fuse_unk": False,
+        "byte_fallback": False,
+        "ignore_merges": False,
+        "vocab": vocab,
+        "merges": merges,
+    }
+
+
+def _tokenizer_json(meta: dict[str, Any]) -> dict[str, Any]:
+    """A `tokenizers` tokenizer.json that gives our ids exactly.
+
+    GPT-2: byte-level BPE with GPT-2's regex (as tiktoken's). Char: a BPE with no merges and no
+    pre-tokenizer splits the text into code points and maps each to its id; the Fuse decoder joins the
+    pieces without the spaces the default decoder would put between them.
+    """
+    if meta.get("tokenizer") == "gpt2":
+        vocab, merges = _gpt2_vocab()
+        byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+        return {
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": [
+                {"id": GPT2_EOT, "content": EOT_TEXT, "single_word": False, "lstrip": False, "rstrip": False,
+                 "normalized": True, "special": True}
+            ],
+            "normalizer": None,
+            "pre_tokenizer": byte_level,
+            "post_processor": {**byte_level, "trim_offsets": False},
+            "decoder": byte_level,
+            "model": _bpe_model(vocab, merges),
+        }
+    itos = meta["itos"]
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [],
+        "normalizer": None,
+        "pre_tokenizer": None,
+        "post_processor": None,
+        "decoder": {"type": "Fuse"},
+        "model": _bpe_model({c: i for i, c in enumerate(itos)}, []),
+    }
+
+
+def tokenizer_files(meta: dict[str, Any], block_size: int) -> dict[str, str]:
+    """File name -> text of the tokenizer files `AutoTokenizer.from_pretrained` reads for this vocabulary."""
+    files = {"tokenizer.json": json.dumps(_tokenizer_json(meta), ensure_ascii=False)}
+    common = {"model_max_length": block_size, "clean_up_tokenization_spaces": False}
+    if meta.get("tokenizer") == "gpt2":
+        vocab, merges = _gpt2_vocab()
+        files["vocab.json"] = json.dumps(vocab, ensure_ascii=False)
+        files["merges.txt"] = "#version: 0.2\n" + "\n".join(merges) + "\n"
+        config = {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False, "bos_token": EOT_TEXT,
+                  "eos_token": EOT_TEXT, "unk_token": EOT_TEXT, **common}
+        files["special_tokens_map.json"] = json.dumps(
+            {"bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT}, indent=1
+        )
+    else:
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", **common}
+    files["tokenizer_config.json"] = json.dumps(config, indent=1)
+    return files
+
+
+# ----------------------------------------------------------------------------- reading weights for --init-from
+@dataclass
+class Imported:
+    """Weights to start a run from, in our names and layout, and the architecture they fix."""
+
+    source: str  # where they came from, for messages
+    fields: dict[str, Any]  # ModelConfig fields: vocab_size, block_size, n_layer, n_head, n_embd, bias, activation
+    tensors: dict[str, torch.Tensor]  # our names, tied head stored once (as in our checkpoints)
+    tokenizer: str | None  # "gpt2" when the weights expect GPT-2 BPE ids, None when only vocab_size is known
+    itos: list[str] | None = None  # the characters, when the folder is a character-level export of ours
+
+
+def hf_cache_dirs() -> list[Path]:
+    """Where the Hugging Face hub keeps its cache: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return [Path(os.environ["HF_HUB_CACHE"]).expanduser()]
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
+    )
+    return [Path(home).expanduser() / "hub"]
+
+
+def find_snapshot(name: str) -> Path | None:
+    """The cached snapshot folder of hub model `name` (refs/main's, else the newest one with a config.json)."""
+    repos = [name] if "/" in name else [name, f"openai-community/{name}"]  # the GPT-2 uploads moved there
+    for cache in hf_cache_dirs():
+        for repo in repos:
+            root = cache / ("models--" + repo.replace("/", "--"))
+            ref = root / "refs" / "main"
+            if ref.is_file():
+                snap = root / "snapshots" / ref.read_text(encoding="utf-8").strip()
+                if (snap / "config.json").is_file():
+                    return snap
+            snaps = sorted(
+                (p for p in (root / "snapshots").glob("*") if (p / "config.json").is_file()),
+                key=lambda p: p.stat().st_mtime,
+            )
+            if snaps:
+                return snaps[-1]
+    return None
+
+
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def load_source(source: str) -> Imported:
+    """Read `--init-from SOURCE`: a nanoGPT ckpt.pt, a Hugging Face GPT-2 folder, or a cached hub name."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return read_nanogpt_ckpt(path)
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return read_hf_folder(path)
+        if (path / "ckpt.pt").is_file():  # a nanoGPT out_dir
+            return read_nanogpt_ckpt(path / "ckpt.pt")
+        raise UserError(f"--init-from {source}: the folder has no config.json (a Hugging Face folder) or ckpt.pt")
+    if _HUB_NAME.match(source) and not source.endswith((".pt", ".json", ".safetensors")):
+        snap = find_snapshot(source)
+        if snap is not None:
+            return read_hf_folder(snap)
+        cache = hf_cache_dirs()[0]
+        raise UserError(
+            f"--init-from {source}: no such file or folder, and not in the Hugging Face cache ({cache}); "
+            f"nothing is downloaded: run `hf download {source}` on a machine with internet and copy its "
+            f"models--{source.replace('/', '--')} folder into {cache} here (or set HF_HOME)"
+        )
+    raise UserError(f"--init-from {source}: no such file or folder")
+
+
+def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():  # sharded (gpt2-xl and larger exports)
+        meta = checkpoint.read_json(index, "weights index")
+        shards = sorted(set((meta.get("weight_map") or {}).values())) if isinstance(meta, dict) else []
+        if not shards:
+            raise UserError(f"weights index {index} lists no files")
+        tensors: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            tensors.update(checkpoint.read_tensors(folder / shard, "model weights"))
+        return tensors
+    weights = folder / "model.safetensors"
+    if not weights.is_file() and (folder / "pytorch_model.bin").is_file():
+        raise UserError(
+            f"{folder} has only pytorch_model.bin (a pickle); convert it to model.safetensors with "
+            "transformers (from_pretrained then save_pretrained) and try again"
+        )
+    return checkpoint.read_tensors(weights, "model weights")
+
+
+def read_hf_folder(folder: Path) -> Imported:
+    """A `save_pretrained` GPT-2 folder (or hub snapshot): its architecture and weights in our layout."""
+    where = str(folder)
+    fields = model_fields_from_hf(checkpoint.read_json(folder / "config.json", "model config"), where)
+    tensors = from_hf_tensors(_read_safetensors(folder), where)
+    _check_tensors(tensors, fields, where)
+    tokenizer = "gpt2" if fields["vocab_size"] == GPT2_VOCAB_SIZE else None
+    itos = None if tokenizer else _char_vocabulary(folder)
+    return Imported(source=where, fields=fields, tensors=tensors, tokenizer=tokenizer, itos=itos)
+
+
+def read_nanogpt_ckpt(path: Path) -> Imported:
+    """A karpathy/nanoGPT ckpt.pt, read as weights only (`weights_only=True` unpickles no code)."""
+    where = str(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated zip, a pickle that wants code, not a torch file at all
+        raise UserError(f"{where} is not a nanoGPT checkpoint readable as weights only ({str(e)[:80]})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or not isinstance(
+        ckpt.get("model_args"), dict
+    ):
+        raise UserError(f"{where} is not a nanoGPT checkpoint (it needs 'model' and 'model_args')")
+    args = ckpt["model_args"]
+    try:
+        fields = {k: int(args[k]) for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")}
+        fields.update(bias=bool(args.get("bias", True)), activation="gelu")  # nanoGPT's MLP: exact nn.GELU()
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{where}: its model_args lack the GPT shape (vocab_size, block_size, n_layer, ...)") from None
+    tensors: dict[str, torch.Tensor] = {}
+    for name, t in ckpt["model"].items():
+        name = name.removeprefix("_orig_mod.")  # torch.compile's wrapper, saved by nanoGPT as is
+        if name.endswith(".attn.bias"):
+            continue  # the causal-mask buffer nanoGPT keeps without flash attention (c_attn.bias is a weight)
+        tensors[name] = t
+    head = tensors.pop("lm_head.weight", None)
+    if head is not None and "transformer.wte.weight" not in tensors:
+        tensors["transformer.wte.weight"] = head
+    tokenizer = None
+    if fields["vocab_size"] in (NANOGPT_PADDED_VOCAB, GPT2_VOCAB_SIZE):
+        tokenizer = "gpt2"
+        fields["vocab_size"] = GPT2_VOCAB_SIZE
+        wte = tensors.get("transformer.wte.weight")
+        if wte is not None:
+            tensors["transformer.wte.weight"] = wte[:GPT2_VOCAB_SIZE].clone()  # the padding rows are never used
+    _check_tensors(tensors, fields, where)
+    return Imported(source=where, fields=fields, tensors=tensors, tokenizer=tokenizer)
+
+
+def _check_tensors(tensors: dict[str, torch.Tensor], fields: dict[str, Any], where: str) -> None:
+    """UserError unless the tensors are exactly those of a GPT with `fields` (names and shapes)."""
+    from .model import GPT
+
+    cfg = ModelConfig(**{k: v for k, v in fields.items()})
+    with torch.device("meta"):  # shapes only: nothing allocated, nothing initialised
+        expected = checkpoint.model_tensors(GPT(cfg))
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise UserError(
+            f"{where}: the weights do not match its config (missing: {', '.join(missing[:3]) or '-'}; "
+            f"unexpected: {', '.join(unexpected[:3]) or '-'})"
+        )
+    for name, t in tensors.items():
+        if t.shape != expected[name].shape:
+            raise UserError(
+                f"{where}: {name} has shape {tuple(t.shape)}, its config says {tuple(expected[name].shape)}"
+            )
+
+
+def _char_vocabulary(folder: Path) -> list[str] | None:
+    """The characters of a character-level tokenizer.json as `export` writes it (None for any other)."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return None
+    try:
+        model = json.loads(path.read_text(encoding="utf-8")).get("model") or {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    vocab = model.get("vocab")
+    if model.get("type") != "BPE" or model.get("merges") or not isinstance(vocab, dict):
+        return None
+    if sorted(vocab.values()) != list(range(len(vocab))) or not all(len(c) == 1 for c in vocab):
+        return None
+    return sorted(vocab, key=vocab.__getitem__)
+
+
+# ----------------------------------------------------------------------------- starting a run from them
+def take_architecture(model_cfg: ModelConfig, imported: Imported, overrides: dict[str, Any]) -> ModelConfig:
+    """The model settings of a run started from `imported`: its shape, bias and activation, with the
+    block size cropped by a smaller explicit --block-size. UserError for a flag that contradicts them."""
+    fields = dict(imported.fields)
+    names = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    for name in ("n_layer", "n_head", "n_embd", "bias", "activation"):
+        if name in overrides and overrides[name] != fields[name]:
+            raise UserError(
+                f"{field_flag(names[name])} {overrides[name]} conflicts with --init-from {imported.source}, "
+                f"which has {fields[name]} (a model started from weights keeps their shape)"
+            )
+    if "block_size" in overrides:
+        if overrides["block_size"] > fields["block_size"]:
+            raise UserError(
+                f"--block-size {overrides['block_size']} exceeds the {fields['block_size']} positions of "
+                f"--init-from {imported.source}; use at most {fields['block_size']}"
+            )
+        fields["block_size"] = overrides["block_size"]
+    cfg = dataclasses.replace(model_cfg, **fields)
+    cfg.validate()
+    return cfg
+
+
+def check_data(imported: Imported, meta: dict[str, Any], source: str) -> None:
+    """UserError unless the dataset (vocab.json `meta`) speaks the vocabulary the imported weights expect."""
+    kind = meta.get("tokenizer")
+    if imported.tokenizer == "gpt2" and kind != "gpt2":
+        raise UserError(
+            f"--init-from {imported.source} expects GPT-2 BPE tokens, but {source} is tokenized {kind}: "
+            "prepare it with `nanogpt prepare FILE --tokenizer gpt2`"
+        )
+    if meta.get("vocab_size") != imported.fields["vocab_size"] or (
+        imported.itos is not None and meta.get("itos") != imported.itos
+    ):
+        raise UserError(
+            f"the vocabulary of {source} ({meta.get('vocab_size')} {kind} tokens) is not the one of "
+            f"--init-from {imported.source} ({imported.fields['vocab_size']} tokens)"
+        )
+
+
+def load_into(model: torch.nn.Module, imported: Imported) -> None:
+    """Copy the imported weights into a freshly built GPT (position embeddings cropped to its block size)."""
+    state = dict(imported.tensors)
+    block = model.config.block_size
+    state["transformer.wpe.weight"] = state["transformer.wpe.weight"][:block]
+    state["lm_head.weight"] = state["transformer.wte.weight"]
+    model.load_state_dict(state)
