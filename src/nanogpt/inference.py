@@ -123,7 +123,8 @@ class Decoder:
             else:
                 x = torch.addmm(x + w.attn_proj_b, y, w.attn_proj_t)
             h = F.layer_norm(x, (C,), w.ln_2_weight, w.ln_2_bias, 1e-5)
-            h = F.gelu(torch.mm(h, w.fc_t) if w.fc_b is None else torch.addmm(w.fc_b, h, w.fc_t), approximate=approximate)
+            h = torch.mm(h, w.fc_t) if w.fc_b is None else torch.addmm(w.fc_b, h, w.fc_t)
+            h = F.gelu(h, approximate=approximate)
             if w.mlp_proj_b is None:
                 x = torch.addmm(x, h, w.mlp_proj_t)
             else:
