@@ -197,7 +197,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default="/tmp/recipe_data")
     p.add_argument("--out", default="/tmp/recipe_search.jsonl", help="JSON lines, one per run (appended)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1,
+                   help="intra-op threads (1: on a shared box two OpenMP threads stall whenever a core is busy)")
     p.add_argument("--seeds", type=int, nargs="+", default=[7])
     p.add_argument("--optimizer", nargs="+", default=["muon"], choices=("adamw", "muon"))
     p.add_argument("--steps", type=int, nargs="+", default=[400])
