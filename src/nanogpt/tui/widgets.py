@@ -182,7 +182,12 @@ class LossChart(PlotextPlot):
         plt.title("loss (log scale)" if self.log_scale else "loss")
         plt.xlabel("step")
         result = super().render()
-        self.plot_area = _inside_frame(result.plain.splitlines())
+        area = _inside_frame(result.plain.splitlines())
+        if area != self.plot_area:
+            self.plot_area = area
+            screen = self.app.screen
+            if isinstance(screen, SampleScreen):  # an open popup follows the frame (tick labels move it)
+                self.call_after_refresh(screen.place)
         self.draws += 1
         self.drawn_points = len(xs)
         self.last_draw_s = time.thread_time() - t0
@@ -223,12 +228,12 @@ class SampleScreen(ModalScreen[None]):
         self.area = area
 
     def on_mount(self) -> None:
-        self._place()
+        self.place()
 
     def on_resize(self) -> None:
-        self._place()
+        self.place()
 
-    def _place(self) -> None:
+    def place(self) -> None:
         area = self.area()
         if area is None or area.width < self.MIN_SIZE[0] or area.height < self.MIN_SIZE[1]:
             area = Region(0, 0, *self.size)
