@@ -99,26 +99,30 @@ def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def weights_mismatch(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> str | None:
+    """What differs between the tensors a model expects and those given (names, then shapes); None if nothing."""
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        return (
+            f"the weights do not match its config "
+            f"(missing: {', '.join(missing[:3]) or '-'}; unexpected: {', '.join(unexpected[:3]) or '-'})"
+        )
+    for name, tensor in tensors.items():
+        if tensor.shape != expected[name].shape:
+            return f"{name} has shape {tuple(tensor.shape)}, its config says {tuple(expected[name].shape)}"
+    return None
+
+
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     """Load a weights file into `model`; UserError if names or shapes do not match its config."""
     state = read_tensors(path, "checkpoint weights")
     dropped, kept = TIED
     if dropped not in state and kept in state:
         state[dropped] = state[kept]
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise UserError(
-            f"checkpoint weights {path} do not match its config "
-            f"(missing: {', '.join(missing[:3]) or '-'}; unexpected: {', '.join(unexpected[:3]) or '-'})"
-        )
-    for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            raise UserError(
-                f"checkpoint weights {path}: {name} has shape {tuple(tensor.shape)}, "
-                f"its config says {tuple(expected[name].shape)}"
-            )
+    problem = weights_mismatch(model.state_dict(), state)
+    if problem:
+        raise UserError(f"checkpoint weights {path}: {problem}")
     model.load_state_dict(state)
 
 

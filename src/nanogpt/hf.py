@@ -393,18 +393,9 @@ def _check_tensors(tensors: dict[str, torch.Tensor], fields: dict[str, Any], whe
     cfg = ModelConfig(**{k: v for k, v in fields.items()})
     with torch.device("meta"):  # shapes only: nothing allocated, nothing initialised
         expected = checkpoint.model_tensors(GPT(cfg))
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise UserError(
-            f"{where}: the weights do not match its config (missing: {', '.join(missing[:3]) or '-'}; "
-            f"unexpected: {', '.join(unexpected[:3]) or '-'})"
-        )
-    for name, t in tensors.items():
-        if t.shape != expected[name].shape:
-            raise UserError(
-                f"{where}: {name} has shape {tuple(t.shape)}, its config says {tuple(expected[name].shape)}"
-            )
+    problem = checkpoint.weights_mismatch(expected, tensors)
+    if problem:
+        raise UserError(f"{where}: {problem}")
 
 
 def _char_vocabulary(folder: Path) -> list[str] | None:
