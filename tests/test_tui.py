@@ -249,6 +249,12 @@ def test_the_screen_lays_out_whole_fields_and_the_sample_clears_the_axes(
             assert isinstance(screen, SampleScreen)
             await wait_for(pilot, lambda: screen.text is not None, "the sampled text")
             await pilot.pause(0.1)
+
+            def placed() -> bool:  # the chart may redraw (new tick labels) just before: the popup follows it
+                area = app.chart.plot_area.translate(app.chart.content_region.offset)
+                return area.contains_region(screen.query_one("#sample-box").region)
+
+            await wait_for(pilot, placed, "the popup inside the chart's frame", timeout=5.0)
             box = screen.query_one("#sample-box").region
             chart = app.chart.content_region
             inside = app.chart.plot_area.translate(chart.offset)
