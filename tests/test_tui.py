@@ -250,19 +250,28 @@ def test_the_screen_lays_out_whole_fields_and_the_sample_clears_the_axes(
             await wait_for(pilot, lambda: screen.text is not None, "the sampled text")
             await pilot.pause(0.1)
 
-            def placed() -> bool:  # the chart may redraw (new tick labels) just before: the popup follows it
-                area = app.chart.plot_area.translate(app.chart.content_region.offset)
-                return area.contains_region(screen.query_one("#sample-box").region)
+            def frame_left(rows: list[str]) -> int:
+                """The column of the y axis (the ticks' ┤) on the screen as drawn now; -1 when no tick shows."""
+                chart = app.chart.content_region
+                ticks = [r.index("┤") for r in rows[chart.y:chart.bottom] if "┤" in r]
+                return min(ticks, default=-1)
 
-            await wait_for(pilot, placed, "the popup inside the chart's frame", timeout=5.0)
-            box = screen.query_one("#sample-box").region
-            chart = app.chart.content_region
-            inside = app.chart.plot_area.translate(chart.offset)
+            def placed() -> bool:
+                # The chart may redraw (new tick labels, a narrower axis) after the popup opened: the popup follows,
+                # so read the screen, the frame and the box together, as they are now, not as they were before `g`.
+                chart = app.chart.content_region
+                area = app.chart.plot_area.translate(chart.offset)
+                box = screen.query_one("#sample-box").region
+                return (
+                    area.contains_region(box)
+                    and box.x > frame_left(screen_lines(app))
+                    and box.y > chart.y
+                    and box.bottom < chart.bottom - 1
+                )
+
             # the axis labels are the chart's columns left of its frame and its rows below the frame
-            chart_rows = rows[chart.y:chart.bottom]
-            frame_left = min(r.index("┤") for r in chart_rows if "┤" in r)
-            assert box.x > frame_left and box.y > chart.y and box.bottom < chart.bottom - 1
-            assert inside.contains_region(box)
+            await wait_for(pilot, placed, "the popup inside the chart's frame, clear of the axis labels", timeout=5.0)
+            box = screen.query_one("#sample-box").region
             assert box.width >= SampleScreen.MIN_SIZE[0] and box.height >= SampleScreen.MIN_SIZE[1]
             await pilot.press("escape")
             await pilot.press("q")
