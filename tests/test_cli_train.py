@@ -197,7 +197,10 @@ def test_sigterm_finishes_the_step_saves_and_exits_0(shakespeare_dir: Path, tmp_
     assert log[-1]["step"] == step
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         Path(stem).name + s
-        for s in (".safetensors", ".config.json", ".training_log.json", ".resume.safetensors", ".resume.json")
+        for s in (
+            ".safetensors", ".config.json", ".training_log.json", ".resume.safetensors", ".resume.json",
+            ".manifest.json",
+        )
     )
 
 
