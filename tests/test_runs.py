@@ -208,3 +208,52 @@ def test_kill_9_at_random_moments_leaves_every_set_whole_or_refused(shakespeare_
 @pytest.mark.slow
 def test_kill_9_many_times_leaves_every_set_whole_or_refused(shakespeare_dir: Path, tmp_path: Path) -> None:
     kill_loop(shakespeare_dir, tmp_path, kills=10, seed=2)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """mount(size, *options): a fresh tmpfs of `size` in tmp_path (skips where mounting is not allowed)."""
+    mounted: list[Path] = []
+
+    def mount(size: str, *options: str) -> Path:
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        opts = ",".join((f"size={size}", *options))
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(where)
+        return where
+
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", str(where)], check=False)
+
+
+def test_a_full_or_read_only_out_dir_is_found_before_training(
+    shakespeare_dir: Path, small_disk, capsys
+) -> None:
+    for disk, message in (
+        (small_disk("64k"), "has 0.1 MB free; a checkpoint of this run needs about 0.4 MB"),
+        (small_disk("1m", "ro"), "Read-only file system"),
+    ):
+        code, out, err = train(capsys, "--data-dir", str(shakespeare_dir), "--out-dir", str(disk), "--steps", "50")
+        assert message in one_line_error(code, err)
+        assert "| loss" not in out  # not a step was trained
+
+
+def test_a_full_disk_during_a_save_keeps_the_last_checkpoint_and_leaves_no_partial_set(
+    shakespeare_dir: Path, small_disk, capsys
+) -> None:
+    disk = small_disk("1m")  # room for the start's check and two checkpoints of ~330 kB, not three
+    code, out, err = train(capsys, "--data-dir", str(shakespeare_dir), "--out-dir", str(disk), "--steps", "50",
+                           "--save-interval", "1")
+    line = one_line_error(code, err)
+    assert line == f"nanogpt train: error: cannot write checkpoint {disk / 'model_step_3'}: No space left on device"
+    assert sorted(p.name for p in disk.iterdir()) == sorted(
+        f"model_step_{n}{s}" for n in (1, 2) for s in checkpoint.SUFFIXES
+    )
+    assert checkpoint.read(disk / "model_step_2").step == 2
+    checkpoint.load_model(disk / "model_step_2")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -191,11 +192,11 @@ def save(
 
 
 def _write_failure(error: BaseException) -> str:
-    """The reason in an OSError, or in safetensors' own error (which wraps the OS error in its text)."""
+    """The reason in an OSError, or in safetensors' own error (not an OSError: it names the errno in its text)."""
     if isinstance(error, OSError):
         return error.strerror or str(error)
-    found = re.search(r'message: "([^"]+)"', str(error))
-    return found.group(1) if found else str(error)[:120]
+    found = re.search(r"os error (\d+)|code: (\d+)", str(error))
+    return os.strerror(int(found.group(1) or found.group(2))) if found else str(error)[:120]
 
 
 def seal(stem: str | Path) -> None:
