@@ -26,7 +26,12 @@ def temp_file(folder: Path, name: str) -> tuple[BinaryIO, Path]:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         except FileExistsError:
             continue
-        return os.fdopen(fd, "wb"), tmp
+        try:
+            return os.fdopen(fd, "wb"), tmp
+        except BaseException:  # e.g. a Ctrl-C right here: leave no file behind
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 _TEMP_NAME = re.compile(r"^\.(.+)\.(\d+)-[0-9a-f]{8}\.tmp$")  # temp_file's names; group 2 is the writer's pid
@@ -68,8 +73,8 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fh, tmp = temp_file(path.parent, path.name)
-    fh.close()
     try:
+        fh.close()
         mode = os.stat(tmp).st_mode & 0o777  # what the umask gives a new file
         write(tmp)
         # a writer may replace the file rather than fill it (safetensors writes its own 0o600 temp and renames it)

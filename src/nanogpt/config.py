@@ -149,7 +149,9 @@ class TrainConfig:
     log_interval: int = opt(10, "steps between headless progress lines")
     save_interval: int = opt(0, "steps between automatic checkpoints (0: only at the end)")
     tokens_to_generate: int = opt(GenerateConfig.tokens_to_generate, "tokens sampled by the UI's `g` key")
-    out_dir: str = opt("out", "folder for checkpoints")
+    out_dir: str = opt(
+        "out", "folder for checkpoints, one run per folder (a resume's default: the folder of its checkpoint)"
+    )
     # hardware
     device: str = opt("auto", "device to train on", choices=("auto", "cpu", "cuda", "mps"))
     dtype: str = opt(
