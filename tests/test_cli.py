@@ -117,3 +117,30 @@ def test_under_torchrun_a_missing_data_folder_is_the_last_line(tmp_path: Path) -
     # torchrun's report ends with the process's error; ours is that error, not a link to torchrun's docs
     assert lines[-2] == f"traceback : nanogpt train: error: data folder not found: {missing} " \
         "(make one from a text file with `nanogpt prepare FILE`)"
+
+
+def test_a_run_folder_stands_for_its_latest_checkpoint(capsys, shakespeare_dir: Path, tmp_path: Path) -> None:
+    from engine_fixtures import TINY_FLAGS
+
+    out = tmp_path / "run"
+    train = ["train", "--data-dir", str(shakespeare_dir), *TINY_FLAGS, "--headless", "--out-dir", str(out)]
+    assert main([*train, "--steps", "4", "--save-interval", "2"]) == 0
+    assert main(["generate", str(out), "--tokens-to-generate", "5", "--temperature", "0"]) == 0
+    err = capsys.readouterr().err
+    assert f"using its latest checkpoint, {out / 'model_step_4'}" in err  # step 4, not step 2
+    # a resume and an export take the folder too, and resume from its latest step
+    assert main(["train", "--resume-training", str(out), "--steps", "6", "--headless"]) == 0
+    assert (out / "model_step_6.safetensors").is_file()
+    assert main(["export", str(out), str(tmp_path / "hf")]) == 0
+    assert f"exported {out / 'model_step_6'}" in capsys.readouterr().out
+
+
+def test_a_folder_without_checkpoints_is_listed(capsys, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "sub").mkdir()
+    assert main(["generate", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no checkpoint in folder" in err[0] and "it holds: notes.txt, sub/" in err[0]
+    empty = tmp_path / "sub"
+    assert main(["train", "--resume-training", str(empty)]) == 1
+    assert "it is empty" in capsys.readouterr().err

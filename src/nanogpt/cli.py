@@ -128,6 +128,9 @@ def _reject_extras(parser: argparse.ArgumentParser, command: str, extras: list[s
     parser.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
 
 
+STEM_HELP = "checkpoint stem, e.g. out/model_step_2000, one of its files, or a run folder (its latest checkpoint)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="nanogpt",
@@ -157,7 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset", default=None, choices=list(PRESETS), help="model size and schedule in one go; explicit flags win"
     )
     t.add_argument(
-        "--resume-training", default=None, metavar="STEM", help="continue from a checkpoint, e.g. out/model_step_500"
+        "--resume-training",
+        default=None,
+        metavar="STEM",
+        help="continue from a checkpoint, e.g. out/model_step_500, or a run folder (its latest)",
     )
     t.add_argument(
         "--headless", action="store_true", help="no UI: progress lines (automatic when stdout is not a terminal)"
@@ -170,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="generate text from a saved checkpoint",
         description="Generate text from a checkpoint. Only the text goes to stdout, streamed as it is made.",
     )
-    g.add_argument("stem", metavar="STEM", help="checkpoint stem, e.g. out/model_step_2000 (or its .safetensors file)")
+    g.add_argument("stem", metavar="STEM", help=STEM_HELP)
     _add_config_flags(g, GenerateConfig, "sampling")
     e = sub.add_parser(
         "export",
@@ -179,11 +185,23 @@ def build_parser() -> argparse.ArgumentParser:
         "model.safetensors, generation_config.json, tokenizer files and a README.md model card. "
         "OUT_DIR must not exist (or be empty); it appears whole or not at all.",
     )
-    e.add_argument("stem", metavar="STEM", help="checkpoint stem, e.g. out/model_step_2000 (or one of its files)")
+    e.add_argument("stem", metavar="STEM", help=STEM_HELP)
     e.add_argument("out_dir", metavar="OUT_DIR", help="the folder to create")
     for subparser in _subparsers(parser).values():
         _uniform_metavars(subparser)
     return parser
+
+
+def _checkpoint_given(path: str | None) -> str | None:
+    """A checkpoint as typed; a run folder means its latest checkpoint, and we say which (stderr)."""
+    if path is None or not Path(path).is_dir():
+        return path
+    from .checkpoint import latest_in
+
+    stem = str(latest_in(path))
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{path} is a run folder: using its latest checkpoint, {stem}", file=sys.stderr, flush=True)
+    return stem
 
 
 def _config_overrides(ns: argparse.Namespace) -> dict[str, Any]:
@@ -205,6 +223,7 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     from .runtime import training_process
 
     overrides = _config_overrides(ns)
+    ns.resume_training = _checkpoint_given(ns.resume_training)
     if ns.resume_training is None and not any(k in overrides for k in DATA_FIELDS):
         from .prepare import bundled_dataset
 
@@ -228,7 +247,7 @@ def _cmd_generate(ns: argparse.Namespace) -> int:
     from .generate import generate_cli
 
     given = {f.name: getattr(ns, f.name) for f in dataclasses.fields(GenerateConfig) if hasattr(ns, f.name)}
-    return generate_cli(ns.stem, GenerateConfig(**given))
+    return generate_cli(_checkpoint_given(ns.stem), GenerateConfig(**given))
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -253,7 +272,8 @@ def _tell_torchrun(line: str) -> None:
 def _cmd_export(ns: argparse.Namespace) -> int:
     from .export import export
 
-    print(f"exported {ns.stem} to {export(ns.stem, ns.out_dir)}")
+    stem = _checkpoint_given(ns.stem)
+    print(f"exported {stem} to {export(stem, ns.out_dir)}")
     return 0
 
 
