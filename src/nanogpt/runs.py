@@ -115,9 +115,12 @@ def _lock(folder: Path) -> int | None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         os.close(fd)
         raise UserError(f"{folder} is in use by another nanogpt run: give this run another --out-dir") from None
+    except OSError:  # a file system without locks (some network ones): the other guarantees hold without it
+        os.close(fd)
+        return None
     return fd
 
 
