@@ -8,13 +8,15 @@ import re
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from engine_fixtures import TINY, TINY_FLAGS
+from engine_fixtures import SHARED_TEXT, TINY, TINY_FLAGS
 
-from nanogpt import config
+from nanogpt import checkpoint, config, data
 from nanogpt.engine import build_trainer
 from nanogpt.errors import UserError
+from nanogpt.tokenizers import from_meta
 from nanogpt.events import (
     EvalDone,
     Pause,
@@ -336,3 +338,47 @@ def test_unexpected_error_with_deferred_loss_reads_keeps_every_finished_step(
     from nanogpt import checkpoint
 
     assert [e["step"] for e in checkpoint.read_log(tmp_path / "model_step_4")] == [1, 2, 3, 4]
+
+
+# ----------------------------------------------------------------------------- what the model learns
+def direct_validation_loss(model, tokens, trainer) -> float:
+    """A source's validation loss computed here, from its own stretch of val.bin, as the engine draws batches."""
+    batches = data.BatchSampler(
+        tokens, block_size=trainer.model_cfg.block_size, batch_size=trainer.train_cfg.eval_batch_size,
+        seed=trainer.train_cfg.seed, stream=data.VAL_STREAM, device=torch.device("cpu"),
+    )
+    with torch.no_grad():
+        return sum(model(*batches.batch(i))[1].item() for i in range(trainer.train_cfg.eval_iters)) / (
+            trainer.train_cfg.eval_iters
+        )
+
+
+def test_each_mixology_source_gets_a_validation_loss_of_its_own(mixology_dir: Path, tmp_path: Path) -> None:
+    trainer = build_trainer(settings(mixology_dir, tmp_path, steps=20, validation_interval=10, save_interval=10))
+    events = run_collect(trainer)
+    evals = [e for e in events if isinstance(e, EvalDone)]
+    log = checkpoint.read_log(tmp_path / "model_step_20")
+    logged = {e["step"]: e["source_validation_losses"] for e in log if "validation_loss" in e}
+    assert [e.step for e in evals] == list(logged) == [10, 20]
+    assert [e.source_losses for e in evals] == [logged[10], logged[20]]
+    meta = json.loads((mixology_dir / "vocab.json").read_text(encoding="utf-8"))
+    val = np.memmap(mixology_dir / "val.bin", dtype=np.uint16, mode="r")
+    alice_text = (SHARED_TEXT.with_name("gutenberg_alice.txt")).read_text(encoding="utf-8")
+    tokenizer = from_meta(meta)
+    for step in (10, 20):
+        model, _ = checkpoint.load_model(tmp_path / f"model_step_{step}")
+        assert sorted(logged[step]) == ["alice", "shakespeare"]
+        for source in meta["sources"]:
+            tokens = val[source["val_offset"] : source["val_offset"] + source["val_tokens"]]
+            if source["name"] == "alice":  # vocab.json says where Alice's validation text lies, and it does
+                assert tokenizer.decode(tokens[:300].tolist()) in alice_text
+            direct = direct_validation_loss(model, tokens, trainer)
+            assert logged[step][source["name"]] == pytest.approx(direct, rel=1e-5)
+    assert logged[20]["alice"] != logged[20]["shakespeare"]
+
+
+def test_a_single_file_dataset_has_no_source_losses(shakespeare_dir: Path, tmp_path: Path) -> None:
+    trainer = build_trainer(settings(shakespeare_dir, tmp_path, steps=2, validation_interval=2))
+    events = run_collect(trainer)
+    assert [e.source_losses for e in events if isinstance(e, EvalDone)] == [{}]
+    assert all("source_validation_losses" not in e for e in trainer.log)

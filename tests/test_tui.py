@@ -293,3 +293,24 @@ def test_p_after_the_run_finished_says_so(char_data: Path, tmp_path: Path) -> No
             await pilot.press("q")
 
     asyncio.run(drive())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_the_legend_names_each_mixology_source(mixology_dir: Path, tmp_path: Path, size: tuple[int, int]) -> None:
+    app = TrainingApp(make_trainer(mixology_dir, tmp_path, steps=4, validation_interval=2))
+
+    async def drive() -> None:
+        async with app.run_test(size=size) as pilot:
+            await wait_for(pilot, lambda: app.finished is not None, "the run to finish")
+            assert sorted(app.chart.source_val) == ["alice", "shakespeare"]
+            assert app.chart.source_val["alice"][0] == [2, 4]
+
+            def legend() -> bool:
+                chart = app.chart.content_region
+                drawn = "\n".join(screen_lines(app)[chart.y : chart.bottom])
+                return "val alice" in drawn and "val shakespeare" in drawn
+
+            await wait_for(pilot, legend, "a legend naming both sources", timeout=10.0)
+            await pilot.press("q")
+
+    asyncio.run(drive())

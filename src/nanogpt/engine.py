@@ -272,6 +272,25 @@ def _batch_samplers(
     return train, val
 
 
+def _source_samplers(
+    tokens: data.TokenData, model_cfg: config.ModelConfig, train_cfg: config.TrainConfig, device: torch.device
+) -> dict[str, data.BatchSampler]:
+    """A mixology dataset: validation batches from each source's own stretch of val.bin, by source name (a
+    source with fewer tokens than a window is left out); {} for a single source."""
+    return {
+        name: data.BatchSampler(
+            tokens.val[start:stop],
+            block_size=model_cfg.block_size,
+            batch_size=train_cfg.eval_batch_size,
+            seed=train_cfg.seed,
+            stream=data.VAL_STREAM,
+            device=device,
+        )
+        for name, start, stop in data.val_sources(tokens.meta, len(tokens.val))
+        if stop - start > model_cfg.block_size
+    }
+
+
 class Trainer:
     """Trains one model. Front ends call `run`; tests and tools may call the step-level methods directly.
 
@@ -328,6 +347,7 @@ class Trainer:
         self.readback = LossReadback(hardware.sync_every, hardware.world_size)
         self.model.train()
         self.train_batches, self.val_batches = _batch_samplers(tokens, model_cfg, train_cfg, self.device)
+        self.source_val_batches = _source_samplers(tokens, model_cfg, train_cfg, self.device)
 
     # ------------------------------------------------------------------------- properties
     @property
@@ -436,30 +456,43 @@ class Trainer:
         self.log.extend({"step": e.step, "loss": e.loss, "duration_ms": e.duration_ms} for e in events)
         return events, error
 
-    @torch.no_grad()
     def evaluate(self) -> float:
         """Mean validation loss over eval_iters fixed batches (the same ones every time; no RNG touched)."""
+        return self.evaluate_sources()[0]
+
+    @torch.no_grad()
+    def evaluate_sources(self) -> tuple[float, dict[str, float]]:
+        """The validation loss, and for a mixology dataset each source's on eval_iters fixed batches of its
+        own (by name); all read back in one transfer. Both go into the log entry of the current step."""
         self.model.eval()
         try:
-            total = torch.zeros((), device=self.device)
-            count = torch.zeros((), device=self.device)
-            for i in range(self.rank, self.train_cfg.eval_iters, self.world_size):
-                x, y = self.val_batches.batch(i)
-                with runtime.autocast(self.device, self.dtype):
-                    _, loss = self.eval_module(x, y)
-                total += loss.float()
-                count += 1
-            if self.world_size > 1:
-                import torch.distributed as dist
-
-                dist.all_reduce(total)
-                dist.all_reduce(count)
-            value = (total / count).item()
+            means = [self._mean_loss(b) for b in (self.val_batches, *self.source_val_batches.values())]
+            values = torch.stack(means).tolist()
         finally:
             self.model.train()
+        value, by_source = values[0], dict(zip(self.source_val_batches, values[1:]))
         if self.log and self.log[-1]["step"] == self.step:
             self.log[-1]["validation_loss"] = value
-        return value
+            if by_source:
+                self.log[-1]["source_validation_losses"] = by_source
+        return value, by_source
+
+    def _mean_loss(self, batches: data.BatchSampler) -> torch.Tensor:
+        """Mean loss over batches 0..eval_iters-1 of `batches` (shared out over the ranks), on the device."""
+        total = torch.zeros((), device=self.device)
+        count = torch.zeros((), device=self.device)
+        for i in range(self.rank, self.train_cfg.eval_iters, self.world_size):
+            x, y = batches.batch(i)
+            with runtime.autocast(self.device, self.dtype):
+                _, loss = self.eval_module(x, y)
+            total += loss.float()
+            count += 1
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(total)
+            dist.all_reduce(count)
+        return total / count
 
     @torch.no_grad()
     def sample(self, n_tokens: int, prompt: str = "") -> str:
@@ -559,7 +592,8 @@ class Trainer:
                 if self.readback.every == 1 or evaluate or save:
                     self._emit_read_back(emit)
                 if evaluate:
-                    emit(EvalDone(step=self.step, val_loss=self.evaluate()))
+                    val_loss, by_source = self.evaluate_sources()
+                    emit(EvalDone(step=self.step, val_loss=val_loss, source_losses=by_source))
                 if save:
                     emit(self.save())
         except (TrainingDiverged, torch.OutOfMemoryError, UserError, OSError) as e:

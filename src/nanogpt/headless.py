@@ -75,7 +75,8 @@ class _Printer:
                     f"lr {event.lr:.2e}"
                 )
         elif isinstance(event, EvalDone):
-            self.line(f"step {event.step:>6}/{self.trainer.total_steps} | val loss {event.val_loss:.4f}")
+            by_source = "".join(f" | {name} {loss:.4f}" for name, loss in event.source_losses.items())
+            self.line(f"step {event.step:>6}/{self.trainer.total_steps} | val loss {event.val_loss:.4f}{by_source}")
         elif isinstance(event, Saved):
             self.line(f"saved {event.stem}")
         elif isinstance(event, Sampled):

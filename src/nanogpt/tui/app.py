@@ -220,7 +220,7 @@ class TrainingApp(App[int]):
             self._on_run_started(ev)
         elif isinstance(ev, EvalDone):
             self.last_val = (ev.step, ev.val_loss)
-            self.chart.add_val(ev.step, ev.val_loss)
+            self.chart.add_val(ev.step, ev.val_loss, ev.source_losses)
             self._chart_dirty = True
         elif isinstance(ev, Sampled):
             if self.sample_screen is not None:
@@ -254,7 +254,7 @@ class TrainingApp(App[int]):
         chart.add_train([int(h["step"]) for h in hist], [float(h["loss"]) for h in hist])
         for h in ev.history:
             if h.get("validation_loss") is not None:
-                chart.add_val(int(h["step"]), float(h["validation_loss"]))
+                chart.add_val(int(h["step"]), float(h["validation_loss"]), h.get("source_validation_losses"))
                 self.last_val = (int(h["step"]), float(h["validation_loss"]))
         self.recent_losses.extend(float(h["loss"]) for h in hist[-10:])
         self._chart_dirty = True

@@ -138,6 +138,9 @@ class RunHeader(FieldLines):
         self.set_fields(model + data)  # one flow: at 80 columns that is three lines, not four
 
 
+SOURCE_COLORS = ["green+", "magenta+", "yellow+", "blue+", "red+", "white"]  # one per mixology source
+
+
 class LossChart(PlotextPlot):
     """Training loss per step (a line) and validation loss (points), drawn from the data it holds.
 
@@ -152,6 +155,8 @@ class LossChart(PlotextPlot):
         self.train_losses: list[float] = []
         self.val_steps: list[int] = []
         self.val_losses: list[float] = []
+        # a mixology dataset: each source's validation losses, {name: (steps, losses)}, one series each
+        self.source_val: dict[str, tuple[list[int], list[float]]] = {}
         self.log_scale = False
         self.draws = 0  # how many times the plot was built (tests and the throttle read it)
         self.drawn_points = 0  # train points in the last build
@@ -162,9 +167,13 @@ class LossChart(PlotextPlot):
         self.train_steps.extend(steps)
         self.train_losses.extend(losses)
 
-    def add_val(self, step: int, loss: float) -> None:
+    def add_val(self, step: int, loss: float, by_source: dict[str, float] | None = None) -> None:
         self.val_steps.append(step)
         self.val_losses.append(loss)
+        for name, value in (by_source or {}).items():
+            steps, losses = self.source_val.setdefault(name, ([], []))
+            steps.append(step)
+            losses.append(value)
 
     def render(self) -> RenderResult:
         t0 = time.thread_time()
@@ -176,6 +185,8 @@ class LossChart(PlotextPlot):
             plt.plot(xs, ys, marker="braille", color="cyan+", label="train")
         if self.val_steps:
             plt.scatter(self.val_steps, self.val_losses, marker="●", color="orange+", label="validation")
+        for (name, (steps, losses)), color in zip(self.source_val.items(), SOURCE_COLORS * 4):
+            plt.plot(steps, losses, marker="●", color=color, label=f"val {name}")
         if xs:
             plt.xticks(step_ticks(min([xs[0], *self.val_steps[:1]]), max([xs[-1], *self.val_steps[-1:]])))
         plt.yscale("log" if self.log_scale else "linear")
