@@ -382,3 +382,22 @@ def test_a_single_file_dataset_has_no_source_losses(shakespeare_dir: Path, tmp_p
     events = run_collect(trainer)
     assert [e.source_losses for e in events if isinstance(e, EvalDone)] == [{}]
     assert all("source_validation_losses" not in e for e in trainer.log)
+
+
+@pytest.mark.parametrize("grad_clip", [1.0, 0.0])
+def test_the_gradient_norm_is_logged_as_clipping_sees_it(
+    shakespeare_dir: Path, tmp_path: Path, grad_clip: float
+) -> None:
+    opts = settings(shakespeare_dir, tmp_path, steps=4, grad_clip=grad_clip)
+    trainer = build_trainer(opts)
+    reference = build_trainer(opts)  # the same initial weights: the first step's gradients computed here
+    x, y = reference.train_batches.batch(0)
+    reference.model(x, y)[1].backward()
+    expected = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in reference.model.parameters()])).item()
+    first = trainer.train_step()
+    assert first.grad_norm == pytest.approx(expected, rel=1e-4)
+    assert trainer.log[-1]["grad_norm"] == first.grad_norm
+    # read back with the losses (as on an accelerator): the same norms as read at once
+    deferred = build_trainer(settings(shakespeare_dir, tmp_path / "b", steps=4, grad_clip=grad_clip))
+    at_once = [first.grad_norm] + [trainer.train_step().grad_norm for _ in range(3)]
+    assert [e.grad_norm for e in deferred.train_steps(4)] == pytest.approx(at_once, rel=1e-6)

@@ -304,6 +304,7 @@ def test_the_legend_names_each_mixology_source(mixology_dir: Path, tmp_path: Pat
             await wait_for(pilot, lambda: app.finished is not None, "the run to finish")
             assert sorted(app.chart.source_val) == ["alice", "shakespeare"]
             assert app.chart.source_val["alice"][0] == [2, 4]
+            assert f"grad {app.recent[-1].grad_norm:.3g}" in app.status_text()  # the gradient norm, read with the loss
 
             def legend() -> bool:
                 chart = app.chart.content_region

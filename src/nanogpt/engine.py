@@ -87,6 +87,7 @@ class FinishedStep(NamedTuple):
     loss: torch.Tensor | float
     t0: float
     t1: float
+    grad_norm: torch.Tensor | float | None = None  # the gradients' total norm before clipping, read like the loss
 
 
 class LossReadback:
@@ -125,7 +126,10 @@ class LossReadback:
         if not steps:
             return [], None
         deferred = [s.loss for s in steps if isinstance(s.loss, torch.Tensor)]
-        values = iter(distributed.mean(torch.stack(deferred)).tolist() if deferred else ())
+        norms = [s.grad_norm for s in steps if isinstance(s.grad_norm, torch.Tensor)]
+        # the gradient norms travel in the same transfer as the losses (equal on every rank, so the mean keeps them)
+        both = distributed.mean(torch.stack([t.float() for t in deferred + norms])).tolist() if deferred else []
+        values, norm_values = iter(both[: len(deferred)]), iter(both[len(deferred) :])
         shared = (time.perf_counter() - steps[0].t0) / len(steps)
         events: list[StepDone] = []
         for s in steps:
@@ -135,12 +139,14 @@ class LossReadback:
                     return events, TrainingDiverged.at(s.step, loss)
             else:
                 loss, duration = s.loss, s.t1 - s.t0
+            grad_norm = next(norm_values) if isinstance(s.grad_norm, torch.Tensor) else s.grad_norm
             events.append(StepDone(
                 step=s.step,
                 loss=loss,
                 duration_ms=duration * 1000.0,
                 lr=s.lr,
                 tokens_per_s=tokens_per_step / max(duration, 1e-9),
+                grad_norm=grad_norm,
             ))
         return events, None
 
@@ -438,7 +444,11 @@ class Trainer:
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            grad_norm: torch.Tensor | float = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        else:  # no clipping: the same norm, for the log (one pass over the gradients, no sync)
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+        if check:
+            grad_norm = float(grad_norm)  # CPU: free to read, like the loss above
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -447,13 +457,19 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.batch_counter += cfg.grad_accum * self.world_size
-        self.readback.add(FinishedStep(step=self.step, lr=lr, loss=loss_now, t0=t0, t1=time.perf_counter()))
+        self.readback.add(
+            FinishedStep(step=self.step, lr=lr, loss=loss_now, t0=t0, t1=time.perf_counter(), grad_norm=grad_norm)
+        )
 
     def _read_back(self) -> tuple[list[StepDone], TrainingDiverged | None]:
         """Read the unread losses back and log their steps (all before any is shown: a failing front end
         loses none); with the error to raise at a NaN/inf (see LossReadback.read)."""
         events, error = self.readback.read(self.tokens_per_step)
-        self.log.extend({"step": e.step, "loss": e.loss, "duration_ms": e.duration_ms} for e in events)
+        self.log.extend(
+            {"step": e.step, "loss": e.loss, "duration_ms": e.duration_ms}
+            | ({"grad_norm": e.grad_norm} if e.grad_norm is not None else {})
+            for e in events
+        )
         return events, error
 
     def evaluate(self) -> float:

@@ -43,6 +43,7 @@ class StepDone:
     duration_ms: float
     lr: float
     tokens_per_s: float
+    grad_norm: float | None = None  # the gradients' total norm before clipping (what --grad-clip compares)
 
 
 @dataclass(frozen=True)

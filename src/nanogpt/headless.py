@@ -72,7 +72,7 @@ class _Printer:
                 self.line(
                     f"step {event.step:>6}/{self.trainer.total_steps} | loss {event.loss:.4f} | "
                     f"{event.duration_ms:8.1f} ms/step | {event.tokens_per_s:>10,.0f} tok/s | "
-                    f"lr {event.lr:.2e}"
+                    f"lr {event.lr:.2e}" + (f" | grad {event.grad_norm:.3f}" if event.grad_norm is not None else "")
                 )
         elif isinstance(event, EvalDone):
             by_source = "".join(f" | {name} {loss:.4f}" for name, loss in event.source_losses.items())

@@ -317,6 +317,8 @@ class TrainingApp(App[int]):
             tps = sum(e.tokens_per_s for e in self.recent) / len(self.recent)
             parts += [f"{ms:.{1 if ms < 100 else 0}f} ms/step", f"{human_count(tps)} tok/s",
                       "lr " + f"{self.recent[-1].lr:.1e}".replace("e-0", "e-")]
+            if self.recent[-1].grad_norm is not None:
+                parts.append(f"grad {self.recent[-1].grad_norm:.3g}")
         elapsed = self._elapsed()
         parts.append(f"time {clock(elapsed)}")
         done = self.step - (self._session_start_step or 0) if self._session_start_step is not None else 0
