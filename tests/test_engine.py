@@ -401,3 +401,28 @@ def test_the_gradient_norm_is_logged_as_clipping_sees_it(
     deferred = build_trainer(settings(shakespeare_dir, tmp_path / "b", steps=4, grad_clip=grad_clip))
     at_once = [first.grad_norm] + [trainer.train_step().grad_norm for _ in range(3)]
     assert [e.grad_norm for e in deferred.train_steps(4)] == pytest.approx(at_once, rel=1e-6)
+
+
+def test_the_evaluation_sample_is_the_same_whether_or_not_g_sampled(shakespeare_dir: Path, tmp_path: Path) -> None:
+    opts = settings(shakespeare_dir, tmp_path / "plain", steps=6, validation_interval=3, dropout=0.1,
+                    eval_sample_tokens=30, save_interval=3)
+    plain = run_collect(build_trainer(opts))
+    commands: queue.Queue = queue.Queue()
+
+    def sample_with_g(event) -> None:  # what the UI's `g` key sends, at steps 2 and 4
+        if isinstance(event, StepDone) and event.step in (2, 4):
+            commands.put(Sample(n_tokens=25))
+
+    busy = run_collect(build_trainer({**opts, "out_dir": str(tmp_path / "busy")}), commands, on_event=sample_with_g)
+    assert len([e for e in busy if isinstance(e, Sampled)]) == 2
+    kept = [(e.step, e.sample) for e in plain if isinstance(e, EvalDone)]
+    assert [(e.step, e.sample) for e in busy if isinstance(e, EvalDone)] == kept
+    assert all(len(s) == 30 for _, s in kept)  # 30 characters after the newline it starts from
+    assert kept[0][1] != kept[1][1]  # the same prompt and seed: what changed is the model
+    assert losses(busy) == losses(plain)
+    # kept with the run, in the checkpoint's training log; a resume keeps the earlier ones
+    log = checkpoint.read_log(tmp_path / "plain" / "model_step_6")
+    assert [(e["step"], e["sample"]) for e in log if "sample" in e] == kept
+    resumed = build_trainer({"out_dir": str(tmp_path / "resumed")}, resume=str(tmp_path / "plain" / "model_step_3"))
+    run_collect(resumed)
+    assert [(e["step"], e["sample"]) for e in resumed.log if "sample" in e] == kept

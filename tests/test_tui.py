@@ -12,7 +12,8 @@ import torch
 from nanogpt.engine import build_trainer
 from nanogpt.prepare import prepare
 from nanogpt.tui.app import TrainingApp
-from nanogpt.tui.widgets import SampleScreen
+from nanogpt.tui.widgets import SamplePager, SampleScreen
+from textual.widgets import Static
 
 SIZE = (120, 40)
 SUFFIXES = (".safetensors", ".config.json", ".training_log.json")
@@ -312,6 +313,34 @@ def test_the_legend_names_each_mixology_source(mixology_dir: Path, tmp_path: Pat
                 return "val alice" in drawn and "val shakespeare" in drawn
 
             await wait_for(pilot, legend, "a legend naming both sources", timeout=10.0)
+            await pilot.press("q")
+
+    asyncio.run(drive())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_v_pages_through_the_samples_by_step(char_data: Path, tmp_path: Path, size: tuple[int, int]) -> None:
+    app = TrainingApp(make_trainer(char_data, tmp_path, steps=6, validation_interval=2, eval_sample_tokens=20))
+
+    async def drive() -> None:
+        async with app.run_test(size=size) as pilot:
+            await wait_for(pilot, lambda: app.finished is not None, "the run to finish")
+            assert "samples by step" in "".join(screen_lines(app)[-1:])  # the key is in the footer
+            assert [step for step, _ in app.samples] == [2, 4, 6]
+            await pilot.press("v")
+            pager = app.screen
+            assert isinstance(pager, SamplePager)
+
+            def shown() -> tuple[int, str]:
+                title = str(pager.query_one("#sample-title", Static).render())
+                return int(title.split()[3]), str(pager.query_one("#sample-text", Static).render())
+
+            assert shown() == (6, app.samples[2][1])
+            for key, step in (("left", 4), ("left", 2), ("left", 2), ("right", 4)):
+                await pilot.press(key)
+                assert shown() == (step, dict(app.samples)[step])
+            await pilot.press("escape")
+            assert not isinstance(app.screen, SamplePager)
             await pilot.press("q")
 
     asyncio.run(drive())

@@ -510,12 +510,24 @@ class Trainer:
             dist.all_reduce(count)
         return total / count
 
+    def evaluation_sample(self) -> str:
+        """The sample kept at an evaluation (rank 0; "" when --eval-sample-tokens is 0): the same empty prompt and
+        seed every time, so that samples at successive steps differ only by what the model has learned."""
+        n = self.train_cfg.eval_sample_tokens
+        if n == 0 or not self.is_main:
+            return ""
+        text = self.sample(n, seed=self.train_cfg.seed)
+        if self.log and self.log[-1]["step"] == self.step:
+            self.log[-1]["sample"] = text
+        return text
+
     @torch.no_grad()
-    def sample(self, n_tokens: int, prompt: str = "") -> str:
+    def sample(self, n_tokens: int, prompt: str = "", seed: int | None = None) -> str:
         """Text sampled from the current weights (prompt + continuation); leaves the run unchanged.
 
-        Uses generate.py's sampler (temperature 1) in eval mode with its own generator, and restores train
-        mode and the global RNG state, so a run that samples trains exactly like one that does not.
+        Uses generate.py's sampler (temperature 1) in eval mode with its own generator (seeded with `seed`, by
+        default the run's seed + the step), and restores train mode and the global RNG state, so a run that
+        samples trains exactly like one that does not.
         """
         from .generate import generate_tokens, start_ids
 
@@ -523,7 +535,8 @@ class Trainer:
         ids = start_ids(tok, prompt)  # UserError for a character outside the vocabulary
         cpu_state = torch.get_rng_state()
         cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        generator = torch.Generator(device=self.device).manual_seed(self.train_cfg.seed + self.step)
+        seed = self.train_cfg.seed + self.step if seed is None else seed
+        generator = torch.Generator(device=self.device).manual_seed(seed)
         try:
             new = list(generate_tokens(self.model, ids, n_tokens, temperature=1.0, generator=generator))
         finally:
@@ -609,7 +622,8 @@ class Trainer:
                     self._emit_read_back(emit)
                 if evaluate:
                     val_loss, by_source = self.evaluate_sources()
-                    emit(EvalDone(step=self.step, val_loss=val_loss, source_losses=by_source))
+                    text = self.evaluation_sample()
+                    emit(EvalDone(step=self.step, val_loss=val_loss, source_losses=by_source, sample=text))
                 if save:
                     emit(self.save())
         except (TrainingDiverged, torch.OutOfMemoryError, UserError, OSError) as e:

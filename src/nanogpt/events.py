@@ -52,6 +52,7 @@ class EvalDone:
     val_loss: float
     # a mixology dataset: each source's validation loss on fixed batches of its own text, by source name
     source_losses: dict[str, float] = field(default_factory=dict)
+    sample: str = ""  # text sampled from the same prompt and seed at every evaluation ("" when off; rank 0 only)
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,8 @@ class _Printer:
         elif isinstance(event, EvalDone):
             by_source = "".join(f" | {name} {loss:.4f}" for name, loss in event.source_losses.items())
             self.line(f"step {event.step:>6}/{self.trainer.total_steps} | val loss {event.val_loss:.4f}{by_source}")
+            if event.sample:  # one line however many lines the text has, so a log stays one event a line
+                self.line(f"step {event.step:>6}/{self.trainer.total_steps} | sample {event.sample!r}")
         elif isinstance(event, Saved):
             self.line(f"saved {event.stem}")
         elif isinstance(event, Sampled):

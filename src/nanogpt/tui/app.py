@@ -46,7 +46,7 @@ from ..events import (
     Stop,
 )
 from ..summary import hints, plural
-from .widgets import LossChart, RunHeader, SampleScreen, StatusLine, clock, human_count
+from .widgets import LossChart, RunHeader, SamplePager, SampleScreen, StatusLine, clock, human_count
 
 # Keys act at once; only the display of the steps is throttled (bench/ui_overhead.py measures the cost).
 TICK_S = 0.5  # how often the UI drains step events and refreshes the status line
@@ -91,6 +91,7 @@ class TrainingApp(App[int]):
     """
     BINDINGS: ClassVar[list[Binding]] = [
         Binding("g", "sample", "sample text"),
+        Binding("v", "samples", "samples by step"),
         Binding("s", "save", "save"),
         Binding("p", "toggle_pause", "pause/resume"),
         Binding("l", "toggle_log", "log/linear y"),
@@ -112,6 +113,7 @@ class TrainingApp(App[int]):
         self.recent: deque[StepDone] = deque(maxlen=10)
         self.recent_losses: deque[float] = deque(maxlen=10)
         self.last_val: tuple[int, float] | None = None
+        self.samples: list[tuple[int, str]] = []  # (step, text) kept at each evaluation, for the pager (v)
         self.paused = start_paused
         self.pause_requested = False
         self.stopping = False
@@ -221,6 +223,8 @@ class TrainingApp(App[int]):
         elif isinstance(ev, EvalDone):
             self.last_val = (ev.step, ev.val_loss)
             self.chart.add_val(ev.step, ev.val_loss, ev.source_losses)
+            if ev.sample:
+                self.samples.append((ev.step, ev.sample))
             self._chart_dirty = True
         elif isinstance(ev, Sampled):
             if self.sample_screen is not None:
@@ -257,6 +261,7 @@ class TrainingApp(App[int]):
                 chart.add_val(int(h["step"]), float(h["validation_loss"]), h.get("source_validation_losses"))
                 self.last_val = (int(h["step"]), float(h["validation_loss"]))
         self.recent_losses.extend(float(h["loss"]) for h in hist[-10:])
+        self.samples.extend((int(h["step"]), str(h["sample"])) for h in ev.history if h.get("sample"))
         self._chart_dirty = True
         notes = ["note: " + "; ".join(hints(ev, short=True))] if hints(ev) else []
         if ev.start_step:
@@ -390,6 +395,15 @@ class TrainingApp(App[int]):
             self.pause_requested = True
         self.commands.put(Sample(n_tokens=n))
         self._render_status()
+
+    def action_samples(self) -> None:
+        """Page through the samples kept at the evaluations (training goes on meanwhile)."""
+        if self.sample_screen is not None or isinstance(self.screen, SamplePager):
+            return
+        if not self.samples:
+            self._notice("no samples yet: one is kept at each evaluation (--eval-sample-tokens)")
+            return
+        self.push_screen(SamplePager(self.samples, area=self._sample_area))
 
     def _sample_area(self) -> Region | None:
         """Where the sample popup goes: inside the chart's frame, clear of its axis labels (screen cells)."""

@@ -268,3 +268,43 @@ class SampleScreen(ModalScreen[None]):
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+
+class SamplePager(SampleScreen):
+    """The samples kept at the evaluations, one at a time: ← and → page through them by step, Esc closes.
+
+    `samples` is the app's own list of (step, text), so samples kept while the pager is open join it.
+    """
+
+    BINDINGS: ClassVar[list[Binding]] = [
+        Binding("left", "page(-1)", "earlier"),
+        Binding("right", "page(1)", "later"),
+        Binding("escape", "close", "close"),
+    ]
+
+    def __init__(self, samples: list[tuple[int, str]], area: Callable[[], Region | None] = lambda: None) -> None:
+        super().__init__(samples[-1][0], 0, area)
+        self.samples = samples
+        self.index = len(samples) - 1  # the newest first
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="sample-box"):
+            yield Static("", id="sample-title")
+            with VerticalScroll(id="sample-scroll"):
+                yield Static("", id="sample-text", markup=False)
+            yield Static("←/→: earlier/later step · Esc: close", id="sample-hint")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.show_index()
+
+    def show_index(self) -> None:
+        """Show the sample at `index`."""
+        self.step, self.text = self.samples[self.index]
+        title = f"Sample at step {self.step} ({self.index + 1} of {len(self.samples)}, same prompt and seed)"
+        self.query_one("#sample-title", Static).update(title)
+        self.query_one("#sample-text", Static).update(Text(self.text))
+
+    def action_page(self, delta: int) -> None:
+        self.index = min(max(self.index + delta, 0), len(self.samples) - 1)
+        self.show_index()
