@@ -181,6 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("stem", metavar="STEM", help="checkpoint stem, e.g. out/model_step_2000 (or one of its files)")
     e.add_argument("out_dir", metavar="OUT_DIR", help="the folder to create")
+    pl = sub.add_parser(
+        "plot",
+        help="draw the loss curves of one or more runs into a PNG or SVG (needs the plot extra)",
+        description="Draw training and validation loss (and each mixology source's) of the runs on one chart; "
+        "the legend names each run by its folder and the settings that differ.",
+    )
+    pl.add_argument("runs", nargs="+", metavar="RUN_OR_STEM", help="a folder of checkpoints or a checkpoint stem")
+    pl.add_argument("-o", "--output", required=True, metavar="FILE", help="the image to write: .png or .svg")
+    pl.add_argument("--size", default="1000x600", metavar="WxH", help="image size in pixels (default: 1000x600)")
     for subparser in _subparsers(parser).values():
         _uniform_metavars(subparser)
     return parser
@@ -257,6 +266,13 @@ def _cmd_export(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plot(ns: argparse.Namespace) -> int:
+    from .plot import parse_size, plot
+
+    print(f"wrote {plot(ns.runs, ns.output, *parse_size(ns.size))}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = sys.argv[1:] if argv is None else argv
@@ -268,9 +284,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a command: " + ", ".join(_subparsers(parser)))
     if extras:
         _reject_extras(_subparsers(parser)[ns.command], ns.command, extras)
-    handler = {"prepare": _cmd_prepare, "train": _cmd_train, "generate": _cmd_generate, "export": _cmd_export}[
-        ns.command
-    ]
+    handler = {
+        "prepare": _cmd_prepare, "train": _cmd_train, "generate": _cmd_generate, "export": _cmd_export,
+        "plot": _cmd_plot,
+    }[ns.command]
     try:
         return handler(ns)
     except UserError as e:
