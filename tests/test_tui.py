@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from nanogpt.cli import main
 from nanogpt.engine import build_trainer
+from nanogpt.plot import read_run
 from nanogpt.prepare import prepare
 from nanogpt.tui.app import TrainingApp
 from nanogpt.tui.widgets import SamplePager, SampleScreen
@@ -344,3 +346,38 @@ def test_v_pages_through_the_samples_by_step(char_data: Path, tmp_path: Path, si
             await pilot.press("q")
 
     asyncio.run(drive())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_compare_draws_an_earlier_run_beside_the_live_one(char_data: Path, tmp_path: Path, size) -> None:
+    earlier = make_trainer(char_data, tmp_path / "earlier", steps=8, validation_interval=4, eval_sample_tokens=0)
+    earlier.run(lambda event: None)
+    run = read_run(tmp_path / "earlier")
+    app = TrainingApp(make_trainer(char_data, tmp_path / "live", steps=100_000, validation_interval=10),
+                      compare=(run.name, run.log))
+
+    async def drive() -> None:
+        async with app.run_test(size=size) as pilot:
+            await wait_for(pilot, lambda: app.chart.draws > 0 and app.step > 0, "a drawn chart")
+            name, steps, losses, val_steps, _ = app.chart.compare
+            assert (name, steps, val_steps) == ("earlier", list(range(1, 9)), [4, 8])
+            assert losses == [e["loss"] for e in run.log]
+
+            def legend() -> bool:
+                chart = app.chart.content_region
+                drawn = "\n".join(screen_lines(app)[chart.y : chart.bottom])
+                return "earlier train" in drawn and "earlier val" in drawn and "train" in drawn
+
+            await wait_for(pilot, legend, "the earlier run in the legend", timeout=10.0)
+            await pilot.press("q")
+            await wait_for(pilot, lambda: app.result is not None, "the run to stop")
+
+    asyncio.run(drive())
+
+
+def test_compare_with_a_path_that_is_not_a_run_is_one_line(tmp_path: Path, capsys) -> None:
+    assert main(["train", "--compare", str(tmp_path / "nope"), "--headless", "--steps", "1"]) == 1
+    assert capsys.readouterr().err == (
+        f"nanogpt train: error: {tmp_path / 'nope'} is not a run: give a checkpoint stem (e.g. out/model_step_500), "
+        "one of its files, or a folder of checkpoints\n"
+    )

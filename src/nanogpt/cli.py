@@ -162,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--headless", action="store_true", help="no UI: progress lines (automatic when stdout is not a terminal)"
     )
+    t.add_argument(
+        "--compare", default=None, metavar="STEM", help="the UI draws this earlier run's curves faintly beside the "
+        "live one (a checkpoint stem or a folder of checkpoints)"
+    )
     _add_config_flags(t, ModelConfig, "model")
     _add_config_flags(t, TrainConfig, "training")
 
@@ -214,6 +218,12 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     from .runtime import training_process
 
     overrides = _config_overrides(ns)
+    compare = None
+    if ns.compare is not None:  # read first: a wrong path is one line before training starts
+        from .plot import read_run
+
+        run = read_run(ns.compare)
+        compare = (run.name, run.log)
     if ns.resume_training is None and not any(k in overrides for k in DATA_FIELDS):
         from .prepare import bundled_dataset
 
@@ -225,12 +235,14 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     if ns.headless or under_torchrun() or not sys.stdout.isatty():
         from .headless import run_headless
 
+        if compare is not None and trainer.is_main:
+            print("note: --compare draws in the UI only; compare headless runs with `nanogpt plot`", file=sys.stderr)
         with training_process(trainer.hardware):
             return run_headless(trainer)
     from .tui.app import run_tui
 
     with training_process(trainer.hardware, ui=True):
-        return run_tui(trainer, start_paused=ns.resume_training is not None)
+        return run_tui(trainer, start_paused=ns.resume_training is not None, compare=compare)
 
 
 def _cmd_generate(ns: argparse.Namespace) -> int:

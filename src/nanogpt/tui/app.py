@@ -100,9 +100,10 @@ class TrainingApp(App[int]):
         Binding("ctrl+c", "quit_run", "quit", show=False, priority=True),
     ]
 
-    def __init__(self, trainer: Any, start_paused: bool = False) -> None:
+    def __init__(self, trainer: Any, start_paused: bool = False, compare: tuple[str, list[dict]] | None = None) -> None:
         super().__init__()
         self.trainer = trainer
+        self.compare = compare  # (name, training log) of an earlier run, drawn faintly (--compare)
         self.start_paused = start_paused
         self.commands: queue.Queue = queue.Queue()
         self._steps: deque[StepDone] = deque()
@@ -137,6 +138,8 @@ class TrainingApp(App[int]):
         self.header = RunHeader(id="header")
         self.header.set_fields(["starting…"])
         self.chart = LossChart(id="chart")
+        if self.compare is not None:
+            self.chart.set_compare(*self.compare)
         self.status = StatusLine(id="status")
         self.badge_widget = Static("", id="badge")
         self.error_widget = Static("", id="error")
@@ -458,9 +461,9 @@ def _suffixes(ev: Saved) -> list[str]:
     return names or ["written"]
 
 
-def run_tui(trainer: Any, start_paused: bool = False) -> int:
+def run_tui(trainer: Any, start_paused: bool = False, compare: tuple[str, list[dict]] | None = None) -> int:
     """Run the training UI until the user quits; print where to resume from; return the exit code."""
-    app = TrainingApp(trainer, start_paused=start_paused)
+    app = TrainingApp(trainer, start_paused=start_paused, compare=compare)
     previous = None
     if threading.current_thread() is threading.main_thread():
         # `kill PID` gets the same clean stop as q: the engine finishes its step, saves and ends

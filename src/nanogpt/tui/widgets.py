@@ -157,6 +157,8 @@ class LossChart(PlotextPlot):
         self.val_losses: list[float] = []
         # a mixology dataset: each source's validation losses, {name: (steps, losses)}, one series each
         self.source_val: dict[str, tuple[list[int], list[float]]] = {}
+        # --compare: an earlier run's (name, train steps, train losses, val steps, val losses), drawn faintly
+        self.compare: tuple[str, list[int], list[float], list[int], list[float]] | None = None
         self.log_scale = False
         self.draws = 0  # how many times the plot was built (tests and the throttle read it)
         self.drawn_points = 0  # train points in the last build
@@ -166,6 +168,13 @@ class LossChart(PlotextPlot):
     def add_train(self, steps: Sequence[int], losses: Sequence[float]) -> None:
         self.train_steps.extend(steps)
         self.train_losses.extend(losses)
+
+    def set_compare(self, name: str, log: Sequence[dict]) -> None:
+        """An earlier run's training log, drawn faintly behind the live run (--compare)."""
+        train = [e for e in log if "loss" in e]
+        val = [e for e in log if e.get("validation_loss") is not None]
+        self.compare = (name, [e["step"] for e in train], [e["loss"] for e in train],
+                        [e["step"] for e in val], [e["validation_loss"] for e in val])
 
     def add_val(self, step: int, loss: float, by_source: dict[str, float] | None = None) -> None:
         self.val_steps.append(step)
@@ -181,14 +190,24 @@ class LossChart(PlotextPlot):
         plt.clear_data()
         # braille packs two points per cell horizontally; more than that would only cost time
         xs, ys = downsample(self.train_steps, self.train_losses, max(2, 2 * (self.size.width - 8)))
+        if self.compare is not None:  # first, so the live run's curves are drawn over it
+            name, c_steps, c_losses, c_val_steps, c_val_losses = self.compare
+            cx, cy = downsample(c_steps, c_losses, max(2, self.size.width - 8))
+            if cx:
+                plt.plot(cx, cy, marker="dot", color="gray", label=f"{name} train")
+            if c_val_steps:
+                plt.scatter(c_val_steps, c_val_losses, marker="•", color="gray+", label=f"{name} val")
         if xs:
             plt.plot(xs, ys, marker="braille", color="cyan+", label="train")
         if self.val_steps:
             plt.scatter(self.val_steps, self.val_losses, marker="●", color="orange+", label="validation")
         for (name, (steps, losses)), color in zip(self.source_val.items(), SOURCE_COLORS * 4):
             plt.plot(steps, losses, marker="●", color=color, label=f"val {name}")
-        if xs:
-            plt.xticks(step_ticks(min([xs[0], *self.val_steps[:1]]), max([xs[-1], *self.val_steps[-1:]])))
+        if xs or self.compare is not None and self.compare[1]:
+            ends = [*xs[:1], *xs[-1:], *self.val_steps[:1], *self.val_steps[-1:]]
+            if self.compare is not None:
+                ends += [*self.compare[1][:1], *self.compare[1][-1:]]
+            plt.xticks(step_ticks(min(ends), max(ends)))
         plt.yscale("log" if self.log_scale else "linear")
         plt.title("loss (log scale)" if self.log_scale else "loss")
         plt.xlabel("step")
