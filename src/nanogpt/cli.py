@@ -166,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare", default=None, metavar="STEM", help="the UI draws this earlier run's curves faintly beside the "
         "live one (a checkpoint stem or a folder of checkpoints)"
     )
+    t.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="also log to TensorBoard event files in DIR (needs the tensorboard extra)")
+    t.add_argument("--wandb", default=None, metavar="PROJECT",
+                   help="also log to Weights & Biases project PROJECT (WANDB_MODE=offline works; needs the wandb "
+                   "extra)")
     _add_config_flags(t, ModelConfig, "model")
     _add_config_flags(t, TrainConfig, "training")
 
@@ -213,9 +218,7 @@ def _cmd_prepare(ns: argparse.Namespace) -> int:
 
 
 def _cmd_train(ns: argparse.Namespace) -> int:
-    from .distributed import under_torchrun
     from .engine import DATA_FIELDS, build_trainer
-    from .runtime import training_process
 
     overrides = _config_overrides(ns)
     compare = None
@@ -232,17 +235,34 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     if trainer.is_main:
         for note in trainer.notes:
             print(note, file=sys.stderr, flush=True)
+    from .trackers import open_trackers
+
+    # rank 0 only: a torchrun job is one run to a tracker
+    out_dir, resumed = trainer.train_cfg.out_dir, ns.resume_training
+    trackers = open_trackers(ns.tensorboard, ns.wandb, out_dir, resumed) if trainer.is_main else []
+    try:
+        return _train(ns, trainer, compare, trackers)
+    finally:
+        for tracker in trackers:
+            tracker.close()  # the run ended however it ended: flush what was logged
+
+
+def _train(ns: argparse.Namespace, trainer: Any, compare: Any, trackers: list) -> int:
+    """Run `trainer` headless or in the UI, the trackers hearing every event."""
+    from .distributed import under_torchrun
+    from .runtime import training_process
+
     if ns.headless or under_torchrun() or not sys.stdout.isatty():
         from .headless import run_headless
 
         if compare is not None and trainer.is_main:
             print("note: --compare draws in the UI only; compare headless runs with `nanogpt plot`", file=sys.stderr)
         with training_process(trainer.hardware):
-            return run_headless(trainer)
+            return run_headless(trainer, listeners=trackers)
     from .tui.app import run_tui
 
     with training_process(trainer.hardware, ui=True):
-        return run_tui(trainer, start_paused=ns.resume_training is not None, compare=compare)
+        return run_tui(trainer, start_paused=ns.resume_training is not None, compare=compare, listeners=trackers)
 
 
 def _cmd_generate(ns: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .engine import Trainer
@@ -87,10 +88,17 @@ class _Printer:
             self.line(f"paused at step {event.step}")
 
 
-def run_headless(trainer: Trainer) -> int:
-    """Run the training loop printing progress; returns the process exit code (0, or 1 on an error)."""
+def run_headless(trainer: Trainer, listeners: Sequence[Callable[[Event], None]] = ()) -> int:
+    """Run the training loop printing progress; returns the process exit code (0, or 1 on an error).
+
+    `listeners` (the trackers) hear every event after the printer."""
     quiet = not trainer.is_main
     printer = _Printer(trainer, quiet)
+
+    def emit(event: Event) -> None:
+        printer(event)
+        for listener in listeners:
+            listener(event)
     interrupts = 0
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -123,10 +131,10 @@ def run_headless(trainer: Trainer) -> int:
                 transient=True,
             ) as progress:
                 printer.progress = progress
-                finished = trainer.run(printer)
+                finished = trainer.run(emit)
             printer.progress = None
         else:
-            finished = trainer.run(printer)
+            finished = trainer.run(emit)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -18,6 +18,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -100,9 +101,16 @@ class TrainingApp(App[int]):
         Binding("ctrl+c", "quit_run", "quit", show=False, priority=True),
     ]
 
-    def __init__(self, trainer: Any, start_paused: bool = False, compare: tuple[str, list[dict]] | None = None) -> None:
+    def __init__(
+        self,
+        trainer: Any,
+        start_paused: bool = False,
+        compare: tuple[str, list[dict]] | None = None,
+        listeners: Sequence[Callable[[Event], None]] = (),
+    ) -> None:
         super().__init__()
         self.trainer = trainer
+        self.listeners = tuple(listeners)  # the trackers: called on the engine thread with every event
         self.compare = compare  # (name, training log) of an earlier run, drawn faintly (--compare)
         self.start_paused = start_paused
         self.commands: queue.Queue = queue.Queue()
@@ -175,6 +183,8 @@ class TrainingApp(App[int]):
 
     def _emit(self, event: Event) -> None:
         """Called by the engine on its thread: steps go to the deque, the rest become messages."""
+        for listener in self.listeners:
+            listener(event)
         if isinstance(event, StepDone):
             self._steps.append(event)
             return
@@ -461,9 +471,14 @@ def _suffixes(ev: Saved) -> list[str]:
     return names or ["written"]
 
 
-def run_tui(trainer: Any, start_paused: bool = False, compare: tuple[str, list[dict]] | None = None) -> int:
+def run_tui(
+    trainer: Any,
+    start_paused: bool = False,
+    compare: tuple[str, list[dict]] | None = None,
+    listeners: Sequence[Callable[[Event], None]] = (),
+) -> int:
     """Run the training UI until the user quits; print where to resume from; return the exit code."""
-    app = TrainingApp(trainer, start_paused=start_paused, compare=compare)
+    app = TrainingApp(trainer, start_paused=start_paused, compare=compare, listeners=listeners)
     previous = None
     if threading.current_thread() is threading.main_thread():
         # `kill PID` gets the same clean stop as q: the engine finishes its step, saves and ends
