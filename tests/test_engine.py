@@ -375,6 +375,11 @@ def test_each_mixology_source_gets_a_validation_loss_of_its_own(mixology_dir: Pa
             direct = direct_validation_loss(model, tokens, trainer)
             assert logged[step][source["name"]] == pytest.approx(direct, rel=1e-5)
     assert logged[20]["alice"] != logged[20]["shakespeare"]
+    # a resume keeps the per-source history and measures the same losses as the uninterrupted run
+    resumed = build_trainer({"out_dir": str(tmp_path / "resumed")}, resume=str(tmp_path / "model_step_10"))
+    run_collect(resumed)
+    again = {e["step"]: e["source_validation_losses"] for e in resumed.log if "validation_loss" in e}
+    assert again[10] == logged[10] and again[20] == pytest.approx(logged[20], rel=1e-6)
 
 
 def test_a_single_file_dataset_has_no_source_losses(shakespeare_dir: Path, tmp_path: Path) -> None:
