@@ -149,6 +149,9 @@ class TrainConfig:
     log_interval: int = opt(10, "steps between headless progress lines")
     save_interval: int = opt(0, "steps between automatic checkpoints (0: only at the end)")
     tokens_to_generate: int = opt(GenerateConfig.tokens_to_generate, "tokens sampled by the UI's `g` key")
+    eval_sample_tokens: int = opt(
+        64, "tokens sampled at each evaluation (same prompt and seed each time) and kept in the training log (0: none)"
+    )
     out_dir: str = opt("out", "folder for checkpoints")
     # hardware
     device: str = opt("auto", "device to train on", choices=("auto", "cpu", "cuda", "mps"))
@@ -171,6 +174,8 @@ class TrainConfig:
         for name in ("validation_interval", "validation_batch", "log_interval", "save_interval", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        if self.eval_sample_tokens < 0:
+            raise ConfigError(f"--eval-sample-tokens must not be negative, got {self.eval_sample_tokens}")
         if self.learning_rate <= 0:
             raise ConfigError(f"--learning-rate must be positive, got {self.learning_rate}")
         if self.min_learning_rate < 0 or self.min_learning_rate > self.learning_rate:

@@ -87,6 +87,7 @@ class FinishedStep(NamedTuple):
     loss: torch.Tensor | float
     t0: float
     t1: float
+    grad_norm: torch.Tensor | float | None = None  # the gradients' total norm before clipping, read like the loss
 
 
 class LossReadback:
@@ -125,7 +126,10 @@ class LossReadback:
         if not steps:
             return [], None
         deferred = [s.loss for s in steps if isinstance(s.loss, torch.Tensor)]
-        values = iter(distributed.mean(torch.stack(deferred)).tolist() if deferred else ())
+        norms = [s.grad_norm for s in steps if isinstance(s.grad_norm, torch.Tensor)]
+        # the gradient norms travel in the same transfer as the losses (equal on every rank, so the mean keeps them)
+        both = distributed.mean(torch.stack([t.float() for t in deferred + norms])).tolist() if deferred else []
+        values, norm_values = iter(both[: len(deferred)]), iter(both[len(deferred) :])
         shared = (time.perf_counter() - steps[0].t0) / len(steps)
         events: list[StepDone] = []
         for s in steps:
@@ -135,12 +139,14 @@ class LossReadback:
                     return events, TrainingDiverged.at(s.step, loss)
             else:
                 loss, duration = s.loss, s.t1 - s.t0
+            grad_norm = next(norm_values) if isinstance(s.grad_norm, torch.Tensor) else s.grad_norm
             events.append(StepDone(
                 step=s.step,
                 loss=loss,
                 duration_ms=duration * 1000.0,
                 lr=s.lr,
                 tokens_per_s=tokens_per_step / max(duration, 1e-9),
+                grad_norm=grad_norm,
             ))
         return events, None
 
@@ -272,6 +278,25 @@ def _batch_samplers(
     return train, val
 
 
+def _source_samplers(
+    tokens: data.TokenData, model_cfg: config.ModelConfig, train_cfg: config.TrainConfig, device: torch.device
+) -> dict[str, data.BatchSampler]:
+    """A mixology dataset: validation batches from each source's own stretch of val.bin, by source name (a
+    source with fewer tokens than a window is left out); {} for a single source."""
+    return {
+        name: data.BatchSampler(
+            tokens.val[start:stop],
+            block_size=model_cfg.block_size,
+            batch_size=train_cfg.eval_batch_size,
+            seed=train_cfg.seed,
+            stream=data.VAL_STREAM,
+            device=device,
+        )
+        for name, start, stop in data.val_sources(tokens.meta, len(tokens.val))
+        if stop - start > model_cfg.block_size
+    }
+
+
 class Trainer:
     """Trains one model. Front ends call `run`; tests and tools may call the step-level methods directly.
 
@@ -328,6 +353,7 @@ class Trainer:
         self.readback = LossReadback(hardware.sync_every, hardware.world_size)
         self.model.train()
         self.train_batches, self.val_batches = _batch_samplers(tokens, model_cfg, train_cfg, self.device)
+        self.source_val_batches = _source_samplers(tokens, model_cfg, train_cfg, self.device)
 
     # ------------------------------------------------------------------------- properties
     @property
@@ -418,7 +444,11 @@ class Trainer:
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            grad_norm: torch.Tensor | float = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        else:  # no clipping: the same norm, for the log (one pass over the gradients, no sync)
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+        if check:
+            grad_norm = float(grad_norm)  # CPU: free to read, like the loss above
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -427,46 +457,77 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.batch_counter += cfg.grad_accum * self.world_size
-        self.readback.add(FinishedStep(step=self.step, lr=lr, loss=loss_now, t0=t0, t1=time.perf_counter()))
+        self.readback.add(
+            FinishedStep(step=self.step, lr=lr, loss=loss_now, t0=t0, t1=time.perf_counter(), grad_norm=grad_norm)
+        )
 
     def _read_back(self) -> tuple[list[StepDone], TrainingDiverged | None]:
         """Read the unread losses back and log their steps (all before any is shown: a failing front end
         loses none); with the error to raise at a NaN/inf (see LossReadback.read)."""
         events, error = self.readback.read(self.tokens_per_step)
-        self.log.extend({"step": e.step, "loss": e.loss, "duration_ms": e.duration_ms} for e in events)
+        self.log.extend(
+            {"step": e.step, "loss": e.loss, "duration_ms": e.duration_ms}
+            | ({"grad_norm": e.grad_norm} if e.grad_norm is not None else {})
+            for e in events
+        )
         return events, error
 
-    @torch.no_grad()
     def evaluate(self) -> float:
         """Mean validation loss over eval_iters fixed batches (the same ones every time; no RNG touched)."""
-        self.model.eval()
-        try:
-            total = torch.zeros((), device=self.device)
-            count = torch.zeros((), device=self.device)
-            for i in range(self.rank, self.train_cfg.eval_iters, self.world_size):
-                x, y = self.val_batches.batch(i)
-                with runtime.autocast(self.device, self.dtype):
-                    _, loss = self.eval_module(x, y)
-                total += loss.float()
-                count += 1
-            if self.world_size > 1:
-                import torch.distributed as dist
-
-                dist.all_reduce(total)
-                dist.all_reduce(count)
-            value = (total / count).item()
-        finally:
-            self.model.train()
-        if self.log and self.log[-1]["step"] == self.step:
-            self.log[-1]["validation_loss"] = value
-        return value
+        return self.evaluate_sources()[0]
 
     @torch.no_grad()
-    def sample(self, n_tokens: int, prompt: str = "") -> str:
+    def evaluate_sources(self) -> tuple[float, dict[str, float]]:
+        """The validation loss, and for a mixology dataset each source's on eval_iters fixed batches of its
+        own (by name); all read back in one transfer. Both go into the log entry of the current step."""
+        self.model.eval()
+        try:
+            means = [self._mean_loss(b) for b in (self.val_batches, *self.source_val_batches.values())]
+            values = torch.stack(means).tolist()
+        finally:
+            self.model.train()
+        value, by_source = values[0], dict(zip(self.source_val_batches, values[1:]))
+        if self.log and self.log[-1]["step"] == self.step:
+            self.log[-1]["validation_loss"] = value
+            if by_source:
+                self.log[-1]["source_validation_losses"] = by_source
+        return value, by_source
+
+    def _mean_loss(self, batches: data.BatchSampler) -> torch.Tensor:
+        """Mean loss over batches 0..eval_iters-1 of `batches` (shared out over the ranks), on the device."""
+        total = torch.zeros((), device=self.device)
+        count = torch.zeros((), device=self.device)
+        for i in range(self.rank, self.train_cfg.eval_iters, self.world_size):
+            x, y = batches.batch(i)
+            with runtime.autocast(self.device, self.dtype):
+                _, loss = self.eval_module(x, y)
+            total += loss.float()
+            count += 1
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(total)
+            dist.all_reduce(count)
+        return total / count
+
+    def evaluation_sample(self) -> str:
+        """The sample kept at an evaluation (rank 0; "" when --eval-sample-tokens is 0): the same empty prompt and
+        seed every time, so that samples at successive steps differ only by what the model has learned."""
+        n = self.train_cfg.eval_sample_tokens
+        if n == 0 or not self.is_main:
+            return ""
+        text = self.sample(n, seed=self.train_cfg.seed)
+        if self.log and self.log[-1]["step"] == self.step:
+            self.log[-1]["sample"] = text
+        return text
+
+    @torch.no_grad()
+    def sample(self, n_tokens: int, prompt: str = "", seed: int | None = None) -> str:
         """Text sampled from the current weights (prompt + continuation); leaves the run unchanged.
 
-        Uses generate.py's sampler (temperature 1) in eval mode with its own generator, and restores train
-        mode and the global RNG state, so a run that samples trains exactly like one that does not.
+        Uses generate.py's sampler (temperature 1) in eval mode with its own generator (seeded with `seed`, by
+        default the run's seed + the step), and restores train mode and the global RNG state, so a run that
+        samples trains exactly like one that does not.
         """
         from .generate import generate_tokens, start_ids
 
@@ -474,7 +535,8 @@ class Trainer:
         ids = start_ids(tok, prompt)  # UserError for a character outside the vocabulary
         cpu_state = torch.get_rng_state()
         cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        generator = torch.Generator(device=self.device).manual_seed(self.train_cfg.seed + self.step)
+        seed = self.train_cfg.seed + self.step if seed is None else seed
+        generator = torch.Generator(device=self.device).manual_seed(seed)
         try:
             new = list(generate_tokens(self.model, ids, n_tokens, temperature=1.0, generator=generator))
         finally:
@@ -559,7 +621,9 @@ class Trainer:
                 if self.readback.every == 1 or evaluate or save:
                     self._emit_read_back(emit)
                 if evaluate:
-                    emit(EvalDone(step=self.step, val_loss=self.evaluate()))
+                    val_loss, by_source = self.evaluate_sources()
+                    text = self.evaluation_sample()
+                    emit(EvalDone(step=self.step, val_loss=val_loss, source_losses=by_source, sample=text))
                 if save:
                     emit(self.save())
         except (TrainingDiverged, torch.OutOfMemoryError, UserError, OSError) as e:

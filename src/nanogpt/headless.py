@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .engine import Trainer
@@ -72,10 +73,13 @@ class _Printer:
                 self.line(
                     f"step {event.step:>6}/{self.trainer.total_steps} | loss {event.loss:.4f} | "
                     f"{event.duration_ms:8.1f} ms/step | {event.tokens_per_s:>10,.0f} tok/s | "
-                    f"lr {event.lr:.2e}"
+                    f"lr {event.lr:.2e}" + (f" | grad {event.grad_norm:.3f}" if event.grad_norm is not None else "")
                 )
         elif isinstance(event, EvalDone):
-            self.line(f"step {event.step:>6}/{self.trainer.total_steps} | val loss {event.val_loss:.4f}")
+            by_source = "".join(f" | {name} {loss:.4f}" for name, loss in event.source_losses.items())
+            self.line(f"step {event.step:>6}/{self.trainer.total_steps} | val loss {event.val_loss:.4f}{by_source}")
+            if event.sample:  # one line however many lines the text has, so a log stays one event a line
+                self.line(f"step {event.step:>6}/{self.trainer.total_steps} | sample {event.sample!r}")
         elif isinstance(event, Saved):
             self.line(f"saved {event.stem}")
         elif isinstance(event, Sampled):
@@ -84,10 +88,17 @@ class _Printer:
             self.line(f"paused at step {event.step}")
 
 
-def run_headless(trainer: Trainer) -> int:
-    """Run the training loop printing progress; returns the process exit code (0, or 1 on an error)."""
+def run_headless(trainer: Trainer, listeners: Sequence[Callable[[Event], None]] = ()) -> int:
+    """Run the training loop printing progress; returns the process exit code (0, or 1 on an error).
+
+    `listeners` (the trackers) hear every event after the printer."""
     quiet = not trainer.is_main
     printer = _Printer(trainer, quiet)
+
+    def emit(event: Event) -> None:
+        printer(event)
+        for listener in listeners:
+            listener(event)
     interrupts = 0
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -120,10 +131,10 @@ def run_headless(trainer: Trainer) -> int:
                 transient=True,
             ) as progress:
                 printer.progress = progress
-                finished = trainer.run(printer)
+                finished = trainer.run(emit)
             printer.progress = None
         else:
-            finished = trainer.run(printer)
+            finished = trainer.run(emit)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
