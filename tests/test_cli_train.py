@@ -226,3 +226,26 @@ def test_one_step_is_singular(shakespeare_dir: Path, tmp_path: Path, capsys) -> 
     code, out, _ = train(capsys, *TINY_FLAGS, "--data-dir", str(shakespeare_dir), "--out-dir", str(tmp_path),
                          "--steps", "1")
     assert code == 0 and ", 1 step of " in out.splitlines()[0] and "in 1 step\n" in out
+
+
+@pytest.mark.parametrize(
+    ("schedule", "resume_at", "said"),
+    [
+        # stopped before the decay: wsd goes on at the same rate, its decay moves to the new end
+        ("wsd", 2, "was 1.00e-03 at step 2 and is 1.00e-03 at step 3; it decays linearly from step 9 to 16"),
+        # stopped at the end of a cosine: the longer cosine starts high again, and the note says so
+        ("cosine", 8, "re-stretched to end at step 16 (a jump: --lr-schedule wsd"),
+    ],
+)
+def test_resume_with_more_steps_says_what_the_schedule_does(
+    shakespeare_dir: Path, tmp_path: Path, capsys, schedule: str, resume_at: int, said: str
+) -> None:
+    common = [*TINY_FLAGS, "--data-dir", str(shakespeare_dir), "--out-dir", str(tmp_path)]
+    flags = ["--steps", "8", "--save-interval", "2", "--warmup-steps", "1", "--lr-schedule", schedule]
+    assert train(capsys, *common, *flags)[0] == 0
+    code, out, err = train(capsys, "--resume-training", str(tmp_path / f"model_step_{resume_at}"), "--steps", "16")
+    assert code == 0, err
+    assert "note: resuming with a new schedule (--steps 8 -> 16)" in err and said in err
+    # the same settings again: nothing to say
+    code, out, err = train(capsys, "--resume-training", str(tmp_path / "model_step_16"))
+    assert code == 0 and "new schedule" not in err

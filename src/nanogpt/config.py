@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UserError
+from .schedule import SCHEDULES
 from .tokenizers import TOKENIZERS
 
 
@@ -136,7 +137,13 @@ class TrainConfig:
     grad_accum: int = opt(1, "micro-batches accumulated per optimizer step")
     learning_rate: float = opt(1e-3, "peak learning rate (AdamW)")
     min_learning_rate: float = opt(1e-4, "learning rate at the end of the cosine decay")
-    lr_schedule: str = opt("cosine", "learning-rate schedule after warm-up", choices=("cosine", "constant"))
+    lr_schedule: str = opt(
+        "cosine",
+        "learning-rate schedule after warm-up; wsd: constant, then a linear decay over the last "
+        "--decay-fraction of the steps (a resume that raises --steps before the decay extends it cleanly)",
+        choices=SCHEDULES,
+    )
+    decay_fraction: float = opt(0.5, "wsd: the share of the steps, at the end, that decay to --min-learning-rate")
     warmup_steps: int = opt(100, "linear warm-up steps")
     weight_decay: float = opt(0.1, "AdamW weight decay (applied to matrices, not to biases/norms)")
     beta1: float = opt(0.9, "AdamW beta1")
@@ -177,6 +184,8 @@ class TrainConfig:
             raise ConfigError(f"--min-learning-rate must be in [0, --learning-rate], got {self.min_learning_rate}")
         if self.seed < 0:
             raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        if not 0.0 <= self.decay_fraction <= 1.0:
+            raise ConfigError(f"--decay-fraction must be in [0, 1], got {self.decay_fraction}")
         if self.init_from is not None and not self.init_from.strip():
             raise ConfigError("--init-from needs a folder, a file or a Hugging Face model name")
 

@@ -184,6 +184,45 @@ def _check_resume_vocabulary(saved: checkpoint.Checkpoint, tokens: data.TokenDat
         )
 
 
+SCHEDULE_FIELDS = ("steps", "learning_rate", "min_learning_rate", "lr_schedule", "warmup_steps", "decay_fraction")
+
+
+def _schedule_lr(cfg: config.TrainConfig, step: int) -> float:
+    """The schedule's learning rate for (0-based) optimizer step `step` of a run with settings `cfg`."""
+    return schedule.learning_rate(
+        step,
+        peak=cfg.learning_rate,
+        minimum=cfg.min_learning_rate,
+        warmup=cfg.warmup_steps,
+        total=cfg.steps,
+        kind=cfg.lr_schedule,
+        decay_fraction=cfg.decay_fraction,
+    )
+
+
+def _schedule_note(saved: checkpoint.Checkpoint, cfg: config.TrainConfig) -> str | None:
+    """One line on what a resume that changes the schedule (a larger --steps, most often) does to the
+    learning rate: its value at the last step done and at the next one. None when nothing changed."""
+    old, done = saved.train_cfg, saved.step
+    changed = [f for f in SCHEDULE_FIELDS if getattr(old, f) != getattr(cfg, f)]
+    if not changed or done == 0 or done >= cfg.steps:
+        return None
+    what = ", ".join(f"--{f.replace('_', '-')} {getattr(old, f)} -> {getattr(cfg, f)}" for f in changed)
+    before, after = _schedule_lr(old, done - 1), _schedule_lr(cfg, done)
+    note = (
+        f"note: resuming with a new schedule ({what}): the learning rate was {before:.2e} at step {done} "
+        f"and is {after:.2e} at step {done + 1}"
+    )
+    if cfg.lr_schedule == "wsd":
+        start = schedule.decay_start(cfg.steps, cfg.decay_fraction)
+        return note + f"; it decays linearly from step {max(start, done) + 1} to {cfg.steps}"
+    if cfg.lr_schedule == "cosine":
+        note += f"; the cosine is re-stretched to end at step {cfg.steps}"
+        if abs(after - before) > 0.1 * before:
+            note += " (a jump: --lr-schedule wsd extends a run smoothly until its decay has begun)"
+    return note
+
+
 def build_trainer(overrides: dict[str, Any], preset: str | None = None, resume: str | None = None) -> Trainer:
     """Resolve settings, hardware and data, build model and optimizer, and (with `resume`) restore a checkpoint.
 
@@ -217,6 +256,8 @@ def build_trainer(overrides: dict[str, Any], preset: str | None = None, resume: 
         train_cfg, note = distributed.keep_effective_batch(
             train_cfg, saved.train_cfg, saved.world_size, overrides, saved.stem
         )
+        notes += [note] if note else []
+        note = _schedule_note(saved, train_cfg)
         notes += [note] if note else []
     hardware = runtime.resolve_hardware(model_cfg, train_cfg)
     if train_cfg.seed == 0:
@@ -349,15 +390,7 @@ class Trainer:
         return self.model.num_params()
 
     def lr_at(self, step: int) -> float:
-        cfg = self.train_cfg
-        return schedule.learning_rate(
-            step,
-            peak=cfg.learning_rate,
-            minimum=cfg.min_learning_rate,
-            warmup=cfg.warmup_steps,
-            total=cfg.steps,
-            kind=cfg.lr_schedule,
-        )
+        return _schedule_lr(self.train_cfg, step)
 
     # ------------------------------------------------------------------------- one step
     def train_step(self) -> StepDone:
