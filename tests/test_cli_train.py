@@ -43,6 +43,7 @@ def test_headless_run_prints_progress_and_saves(shakespeare_dir: Path, tmp_path:
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("training: ") and "(2 layers, 2 heads, 32 embedding, block 32)" in lines[0]
+    assert "recipe: AdamW lr 0.001; cosine schedule, warm-up 100" in lines  # no preset: nanoGPT's defaults
     step_lines = [line for line in lines if line.startswith("step") and "| loss" in line]
     assert [line.split("|")[0].split()[1] for line in step_lines] == ["2/4", "4/4"]
     assert all("ms/step" in line and "tok/s" in line and "lr " in line for line in step_lines)
@@ -87,6 +88,9 @@ def broken_copy(src: Path, dst: Path) -> Path:
         (["--data-dir", "{data}", "--layer-count", "0"], "--layer-count must be a positive integer"),
         (["--data-dir", "{small}", "--block-size", "512"], "larger than the validation data (300 tokens)"),
         (["--data-dir", "{data}", "--preset", "huge"], "preset"),
+        (["--data-dir", "{data}", "--muon-learning-rate", "0"], "--muon-learning-rate must be positive"),
+        (["--data-dir", "{data}", "--lr-schedule", "wsd", "--decay-fraction", "1.5"], "--decay-fraction must be in"),
+        (["--data-dir", "{data}", "--optimizer", "sgd"], "--optimizer"),
         (["--data-dir", "{data}", "--device", "tpu"], "device"),
         (["--resume-training", "{missing}/model_step_3"], "checkpoint not found"),
     ],
@@ -151,6 +155,10 @@ def test_resume_with_a_conflicting_shape_is_one_line(shakespeare_dir: Path, tmp_
     )
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert "--embedding-size 64 conflicts with checkpoint" in err
+    # the saved optimizer state is AdamW's: Muon cannot take it over
+    code, _, err = train(capsys, "--resume-training", str(tmp_path / "model_step_2"), "--optimizer", "muon")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "--optimizer muon conflicts with checkpoint" in err and "trained with adamw" in err
 
 
 def test_sigterm_finishes_the_step_saves_and_exits_0(shakespeare_dir: Path, tmp_path: Path) -> None:

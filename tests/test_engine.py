@@ -51,7 +51,8 @@ def losses(events: list) -> list[float]:
     return [e.loss for e in events if isinstance(e, StepDone)]
 
 
-def test_exact_resume_with_dropout_and_accumulation(shakespeare_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_exact_resume_with_dropout_and_accumulation(shakespeare_dir: Path, tmp_path: Path, optimizer: str) -> None:
     opts = settings(
         shakespeare_dir,
         tmp_path / "a",
@@ -60,8 +61,15 @@ def test_exact_resume_with_dropout_and_accumulation(shakespeare_dir: Path, tmp_p
         grad_accum=2,
         save_interval=6,
         validation_interval=4,
+        optimizer=optimizer,
+        lr_schedule="wsd" if optimizer == "muon" else "cosine",  # muon: the presets' recipe
     )
     full = run_collect(build_trainer(opts))
+    if optimizer == "muon":  # Muon's momentum buffers travel in the resume state, one per block matrix
+        from nanogpt import checkpoint
+
+        _, tensors = checkpoint.read_resume(tmp_path / "a" / "model_step_6")
+        assert sum(k.endswith(".momentum_buffer") for k in tensors) == 2 * 4  # 2 layers x 4 matrices
     resumed_trainer = build_trainer(
         {**opts, "out_dir": str(tmp_path / "b")}, resume=str(tmp_path / "a" / "model_step_6")
     )

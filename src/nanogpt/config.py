@@ -35,6 +35,7 @@ def field_help(f: dataclasses.Field) -> str:
     return f.metadata.get("help", "")
 
 
+OPTIMIZERS = ("adamw", "muon")  # see optim.py
 ACTIVATIONS = ("gelu", "gelu_tanh")  # exact (erf) GELU; the tanh approximation GPT-2 was trained with
 
 
@@ -135,8 +136,17 @@ class TrainConfig:
     steps: int = opt(2000, "total optimizer steps of the run")
     batch_size: int = opt(12, "micro-batch size (sequences per forward pass)")
     grad_accum: int = opt(1, "micro-batches accumulated per optimizer step")
-    learning_rate: float = opt(1e-3, "peak learning rate (AdamW)")
-    min_learning_rate: float = opt(1e-4, "learning rate at the end of the cosine decay")
+    optimizer: str = opt(
+        "adamw",
+        "adamw: AdamW on every weight (nanoGPT's recipe); muon: Muon on the 2-D weights inside the blocks "
+        "(--muon-learning-rate), AdamW on the rest (--learning-rate)",
+        choices=OPTIMIZERS,
+    )
+    learning_rate: float = opt(1e-3, "peak learning rate of AdamW (with --optimizer muon: outside the blocks)")
+    muon_learning_rate: float = opt(0.02, "--optimizer muon: peak learning rate of Muon (it follows the same schedule)")
+    min_learning_rate: float = opt(
+        1e-4, "AdamW's learning rate at the end of the decay (Muon's ends at the same fraction of its peak)"
+    )
     lr_schedule: str = opt(
         "cosine",
         "learning-rate schedule after warm-up; wsd: constant, then a linear decay over the last "
@@ -180,6 +190,10 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ConfigError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if self.muon_learning_rate <= 0:
+            raise ConfigError(f"--muon-learning-rate must be positive, got {self.muon_learning_rate}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.min_learning_rate < 0 or self.min_learning_rate > self.learning_rate:
             raise ConfigError(f"--min-learning-rate must be in [0, --learning-rate], got {self.min_learning_rate}")
         if self.seed < 0:

@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from . import checkpoint, config, data, distributed, hf, runtime, schedule
+from . import checkpoint, config, data, distributed, hf, optim, runtime, schedule
 from .errors import UserError
 from .events import (
     EvalDone,
@@ -252,6 +252,11 @@ def build_trainer(overrides: dict[str, Any], preset: str | None = None, resume: 
         model_cfg = hf.take_architecture(model_cfg, imported, overrides)
     if saved is not None:
         _check_resume_shape(saved.model_cfg, model_cfg, saved.stem)
+        if train_cfg.optimizer != saved.train_cfg.optimizer:  # its saved state is the other optimizer's
+            raise UserError(
+                f"--optimizer {train_cfg.optimizer} conflicts with checkpoint {saved.stem}, trained with "
+                f"{saved.train_cfg.optimizer} (a resumed run keeps its optimizer)"
+            )
         # --grad-accum is per process: on another world size keep the checkpoint's effective batch
         train_cfg, note = distributed.keep_effective_batch(
             train_cfg, saved.train_cfg, saved.world_size, overrides, saved.stem
@@ -351,12 +356,14 @@ class Trainer:
         self.model = _new_model(model_cfg, train_cfg.seed, self.device)
         if init_from is not None:
             hf.load_into(self.model, init_from)  # imported weights replace the random ones
-        self.optimizer = runtime.make_optimizer(
+        self.optimizer = optim.build_optimizer(
             self.model,
+            kind=train_cfg.optimizer,
             lr=train_cfg.learning_rate,
             betas=(train_cfg.beta1, train_cfg.beta2),
             weight_decay=train_cfg.weight_decay,
             device=self.device,
+            muon_lr=train_cfg.muon_learning_rate,
         )
         self.scaler = torch.amp.GradScaler(self.device.type) if hardware.grad_scaler else None
         if resume is not None:
@@ -415,8 +422,7 @@ class Trainer:
         cfg = self.train_cfg
         t0 = time.perf_counter()
         lr = self.lr_at(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        optim.set_lr(self.optimizer, lr)  # each group at its own height (Muon's is higher)
         total = torch.zeros((), device=self.device)
         for micro in range(cfg.grad_accum):
             index = data.global_batch_index(self.batch_counter, micro, self.rank, self.world_size)
