@@ -69,11 +69,11 @@ class _Printer:
                 f"({event.tokenizer}), seed {event.seed}" + _effective_batch(event)
             )
             self.line(f"model: {parameter_parts(event)}")
-            self.line(f"recipe: {_recipe(event.train)}")
             if event.train_tokens:
                 self.line(f"data: {data_use(event)}")
             for hint in hints(event):
                 self.line(f"note: {hint}")
+            self.line(f"recipe: {_recipe(event.train)}")
             if self.progress is not None:
                 self.task = self.progress.add_task(
                     "training", total=event.total_steps, completed=event.start_step
