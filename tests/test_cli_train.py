@@ -44,6 +44,8 @@ def test_headless_run_prints_progress_and_saves(shakespeare_dir: Path, tmp_path:
     lines = out.splitlines()
     assert lines[0].startswith("training: ") and "(2 layers, 2 heads, 32 embedding, block 32)" in lines[0]
     assert "recipe: AdamW lr 0.001; cosine schedule, warm-up 100" in lines  # no preset: nanoGPT's defaults
+    # 4 steps of a 100-step warm-up: the run says its learning rate never gets to the peak
+    assert "note: the warm-up (100 steps) is as long as the run or longer" in out
     step_lines = [line for line in lines if line.startswith("step") and "| loss" in line]
     assert [line.split("|")[0].split()[1] for line in step_lines] == ["2/4", "4/4"]
     assert all("ms/step" in line and "tok/s" in line and "lr " in line for line in step_lines)
@@ -232,8 +234,12 @@ def test_the_start_says_where_the_parameters_are_and_how_often_the_text_is_read(
 
 def test_one_step_is_singular(shakespeare_dir: Path, tmp_path: Path, capsys) -> None:
     code, out, _ = train(capsys, *TINY_FLAGS, "--data-dir", str(shakespeare_dir), "--out-dir", str(tmp_path),
-                         "--steps", "1")
+                         "--steps", "1", "--warmup-steps", "1")
     assert code == 0 and ", 1 step of " in out.splitlines()[0] and "in 1 step\n" in out
+    assert "note: the warm-up (1 step) is as long as the run" in out
+    code, out, _ = train(capsys, *TINY_FLAGS, "--data-dir", str(shakespeare_dir), "--out-dir", str(tmp_path / "b"),
+                         "--steps", "2", "--warmup-steps", "1")
+    assert code == 0 and "note: the warm-up" not in out  # step 2 is at the peak
 
 
 @pytest.mark.parametrize(
