@@ -249,6 +249,9 @@ def test_one_step_is_singular(shakespeare_dir: Path, tmp_path: Path, capsys) -> 
         ("wsd", 2, "was 1.00e-03 at step 2 and is 1.00e-03 at step 3; it decays linearly from step 9 to 16"),
         # stopped at the end of a cosine: the longer cosine starts high again, and the note says so
         ("cosine", 8, "re-stretched to end at step 16 (a jump: --lr-schedule wsd"),
+        # stopped after its decay had begun: wsd climbs back too, and says why
+        ("wsd", 8, "was 1.00e-04 at step 8 and is 8.88e-04 at step 9; it decays linearly from step 9 to 16 (the "
+                   "checkpoint's decay had begun"),
     ],
 )
 def test_resume_with_more_steps_says_what_the_schedule_does(

@@ -215,7 +215,10 @@ def _schedule_note(saved: checkpoint.Checkpoint, cfg: config.TrainConfig) -> str
     )
     if cfg.lr_schedule == "wsd":
         start = schedule.decay_start(cfg.steps, cfg.decay_fraction)
-        return note + f"; it decays linearly from step {max(start, done) + 1} to {cfg.steps}"
+        note += f"; it decays linearly from step {max(start, done) + 1} to {cfg.steps}"
+        if after > 1.1 * before:
+            note += " (the checkpoint's decay had begun, so the rate climbs back up first)"
+        return note
     if cfg.lr_schedule == "cosine":
         note += f"; the cosine is re-stretched to end at step {cfg.steps}"
         if abs(after - before) > 0.1 * before:
