@@ -53,7 +53,8 @@ def losses(events: list) -> list[float]:
     return [e.loss for e in events if isinstance(e, StepDone)]
 
 
-def test_exact_resume_with_dropout_and_accumulation(shakespeare_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_exact_resume_with_dropout_and_accumulation(shakespeare_dir: Path, tmp_path: Path, optimizer: str) -> None:
     opts = settings(
         shakespeare_dir,
         tmp_path / "a",
@@ -62,8 +63,15 @@ def test_exact_resume_with_dropout_and_accumulation(shakespeare_dir: Path, tmp_p
         grad_accum=2,
         save_interval=6,
         validation_interval=4,
+        optimizer=optimizer,
+        lr_schedule="wsd" if optimizer == "muon" else "cosine",  # muon: the presets' recipe
     )
     full = run_collect(build_trainer(opts))
+    if optimizer == "muon":  # Muon's momentum buffers travel in the resume state, one per block matrix
+        from nanogpt import checkpoint
+
+        _, tensors = checkpoint.read_resume(tmp_path / "a" / "model_step_6")
+        assert sum(k.endswith(".momentum_buffer") for k in tensors) == 2 * 4  # 2 layers x 4 matrices
     resumed_trainer = build_trainer(
         {**opts, "out_dir": str(tmp_path / "b")}, resume=str(tmp_path / "a" / "model_step_6")
     )
@@ -118,6 +126,25 @@ def test_default_preset_is_cpu_small_on_cpu(shakespeare_dir: Path, tmp_path: Pat
     assert (trainer.model_cfg.n_layer, trainer.model_cfg.n_embd, trainer.model_cfg.block_size) == (4, 128, 64)
     assert trainer.train_cfg.steps == train_cfg.steps == 2000
     assert trainer.model_cfg.vocab_size == 65  # taken from the data
+    # the recipe searched on these shapes: Muon on the block matrices, AdamW on the rest, WSD
+    t = trainer.train_cfg
+    assert (t.optimizer, t.muon_learning_rate, t.learning_rate, t.lr_schedule, t.warmup_steps) == (
+        "muon", 0.02, 3e-3, "wsd", 20
+    )
+    assert [g["lr_scale"] for g in trainer.optimizer.param_groups] == [1.0, 1.0, 0.02 / 3e-3]
+
+
+def test_optimizer_adamw_on_cpu_small_is_nanogpts_recipe_exactly(shakespeare_dir: Path, tmp_path: Path) -> None:
+    common = {"device": "cpu", "data_dir": str(shakespeare_dir), "out_dir": str(tmp_path), "optimizer": "adamw"}
+    t = build_trainer(common).train_cfg  # the default preset, cpu-small
+    # nanoGPT's README CPU run: lr 1e-3 to 1e-4 over 2000 steps, warm-up 100 (train_shakespeare_char's schedule)
+    assert (t.optimizer, t.learning_rate, t.min_learning_rate, t.lr_schedule, t.warmup_steps, t.steps) == (
+        "adamw", 1e-3, 1e-4, "cosine", 100, 2000
+    )
+    assert (t.beta1, t.beta2, t.weight_decay, t.grad_clip, t.batch_size) == (0.9, 0.99, 0.1, 1.0, 12)
+    trainer = build_trainer({**common, "learning_rate": 2e-3}, preset="cpu-small")
+    assert trainer.train_cfg.learning_rate == 2e-3 and trainer.train_cfg.lr_schedule == "cosine"  # typed flags win
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
 
 
 def test_explicit_flags_win_over_the_preset(shakespeare_dir: Path, tmp_path: Path) -> None:

@@ -193,6 +193,9 @@ def test_last_step_saves_and_waits_for_q_then_resume_starts_paused_with_history(
             await wait_for(pilot, lambda: chart.draws > 0, "the chart")
             await pilot.pause(0.5)
             assert app2.badge() == "PAUSED" and app2.step == 20 and resumed.step == 20
+            # the longer run re-stretches the cosine schedule: the notice says so, with the rates
+            notice = str(app2.notice.render())
+            assert "--steps 20 -> 40" in notice and "re-stretched to end at step 40" in notice
             assert chart.train_steps == list(range(1, 21))
             assert chart.train_losses == pytest.approx(first_losses)
             assert chart.val_steps == [10, 20]

@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from . import checkpoint, config, data, distributed, hf, runtime, schedule
+from . import checkpoint, config, data, distributed, hf, optim, runtime, schedule
 from .errors import UserError
 from .events import (
     EvalDone,
@@ -190,6 +190,48 @@ def _check_resume_vocabulary(saved: checkpoint.Checkpoint, tokens: data.TokenDat
         )
 
 
+SCHEDULE_FIELDS = ("steps", "learning_rate", "min_learning_rate", "lr_schedule", "warmup_steps", "decay_fraction")
+
+
+def _schedule_lr(cfg: config.TrainConfig, step: int) -> float:
+    """The schedule's learning rate for (0-based) optimizer step `step` of a run with settings `cfg`."""
+    return schedule.learning_rate(
+        step,
+        peak=cfg.learning_rate,
+        minimum=cfg.min_learning_rate,
+        warmup=cfg.warmup_steps,
+        total=cfg.steps,
+        kind=cfg.lr_schedule,
+        decay_fraction=cfg.decay_fraction,
+    )
+
+
+def _schedule_note(saved: checkpoint.Checkpoint, cfg: config.TrainConfig) -> str | None:
+    """One line on what a resume that changes the schedule (a larger --steps, most often) does to the
+    learning rate: its value at the last step done and at the next one. None when nothing changed."""
+    old, done = saved.train_cfg, saved.step
+    changed = [f for f in SCHEDULE_FIELDS if getattr(old, f) != getattr(cfg, f)]
+    if not changed or done == 0 or done >= cfg.steps:
+        return None
+    what = ", ".join(f"--{f.replace('_', '-')} {getattr(old, f)} -> {getattr(cfg, f)}" for f in changed)
+    before, after = _schedule_lr(old, done - 1), _schedule_lr(cfg, done)
+    note = (
+        f"note: resuming with a new schedule ({what}): the learning rate was {before:.2e} at step {done} "
+        f"and is {after:.2e} at step {done + 1}"
+    )
+    if cfg.lr_schedule == "wsd":
+        start = schedule.decay_start(cfg.steps, cfg.decay_fraction)
+        note += f"; it decays linearly from step {max(start, done) + 1} to {cfg.steps}"
+        if after > 1.1 * before:
+            note += " (the checkpoint's decay had begun, so the rate climbs back up first)"
+        return note
+    if cfg.lr_schedule == "cosine":
+        note += f"; the cosine is re-stretched to end at step {cfg.steps}"
+        if abs(after - before) > 0.1 * before:
+            note += " (a jump: --lr-schedule wsd extends a run smoothly until its decay has begun)"
+    return note
+
+
 def build_trainer(overrides: dict[str, Any], preset: str | None = None, resume: str | None = None) -> Trainer:
     """Resolve settings, hardware and data, build model and optimizer, and (with `resume`) restore a checkpoint.
 
@@ -219,10 +261,17 @@ def build_trainer(overrides: dict[str, Any], preset: str | None = None, resume: 
         model_cfg = hf.take_architecture(model_cfg, imported, overrides)
     if saved is not None:
         _check_resume_shape(saved.model_cfg, model_cfg, saved.stem)
+        if train_cfg.optimizer != saved.train_cfg.optimizer:  # its saved state is the other optimizer's
+            raise UserError(
+                f"--optimizer {train_cfg.optimizer} conflicts with checkpoint {saved.stem}, trained with "
+                f"{saved.train_cfg.optimizer} (a resumed run keeps its optimizer)"
+            )
         # --grad-accum is per process: on another world size keep the checkpoint's effective batch
         train_cfg, note = distributed.keep_effective_batch(
             train_cfg, saved.train_cfg, saved.world_size, overrides, saved.stem
         )
+        notes += [note] if note else []
+        note = _schedule_note(saved, train_cfg)
         notes += [note] if note else []
     hardware = runtime.resolve_hardware(model_cfg, train_cfg)
     if train_cfg.seed == 0:
@@ -335,12 +384,14 @@ class Trainer:
         self.model = _new_model(model_cfg, train_cfg.seed, self.device)
         if init_from is not None:
             hf.load_into(self.model, init_from)  # imported weights replace the random ones
-        self.optimizer = runtime.make_optimizer(
+        self.optimizer = optim.build_optimizer(
             self.model,
+            kind=train_cfg.optimizer,
             lr=train_cfg.learning_rate,
             betas=(train_cfg.beta1, train_cfg.beta2),
             weight_decay=train_cfg.weight_decay,
             device=self.device,
+            muon_lr=train_cfg.muon_learning_rate,
         )
         self.scaler = torch.amp.GradScaler(self.device.type) if hardware.grad_scaler else None
         if resume is not None:
@@ -375,15 +426,7 @@ class Trainer:
         return self.model.num_params()
 
     def lr_at(self, step: int) -> float:
-        cfg = self.train_cfg
-        return schedule.learning_rate(
-            step,
-            peak=cfg.learning_rate,
-            minimum=cfg.min_learning_rate,
-            warmup=cfg.warmup_steps,
-            total=cfg.steps,
-            kind=cfg.lr_schedule,
-        )
+        return _schedule_lr(self.train_cfg, step)
 
     # ------------------------------------------------------------------------- one step
     def train_step(self) -> StepDone:
@@ -408,8 +451,7 @@ class Trainer:
         cfg = self.train_cfg
         t0 = time.perf_counter()
         lr = self.lr_at(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        optim.set_lr(self.optimizer, lr)  # each group at its own height (Muon's is higher)
         total = torch.zeros((), device=self.device)
         for micro in range(cfg.grad_accum):
             index = data.global_batch_index(self.batch_counter, micro, self.rank, self.world_size)

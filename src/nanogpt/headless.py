@@ -28,6 +28,18 @@ def _effective_batch(event: RunStarted) -> str:
     return f", effective batch {' x '.join(parts)} = {batch * accum * event.world_size} sequences"
 
 
+def _recipe(t: dict[str, Any]) -> str:
+    """The optimizer(s) and the schedule of a run, in a few words."""
+    if t["optimizer"] == "muon":
+        what = f"Muon lr {t['muon_learning_rate']:g} on the block matrices, AdamW lr {t['learning_rate']:g} on the rest"
+    else:
+        what = f"AdamW lr {t['learning_rate']:g}"
+    when = f"{t['lr_schedule']} schedule, warm-up {t['warmup_steps']}"
+    if t["lr_schedule"] == "wsd":
+        when += f", linear decay over the last {t['decay_fraction']:.0%} of the steps"
+    return f"{what}; {when}"
+
+
 class _Printer:
     """Turns events into lines (and a progress bar on a terminal)."""
 
@@ -62,6 +74,7 @@ class _Printer:
                 self.line(f"data: {data_use(event)}")
             for hint in hints(event):
                 self.line(f"note: {hint}")
+            self.line(f"recipe: {_recipe(event.train)}")
             if self.progress is not None:
                 self.task = self.progress.add_task(
                     "training", total=event.total_steps, completed=event.start_step

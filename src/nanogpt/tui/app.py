@@ -277,6 +277,8 @@ class TrainingApp(App[int]):
         self.samples.extend((int(h["step"]), str(h["sample"])) for h in ev.history if h.get("sample"))
         self._chart_dirty = True
         notes = ["note: " + "; ".join(hints(ev, short=True))] if hints(ev) else []
+        # what building the run had to tell (headless prints these on stderr; here the screen would hide them)
+        notes[:0] = getattr(self.trainer, "notes", ())
         if ev.start_step:
             notes.insert(0, f"resumed at step {ev.start_step} ({plural(len(hist), 'logged step')}); press p to "
                          "continue")
