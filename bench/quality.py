@@ -57,7 +57,8 @@ def run_ours(seed: int, steps: int | None, preset: str, data_dir: Path) -> dict:
     from nanogpt.runtime import training_process
 
     with tempfile.TemporaryDirectory() as out:
-        overrides = {"seed": seed, "data_dir": str(data_dir), "out_dir": out, "device": "cpu"}
+        # nanoGPT's optimizer and schedule on both sides (the preset's default may be Muon): like for like
+        overrides = {"seed": seed, "data_dir": str(data_dir), "out_dir": out, "device": "cpu", "optimizer": "adamw"}
         if steps:
             overrides["steps"] = steps
         trainer = build_trainer(overrides, preset=preset)
@@ -78,7 +79,7 @@ def run_nanogpt(seed: int, steps: int | None, preset: str, data_dir: Path) -> di
     sys.path.insert(0, str(REFERENCE))
     import model as ng  # nanoGPT's model.py, unmodified
 
-    mc, tc = config.resolve({"steps": steps} if steps else {}, preset=preset)
+    mc, tc = config.resolve({"optimizer": "adamw", **({"steps": steps} if steps else {})}, preset=preset)
     vocab = json.loads((data_dir / "vocab.json").read_text())["vocab_size"]
     train = np.memmap(data_dir / "train.bin", dtype=np.uint16, mode="r")
     val = np.memmap(data_dir / "val.bin", dtype=np.uint16, mode="r")

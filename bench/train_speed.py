@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="cpu-small")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--optimizer", choices=("adamw", "muon"), default="adamw",
+                   help="ours (nanoGPT's side is always its AdamW); adamw: like for like")
     p.add_argument("--dtype", default="auto", help="auto/float32/bfloat16/float16, for both sides")
     p.add_argument("--steps", type=int, default=300, help="steps per side")
     p.add_argument("--skip", type=int, default=50, help="first steps per side left out of the statistics")
@@ -92,7 +94,7 @@ class Ours:
         from nanogpt import engine, runtime
 
         overrides = {"data_dir": str(data_dir), "device": args.device, "dtype": args.dtype,
-                     "out_dir": str(out_dir)}
+                     "out_dir": str(out_dir), "optimizer": args.optimizer}
         if args.compile != "auto":
             overrides["compile"] = args.compile == "on"
         for name in ("batch_size", "grad_accum"):
@@ -290,7 +292,7 @@ class Worker:
         cmd = [sys.executable, __file__, "--worker", which, "--data-dir", str(data_dir), "--preset", args.preset,
                "--device", args.device, "--dtype", args.dtype, "--compile", args.compile,
                "--nanogpt-compile", args.nanogpt_compile, "--nanogpt-adamw", args.nanogpt_adamw,
-               "--sync", args.sync, "--shape", json.dumps(shape or {})]
+               "--sync", args.sync, "--optimizer", args.optimizer, "--shape", json.dumps(shape or {})]
         for name in ("batch_size", "grad_accum"):
             if getattr(args, name):
                 cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]

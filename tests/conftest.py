@@ -28,4 +28,4 @@ def reference_nanogpt() -> Path:
 
 
 # Tiny Shakespeare prepared at character level, once per session (tests/engine_fixtures.py)
-from engine_fixtures import shakespeare_dir  # noqa: E402, F401 - shared fixture
+from engine_fixtures import mixology_dir, shakespeare_dir  # noqa: E402, F401 - shared fixtures

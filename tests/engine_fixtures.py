@@ -64,3 +64,20 @@ def shakespeare_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not SHARED_TEXT.is_file():
         pytest.skip(f"shared data not found at {SHARED_TEXT}")
     return prepare_char(SHARED_TEXT.read_text(encoding="utf-8"), tmp_path_factory.mktemp("shakespeare"))
+
+
+@pytest.fixture(scope="session")
+def mixology_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A two-source mixology folder (25% Alice, 75% Shakespeare) prepared at character level by the CLI."""
+    alice = SHARED_TEXT.with_name("gutenberg_alice.txt")
+    if not SHARED_TEXT.is_file() or not alice.is_file():
+        pytest.skip(f"shared data not found at {SHARED_TEXT.parent}")
+    from nanogpt.cli import main
+
+    root = tmp_path_factory.mktemp("mixology")
+    for name, text in (("25_alice", alice), ("75_shakespeare", SHARED_TEXT)):
+        (root / "mix" / name).mkdir(parents=True)
+        (root / "mix" / name / text.name).write_text(text.read_text(encoding="utf-8"), encoding="utf-8")
+    out = root / "data"
+    assert main(["prepare", str(root / "mix"), "--tokenizer", "char", "--strip-gutenberg", "--out-dir", str(out)]) == 0
+    return out

@@ -43,6 +43,9 @@ def test_headless_run_prints_progress_and_saves(shakespeare_dir: Path, tmp_path:
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("training: ") and "(2 layers, 2 heads, 32 embedding, block 32)" in lines[0]
+    assert "recipe: AdamW lr 0.001; cosine schedule, warm-up 100" in lines  # no preset: nanoGPT's defaults
+    # 4 steps of a 100-step warm-up: the run says its learning rate never gets to the peak
+    assert "note: the warm-up (100 steps) is as long as the run or longer" in out
     step_lines = [line for line in lines if line.startswith("step") and "| loss" in line]
     assert [line.split("|")[0].split()[1] for line in step_lines] == ["2/4", "4/4"]
     assert all("ms/step" in line and "tok/s" in line and "lr " in line for line in step_lines)
@@ -87,6 +90,9 @@ def broken_copy(src: Path, dst: Path) -> Path:
         (["--data-dir", "{data}", "--layer-count", "0"], "--layer-count must be a positive integer"),
         (["--data-dir", "{small}", "--block-size", "512"], "larger than the validation data (300 tokens)"),
         (["--data-dir", "{data}", "--preset", "huge"], "preset"),
+        (["--data-dir", "{data}", "--muon-learning-rate", "0"], "--muon-learning-rate must be positive"),
+        (["--data-dir", "{data}", "--lr-schedule", "wsd", "--decay-fraction", "1.5"], "--decay-fraction must be in"),
+        (["--data-dir", "{data}", "--optimizer", "sgd"], "--optimizer"),
         (["--data-dir", "{data}", "--device", "tpu"], "device"),
         (["--resume-training", "{missing}/model_step_3"], "checkpoint not found"),
     ],
@@ -151,6 +157,10 @@ def test_resume_with_a_conflicting_shape_is_one_line(shakespeare_dir: Path, tmp_
     )
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert "--embedding-size 64 conflicts with checkpoint" in err
+    # the saved optimizer state is AdamW's: Muon cannot take it over
+    code, _, err = train(capsys, "--resume-training", str(tmp_path / "model_step_2"), "--optimizer", "muon")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "--optimizer muon conflicts with checkpoint" in err and "trained with adamw" in err
 
 
 def test_sigterm_finishes_the_step_saves_and_exits_0(shakespeare_dir: Path, tmp_path: Path) -> None:
@@ -227,5 +237,38 @@ def test_the_start_says_where_the_parameters_are_and_how_often_the_text_is_read(
 
 def test_one_step_is_singular(shakespeare_dir: Path, tmp_path: Path, capsys) -> None:
     code, out, _ = train(capsys, *TINY_FLAGS, "--data-dir", str(shakespeare_dir), "--out-dir", str(tmp_path),
-                         "--steps", "1")
+                         "--steps", "1", "--warmup-steps", "1")
     assert code == 0 and ", 1 step of " in out.splitlines()[0] and "in 1 step\n" in out
+    assert "note: the warm-up (1 step) is as long as the run" in out
+    code, out, _ = train(capsys, *TINY_FLAGS, "--data-dir", str(shakespeare_dir), "--out-dir", str(tmp_path / "b"),
+                         "--steps", "2", "--warmup-steps", "1")
+    assert code == 0 and "note: the warm-up" not in out  # step 2 is at the peak
+
+
+@pytest.mark.parametrize(
+    ("schedule", "resume_at", "said"),
+    [
+        # stopped before the decay: wsd goes on at the same rate, its decay moves to the new end
+        ("wsd", 2, "was 1.00e-03 at step 2 and is 1.00e-03 at step 3; it decays linearly from step 9 to 16"),
+        # stopped at the end of a cosine: the longer cosine starts high again, and the note says so
+        ("cosine", 8, "re-stretched to end at step 16 (a jump: --lr-schedule wsd"),
+        # stopped after its decay had begun: wsd climbs back too, and says why
+        ("wsd", 8, "was 1.00e-04 at step 8 and is 8.88e-04 at step 9; it decays linearly from step 9 to 16 (the "
+                   "checkpoint's decay had begun"),
+    ],
+)
+def test_resume_with_more_steps_says_what_the_schedule_does(
+    shakespeare_dir: Path, tmp_path: Path, capsys, schedule: str, resume_at: int, said: str
+) -> None:
+    common = [*TINY_FLAGS, "--data-dir", str(shakespeare_dir), "--out-dir", str(tmp_path)]
+    flags = ["--steps", "8", "--save-interval", "2", "--warmup-steps", "1", "--lr-schedule", schedule]
+    assert train(capsys, *common, *flags)[0] == 0
+    resumed = tmp_path / "resumed"  # a folder of its own: tmp_path holds the first run's later steps
+    start = str(tmp_path / f"model_step_{resume_at}")
+    code, out, err = train(capsys, "--resume-training", start, "--steps", "16", "--out-dir", str(resumed))
+    assert code == 0, err
+    assert "note: resuming with a new schedule (--steps 8 -> 16)" in err and said in err
+    # the same settings again (a checkpoint of the resumed run, into another new folder): nothing to say
+    again = ["--resume-training", str(resumed / "model_step_14"), "--out-dir", str(tmp_path / "b")]
+    code, out, err = train(capsys, *again)
+    assert code == 0 and "new schedule" not in err

@@ -213,6 +213,22 @@ def test_one_process_checkpoint_resumes_on_two_processes(runs: dict) -> None:
     assert_same_run(root / "dropout1" / f"model_step_{STEPS}", root / "resumed2" / f"model_step_{STEPS}")
 
 
+def test_muon_on_two_processes_trains_like_one_with_twice_the_accumulation(
+    shakespeare_dir: Path, tmp_path: Path
+) -> None:
+    # Newton-Schulz orthogonalises each matrix's whole (averaged) gradient, so the ranks must hold the same
+    # gradient before Muon's step, and its momentum buffers must cross world sizes in the checkpoint
+    muon = ["--optimizer", "muon", "--lr-schedule", "wsd"]
+    result = torchrun(2, ["--data-dir", str(shakespeare_dir), "--out-dir", str(tmp_path / "muon2"), *muon, *COMMON])
+    assert "recipe: Muon lr 0.02 on the block matrices, AdamW lr 0.003 on the rest; wsd schedule" in result.stdout
+    single(shakespeare_dir, tmp_path / "muon1", grad_accum=2, optimizer="muon", lr_schedule="wsd")
+    assert_same_run(tmp_path / "muon1" / f"model_step_{STEPS}", tmp_path / "muon2" / f"model_step_{STEPS}")
+    # the 2-process checkpoint at step 3 goes on on one process (2 micro-batches a step) as the 1-process run did
+    resumed = single(shakespeare_dir, tmp_path / "resumed1", resume=tmp_path / "muon2" / "model_step_3")
+    assert resumed.train_cfg.grad_accum == 2 and resumed.train_cfg.optimizer == "muon"
+    assert_same_run(tmp_path / "muon1" / f"model_step_{STEPS}", tmp_path / "resumed1" / f"model_step_{STEPS}")
+
+
 def test_sigterm_saves_once_and_every_rank_exits(shakespeare_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     cmd = _torchrun_cmd(

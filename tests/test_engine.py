@@ -8,13 +8,15 @@ import re
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from engine_fixtures import TINY, TINY_FLAGS
+from engine_fixtures import SHARED_TEXT, TINY, TINY_FLAGS
 
-from nanogpt import config
+from nanogpt import checkpoint, config, data
 from nanogpt.engine import build_trainer
 from nanogpt.errors import UserError
+from nanogpt.tokenizers import from_meta
 from nanogpt.events import (
     EvalDone,
     Pause,
@@ -51,7 +53,8 @@ def losses(events: list) -> list[float]:
     return [e.loss for e in events if isinstance(e, StepDone)]
 
 
-def test_exact_resume_with_dropout_and_accumulation(shakespeare_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_exact_resume_with_dropout_and_accumulation(shakespeare_dir: Path, tmp_path: Path, optimizer: str) -> None:
     opts = settings(
         shakespeare_dir,
         tmp_path / "a",
@@ -60,8 +63,15 @@ def test_exact_resume_with_dropout_and_accumulation(shakespeare_dir: Path, tmp_p
         grad_accum=2,
         save_interval=6,
         validation_interval=4,
+        optimizer=optimizer,
+        lr_schedule="wsd" if optimizer == "muon" else "cosine",  # muon: the presets' recipe
     )
     full = run_collect(build_trainer(opts))
+    if optimizer == "muon":  # Muon's momentum buffers travel in the resume state, one per block matrix
+        from nanogpt import checkpoint
+
+        _, tensors = checkpoint.read_resume(tmp_path / "a" / "model_step_6")
+        assert sum(k.endswith(".momentum_buffer") for k in tensors) == 2 * 4  # 2 layers x 4 matrices
     resumed_trainer = build_trainer(
         {**opts, "out_dir": str(tmp_path / "b")}, resume=str(tmp_path / "a" / "model_step_6")
     )
@@ -116,6 +126,25 @@ def test_default_preset_is_cpu_small_on_cpu(shakespeare_dir: Path, tmp_path: Pat
     assert (trainer.model_cfg.n_layer, trainer.model_cfg.n_embd, trainer.model_cfg.block_size) == (4, 128, 64)
     assert trainer.train_cfg.steps == train_cfg.steps == 2000
     assert trainer.model_cfg.vocab_size == 65  # taken from the data
+    # the recipe searched on these shapes: Muon on the block matrices, AdamW on the rest, WSD
+    t = trainer.train_cfg
+    assert (t.optimizer, t.muon_learning_rate, t.learning_rate, t.lr_schedule, t.warmup_steps) == (
+        "muon", 0.02, 3e-3, "wsd", 20
+    )
+    assert [g["lr_scale"] for g in trainer.optimizer.param_groups] == [1.0, 1.0, 0.02 / 3e-3]
+
+
+def test_optimizer_adamw_on_cpu_small_is_nanogpts_recipe_exactly(shakespeare_dir: Path, tmp_path: Path) -> None:
+    common = {"device": "cpu", "data_dir": str(shakespeare_dir), "out_dir": str(tmp_path), "optimizer": "adamw"}
+    t = build_trainer(common).train_cfg  # the default preset, cpu-small
+    # nanoGPT's README CPU run: lr 1e-3 to 1e-4 over 2000 steps, warm-up 100 (train_shakespeare_char's schedule)
+    assert (t.optimizer, t.learning_rate, t.min_learning_rate, t.lr_schedule, t.warmup_steps, t.steps) == (
+        "adamw", 1e-3, 1e-4, "cosine", 100, 2000
+    )
+    assert (t.beta1, t.beta2, t.weight_decay, t.grad_clip, t.batch_size) == (0.9, 0.99, 0.1, 1.0, 12)
+    trainer = build_trainer({**common, "learning_rate": 2e-3}, preset="cpu-small")
+    assert trainer.train_cfg.learning_rate == 2e-3 and trainer.train_cfg.lr_schedule == "cosine"  # typed flags win
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
 
 
 def test_explicit_flags_win_over_the_preset(shakespeare_dir: Path, tmp_path: Path) -> None:
@@ -336,3 +365,96 @@ def test_unexpected_error_with_deferred_loss_reads_keeps_every_finished_step(
     from nanogpt import checkpoint
 
     assert [e["step"] for e in checkpoint.read_log(tmp_path / "model_step_4")] == [1, 2, 3, 4]
+
+
+# ----------------------------------------------------------------------------- what the model learns
+def direct_validation_loss(model, tokens, trainer) -> float:
+    """A source's validation loss computed here, from its own stretch of val.bin, as the engine draws batches."""
+    batches = data.BatchSampler(
+        tokens, block_size=trainer.model_cfg.block_size, batch_size=trainer.train_cfg.eval_batch_size,
+        seed=trainer.train_cfg.seed, stream=data.VAL_STREAM, device=torch.device("cpu"),
+    )
+    with torch.no_grad():
+        return sum(model(*batches.batch(i))[1].item() for i in range(trainer.train_cfg.eval_iters)) / (
+            trainer.train_cfg.eval_iters
+        )
+
+
+def test_each_mixology_source_gets_a_validation_loss_of_its_own(mixology_dir: Path, tmp_path: Path) -> None:
+    trainer = build_trainer(settings(mixology_dir, tmp_path, steps=20, validation_interval=10, save_interval=10))
+    events = run_collect(trainer)
+    evals = [e for e in events if isinstance(e, EvalDone)]
+    log = checkpoint.read_log(tmp_path / "model_step_20")
+    logged = {e["step"]: e["source_validation_losses"] for e in log if "validation_loss" in e}
+    assert [e.step for e in evals] == list(logged) == [10, 20]
+    assert [e.source_losses for e in evals] == [logged[10], logged[20]]
+    meta = json.loads((mixology_dir / "vocab.json").read_text(encoding="utf-8"))
+    val = np.memmap(mixology_dir / "val.bin", dtype=np.uint16, mode="r")
+    alice_text = (SHARED_TEXT.with_name("gutenberg_alice.txt")).read_text(encoding="utf-8")
+    tokenizer = from_meta(meta)
+    for step in (10, 20):
+        model, _ = checkpoint.load_model(tmp_path / f"model_step_{step}")
+        assert sorted(logged[step]) == ["alice", "shakespeare"]
+        for source in meta["sources"]:
+            tokens = val[source["val_offset"] : source["val_offset"] + source["val_tokens"]]
+            if source["name"] == "alice":  # vocab.json says where Alice's validation text lies, and it does
+                assert tokenizer.decode(tokens[:300].tolist()) in alice_text
+            direct = direct_validation_loss(model, tokens, trainer)
+            assert logged[step][source["name"]] == pytest.approx(direct, rel=1e-5)
+    assert logged[20]["alice"] != logged[20]["shakespeare"]
+    # a resume keeps the per-source history and measures the same losses as the uninterrupted run
+    resumed = build_trainer({"out_dir": str(tmp_path / "resumed")}, resume=str(tmp_path / "model_step_10"))
+    run_collect(resumed)
+    again = {e["step"]: e["source_validation_losses"] for e in resumed.log if "validation_loss" in e}
+    assert again[10] == logged[10] and again[20] == pytest.approx(logged[20], rel=1e-6)
+
+
+def test_a_single_file_dataset_has_no_source_losses(shakespeare_dir: Path, tmp_path: Path) -> None:
+    trainer = build_trainer(settings(shakespeare_dir, tmp_path, steps=2, validation_interval=2))
+    events = run_collect(trainer)
+    assert [e.source_losses for e in events if isinstance(e, EvalDone)] == [{}]
+    assert all("source_validation_losses" not in e for e in trainer.log)
+
+
+@pytest.mark.parametrize("grad_clip", [1.0, 0.0])
+def test_the_gradient_norm_is_logged_as_clipping_sees_it(
+    shakespeare_dir: Path, tmp_path: Path, grad_clip: float
+) -> None:
+    opts = settings(shakespeare_dir, tmp_path, steps=4, grad_clip=grad_clip)
+    trainer = build_trainer(opts)
+    reference = build_trainer(opts)  # the same initial weights: the first step's gradients computed here
+    x, y = reference.train_batches.batch(0)
+    reference.model(x, y)[1].backward()
+    expected = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in reference.model.parameters()])).item()
+    first = trainer.train_step()
+    assert first.grad_norm == pytest.approx(expected, rel=1e-4)
+    assert trainer.log[-1]["grad_norm"] == first.grad_norm
+    # read back with the losses (as on an accelerator): the same norms as read at once
+    deferred = build_trainer(settings(shakespeare_dir, tmp_path / "b", steps=4, grad_clip=grad_clip))
+    at_once = [first.grad_norm] + [trainer.train_step().grad_norm for _ in range(3)]
+    assert [e.grad_norm for e in deferred.train_steps(4)] == pytest.approx(at_once, rel=1e-6)
+
+
+def test_the_evaluation_sample_is_the_same_whether_or_not_g_sampled(shakespeare_dir: Path, tmp_path: Path) -> None:
+    opts = settings(shakespeare_dir, tmp_path / "plain", steps=6, validation_interval=3, dropout=0.1,
+                    eval_sample_tokens=30, save_interval=3)
+    plain = run_collect(build_trainer(opts))
+    commands: queue.Queue = queue.Queue()
+
+    def sample_with_g(event) -> None:  # what the UI's `g` key sends, at steps 2 and 4
+        if isinstance(event, StepDone) and event.step in (2, 4):
+            commands.put(Sample(n_tokens=25))
+
+    busy = run_collect(build_trainer({**opts, "out_dir": str(tmp_path / "busy")}), commands, on_event=sample_with_g)
+    assert len([e for e in busy if isinstance(e, Sampled)]) == 2
+    kept = [(e.step, e.sample) for e in plain if isinstance(e, EvalDone)]
+    assert [(e.step, e.sample) for e in busy if isinstance(e, EvalDone)] == kept
+    assert all(len(s) == 30 for _, s in kept)  # 30 characters after the newline it starts from
+    assert kept[0][1] != kept[1][1]  # the same prompt and seed: what changed is the model
+    assert losses(busy) == losses(plain)
+    # kept with the run, in the checkpoint's training log; a resume keeps the earlier ones
+    log = checkpoint.read_log(tmp_path / "plain" / "model_step_6")
+    assert [(e["step"], e["sample"]) for e in log if "sample" in e] == kept
+    resumed = build_trainer({"out_dir": str(tmp_path / "resumed")}, resume=str(tmp_path / "plain" / "model_step_3"))
+    run_collect(resumed)
+    assert [(e["step"], e["sample"]) for e in resumed.log if "sample" in e] == kept

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from nanogpt import runtime
 from nanogpt.config import ModelConfig
 from nanogpt.model import GPT
+from nanogpt.optim import build_optimizer
 
 CPU = torch.device("cpu")
 
@@ -45,7 +46,7 @@ def tiny_batch(batch: int = 6, seed: int = 1) -> tuple[torch.Tensor, torch.Tenso
 
 def train(model: GPT, dtype: torch.dtype, steps: int, workers: int) -> list[float]:
     """A few AdamW steps on one fixed batch (memorising it), as the engine runs them; returns the losses."""
-    opt = runtime.make_optimizer(model, lr=3e-3, betas=(0.9, 0.99), weight_decay=0.1, device=CPU)
+    opt = build_optimizer(model, kind="adamw", lr=3e-3, betas=(0.9, 0.99), weight_decay=0.1, device=CPU)
     parallel = runtime.CoreParallel(workers) if workers > 1 else None
     x, y = tiny_batch()
     losses = []
@@ -185,6 +186,7 @@ import resource, sys, torch
 from nanogpt import runtime
 from nanogpt.config import ModelConfig
 from nanogpt.model import GPT
+from nanogpt.optim import build_optimizer
 torch.set_num_threads(1)
 if sys.argv[1] == "tuned":
     assert runtime.keep_freed_memory()

@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from nanogpt.cli import main
 from nanogpt.engine import build_trainer
+from nanogpt.plot import read_run
 from nanogpt.prepare import prepare
 from nanogpt.tui.app import TrainingApp
-from nanogpt.tui.widgets import SampleScreen
+from nanogpt.tui.widgets import SamplePager, SampleScreen
+from textual.widgets import Static
 
 SIZE = (120, 40)
 SUFFIXES = (".safetensors", ".config.json", ".training_log.json")
@@ -190,6 +193,9 @@ def test_last_step_saves_and_waits_for_q_then_resume_starts_paused_with_history(
             await wait_for(pilot, lambda: chart.draws > 0, "the chart")
             await pilot.pause(0.5)
             assert app2.badge() == "PAUSED" and app2.step == 20 and resumed.step == 20
+            # the longer run re-stretches the cosine schedule: the notice says so, with the rates
+            notice = str(app2.notice.render())
+            assert "--steps 20 -> 40" in notice and "re-stretched to end at step 40" in notice
             assert chart.train_steps == list(range(1, 21))
             assert chart.train_losses == pytest.approx(first_losses)
             assert chart.val_steps == [10, 20]
@@ -295,3 +301,88 @@ def test_p_after_the_run_finished_says_so(char_data: Path, tmp_path: Path) -> No
             await pilot.press("q")
 
     asyncio.run(drive())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_the_legend_names_each_mixology_source(mixology_dir: Path, tmp_path: Path, size: tuple[int, int]) -> None:
+    app = TrainingApp(make_trainer(mixology_dir, tmp_path, steps=4, validation_interval=2))
+
+    async def drive() -> None:
+        async with app.run_test(size=size) as pilot:
+            await wait_for(pilot, lambda: app.finished is not None, "the run to finish")
+            assert sorted(app.chart.source_val) == ["alice", "shakespeare"]
+            assert app.chart.source_val["alice"][0] == [2, 4]
+            assert f"grad {app.recent[-1].grad_norm:.3g}" in app.status_text()  # the gradient norm, read with the loss
+
+            def legend() -> bool:
+                chart = app.chart.content_region
+                drawn = "\n".join(screen_lines(app)[chart.y : chart.bottom])
+                return "val alice" in drawn and "val shakespeare" in drawn
+
+            await wait_for(pilot, legend, "a legend naming both sources", timeout=10.0)
+            await pilot.press("q")
+
+    asyncio.run(drive())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_v_pages_through_the_samples_by_step(char_data: Path, tmp_path: Path, size: tuple[int, int]) -> None:
+    app = TrainingApp(make_trainer(char_data, tmp_path, steps=6, validation_interval=2, eval_sample_tokens=20))
+
+    async def drive() -> None:
+        async with app.run_test(size=size) as pilot:
+            await wait_for(pilot, lambda: app.finished is not None, "the run to finish")
+            assert "samples by step" in "".join(screen_lines(app)[-1:])  # the key is in the footer
+            assert [step for step, _ in app.samples] == [2, 4, 6]
+            await pilot.press("v")
+            pager = app.screen
+            assert isinstance(pager, SamplePager)
+
+            def shown() -> tuple[int, str]:
+                title = str(pager.query_one("#sample-title", Static).render())
+                return int(title.split()[3]), str(pager.query_one("#sample-text", Static).render())
+
+            assert shown() == (6, app.samples[2][1])
+            for key, step in (("left", 4), ("left", 2), ("left", 2), ("right", 4)):
+                await pilot.press(key)
+                assert shown() == (step, dict(app.samples)[step])
+            await pilot.press("escape")
+            assert not isinstance(app.screen, SamplePager)
+            await pilot.press("q")
+
+    asyncio.run(drive())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_compare_draws_an_earlier_run_beside_the_live_one(char_data: Path, tmp_path: Path, size) -> None:
+    earlier = make_trainer(char_data, tmp_path / "earlier", steps=8, validation_interval=4, eval_sample_tokens=0)
+    earlier.run(lambda event: None)
+    run = read_run(tmp_path / "earlier")
+    app = TrainingApp(make_trainer(char_data, tmp_path / "live", steps=100_000, validation_interval=10),
+                      compare=(run.name, run.log))
+
+    async def drive() -> None:
+        async with app.run_test(size=size) as pilot:
+            await wait_for(pilot, lambda: app.chart.draws > 0 and app.step > 0, "a drawn chart")
+            name, steps, losses, val_steps, _ = app.chart.compare
+            assert (name, steps, val_steps) == ("earlier", list(range(1, 9)), [4, 8])
+            assert losses == [e["loss"] for e in run.log]
+
+            def legend() -> bool:
+                chart = app.chart.content_region
+                drawn = "\n".join(screen_lines(app)[chart.y : chart.bottom])
+                return "earlier train" in drawn and "earlier val" in drawn and "train" in drawn
+
+            await wait_for(pilot, legend, "the earlier run in the legend", timeout=10.0)
+            await pilot.press("q")
+            await wait_for(pilot, lambda: app.result is not None, "the run to stop")
+
+    asyncio.run(drive())
+
+
+def test_compare_with_a_path_that_is_not_a_run_is_one_line(tmp_path: Path, capsys) -> None:
+    assert main(["train", "--compare", str(tmp_path / "nope"), "--headless", "--steps", "1"]) == 1
+    assert capsys.readouterr().err == (
+        f"nanogpt train: error: {tmp_path / 'nope'} is not a run: give a checkpoint stem (e.g. out/model_step_500), "
+        "one of its files, or a folder of checkpoints\n"
+    )

@@ -168,6 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--headless", action="store_true", help="no UI: progress lines (automatic when stdout is not a terminal)"
     )
+    t.add_argument(
+        "--compare", default=None, metavar="STEM", help="the UI draws this earlier run's curves faintly beside the "
+        "live one (a checkpoint stem or a folder of checkpoints)"
+    )
+    t.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="also log to TensorBoard event files in DIR (needs the tensorboard extra)")
+    t.add_argument("--wandb", default=None, metavar="PROJECT",
+                   help="also log to Weights & Biases project PROJECT (WANDB_MODE=offline works; needs the wandb "
+                   "extra)")
     _add_config_flags(t, ModelConfig, "model")
     _add_config_flags(t, TrainConfig, "training")
 
@@ -187,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("stem", metavar="STEM", help=STEM_HELP)
     e.add_argument("out_dir", metavar="OUT_DIR", help="the folder to create")
+    pl = sub.add_parser(
+        "plot",
+        help="draw the loss curves of one or more runs into a PNG or SVG (needs the plot extra)",
+        description="Draw training and validation loss (and each mixology source's) of the runs on one chart; "
+        "the legend names each run by its folder and the settings that differ.",
+    )
+    pl.add_argument("runs", nargs="+", metavar="RUN_OR_STEM", help="a folder of checkpoints or a checkpoint stem")
+    pl.add_argument("-o", "--output", required=True, metavar="FILE", help="the image to write: .png or .svg")
+    pl.add_argument("--size", default="1000x600", metavar="WxH", help="image size in pixels (default: 1000x600)")
     for subparser in _subparsers(parser).values():
         _uniform_metavars(subparser)
     return parser
@@ -218,12 +236,16 @@ def _cmd_prepare(ns: argparse.Namespace) -> int:
 
 
 def _cmd_train(ns: argparse.Namespace) -> int:
-    from .distributed import under_torchrun
     from .engine import DATA_FIELDS, build_trainer
-    from .runtime import training_process
 
     overrides = _config_overrides(ns)
     ns.resume_training = _checkpoint_given(ns.resume_training)
+    compare = None
+    if ns.compare is not None:  # read first: a wrong path is one line before training starts
+        from .plot import read_run
+
+        run = read_run(ns.compare)
+        compare = (run.name, run.log)
     if ns.resume_training is None and not any(k in overrides for k in DATA_FIELDS):
         from .prepare import bundled_dataset
 
@@ -232,15 +254,34 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     if trainer.is_main:
         for note in trainer.notes:
             print(note, file=sys.stderr, flush=True)
+    from .trackers import open_trackers
+
+    # rank 0 only: a torchrun job is one run to a tracker
+    out_dir, resumed = trainer.train_cfg.out_dir, ns.resume_training
+    trackers = open_trackers(ns.tensorboard, ns.wandb, out_dir, resumed) if trainer.is_main else []
+    try:
+        return _train(ns, trainer, compare, trackers)
+    finally:
+        for tracker in trackers:
+            tracker.close()  # the run ended however it ended: flush what was logged
+
+
+def _train(ns: argparse.Namespace, trainer: Any, compare: Any, trackers: list) -> int:
+    """Run `trainer` headless or in the UI, the trackers hearing every event."""
+    from .distributed import under_torchrun
+    from .runtime import training_process
+
     if ns.headless or under_torchrun() or not sys.stdout.isatty():
         from .headless import run_headless
 
+        if compare is not None and trainer.is_main:
+            print("note: --compare draws in the UI only; compare headless runs with `nanogpt plot`", file=sys.stderr)
         with training_process(trainer.hardware):
-            return run_headless(trainer)
+            return run_headless(trainer, listeners=trackers)
     from .tui.app import run_tui
 
     with training_process(trainer.hardware, ui=True):
-        return run_tui(trainer, start_paused=ns.resume_training is not None)
+        return run_tui(trainer, start_paused=ns.resume_training is not None, compare=compare, listeners=trackers)
 
 
 def _cmd_generate(ns: argparse.Namespace) -> int:
@@ -277,6 +318,13 @@ def _cmd_export(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plot(ns: argparse.Namespace) -> int:
+    from .plot import parse_size, plot
+
+    print(f"wrote {plot(ns.runs, ns.output, *parse_size(ns.size))}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = sys.argv[1:] if argv is None else argv
@@ -288,9 +336,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a command: " + ", ".join(_subparsers(parser)))
     if extras:
         _reject_extras(_subparsers(parser)[ns.command], ns.command, extras)
-    handler = {"prepare": _cmd_prepare, "train": _cmd_train, "generate": _cmd_generate, "export": _cmd_export}[
-        ns.command
-    ]
+    handler = {
+        "prepare": _cmd_prepare, "train": _cmd_train, "generate": _cmd_generate, "export": _cmd_export,
+        "plot": _cmd_plot,
+    }[ns.command]
     try:
         return handler(ns)
     except UserError as e:

@@ -162,6 +162,26 @@ def load(
     return TokenData(train=train, val=val, meta=meta, tokenizer=from_meta(meta), source=source)
 
 
+def val_sources(meta: dict[str, Any], n_val: int) -> list[tuple[str, int, int]]:
+    """(name, start, stop) of each source's tokens in val.bin, as `prepare` records them for a mixology
+    folder; [] for a single source, or for bins that vocab.json does not describe (older data, other files)."""
+    sources = meta.get("sources")
+    if not isinstance(sources, list) or len(sources) < 2:
+        return []
+    spans: list[tuple[str, int, int]] = []
+    names = [str(s.get("name", "")) for s in sources if isinstance(s, dict)]
+    for s in sources:
+        start, count = (s.get("val_offset"), s.get("val_tokens")) if isinstance(s, dict) else (None, None)
+        if not isinstance(start, int) or not isinstance(count, int):
+            return []
+        # two folders may share a name (10_web/, 20_web/): their folder tells them apart
+        name = str(s["name"]) if names.count(str(s["name"])) == 1 else str(s.get("path", s["name"])).rstrip("/")
+        spans.append((name, start, start + count))
+    if spans[-1][2] != n_val:
+        return []
+    return spans
+
+
 def check_block_size(data: TokenData, block_size: int) -> None:
     """A window needs block_size + 1 tokens (inputs and shifted targets): UserError if a split is shorter."""
     for name, tokens in (("validation", data.val), ("training", data.train)):

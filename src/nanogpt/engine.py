@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from . import checkpoint, config, data, distributed, hf, runs, runtime, schedule
+from . import checkpoint, config, data, distributed, hf, optim, runs, runtime, schedule
 from .errors import UserError
 from .events import (
     EvalDone,
@@ -87,6 +87,7 @@ class FinishedStep(NamedTuple):
     loss: torch.Tensor | float
     t0: float
     t1: float
+    grad_norm: torch.Tensor | float | None = None  # the gradients' total norm before clipping, read like the loss
 
 
 class LossReadback:
@@ -125,7 +126,10 @@ class LossReadback:
         if not steps:
             return [], None
         deferred = [s.loss for s in steps if isinstance(s.loss, torch.Tensor)]
-        values = iter(distributed.mean(torch.stack(deferred)).tolist() if deferred else ())
+        norms = [s.grad_norm for s in steps if isinstance(s.grad_norm, torch.Tensor)]
+        # the gradient norms travel in the same transfer as the losses (equal on every rank, so the mean keeps them)
+        both = distributed.mean(torch.stack([t.float() for t in deferred + norms])).tolist() if deferred else []
+        values, norm_values = iter(both[: len(deferred)]), iter(both[len(deferred) :])
         shared = (time.perf_counter() - steps[0].t0) / len(steps)
         events: list[StepDone] = []
         for s in steps:
@@ -135,12 +139,14 @@ class LossReadback:
                     return events, TrainingDiverged.at(s.step, loss)
             else:
                 loss, duration = s.loss, s.t1 - s.t0
+            grad_norm = next(norm_values) if isinstance(s.grad_norm, torch.Tensor) else s.grad_norm
             events.append(StepDone(
                 step=s.step,
                 loss=loss,
                 duration_ms=duration * 1000.0,
                 lr=s.lr,
                 tokens_per_s=tokens_per_step / max(duration, 1e-9),
+                grad_norm=grad_norm,
             ))
         return events, None
 
@@ -184,6 +190,48 @@ def _check_resume_vocabulary(saved: checkpoint.Checkpoint, tokens: data.TokenDat
         )
 
 
+SCHEDULE_FIELDS = ("steps", "learning_rate", "min_learning_rate", "lr_schedule", "warmup_steps", "decay_fraction")
+
+
+def _schedule_lr(cfg: config.TrainConfig, step: int) -> float:
+    """The schedule's learning rate for (0-based) optimizer step `step` of a run with settings `cfg`."""
+    return schedule.learning_rate(
+        step,
+        peak=cfg.learning_rate,
+        minimum=cfg.min_learning_rate,
+        warmup=cfg.warmup_steps,
+        total=cfg.steps,
+        kind=cfg.lr_schedule,
+        decay_fraction=cfg.decay_fraction,
+    )
+
+
+def _schedule_note(saved: checkpoint.Checkpoint, cfg: config.TrainConfig) -> str | None:
+    """One line on what a resume that changes the schedule (a larger --steps, most often) does to the
+    learning rate: its value at the last step done and at the next one. None when nothing changed."""
+    old, done = saved.train_cfg, saved.step
+    changed = [f for f in SCHEDULE_FIELDS if getattr(old, f) != getattr(cfg, f)]
+    if not changed or done == 0 or done >= cfg.steps:
+        return None
+    what = ", ".join(f"--{f.replace('_', '-')} {getattr(old, f)} -> {getattr(cfg, f)}" for f in changed)
+    before, after = _schedule_lr(old, done - 1), _schedule_lr(cfg, done)
+    note = (
+        f"note: resuming with a new schedule ({what}): the learning rate was {before:.2e} at step {done} "
+        f"and is {after:.2e} at step {done + 1}"
+    )
+    if cfg.lr_schedule == "wsd":
+        start = schedule.decay_start(cfg.steps, cfg.decay_fraction)
+        note += f"; it decays linearly from step {max(start, done) + 1} to {cfg.steps}"
+        if after > 1.1 * before:
+            note += " (the checkpoint's decay had begun, so the rate climbs back up first)"
+        return note
+    if cfg.lr_schedule == "cosine":
+        note += f"; the cosine is re-stretched to end at step {cfg.steps}"
+        if abs(after - before) > 0.1 * before:
+            note += " (a jump: --lr-schedule wsd extends a run smoothly until its decay has begun)"
+    return note
+
+
 def build_trainer(overrides: dict[str, Any], preset: str | None = None, resume: str | None = None) -> Trainer:
     """Resolve settings, hardware and data, build model and optimizer, and (with `resume`) restore a checkpoint.
 
@@ -213,6 +261,11 @@ def build_trainer(overrides: dict[str, Any], preset: str | None = None, resume: 
         model_cfg = hf.take_architecture(model_cfg, imported, overrides)
     if saved is not None:
         _check_resume_shape(saved.model_cfg, model_cfg, saved.stem)
+        if train_cfg.optimizer != saved.train_cfg.optimizer:  # its saved state is the other optimizer's
+            raise UserError(
+                f"--optimizer {train_cfg.optimizer} conflicts with checkpoint {saved.stem}, trained with "
+                f"{saved.train_cfg.optimizer} (a resumed run keeps its optimizer)"
+            )
         # --grad-accum is per process: on another world size keep the checkpoint's effective batch
         train_cfg, note = distributed.keep_effective_batch(
             train_cfg, saved.train_cfg, saved.world_size, overrides, saved.stem
@@ -223,6 +276,8 @@ def build_trainer(overrides: dict[str, Any], preset: str | None = None, resume: 
                 f"checkpoint {saved.stem} has done {saved.step} steps and --steps is {train_cfg.steps}: "
                 f"give --steps above {saved.step} to train further"
             )
+        note = _schedule_note(saved, train_cfg)
+        notes += [note] if note else []
     # the run folder: a resume writes beside its checkpoint, and no run replaces another's files (runs.py)
     out_dir, note = runs.place(
         train_cfg.out_dir,
@@ -286,6 +341,25 @@ def _batch_samplers(
     return train, val
 
 
+def _source_samplers(
+    tokens: data.TokenData, model_cfg: config.ModelConfig, train_cfg: config.TrainConfig, device: torch.device
+) -> dict[str, data.BatchSampler]:
+    """A mixology dataset: validation batches from each source's own stretch of val.bin, by source name (a
+    source with fewer tokens than a window is left out); {} for a single source."""
+    return {
+        name: data.BatchSampler(
+            tokens.val[start:stop],
+            block_size=model_cfg.block_size,
+            batch_size=train_cfg.eval_batch_size,
+            seed=train_cfg.seed,
+            stream=data.VAL_STREAM,
+            device=device,
+        )
+        for name, start, stop in data.val_sources(tokens.meta, len(tokens.val))
+        if stop - start > model_cfg.block_size
+    }
+
+
 class Trainer:
     """Trains one model. Front ends call `run`; tests and tools may call the step-level methods directly.
 
@@ -325,12 +399,14 @@ class Trainer:
         self.model = _new_model(model_cfg, train_cfg.seed, self.device)
         if init_from is not None:
             hf.load_into(self.model, init_from)  # imported weights replace the random ones
-        self.optimizer = runtime.make_optimizer(
+        self.optimizer = optim.build_optimizer(
             self.model,
+            kind=train_cfg.optimizer,
             lr=train_cfg.learning_rate,
             betas=(train_cfg.beta1, train_cfg.beta2),
             weight_decay=train_cfg.weight_decay,
             device=self.device,
+            muon_lr=train_cfg.muon_learning_rate,
         )
         self.scaler = torch.amp.GradScaler(self.device.type) if hardware.grad_scaler else None
         if resume is not None:
@@ -343,6 +419,7 @@ class Trainer:
         self.readback = LossReadback(hardware.sync_every, hardware.world_size)
         self.model.train()
         self.train_batches, self.val_batches = _batch_samplers(tokens, model_cfg, train_cfg, self.device)
+        self.source_val_batches = _source_samplers(tokens, model_cfg, train_cfg, self.device)
 
     # ------------------------------------------------------------------------- properties
     @property
@@ -364,15 +441,7 @@ class Trainer:
         return self.model.num_params()
 
     def lr_at(self, step: int) -> float:
-        cfg = self.train_cfg
-        return schedule.learning_rate(
-            step,
-            peak=cfg.learning_rate,
-            minimum=cfg.min_learning_rate,
-            warmup=cfg.warmup_steps,
-            total=cfg.steps,
-            kind=cfg.lr_schedule,
-        )
+        return _schedule_lr(self.train_cfg, step)
 
     # ------------------------------------------------------------------------- one step
     def train_step(self) -> StepDone:
@@ -397,8 +466,7 @@ class Trainer:
         cfg = self.train_cfg
         t0 = time.perf_counter()
         lr = self.lr_at(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        optim.set_lr(self.optimizer, lr)  # each group at its own height (Muon's is higher)
         total = torch.zeros((), device=self.device)
         for micro in range(cfg.grad_accum):
             index = data.global_batch_index(self.batch_counter, micro, self.rank, self.world_size)
@@ -433,7 +501,11 @@ class Trainer:
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            grad_norm: torch.Tensor | float = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        else:  # no clipping: the same norm, for the log (one pass over the gradients, no sync)
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+        if check:
+            grad_norm = float(grad_norm)  # CPU: free to read, like the loss above
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -442,46 +514,77 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.batch_counter += cfg.grad_accum * self.world_size
-        self.readback.add(FinishedStep(step=self.step, lr=lr, loss=loss_now, t0=t0, t1=time.perf_counter()))
+        self.readback.add(
+            FinishedStep(step=self.step, lr=lr, loss=loss_now, t0=t0, t1=time.perf_counter(), grad_norm=grad_norm)
+        )
 
     def _read_back(self) -> tuple[list[StepDone], TrainingDiverged | None]:
         """Read the unread losses back and log their steps (all before any is shown: a failing front end
         loses none); with the error to raise at a NaN/inf (see LossReadback.read)."""
         events, error = self.readback.read(self.tokens_per_step)
-        self.log.extend({"step": e.step, "loss": e.loss, "duration_ms": e.duration_ms} for e in events)
+        self.log.extend(
+            {"step": e.step, "loss": e.loss, "duration_ms": e.duration_ms}
+            | ({"grad_norm": e.grad_norm} if e.grad_norm is not None else {})
+            for e in events
+        )
         return events, error
 
-    @torch.no_grad()
     def evaluate(self) -> float:
         """Mean validation loss over eval_iters fixed batches (the same ones every time; no RNG touched)."""
-        self.model.eval()
-        try:
-            total = torch.zeros((), device=self.device)
-            count = torch.zeros((), device=self.device)
-            for i in range(self.rank, self.train_cfg.eval_iters, self.world_size):
-                x, y = self.val_batches.batch(i)
-                with runtime.autocast(self.device, self.dtype):
-                    _, loss = self.eval_module(x, y)
-                total += loss.float()
-                count += 1
-            if self.world_size > 1:
-                import torch.distributed as dist
-
-                dist.all_reduce(total)
-                dist.all_reduce(count)
-            value = (total / count).item()
-        finally:
-            self.model.train()
-        if self.log and self.log[-1]["step"] == self.step:
-            self.log[-1]["validation_loss"] = value
-        return value
+        return self.evaluate_sources()[0]
 
     @torch.no_grad()
-    def sample(self, n_tokens: int, prompt: str = "") -> str:
+    def evaluate_sources(self) -> tuple[float, dict[str, float]]:
+        """The validation loss, and for a mixology dataset each source's on eval_iters fixed batches of its
+        own (by name); all read back in one transfer. Both go into the log entry of the current step."""
+        self.model.eval()
+        try:
+            means = [self._mean_loss(b) for b in (self.val_batches, *self.source_val_batches.values())]
+            values = torch.stack(means).tolist()
+        finally:
+            self.model.train()
+        value, by_source = values[0], dict(zip(self.source_val_batches, values[1:]))
+        if self.log and self.log[-1]["step"] == self.step:
+            self.log[-1]["validation_loss"] = value
+            if by_source:
+                self.log[-1]["source_validation_losses"] = by_source
+        return value, by_source
+
+    def _mean_loss(self, batches: data.BatchSampler) -> torch.Tensor:
+        """Mean loss over batches 0..eval_iters-1 of `batches` (shared out over the ranks), on the device."""
+        total = torch.zeros((), device=self.device)
+        count = torch.zeros((), device=self.device)
+        for i in range(self.rank, self.train_cfg.eval_iters, self.world_size):
+            x, y = batches.batch(i)
+            with runtime.autocast(self.device, self.dtype):
+                _, loss = self.eval_module(x, y)
+            total += loss.float()
+            count += 1
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(total)
+            dist.all_reduce(count)
+        return total / count
+
+    def evaluation_sample(self) -> str:
+        """The sample kept at an evaluation (rank 0; "" when --eval-sample-tokens is 0): the same empty prompt and
+        seed every time, so that samples at successive steps differ only by what the model has learned."""
+        n = self.train_cfg.eval_sample_tokens
+        if n == 0 or not self.is_main:
+            return ""
+        text = self.sample(n, seed=self.train_cfg.seed)
+        if self.log and self.log[-1]["step"] == self.step:
+            self.log[-1]["sample"] = text
+        return text
+
+    @torch.no_grad()
+    def sample(self, n_tokens: int, prompt: str = "", seed: int | None = None) -> str:
         """Text sampled from the current weights (prompt + continuation); leaves the run unchanged.
 
-        Uses generate.py's sampler (temperature 1) in eval mode with its own generator, and restores train
-        mode and the global RNG state, so a run that samples trains exactly like one that does not.
+        Uses generate.py's sampler (temperature 1) in eval mode with its own generator (seeded with `seed`, by
+        default the run's seed + the step), and restores train mode and the global RNG state, so a run that
+        samples trains exactly like one that does not.
         """
         from .generate import generate_tokens, start_ids
 
@@ -489,7 +592,8 @@ class Trainer:
         ids = start_ids(tok, prompt)  # UserError for a character outside the vocabulary
         cpu_state = torch.get_rng_state()
         cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        generator = torch.Generator(device=self.device).manual_seed(self.train_cfg.seed + self.step)
+        seed = self.train_cfg.seed + self.step if seed is None else seed
+        generator = torch.Generator(device=self.device).manual_seed(seed)
         try:
             new = list(generate_tokens(self.model, ids, n_tokens, temperature=1.0, generator=generator))
         finally:
@@ -578,7 +682,9 @@ class Trainer:
                 if self.readback.every == 1 or evaluate or save:
                     self._emit_read_back(emit)
                 if evaluate:
-                    emit(EvalDone(step=self.step, val_loss=self.evaluate()))
+                    val_loss, by_source = self.evaluate_sources()
+                    text = self.evaluation_sample()
+                    emit(EvalDone(step=self.step, val_loss=val_loss, source_losses=by_source, sample=text))
                 if save:
                     emit(self.save())
         except (TrainingDiverged, torch.OutOfMemoryError, UserError, OSError) as e:

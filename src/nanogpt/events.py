@@ -28,7 +28,8 @@ class RunStarted:
     dataset: str  # where the data came from (a folder or file)
     tokenizer: str  # "char" or "gpt2"
     tokens_per_step: int  # batch x block x grad_accum x world size
-    history: tuple[dict[str, Any], ...] = ()  # training-log entries {step, loss, duration_ms, validation_loss?}
+    history: tuple[dict[str, Any], ...] = ()  # training-log entries {step, loss, duration_ms, validation_loss?,
+    # source_validation_losses?}
     seed: int = 0
     world_size: int = 1
     block_params: int = 0  # of n_params, those in the transformer blocks (the rest: embeddings, final norm)
@@ -42,12 +43,16 @@ class StepDone:
     duration_ms: float
     lr: float
     tokens_per_s: float
+    grad_norm: float | None = None  # the gradients' total norm before clipping (what --grad-clip compares)
 
 
 @dataclass(frozen=True)
 class EvalDone:
     step: int
     val_loss: float
+    # a mixology dataset: each source's validation loss on fixed batches of its own text, by source name
+    source_losses: dict[str, float] = field(default_factory=dict)
+    sample: str = ""  # text sampled from the same prompt and seed at every evaluation ("" when off; rank 0 only)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .engine import Trainer
@@ -25,6 +26,18 @@ def _effective_batch(event: RunStarted) -> str:
     parts = [str(batch)] + ([f"{accum} accumulation"] if accum > 1 else [])
     parts += [f"{event.world_size} processes"] if event.world_size > 1 else []
     return f", effective batch {' x '.join(parts)} = {batch * accum * event.world_size} sequences"
+
+
+def _recipe(t: dict[str, Any]) -> str:
+    """The optimizer(s) and the schedule of a run, in a few words."""
+    if t["optimizer"] == "muon":
+        what = f"Muon lr {t['muon_learning_rate']:g} on the block matrices, AdamW lr {t['learning_rate']:g} on the rest"
+    else:
+        what = f"AdamW lr {t['learning_rate']:g}"
+    when = f"{t['lr_schedule']} schedule, warm-up {t['warmup_steps']}"
+    if t["lr_schedule"] == "wsd":
+        when += f", linear decay over the last {t['decay_fraction']:.0%} of the steps"
+    return f"{what}; {when}"
 
 
 class _Printer:
@@ -61,6 +74,7 @@ class _Printer:
                 self.line(f"data: {data_use(event)}")
             for hint in hints(event):
                 self.line(f"note: {hint}")
+            self.line(f"recipe: {_recipe(event.train)}")
             if self.progress is not None:
                 self.task = self.progress.add_task(
                     "training", total=event.total_steps, completed=event.start_step
@@ -72,10 +86,13 @@ class _Printer:
                 self.line(
                     f"step {event.step:>6}/{self.trainer.total_steps} | loss {event.loss:.4f} | "
                     f"{event.duration_ms:8.1f} ms/step | {event.tokens_per_s:>10,.0f} tok/s | "
-                    f"lr {event.lr:.2e}"
+                    f"lr {event.lr:.2e}" + (f" | grad {event.grad_norm:.3f}" if event.grad_norm is not None else "")
                 )
         elif isinstance(event, EvalDone):
-            self.line(f"step {event.step:>6}/{self.trainer.total_steps} | val loss {event.val_loss:.4f}")
+            by_source = "".join(f" | {name} {loss:.4f}" for name, loss in event.source_losses.items())
+            self.line(f"step {event.step:>6}/{self.trainer.total_steps} | val loss {event.val_loss:.4f}{by_source}")
+            if event.sample:  # one line however many lines the text has, so a log stays one event a line
+                self.line(f"step {event.step:>6}/{self.trainer.total_steps} | sample {event.sample!r}")
         elif isinstance(event, Saved):
             self.line(f"saved {event.stem}")
         elif isinstance(event, Sampled):
@@ -84,10 +101,17 @@ class _Printer:
             self.line(f"paused at step {event.step}")
 
 
-def run_headless(trainer: Trainer) -> int:
-    """Run the training loop printing progress; returns the process exit code (0, or 1 on an error)."""
+def run_headless(trainer: Trainer, listeners: Sequence[Callable[[Event], None]] = ()) -> int:
+    """Run the training loop printing progress; returns the process exit code (0, or 1 on an error).
+
+    `listeners` (the trackers) hear every event after the printer."""
     quiet = not trainer.is_main
     printer = _Printer(trainer, quiet)
+
+    def emit(event: Event) -> None:
+        printer(event)
+        for listener in listeners:
+            listener(event)
     interrupts = 0
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -120,10 +144,10 @@ def run_headless(trainer: Trainer) -> int:
                 transient=True,
             ) as progress:
                 printer.progress = progress
-                finished = trainer.run(printer)
+                finished = trainer.run(emit)
             printer.progress = None
         else:
-            finished = trainer.run(printer)
+            finished = trainer.run(emit)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

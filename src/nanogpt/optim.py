@@ -14,6 +14,7 @@ exactly as they do AdamW's moments.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -64,6 +65,18 @@ def default_ns_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def _adjusted_lr(lr: float, adjust_lr_fn: str | None, shape: torch.Size) -> float:
+    """torch.optim.Muon's per-shape learning rate (its documented `adjust_lr_fn`), kept here rather than
+    imported from torch's private module, whose helpers change between releases: "original" (Keller
+    Jordan's sqrt(max(1, A/B))), "match_rms_adamw" (Moonshot's 0.2 * sqrt(max(A, B)))."""
+    rows, cols = shape[:2]
+    if adjust_lr_fn is None or adjust_lr_fn == "original":
+        return lr * math.sqrt(max(1.0, rows / cols))
+    if adjust_lr_fn == "match_rms_adamw":
+        return lr * 0.2 * math.sqrt(max(rows, cols))
+    return lr
+
+
 class BatchedMuon(torch.optim.Muon):
     """torch.optim.Muon with Newton-Schulz batched over same-shape matrices and run in `ns_dtype`.
 
@@ -112,7 +125,7 @@ class BatchedMuon(torch.optim.Muon):
                 for k, i in enumerate(indices):
                     p = params[i]
                     o = ortho[k] if oriented[i] is updates[i] else ortho[k].mT
-                    scaled = torch.optim._muon._adjust_lr(lr, group["adjust_lr_fn"], p.shape)
+                    scaled = _adjusted_lr(lr, group["adjust_lr_fn"], p.shape)
                     p.add_(o.to(p.dtype), alpha=-scaled)
         return loss
 

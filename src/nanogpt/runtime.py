@@ -1,4 +1,4 @@
-"""Hardware choices: which device, which precision, whether to compile, which optimizer implementation.
+"""Hardware choices: which device, which precision, whether to compile (the optimizers: optim.py).
 
 Kept apart from the engine so the speed work (what pays on which CPU/GPU) lives in one place (see
 BENCHMARKS.md, training speed). Two entry points:
@@ -83,16 +83,6 @@ def autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def make_optimizer(model: torch.nn.Module, *, lr: float, betas: tuple[float, float], weight_decay: float,
-                   device: torch.device) -> torch.optim.Optimizer:
-    """AdamW with decay on matrices only; the fused kernel where torch has one for the device."""
-    groups = model.optimizer_groups(weight_decay)
-    kwargs = {}
-    if device.type in ("cuda", "cpu"):
-        kwargs["fused"] = True
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, **kwargs)
 
 
 def should_compile(requested: bool | None, device: torch.device) -> bool:

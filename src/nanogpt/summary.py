@@ -66,6 +66,9 @@ def hints(run: RunStarted, short: bool = False) -> list[str]:
         if run.train_tokens and run.train_tokens < run.n_params and epochs(run) >= 1:
             out.append(f"{count(run.train_tokens)} tokens are few for {count(run.n_params)} parameters: "
                        "the model may memorise them")
+        if _warmup_outlasts(run):
+            out.append(f"the {run.train.get('warmup_steps')}-step warm-up outlasts the run: the learning rate "
+                       "never reaches its peak")
         return out
     if embedding_params(run) > run.n_params / 2:
         vocab = int(run.model.get("vocab_size", 0))
@@ -80,4 +83,16 @@ def hints(run: RunStarted, short: bool = False) -> list[str]:
             f"{count(run.n_params)} parameters, read {times(epochs(run))}; expect the model to memorise the "
             "text (watch the validation loss), or use more text or a smaller model"
         )
+    if _warmup_outlasts(run):
+        out.append(
+            f"the warm-up ({plural(int(run.train.get('warmup_steps', 0)), 'step')}) is as long as the run or "
+            f"longer: the learning rate never leaves it to reach --learning-rate; a shorter --warmup-steps "
+            "reaches it"
+        )
     return out
+
+
+def _warmup_outlasts(run: RunStarted) -> bool:
+    """The whole run is warm-up: its learning rate only climbs, and stops short of the peak."""
+    warmup = int(run.train.get("warmup_steps") or 0)
+    return warmup > 0 and warmup >= run.total_steps

@@ -274,6 +274,9 @@ def _metadata(
         strip_gutenberg=cfg.strip_gutenberg,
         source=shown,
     )
+    # val.bin holds each source's val tokens one after another: where they start lets training measure
+    # each source's validation loss on its own (engine.py)
+    val_offsets = [sum(take["val"][:i]) for i in range(len(sources))]
     meta["sources"] = [
         {
             "name": s.name,
@@ -283,11 +286,12 @@ def _metadata(
             "chars": s.chars,
             "train_tokens": t,
             "val_tokens": v,
+            "val_offset": o,
             "train_share": round(t / train_total, 6),
             "val_share": round(v / val_total, 6),
             "used": round((t + v) / max(1, p["train"].tokens + p["val"].tokens), 6),
         }
-        for s, p, t, v in zip(sources, parts, take["train"], take["val"])
+        for s, p, t, v, o in zip(sources, parts, take["train"], take["val"], val_offsets)
     ]
     return meta
 

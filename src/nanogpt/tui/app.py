@@ -18,6 +18,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -46,7 +47,7 @@ from ..events import (
     Stop,
 )
 from ..summary import hints, plural
-from .widgets import LossChart, RunHeader, SampleScreen, StatusLine, clock, human_count
+from .widgets import LossChart, RunHeader, SamplePager, SampleScreen, StatusLine, clock, human_count
 
 # Keys act at once; only the display of the steps is throttled (bench/ui_overhead.py measures the cost).
 TICK_S = 0.5  # how often the UI drains step events and refreshes the status line
@@ -91,6 +92,7 @@ class TrainingApp(App[int]):
     """
     BINDINGS: ClassVar[list[Binding]] = [
         Binding("g", "sample", "sample text"),
+        Binding("v", "samples", "samples by step"),
         Binding("s", "save", "save"),
         Binding("p", "toggle_pause", "pause/resume"),
         Binding("l", "toggle_log", "log/linear y"),
@@ -99,9 +101,17 @@ class TrainingApp(App[int]):
         Binding("ctrl+c", "quit_run", "quit", show=False, priority=True),
     ]
 
-    def __init__(self, trainer: Any, start_paused: bool = False) -> None:
+    def __init__(
+        self,
+        trainer: Any,
+        start_paused: bool = False,
+        compare: tuple[str, list[dict]] | None = None,
+        listeners: Sequence[Callable[[Event], None]] = (),
+    ) -> None:
         super().__init__()
         self.trainer = trainer
+        self.listeners = tuple(listeners)  # the trackers: called on the engine thread with every event
+        self.compare = compare  # (name, training log) of an earlier run, drawn faintly (--compare)
         self.start_paused = start_paused
         self.commands: queue.Queue = queue.Queue()
         self._steps: deque[StepDone] = deque()
@@ -112,6 +122,7 @@ class TrainingApp(App[int]):
         self.recent: deque[StepDone] = deque(maxlen=10)
         self.recent_losses: deque[float] = deque(maxlen=10)
         self.last_val: tuple[int, float] | None = None
+        self.samples: list[tuple[int, str]] = []  # (step, text) kept at each evaluation, for the pager (v)
         self.paused = start_paused
         self.pause_requested = False
         self.stopping = False
@@ -135,6 +146,8 @@ class TrainingApp(App[int]):
         self.header = RunHeader(id="header")
         self.header.set_fields(["starting…"])
         self.chart = LossChart(id="chart")
+        if self.compare is not None:
+            self.chart.set_compare(*self.compare)
         self.status = StatusLine(id="status")
         self.badge_widget = Static("", id="badge")
         self.error_widget = Static("", id="error")
@@ -170,6 +183,8 @@ class TrainingApp(App[int]):
 
     def _emit(self, event: Event) -> None:
         """Called by the engine on its thread: steps go to the deque, the rest become messages."""
+        for listener in self.listeners:
+            listener(event)
         if isinstance(event, StepDone):
             self._steps.append(event)
             return
@@ -220,7 +235,9 @@ class TrainingApp(App[int]):
             self._on_run_started(ev)
         elif isinstance(ev, EvalDone):
             self.last_val = (ev.step, ev.val_loss)
-            self.chart.add_val(ev.step, ev.val_loss)
+            self.chart.add_val(ev.step, ev.val_loss, ev.source_losses)
+            if ev.sample:
+                self.samples.append((ev.step, ev.sample))
             self._chart_dirty = True
         elif isinstance(ev, Sampled):
             if self.sample_screen is not None:
@@ -254,11 +271,14 @@ class TrainingApp(App[int]):
         chart.add_train([int(h["step"]) for h in hist], [float(h["loss"]) for h in hist])
         for h in ev.history:
             if h.get("validation_loss") is not None:
-                chart.add_val(int(h["step"]), float(h["validation_loss"]))
+                chart.add_val(int(h["step"]), float(h["validation_loss"]), h.get("source_validation_losses"))
                 self.last_val = (int(h["step"]), float(h["validation_loss"]))
         self.recent_losses.extend(float(h["loss"]) for h in hist[-10:])
+        self.samples.extend((int(h["step"]), str(h["sample"])) for h in ev.history if h.get("sample"))
         self._chart_dirty = True
         notes = ["note: " + "; ".join(hints(ev, short=True))] if hints(ev) else []
+        # what building the run had to tell (headless prints these on stderr; here the screen would hide them)
+        notes[:0] = getattr(self.trainer, "notes", ())
         if ev.start_step:
             notes.insert(0, f"resumed at step {ev.start_step} ({plural(len(hist), 'logged step')}); press p to "
                          "continue")
@@ -317,6 +337,8 @@ class TrainingApp(App[int]):
             tps = sum(e.tokens_per_s for e in self.recent) / len(self.recent)
             parts += [f"{ms:.{1 if ms < 100 else 0}f} ms/step", f"{human_count(tps)} tok/s",
                       "lr " + f"{self.recent[-1].lr:.1e}".replace("e-0", "e-")]
+            if self.recent[-1].grad_norm is not None:
+                parts.append(f"grad {self.recent[-1].grad_norm:.3g}")
         elapsed = self._elapsed()
         parts.append(f"time {clock(elapsed)}")
         done = self.step - (self._session_start_step or 0) if self._session_start_step is not None else 0
@@ -389,6 +411,15 @@ class TrainingApp(App[int]):
         self.commands.put(Sample(n_tokens=n))
         self._render_status()
 
+    def action_samples(self) -> None:
+        """Page through the samples kept at the evaluations (training goes on meanwhile)."""
+        if self.sample_screen is not None or isinstance(self.screen, SamplePager):
+            return
+        if not self.samples:
+            self._notice("no samples yet: one is kept at each evaluation (--eval-sample-tokens)")
+            return
+        self.push_screen(SamplePager(self.samples, area=self._sample_area))
+
     def _sample_area(self) -> Region | None:
         """Where the sample popup goes: inside the chart's frame, clear of its axis labels (screen cells)."""
         chart = self.chart
@@ -442,9 +473,14 @@ def _suffixes(ev: Saved) -> list[str]:
     return names or ["written"]
 
 
-def run_tui(trainer: Any, start_paused: bool = False) -> int:
+def run_tui(
+    trainer: Any,
+    start_paused: bool = False,
+    compare: tuple[str, list[dict]] | None = None,
+    listeners: Sequence[Callable[[Event], None]] = (),
+) -> int:
     """Run the training UI until the user quits; print where to resume from; return the exit code."""
-    app = TrainingApp(trainer, start_paused=start_paused)
+    app = TrainingApp(trainer, start_paused=start_paused, compare=compare, listeners=listeners)
     previous = None
     if threading.current_thread() is threading.main_thread():
         # `kill PID` gets the same clean stop as q: the engine finishes its step, saves and ends

@@ -138,6 +138,9 @@ class RunHeader(FieldLines):
         self.set_fields(model + data)  # one flow: at 80 columns that is three lines, not four
 
 
+SOURCE_COLORS = ["green+", "magenta+", "yellow+", "blue+", "red+", "white"]  # one per mixology source
+
+
 class LossChart(PlotextPlot):
     """Training loss per step (a line) and validation loss (points), drawn from the data it holds.
 
@@ -152,6 +155,10 @@ class LossChart(PlotextPlot):
         self.train_losses: list[float] = []
         self.val_steps: list[int] = []
         self.val_losses: list[float] = []
+        # a mixology dataset: each source's validation losses, {name: (steps, losses)}, one series each
+        self.source_val: dict[str, tuple[list[int], list[float]]] = {}
+        # --compare: an earlier run's (name, train steps, train losses, val steps, val losses), drawn faintly
+        self.compare: tuple[str, list[int], list[float], list[int], list[float]] | None = None
         self.log_scale = False
         self.draws = 0  # how many times the plot was built (tests and the throttle read it)
         self.drawn_points = 0  # train points in the last build
@@ -162,9 +169,20 @@ class LossChart(PlotextPlot):
         self.train_steps.extend(steps)
         self.train_losses.extend(losses)
 
-    def add_val(self, step: int, loss: float) -> None:
+    def set_compare(self, name: str, log: Sequence[dict]) -> None:
+        """An earlier run's training log, drawn faintly behind the live run (--compare)."""
+        train = [e for e in log if "loss" in e]
+        val = [e for e in log if e.get("validation_loss") is not None]
+        self.compare = (name, [e["step"] for e in train], [e["loss"] for e in train],
+                        [e["step"] for e in val], [e["validation_loss"] for e in val])
+
+    def add_val(self, step: int, loss: float, by_source: dict[str, float] | None = None) -> None:
         self.val_steps.append(step)
         self.val_losses.append(loss)
+        for name, value in (by_source or {}).items():
+            steps, losses = self.source_val.setdefault(name, ([], []))
+            steps.append(step)
+            losses.append(value)
 
     def render(self) -> RenderResult:
         t0 = time.thread_time()
@@ -172,12 +190,24 @@ class LossChart(PlotextPlot):
         plt.clear_data()
         # braille packs two points per cell horizontally; more than that would only cost time
         xs, ys = downsample(self.train_steps, self.train_losses, max(2, 2 * (self.size.width - 8)))
+        if self.compare is not None:  # first, so the live run's curves are drawn over it
+            name, c_steps, c_losses, c_val_steps, c_val_losses = self.compare
+            cx, cy = downsample(c_steps, c_losses, max(2, self.size.width - 8))
+            if cx:
+                plt.plot(cx, cy, marker="dot", color="gray", label=f"{name} train")
+            if c_val_steps:
+                plt.scatter(c_val_steps, c_val_losses, marker="•", color="gray+", label=f"{name} val")
         if xs:
             plt.plot(xs, ys, marker="braille", color="cyan+", label="train")
         if self.val_steps:
             plt.scatter(self.val_steps, self.val_losses, marker="●", color="orange+", label="validation")
-        if xs:
-            plt.xticks(step_ticks(min([xs[0], *self.val_steps[:1]]), max([xs[-1], *self.val_steps[-1:]])))
+        for (name, (steps, losses)), color in zip(self.source_val.items(), SOURCE_COLORS * 4):
+            plt.plot(steps, losses, marker="●", color=color, label=f"val {name}")
+        if xs or self.compare is not None and self.compare[1]:
+            ends = [*xs[:1], *xs[-1:], *self.val_steps[:1], *self.val_steps[-1:]]
+            if self.compare is not None:
+                ends += [*self.compare[1][:1], *self.compare[1][-1:]]
+            plt.xticks(step_ticks(min(ends), max(ends)))
         plt.yscale("log" if self.log_scale else "linear")
         plt.title("loss (log scale)" if self.log_scale else "loss")
         plt.xlabel("step")
@@ -257,3 +287,43 @@ class SampleScreen(ModalScreen[None]):
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+
+class SamplePager(SampleScreen):
+    """The samples kept at the evaluations, one at a time: ← and → page through them by step, Esc closes.
+
+    `samples` is the app's own list of (step, text), so samples kept while the pager is open join it.
+    """
+
+    BINDINGS: ClassVar[list[Binding]] = [
+        Binding("left", "page(-1)", "earlier"),
+        Binding("right", "page(1)", "later"),
+        Binding("escape", "close", "close"),
+    ]
+
+    def __init__(self, samples: list[tuple[int, str]], area: Callable[[], Region | None] = lambda: None) -> None:
+        super().__init__(samples[-1][0], 0, area)
+        self.samples = samples
+        self.index = len(samples) - 1  # the newest first
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="sample-box"):
+            yield Static("", id="sample-title")
+            with VerticalScroll(id="sample-scroll"):
+                yield Static("", id="sample-text", markup=False)
+            yield Static("←/→: earlier/later step · Esc: close", id="sample-hint")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.show_index()
+
+    def show_index(self) -> None:
+        """Show the sample at `index`."""
+        self.step, self.text = self.samples[self.index]
+        title = f"Sample at step {self.step} ({self.index + 1} of {len(self.samples)}, same prompt and seed)"
+        self.query_one("#sample-title", Static).update(title)
+        self.query_one("#sample-text", Static).update(Text(self.text))
+
+    def action_page(self, delta: int) -> None:
+        self.index = min(max(self.index + delta, 0), len(self.samples) - 1)
+        self.show_index()
