@@ -9,6 +9,9 @@ preset is just a dict of field values. This module knows nothing of argparse or 
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +37,9 @@ def field_help(f: dataclasses.Field) -> str:
     return f.metadata.get("help", "")
 
 
+# Seeds feed torch.manual_seed and numpy's Philox key, which take 64-bit integers; the largest signed one
+# leaves room for the per-step offsets added to it (seed + step).
+MAX_SEED = 2**63 - 1
 ACTIVATIONS = ("gelu", "gelu_tanh")  # exact (erf) GELU; the tanh approximation GPT-2 was trained with
 
 
@@ -98,8 +104,8 @@ class GenerateConfig:
             return f"--top-k must be >= 1, got {self.top_k}"
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             return f"--top-p must be in (0, 1], got {self.top_p}"
-        if self.seed < 0:
-            return f"--seed must be >= 0 (0 = random), got {self.seed}"
+        if not 0 <= self.seed <= MAX_SEED:
+            return f"--seed must be in [0, {MAX_SEED}] (0 = random), got {self.seed}"
         if self.window_slide is not None and self.window_slide < 1:
             return f"--window-slide must be >= 1, got {self.window_slide}"
         if self.window_slide is not None and block_size is not None and self.window_slide > block_size:
@@ -171,12 +177,20 @@ class TrainConfig:
         for name in ("validation_interval", "validation_batch", "log_interval", "save_interval", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"--learning-rate must be positive, got {self.learning_rate}")
-        if self.min_learning_rate < 0 or self.min_learning_rate > self.learning_rate:
+        # written as `not (x in range)` so that NaN, which fails every comparison, is refused too
+        if not 0 < self.learning_rate < math.inf:
+            raise ConfigError(f"--learning-rate must be a positive number, got {self.learning_rate}")
+        if not 0 <= self.min_learning_rate <= self.learning_rate:
             raise ConfigError(f"--min-learning-rate must be in [0, --learning-rate], got {self.min_learning_rate}")
-        if self.seed < 0:
-            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ConfigError(f"--weight-decay must be a number >= 0, got {self.weight_decay}")
+        if not self.grad_clip >= 0:  # inf is allowed: a bound that never clips
+            raise ConfigError(f"--grad-clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"--seed must be in [0, {MAX_SEED}], got {self.seed}")
         if self.init_from is not None and not self.init_from.strip():
             raise ConfigError("--init-from needs a folder, a file or a Hugging Face model name")
 
@@ -327,7 +341,33 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def _json_type_ok(value: Any, kind: Any) -> bool:
+    """Whether a JSON value has a field's type: int is an int (not 2.0, not true), float also takes an int."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return any(_json_type_ok(value, k) for k in typing.get_args(kind))
+    if kind is type(None):
+        return value is None
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
 def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild a config dataclass from JSON, ignoring keys this version does not know."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+    """Rebuild a config dataclass from JSON, ignoring keys this version does not know.
+
+    Each value must have its field's type (ConfigError otherwise): a file is not argparse, nothing has
+    converted it, and `"n_layer": 2.0` or `"learning_rate": "fast"` would fail later, deep inside torch.
+    """
+    hints = typing.get_type_hints(cls)
+    values = {k: v for k, v in data.items() if k in hints}
+    for name, value in values.items():
+        if not _json_type_ok(value, hints[name]):
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+            raise ConfigError(f"{name} must be of type {_type_name(hints[name])}, got {shown}")
+    return cls(**values)
+
+
+def _type_name(kind: Any) -> str:
+    return getattr(kind, "__name__", None) or str(kind).replace("NoneType", "None")
