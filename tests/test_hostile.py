@@ -6,13 +6,22 @@ One table per kind of input: flags, checkpoint files edited by hand, vocabularie
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from engine_fixtures import TINY, TINY_FLAGS
 
 from nanogpt.cli import main
+from nanogpt.config import ModelConfig
 from nanogpt.engine import build_trainer
+from nanogpt.model import GPT
+
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def run(capsys, *args: str) -> tuple[int, str]:
@@ -73,3 +82,101 @@ def test_impossible_training_flags_are_one_line(
 def test_generate_refuses_a_seed_torch_cannot_take(trained: Path, capsys) -> None:
     code, err = run(capsys, "generate", str(trained), "--seed", "99999999999999999999")
     assert_one_line(code, err, "--seed must be in [0, 9223372036854775807]")
+
+
+# ----------------------------------------------------------------------------- sizes that cannot be (item 7)
+# Run in a child process whose address space is capped at 3 GiB: a check that came after the allocation
+# fails there with a traceback instead of filling this machine's memory.
+LIMITED = """
+import contextlib, io, json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+from nanogpt.cli import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        results.append((main(argv), err.getvalue()))
+print(json.dumps(results))
+"""
+
+
+def run_limited(*commands: list[str]) -> list[tuple[int, str]]:
+    """Each command's (exit code, stderr), run by main() in one child process with a 3 GiB address space."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", LIMITED, json.dumps(list(commands))],
+        capture_output=True, text=True, env=env, check=False, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [tuple(r) for r in json.loads(done.stdout)]
+
+
+def copy_checkpoint(stem: Path, folder: Path) -> Path:
+    """A copy of checkpoint `stem`'s five files in `folder`: its stem there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in stem.parent.glob(stem.name + ".*"):
+        shutil.copy(f, folder / f.name)
+    return folder / stem.name
+
+
+def edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_config_sizes_are_checked_against_the_weights_header_before_building(trained: Path, tmp_path: Path) -> None:
+    edits = {
+        "n_layer": {"n_layer": 1_000_000},
+        "n_embd": {"n_embd": 10**10, "n_head": 1},
+        "vocab_size": {"vocab_size": 10**6},
+        "block_size": {"block_size": 10**10},
+    }
+    commands, expected = [], []
+    for name, values in edits.items():
+        stem = copy_checkpoint(trained, tmp_path / name)
+        edit_json(stem.with_name(stem.name + ".config.json"), lambda m, v=values: m["model"].update(v))
+        for command in (["generate", str(stem)], ["train", "--headless", "--resume-training", str(stem)]):
+            commands.append(command)
+            expected.append(f"checkpoint config says {name} {values[name]}, but its weights")
+    for (code, err), message in zip(run_limited(*commands), expected, strict=True):
+        assert_one_line(code, err, message)
+
+
+def test_a_run_that_cannot_fit_is_refused_before_building(shakespeare_dir: Path, tmp_path: Path) -> None:
+    cannot_fit = [
+        ["--layer-count", "1000000"],
+        ["--embedding-size", "65536", "--head-count", "1"],
+        ["--batch-size", "1000000000"],
+        ["--validation-batch", "1000000000"],
+    ]
+    common = ["train", "--headless", *TINY_FLAGS, "--steps", "1", "--data-dir", str(shakespeare_dir)]
+    results = run_limited(*([*common, "--out-dir", str(tmp_path / "out"), *flags] for flags in cannot_fit))
+    for code, err in results:
+        assert_one_line(code, err, "this run will not fit")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_parameter_count_by_arithmetic_is_the_models(bias: bool) -> None:
+    cfg = ModelConfig(vocab_size=65, block_size=16, n_layer=3, n_head=2, n_embd=24, bias=bias)
+    assert cfg.parameter_count() == sum(p.numel() for p in GPT(cfg).parameters())
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "message"),
+    [
+        ("model", {"n_layer": 2.0}, "n_layer must be of type int, got 2.0"),
+        ("model", {"n_head": True}, "n_head must be of type int"),
+        ("train", {"learning_rate": "fast"}, "learning_rate must be of type float, got 'fast'"),
+        ("train", {"compile": "yes"}, "compile must be of type bool | None"),
+    ],
+)
+def test_config_values_of_the_wrong_type_are_one_line(
+    section: str, values: dict, message: str, trained: Path, tmp_path: Path, capsys
+) -> None:
+    stem = copy_checkpoint(trained, tmp_path)
+    edit_json(stem.with_name(stem.name + ".config.json"), lambda m: m[section].update(values))
+    for command in (["generate", str(stem)], ["train", "--headless", "--resume-training", str(stem)]):
+        code, err = run(capsys, *command)
+        assert_one_line(code, err, "checkpoint config has invalid settings: " + message)

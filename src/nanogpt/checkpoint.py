@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_write
@@ -114,6 +115,43 @@ def weights_mismatch(expected: dict[str, torch.Tensor], tensors: dict[str, torch
     return None
 
 
+def weights_header(path: Path) -> dict[str, tuple[int, ...]]:
+    """The names and shapes in a safetensors file, from its header alone (no tensor is read)."""
+    if not path.is_file():
+        raise UserError(f"checkpoint weights not found: {path}")
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118 - not a dict
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"checkpoint weights {path} are corrupt or truncated ({str(e)[:80]})") from None
+
+
+_LAYER = re.compile(r"^transformer\.h\.(\d+)\.")
+
+
+def check_config_fits_weights(model_cfg: ModelConfig, path: Path) -> None:
+    """UserError unless the sizes in a checkpoint's config are those of its weights file.
+
+    Checked before a model is built: the config is a small text file anyone can edit, and `"n_layer":
+    1000000` would otherwise allocate gigabytes before load_weights could compare names and shapes. The
+    weights file's header is bounded by the file (safetensors refuses a header whose tensors overrun it),
+    so once vocab_size, n_embd, block_size and n_layer agree with it, the model built is the size of the
+    file; load_weights then checks every name and shape.
+    """
+    header = weights_header(path)
+    wte, wpe = header.get("transformer.wte.weight"), header.get("transformer.wpe.weight")
+    if wte is None or wpe is None or len(wte) != 2 or len(wpe) != 2:
+        raise UserError(f"checkpoint weights {path} are not a GPT's (no token and position embeddings)")
+    layers = {int(m.group(1)) for name in header if (m := _LAYER.match(name))}
+    found = {"vocab_size": wte[0], "n_embd": wte[1], "block_size": wpe[0], "n_layer": len(layers)}
+    for name, value in found.items():
+        if getattr(model_cfg, name) != value:
+            raise UserError(
+                f"checkpoint config says {name} {getattr(model_cfg, name)}, but its weights {path} have "
+                f"{value}: the config was edited or belongs to other weights"
+            )
+
+
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     """Load a weights file into `model`; UserError if names or shapes do not match its config."""
     state = read_tensors(path, "checkpoint weights")
@@ -181,7 +219,7 @@ def configs(meta: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
         model_cfg = from_dict(ModelConfig, meta["model"])
         train_cfg = from_dict(TrainConfig, meta["train"])
         model_cfg.validate()
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, UserError) as e:  # UserError: config.ConfigError, a value of the wrong type
         raise UserError(f"checkpoint config has invalid settings: {e}") from None
     return model_cfg, train_cfg
 
@@ -232,6 +270,7 @@ def read(stem: str | Path) -> Checkpoint:
     """Read and check checkpoint `stem` (or any of its files) for a resume; UserError if anything is off."""
     stem = stem_of(stem)
     model_cfg, train_cfg = configs(meta := read_meta(stem))
+    check_config_fits_weights(model_cfg, weights_path(stem))
     state, tensors = read_resume(stem)
     step = int(state["step"])
     return Checkpoint(
@@ -254,6 +293,7 @@ def load_model(stem: str | Path, device: torch.device | str = "cpu"):
 
     meta = read_meta(stem)
     model_cfg, _ = configs(meta)
+    check_config_fits_weights(model_cfg, weights_path(stem))
     model = GPT(model_cfg)
     load_weights(model, weights_path(stem))
     model.to(device)

@@ -75,6 +75,13 @@ class ModelConfig:
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
 
+    def parameter_count(self) -> int:
+        """Parameters of the GPT this shape builds (the LM head tied to the token embeddings), by arithmetic:
+        a shape can be judged before anything is allocated."""
+        d = self.n_embd
+        per_layer = 12 * d * d + (13 if self.bias else 2) * d  # attention 4d^2, MLP 8d^2, biases, 2 LayerNorms
+        return (self.vocab_size + self.block_size) * d + self.n_layer * per_layer + (2 if self.bias else 1) * d
+
 
 @dataclass
 class GenerateConfig:
@@ -197,6 +204,19 @@ class TrainConfig:
     @property
     def eval_batch_size(self) -> int:
         return self.validation_batch or self.batch_size
+
+
+def training_memory_floor(model_cfg: ModelConfig, train_cfg: TrainConfig) -> int:
+    """Bytes one training process needs at the very least; more than the device has means it cannot run.
+
+    A lower bound, so that nothing that might fit is refused: 16 bytes per parameter (float32 weights,
+    gradients and AdamW's two moments), plus the larger of a training micro-batch (its float32 logits and a
+    2-byte copy of each layer's input, kept for the backward pass) and a validation batch (its logits).
+    """
+    tokens = model_cfg.block_size
+    train = train_cfg.batch_size * tokens * (4 * model_cfg.vocab_size + 2 * model_cfg.n_layer * model_cfg.n_embd)
+    validation = train_cfg.eval_batch_size * tokens * 4 * model_cfg.vocab_size
+    return 16 * model_cfg.parameter_count() + max(train, validation)
 
 
 @dataclass
