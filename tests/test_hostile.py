@@ -180,3 +180,132 @@ def test_config_values_of_the_wrong_type_are_one_line(
     for command in (["generate", str(stem)], ["train", "--headless", "--resume-training", str(stem)]):
         code, err = run(capsys, *command)
         assert_one_line(code, err, "checkpoint config has invalid settings: " + message)
+
+
+# ----------------------------------------------------------------------------- resume state (item 8)
+def _replace_step(name: str, value):
+    return lambda state: state.update({name: value})
+
+
+def _drop_optimizer_tensors(stem: Path, keep) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path = stem.with_name(stem.name + ".resume.safetensors")
+    tensors = load_file(path)
+    save_file({k: v for k, v in tensors.items() if keep(k)}, path)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "change", "message"),
+    [
+        (".resume.json", _replace_step("step", -100), "is invalid (no step"),
+        (".resume.json", _replace_step("step", 2), "its step 2 is not the config's 3"),
+        (".resume.json", _replace_step("step", 10**30), "is invalid (no step"),
+        (".config.json", _replace_step("step", -100), "has no step"),
+        (".resume.json", _replace_step("batch_counter", "abc"), "batch_counter 'abc' is not a whole number"),
+        (".resume.json", _replace_step("batch_counter", [1]), "batch_counter [1] is not a whole number"),
+        (".resume.json", _replace_step("batch_counter", -5), "batch_counter -5 is not a whole number"),
+        (".resume.json", _replace_step("batch_counter", 10**30), "batch_counter 1000000000000000000000000000000"),
+        (".resume.json", _replace_step("batch_counter", 2), "batch_counter 2 is not a whole number between"),
+        (".resume.json", _replace_step("world_size", 0), "world_size 0 is not a whole number >= 1"),
+        (".resume.json", _replace_step("seed", 7), "its seed 7 is not the config's 1337"),
+        (".training_log.json", lambda log: log.append({"step": "x"}), "entry 3 is not a step with numbers"),
+        (".training_log.json", lambda log: log[0].update(loss="low"), "entry 0 is not a step with numbers"),
+        (".training_log.json", lambda log: log.append(5), "entry 3 is not a step with numbers"),
+    ],
+)
+def test_resume_state_is_checked(suffix: str, change, message: str, trained: Path, tmp_path: Path, capsys) -> None:
+    stem = copy_checkpoint(trained, tmp_path / "ckpt")
+    edit_json(stem.with_name(stem.name + suffix), change)
+    code, err = run(capsys, "train", "--headless", "--steps", "4", "--resume-training", str(stem))
+    assert_one_line(code, err, message)
+    assert not stem.with_name("model_step_4.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("keep", "message"),
+    [
+        (lambda name: False, "holds no moments although the model has trained"),
+        (lambda name: not name.startswith("optim.0."), "optimizer state is incomplete (" ),
+        (lambda name: not name.endswith(".exp_avg_sq"), "optimizer state is incomplete ("),
+    ],
+    ids=["empty", "one-parameter-missing", "one-moment-missing"],
+)
+def test_missing_optimizer_moments_are_refused_not_reset(
+    keep, message: str, trained: Path, tmp_path: Path, capsys
+) -> None:
+    stem = copy_checkpoint(trained, tmp_path / "ckpt")
+    _drop_optimizer_tensors(stem, keep)
+    code, err = run(capsys, "train", "--headless", "--steps", "4", "--resume-training", str(stem))
+    assert_one_line(code, err, message)
+
+
+def _sparse(path: Path, size: int) -> None:
+    """Make `path` a file of `size` bytes without writing them (a hole: no disk used)."""
+    with open(path, "r+b" if path.exists() else "wb") as f:
+        f.truncate(size)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "size", "message"),
+    [
+        (".config.json", 1 << 30, "checkpoint config {path} is 1,024 MiB, more than such a file can hold (64 MiB)"),
+        (".training_log.json", 300 << 20, "training log {path} is 300 MiB, more than such a file can hold (256 MiB)"),
+        (".resume.json", 2 << 20, "resume state {path} is 2 MiB, more than such a file can hold (1 MiB)"),
+    ],
+)
+def test_oversized_checkpoint_json_is_refused_unread(
+    suffix: str, size: int, message: str, trained: Path, tmp_path: Path, capsys
+) -> None:
+    stem = copy_checkpoint(trained, tmp_path / "ckpt")
+    path = stem.with_name(stem.name + suffix)
+    _sparse(path, size)
+    code, err = run(capsys, "train", "--headless", "--resume-training", str(stem))
+    assert_one_line(code, err, message.format(path=path))
+
+
+# ----------------------------------------------------------------------------- vocabularies (items 8, 9)
+def data_copy(shakespeare_dir: Path, folder: Path) -> Path:
+    shutil.copytree(shakespeare_dir, folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m["itos"].__setitem__(0, 5), "itos[0] is 5, not a single character"),
+        (lambda m: m["itos"].__setitem__(0, ["a"]), "itos[0] is ['a'], not a single character"),
+        (lambda m: m["itos"].__setitem__(0, "ab"), "itos[0] is 'ab', not a single character"),
+        (lambda m: m["itos"].__setitem__(-1, "\ud800"), "itos[64] is '\\ud800', a lone surrogate"),
+        (lambda m: m["itos"].reverse(), "itos is not sorted by code point without repeats"),
+    ],
+    ids=["int", "list", "two-characters", "lone-surrogate", "unsorted"],
+)
+def test_a_broken_char_vocabulary_is_refused_at_the_start(
+    change, message: str, shakespeare_dir: Path, tmp_path: Path, capsys
+) -> None:
+    data = data_copy(shakespeare_dir, tmp_path / "data")
+    edit_json(data / "vocab.json", change)
+    code, err = run(capsys, "train", "--headless", *TINY_FLAGS, "--steps", "1", "--data-dir", str(data),
+                    "--out-dir", str(tmp_path / "out"))
+    assert_one_line(code, err, message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_oversized_vocabulary_is_refused_unread(shakespeare_dir: Path, tmp_path: Path, capsys) -> None:
+    data = data_copy(shakespeare_dir, tmp_path / "data")
+    _sparse(data / "vocab.json", 1 << 30)
+    code, err = run(capsys, "train", "--headless", *TINY_FLAGS, "--steps", "1", "--data-dir", str(data))
+    assert_one_line(code, err, "is 1,024 MiB, more than such a file can hold (64 MiB)")
+
+
+def test_junk_in_vocab_json_is_not_copied_into_checkpoints(shakespeare_dir: Path, tmp_path: Path, capsys) -> None:
+    data = data_copy(shakespeare_dir, tmp_path / "data")
+    edit_json(data / "vocab.json", lambda m: m.update(junk="x" * 1000, stoi={"junk": 1}))
+    out = tmp_path / "out"
+    code, err = run(capsys, "train", "--headless", *TINY_FLAGS, "--steps", "1", "--data-dir", str(data),
+                    "--out-dir", str(out))
+    assert code == 0, err
+    saved = json.loads((out / "model_step_1.config.json").read_text())["tokenizer"]
+    assert "junk" not in saved
+    assert saved["stoi"] == {c: i for i, c in enumerate(saved["itos"])}  # rebuilt from itos, not copied
