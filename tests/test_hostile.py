@@ -6,6 +6,7 @@ One table per kind of input: flags, checkpoint files edited by hand, vocabularie
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -19,7 +20,9 @@ from engine_fixtures import TINY, TINY_FLAGS
 from nanogpt.cli import main
 from nanogpt.config import ModelConfig
 from nanogpt.engine import build_trainer
+from nanogpt.errors import UserError
 from nanogpt.model import GPT
+from nanogpt.prepare.encode import Encoder, Part
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -33,10 +36,13 @@ def run(capsys, *args: str) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-def assert_one_line(code: int, err: str, message: str) -> None:
+def assert_one_line(code: int, err: str, message: str, after_progress: bool = False) -> None:
+    """Exit code 1 and one error line holding `message`; with `after_progress`, prepare's progress lines
+    (stderr in a log) may come before it."""
     assert code == 1, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert message in err, err
+    lines = err.strip().splitlines()
+    assert (after_progress or len(lines) == 1) and "Traceback" not in err, err
+    assert lines[-1].startswith("nanogpt ") and ": error: " in lines[-1] and message in lines[-1], err
 
 
 @pytest.fixture(scope="module")
@@ -309,3 +315,76 @@ def test_junk_in_vocab_json_is_not_copied_into_checkpoints(shakespeare_dir: Path
     saved = json.loads((out / "model_step_1.config.json").read_text())["tokenizer"]
     assert "junk" not in saved
     assert saved["stoi"] == {c: i for i, c in enumerate(saved["itos"])}  # rebuilt from itos, not copied
+
+
+# ----------------------------------------------------------------------------- prepare's sources (items 3, 9, 10)
+def _half_of(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def _prepare(capsys, source: Path, out: Path) -> tuple[int, str]:
+    return run(capsys, "prepare", str(source), "--out-dir", str(out))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p.with_name("cut.txt.gz").write_bytes(_half_of(gzip.compress(b"hello world\n" * 5000))),
+         "is not a whole gzip file"),
+        (lambda p: p.with_name("plain.txt.gz").write_text("hello world\n" * 100), "is named .gz but is not gzip"),
+        (lambda p: Path(os.fsdecode(os.fsencode(p.parent) + b"/caf\xe9.txt")).write_text("hello world\n" * 100),
+         "is not UTF-8: rename it first"),
+    ],
+    ids=["truncated-gz", "plain-text-named-gz", "latin1-file-name"],
+)
+def test_unreadable_sources_are_one_line(make, message: str, tmp_path: Path, capsys) -> None:
+    (tmp_path / "src").mkdir()
+    make(tmp_path / "src" / "placeholder")
+    (source,) = (tmp_path / "src").iterdir()
+    code, err = _prepare(capsys, source, tmp_path / "out")
+    assert_one_line(code, err, message, after_progress=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_mixology_source_with_a_file_name_that_is_not_utf8(tmp_path: Path, capsys) -> None:
+    sub = tmp_path / "mix" / "100_text"
+    sub.mkdir(parents=True)
+    Path(os.fsdecode(bytes(sub) + b"/caf\xe9.txt")).write_text("hello world\n" * 100)
+    code, err = _prepare(capsys, tmp_path / "mix", tmp_path / "out")
+    assert_one_line(code, err, "caf\\xe9.txt' is not UTF-8: rename it first", after_progress=True)
+
+
+def test_an_unreadable_mixology_sub_folder_is_refused_not_skipped(tmp_path: Path) -> None:
+    for name in ("50_a", "50_b/inner"):
+        (tmp_path / "mix" / name).mkdir(parents=True)
+        (tmp_path / "mix" / name / "text.txt").write_text("hello world\n" * 200)
+    locked = tmp_path / "mix" / "50_b" / "inner"
+    locked.chmod(0)
+    command = [sys.executable, "-m", "nanogpt", "prepare", str(tmp_path / "mix"), "--out-dir", str(tmp_path / "out")]
+    if os.geteuid() == 0:  # root reads any folder: drop the capabilities that let it
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: a folder cannot be made unreadable")
+        drop = "-dac_override,-dac_read_search"
+        command = ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}", *command]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=300)
+    finally:
+        locked.chmod(0o755)
+    assert_one_line(done.returncode, done.stderr, f"cannot read the folder {locked}: Permission denied", True)
+
+
+@pytest.mark.parametrize(
+    "second_pass",
+    ["hello world?\n", "hello wörld\n", "hello world\U0001f600\n"],
+    ids=["ascii", "inside-the-table", "beyond-the-table"],
+)
+def test_a_character_the_first_pass_did_not_see_is_refused_not_encoded_as_0(second_pass: str, tmp_path: Path) -> None:
+    encoder = Encoder("char", sorted(set("hello world\n") | {"é"}), "uint16")
+    with open(tmp_path / "part", "wb") as fh:
+        part = Part(tmp_path / "part", fh)
+        encoder.write(part, "hello world\n")
+        with pytest.raises(UserError, match="a source file changed while prepare was reading it"):
+            encoder.write(part, second_pass)
+        encoder.close()
+    assert part.tokens == len("hello world\n")
