@@ -388,3 +388,13 @@ def test_a_character_the_first_pass_did_not_see_is_refused_not_encoded_as_0(seco
             encoder.write(part, second_pass)
         encoder.close()
     assert part.tokens == len("hello world\n")
+
+
+# ----------------------------------------------------------------------------- generate (item 10)
+def test_a_temperature_that_underflows_is_greedy_from_the_cli(trained: Path, capsys) -> None:
+    texts = []
+    for temperature, seed in (("1e-45", "1"), ("0", "2")):
+        assert main(["generate", str(trained), "--temperature", temperature, "--seed", seed,
+                     "--tokens-to-generate", "40"]) == 0
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1]

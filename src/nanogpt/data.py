@@ -59,7 +59,7 @@ def read_vocab(path: Path) -> dict[str, Any]:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"cannot read vocabulary metadata {path}: {e}") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("vocab_size"), int) or meta["vocab_size"] <= 0:
+    if not isinstance(meta, dict) or type(meta.get("vocab_size")) is not int or meta["vocab_size"] <= 0:
         raise UserError(f"{path} is not a vocabulary file (it needs a positive integer 'vocab_size')")
     tokenizer = from_meta(meta)
     if tokenizer.vocab_size != meta["vocab_size"]:
