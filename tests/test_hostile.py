@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from engine_fixtures import TINY, TINY_FLAGS
+from safetensors.torch import load_file, save_file
 
 from nanogpt.cli import main
 from nanogpt.config import ModelConfig
@@ -194,8 +195,6 @@ def _replace_step(name: str, value):
 
 
 def _drop_optimizer_tensors(stem: Path, keep) -> None:
-    from safetensors.torch import load_file, save_file
-
     path = stem.with_name(stem.name + ".resume.safetensors")
     tensors = load_file(path)
     save_file({k: v for k, v in tensors.items() if keep(k)}, path)
@@ -398,3 +397,11 @@ def test_a_temperature_that_underflows_is_greedy_from_the_cli(trained: Path, cap
                      "--tokens-to-generate", "40"]) == 0
         texts.append(capsys.readouterr().out)
     assert texts[0] == texts[1]
+
+
+def test_weights_of_another_step_are_refused_on_resume(trained: Path, tmp_path: Path, capsys) -> None:
+    stem = copy_checkpoint(trained, tmp_path / "ckpt")
+    path = stem.with_name(stem.name + ".safetensors")
+    save_file(load_file(path), path, metadata={"format": "pt", "step": "2"})
+    code, err = run(capsys, "train", "--headless", "--steps", "4", "--resume-training", str(stem))
+    assert_one_line(code, err, "are of step 2, its config says 3: files of two checkpoints")

@@ -140,13 +140,14 @@ def weights_mismatch(expected: dict[str, torch.Tensor], tensors: dict[str, torch
     return None
 
 
-def weights_header(path: Path) -> dict[str, tuple[int, ...]]:
-    """The names and shapes in a safetensors file, from its header alone (no tensor is read)."""
+def weights_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """The names and shapes in a safetensors file, and its metadata, from its header alone (no tensor read)."""
     if not path.is_file():
         raise UserError(f"checkpoint weights not found: {path}")
     try:
         with safe_open(path, framework="pt") as f:
-            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118 - not a dict
+            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118 - not a dict
+            return shapes, f.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise UserError(f"checkpoint weights {path} are corrupt or truncated ({str(e)[:80]})") from None
 
@@ -154,16 +155,22 @@ def weights_header(path: Path) -> dict[str, tuple[int, ...]]:
 _LAYER = re.compile(r"^transformer\.h\.(\d+)\.")
 
 
-def check_config_fits_weights(model_cfg: ModelConfig, path: Path) -> None:
+def check_config_fits_weights(model_cfg: ModelConfig, path: Path, step: int | None = None) -> None:
     """UserError unless the sizes in a checkpoint's config are those of its weights file.
 
     Checked before a model is built: the config is a small text file anyone can edit, and `"n_layer":
     1000000` would otherwise allocate gigabytes before load_weights could compare names and shapes. The
     weights file's header is bounded by the file (safetensors refuses a header whose tensors overrun it),
     so once vocab_size, n_embd, block_size and n_layer agree with it, the model built is the size of the
-    file; load_weights then checks every name and shape.
+    file; load_weights then checks every name and shape. With `step`, the step the weights file records
+    (save writes it) must be that one too.
     """
-    header = weights_header(path)
+    header, metadata = weights_header(path)
+    if step is not None and metadata.get("step", str(step)) != str(step):
+        raise UserError(
+            f"checkpoint weights {path} are of step {metadata['step'][:20]}, its config says {step}: "
+            "files of two checkpoints"
+        )
     wte, wpe = header.get("transformer.wte.weight"), header.get("transformer.wpe.weight")
     if wte is None or wpe is None or len(wte) != 2 or len(wpe) != 2:
         raise UserError(f"checkpoint weights {path} are not a GPT's (no token and position embeddings)")
@@ -336,7 +343,7 @@ def read(stem: str | Path) -> Checkpoint:
     """Read and check checkpoint `stem` (or any of its files) for a resume; UserError if anything is off."""
     stem = stem_of(stem)
     model_cfg, train_cfg = configs(meta := read_meta(stem))
-    check_config_fits_weights(model_cfg, weights_path(stem))
+    check_config_fits_weights(model_cfg, weights_path(stem), meta["step"])
     state, tensors = read_resume(stem)
     problem = _resume_problem(state, meta, train_cfg, len(tensors))
     if problem:
