@@ -27,6 +27,7 @@ VOCAB_KEYS = (
     "tokenizer", "vocab_size", "itos", "stoi", "eot_token", "dtype", "train_tokens", "val_tokens",
     "val_fraction", "strip_gutenberg", "source", "sources",
 )
+
 TRAIN_STREAM = 0
 VAL_STREAM = 1
 _SCAN_CHUNK = 1 << 24  # tokens per chunk when checking ids against the vocabulary

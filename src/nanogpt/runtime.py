@@ -249,11 +249,15 @@ def resolve_hardware(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Hardware
     )
 
 
-def memory_of(device: torch.device) -> int:
-    """Total memory of a device in bytes: the GPU's own, else the machine's RAM (MPS shares it)."""
+def memory_of(device: torch.device) -> int | None:
+    """Total memory of a device in bytes: the GPU's own, else the machine's RAM (MPS shares it); None
+    where the system does not say (no sysconf)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[1]
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def check_fits(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device) -> None:
@@ -263,7 +267,7 @@ def check_fits(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.dev
     from .config import training_memory_floor
 
     need, have = training_memory_floor(model_cfg, train_cfg), memory_of(device)
-    if need > have:
+    if have is not None and need > have:
         raise UserError(
             f"this run will not fit: {model_cfg.parameter_count():,} parameters at batch size "
             f"{train_cfg.batch_size} (validation {train_cfg.eval_batch_size}) need at least {need / 2**30:,.1f} "
