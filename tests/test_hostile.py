@@ -1,4 +1,4 @@
-"""Hostile and damaged input (issue 16, items 7-10): each case is refused with one line and exit code 1,
+"""Hostile and damaged input (issue 16, items 3 and 7-10): each case is refused with one line and exit code 1,
 before anything large is allocated, through the real CLI on real small files.
 
 One table per kind of input: flags, checkpoint files edited by hand, vocabularies, prepare's sources.
