@@ -410,11 +410,3 @@ def test_weights_of_another_step_are_refused_on_resume(trained: Path, tmp_path: 
     save_file(load_file(path), path, metadata={"format": "pt", "step": "2"})
     code, err = run(capsys, "train", "--headless", "--steps", "4", "--resume-training", str(stem))
     assert_one_line(code, err, "are of step 2, its config says 3: files of two checkpoints")
-
-
-@pytest.mark.parametrize("steps", [[], ["--steps", "3"], ["--steps", "2"]], ids=["saved", "equal", "below"])
-def test_a_resume_with_nothing_to_train_says_so(steps: list[str], trained: Path, tmp_path: Path, capsys) -> None:
-    stem = copy_checkpoint(trained, tmp_path / "ckpt")
-    code, err = run(capsys, "train", "--headless", "--resume-training", str(stem), *steps)
-    assert_one_line(code, err, "is at step 3 and the run has")
-    assert "nothing to train; give --steps above 3" in err

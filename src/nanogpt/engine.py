@@ -213,11 +213,6 @@ def build_trainer(overrides: dict[str, Any], preset: str | None = None, resume: 
         model_cfg = hf.take_architecture(model_cfg, imported, overrides)
     if saved is not None:
         _check_resume_shape(saved.model_cfg, model_cfg, saved.stem)
-        if train_cfg.steps <= saved.step:  # the loop would end at once, saying nothing
-            raise UserError(
-                f"checkpoint {saved.stem} is at step {saved.step} and the run has {train_cfg.steps} steps: "
-                f"nothing to train; give --steps above {saved.step}"
-            )
         # --grad-accum is per process: on another world size keep the checkpoint's effective batch
         train_cfg, note = distributed.keep_effective_batch(
             train_cfg, saved.train_cfg, saved.world_size, overrides, saved.stem
