@@ -97,7 +97,7 @@ def test_weights_not_matching_the_config_are_a_user_error(trained, tmp_path: Pat
     meta = json.loads(config.read_text())
     meta["model"]["n_embd"] = 64
     config.write_text(json.dumps(meta))
-    with pytest.raises(UserError, match="shape"):
+    with pytest.raises(UserError, match="says n_embd 64, but its weights .* have 32"):
         checkpoint.load_model(tmp_path / stem.name)
 
 
