@@ -98,7 +98,7 @@ def test_weights_not_matching_the_config_are_a_user_error(trained, tmp_path: Pat
     meta["model"]["n_embd"] = 64
     config.write_text(json.dumps(meta))
     checkpoint.seal(tmp_path / stem.name)  # a set edited on purpose and sealed again: its contents are checked
-    with pytest.raises(UserError, match="shape"):
+    with pytest.raises(UserError, match="says n_embd 64, but its weights .* have 32"):
         checkpoint.load_model(tmp_path / stem.name)
 
 
@@ -224,7 +224,7 @@ def test_an_interrupted_save_leaves_the_set_whole_or_absent(trained, tmp_path: P
                         tokenizer_meta=trainer.tokens.meta,
                         log=trainer.log,
                         optimizer_tensors=checkpoint.optimizer_tensors(trainer.optimizer),
-                        resume_state={"batch_counter": 0},
+                        resume_state={"batch_counter": i + 1, "seed": trainer.train_cfg.seed},
                     )
                 finally:
                     signal.setitimer(signal.ITIMER_REAL, 0)

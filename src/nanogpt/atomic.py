@@ -23,15 +23,11 @@ def temp_file(folder: Path, name: str) -> tuple[BinaryIO, Path]:
     while True:
         tmp = Path(folder) / f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            # "x": created here or refused; Python's open owns the descriptor from the start, so an interrupt
+            # can never leave it closed twice
+            return open(tmp, "xb"), tmp
         except FileExistsError:
             continue
-        try:
-            return os.fdopen(fd, "wb"), tmp
-        except BaseException:  # e.g. a Ctrl-C right here: leave no file behind
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
 
 
 _TEMP_NAME = re.compile(r"^\.(.+)\.(\d+)-[0-9a-f]{8}\.tmp$")  # temp_file's names; group 2 is the writer's pid

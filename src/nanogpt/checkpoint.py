@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_write
@@ -110,9 +110,34 @@ def write_tensors(
 
 
 # ----------------------------------------------------------------------------- validated reads
-def read_json(path: Path, what: str) -> Any:
+# The most a JSON file we read may hold. Parsed JSON takes several times its size in memory, so a 1 GB
+# file would cost gigabytes before anything could be checked. A char vocabulary of every Unicode character
+# (1.1M of them, itos and stoi) is about 25 MB; a training log takes ~100 bytes a step (GPT-2 124M's
+# 600,000 steps: ~60 MB); resume.json holds a few numbers.
+JSON_LIMIT = 64 << 20  # config.json (which holds the vocabulary), vocab.json and anything else
+LOG_LIMIT = 256 << 20  # training_log.json
+RESUME_LIMIT = 1 << 20  # resume.json
+MAX_COUNTER = 2**63 - 1  # batch counters and steps feed numpy's 64-bit Philox counter and torch seeds
+
+
+def check_size(path: Path, what: str, limit: int = JSON_LIMIT) -> None:
+    """UserError when a file is larger than `limit` bytes (read before a file is parsed)."""
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    if size > limit:
+        raise UserError(
+            f"{what} {path} is {size / 2**20:,.0f} MiB, more than such a file can hold "
+            f"({limit / 2**20:,.0f} MiB): refusing to read it"
+        )
+
+
+def read_json(path: Path, what: str, limit: int = JSON_LIMIT) -> Any:
+    """A JSON file, at most `limit` bytes; UserError with one line when missing, too large or corrupt."""
     if not path.is_file():
         raise UserError(f"{what} not found: {path}")
+    check_size(path, what, limit)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -153,6 +178,50 @@ def weights_mismatch(expected: dict[str, torch.Tensor], tensors: dict[str, torch
         if tensor.shape != expected[name].shape:
             return f"{name} has shape {tuple(tensor.shape)}, its config says {tuple(expected[name].shape)}"
     return None
+
+
+def weights_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """The names and shapes in a safetensors file, and its metadata, from its header alone (no tensor read)."""
+    if not path.is_file():
+        raise UserError(f"checkpoint weights not found: {path}")
+    try:
+        with safe_open(path, framework="pt") as f:
+            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118 - not a dict
+            return shapes, f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"checkpoint weights {path} are corrupt or truncated ({str(e)[:80]})") from None
+
+
+_LAYER = re.compile(r"^transformer\.h\.(\d+)\.")
+
+
+def check_config_fits_weights(model_cfg: ModelConfig, path: Path, step: int | None = None) -> None:
+    """UserError unless the sizes in a checkpoint's config are those of its weights file.
+
+    Checked before a model is built: the config is a small text file anyone can edit, and `"n_layer":
+    1000000` would otherwise allocate gigabytes before load_weights could compare names and shapes. The
+    weights file's header is bounded by the file (safetensors refuses a header whose tensors overrun it),
+    so once vocab_size, n_embd, block_size and n_layer agree with it, the model built is the size of the
+    file; load_weights then checks every name and shape. With `step`, the step the weights file records
+    (save writes it) must be that one too.
+    """
+    header, metadata = weights_header(path)
+    if step is not None and metadata.get("step", str(step)) != str(step):
+        raise UserError(
+            f"checkpoint weights {path} are of step {metadata['step'][:20]}, its config says {step}: "
+            "files of two checkpoints"
+        )
+    wte, wpe = header.get("transformer.wte.weight"), header.get("transformer.wpe.weight")
+    if wte is None or wpe is None or len(wte) != 2 or len(wpe) != 2:
+        raise UserError(f"checkpoint weights {path} are not a GPT's (no token and position embeddings)")
+    layers = {int(m.group(1)) for name in header if (m := _LAYER.match(name))}
+    found = {"vocab_size": wte[0], "n_embd": wte[1], "block_size": wpe[0], "n_layer": len(layers)}
+    for name, value in found.items():
+        if getattr(model_cfg, name) != value:
+            raise UserError(
+                f"checkpoint config says {name} {getattr(model_cfg, name)}, but its weights {path} have "
+                f"{value}: the config was edited or belongs to other weights"
+            )
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
@@ -280,9 +349,14 @@ def read_meta(stem: str | Path) -> dict[str, Any]:
         isinstance(meta.get(k), dict) for k in ("model", "train", "tokenizer")
     ):
         raise UserError(f"checkpoint config {path} is not a nanogpt checkpoint config")
-    if not isinstance(meta.get("step"), int):
-        raise UserError(f"checkpoint config {path} has no step")
+    if not _is_count(meta.get("step")):
+        raise UserError(f"checkpoint config {path} has no step (a whole number >= 0)")
     return meta
+
+
+def _is_count(value: Any) -> bool:
+    """A whole number in [0, MAX_COUNTER] (JSON's true is not one, nor 2.0, nor 10**30)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNTER
 
 
 def configs(meta: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
@@ -291,7 +365,7 @@ def configs(meta: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
         model_cfg = from_dict(ModelConfig, meta["model"])
         train_cfg = from_dict(TrainConfig, meta["train"])
         model_cfg.validate()
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, UserError) as e:  # UserError: config.ConfigError, a value of the wrong type
         raise UserError(f"checkpoint config has invalid settings: {e}") from None
     return model_cfg, train_cfg
 
@@ -299,19 +373,55 @@ def configs(meta: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
 def read_log(stem: str | Path) -> list[dict[str, Any]]:
     """The training log saved with a checkpoint."""
     stem = stem_of(stem)
-    log = read_json(_verified(stem, ".training_log.json", "training log"), "training log")
-    if not isinstance(log, list) or not all(isinstance(e, dict) and "step" in e for e in log):
-        raise UserError(f"training log {_file(stem, '.training_log.json')} is not a list of steps")
+    path = _verified(stem, ".training_log.json", "training log")
+    log = read_json(path, "training log", LOG_LIMIT)
+    if not isinstance(log, list):
+        raise UserError(f"training log {path} is not a list of steps")
+    for i, entry in enumerate(log):
+        numbers = [entry.get(k) for k in ("loss", "duration_ms", "validation_loss") if k in entry] if isinstance(
+            entry, dict
+        ) else []
+        if not (isinstance(entry, dict) and _is_count(entry.get("step")) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers
+        )):
+            raise UserError(f"training log {path}: entry {i} is not a step with numbers ({repr(entry)[:60]})")
     return log
 
 
 def read_resume(stem: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The resume state (JSON) and optimizer tensors of a checkpoint."""
     stem = stem_of(stem)
-    state = read_json(_verified(stem, ".resume.json", "resume state"), "resume state")
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-        raise UserError(f"resume state {_file(stem, '.resume.json')} is invalid")
+    path = _verified(stem, ".resume.json", "resume state")
+    state = read_json(path, "resume state", RESUME_LIMIT)
+    if not isinstance(state, dict) or not _is_count(state.get("step")):
+        raise UserError(f"resume state {path} is invalid (no step, a whole number >= 0)")
     return state, read_tensors(_verified(stem, ".resume.safetensors", "optimizer state"), "optimizer state")
+
+
+def _resume_problem(state: dict[str, Any], meta: dict[str, Any], train_cfg: TrainConfig, n_tensors: int) -> str | None:
+    """What in a resume state disagrees with itself or with the checkpoint's config, or None.
+
+    A resume is exact only if all of it holds: a wrong step moves the learning-rate schedule (a negative
+    one trains at a negative rate), a wrong batch counter replays or skips data, and missing optimizer
+    moments would silently restart AdamW from zero.
+    """
+    step = state["step"]
+    if step != meta["step"]:
+        return f"its step {step} is not the config's {meta['step']} (files of two checkpoints?)"
+    counter = state.get("batch_counter", 0)
+    if not _is_count(counter) or counter < step:
+        # every step draws at least one micro-batch
+        return f"batch_counter {repr(counter)[:40]} is not a whole number between the step ({step}) and 2**63"
+    world = state.get("world_size", 1)
+    if not _is_count(world) or world < 1:
+        return f"world_size {repr(world)[:40]} is not a whole number >= 1"
+    if "seed" in state and state["seed"] != train_cfg.seed:
+        return f"its seed {repr(state['seed'])[:40]} is not the config's {train_cfg.seed}"
+    if not isinstance(state.get("scaler") or {}, dict):
+        return "its scaler state is not a dict"
+    if step > 0 and n_tensors == 0:
+        return "the optimizer state holds no moments although the model has trained (a resume would not be exact)"
+    return None
 
 
 def weights_path(stem: str | Path) -> Path:
@@ -342,8 +452,13 @@ def read(stem: str | Path) -> Checkpoint:
     """Read and check checkpoint `stem` (or any of its files) for a resume; UserError if anything is off."""
     stem = stem_of(stem)
     model_cfg, train_cfg = configs(meta := read_meta(stem))
+    # whole and of this set (the manifest) before its header is read; its tensors load later, in the Trainer
+    _verified(stem, ".safetensors", "checkpoint weights")
+    check_config_fits_weights(model_cfg, weights_path(stem), meta["step"])
     state, tensors = read_resume(stem)
-    _verified(stem, ".safetensors", "checkpoint weights")  # loaded later (Trainer), checked now with the rest
+    problem = _resume_problem(state, meta, train_cfg, len(tensors))
+    if problem:
+        raise UserError(f"checkpoint {stem} cannot be resumed: {problem}")
     step = int(state["step"])
     return Checkpoint(
         stem=stem,
@@ -365,8 +480,10 @@ def load_model(stem: str | Path, device: torch.device | str = "cpu"):
 
     meta = read_meta(stem)
     model_cfg, _ = configs(meta)
+    weights = _verified(stem_of(stem), ".safetensors", "checkpoint weights")
+    check_config_fits_weights(model_cfg, weights)
     model = GPT(model_cfg)
-    load_weights(model, _verified(stem_of(stem), ".safetensors", "checkpoint weights"))
+    load_weights(model, weights)
     model.to(device)
     model.eval()
     return model, meta
@@ -382,6 +499,25 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tenso
     return out
 
 
+ADAM_STATE = frozenset({"step", "exp_avg", "exp_avg_sq"})  # what torch's Adam and AdamW keep per parameter
+
+
+def _incomplete(groups: list[dict[str, Any]], state: dict[int, dict[str, torch.Tensor]]) -> str | None:
+    """What is missing from a saved optimizer state, or None: all or nothing, since the optimizer would
+    silently start a parameter without saved moments from zero. Within a group every parameter keeps the
+    same entries; an Adam group's are ADAM_STATE."""
+    for group in groups:
+        names = {frozenset(state.get(i, {})) for i in group["params"]}
+        lacking = next((i for i in group["params"] if i not in state), None)
+        if lacking is not None:
+            return f"none for parameter {lacking}"
+        if len(names) > 1:
+            return "not the same entries for each parameter of a group"
+        if "betas" in group and not ADAM_STATE <= next(iter(names), ADAM_STATE):
+            return f"AdamW's {', '.join(sorted(ADAM_STATE - next(iter(names))))} missing"
+    return None
+
+
 def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
     """Restore the per-parameter state saved by `optimizer_tensors`; hyper-parameters stay as they are."""
     current = optimizer.state_dict()
@@ -393,8 +529,12 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Te
             state.setdefault(int(index), {})[name] = value
         except ValueError:
             raise UserError(f"optimizer state has an unexpected entry {key!r}") from None
-    if state and (max(state) >= n_params):
+    if state and (max(state) >= n_params or min(state) < 0):
         raise UserError("optimizer state does not match the model (different parameter count)")
+    if state:
+        problem = _incomplete(current["param_groups"], state)
+        if problem:
+            raise UserError(f"optimizer state is incomplete ({problem}): a resume would not be exact")
     params = [p for g in optimizer.param_groups for p in g["params"]]
     for index, entries in state.items():
         for name, value in entries.items():

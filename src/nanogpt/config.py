@@ -9,6 +9,9 @@ preset is just a dict of field values. This module knows nothing of argparse or 
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +39,9 @@ def field_help(f: dataclasses.Field) -> str:
 
 
 OPTIMIZERS = ("adamw", "muon")  # see optim.py
+# Seeds feed torch.manual_seed and numpy's Philox key, which take 64-bit integers; the largest signed one
+# leaves room for the per-step offsets added to it (seed + step).
+MAX_SEED = 2**63 - 1
 ACTIVATIONS = ("gelu", "gelu_tanh")  # exact (erf) GELU; the tanh approximation GPT-2 was trained with
 
 
@@ -71,6 +77,13 @@ class ModelConfig:
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
 
+    def parameter_count(self) -> int:
+        """Parameters of the GPT this shape builds (the LM head tied to the token embeddings), by arithmetic:
+        a shape can be judged before anything is allocated."""
+        d = self.n_embd
+        per_layer = 12 * d * d + (13 if self.bias else 2) * d  # attention 4d^2, MLP 8d^2, biases, 2 LayerNorms
+        return (self.vocab_size + self.block_size) * d + self.n_layer * per_layer + (2 if self.bias else 1) * d
+
 
 @dataclass
 class GenerateConfig:
@@ -100,8 +113,8 @@ class GenerateConfig:
             return f"--top-k must be >= 1, got {self.top_k}"
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             return f"--top-p must be in (0, 1], got {self.top_p}"
-        if self.seed < 0:
-            return f"--seed must be >= 0 (0 = random), got {self.seed}"
+        if not 0 <= self.seed <= MAX_SEED:
+            return f"--seed must be in [0, {MAX_SEED}] (0 = random), got {self.seed}"
         if self.window_slide is not None and self.window_slide < 1:
             return f"--window-slide must be >= 1, got {self.window_slide}"
         if self.window_slide is not None and block_size is not None and self.window_slide > block_size:
@@ -196,16 +209,24 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         if self.eval_sample_tokens < 0:
             raise ConfigError(f"--eval-sample-tokens must not be negative, got {self.eval_sample_tokens}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"--learning-rate must be positive, got {self.learning_rate}")
-        if self.muon_learning_rate <= 0:
-            raise ConfigError(f"--muon-learning-rate must be positive, got {self.muon_learning_rate}")
+        # written as `not (x in range)` so that NaN, which fails every comparison, is refused too
+        if not 0 < self.learning_rate < math.inf:
+            raise ConfigError(f"--learning-rate must be a positive number, got {self.learning_rate}")
+        if not 0 < self.muon_learning_rate < math.inf:
+            raise ConfigError(f"--muon-learning-rate must be a positive number, got {self.muon_learning_rate}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.min_learning_rate < 0 or self.min_learning_rate > self.learning_rate:
+        if not 0 <= self.min_learning_rate <= self.learning_rate:
             raise ConfigError(f"--min-learning-rate must be in [0, --learning-rate], got {self.min_learning_rate}")
-        if self.seed < 0:
-            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ConfigError(f"--weight-decay must be a number >= 0, got {self.weight_decay}")
+        if not self.grad_clip >= 0:  # inf is allowed: a bound that never clips
+            raise ConfigError(f"--grad-clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"--seed must be in [0, {MAX_SEED}], got {self.seed}")
         if not 0.0 <= self.decay_fraction <= 1.0:
             raise ConfigError(f"--decay-fraction must be in [0, 1], got {self.decay_fraction}")
         if self.init_from is not None and not self.init_from.strip():
@@ -214,6 +235,19 @@ class TrainConfig:
     @property
     def eval_batch_size(self) -> int:
         return self.validation_batch or self.batch_size
+
+
+def training_memory_floor(model_cfg: ModelConfig, train_cfg: TrainConfig) -> int:
+    """Bytes one training process needs at the very least; more than the device has means it cannot run.
+
+    A lower bound, so that nothing that might fit is refused: 16 bytes per parameter (float32 weights,
+    gradients and AdamW's two moments), plus the larger of a training micro-batch (its float32 logits and a
+    2-byte copy of each layer's input, kept for the backward pass) and a validation batch (its logits).
+    """
+    tokens = model_cfg.block_size
+    train = train_cfg.batch_size * tokens * (4 * model_cfg.vocab_size + 2 * model_cfg.n_layer * model_cfg.n_embd)
+    validation = train_cfg.eval_batch_size * tokens * 4 * model_cfg.vocab_size
+    return 16 * model_cfg.parameter_count() + max(train, validation)
 
 
 @dataclass
@@ -384,7 +418,33 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def _json_type_ok(value: Any, kind: Any) -> bool:
+    """Whether a JSON value has a field's type: int is an int (not 2.0, not true), float also takes an int."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return any(_json_type_ok(value, k) for k in typing.get_args(kind))
+    if kind is type(None):
+        return value is None
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
 def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild a config dataclass from JSON, ignoring keys this version does not know."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+    """Rebuild a config dataclass from JSON, ignoring keys this version does not know.
+
+    Each value must have its field's type (ConfigError otherwise): a file is not argparse, nothing has
+    converted it, and `"n_layer": 2.0` or `"learning_rate": "fast"` would fail later, deep inside torch.
+    """
+    hints = typing.get_type_hints(cls)
+    values = {k: v for k, v in data.items() if k in hints}
+    for name, value in values.items():
+        if not _json_type_ok(value, hints[name]):
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+            raise ConfigError(f"{name} must be of type {_type_name(hints[name])}, got {shown}")
+    return cls(**values)
+
+
+def _type_name(kind: Any) -> str:
+    return getattr(kind, "__name__", None) or str(kind).replace("NoneType", "None")

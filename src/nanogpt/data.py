@@ -17,8 +17,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import check_size
 from .errors import UserError
-from .tokenizers import Tokenizer, from_meta, token_dtype
+from .tokenizers import CharTokenizer, Tokenizer, from_meta, token_dtype
+
+# The keys of vocab.json that `nanogpt prepare` writes: the tokenizer's own, the token ids' dtype, the counts
+# and the summary of the sources (also the dict a checkpoint's config.json stores as "tokenizer").
+VOCAB_KEYS = (
+    "tokenizer", "vocab_size", "itos", "stoi", "eot_token", "dtype", "train_tokens", "val_tokens",
+    "val_fraction", "strip_gutenberg", "source", "sources",
+)
 
 TRAIN_STREAM = 0
 VAL_STREAM = 1
@@ -47,11 +55,12 @@ def read_vocab(path: Path) -> dict[str, Any]:
     """Read and check a vocab.json; UserError when it is missing or not a vocabulary."""
     if not path.is_file():
         raise UserError(f"vocabulary metadata not found: {path}")
+    check_size(path, "vocabulary metadata")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"cannot read vocabulary metadata {path}: {e}") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("vocab_size"), int) or meta["vocab_size"] <= 0:
+    if not isinstance(meta, dict) or type(meta.get("vocab_size")) is not int or meta["vocab_size"] <= 0:
         raise UserError(f"{path} is not a vocabulary file (it needs a positive integer 'vocab_size')")
     tokenizer = from_meta(meta)
     if tokenizer.vocab_size != meta["vocab_size"]:
@@ -59,7 +68,11 @@ def read_vocab(path: Path) -> dict[str, Any]:
             f"{path} is inconsistent: vocab_size {meta['vocab_size']} but its tokenizer has "
             f"{tokenizer.vocab_size} tokens"
         )
-    return meta
+    # only what we know goes on (it is copied into every checkpoint); stoi is itos's inverse, rebuilt
+    kept = {k: meta[k] for k in VOCAB_KEYS if k in meta}
+    if isinstance(tokenizer, CharTokenizer):
+        kept["stoi"] = dict(tokenizer.stoi)
+    return kept
 
 
 def dtype_of(meta: dict[str, Any], where: Path | str) -> np.dtype:

@@ -300,6 +300,7 @@ def build_trainer(overrides: dict[str, Any], preset: str | None = None, resume: 
         hf.check_data(imported, tokens.meta, tokens.source)
     model_cfg = dataclasses.replace(model_cfg, vocab_size=tokens.vocab_size)
     data.check_block_size(tokens, model_cfg.block_size)
+    runtime.check_fits(model_cfg, train_cfg, hardware.device)  # before the model is built
     return Trainer(model_cfg, train_cfg, tokens, hardware, resume=saved, notes=notes, init_from=imported)
 
 

@@ -239,6 +239,32 @@ def resolve_hardware(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Hardware
     )
 
 
+def memory_of(device: torch.device) -> int | None:
+    """Total memory of a device in bytes: the GPU's own, else the machine's RAM (MPS shares it); None
+    where the system does not say (no sysconf)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_fits(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device) -> None:
+    """UserError when the run cannot fit on `device` even by config.training_memory_floor (a lower bound):
+    said before the model is built, instead of a traceback (or the machine swapping) minutes later. What
+    passes may still run out of memory; the run then ends with one line (Trainer._explain)."""
+    from .config import training_memory_floor
+
+    need, have = training_memory_floor(model_cfg, train_cfg), memory_of(device)
+    if have is not None and need > have:
+        raise UserError(
+            f"this run will not fit: {model_cfg.parameter_count():,} parameters at batch size "
+            f"{train_cfg.batch_size} (validation {train_cfg.eval_batch_size}) need at least {need / 2**30:,.1f} "
+            f"GiB and {device.type} has {have / 2**30:,.1f} GiB; use a smaller model or batch size"
+        )
+
+
 # While a UI runs, Python hands the GIL to a waiting thread after 0.5 ms instead of 5 ms: a chart draw holds
 # the GIL for ~10-30 ms of pure Python, and the engine's threads would wait up to 5 ms at a time for it
 # between two operators (BENCHMARKS.md, the UI's overhead).

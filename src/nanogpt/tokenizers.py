@@ -102,10 +102,27 @@ def from_meta(meta: dict[str, Any]) -> Tokenizer:
         itos = meta.get("itos")
         if not isinstance(itos, list) or not itos:
             raise UserError("vocabulary metadata for a char tokenizer has no 'itos' list")
+        problem = _itos_problem(itos)
+        if problem:
+            raise UserError(f"vocabulary metadata for a char tokenizer: {problem}")
         return CharTokenizer(itos)
     if kind == "gpt2":
         return GPT2Tokenizer()
     raise UserError(f"unknown tokenizer {kind!r} in vocabulary metadata (expected 'char' or 'gpt2')")
+
+
+def _itos_problem(itos: list[Any]) -> str | None:
+    """What makes a char vocabulary's itos unusable, or None: found when it is read, not at the first save
+    (a lone surrogate cannot be written as UTF-8) or by a TypeError deep in sorting."""
+    for i, c in enumerate(itos):
+        if not isinstance(c, str) or len(c) != 1:
+            return f"itos[{i}] is {repr(c)[:40]}, not a single character"
+        if 0xD800 <= ord(c) <= 0xDFFF:
+            return f"itos[{i}] is {c!r}, a lone surrogate (half of a UTF-16 pair), not a character"
+    if any(a >= b for a, b in zip(itos, itos[1:])):
+        # CharTokenizer numbers the characters in sorted order: another order would give other ids
+        return "itos is not sorted by code point without repeats (as `nanogpt prepare` writes it)"
+    return None
 
 
 def token_dtype(vocab_size: int) -> str:

@@ -17,6 +17,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from ..errors import UserError
 from ..tokenizers import GPT2_EOT, gpt2_encoding
 from .sources import CHUNK_CHARS
 
@@ -44,6 +45,17 @@ def safe_cut(text: str) -> int:
                 return i
             i = text.rfind(ws, 0, i)
     return 0
+
+
+UNKNOWN_ASCII = 0xFF
+
+
+def _changed(char: str) -> UserError:
+    """The second pass met a character the first did not see: the text changed while prepare read it."""
+    return UserError(
+        f"a source file changed while prepare was reading it ({char!r} was not in it on the first pass): "
+        "run prepare again once it is no longer being written"
+    )
 
 
 class _DiskWriter:
@@ -91,8 +103,13 @@ class Encoder:
             codes = np.array([ord(c) for c in itos], dtype=np.int64)
             self.lut = np.zeros(int(codes.max()) + 1, dtype=self.np_dtype)
             self.lut[codes] = np.arange(len(itos))
-            # ASCII sorts first, so ASCII characters have ids < 128: bytes.translate maps them in one C loop
-            self.ascii_table = bytes(int(self.lut[c]) if c < len(self.lut) else 0 for c in range(128)) + bytes(128)
+            self.known = np.zeros(len(self.lut), dtype=bool)  # the characters of the first pass
+            self.known[codes] = True
+            # ASCII sorts first, so ASCII characters have ids < 128: bytes.translate maps them in one C loop;
+            # one not in the vocabulary maps to UNKNOWN_ASCII, never an ASCII character's id
+            self.ascii_table = bytes(
+                int(self.lut[c]) if c < len(self.known) and self.known[c] else UNKNOWN_ASCII for c in range(128)
+            ) + bytes(128)
             self.pool = None
         else:
             self.enc = gpt2_encoding()
@@ -109,9 +126,17 @@ class Encoder:
         if self.tokenizer == "char":
             if text.isascii():
                 ascii_ids = text.encode("ascii").translate(self.ascii_table)
+                if (i := ascii_ids.find(UNKNOWN_ASCII)) >= 0:  # memchr: costs next to nothing
+                    raise _changed(text[i])
                 ids = np.frombuffer(ascii_ids, dtype=np.uint8).astype(self.np_dtype)
             else:
-                ids = self.lut[np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)]
+                codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+                unknown = np.flatnonzero(codes >= len(self.known))
+                if not len(unknown):
+                    unknown = np.flatnonzero(~self.known[codes])
+                if len(unknown):
+                    raise _changed(text[unknown[0]])
+                ids = self.lut[codes]
             self.disk.write(part.fh, ids)
             part.tokens += len(ids)
             return

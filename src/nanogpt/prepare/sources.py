@@ -10,8 +10,10 @@ from __future__ import annotations
 import codecs
 import gzip
 import io
+import os
 import re
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from .progress import Progress
 
 CHUNK_CHARS = 1 << 20  # characters read at a time; also the size of one GPT-2 encoding job
 _MAX_CODE_POINT = 0x110000
+GZIP_MAGIC = b"\x1f\x8b"
 _MIX_FOLDER = re.compile(r"^(\d+)_(.+)$")
 # Gutenberg markers: "*** START OF THE PROJECT GUTENBERG EBOOK ... ***" and "*** END OF ..." on a line.
 _GUTENBERG = re.compile(r"^\*{3}\s*(START|END) OF\b[^\n]*PROJECT GUTENBERG[^\n]*$", re.MULTILINE | re.IGNORECASE)
@@ -63,6 +66,7 @@ def find_sources(path: Path) -> tuple[list[Source], list[str]]:
     """
     if not path.exists():
         raise UserError(f"{path} does not exist")
+    _check_name(path)
     if path.is_file():
         if path.stat().st_size == 0:
             raise UserError(f"{path} is empty")
@@ -81,7 +85,10 @@ def find_sources(path: Path) -> tuple[list[Source], list[str]]:
         if not m or int(m.group(1)) == 0:
             ignored.append(sub.name + "/")
             continue
-        files = sorted(f for f in sub.rglob("*") if f.is_file() and f.suffix.lower() == ".txt")
+        _check_name(sub)
+        files = sorted(f for f in _files_under(sub) if f.suffix.lower() == ".txt")
+        for f in files:
+            _check_name(f)
         docs = [Doc(f, f.stat().st_size) for f in files]
         sources.append(Source(m.group(2), sub.name + "/", int(m.group(1)), docs))
     note = f" (ignored: {', '.join(ignored)})" if ignored else ""
@@ -102,12 +109,35 @@ def find_sources(path: Path) -> tuple[list[Source], list[str]]:
     return sources, ignored
 
 
+def _check_name(path: Path) -> None:
+    """UserError for a file name that is not UTF-8: vocab.json records where the text came from, as UTF-8."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"the file name {os.fsencode(path)!r} is not UTF-8: rename it first") from None
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """Every file in `folder` and its sub-folders; UserError for one that cannot be read (Path.rglob would
+    skip it silently, and a mix would quietly lose its text)."""
+
+    def fail(e: OSError) -> None:
+        raise UserError(f"cannot read the folder {e.filename}: {e.strerror or e}")
+
+    return [Path(root) / name for root, _, names in os.walk(folder, onerror=fail) for name in names
+            if (Path(root) / name).is_file()]
+
+
 def text_size(path: Path) -> int:
     """Bytes of text in a file: its size, or for .gz the uncompressed size its trailer records (mod 4 GiB)."""
     size = path.stat().st_size
-    if path.suffix != ".gz" or size < 4:
+    if path.suffix != ".gz":
         return size
     with open(path, "rb") as f:
+        if f.read(2) != GZIP_MAGIC:
+            raise UserError(f"{path} is named .gz but is not gzip-compressed: rename it (without .gz) or compress it")
+        if size < 4:
+            return size
         f.seek(-4, io.SEEK_END)
         return struct.unpack("<I", f.read(4))[0]
 
@@ -169,6 +199,8 @@ def read_chunks(path: Path, progress: Progress | None = None) -> Iterator[str]:
                     f"{path} is not UTF-8 text (invalid byte at offset {_bad_utf8_offset(path)}); "
                     "convert it to UTF-8 first"
                 ) from None
+            except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a .gz cut short or damaged
+                raise UserError(f"{path} is not a whole gzip file ({e}); compress it again") from None
             if not chunk:
                 break
             if "\x00" in chunk:
