@@ -90,7 +90,7 @@ def broken_copy(src: Path, dst: Path) -> Path:
         (["--data-dir", "{data}", "--layer-count", "0"], "--layer-count must be a positive integer"),
         (["--data-dir", "{small}", "--block-size", "512"], "larger than the validation data (300 tokens)"),
         (["--data-dir", "{data}", "--preset", "huge"], "preset"),
-        (["--data-dir", "{data}", "--muon-learning-rate", "0"], "--muon-learning-rate must be positive"),
+        (["--data-dir", "{data}", "--muon-learning-rate", "0"], "--muon-learning-rate must be a positive number"),
         (["--data-dir", "{data}", "--lr-schedule", "wsd", "--decay-fraction", "1.5"], "--decay-fraction must be in"),
         (["--data-dir", "{data}", "--optimizer", "sgd"], "--optimizer"),
         (["--data-dir", "{data}", "--device", "tpu"], "device"),

@@ -14,7 +14,7 @@ import torch
 from engine_fixtures import SHARED_TEXT, TINY, TINY_FLAGS
 
 from nanogpt import checkpoint, config, data
-from nanogpt.engine import build_trainer
+from nanogpt.engine import LossReadback, build_trainer
 from nanogpt.errors import UserError
 from nanogpt.tokenizers import from_meta
 from nanogpt.events import (
@@ -354,6 +354,8 @@ def test_unexpected_error_with_deferred_loss_reads_keeps_every_finished_step(
     shakespeare_dir: Path, tmp_path: Path, monkeypatch
 ) -> None:
     monkeypatch.setenv("NANOGPT_SYNC_EVERY", "4")  # steps 1-4 are read back together
+    # ... and only by count: on a loaded machine a step can outlast the half-second that reads back early
+    monkeypatch.setattr(LossReadback, "MAX_WAIT_S", 3600.0)
     trainer = build_trainer(settings(shakespeare_dir, tmp_path, steps=10))  # the front end fails showing step 3
 
     def front_end_bug(event) -> None:
