@@ -26,7 +26,7 @@ async def shoot(app: TrainingApp) -> None:
 
 
 def main() -> None:
-    settings = {"validation_interval": 50, "out_dir": "out"}
+    settings = {"validation_interval": 50}  # checkpoints in out/, or the first free out-N/ when out/ holds a run
     if len(sys.argv) > 1:
         settings["data_dir"] = sys.argv[1]
     settings["steps"] = int(sys.argv[2]) if len(sys.argv) > 2 else 300

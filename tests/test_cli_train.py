@@ -207,7 +207,10 @@ def test_sigterm_finishes_the_step_saves_and_exits_0(shakespeare_dir: Path, tmp_
     assert log[-1]["step"] == step
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         Path(stem).name + s
-        for s in (".safetensors", ".config.json", ".training_log.json", ".resume.safetensors", ".resume.json")
+        for s in (
+            ".safetensors", ".config.json", ".training_log.json", ".resume.safetensors", ".resume.json",
+            ".manifest.json",
+        )
     )
 
 
@@ -260,9 +263,12 @@ def test_resume_with_more_steps_says_what_the_schedule_does(
     common = [*TINY_FLAGS, "--data-dir", str(shakespeare_dir), "--out-dir", str(tmp_path)]
     flags = ["--steps", "8", "--save-interval", "2", "--warmup-steps", "1", "--lr-schedule", schedule]
     assert train(capsys, *common, *flags)[0] == 0
-    code, out, err = train(capsys, "--resume-training", str(tmp_path / f"model_step_{resume_at}"), "--steps", "16")
+    resumed = tmp_path / "resumed"  # a folder of its own: tmp_path holds the first run's later steps
+    start = str(tmp_path / f"model_step_{resume_at}")
+    code, out, err = train(capsys, "--resume-training", start, "--steps", "16", "--out-dir", str(resumed))
     assert code == 0, err
     assert "note: resuming with a new schedule (--steps 8 -> 16)" in err and said in err
-    # the same settings again: nothing to say
-    code, out, err = train(capsys, "--resume-training", str(tmp_path / "model_step_16"))
+    # the same settings again (a checkpoint of the resumed run, into another new folder): nothing to say
+    again = ["--resume-training", str(resumed / "model_step_14"), "--out-dir", str(tmp_path / "b")]
+    code, out, err = train(capsys, *again)
     assert code == 0 and "new schedule" not in err

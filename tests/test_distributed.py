@@ -187,8 +187,9 @@ def test_two_process_checkpoint_resumes_on_one_process(runs: dict, capsys) -> No
     assert trainer.run(lambda event: None).reason == "completed"
     assert_same_run(root / "dropout2" / f"model_step_{STEPS}", root / "resumed1" / f"model_step_{STEPS}")
     # an explicit --grad-accum wins (and the effective batch changes)
-    again = build_trainer(
-        {"grad_accum": 1, "data_dir": str(runs["data"])}, resume=str(root / "dropout2" / "model_step_3")
+    again = build_trainer(  # into a folder of its own: dropout2/ holds the later steps of that run
+        {"grad_accum": 1, "data_dir": str(runs["data"]), "out_dir": str(root / "again")},
+        resume=str(root / "dropout2" / "model_step_3"),
     )
     assert again.train_cfg.grad_accum == 1
 

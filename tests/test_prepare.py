@@ -6,8 +6,10 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -444,6 +446,53 @@ def test_bad_input_in_a_real_process(tmp_path):
         f"{tmp_path / 'latin1.txt'} is not UTF-8 text (invalid byte at offset 2); convert it to UTF-8 first"
     )
     assert result.stderr.strip().splitlines() == [f"nanogpt prepare: error: {expected}"]
+
+
+def start_and_stop(args: list[str], out: Path, sig: int) -> subprocess.CompletedProcess:
+    """Start `nanogpt prepare ARGS`, send `sig` once its first temporary file shows in `out`, and wait."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "nanogpt", "prepare", *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        while proc.poll() is None and not (out.is_dir() and any(p.suffix == ".tmp" for p in out.iterdir())):
+            time.sleep(0.01)
+        assert proc.poll() is None, "prepare ended before it wrote a temporary file: give it more text"
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+@pytest.fixture
+def big_text(shared_data, tmp_path) -> Path:
+    """40 MB of text: a prepare long enough to be stopped in the middle."""
+    path = tmp_path / "big.txt"
+    path.write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8") * 36, encoding="utf-8")
+    return path
+
+
+def test_sigterm_removes_the_temporary_files_and_says_so(big_text, tmp_path):
+    out = tmp_path / "new" / "out"
+    result = start_and_stop([str(big_text), "--out-dir", str(out)], out, signal.SIGTERM)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == "nanogpt prepare: error: stopped by SIGTERM (its temporary files are removed)"
+    assert not (tmp_path / "new").exists()  # the folders it created go too: a failed prepare leaves nothing
+
+
+def test_kill_9_leftovers_go_at_the_next_prepare_and_the_old_data_stays_whole(big_text, tmp_path):
+    (tmp_path / "a.txt").write_text("hello there, world\n" * 200, encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["prepare", str(tmp_path / "a.txt"), "--out-dir", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert start_and_stop([str(big_text), "--out-dir", str(out)], out, signal.SIGKILL).returncode == -signal.SIGKILL
+    assert leftovers(out)  # kill -9 gives it no chance to clean up
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix != ".tmp"} == before
+    assert is_prepared(out)
+    assert main(["prepare", str(tmp_path / "a.txt"), "--out-dir", str(out)]) == 0
+    assert leftovers(out) == [] and {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 # --- progress ----------------------------------------------------------------------------------------------

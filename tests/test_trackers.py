@@ -33,12 +33,13 @@ def test_tensorboard_holds_the_scalars_and_samples_and_a_resume_continues_it(mix
     logs = tmp_path / "tb"
     train(mixology_dir, tmp_path / "out", "--tensorboard", str(logs))
     # a resume from step 3 re-logs steps 4-6: the reader must see each step once, not the first attempt's too
-    train(mixology_dir, tmp_path / "out", "--tensorboard", str(logs), "--resume-training",
+    # (into a folder of its own: out/ holds the first attempt's step 6, which a run never replaces)
+    train(mixology_dir, tmp_path / "resumed", "--tensorboard", str(logs), "--resume-training",
           str(tmp_path / "out" / "model_step_3"))
     acc = event_accumulator.EventAccumulator(str(logs), size_guidance={event_accumulator.TENSORS: 0})
     acc.Reload()
     assert SCALARS <= set(acc.Tags()["scalars"])
-    log = checkpoint.read_log(tmp_path / "out" / "model_step_6")
+    log = checkpoint.read_log(tmp_path / "resumed" / "model_step_6")
     losses = [(e.step, e.value) for e in acc.Scalars("train/loss")]
     assert losses == [(e["step"], pytest.approx(e["loss"], rel=1e-6)) for e in log]
     alice = [(e.step, e.value) for e in acc.Scalars("val/alice")]
@@ -91,15 +92,18 @@ def test_wandb_offline_holds_the_scalars_and_a_resume_continues_the_same_run(
         monkeypatch.setenv(name, value)
     out = tmp_path / "out"
     train(mixology_dir, out, "--wandb", "nanogpt-test")
-    train(mixology_dir, out, "--wandb", "nanogpt-test", "--resume-training", str(out / "model_step_3"))
+    out2 = tmp_path / "resumed"  # a folder of its own: out/ holds the first attempt's step 6
+    train(mixology_dir, out2, "--wandb", "nanogpt-test", "--resume-training", str(out / "model_step_3"))
     run_id = json.loads((out / "trackers.json").read_text(encoding="utf-8"))["wandb_id"]
+    assert json.loads((out2 / "trackers.json").read_text(encoding="utf-8"))["wandb_id"] == run_id
     folders = sorted((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(folders) == 2 and all(f.name.endswith(f"-{run_id}") for f in folders)  # one run, continued
+    # one run, continued (W&B adds "-1" to a folder name already taken in the same second)
+    assert len(folders) == 2 and all(f"-{run_id}" in f.name for f in folders)
     first, resumed = (wandb_history(next(f.glob("run-*.wandb"))) for f in folders)
     steps = [r["_step"] for r in first + resumed if "train/loss" in r]
     assert steps == [1, 2, 3, 4, 5, 6, 4, 5, 6]  # the first attempt ran to 6; the resume continued from 3
     rows = {r["_step"]: r for r in resumed}
-    log = checkpoint.read_log(out / "model_step_6")
+    log = checkpoint.read_log(out2 / "model_step_6")
     assert SCALARS <= set(rows[6])
     assert rows[6]["val/shakespeare"] == pytest.approx(log[-1]["source_validation_losses"]["shakespeare"])
     assert rows[6]["sample"] == log[-1]["sample"]

@@ -215,10 +215,12 @@ def test_an_engine_error_is_shown_and_q_exits_with_1(char_data: Path, tmp_path: 
 
     async def drive() -> None:
         async with app.run_test(size=SIZE) as pilot:
-            await wait_for(pilot, lambda: app.finished is not None, "the failed save")
+            await wait_for(pilot, lambda: app.finished is not None, "the failed start")
             assert app.badge() == "ERROR"
             shown = str(app.error_widget.render())
-            assert "cannot write checkpoint" in shown and app.finished.message in shown
+            # found before the first step, not at the first save (runs.claim)
+            assert "cannot write to --out-dir" in shown and app.finished.message in shown
+            assert app.finished.step == 0
             await pilot.press("q")
 
     asyncio.run(drive())

@@ -8,6 +8,7 @@ checkpoint both write this way. New files get mode 0o666 minus the umask, like a
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -22,10 +23,38 @@ def temp_file(folder: Path, name: str) -> tuple[BinaryIO, Path]:
     while True:
         tmp = Path(folder) / f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            # "x": created here or refused; Python's open owns the descriptor from the start, so an interrupt
+            # can never leave it closed twice
+            return open(tmp, "xb"), tmp
         except FileExistsError:
             continue
-        return os.fdopen(fd, "wb"), tmp
+
+
+_TEMP_NAME = re.compile(r"^\.(.+)\.(\d+)-[0-9a-f]{8}\.tmp$")  # temp_file's names; group 2 is the writer's pid
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Remove the temporary files of `temp_file` in `folder` whose writer has ended (a kill -9, a second Ctrl-C
+    or a power cut gave it no chance to); a live writer's are kept. Returns what was removed."""
+    if os.name == "nt":  # os.kill(pid, 0) is not a harmless probe there
+        return []
+    removed = []
+    for path in Path(folder).iterdir():
+        match = _TEMP_NAME.match(path.name)
+        if match and not _alive(int(match.group(2))) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: alive
+        return True
+    return True
 
 
 def publish(tmp: Path, path: Path) -> None:
@@ -40,8 +69,8 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fh, tmp = temp_file(path.parent, path.name)
-    fh.close()
     try:
+        fh.close()
         mode = os.stat(tmp).st_mode & 0o777  # what the umask gives a new file
         write(tmp)
         # a writer may replace the file rather than fill it (safetensors writes its own 0o600 temp and renames it)

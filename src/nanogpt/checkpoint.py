@@ -8,7 +8,15 @@ A checkpoint `STEM` (e.g. `out/model_step_500`) is the state after 500 optimizer
                                "tokenizer": vocab.json's dict with the full vocabulary} - self-contained;
 - `STEM.training_log.json`    [{step, loss, duration_ms, validation_loss?}, ...] for the whole run so far;
 - `STEM.resume.safetensors`   optimizer moments (`optim.<param index>.<name>`) for exact resume;
-- `STEM.resume.json`          step, batch counter, seed and anything else the engine needs to continue.
+- `STEM.resume.json`          step, batch counter, seed and anything else the engine needs to continue;
+- `STEM.manifest.json`        written last: the name, size and sha256 of each of the five files.
+
+A set is one unit. `save` never replaces an existing file of a set, and on any failure (a full disk, a second
+Ctrl-C) removes what it wrote, so a set is whole or absent; a `kill -9` can leave a set without its manifest,
+which the next run in that folder removes (runs.py). A reader checks each file it reads against the manifest,
+so a set that was damaged or mixed with another's files (flipped bytes, a file copied over) is refused in one
+line naming the file. A set without a manifest (written before manifests existed, or copied without it) is
+read as it is, unverified.
 
 For a resume: `read(stem) -> Checkpoint`, every file but the weights read and checked once.
 For generation: `load_model(stem, device) -> (GPT in eval mode, meta)` where meta is the config.json dict
@@ -19,7 +27,9 @@ Every reading function raises UserError with one line for a missing, corrupt or 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -34,7 +44,9 @@ from .errors import UserError
 
 FORMAT = 1
 TIED = ("lm_head.weight", "transformer.wte.weight")  # (dropped on save, kept)
-SUFFIXES = (".safetensors", ".config.json", ".training_log.json", ".resume.safetensors", ".resume.json")
+FILES = (".safetensors", ".config.json", ".training_log.json", ".resume.safetensors", ".resume.json")
+MANIFEST = ".manifest.json"
+SUFFIXES = (*FILES, MANIFEST)
 
 
 def stem_of(path: str | Path) -> Path:
@@ -237,24 +249,93 @@ def save(
     optimizer_tensors: dict[str, torch.Tensor],
     resume_state: dict[str, Any],
 ) -> tuple[str, ...]:
-    """Write all five files of checkpoint `stem` (each atomically); returns their paths."""
-    paths = {s: _file(stem, s) for s in SUFFIXES}
-    # resume state and weights first, config last: a config.json implies the rest was written
-    write_tensors(paths[".resume.safetensors"], optimizer_tensors, {"format": "nanogpt-resume"})
-    write_json(paths[".resume.json"], {"format": FORMAT, "step": step, **resume_state})
-    write_tensors(paths[".safetensors"], model_tensors(model), {"format": "pt", "step": str(step)})
-    write_json(paths[".training_log.json"], log)
-    write_json(
-        paths[".config.json"],
-        {
+    """Write checkpoint `stem` as one unit (its five files, then the manifest); returns the paths.
+
+    UserError when a file of `stem` exists already (a set is never replaced) or a file cannot be written
+    (e.g. a full disk); then, as on a Ctrl-C, the files written so far are removed: the set is whole or absent.
+    """
+    stem = Path(stem)
+    taken = [p for p in (_file(stem, s) for s in SUFFIXES) if p.exists()]
+    if taken:
+        raise UserError(f"checkpoint {stem} exists already ({taken[0].name}); a run never replaces a checkpoint")
+    written: list[Path] = []
+
+    def put(suffix: str, write: Any, *args: Any) -> None:
+        written.append(_file(stem, suffix))  # before writing: the file did not exist, so removing it is safe
+        write(written[-1], *args)
+
+    try:
+        put(".resume.safetensors", write_tensors, optimizer_tensors, {"format": "nanogpt-resume"})
+        put(".resume.json", write_json, {"format": FORMAT, "step": step, **resume_state})
+        put(".safetensors", write_tensors, model_tensors(model), {"format": "pt", "step": str(step)})
+        put(".training_log.json", write_json, log)
+        config = {
             "format": FORMAT,
             "step": step,
             "model": to_dict(model_cfg),
             "train": to_dict(train_cfg),
             "tokenizer": tokenizer_meta,
-        },
-    )
-    return tuple(str(p) for p in paths.values())
+        }
+        put(".config.json", write_json, config)
+        written.append(_file(stem, MANIFEST))
+        seal(stem)
+    except BaseException as e:
+        for path in written:
+            path.unlink(missing_ok=True)
+        if isinstance(e, (OSError, SafetensorError)):
+            raise UserError(f"cannot write checkpoint {stem}: {_write_failure(e)}") from None
+        raise
+    return tuple(str(p) for p in written)
+
+
+def _write_failure(error: BaseException) -> str:
+    """The reason in an OSError, or in safetensors' own error (not an OSError: it names the errno in its text)."""
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    found = re.search(r"os error (\d+)|code: (\d+)", str(error))
+    return os.strerror(int(found.group(1) or found.group(2))) if found else str(error)[:120]
+
+
+def seal(stem: str | Path) -> None:
+    """Write the manifest of checkpoint `stem`: name, size and sha256 of each of its files present."""
+    stem = stem_of(stem)
+    files = {
+        path.name: {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        for path in (_file(stem, s) for s in FILES)
+        if path.is_file()
+    }
+    write_json(_file(stem, MANIFEST), {"format": FORMAT, "files": files})
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verified(stem: Path, suffix: str, what: str) -> Path:
+    """The file `suffix` of checkpoint `stem`, checked against the set's manifest when it has one."""
+    path = _file(stem, suffix)
+    manifest_path = _file(stem, MANIFEST)
+    if not manifest_path.is_file():
+        return path  # a set from before manifests, or copied without it: read as it is
+    manifest = read_json(manifest_path, "checkpoint manifest")
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    entry = files.get(path.name) if isinstance(files, dict) else None
+    if not isinstance(entry, dict):
+        raise UserError(f"checkpoint {stem} is damaged: its manifest {manifest_path.name} does not list {path.name}")
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path} (its checkpoint's manifest lists it)")
+    size = path.stat().st_size
+    if size != entry.get("bytes"):
+        problem = f"{size:,} bytes, the manifest says {entry.get('bytes')}"
+    elif _sha256(path) != entry.get("sha256"):
+        problem = "its sha256 differs from the manifest's"
+    else:
+        return path
+    raise UserError(f"{what} {path} is corrupt or truncated ({problem}): the checkpoint is damaged")
 
 
 def read_meta(stem: str | Path) -> dict[str, Any]:
@@ -263,7 +344,7 @@ def read_meta(stem: str | Path) -> dict[str, Any]:
     path = _file(stem, ".config.json")
     if not path.is_file() and not _file(stem, ".safetensors").is_file():
         raise UserError(f"checkpoint not found: {stem} (expected {stem}.safetensors and {path.name})")
-    meta = read_json(path, "checkpoint config")
+    meta = read_json(_verified(stem, ".config.json", "checkpoint config"), "checkpoint config")
     if not isinstance(meta, dict) or not all(
         isinstance(meta.get(k), dict) for k in ("model", "train", "tokenizer")
     ):
@@ -292,7 +373,7 @@ def configs(meta: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
 def read_log(stem: str | Path) -> list[dict[str, Any]]:
     """The training log saved with a checkpoint."""
     stem = stem_of(stem)
-    path = _file(stem, ".training_log.json")
+    path = _verified(stem, ".training_log.json", "training log")
     log = read_json(path, "training log", LOG_LIMIT)
     if not isinstance(log, list):
         raise UserError(f"training log {path} is not a list of steps")
@@ -310,11 +391,11 @@ def read_log(stem: str | Path) -> list[dict[str, Any]]:
 def read_resume(stem: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The resume state (JSON) and optimizer tensors of a checkpoint."""
     stem = stem_of(stem)
-    path = _file(stem, ".resume.json")
+    path = _verified(stem, ".resume.json", "resume state")
     state = read_json(path, "resume state", RESUME_LIMIT)
     if not isinstance(state, dict) or not _is_count(state.get("step")):
         raise UserError(f"resume state {path} is invalid (no step, a whole number >= 0)")
-    return state, read_tensors(_file(stem, ".resume.safetensors"), "optimizer state")
+    return state, read_tensors(_verified(stem, ".resume.safetensors", "optimizer state"), "optimizer state")
 
 
 def _resume_problem(state: dict[str, Any], meta: dict[str, Any], train_cfg: TrainConfig, n_tensors: int) -> str | None:
@@ -371,6 +452,8 @@ def read(stem: str | Path) -> Checkpoint:
     """Read and check checkpoint `stem` (or any of its files) for a resume; UserError if anything is off."""
     stem = stem_of(stem)
     model_cfg, train_cfg = configs(meta := read_meta(stem))
+    # whole and of this set (the manifest) before its header is read; its tensors load later, in the Trainer
+    _verified(stem, ".safetensors", "checkpoint weights")
     check_config_fits_weights(model_cfg, weights_path(stem), meta["step"])
     state, tensors = read_resume(stem)
     problem = _resume_problem(state, meta, train_cfg, len(tensors))
@@ -397,9 +480,10 @@ def load_model(stem: str | Path, device: torch.device | str = "cpu"):
 
     meta = read_meta(stem)
     model_cfg, _ = configs(meta)
-    check_config_fits_weights(model_cfg, weights_path(stem))
+    weights = _verified(stem_of(stem), ".safetensors", "checkpoint weights")
+    check_config_fits_weights(model_cfg, weights)
     model = GPT(model_cfg)
-    load_weights(model, weights_path(stem))
+    load_weights(model, weights)
     model.to(device)
     model.eval()
     return model, meta

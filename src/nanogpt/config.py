@@ -183,7 +183,9 @@ class TrainConfig:
     eval_sample_tokens: int = opt(
         64, "tokens sampled at each evaluation (same prompt and seed each time) and kept in the training log (0: none)"
     )
-    out_dir: str = opt("out", "folder for checkpoints")
+    out_dir: str = opt(
+        "out", "folder for checkpoints, one run per folder (a resume's default: the folder of its checkpoint)"
+    )
     # hardware
     device: str = opt("auto", "device to train on", choices=("auto", "cpu", "cuda", "mps"))
     dtype: str = opt(

@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from . import checkpoint, config, data, distributed, hf, optim, runtime, schedule
+from . import checkpoint, config, data, distributed, hf, optim, runs, runtime, schedule
 from .errors import UserError
 from .events import (
     EvalDone,
@@ -271,8 +271,22 @@ def build_trainer(overrides: dict[str, Any], preset: str | None = None, resume: 
             train_cfg, saved.train_cfg, saved.world_size, overrides, saved.stem
         )
         notes += [note] if note else []
+        if train_cfg.steps <= saved.step:
+            raise UserError(
+                f"checkpoint {saved.stem} has done {saved.step} steps and --steps is {train_cfg.steps}: "
+                f"give --steps above {saved.step} to train further"
+            )
         note = _schedule_note(saved, train_cfg)
         notes += [note] if note else []
+    # the run folder: a resume writes beside its checkpoint, and no run replaces another's files (runs.py)
+    out_dir, note = runs.place(
+        train_cfg.out_dir,
+        typed="out_dir" in overrides,
+        resumed=saved.stem if saved is not None else None,
+        step=saved.step if saved is not None else 0,
+    )
+    train_cfg = dataclasses.replace(train_cfg, out_dir=out_dir)
+    notes += [note] if note else []
     hardware = runtime.resolve_hardware(model_cfg, train_cfg)
     if train_cfg.seed == 0:
         # under torchrun every rank must use rank 0's pick
@@ -381,6 +395,7 @@ class Trainer:
         self.last_saved_step = 0  # the untrained state at step 0 is never worth a checkpoint of its own
         self.last_stem: str | None = None
         self._stop = threading.Event()
+        self._claim: runs.Claim | None = None  # the lock on out_dir while `run` runs (rank 0)
 
         self.model = _new_model(model_cfg, train_cfg.seed, self.device)
         if init_from is not None:
@@ -592,6 +607,9 @@ class Trainer:
     # ------------------------------------------------------------------------- checkpoints
     def save(self) -> Saved:
         """Write checkpoint model_step_N for the current step into out_dir (rank 0 only writes)."""
+        if self.step == self.last_saved_step and self.last_stem is not None:
+            # saved already (or resumed from there): a set is never written twice
+            return Saved(step=self.step, stem=self.last_stem, paths=tuple(self.last_stem + s for s in checkpoint.FILES))
         stem = checkpoint.stem_for(self.train_cfg.out_dir, self.step)
         paths: tuple[str, ...] = ()
         failure: UserError | None = None
@@ -613,8 +631,8 @@ class Trainer:
                         "scaler": self.scaler.state_dict() if self.scaler else None,
                     },
                 )
-            except OSError as e:
-                failure = UserError(f"cannot write checkpoint {stem}: {e.strerror or e}")
+            except UserError as e:  # the disk is full, or the name is taken: nothing of the set is left
+                failure = e
         # under torchrun every rank learns whether rank 0 could write, so that they all stop together
         if distributed.any_rank(failure is not None, self.device):
             raise failure or UserError(f"rank 0 could not write checkpoint {stem}")
@@ -649,6 +667,7 @@ class Trainer:
             emit(Paused(step=self.step))
         urgent = functools.partial(self._someone_waits, commands)
         try:
+            self._claim_out_dir()
             while True:
                 if self.readback.due(urgent):
                     self._emit_read_back(emit)
@@ -674,6 +693,25 @@ class Trainer:
         except Exception:
             self._save_before_crash()
             raise
+        finally:
+            if self._claim is not None:
+                self._claim.release()
+                self._claim = None
+
+    def _claim_out_dir(self) -> None:
+        """Lock out_dir and check it takes a checkpoint before the first step (runs.claim; rank 0 writes, every
+        rank learns whether it could)."""
+        failure: UserError | None = None
+        if self.is_main:
+            weights = sum(t.numel() * t.element_size() for t in checkpoint.model_tensors(self.model).values())
+            # the weights and AdamW's two moments of the same size; the JSON files (vocabulary, log) are smaller
+            size = 3 * weights + len(str(self.tokens.meta)) + 200 * self.total_steps + 65536
+            try:
+                self._claim = runs.claim(self.train_cfg.out_dir, self.step, size)
+            except UserError as e:
+                failure = e
+        if distributed.any_rank(failure is not None, self.device):
+            raise failure or UserError(f"rank 0 cannot write to --out-dir {self.train_cfg.out_dir}")
 
     def _run_started(self) -> RunStarted:
         cfg = self.train_cfg

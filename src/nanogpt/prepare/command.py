@@ -3,22 +3,28 @@
 One run: find the sources; pass 1 reads them (lengths, Gutenberg windows, the char vocabulary); pass 2
 splits each source at `int(chars * (1 - val_fraction))` and encodes its train and val text into part
 files; each source's tokens are cut to its mixology share and the parts joined into train.bin / val.bin.
-Everything is written under temporary names and published at the very end, vocab.json last.
+Everything is written under temporary names and published at the very end as one unit: the old vocab.json is
+removed before the bins are renamed into place and the new one comes last, so a folder with a vocab.json
+always holds the bins it describes, even after a kill between the renames. SIGTERM ends a prepare like an
+error (temporary files removed, one line, exit 1); what a kill -9 leaves is removed by the next prepare there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
-from ..atomic import publish, temp_file
+from ..atomic import publish, remove_stale_temps, temp_file
 from ..config import PrepareConfig
 from ..errors import UserError
 from ..tokenizers import GPT2_EOT, TOKENIZERS, CharTokenizer, GPT2Tokenizer, token_dtype
@@ -39,7 +45,8 @@ def prepare(source: str | os.PathLike | None = None, **settings: Any) -> dict[st
     cfg = PrepareConfig(source=None if source is None else os.fspath(source), **settings)
     cfg.validate()
     out = output_folder(cfg)
-    meta = _prepare(cfg, out, report=sys.stdout)
+    with _sigterm_stops():
+        meta = _prepare(cfg, out, report=sys.stdout)
     print(f"train on it with: nanogpt train --data-dir {shlex.quote(str(out))}", flush=True)
     return meta
 
@@ -92,7 +99,8 @@ def _run(path: Path, out: Path, cfg: PrepareConfig, report: TextIO, shown: str) 
         temps.append(vocab_tmp)
         with fh:
             fh.write((json.dumps(meta, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
-        # vocab.json last, so that it only ever describes complete bins
+        # one unit: no vocab.json while the bins change, so that it only ever describes complete bins
+        (out / "vocab.json").unlink(missing_ok=True)
         publish(finals["train"], out / "train.bin")
         publish(finals["val"], out / "val.bin")
         publish(vocab_tmp, out / "vocab.json")
@@ -118,12 +126,30 @@ def _make_folder(out: Path) -> list[Path]:
     created = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out)  # what a killed prepare left here
         fh, probe = temp_file(out, "probe")
         fh.close()
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write to the output folder {out}: {e.strerror or e}") from None
     return created
+
+
+@contextlib.contextmanager
+def _sigterm_stops():
+    """SIGTERM (`kill`, a job scheduler) stops a prepare like an error: the temporary files go on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise UserError("stopped by SIGTERM (its temporary files are removed)")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _remove_empty(folders: list[Path]) -> None:
@@ -338,5 +364,6 @@ def bundled_dataset(tokenizer: str = "char") -> Path:
         f"preparing the bundled Tiny Shakespeare ({tokenizer}) into {out} (once; reused next time)",
         file=sys.stderr,
     )
-    _prepare(cfg, out, report=sys.stderr)
+    with _sigterm_stops():
+        _prepare(cfg, out, report=sys.stderr)
     return out

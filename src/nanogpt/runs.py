@@ -1,0 +1,171 @@
+"""The run folder (`--out-dir`): where a run writes its checkpoints, so that no run replaces or mixes another's.
+
+A run folder holds one run's history: its checkpoint sets `model_step_N.*`, each sealed by its manifest
+(checkpoint.py). The rules:
+
+- a new run writes only into a folder that holds no checkpoint. When the default folder `out` is taken it
+  writes into the first free `out-2`, `out-3`, ... and says so; a `--out-dir` the user typed is refused;
+- a resume writes beside the checkpoint it resumes (or into a free `--out-dir`), never where a file it read
+  says; it is refused when that folder holds a later checkpoint (two histories would mix there);
+- while a run trains, it holds a lock on its folder (a second run there is refused), and at its start it
+  removes what a killed save left (a set with no config.json, temporary files), checks that the folder
+  takes a file and has room for one checkpoint: an unwritable folder is found before the first step.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .atomic import temp_file
+from .checkpoint import SUFFIXES, stem_for
+from .errors import UserError
+
+_SET_FILE = re.compile(r"^model_step_(\d+)(\..+)$")
+# what an interrupted atomic write leaves: ours (atomic.temp_file) and safetensors' own (.tmpXXXXXX)
+_TEMP_FILE = re.compile(r"^\.(model_step_\d+\..+|probe)\.\d+-[0-9a-f]{8}\.tmp$|^\.tmp[A-Za-z0-9]{6}$")
+
+
+@dataclass(frozen=True)
+class Sets:
+    """The checkpoint sets in a folder by step: `whole` ones (with a config.json), and `partial` ones."""
+
+    whole: dict[int, list[Path]]
+    partial: dict[int, list[Path]]
+
+
+def sets_in(folder: Path) -> Sets:
+    """The checkpoint sets in `folder`. A set without its config.json is what a killed save leaves (config.json
+    and the manifest are written last); a set with one but no manifest is one from before manifests."""
+    found: dict[int, list[Path]] = {}
+    if folder.is_dir():
+        for path in folder.iterdir():
+            match = _SET_FILE.match(path.name)
+            if match and match.group(2) in SUFFIXES:
+                found.setdefault(int(match.group(1)), []).append(path)
+    whole = {s: paths for s, paths in found.items() if any(p.name.endswith(".config.json") for p in paths)}
+    return Sets(whole=whole, partial={s: paths for s, paths in found.items() if s not in whole})
+
+
+def _conflict(folder: Path, step: int) -> str | None:
+    """Why a run at `step` (0 for a new run) cannot write into `folder`, or None when it can."""
+    if folder.exists() and not folder.is_dir():
+        return f"--out-dir {folder} is a file, not a folder"
+    later = sorted(s for s in sets_in(folder).whole if s > step)
+    if not later:
+        return None
+    last = stem_for(folder, later[-1])
+    if step == 0:
+        return (
+            f"{folder} holds another run's checkpoints (up to {last.name}): give another --out-dir, "
+            f"or continue that run with --resume-training {last}"
+        )
+    return (
+        f"{folder} holds {last.name}, later than the step {step} resumed: two histories would mix there; "
+        f"continue from {last}, or resume into a new folder with --out-dir"
+    )
+
+
+def place(out_dir: str, *, typed: bool, resumed: Path | None, step: int) -> tuple[str, str | None]:
+    """The folder a run writes into, and a note for the user when it is not the one asked for.
+
+    `typed`: the user gave --out-dir. `resumed`: the stem of the checkpoint resumed, at `step`.
+    UserError when the run would replace or mix another run's checkpoints.
+    """
+    if resumed is not None:
+        folder = Path(out_dir) if typed else resumed.parent
+        own = folder.resolve() == resumed.parent.resolve()
+        problem = _conflict(folder, step if own else 0)
+        if problem:
+            raise UserError(problem)
+        return str(folder), None
+    folder = Path(out_dir)
+    problem = _conflict(folder, 0)
+    if problem is None:
+        return str(folder), None
+    if typed or (folder.exists() and not folder.is_dir()):
+        raise UserError(problem)
+    n = 2
+    while _conflict(free := folder.with_name(f"{folder.name}-{n}"), 0) is not None:
+        n += 1
+    return str(free), f"{folder} holds another run's checkpoints: this run writes into {free}"
+
+
+class Claim:
+    """A run's hold on its folder: a lock on the folder itself (no file of ours in it), released by `release`
+    or when the process ends, however it ends."""
+
+    def __init__(self, fd: int | None):
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
+def _lock(folder: Path) -> int | None:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; the other guarantees hold without it
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(f"{folder} is in use by another nanogpt run: give this run another --out-dir") from None
+    except OSError:  # a file system without locks (some network ones): the other guarantees hold without it
+        os.close(fd)
+        return None
+    return fd
+
+
+def claim(out_dir: str | Path, step: int, checkpoint_bytes: int) -> Claim:
+    """Take folder `out_dir` for a run now at `step`: create and lock it, remove what killed saves left there,
+    and check that it takes a file and has room for a checkpoint of `checkpoint_bytes`. UserError if not."""
+    folder = Path(out_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = _lock(folder)
+    except OSError as e:
+        raise UserError(f"cannot write to --out-dir {folder}: {e.strerror or e}") from None
+    held = Claim(fd)
+    try:
+        problem = _conflict(folder, step)
+        if problem:
+            raise UserError(problem)
+        remove_leftovers(folder)
+        fh, probe = temp_file(folder, "probe")
+        fh.close()
+        probe.unlink()
+        free = shutil.disk_usage(folder).free
+        if free < checkpoint_bytes:
+            raise UserError(
+                f"--out-dir {folder} has {_mb(free)} free; a checkpoint of this run needs about {_mb(checkpoint_bytes)}"
+            )
+    except OSError as e:
+        held.release()
+        raise UserError(f"cannot write to --out-dir {folder}: {e.strerror or e}") from None
+    except BaseException:
+        held.release()
+        raise
+    return held
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Remove what an interrupted save left in `folder` (call it holding the folder's lock): checkpoint sets
+    without their config.json, and temporary files. Returns what was removed."""
+    removed = [p for paths in sets_in(folder).partial.values() for p in paths]
+    removed += [p for p in folder.iterdir() if _TEMP_FILE.match(p.name) and p.is_file()]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
