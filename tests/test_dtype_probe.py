@@ -13,17 +13,21 @@ from nanogpt.config import ModelConfig
 TINY = ModelConfig(vocab_size=65, block_size=16, n_layer=1, n_head=2, n_embd=32)
 
 
-def test_shapes_cover_forward_and_backward_of_every_linear() -> None:
-    cfg = ModelConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)
-    shapes = dtype_probe.matmul_shapes(cfg, batch_size=12)
-    tokens, c = 12 * 64, 128
-    flops = sum(count * 2 * m * k * n for count, m, k, n in shapes)
-    # three GEMMs per Linear weight: 6 FLOPs per weight per token (12 C^2 weights per block, plus the head)
-    assert flops == 6 * tokens * (cfg.n_layer * 12 * c * c + c * 65)
+def shape_of(batch: int) -> dtype_probe.StepShape:
+    return dtype_probe.StepShape.of(TINY, batch)
+
+
+def test_measuring_times_both_dtypes_and_leaves_the_random_stream_alone() -> None:
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    f32, bf16 = dtype_probe.measure(shape_of(2))
+    assert f32 > 0 and bf16 > 0
+    assert torch.equal(torch.rand(3), expected)  # the run's own draws are the ones it would have made
 
 
 def test_a_named_dtype_is_used_as_given_and_nothing_is_cached(tmp_path: Path) -> None:
-    shapes = dtype_probe.matmul_shapes(TINY, 2)
+    shapes = shape_of(2)
     for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
         result = dtype_probe.resolve_cpu_dtype(name, shapes, tmp_path)
         assert (result.dtype, result.source, result.float32_ms) == (dtype, "named", None)
@@ -32,7 +36,7 @@ def test_a_named_dtype_is_used_as_given_and_nothing_is_cached(tmp_path: Path) ->
 
 
 def test_auto_measures_once_writes_the_cache_and_reuses_it(tmp_path: Path) -> None:
-    shapes = dtype_probe.matmul_shapes(TINY, 2)
+    shapes = shape_of(2)
     first = dtype_probe.resolve_cpu_dtype("auto", shapes, tmp_path)
     assert first.source == "measured"
     assert first.dtype in (torch.float32, torch.bfloat16)
@@ -49,14 +53,14 @@ def test_auto_measures_once_writes_the_cache_and_reuses_it(tmp_path: Path) -> No
     assert "cached in" in dtype_probe.describe(second)
 
     # other shapes are another entry, measured on their own
-    other = dtype_probe.matmul_shapes(TINY, 3)
+    other = shape_of(3)
     assert dtype_probe.resolve_cpu_dtype("auto", other, tmp_path).source == "measured"
     assert len(json.loads((tmp_path / dtype_probe.CACHE_FILE).read_text())) == 2
 
 
 def test_a_cached_verdict_is_taken_without_measuring(tmp_path: Path) -> None:
     """An entry the probe could not have produced here (bfloat16 on made-up numbers) comes back unchanged."""
-    shapes = dtype_probe.matmul_shapes(TINY, 2)
+    shapes = shape_of(2)
     key = dtype_probe.cache_key(shapes)
     entry = {"dtype": "bfloat16", "float32_ms": 123.0, "bfloat16_ms": 45.0}
     (tmp_path / dtype_probe.CACHE_FILE).write_text(json.dumps({key: entry}))
@@ -69,7 +73,7 @@ def test_a_cached_verdict_is_taken_without_measuring(tmp_path: Path) -> None:
 
 
 def test_a_damaged_cache_is_measured_again_and_rewritten(tmp_path: Path) -> None:
-    shapes = dtype_probe.matmul_shapes(TINY, 2)
+    shapes = shape_of(2)
     (tmp_path / dtype_probe.CACHE_FILE).write_text("{not json")
     result = dtype_probe.resolve_cpu_dtype("auto", shapes, tmp_path)
     assert result.source == "measured"
@@ -80,6 +84,6 @@ def test_a_damaged_cache_is_measured_again_and_rewritten(tmp_path: Path) -> None
 def test_the_cache_lives_under_the_users_cache_root(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.delenv("NANOGPT_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    result = dtype_probe.resolve_cpu_dtype("auto", dtype_probe.matmul_shapes(TINY, 2))
+    result = dtype_probe.resolve_cpu_dtype("auto", shape_of(2))
     assert result.cache_path == tmp_path / "nanogpt" / dtype_probe.CACHE_FILE
     assert result.cache_path.is_file()

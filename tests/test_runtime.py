@@ -81,6 +81,34 @@ def test_auto_dtype_never_picks_emulated_bfloat16(monkeypatch):
     assert runtime.resolve_dtype("auto", CPU) == torch.bfloat16
 
 
+def test_auto_on_a_native_bfloat16_cpu_takes_the_step_the_probe_measured_faster(tmp_path, monkeypatch):
+    """A native bfloat16 is only a candidate: the run's own step, timed both ways, decides (and is cached)."""
+    import json
+
+    from nanogpt import dtype_probe
+    from nanogpt.config import TrainConfig
+
+    # say "native" everywhere: on a CPU that emulates bfloat16 the probe must then measure it slower
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setenv("NANOGPT_CACHE_DIR", str(tmp_path))
+    cfg = ModelConfig(vocab_size=65, block_size=32, n_layer=2, n_head=2, n_embd=64)
+    train_cfg = TrainConfig(dtype="auto", device="cpu", batch_size=4)
+    first = runtime.resolve_hardware(cfg, train_cfg)
+    (entry,) = json.loads((tmp_path / dtype_probe.CACHE_FILE).read_text()).values()
+    faster = "bfloat16" if entry["bfloat16_ms"] < dtype_probe.MARGIN * entry["float32_ms"] else "float32"
+    assert entry["dtype"] == faster and first.dtype == dtype_probe.NAMED[faster]
+    assert "measured now" in first.dtype_probe and f"float32 {entry['float32_ms']:.1f} ms" in first.dtype_probe
+    # the next run reads the verdict, says nothing, and follows the cache even where it says the other dtype
+    other = "float32" if faster == "bfloat16" else "bfloat16"
+    key = next(iter(json.loads((tmp_path / dtype_probe.CACHE_FILE).read_text())))
+    (tmp_path / dtype_probe.CACHE_FILE).write_text(json.dumps({key: {**entry, "dtype": other}}))
+    second = runtime.resolve_hardware(cfg, train_cfg)
+    assert second.dtype == dtype_probe.NAMED[other] and second.dtype_probe == ""
+    # a named dtype is used as given, probe or not
+    named = runtime.resolve_hardware(cfg, TrainConfig(dtype="float32", device="cpu", batch_size=4))
+    assert named.dtype == torch.float32
+
+
 def test_explicit_dtypes_are_honoured():
     assert runtime.resolve_dtype("float32", CPU) == torch.float32
     assert runtime.resolve_dtype("bfloat16", CPU) == torch.bfloat16

@@ -287,18 +287,19 @@ def build_trainer(overrides: dict[str, Any], preset: str | None = None, resume: 
     )
     train_cfg = dataclasses.replace(train_cfg, out_dir=out_dir)
     notes += [note] if note else []
-    hardware = runtime.resolve_hardware(model_cfg, train_cfg)
-    if train_cfg.seed == 0:
-        # under torchrun every rank must use rank 0's pick
-        seed = distributed.broadcast_int(secrets.randbelow(2**31 - 1) + 1, hardware.device)
-        train_cfg = dataclasses.replace(train_cfg, seed=seed)
-        notes.append(f"seed 0: using random seed {seed} (pass --seed {seed} to repeat)")
     train_cfg, tokens = _open_data(train_cfg)
     if saved is not None:
         _check_resume_vocabulary(saved, tokens)
     if imported is not None:
         hf.check_data(imported, tokens.meta, tokens.source)
     model_cfg = dataclasses.replace(model_cfg, vocab_size=tokens.vocab_size)
+    hardware = runtime.resolve_hardware(model_cfg, train_cfg)  # after the vocabulary: the dtype probe needs it
+    notes += [hardware.dtype_probe] if hardware.dtype_probe else []
+    if train_cfg.seed == 0:
+        # under torchrun every rank must use rank 0's pick
+        seed = distributed.broadcast_int(secrets.randbelow(2**31 - 1) + 1, hardware.device)
+        train_cfg = dataclasses.replace(train_cfg, seed=seed)
+        notes.append(f"seed 0: using random seed {seed} (pass --seed {seed} to repeat)")
     data.check_block_size(tokens, model_cfg.block_size)
     runtime.check_fits(model_cfg, train_cfg, hardware.device)  # before the model is built
     return Trainer(model_cfg, train_cfg, tokens, hardware, resume=saved, notes=notes, init_from=imported)

@@ -64,7 +64,8 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The compute dtype: 'auto' is bfloat16 where the hardware does it fast, else float32."""
+    """The compute dtype: 'auto' is bfloat16 where the hardware has it natively, else float32 (on CPU a native
+    bfloat16 is only a candidate: resolve_hardware then times this run's step both ways)."""
     if name == "float32":
         return torch.float32
     if name == "bfloat16":
@@ -202,6 +203,7 @@ class Hardware:
     # steps whose losses are read back in one host-device transfer: 1 on CPU (free there; a NaN then stops
     # the run before the weights move), the log interval on CUDA/MPS (one sync per interval, not per step)
     sync_every: int
+    dtype_probe: str = ""  # `--dtype auto` on CPU: what the step was measured at, when it was measured now
 
     @property
     def is_main(self) -> bool:
@@ -222,6 +224,9 @@ def resolve_hardware(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Hardware
     cores = torch.get_num_threads()  # torch's default: nothing has changed it yet in this process
     shards = core_parallel_workers(device, batch_size=train_cfg.batch_size, dropout=model_cfg.dropout,
                                    dtype=dtype, world_size=world, cores=cores)
+    probe = ""
+    if device.type == "cpu" and train_cfg.dtype == "auto" and dtype == torch.bfloat16:
+        dtype, probe = _measured_cpu_dtype(model_cfg, -(-train_cfg.batch_size // shards), max(1, cores // shards))
     sync_every = 1 if device.type == "cpu" else max(1, train_cfg.log_interval)
     if os.environ.get("NANOGPT_SYNC_EVERY", "").isdigit():
         sync_every = max(1, int(os.environ["NANOGPT_SYNC_EVERY"]))
@@ -236,7 +241,24 @@ def resolve_hardware(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Hardware
         threads=max(1, cores // shards) if device.type == "cpu" else None,
         grad_scaler=dtype == torch.float16,
         sync_every=sync_every,
+        dtype_probe=probe,
     )
+
+
+def _measured_cpu_dtype(model_cfg: ModelConfig, batch_size: int, threads: int) -> tuple[torch.dtype, str]:
+    """bfloat16 or float32 for `--dtype auto` on a CPU with native bfloat16: the faster of the two for this
+    run's step, timed (or cached) with the threads one shard will use; every torchrun rank takes rank 0's."""
+    from . import dtype_probe
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        result = dtype_probe.resolve_cpu_dtype("auto", dtype_probe.StepShape.of(model_cfg, batch_size))
+    finally:
+        torch.set_num_threads(before)
+    bf16 = distributed.broadcast_int(int(result.dtype == torch.bfloat16), torch.device("cpu"))
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    return dtype, dtype_probe.describe(result) if result.source == "measured" else ""
 
 
 def memory_of(device: torch.device) -> int | None:
