@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
@@ -277,3 +278,21 @@ def test_training_attention_equals_explicit_causal_softmax_with_gradients():
     torch.testing.assert_close(out, ref)
     g = torch.randn_like(out)
     torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x2, g)[0])
+
+
+def test_the_update_runs_on_every_core_the_shards_share():
+    from nanogpt.config import TrainConfig
+
+    cfg = ModelConfig(vocab_size=65, block_size=16, n_layer=1, n_head=2, n_embd=32)
+    hardware = runtime.resolve_hardware(cfg, TrainConfig(dtype="float32", device="cpu", batch_size=4))
+    sharded = dataclasses.replace(hardware, shards=2, threads=1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a shard's thread runs
+    try:
+        with runtime.all_cores(sharded):
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 1
+        with runtime.all_cores(dataclasses.replace(hardware, shards=1)):  # one pass: nothing to change
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

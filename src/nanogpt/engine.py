@@ -500,25 +500,33 @@ class Trainer:
             if not math.isfinite(loss_now):
                 self.optimizer.zero_grad(set_to_none=True)
                 raise TrainingDiverged.at(self.step + 1, loss_now)
+        with runtime.all_cores(self.hardware):
+            grad_norm = self._update(check)
+        self.step += 1
+        self.batch_counter += cfg.grad_accum * self.world_size
+        self.readback.add(
+            FinishedStep(step=self.step, lr=lr, loss=loss_now, t0=t0, t1=time.perf_counter(), grad_norm=grad_norm)
+        )
+
+    def _update(self, check: bool) -> torch.Tensor | float:
+        """Clip, step the optimizer and clear the gradients; returns the gradients' norm before clipping."""
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        if cfg.grad_clip > 0:
-            grad_norm: torch.Tensor | float = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        if self.train_cfg.grad_clip > 0:
+            grad_norm: torch.Tensor | float = torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), self.train_cfg.grad_clip
+            )
         else:  # no clipping: the same norm, for the log (one pass over the gradients, no sync)
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
         if check:
-            grad_norm = float(grad_norm)  # CPU: free to read, like the loss above
+            grad_norm = float(grad_norm)  # CPU: free to read, like the loss
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        self.batch_counter += cfg.grad_accum * self.world_size
-        self.readback.add(
-            FinishedStep(step=self.step, lr=lr, loss=loss_now, t0=t0, t1=time.perf_counter(), grad_norm=grad_norm)
-        )
+        return grad_norm
 
     def _read_back(self) -> tuple[list[StepDone], TrainingDiverged | None]:
         """Read the unread losses back and log their steps (all before any is shown: a failing front end

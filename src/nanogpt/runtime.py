@@ -294,6 +294,21 @@ UI_SWITCH_INTERVAL_S = 0.0005
 
 
 @contextlib.contextmanager
+def all_cores(hardware: Hardware) -> Iterator[None]:
+    """Between the shards' forward + backward passes, the update runs on every core the shards share (each
+    shard runs on `threads` of them): Muon's Newton-Schulz above all, which one core would do alone."""
+    if hardware.shards < 2 or hardware.threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(hardware.threads * hardware.shards)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def training_process(hardware: Hardware, *, ui: bool = False) -> Iterator[None]:
     """The process-wide settings of a training run, applied in this one place; restored on exit.
 
