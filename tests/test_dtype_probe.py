@@ -87,3 +87,37 @@ def test_the_cache_lives_under_the_users_cache_root(tmp_path: Path, monkeypatch)
     result = dtype_probe.resolve_cpu_dtype("auto", shape_of(2))
     assert result.cache_path == tmp_path / "nanogpt" / dtype_probe.CACHE_FILE
     assert result.cache_path.is_file()
+
+
+def test_muon_shapes_are_the_matrices_muon_takes() -> None:
+    from nanogpt.model import GPT
+    from nanogpt.optim import muon_parameters
+
+    cfg = ModelConfig(vocab_size=65, block_size=16, n_layer=3, n_head=2, n_embd=32)
+    expected: dict[tuple[int, int], int] = {}
+    for p in muon_parameters(GPT(cfg)):
+        expected[tuple(p.shape)] = expected.get(tuple(p.shape), 0) + 1
+    assert {(r, c): n for n, r, c in dtype_probe.muon_shapes(cfg)} == expected
+
+
+def test_newton_schulz_dtype_is_measured_once_and_cached(tmp_path: Path) -> None:
+    first = dtype_probe.resolve_ns_dtype(TINY, tmp_path)
+    assert first.source == "measured" and first.float32_ms > 0 and first.bfloat16_ms > 0
+    faster = "bfloat16" if first.bfloat16_ms < dtype_probe.MARGIN * first.float32_ms else "float32"
+    assert first.dtype == dtype_probe.NAMED[faster]
+    second = dtype_probe.resolve_ns_dtype(TINY, tmp_path)
+    assert (second.source, second.dtype) == ("cached", first.dtype)
+
+
+def test_a_named_dtype_keeps_newton_schulz_at_the_optimizers_default(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from nanogpt import runtime
+    from nanogpt.config import TrainConfig
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setenv("NANOGPT_CACHE_DIR", str(tmp_path))
+    named = runtime.resolve_hardware(TINY, TrainConfig(dtype="float32", device="cpu", optimizer="muon", batch_size=2))
+    assert named.ns_dtype is None and not (tmp_path / dtype_probe.CACHE_FILE).exists()
+    auto = runtime.resolve_hardware(TINY, TrainConfig(dtype="auto", device="cpu", optimizer="muon", batch_size=2))
+    assert auto.ns_dtype in (torch.float32, torch.bfloat16) and "Newton-Schulz" in auto.dtype_probe
+    adamw = runtime.resolve_hardware(TINY, TrainConfig(dtype="auto", device="cpu", optimizer="adamw", batch_size=2))
+    assert adamw.ns_dtype is None

@@ -144,6 +144,65 @@ def resolve_cpu_dtype(
     return ProbeResult(NAMED[dtype], "measured", round(f32, 3), round(bf16, 3), path)
 
 
+def muon_shapes(cfg: ModelConfig) -> list[tuple[int, int, int]]:
+    """(count, rows, cols) of the matrices Muon orthogonalises for `cfg` (optim.muon_parameters), by shape."""
+    from .model import GPT
+    from .optim import muon_parameters
+
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        model = GPT(ModelConfig(**{**asdict(cfg), "vocab_size": max(cfg.vocab_size, 1)}))
+    counts: dict[tuple[int, int], int] = {}
+    for p in muon_parameters(model):
+        counts[tuple(p.shape)] = counts.get(tuple(p.shape), 0) + 1
+    return [(n, rows, cols) for (rows, cols), n in sorted(counts.items())]
+
+
+def measure_newton_schulz(shapes: list[tuple[int, int, int]], repeats: int = 3) -> tuple[float, float]:
+    """(float32 ms, bfloat16 ms) for one Muon update's Newton-Schulz over `shapes`, batched as BatchedMuon
+    batches them; best of `repeats`, interleaved."""
+    from .optim import newton_schulz
+
+    gen = torch.Generator().manual_seed(0)
+    stacks = [torch.randn(n, rows, cols, generator=gen) for n, rows, cols in shapes]
+
+    def once(dtype: torch.dtype) -> float:
+        t0 = time.perf_counter()
+        for grads in stacks:
+            newton_schulz(grads, dtype=dtype)
+        return 1000 * (time.perf_counter() - t0)
+
+    f32, bf16 = once(torch.float32), once(torch.bfloat16)  # warm-up
+    if bf16 > 10 * f32:
+        return f32, bf16
+    f32, bf16 = float("inf"), float("inf")
+    for _ in range(repeats):
+        f32 = min(f32, once(torch.float32))
+        bf16 = min(bf16, once(torch.bfloat16))
+    return f32, bf16
+
+
+def resolve_ns_dtype(cfg: ModelConfig, cache_dir: str | os.PathLike | None = None) -> ProbeResult:
+    """The dtype of Muon's Newton-Schulz on a CPU with native bfloat16: the faster of the two for this
+    model's matrices (cached like the step's verdict). The iteration only has to land the singular values
+    near 1, which bfloat16 does (torch.optim.Muon's own default), so speed alone decides."""
+    shapes = muon_shapes(cfg)
+    path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / CACHE_FILE
+    dims = ";".join(f"{n}x{r}x{c}" for n, r, c in shapes)
+    key = f"newton-schulz|{cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}|{dims}"
+    entries = _read(path)
+    hit = entries.get(key)
+    if isinstance(hit, dict) and hit.get("dtype") in ("float32", "bfloat16"):
+        return ProbeResult(NAMED[hit["dtype"]], "cached", hit.get("float32_ms"), hit.get("bfloat16_ms"), path)
+    f32, bf16 = measure_newton_schulz(shapes)
+    dtype = "bfloat16" if bf16 < MARGIN * f32 else "float32"
+    entries[key] = {"dtype": dtype, "float32_ms": round(f32, 3), "bfloat16_ms": round(bf16, 3)}
+    try:
+        _write(path, entries)
+    except OSError:
+        path = None
+    return ProbeResult(NAMED[dtype], "measured", round(f32, 3), round(bf16, 3), path)
+
+
 def describe(result: ProbeResult) -> str:
     """One line for the run's start: the dtype, and for auto the numbers it was chosen by."""
     name = str(result.dtype).removeprefix("torch.")

@@ -409,6 +409,7 @@ class Trainer:
             weight_decay=train_cfg.weight_decay,
             device=self.device,
             muon_lr=train_cfg.muon_learning_rate,
+            ns_dtype=hardware.ns_dtype,
         )
         self.scaler = torch.amp.GradScaler(self.device.type) if hardware.grad_scaler else None
         if resume is not None:

@@ -204,6 +204,7 @@ class Hardware:
     # the run before the weights move), the log interval on CUDA/MPS (one sync per interval, not per step)
     sync_every: int
     dtype_probe: str = ""  # `--dtype auto` on CPU: what the step was measured at, when it was measured now
+    ns_dtype: torch.dtype | None = None  # Muon's Newton-Schulz, where measured (CPU); None: optim's default
 
     @property
     def is_main(self) -> bool:
@@ -227,6 +228,9 @@ def resolve_hardware(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Hardware
     probe = ""
     if device.type == "cpu" and train_cfg.dtype == "auto" and dtype == torch.bfloat16:
         dtype, probe = _measured_cpu_dtype(model_cfg, -(-train_cfg.batch_size // shards), max(1, cores // shards))
+    ns_dtype, ns_probe = None, ""  # None: optim's default for the device
+    if device.type == "cpu" and train_cfg.optimizer == "muon" and train_cfg.dtype == "auto" and cpu_has_fast_bf16():
+        ns_dtype, ns_probe = _measured_ns_dtype(model_cfg)
     sync_every = 1 if device.type == "cpu" else max(1, train_cfg.log_interval)
     if os.environ.get("NANOGPT_SYNC_EVERY", "").isdigit():
         sync_every = max(1, int(os.environ["NANOGPT_SYNC_EVERY"]))
@@ -241,8 +245,24 @@ def resolve_hardware(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Hardware
         threads=max(1, cores // shards) if device.type == "cpu" else None,
         grad_scaler=dtype == torch.float16,
         sync_every=sync_every,
-        dtype_probe=probe,
+        dtype_probe="; ".join(p for p in (probe, ns_probe) if p),
+        ns_dtype=ns_dtype,
     )
+
+
+def _measured_ns_dtype(model_cfg: ModelConfig) -> tuple[torch.dtype, str]:
+    """Muon's Newton-Schulz dtype on a CPU with native bfloat16, timed (or cached) on every core (the update
+    runs on all of them, see all_cores); every torchrun rank takes rank 0's. A named --dtype skips this."""
+    from . import dtype_probe
+
+    result = dtype_probe.resolve_ns_dtype(model_cfg)
+    bf16 = distributed.broadcast_int(int(result.dtype == torch.bfloat16), torch.device("cpu"))
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    line = ""
+    if result.source == "measured":
+        line = (f"Muon's Newton-Schulz: {str(dtype).removeprefix('torch.')} (float32 {result.float32_ms:.1f} ms, "
+                f"bfloat16 {result.bfloat16_ms:.1f} ms; measured now)")
+    return dtype, line
 
 
 def _measured_cpu_dtype(model_cfg: ModelConfig, batch_size: int, threads: int) -> tuple[torch.dtype, str]:
