@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_write
 from .config import ModelConfig
 from .prepare import cache_dir as default_cache_dir
 
@@ -84,8 +85,7 @@ def cache_key(shape: StepShape) -> str:
 def measure(shape: StepShape, repeats: int = 3) -> tuple[float, float]:
     """(float32 ms, bfloat16-autocast ms) for forward + backward of one call of this shape.
 
-    Best of `repeats`, interleaved so a burst of load elsewhere hits both sides alike. Where bfloat16 is far
-    behind already in the warm-up (emulated: 10x and more) the probe stops there; the verdict is plain.
+    Best of `repeats`, interleaved (see _race).
     """
     from .model import GPT  # here: reading a cached verdict builds no model
 
@@ -99,22 +99,15 @@ def measure(shape: StepShape, repeats: int = 3) -> tuple[float, float]:
         x = torch.randint(0, shape.vocab_size, (batch, shape.block_size))
         y = torch.randint(0, shape.vocab_size, (batch, shape.block_size))
 
-        def once(autocast: bool) -> float:
+        def once(bfloat16: bool) -> float:
             t0 = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
                 _, loss = model(x, y)
             loss.backward()
             model.zero_grad(set_to_none=True)
             return 1000 * (time.perf_counter() - t0)
 
-        f32, bf16 = once(False), once(True)  # warm-up: first calls pick kernels and allocate
-        if bf16 > 10 * f32:
-            return f32, bf16
-        f32, bf16 = float("inf"), float("inf")
-        for _ in range(repeats):
-            f32 = min(f32, once(False))
-            bf16 = min(bf16, once(True))
-        return f32, bf16
+        return _race(once, repeats)
     finally:
         torch.random.set_rng_state(torch_state)
 
@@ -128,20 +121,7 @@ def resolve_cpu_dtype(
         return ProbeResult(NAMED[requested], "named")
     if requested != "auto":
         raise ValueError(f"unknown dtype {requested!r}")
-    path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / CACHE_FILE
-    key = cache_key(shape)
-    entries = _read(path)
-    hit = entries.get(key)
-    if isinstance(hit, dict) and hit.get("dtype") in ("float32", "bfloat16"):
-        return ProbeResult(NAMED[hit["dtype"]], "cached", hit.get("float32_ms"), hit.get("bfloat16_ms"), path)
-    f32, bf16 = measure(shape)
-    dtype = "bfloat16" if bf16 < MARGIN * f32 else "float32"
-    entries[key] = {"dtype": dtype, "float32_ms": round(f32, 3), "bfloat16_ms": round(bf16, 3)}
-    try:
-        _write(path, entries)
-    except OSError:  # a read-only home must not stop training; the next run measures again
-        path = None
-    return ProbeResult(NAMED[dtype], "measured", round(f32, 3), round(bf16, 3), path)
+    return _verdict(cache_key(shape), lambda: measure(shape), cache_dir)
 
 
 def muon_shapes(cfg: ModelConfig) -> list[tuple[int, int, int]]:
@@ -165,20 +145,13 @@ def measure_newton_schulz(shapes: list[tuple[int, int, int]], repeats: int = 3) 
     gen = torch.Generator().manual_seed(0)
     stacks = [torch.randn(n, rows, cols, generator=gen) for n, rows, cols in shapes]
 
-    def once(dtype: torch.dtype) -> float:
+    def once(bfloat16: bool) -> float:
         t0 = time.perf_counter()
         for grads in stacks:
-            newton_schulz(grads, dtype=dtype)
+            newton_schulz(grads, dtype=torch.bfloat16 if bfloat16 else torch.float32)
         return 1000 * (time.perf_counter() - t0)
 
-    f32, bf16 = once(torch.float32), once(torch.bfloat16)  # warm-up
-    if bf16 > 10 * f32:
-        return f32, bf16
-    f32, bf16 = float("inf"), float("inf")
-    for _ in range(repeats):
-        f32 = min(f32, once(torch.float32))
-        bf16 = min(bf16, once(torch.bfloat16))
-    return f32, bf16
+    return _race(once, repeats)
 
 
 def resolve_ns_dtype(cfg: ModelConfig, cache_dir: str | os.PathLike | None = None) -> ProbeResult:
@@ -186,41 +159,53 @@ def resolve_ns_dtype(cfg: ModelConfig, cache_dir: str | os.PathLike | None = Non
     model's matrices (cached like the step's verdict). The iteration only has to land the singular values
     near 1, which bfloat16 does (torch.optim.Muon's own default), so speed alone decides."""
     shapes = muon_shapes(cfg)
-    path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / CACHE_FILE
     dims = ";".join(f"{n}x{r}x{c}" for n, r, c in shapes)
     key = f"newton-schulz|{cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}|{dims}"
+    return _verdict(key, lambda: measure_newton_schulz(shapes), cache_dir)
+
+
+def _race(once: Callable[[bool], float], repeats: int) -> tuple[float, float]:
+    """(float32 ms, bfloat16 ms) of `once(bfloat16)`: best of `repeats`, interleaved so a burst of load elsewhere
+    hits both sides alike, after one warm-up call each (the first calls pick kernels and allocate). Where
+    bfloat16 is far behind already in the warm-up (emulated: 10x and more) it stops there; the verdict is plain.
+    """
+    f32, bf16 = once(False), once(True)
+    if bf16 > 10 * f32:
+        return f32, bf16
+    f32, bf16 = float("inf"), float("inf")
+    for _ in range(repeats):
+        f32 = min(f32, once(False))
+        bf16 = min(bf16, once(True))
+    return f32, bf16
+
+
+def _verdict(
+    key: str, measure_both: Callable[[], tuple[float, float]], cache_dir: str | os.PathLike | None
+) -> ProbeResult:
+    """The cached verdict under `key`, or `measure_both()`'s (bfloat16 only when clearly faster), cached."""
+    path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / CACHE_FILE
     entries = _read(path)
     hit = entries.get(key)
     if isinstance(hit, dict) and hit.get("dtype") in ("float32", "bfloat16"):
         return ProbeResult(NAMED[hit["dtype"]], "cached", hit.get("float32_ms"), hit.get("bfloat16_ms"), path)
-    f32, bf16 = measure_newton_schulz(shapes)
+    f32, bf16 = measure_both()
     dtype = "bfloat16" if bf16 < MARGIN * f32 else "float32"
     entries[key] = {"dtype": dtype, "float32_ms": round(f32, 3), "bfloat16_ms": round(bf16, 3)}
     try:
-        _write(path, entries)
-    except OSError:
+        text = json.dumps(entries, indent=1, sort_keys=True)
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    except OSError:  # a read-only home must not stop training; the next run measures again
         path = None
     return ProbeResult(NAMED[dtype], "measured", round(f32, 3), round(bf16, 3), path)
 
 
-def describe(result: ProbeResult) -> str:
-    """One line for the run's start: the dtype, and for auto the numbers it was chosen by."""
+def describe(result: ProbeResult, what: str = "dtype auto", timed: str = "forward + backward of one call") -> str:
+    """One line for the run's start: the dtype, and for a probed one the numbers it was chosen by."""
     name = str(result.dtype).removeprefix("torch.")
     if result.source == "named":
         return f"dtype {name} (as given)"
     how = "measured now" if result.source == "measured" else f"cached in {result.cache_path}"
-    return (
-        f"dtype auto: {name} (forward + backward of one call: float32 {result.float32_ms:.1f} ms, "
-        f"bfloat16 {result.bfloat16_ms:.1f} ms; {how})"
-    )
-
-
-def as_dict(result: ProbeResult) -> dict:
-    """The result as JSON-ready values (for a run's log)."""
-    d = asdict(result)
-    d["dtype"] = str(result.dtype).removeprefix("torch.")
-    d["cache_path"] = str(result.cache_path) if result.cache_path else None
-    return d
+    return f"{what}: {name} ({timed}: float32 {result.float32_ms:.1f} ms, bfloat16 {result.bfloat16_ms:.1f} ms; {how})"
 
 
 def _read(path: Path) -> dict:
@@ -229,16 +214,3 @@ def _read(path: Path) -> dict:
     except (OSError, ValueError):  # absent or damaged: measure again and rewrite it
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _write(path: Path, entries: dict) -> None:
-    """Write the cache atomically: a temporary file in the same folder, then renamed over the old one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(entries, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -28,6 +28,7 @@ from .errors import UserError
 
 if TYPE_CHECKING:
     from .config import ModelConfig, TrainConfig
+    from .dtype_probe import ProbeResult
 
 
 def resolve_device(name: str) -> torch.device:
@@ -252,22 +253,17 @@ def resolve_hardware(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Hardware
 
 def _measured_ns_dtype(model_cfg: ModelConfig) -> tuple[torch.dtype, str]:
     """Muon's Newton-Schulz dtype on a CPU with native bfloat16, timed (or cached) on every core (the update
-    runs on all of them, see all_cores); every torchrun rank takes rank 0's. A named --dtype skips this."""
+    runs on all of them, see all_cores). A named --dtype skips this."""
     from . import dtype_probe
 
     result = dtype_probe.resolve_ns_dtype(model_cfg)
-    bf16 = distributed.broadcast_int(int(result.dtype == torch.bfloat16), torch.device("cpu"))
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    line = ""
-    if result.source == "measured":
-        line = (f"Muon's Newton-Schulz: {str(dtype).removeprefix('torch.')} (float32 {result.float32_ms:.1f} ms, "
-                f"bfloat16 {result.bfloat16_ms:.1f} ms; measured now)")
-    return dtype, line
+    line = dtype_probe.describe(result, "Muon's Newton-Schulz", "one update") if result.source == "measured" else ""
+    return _agreed(result), line
 
 
 def _measured_cpu_dtype(model_cfg: ModelConfig, batch_size: int, threads: int) -> tuple[torch.dtype, str]:
     """bfloat16 or float32 for `--dtype auto` on a CPU with native bfloat16: the faster of the two for this
-    run's step, timed (or cached) with the threads one shard will use; every torchrun rank takes rank 0's."""
+    run's step, timed (or cached) with the threads one shard will use."""
     from . import dtype_probe
 
     before = torch.get_num_threads()
@@ -276,9 +272,13 @@ def _measured_cpu_dtype(model_cfg: ModelConfig, batch_size: int, threads: int) -
         result = dtype_probe.resolve_cpu_dtype("auto", dtype_probe.StepShape.of(model_cfg, batch_size))
     finally:
         torch.set_num_threads(before)
+    return _agreed(result), dtype_probe.describe(result) if result.source == "measured" else ""
+
+
+def _agreed(result: ProbeResult) -> torch.dtype:
+    """A probe's dtype (float32 or bfloat16) as rank 0 found it: every torchrun rank must compute alike."""
     bf16 = distributed.broadcast_int(int(result.dtype == torch.bfloat16), torch.device("cpu"))
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    return dtype, dtype_probe.describe(result) if result.source == "measured" else ""
+    return torch.bfloat16 if bf16 else torch.float32
 
 
 def memory_of(device: torch.device) -> int | None:
