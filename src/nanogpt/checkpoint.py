@@ -58,34 +58,6 @@ def stem_of(path: str | Path) -> Path:
     return Path(p)
 
 
-def latest_in(folder: str | Path) -> Path:
-    """The stem of the latest checkpoint (highest step) in a run folder; UserError listing the folder if none.
-
-    Users name the folder they trained into (`generate out/`) as often as a checkpoint; only sets whose
-    weights and config.json both exist count, so a half-copied folder does not hand out a broken stem.
-    """
-    folder = Path(folder)
-    found = []
-    for config_file in folder.glob("model_step_*.config.json"):
-        stem = stem_of(config_file)
-        step = stem.name.removeprefix("model_step_")
-        if step.isdigit() and _file(stem, ".safetensors").is_file():
-            found.append((int(step), stem))
-    if found:
-        return max(found)[1]
-    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
-    shown = ", ".join(names[:12]) + (f", ... ({len(names)} entries)" if len(names) > 12 else "")
-    raise UserError(
-        f"no checkpoint in folder {folder} (expected model_step_N.safetensors and model_step_N.config.json); "
-        + (f"it holds: {shown}" if names else "it is empty")
-    )
-
-
-def resolve(path: str | Path) -> Path:
-    """A checkpoint stem from what a user typed: a stem, one of its files, or a run folder (its latest)."""
-    return latest_in(path) if Path(path).is_dir() else stem_of(path)
-
-
 def stem_for(out_dir: str | Path, step: int) -> Path:
     return Path(out_dir) / f"model_step_{step}"
 

@@ -214,7 +214,7 @@ def _checkpoint_given(path: str | None) -> str | None:
     """A checkpoint as typed; a run folder means its latest checkpoint, and we say which (stderr)."""
     if path is None or not Path(path).is_dir():
         return path
-    from .checkpoint import latest_in
+    from .runs import latest_in
 
     stem = str(latest_in(path))
     if os.environ.get("RANK", "0") == "0":

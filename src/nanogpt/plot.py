@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint
+from . import checkpoint, runs
 from .atomic import atomic_write
 from .errors import UserError
 
@@ -40,7 +40,7 @@ def read_run(path: str | Path) -> Run:
     """The run at `path` (a stem, a checkpoint file, or a folder of checkpoints); UserError if it is none."""
     path = Path(path)
     try:
-        stem = checkpoint.resolve(path)
+        stem = runs.resolve(path)
     except UserError:  # a folder without checkpoints: said below like any other path that is not a run
         stem = None
     if stem is None or not checkpoint.weights_path(stem).is_file() and not Path(f"{stem}.config.json").is_file():

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import temp_file
-from .checkpoint import SUFFIXES, stem_for
+from .checkpoint import SUFFIXES, stem_for, stem_of, weights_path
 from .errors import UserError
 
 _SET_FILE = re.compile(r"^model_step_(\d+)(\..+)$")
@@ -48,6 +48,29 @@ def sets_in(folder: Path) -> Sets:
                 found.setdefault(int(match.group(1)), []).append(path)
     whole = {s: paths for s, paths in found.items() if any(p.name.endswith(".config.json") for p in paths)}
     return Sets(whole=whole, partial={s: paths for s, paths in found.items() if s not in whole})
+
+
+def latest_in(folder: str | Path) -> Path:
+    """The stem of the latest checkpoint (highest step) in a run folder; UserError listing the folder if none.
+
+    Users name the folder they trained into (`generate out/`) as often as a checkpoint; only whole sets whose
+    weights are there count, so a half-copied folder does not hand out a broken stem.
+    """
+    folder = Path(folder)
+    steps = [s for s in sets_in(folder).whole if weights_path(stem_for(folder, s)).is_file()]
+    if steps:
+        return stem_for(folder, max(steps))
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    shown = ", ".join(names[:12]) + (f", ... ({len(names)} entries)" if len(names) > 12 else "")
+    raise UserError(
+        f"no checkpoint in folder {folder} (expected model_step_N.safetensors and model_step_N.config.json); "
+        + (f"it holds: {shown}" if names else "it is empty")
+    )
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint stem from what a user typed: a stem, one of its files, or a run folder (its latest)."""
+    return latest_in(path) if Path(path).is_dir() else stem_of(path)
 
 
 def _conflict(folder: Path, step: int) -> str | None:
