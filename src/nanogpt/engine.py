@@ -37,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -326,21 +327,29 @@ def _batch_samplers(
     tokens: data.TokenData, model_cfg: config.ModelConfig, train_cfg: config.TrainConfig, device: torch.device
 ) -> tuple[data.BatchSampler, data.BatchSampler]:
     """The training and the validation batches (each batch a pure function of seed and index)."""
-    train, val = (
-        data.BatchSampler(
-            split,
-            block_size=model_cfg.block_size,
-            batch_size=batch_size,
-            seed=train_cfg.seed,
-            stream=stream,
-            device=device,
-        )
-        for split, batch_size, stream in (
-            (tokens.train, train_cfg.batch_size, data.TRAIN_STREAM),
-            (tokens.val, train_cfg.eval_batch_size, data.VAL_STREAM),
-        )
+    train = data.BatchSampler(
+        tokens.train,
+        block_size=model_cfg.block_size,
+        batch_size=train_cfg.batch_size,
+        seed=train_cfg.seed,
+        stream=data.TRAIN_STREAM,
+        device=device,
     )
-    return train, val
+    return train, _val_sampler(tokens.val, model_cfg, train_cfg, device)
+
+
+def _val_sampler(
+    val: np.ndarray, model_cfg: config.ModelConfig, train_cfg: config.TrainConfig, device: torch.device
+) -> data.BatchSampler:
+    """Validation batches drawn from `val` (val.bin, or one source's stretch of it)."""
+    return data.BatchSampler(
+        val,
+        block_size=model_cfg.block_size,
+        batch_size=train_cfg.eval_batch_size,
+        seed=train_cfg.seed,
+        stream=data.VAL_STREAM,
+        device=device,
+    )
 
 
 def _source_samplers(
@@ -349,14 +358,7 @@ def _source_samplers(
     """A mixology dataset: validation batches from each source's own stretch of val.bin, by source name (a
     source with fewer tokens than a window is left out); {} for a single source."""
     return {
-        name: data.BatchSampler(
-            tokens.val[start:stop],
-            block_size=model_cfg.block_size,
-            batch_size=train_cfg.eval_batch_size,
-            seed=train_cfg.seed,
-            stream=data.VAL_STREAM,
-            device=device,
-        )
+        name: _val_sampler(tokens.val[start:stop], model_cfg, train_cfg, device)
         for name, start, stop in data.val_sources(tokens.meta, len(tokens.val))
         if stop - start > model_cfg.block_size
     }
