@@ -62,6 +62,7 @@ def run_ours(args: argparse.Namespace) -> dict:
                  "out_dir": tempfile.mkdtemp(prefix="ttl-ours-")}
     if args.optimizer:
         overrides["optimizer"] = args.optimizer
+    overrides.update(parse_sets(args.set))
     trainer = build_trainer(overrides, preset="cpu-small")
     points, clock = [], 0.0
     with training_process(trainer.hardware):  # threads and allocator, as `nanogpt train` sets them
@@ -75,13 +76,29 @@ def run_ours(args: argparse.Namespace) -> dict:
                 points.append({"step": step, "seconds": clock, "val": loss})
     t = trainer.train_cfg
     recipe = f"{t.optimizer}, {t.lr_schedule}" + (f" {t.decay_fraction:g}" if t.lr_schedule == "wsd" else "")
+    recipe += f", batch {t.batch_size}"
     return {"points": points, "recipe": recipe, "dtype": str(trainer.dtype).removeprefix("torch.")}
+
+
+def parse_sets(pairs: list[str]) -> dict:
+    """--set KEY=VALUE pairs as training overrides, VALUE read as a number where it is one (batch_size=36)."""
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        for kind in (int, float):
+            with contextlib.suppress(ValueError):
+                out[key] = kind(value)
+                break
+        else:
+            out[key] = value
+    return out
 
 
 def launch_ours(args: argparse.Namespace, data_dir: Path, steps: int, seed: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--data-dir", str(data_dir), "--steps", str(steps),
            "--seed", str(seed), "--eval-every", str(args.eval_every)]
     cmd += ["--optimizer", args.optimizer] if args.optimizer else []
+    cmd += [x for kv in args.set for x in ("--set", kv)]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if out.returncode:
@@ -189,7 +206,11 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[1337])
     p.add_argument("--ours-steps", type=int, nargs="+", default=[2000, 600], help="one run of ours per value")
     p.add_argument("--optimizer", choices=("adamw", "muon"), help="ours (default: the preset's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="ours: a training setting over the preset's (batch_size=36, muon_learning_rate=0.03)")
     p.add_argument("--nanogpt-steps", type=int, default=2000)
+    p.add_argument("--nanogpt-seconds", type=float,
+                   help="don't run nanoGPT: compare against this time of its run (measured earlier, same box)")
     p.add_argument("--eval-every", type=int, default=50, help="steps between whole-val.bin evaluations")
     p.add_argument("--data-dir", help="prepared char data (default: Tiny Shakespeare, prepared here)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # child: one run of ours
@@ -217,14 +238,18 @@ def main() -> int:
                 r = launch_ours(args, data_dir, steps, seed)
                 total = r["points"][-1]["seconds"]
                 rows.append(("ours", f"{r['recipe']} ({r['dtype']})", str(seed), r["points"], total, steps))
-        print(f"nanoGPT: {args.nanogpt_steps} iterations ...", file=sys.stderr, flush=True)
-        saved = Path(tmp) / "checkpoints"
-        saved.mkdir()
-        folder = nanogpt_copy(Path(tmp), data_dir)
-        result = run_nanogpt(args, folder, saved)
-        points = nanogpt_points(folder, saved, result, data_dir, args.target)
-        rows.append(("nanoGPT train.py", "adamw, cosine (float32)", "1337", points, sum(result["clock"]),
-                     args.nanogpt_steps))
+        if args.nanogpt_seconds:  # a search among our recipes: nanoGPT's time from an earlier run of this script
+            reference = args.nanogpt_seconds
+        else:
+            print(f"nanoGPT: {args.nanogpt_steps} iterations ...", file=sys.stderr, flush=True)
+            saved = Path(tmp) / "checkpoints"
+            saved.mkdir()
+            folder = nanogpt_copy(Path(tmp), data_dir)
+            result = run_nanogpt(args, folder, saved)
+            points = nanogpt_points(folder, saved, result, data_dir, args.target)
+            reference = sum(result["clock"])
+            rows.append(("nanoGPT train.py", "adamw, cosine (float32)", "1337", points, reference,
+                         args.nanogpt_steps))
     print(f"# time to validation loss <= {args.target} (whole val.bin, every {args.eval_every} steps); "
           f"{cpu_name()}, {os.cpu_count()} logical CPUs; training seconds, evaluation excluded")
     print("| side | recipe | seed | steps | seconds to target | at step | seconds, all steps | val at the end "
@@ -232,8 +257,9 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(row(*r, args.target))
-    reference = sum(result["clock"])
-    for _, _, seed, pts, _, steps in rows[:-1]:
+    for side, _, seed, pts, _, steps in rows:
+        if side != "ours":
+            continue
         hit = first_at(pts, args.target)
         if hit:
             print(f"ours ({steps} steps, seed {seed}) to {args.target}: {hit['seconds'] / reference:.3f}x "
