@@ -123,7 +123,10 @@ def run(args: argparse.Namespace, tokens: data.TokenData, windows: torch.Tensor,
     torch.manual_seed(seed)
     model = build_model(cfg, variant)
     opt = build_optimizer(model, kind=optimizer, lr=lr, betas=(0.9, 0.99), weight_decay=0.1, device=device,
-                          muon_lr=muon_lr, muon_weight_decay=muon_wd)
+                          muon_lr=muon_lr, muon_weight_decay=muon_wd, muon_momentum=args.muon_momentum,
+                          ns_dtype=getattr(torch, args.ns_dtype))
+    if optimizer == "muon":
+        opt.optimizers[1].param_groups[0]["ns_steps"] = args.ns_steps
     sampler = data.BatchSampler(tokens.train, block_size=64, batch_size=batch, seed=seed,
                                 stream=data.TRAIN_STREAM, device=device)
     eval_at = {s for s in args.eval_at if s < steps} | {steps}
@@ -136,7 +139,8 @@ def run(args: argparse.Namespace, tokens: data.TokenData, windows: torch.Tensor,
         x, y = sampler.batch(step)
         _, loss = model(x, y)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         train_s += time.perf_counter() - t0
@@ -149,7 +153,8 @@ def run(args: argparse.Namespace, tokens: data.TokenData, windows: torch.Tensor,
         "seed": seed, "optimizer": optimizer, "steps": steps, "lr": lr,
         "muon_lr": muon_lr if optimizer == "muon" else None, "muon_wd": muon_wd if optimizer == "muon" else None,
         "schedule": schedule, "warmup": warmup, "decay_frac": decay_frac if schedule == "wsd" else None,
-        "min_ratio": args.min_ratio, "batch": batch, "variant": variant,
+        "min_ratio": args.min_ratio, "batch": batch, "variant": variant, "grad_clip": args.grad_clip,
+        "muon_momentum": args.muon_momentum, "ns_steps": args.ns_steps, "ns_dtype": args.ns_dtype,
         "val": evals, "final": evals.get(steps, float("nan")),
         "train_s": round(train_s, 2), "ms_per_step": round(1000 * train_s / steps, 1),
     }
@@ -210,6 +215,11 @@ def main() -> None:
     p.add_argument("--decay-frac", type=float, nargs="+", default=[0.5], help="wsd: share of steps decaying")
     p.add_argument("--min-ratio", type=float, default=0.1, help="final learning rate / peak (nanoGPT: 0.1)")
     p.add_argument("--batch", type=int, nargs="+", default=[12])
+    p.add_argument("--muon-momentum", type=float, default=0.95)
+    p.add_argument("--ns-steps", type=int, default=5, help="Newton-Schulz iterations per Muon step")
+    p.add_argument("--ns-dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="Newton-Schulz dtype (the engine's --dtype auto picks bfloat16 where it is faster)")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="0: no clipping")
     p.add_argument("--variant", nargs="+", default=["gpt2"],
                    help="gpt2, or modded-nanogpt changes joined by +: relu2, qknorm, zeroinit, untied")
     p.add_argument("--eval-at", type=int, nargs="*", default=[])

@@ -128,10 +128,12 @@ def test_default_preset_is_cpu_small_on_cpu(shakespeare_dir: Path, tmp_path: Pat
     assert trainer.model_cfg.vocab_size == 65  # taken from the data
     # the recipe searched on these shapes: Muon on the block matrices, AdamW on the rest, WSD
     t = trainer.train_cfg
-    assert (t.optimizer, t.muon_learning_rate, t.learning_rate, t.lr_schedule, t.warmup_steps) == (
-        "muon", 0.02, 3e-3, "wsd", 20
+    assert (t.optimizer, t.muon_learning_rate, t.muon_momentum, t.learning_rate, t.lr_schedule, t.warmup_steps) == (
+        "muon", 0.03, 0.85, 3e-3, "wsd", 20
     )
-    assert [g["lr_scale"] for g in trainer.optimizer.param_groups] == [1.0, 1.0, 0.02 / 3e-3]
+    assert t.batch_size == 24  # a larger batch than nanoGPT's 12: fewer, cheaper-per-token steps
+    assert [g["lr_scale"] for g in trainer.optimizer.param_groups] == [1.0, 1.0, 0.03 / 3e-3]
+    assert trainer.optimizer.param_groups[-1]["momentum"] == 0.85  # the flag reaches Muon
 
 
 def test_optimizer_adamw_on_cpu_small_is_nanogpts_recipe_exactly(shakespeare_dir: Path, tmp_path: Path) -> None:

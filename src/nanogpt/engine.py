@@ -411,6 +411,7 @@ class Trainer:
             weight_decay=train_cfg.weight_decay,
             device=self.device,
             muon_lr=train_cfg.muon_learning_rate,
+            muon_momentum=train_cfg.muon_momentum,
             ns_dtype=hardware.ns_dtype,
         )
         self.scaler = torch.amp.GradScaler(self.device.type) if hardware.grad_scaler else None

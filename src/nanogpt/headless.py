@@ -31,7 +31,8 @@ def _effective_batch(event: RunStarted) -> str:
 def _recipe(t: dict[str, Any]) -> str:
     """The optimizer(s) and the schedule of a run, in a few words."""
     if t["optimizer"] == "muon":
-        what = f"Muon lr {t['muon_learning_rate']:g} on the block matrices, AdamW lr {t['learning_rate']:g} on the rest"
+        what = (f"Muon lr {t['muon_learning_rate']:g} (momentum {t['muon_momentum']:g}) on the block matrices, "
+                f"AdamW lr {t['learning_rate']:g} on the rest")
     else:
         what = f"AdamW lr {t['learning_rate']:g}"
     when = f"{t['lr_schedule']} schedule, warm-up {t['warmup_steps']}"
