@@ -98,7 +98,7 @@ def test_train_help_says_which_defaults_the_preset_sets(capsys) -> None:
     _, out, _ = run_cli(capsys, "train", "--help")
     flat = " ".join(out.split())
     assert "(default: from the preset: 2000 for cpu-small, 5000 for baby-gpt)" in flat  # --steps
-    assert "(default: from the preset: 12 for cpu-small, 64 for baby-gpt)" in flat  # --batch-size
+    assert "(default: from the preset: 24 for cpu-small, 64 for baby-gpt)" in flat  # --batch-size
     assert "(default: from the preset: muon for cpu-small, adamw for baby-gpt)" in flat  # --optimizer
     assert "(default: from the preset: wsd for cpu-small, cosine for baby-gpt)" in flat  # --lr-schedule
     assert "--log-interval N steps between headless progress lines (default: 10)" in flat  # no preset sets it

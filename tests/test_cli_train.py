@@ -91,6 +91,8 @@ def broken_copy(src: Path, dst: Path) -> Path:
         (["--data-dir", "{small}", "--block-size", "512"], "larger than the validation data (300 tokens)"),
         (["--data-dir", "{data}", "--preset", "huge"], "preset"),
         (["--data-dir", "{data}", "--muon-learning-rate", "0"], "--muon-learning-rate must be a positive number"),
+        (["--data-dir", "{data}", "--muon-momentum", "1"], "--muon-momentum must be in [0, 1)"),
+        (["--data-dir", "{data}", "--muon-momentum", "nan"], "--muon-momentum must be in [0, 1)"),
         (["--data-dir", "{data}", "--lr-schedule", "wsd", "--decay-fraction", "1.5"], "--decay-fraction must be in"),
         (["--data-dir", "{data}", "--optimizer", "sgd"], "--optimizer"),
         (["--data-dir", "{data}", "--device", "tpu"], "device"),
