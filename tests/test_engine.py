@@ -65,6 +65,7 @@ def test_exact_resume_with_dropout_and_accumulation(shakespeare_dir: Path, tmp_p
         validation_interval=4,
         optimizer=optimizer,
         lr_schedule="wsd" if optimizer == "muon" else "cosine",  # muon: the presets' recipe
+        **({"muon_momentum": 0.85} if optimizer == "muon" else {}),
     )
     full = run_collect(build_trainer(opts))
     if optimizer == "muon":  # Muon's momentum buffers travel in the resume state, one per block matrix
@@ -118,6 +119,23 @@ def test_loss_falls_on_a_short_real_run(shakespeare_dir: Path, tmp_path: Path) -
     # 60 tiny steps learn the character frequencies: far below the uniform 4.17, still falling
     assert vals[-1] < 3.3 and vals[-1] < vals[0] < losses(events)[0]
     assert events[-1] == RunFinished(step=60, reason="completed", stem=str(tmp_path / "model_step_60"))
+
+
+def test_a_muon_checkpoint_from_before_muon_momentum_resumes_at_torchs_momentum(
+    shakespeare_dir: Path, tmp_path: Path
+) -> None:
+    # checkpoints saved before --muon-momentum existed trained at torch's 0.95: a resume must keep it
+    trainer = build_trainer(settings(shakespeare_dir, tmp_path, steps=2, optimizer="muon", muon_momentum=0.85))
+    trainer.train_step()
+    stem = Path(trainer.save().stem)
+    path = stem.with_name(stem.name + ".config.json")
+    meta = json.loads(path.read_text())
+    assert meta["train"].pop("muon_momentum") == 0.85
+    path.write_text(json.dumps(meta))
+    stem.with_name(stem.name + ".manifest.json").unlink()  # checkpoints of that time had no manifest
+    resumed = build_trainer({"out_dir": str(tmp_path / "b")}, resume=str(stem))
+    assert resumed.train_cfg.muon_momentum == 0.95
+    assert resumed.optimizer.param_groups[-1]["momentum"] == 0.95
 
 
 def test_default_preset_is_cpu_small_on_cpu(shakespeare_dir: Path, tmp_path: Path) -> None:
