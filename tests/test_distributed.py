@@ -79,7 +79,10 @@ def torchrun(nproc: int, args: list[str], **env: str) -> subprocess.CompletedPro
 
 
 def single(data_dir: Path, out: Path, resume: Path | None = None, **kw) -> Trainer:
-    """A 1-process run of the same engine, in this process."""
+    """A 1-process run of the same engine, in this process, on one intra-op thread as each torchrun rank
+    (OMP_NUM_THREADS=1): with more, the CPU shards would sum the gradient in another order, and those
+    1e-7 differences grow through AdamW past the 1e-5 the runs are compared at for some seeds (6.8e-6 was
+    seen after 6 steps)."""
     opts = {
         **TINY,
         "data_dir": str(data_dir),
@@ -90,8 +93,13 @@ def single(data_dir: Path, out: Path, resume: Path | None = None, **kw) -> Train
         "learning_rate": 3e-3,
         **kw,
     }
-    trainer = build_trainer(opts, resume=str(resume) if resume else None)
-    finished = trainer.run(lambda event: None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        trainer = build_trainer(opts, resume=str(resume) if resume else None)
+        finished = trainer.run(lambda event: None)
+    finally:
+        torch.set_num_threads(threads)
     assert finished.reason == "completed", finished.message
     return trainer
 
