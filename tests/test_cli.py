@@ -101,6 +101,8 @@ def test_train_help_says_which_defaults_the_preset_sets(capsys) -> None:
     assert "(default: from the preset: 24 for cpu-small, 64 for baby-gpt)" in flat  # --batch-size
     assert "(default: from the preset: muon for cpu-small, adamw for baby-gpt)" in flat  # --optimizer
     assert "(default: from the preset: wsd for cpu-small, cosine for baby-gpt)" in flat  # --lr-schedule
+    # set by cpu-small only: baby-gpt runs with the field's own default
+    assert "(default: from the preset: 0.85 for cpu-small, 0.95 for baby-gpt)" in flat  # --muon-momentum
     assert "--log-interval N steps between headless progress lines (default: 10)" in flat  # no preset sets it
 
 

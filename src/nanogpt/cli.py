@@ -65,9 +65,10 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) ->
 
 def _default_text(f: dataclasses.Field) -> str:
     """' (default: X)'; for a setting the presets choose, the values of the two default presets."""
-    by_preset = {name: PRESETS[name][f.name] for name in DEFAULT_PRESETS if f.name in PRESETS[name]}
-    if not by_preset:
+    if not any(f.name in PRESETS[name] for name in DEFAULT_PRESETS):
         return "" if f.default is None else f" (default: {f.default})"
+    # a default preset that leaves the setting alone runs with the field's own default
+    by_preset = {name: PRESETS[name].get(f.name, f.default) for name in DEFAULT_PRESETS}
     if len(set(by_preset.values())) == 1:
         return f" (default: {next(iter(by_preset.values()))}, from the preset)"
     return " (default: from the preset: " + ", ".join(f"{v} for {k}" for k, v in by_preset.items()) + ")"

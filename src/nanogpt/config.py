@@ -300,8 +300,9 @@ _CHAR_SCHEDULE: dict[str, Any] = {
 # (lr 0.03, momentum 0.85) on the block matrices, AdamW lr 3e-3 on the rest, batch 24, a short warm-up, then WSD
 # with the last half decaying to 0.1x. Batch 24 rather than nanoGPT's 12: a step of twice the tokens costs well
 # under twice as much on a CPU (Muon's Newton-Schulz and the per-op overhead do not grow with it), and the run
-# needs fewer than half the steps. Momentum 0.85 rather than torch's 0.95: a short run follows its gradient sooner. WSD rather than cosine:
-# it did as well or better, and a resume that raises --steps before the decay goes on without a jump.
+# needs fewer than half the steps. Momentum 0.85 rather than torch's 0.95: a short run follows its gradient
+# sooner. WSD rather than cosine: it did as well or better, and a resume that raises --steps before the decay
+# goes on without a jump.
 _MUON_RECIPE: dict[str, Any] = {
     "optimizer": "muon",
     "muon_learning_rate": 0.03,
