@@ -20,7 +20,7 @@ import torch
 from engine_fixtures import TINY, TINY_FLAGS
 from safetensors.torch import load_file
 
-from nanogpt import checkpoint
+from nanogpt import checkpoint, runtime
 from nanogpt.engine import Trainer, build_trainer
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -93,13 +93,9 @@ def single(data_dir: Path, out: Path, resume: Path | None = None, **kw) -> Train
         "learning_rate": 3e-3,
         **kw,
     }
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with runtime.intra_op_threads(1):
         trainer = build_trainer(opts, resume=str(resume) if resume else None)
         finished = trainer.run(lambda event: None)
-    finally:
-        torch.set_num_threads(threads)
     assert finished.reason == "completed", finished.message
     return trainer
 

@@ -26,10 +26,8 @@ CPU = torch.device("cpu")
 def one_intra_op_thread():
     """One intra-op thread, as under CoreParallel: these models are tiny, and OpenMP's fork/join per op
     stalls for whole scheduler time slices when other processes (parallel test runs) hold the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with runtime.intra_op_threads(1):
+        yield
 
 
 def tiny_model(seed: int = 0, **kw) -> GPT:
@@ -286,13 +284,9 @@ def test_the_update_runs_on_every_core_the_shards_share():
     cfg = ModelConfig(vocab_size=65, block_size=16, n_layer=1, n_head=2, n_embd=32)
     hardware = runtime.resolve_hardware(cfg, TrainConfig(dtype="float32", device="cpu", batch_size=4))
     sharded = dataclasses.replace(hardware, shards=2, threads=1)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # as a shard's thread runs
-    try:
+    with runtime.intra_op_threads(1):  # as a shard's thread runs
         with runtime.all_cores(sharded):
             assert torch.get_num_threads() == 2
         assert torch.get_num_threads() == 1
         with runtime.all_cores(dataclasses.replace(hardware, shards=1)):  # one pass: nothing to change
             assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
+from nanogpt import runtime
 from nanogpt.cli import main
 from nanogpt.engine import build_trainer
 from nanogpt.plot import read_run
@@ -42,10 +42,8 @@ def char_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def one_torch_thread():
     # Tiny steps gain nothing from a second intra-op thread, and on a busy 2-core box its spin-waits
     # make them ~100x slower; restore the setting for the other tests.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with runtime.intra_op_threads(1):
+        yield
 
 
 def make_trainer(data: Path, out: Path, **settings):

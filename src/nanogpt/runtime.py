@@ -266,12 +266,8 @@ def _measured_cpu_dtype(model_cfg: ModelConfig, batch_size: int, threads: int) -
     run's step, timed (or cached) with the threads one shard will use."""
     from . import dtype_probe
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with intra_op_threads(threads):
         result = dtype_probe.resolve_cpu_dtype("auto", dtype_probe.StepShape.of(model_cfg, batch_size))
-    finally:
-        torch.set_num_threads(before)
     return _agreed(result), dtype_probe.describe(result) if result.source == "measured" else ""
 
 
@@ -314,18 +310,27 @@ UI_SWITCH_INTERVAL_S = 0.0005
 
 
 @contextlib.contextmanager
-def all_cores(hardware: Hardware) -> Iterator[None]:
-    """Between the shards' forward + backward passes, the update runs on every core the shards share (each
-    shard runs on `threads` of them): Muon's Newton-Schulz above all, which one core would do alone."""
-    if hardware.shards < 2 or hardware.threads is None:
+def intra_op_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count at `n` inside, restored after (the count is process-wide); None leaves
+    it alone and costs nothing (all_cores runs every step)."""
+    if n is None:
         yield
         return
     before = torch.get_num_threads()
-    torch.set_num_threads(hardware.threads * hardware.shards)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def all_cores(hardware: Hardware) -> Iterator[None]:
+    """Between the shards' forward + backward passes, the update runs on every core the shards share (each
+    shard runs on `threads` of them): Muon's Newton-Schulz above all, which one core would do alone."""
+    sharded = hardware.shards >= 2 and hardware.threads is not None
+    with intra_op_threads(hardware.threads * hardware.shards if sharded else None):
+        yield
 
 
 @contextlib.contextmanager
@@ -398,13 +403,8 @@ SINGLE_THREAD_PARAMS = 5_000_000
 def generation_threads(device: torch.device, n_params: int) -> Iterator[None]:
     """While generating: one intra-op thread for a model under SINGLE_THREAD_PARAMS on CPU; restored after
     (the count is process-wide, and `nanogpt generate` may run in-process)."""
-    threads = torch.get_num_threads()
-    if device.type == "cpu" and n_params < SINGLE_THREAD_PARAMS:
-        torch.set_num_threads(1)
-    try:
+    with intra_op_threads(1 if device.type == "cpu" and n_params < SINGLE_THREAD_PARAMS else None):
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager
