@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -60,6 +60,8 @@ from .events import (
     Stop,
 )
 from .model import GPT
+
+T = TypeVar("T")
 
 DATA_FIELDS = ("data_dir", "training_dataset", "validation_dataset", "vocab_metadata")
 SIZE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size")
@@ -624,34 +626,42 @@ class Trainer:
             # saved already (or resumed from there): a set is never written twice
             return Saved(step=self.step, stem=self.last_stem, paths=tuple(self.last_stem + s for s in checkpoint.FILES))
         stem = checkpoint.stem_for(self.train_cfg.out_dir, self.step)
-        paths: tuple[str, ...] = ()
-        failure: UserError | None = None
-        if self.is_main:
-            try:
-                paths = checkpoint.save(
-                    stem,
-                    step=self.step,
-                    model=self.model,
-                    model_cfg=self.model_cfg,
-                    train_cfg=self.train_cfg,
-                    tokenizer_meta=self.tokens.meta,
-                    log=self.log,
-                    optimizer_tensors=checkpoint.optimizer_tensors(self.optimizer),
-                    resume_state={
-                        "batch_counter": self.batch_counter,
-                        "seed": self.train_cfg.seed,
-                        "world_size": self.world_size,
-                        "scaler": self.scaler.state_dict() if self.scaler else None,
-                    },
-                )
-            except UserError as e:  # the disk is full, or the name is taken: nothing of the set is left
-                failure = e
-        # under torchrun every rank learns whether rank 0 could write, so that they all stop together
-        if distributed.any_rank(failure is not None, self.device):
-            raise failure or UserError(f"rank 0 could not write checkpoint {stem}")
+        # a UserError: the disk is full, or the name is taken; nothing of the set is left
+        paths = self._on_rank_zero(
+            lambda: checkpoint.save(
+                stem,
+                step=self.step,
+                model=self.model,
+                model_cfg=self.model_cfg,
+                train_cfg=self.train_cfg,
+                tokenizer_meta=self.tokens.meta,
+                log=self.log,
+                optimizer_tensors=checkpoint.optimizer_tensors(self.optimizer),
+                resume_state={
+                    "batch_counter": self.batch_counter,
+                    "seed": self.train_cfg.seed,
+                    "world_size": self.world_size,
+                    "scaler": self.scaler.state_dict() if self.scaler else None,
+                },
+            ),
+            f"rank 0 could not write checkpoint {stem}",
+        )
         self.last_saved_step = self.step
         self.last_stem = str(stem)
-        return Saved(step=self.step, stem=str(stem), paths=paths)
+        return Saved(step=self.step, stem=str(stem), paths=paths or ())
+
+    def _on_rank_zero(self, work: Callable[[], T], failed: str) -> T | None:
+        """`work()` on rank 0, which alone writes (None elsewhere). Under torchrun every rank learns whether it
+        raised a UserError and raises too (`failed` where it did not run it), so that they all stop together."""
+        result, failure = None, None
+        if self.is_main:
+            try:
+                result = work()
+            except UserError as e:
+                failure = e
+        if distributed.any_rank(failure is not None, self.device):
+            raise failure or UserError(failed)
+        return result
 
     def _restore(self, saved: checkpoint.Checkpoint) -> None:
         """Continue from checkpoint `saved`: weights, optimizer moments, step, batch counter, training log."""
@@ -714,17 +724,13 @@ class Trainer:
     def _claim_out_dir(self) -> None:
         """Lock out_dir and check it takes a checkpoint before the first step (runs.claim; rank 0 writes, every
         rank learns whether it could)."""
-        failure: UserError | None = None
-        if self.is_main:
-            weights = sum(t.numel() * t.element_size() for t in checkpoint.model_tensors(self.model).values())
-            # the weights and AdamW's two moments of the same size; the JSON files (vocabulary, log) are smaller
-            size = 3 * weights + len(str(self.tokens.meta)) + 200 * self.total_steps + 65536
-            try:
-                self._claim = runs.claim(self.train_cfg.out_dir, self.step, size)
-            except UserError as e:
-                failure = e
-        if distributed.any_rank(failure is not None, self.device):
-            raise failure or UserError(f"rank 0 cannot write to --out-dir {self.train_cfg.out_dir}")
+        weights = sum(t.numel() * t.element_size() for t in checkpoint.model_tensors(self.model).values())
+        # the weights and AdamW's two moments of the same size; the JSON files (vocabulary, log) are smaller
+        size = 3 * weights + len(str(self.tokens.meta)) + 200 * self.total_steps + 65536
+        self._claim = self._on_rank_zero(
+            lambda: runs.claim(self.train_cfg.out_dir, self.step, size),
+            f"rank 0 cannot write to --out-dir {self.train_cfg.out_dir}",
+        )
 
     def _run_started(self) -> RunStarted:
         cfg = self.train_cfg
