@@ -45,8 +45,7 @@ def prepare(source: str | os.PathLike | None = None, **settings: Any) -> dict[st
     cfg = PrepareConfig(source=None if source is None else os.fspath(source), **settings)
     cfg.validate()
     out = output_folder(cfg)
-    with _sigterm_stops():
-        meta = _prepare(cfg, out, report=sys.stdout)
+    meta = _prepare(cfg, out, report=sys.stdout)
     print(f"train on it with: nanogpt train --data-dir {shlex.quote(str(out))}", flush=True)
     return meta
 
@@ -67,11 +66,12 @@ def output_folder(cfg: PrepareConfig) -> Path:
 
 
 def _prepare(cfg: PrepareConfig, out: Path, report: TextIO) -> dict[str, Any]:
-    if cfg.source is None:
-        with resources.as_file(resources.files("nanogpt") / "data" / f"{BUNDLED_NAME}.txt.gz") as bundled:
-            return _run(bundled, out, cfg, report, shown=f"bundled {BUNDLED_NAME}")
-    path = Path(cfg.source)
-    return _run(path, out, cfg, report, shown=str(path))
+    with _sigterm_stops():
+        if cfg.source is None:
+            with resources.as_file(resources.files("nanogpt") / "data" / f"{BUNDLED_NAME}.txt.gz") as bundled:
+                return _run(bundled, out, cfg, report, shown=f"bundled {BUNDLED_NAME}")
+        path = Path(cfg.source)
+        return _run(path, out, cfg, report, shown=str(path))
 
 
 def _run(path: Path, out: Path, cfg: PrepareConfig, report: TextIO, shown: str) -> dict[str, Any]:
@@ -364,6 +364,5 @@ def bundled_dataset(tokenizer: str = "char") -> Path:
         f"preparing the bundled Tiny Shakespeare ({tokenizer}) into {out} (once; reused next time)",
         file=sys.stderr,
     )
-    with _sigterm_stops():
-        _prepare(cfg, out, report=sys.stderr)
+    _prepare(cfg, out, report=sys.stderr)
     return out
