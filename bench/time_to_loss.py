@@ -188,18 +188,6 @@ def row(side: str, recipe: str, seed: str, points: list[dict], total: float, ste
             f"{1000 * total / steps:.1f} |")
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--target", type=float, default=1.90, help="validation loss over the whole val.bin")
@@ -250,8 +238,11 @@ def main() -> int:
             reference = sum(result["clock"])
             rows.append(("nanoGPT train.py", "adamw, cosine (float32)", "1337", points, reference,
                          args.nanogpt_steps))
+    sys.path.insert(0, str(ROOT / "src"))
+    from nanogpt.dtype_probe import cpu_model  # the name the dtype probe keys its verdicts by
+
     print(f"# time to validation loss <= {args.target} (whole val.bin, every {args.eval_every} steps); "
-          f"{cpu_name()}, {os.cpu_count()} logical CPUs; training seconds, evaluation excluded")
+          f"{cpu_model()}, {os.cpu_count()} logical CPUs; training seconds, evaluation excluded")
     print("| side | recipe | seed | steps | seconds to target | at step | seconds, all steps | val at the end "
           "| ms/step |")
     print("|---|---|---|---|---|---|---|---|---|")
