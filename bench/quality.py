@@ -52,7 +52,7 @@ def full_val_loss(model, val, block: int, device) -> float:
 def run_ours(seed: int, steps: int | None, preset: str, data_dir: Path) -> dict:
     import numpy as np
 
-    from nanogpt.engine import build_trainer
+    from nanogpt.train.setup import build_trainer
     from nanogpt.events import EvalDone
     from nanogpt.runtime import training_process
 

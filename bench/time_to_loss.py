@@ -53,7 +53,7 @@ def run_ours(args: argparse.Namespace) -> dict:
     import numpy as np
 
     sys.path.insert(0, str(ROOT / "src"))
-    from nanogpt.engine import build_trainer
+    from nanogpt.train.setup import build_trainer
     from nanogpt.runtime import training_process
 
     data_dir = Path(args.data_dir)

@@ -91,7 +91,8 @@ class Ours:
     name = "ours"
 
     def __init__(self, args: argparse.Namespace, data_dir: Path, out_dir: Path):
-        from nanogpt import engine, runtime
+        from nanogpt import runtime
+        from nanogpt.train.setup import build_trainer
 
         overrides = {"data_dir": str(data_dir), "device": args.device, "dtype": args.dtype,
                      "out_dir": str(out_dir), "optimizer": args.optimizer}
@@ -102,7 +103,7 @@ class Ours:
                 overrides[name] = getattr(args, name)
         from nanogpt import config
 
-        self.trainer = engine.build_trainer(overrides, preset=args.preset)
+        self.trainer = build_trainer(overrides, preset=args.preset)
         # the process-wide settings the CLI applies around a run (threads, allocator), for this worker's life
         self._process = contextlib.ExitStack()
         self._process.enter_context(runtime.training_process(self.trainer.hardware))
@@ -115,7 +116,7 @@ class Ours:
                       "n_params": t.n_params()}
         self.compiled = self.trainer.hardware.compile
         self.tokens_per_step = self.trainer.tokens_per_step
-        shards = self.trainer.core_parallel.workers if getattr(self.trainer, "core_parallel", None) else 1
+        shards = self.trainer.stepper.core_parallel.workers if self.trainer.stepper.core_parallel else 1
         dtype = str(self.trainer.dtype).removeprefix("torch.")
         self.label = (f"ours ({dtype}{', compiled' if self.compiled else ''}"
                       f", {shards} shard{'s' if shards > 1 else ''} x {self.threads} thread"

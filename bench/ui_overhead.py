@@ -67,7 +67,7 @@ def step_ms(stem_dir: Path, steps: int, skip: int) -> list[float]:
 
 
 def run_engine(args: argparse.Namespace, data: Path, out: Path) -> None:
-    from nanogpt.engine import build_trainer
+    from nanogpt.train.setup import build_trainer
 
     from nanogpt.runtime import training_process
 
@@ -77,7 +77,7 @@ def run_engine(args: argparse.Namespace, data: Path, out: Path) -> None:
 
 
 def run_headless_variant(args: argparse.Namespace, data: Path, out: Path) -> None:
-    from nanogpt.engine import build_trainer
+    from nanogpt.train.setup import build_trainer
     from nanogpt.headless import run_headless
 
     from nanogpt.runtime import training_process
@@ -89,7 +89,7 @@ def run_headless_variant(args: argparse.Namespace, data: Path, out: Path) -> Non
 
 def run_tui_variant(args: argparse.Namespace, data: Path, out: Path) -> float:
     """Returns the UI thread's CPU time over the run's wall time (1.0 = one core kept busy)."""
-    from nanogpt.engine import build_trainer
+    from nanogpt.train.setup import build_trainer
     from nanogpt.tui.app import TrainingApp
 
     from nanogpt.runtime import training_process

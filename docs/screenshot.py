@@ -10,7 +10,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from nanogpt.engine import build_trainer
+from nanogpt.train.setup import build_trainer
 from nanogpt.tui.app import TrainingApp
 
 OUT = Path(__file__).resolve().parent / "screenshot.svg"

@@ -10,7 +10,7 @@ import torch
 from engine_fixtures import TINY
 
 from nanogpt import checkpoint, runs
-from nanogpt.engine import build_trainer
+from nanogpt.train.setup import build_trainer
 from nanogpt.errors import UserError
 
 

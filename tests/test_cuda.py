@@ -18,7 +18,7 @@ import torch
 from engine_fixtures import TINY, TINY_FLAGS
 
 from nanogpt import checkpoint
-from nanogpt.engine import build_trainer
+from nanogpt.train.setup import build_trainer
 from nanogpt.events import RunFinished, StepDone
 from nanogpt.generate import generate_tokens
 from nanogpt.model import GPT
@@ -70,7 +70,7 @@ def test_auto_precision_trains_and_reads_losses_once_per_log_interval(data_dir: 
 def test_compiled_model_trains_like_eager(data_dir: Path, tmp_path: Path) -> None:
     eager = collect(build_trainer(opts(data_dir, tmp_path / "eager", steps=8, compile=False)))
     compiled_trainer = build_trainer(opts(data_dir, tmp_path / "compiled", steps=8, compile=True))
-    assert compiled_trainer.step_module is not compiled_trainer.model
+    assert compiled_trainer.stepper.step_module is not compiled_trainer.model
     compiled = collect(compiled_trainer)
     assert compiled[-1].reason == "completed", compiled[-1]
     # same weights, batches and math; kernels differ (fused by inductor, bf16 rounding): close, not equal
@@ -79,7 +79,7 @@ def test_compiled_model_trains_like_eager(data_dir: Path, tmp_path: Path) -> Non
 
 def test_float16_with_grad_scaler(data_dir: Path, tmp_path: Path) -> None:
     trainer = build_trainer(opts(data_dir, tmp_path, steps=10, dtype="float16"))
-    assert trainer.scaler is not None
+    assert trainer.stepper.scaler is not None
     events = collect(trainer)
     assert events[-1].reason == "completed", events[-1]
     assert all(torch.isfinite(torch.tensor(step_losses(events))))

@@ -21,7 +21,8 @@ from engine_fixtures import TINY, TINY_FLAGS
 from safetensors.torch import load_file
 
 from nanogpt import checkpoint, runtime
-from nanogpt.engine import Trainer, build_trainer
+from nanogpt.train.loop import Trainer
+from nanogpt.train.setup import build_trainer
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 STEPS = 6

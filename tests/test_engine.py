@@ -1,4 +1,4 @@
-"""engine.py: exact resume, settings resolution, the run loop and its commands, on real tiny training runs."""
+"""train/: exact resume, settings resolution, the run loop and its commands, on real tiny training runs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import torch
 from engine_fixtures import SHARED_TEXT, TINY, TINY_FLAGS
 
 from nanogpt import checkpoint, config, data
-from nanogpt.engine import LossReadback, build_trainer
+from nanogpt.train.readback import LossReadback
+from nanogpt.train.setup import build_trainer
 from nanogpt.errors import UserError
 from nanogpt.tokenizers import from_meta
 from nanogpt.events import (
@@ -360,9 +361,9 @@ def test_compiled_cpu_shards_train_like_eager(shakespeare_dir: Path, tmp_path: P
     opts = dict(steps=5, batch_size=8)
     eager = build_trainer(settings(shakespeare_dir, tmp_path / "eager", **opts))
     compiled = build_trainer(settings(shakespeare_dir, tmp_path / "compiled", compile=True, **opts))
-    if eager.core_parallel is None:
+    if eager.stepper.core_parallel is None:
         pytest.skip("one CPU core: no shards to compare")
-    assert compiled.core_parallel is not None and compiled.step_module is not compiled.model
+    assert compiled.stepper.core_parallel is not None and compiled.stepper.step_module is not compiled.model
     a, b = run_collect(eager), run_collect(compiled)
     assert b[-1].reason == "completed", b[-1]
     torch.testing.assert_close(losses(b), losses(a), rtol=0, atol=1e-4)
@@ -445,7 +446,7 @@ def test_the_gradient_norm_is_logged_as_clipping_sees_it(
     opts = settings(shakespeare_dir, tmp_path, steps=4, grad_clip=grad_clip)
     trainer = build_trainer(opts)
     reference = build_trainer(opts)  # the same initial weights: the first step's gradients computed here
-    x, y = reference.train_batches.batch(0)
+    x, y = reference.stepper.train_batches.batch(0)
     reference.model(x, y)[1].backward()
     expected = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in reference.model.parameters()])).item()
     first = trainer.train_step()

@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from nanogpt import checkpoint  # noqa: E402
 from nanogpt.cli import main  # noqa: E402
-from nanogpt.engine import build_trainer  # noqa: E402
+from nanogpt.train.setup import build_trainer  # noqa: E402
 from nanogpt.tokenizers import from_meta  # noqa: E402
 
 SHARED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"

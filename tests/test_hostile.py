@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from nanogpt.cli import main
 from nanogpt.config import ModelConfig
-from nanogpt.engine import build_trainer
+from nanogpt.train.setup import build_trainer
 from nanogpt.errors import UserError
 from nanogpt.model import GPT
 from nanogpt.prepare.encode import Encoder, Part

@@ -10,7 +10,7 @@ import pytest
 
 from nanogpt import runtime
 from nanogpt.cli import main
-from nanogpt.engine import build_trainer
+from nanogpt.train.setup import build_trainer
 from nanogpt.plot import read_run
 from nanogpt.prepare import prepare
 from nanogpt.tui.app import TrainingApp

@@ -237,7 +237,8 @@ def _cmd_prepare(ns: argparse.Namespace) -> int:
 
 
 def _cmd_train(ns: argparse.Namespace) -> int:
-    from .engine import DATA_FIELDS, build_trainer
+    from .config import DATA_FIELDS
+    from .train.setup import build_trainer
 
     overrides = _config_overrides(ns)
     ns.resume_training = _checkpoint_given(ns.resume_training)

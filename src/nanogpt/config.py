@@ -29,9 +29,14 @@ def opt(default: Any, help: str, flag: str | None = None, **kw: Any) -> Any:  # 
     return field(default=default, metadata={"help": help, "flag": flag, **kw})
 
 
+def flag_name(name: str) -> str:
+    """The long command-line flag of a setting called `name`: `--name-with-dashes`."""
+    return "--" + name.replace("_", "-")
+
+
 def field_flag(f: dataclasses.Field) -> str:
     """The long command-line flag of a field: its `flag` metadata, else `--name-with-dashes`."""
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+    return f.metadata.get("flag") or flag_name(f.name)
 
 
 def field_help(f: dataclasses.Field) -> str:
@@ -204,10 +209,10 @@ class TrainConfig:
         """Raise ConfigError with one clear line if a setting is impossible."""
         for name in ("steps", "batch_size", "grad_accum", "eval_iters"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+                raise ConfigError(f"{flag_name(name)} must be a positive integer, got {getattr(self, name)}")
         for name in ("validation_interval", "validation_batch", "log_interval", "save_interval", "warmup_steps"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+                raise ConfigError(f"{flag_name(name)} must not be negative, got {getattr(self, name)}")
         if self.eval_sample_tokens < 0:
             raise ConfigError(f"--eval-sample-tokens must not be negative, got {self.eval_sample_tokens}")
         # written as `not (x in range)` so that NaN, which fails every comparison, is refused too
@@ -238,6 +243,11 @@ class TrainConfig:
     @property
     def eval_batch_size(self) -> int:
         return self.validation_batch or self.batch_size
+
+
+def tokens_per_step(model_cfg: ModelConfig, train_cfg: TrainConfig, world_size: int = 1) -> int:
+    """Tokens one optimizer step trains on: batch x accumulation (both per process) x processes x context."""
+    return train_cfg.batch_size * train_cfg.grad_accum * world_size * model_cfg.block_size
 
 
 def training_memory_floor(model_cfg: ModelConfig, train_cfg: TrainConfig) -> int:
@@ -390,6 +400,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
 TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 # The fields that fix the weights' shape and what they compute: a resumed checkpoint's values cannot be overridden.
+DATA_FIELDS = ("data_dir", "training_dataset", "validation_dataset", "vocab_metadata")  # the data, as a group
 SHAPE_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "bias", "activation", "vocab_size")
 
 

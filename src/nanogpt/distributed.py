@@ -10,16 +10,9 @@ no-ops, so the engine has one code path.
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import os
-from collections.abc import Collection
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
-
-if TYPE_CHECKING:
-    from .config import TrainConfig
 
 
 def under_torchrun() -> bool:
@@ -130,6 +123,17 @@ def mean(value: torch.Tensor) -> torch.Tensor:
     return total / world_size()
 
 
+def total(value: torch.Tensor) -> torch.Tensor:
+    """The sum of a tensor over all ranks, on its own device."""
+    if not is_initialized():
+        return value
+    import torch.distributed as dist
+
+    summed = value.detach().clone()
+    dist.all_reduce(summed)
+    return summed
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when `flag` is true on at least one, so that all ranks take the same branch."""
     if not is_initialized():
@@ -139,43 +143,3 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_wire(device))
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
-
-
-def keep_effective_batch(
-    train_cfg: TrainConfig, saved: TrainConfig, saved_world: int, explicit: Collection[str], stem: Path
-) -> tuple[TrainConfig, str | None]:
-    """On resume with another number of processes, adjust --grad-accum to keep the effective batch.
-
-    --grad-accum is per process (the effective batch is batch x grad_accum x world size), so a checkpoint
-    saved by 8 processes x 1 resumes on 2 processes with 4 and on one device with 8, and the run goes on
-    as if nothing had changed. An explicit --grad-accum, or a --batch-size other than the saved one, wins;
-    so does a world size that does not divide the saved batch (then the effective batch changes).
-    `saved`, `saved_world`: the checkpoint's settings and world size. Returns the settings and a note for
-    the user when it changed (or could not keep) the batch.
-    """
-    world = world_size()
-    if (
-        saved_world == world
-        or "grad_accum" in explicit
-        or (train_cfg.batch_size, train_cfg.grad_accum) != (saved.batch_size, saved.grad_accum)
-    ):
-        return train_cfg, None
-    sequences = saved.batch_size * saved.grad_accum * saved_world
-    if (saved.grad_accum * saved_world) % world:
-        return train_cfg, (
-            f"note: checkpoint {stem} was trained with {sequences} sequences per step on {_procs(saved_world)}; "
-            f"{world} processes cannot keep that with --batch-size {saved.batch_size}, "
-            "so the effective batch "
-            f"is now {saved.batch_size * saved.grad_accum * world}"
-        )
-    grad_accum = saved.grad_accum * saved_world // world
-    note = (
-        f"note: checkpoint {stem} was trained on {_procs(saved_world)} x "
-        f"{saved.grad_accum} accumulation; using --grad-accum {grad_accum} on {world} to keep its effective "
-        f"batch of {sequences} sequences"
-    )
-    return dataclasses.replace(train_cfg, grad_accum=grad_accum), note
-
-
-def _procs(n: int) -> str:
-    return f"{n} process" + ("es" if n != 1 else "")

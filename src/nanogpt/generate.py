@@ -1,6 +1,6 @@
 """Sampling from a trained GPT: the token loop behind `nanogpt generate` and the training UI's `g` key.
 
-Stable API (engine.py imports the first two):
+Stable API (train/step.py imports the first two):
 
     generate_tokens(model, prompt_ids, n_tokens, *, temperature=1.0, top_k=None, top_p=None,
                     generator=None, slide=None) -> Iterator[int]  (defaults: config.GenerateConfig)

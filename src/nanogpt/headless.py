@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .engine import Trainer
+from .train.loop import Trainer
 from .events import EvalDone, Event, Paused, RunFinished, RunStarted, Sampled, Saved, StepDone
 from .summary import count, data_use, hints, parameter_parts, plural
 

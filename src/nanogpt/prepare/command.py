@@ -275,7 +275,7 @@ def _metadata(
         source=shown,
     )
     # val.bin holds each source's val tokens one after another: where they start lets training measure
-    # each source's validation loss on its own (engine.py)
+    # each source's validation loss on its own (train/step.py)
     val_offsets = [sum(take["val"][:i]) for i in range(len(sources))]
     meta["sources"] = [
         {

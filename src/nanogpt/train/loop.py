@@ -1,0 +1,362 @@
+"""`Trainer.run`, the one training loop every front end drives: commands in, events out, saves, the lock.
+
+A front end (headless lines, the Textual UI, torchrun) calls `run(emit, commands)`; the loop is
+synchronous and single-threaded, obeys commands between two steps, and emits events (events.py). On
+CUDA/MPS losses are read back `sync_every` steps at a time (readback.py), or sooner when a command waits,
+a stop is asked for, an evaluation or a save is due; on CPU each is read at once, so a NaN stops the run
+before the weights move.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import queue
+import sys
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+
+from .. import checkpoint, config, data, distributed, runs, runtime
+from ..errors import UserError
+from ..events import (
+    EvalDone,
+    Event,
+    Pause,
+    Paused,
+    Resume,
+    Resumed,
+    RunFinished,
+    RunStarted,
+    Sample,
+    Sampled,
+    Save,
+    Saved,
+    StepDone,
+    Stop,
+)
+from ..model import GPT
+from .readback import LossReadback, TrainingDiverged
+from .state import RunState
+from .step import Stepper, lr_at
+
+T = TypeVar("T")
+
+
+class Trainer:
+    """Trains one model. Front ends call `run`; tests and tools may call the step-level methods directly.
+
+    `stepper` does the device work (step.py), `state` holds the run's progress (state.py); the trainer
+    joins them: it logs what the stepper did, saves, and talks to the front end.
+    """
+
+    def __init__(
+        self,
+        model_cfg: config.ModelConfig,
+        train_cfg: config.TrainConfig,
+        tokens: data.TokenData,
+        hardware: runtime.Hardware,
+        stepper: Stepper,
+        state: RunState,
+        notes: tuple[str, ...] | list[str] = (),
+    ):
+        self.model_cfg, self.train_cfg = model_cfg, train_cfg
+        self.tokens = tokens
+        self.hardware = hardware
+        self.stepper = stepper
+        self.state = state
+        self.notes = tuple(notes)  # for the user, from building it: a front end shows them before the run
+        self.readback = LossReadback(hardware.sync_every, hardware.world_size)
+        self._stop = threading.Event()
+        self._claim: runs.Claim | None = None  # the lock on out_dir while `run` runs (rank 0)
+
+    # ------------------------------------------------------------------------- what front ends read
+    model = property(lambda self: self.stepper.model, doc="The plain GPT (saved, restored, sampled from).")
+    optimizer = property(lambda self: self.stepper.optimizer)
+    device = property(lambda self: self.hardware.device)
+    dtype = property(lambda self: self.hardware.dtype)
+    is_main = property(lambda self: self.hardware.is_main)
+    world_size = property(lambda self: self.hardware.world_size)
+    step = property(lambda self: self.state.step, doc="Optimizer steps done.")
+    log = property(lambda self: self.state.log, doc="The training log: one entry per step read back.")
+    last_stem = property(lambda self: self.state.saved_stem, doc="The checkpoint last saved or resumed from.")
+
+    @property
+    def total_steps(self) -> int:
+        return self.train_cfg.steps
+
+    @property
+    def tokens_per_step(self) -> int:
+        return config.tokens_per_step(self.model_cfg, self.train_cfg, self.world_size)
+
+    def n_params(self) -> int:
+        return self.model.num_params()
+
+    def lr_at(self, step: int) -> float:
+        return lr_at(self.train_cfg, step)
+
+    # ------------------------------------------------------------------------- steps, evaluation, sampling
+    def train_step(self) -> StepDone:
+        """One optimizer step over grad_accum micro-batches (per rank); raises TrainingDiverged on NaN/inf.
+
+        Reads the loss back at once (on an accelerator, a host-device sync); `run` defers that on CUDA/MPS.
+        """
+        self._step(check=True)
+        return self._read_back_or_raise()[0]
+
+    def train_steps(self, n: int) -> list[StepDone]:
+        """`n` steps whose losses are read back together at the end: on an accelerator, no host-device
+        sync between them (what `run` does per log interval). Raises TrainingDiverged on NaN/inf, found at
+        the end (the weights have moved on by then)."""
+        for _ in range(n):
+            self._step(check=False)
+        return self._read_back_or_raise()
+
+    def _step(self, check: bool) -> None:
+        """One step by the stepper, counted in the state, its loss left to `readback`."""
+        finished = self.stepper.step(self.state.step, self.state.batch_counter, check)
+        self.state.advance(self.stepper.micro_batches)
+        self.readback.add(finished)
+
+    def _read_back(self) -> tuple[list[StepDone], TrainingDiverged | None]:
+        """Read the unread losses back and log their steps; with the error to raise at a NaN/inf."""
+        events, error = self.readback.read(self.tokens_per_step)
+        self.state.log_steps(events)
+        return events, error
+
+    def _read_back_or_raise(self, emit: Callable[[Event], None] | None = None) -> list[StepDone]:
+        events, error = self._read_back()
+        for event in events if emit is not None else ():
+            emit(event)
+        if error:
+            raise error
+        return events
+
+    def evaluate(self) -> float:
+        """Mean validation loss over eval_iters fixed batches (the same ones every time; no RNG touched)."""
+        return self.evaluate_sources()[0]
+
+    def evaluate_sources(self) -> tuple[float, dict[str, float]]:
+        """The validation loss and (mixology) each source's; both go into the log entry of the current step."""
+        value, by_source = self.stepper.evaluate()
+        self.state.log_at_step(validation_loss=value, **({"source_validation_losses": by_source} if by_source else {}))
+        return value, by_source
+
+    def evaluation_sample(self) -> str:
+        """The sample kept at an evaluation (rank 0; "" when --eval-sample-tokens is 0): the same empty prompt and
+        seed every time, so that samples at successive steps differ only by what the model has learned."""
+        n = self.train_cfg.eval_sample_tokens
+        if n == 0 or not self.is_main:
+            return ""
+        text = self.sample(n, seed=self.train_cfg.seed)
+        self.state.log_at_step(sample=text)
+        return text
+
+    def sample(self, n_tokens: int, prompt: str = "", seed: int | None = None) -> str:
+        """Text sampled from the current weights (by default seeded with the run's seed + the step); leaves the
+        run unchanged (Stepper.sample)."""
+        return self.stepper.sample(n_tokens, prompt, self.train_cfg.seed + self.step if seed is None else seed)
+
+    # ------------------------------------------------------------------------- checkpoints
+    def save(self) -> Saved:
+        """Write checkpoint model_step_N for the current step into out_dir (rank 0 only writes)."""
+        state, stepper = self.state, self.stepper
+        if not state.unsaved and state.saved_stem is not None:
+            # saved already (or resumed from there): a set is never written twice
+            paths = tuple(state.saved_stem + suffix for suffix in checkpoint.FILES)
+            return Saved(step=state.step, stem=state.saved_stem, paths=paths)
+        stem = checkpoint.stem_for(self.train_cfg.out_dir, state.step)
+        resume_state = {
+            "batch_counter": state.batch_counter,
+            "seed": self.train_cfg.seed,
+            "world_size": self.world_size,
+            "scaler": stepper.scaler.state_dict() if stepper.scaler else None,
+        }
+        # a UserError: the disk is full, or the name is taken; nothing of the set is left
+        paths = self._on_rank_zero(
+            lambda: checkpoint.save(
+                stem,
+                step=state.step,
+                model=stepper.model,
+                model_cfg=self.model_cfg,
+                train_cfg=self.train_cfg,
+                tokenizer_meta=self.tokens.meta,
+                log=state.log,
+                optimizer_tensors=checkpoint.optimizer_tensors(stepper.optimizer),
+                resume_state=resume_state,
+            ),
+            f"rank 0 could not write checkpoint {stem}",
+        )
+        state.saved(str(stem))
+        return Saved(step=state.step, stem=str(stem), paths=paths or ())
+
+    def _on_rank_zero(self, work: Callable[[], T], failed: str) -> T | None:
+        """`work()` on rank 0, which alone writes (None elsewhere). Under torchrun every rank learns whether it
+        raised a UserError and raises too (`failed` where it did not run it), so that they all stop together."""
+        result, failure = None, None
+        if self.is_main:
+            try:
+                result = work()
+            except UserError as e:
+                failure = e
+        if distributed.any_rank(failure is not None, self.device):
+            raise failure or UserError(failed)
+        return result
+
+    def _claim_out_dir(self) -> None:
+        """Lock out_dir and check it takes a checkpoint before the first step (runs.claim; rank 0 writes, every
+        rank learns whether it could)."""
+        weights = sum(t.numel() * t.element_size() for t in checkpoint.model_tensors(self.model).values())
+        # the weights and AdamW's two moments of the same size; the JSON files (vocabulary, log) are smaller
+        size = 3 * weights + len(str(self.tokens.meta)) + 200 * self.total_steps + 65536
+        self._claim = self._on_rank_zero(
+            lambda: runs.claim(self.train_cfg.out_dir, self.step, size),
+            f"rank 0 cannot write to --out-dir {self.train_cfg.out_dir}",
+        )
+
+    # ------------------------------------------------------------------------- the loop
+    def request_stop(self) -> None:
+        """Finish the current step, save, and end the loop (safe from signal handlers and other threads)."""
+        self._stop.set()
+
+    def run(
+        self, emit: Callable[[Event], None], commands: queue.Queue | None = None, start_paused: bool = False
+    ) -> RunFinished:
+        """The training loop: emit RunStarted, then steps/evaluations/saves; obey commands between steps."""
+        emit(run_started(self))
+        paused = start_paused
+        if paused:
+            emit(Paused(step=self.step))
+        urgent = functools.partial(self._someone_waits, commands)
+        try:
+            self._claim_out_dir()
+            while True:
+                if self.readback.due(urgent):
+                    self._read_back_or_raise(emit)
+                if not self.readback.unread:  # commands and stops are handled between read-back steps only
+                    paused, stop = self._obey(emit, commands, paused)
+                    # ranks agree on stopping (a signal may reach them at different steps), else they would hang
+                    if distributed.any_rank(stop is not None or self._stop.is_set(), self.device):
+                        return self._save_and_finish(emit, "stopped", save=stop is None or stop.save)
+                if self.step >= self.total_steps:
+                    return self._save_and_finish(emit, "completed")
+                self._step(check=self.readback.every == 1)
+                self._after_step(emit)
+        except (TrainingDiverged, torch.OutOfMemoryError, UserError, OSError) as e:
+            return self._finish(emit, "error", self._explain(e))
+        except Exception:
+            self._save_before_crash()
+            raise
+        finally:
+            if self._claim is not None:
+                self._claim.release()
+                self._claim = None
+
+    def _after_step(self, emit: Callable[[Event], None]) -> None:
+        """Evaluate the step just done (every validation_interval steps, and the last step) and save it (every
+        save_interval steps; the last step is saved as the run ends), its losses read back first."""
+        cfg, last = self.train_cfg, self.step == self.total_steps
+        evaluate = last or bool(cfg.validation_interval and self.step % cfg.validation_interval == 0)
+        save = not last and bool(cfg.save_interval and self.step % cfg.save_interval == 0)
+        if self.readback.every == 1 or evaluate or save:
+            self._read_back_or_raise(emit)
+        if evaluate:
+            val_loss, by_source = self.evaluate_sources()
+            text = self.evaluation_sample()
+            emit(EvalDone(step=self.step, val_loss=val_loss, source_losses=by_source, sample=text))
+        if save:
+            emit(self.save())
+
+    def _someone_waits(self, commands: queue.Queue | None) -> bool:
+        """A queued command or a stop request: read the losses back now, so that it is obeyed soon."""
+        return (commands is not None and not commands.empty()) or self._stop.is_set()
+
+    def _save_and_finish(self, emit: Callable[[Event], None], reason: str, save: bool = True) -> RunFinished:
+        self._read_back_or_raise(emit)
+        if save and self.state.unsaved:
+            emit(self.save())
+        return self._finish(emit, reason)
+
+    def _explain(self, error: Exception) -> str:
+        """The one line a user sees for an error that ends the run."""
+        if isinstance(error, TrainingDiverged):
+            return str(error) + (f"; last good checkpoint: {self.last_stem}" if self.last_stem else "")
+        if isinstance(error, torch.OutOfMemoryError):
+            return (
+                f"out of memory on {self.device} at step {self.step + 1}; "
+                "try a smaller --batch-size (with --grad-accum to keep the batch)"
+            )
+        if isinstance(error, OSError):
+            return f"{error.strerror or error}"
+        return str(error)
+
+    def _save_before_crash(self) -> None:
+        """A bug, not a user error: keep what was learned (the weights are those of the last completed step:
+        an exception inside a step leaves them untouched until optimizer.step) before it shows. One process
+        only: under DDP the other ranks may be anywhere, and save() talks to them."""
+        if self.world_size == 1 and self.state.unsaved:
+            with contextlib.suppress(Exception):
+                self._read_back()  # log the steps not yet read back, without emitting them
+                saved = self.save()
+                print(f"nanogpt: unexpected error; saved {saved.stem} first", file=sys.stderr)
+
+    def _finish(self, emit: Callable[[Event], None], reason: str, message: str = "") -> RunFinished:
+        event = RunFinished(step=self.step, reason=reason, stem=self.last_stem, message=message)
+        emit(event)
+        return event
+
+    def _obey(
+        self, emit: Callable[[Event], None], commands: queue.Queue | None, paused: bool
+    ) -> tuple[bool, Stop | None]:
+        """Handle the queued commands; while paused, wait for more. Returns (paused, the Stop command if any)."""
+        if commands is None:
+            return False, None
+        while True:
+            try:
+                # while paused, block (with a timeout, so that request_stop is still noticed)
+                command = commands.get(timeout=0.1) if paused else commands.get_nowait()
+            except queue.Empty:
+                if paused and not self._stop.is_set():
+                    continue
+                return paused, None
+            if isinstance(command, Stop):
+                return paused, command
+            if isinstance(command, Pause) and not paused:
+                paused = True
+                emit(Paused(step=self.step))
+            elif isinstance(command, Resume) and paused:
+                paused = False
+                emit(Resumed(step=self.step))
+            elif isinstance(command, Sample):
+                try:
+                    text = self.sample(command.n_tokens, command.prompt)
+                except UserError as e:
+                    text = f"[cannot sample: {e}]"
+                emit(Sampled(step=self.step, text=text))
+            elif isinstance(command, Save):
+                emit(self.save())
+
+
+def run_started(trainer: Trainer) -> RunStarted:
+    """The event that opens a run: what is trained, on what, from which step."""
+    t, cfg = trainer, trainer.train_cfg
+    model: GPT = t.model
+    return RunStarted(
+        start_step=t.step,
+        total_steps=t.total_steps,
+        n_params=t.n_params(),
+        model=config.to_dict(t.model_cfg),
+        train=config.to_dict(cfg),
+        device=str(t.device),
+        dtype=str(t.dtype).removeprefix("torch."),
+        dataset=t.tokens.source,
+        tokenizer=str(t.tokens.meta.get("tokenizer")),
+        tokens_per_step=t.tokens_per_step,
+        history=tuple(dict(e) for e in t.log),
+        seed=cfg.seed,
+        world_size=t.world_size,
+        block_params=sum(p.numel() for p in model.transformer.h.parameters()),
+        train_tokens=len(t.tokens.train),
+    )

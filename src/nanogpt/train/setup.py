@@ -1,0 +1,291 @@
+"""From flags and a checkpoint to a ready trainer: `build_trainer` = `resolve_run` (settings, data, hardware,
+the resume checks; everything the user can get wrong) then `construct` (model, optimizer, samplers, state)."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from .. import checkpoint, config, data, distributed, hf, optim, runs, runtime, schedule
+from ..errors import UserError
+from ..model import GPT
+from .loop import Trainer
+from .state import RunState
+from .step import Samplers, Stepper, lr_at
+
+DATA_FIELDS = config.DATA_FIELDS
+SIZE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size")
+SCHEDULE_FIELDS = ("steps", "learning_rate", "min_learning_rate", "lr_schedule", "warmup_steps", "decay_fraction")
+
+
+class Run(NamedTuple):
+    """A run resolved: its settings, data and hardware, and what it starts from."""
+
+    model_cfg: config.ModelConfig
+    train_cfg: config.TrainConfig
+    tokens: data.TokenData
+    hardware: runtime.Hardware
+    saved: checkpoint.Checkpoint | None  # the checkpoint it resumes
+    imported: hf.Imported | None  # the weights it starts from (--init-from)
+    notes: list[str]  # for the user
+
+
+def build_trainer(overrides: dict[str, Any], preset: str | None = None, resume: str | None = None) -> Trainer:
+    """Resolve settings, hardware and data, build model and optimizer, and (with `resume`) restore a checkpoint.
+
+    Settings: the dataclass defaults (or with `resume`, the checkpoint's saved config), then `preset`,
+    then `overrides` (the flags the user typed). With no preset, no size flags and no resume, the device's
+    default preset. The settings must name the data (the CLI names the bundled corpus when the user does
+    not). Raises UserError for anything the user got wrong; what the user should know is in `Trainer.notes`.
+    """
+    return construct(resolve_run(overrides, preset, resume))
+
+
+def resolve_run(overrides: dict[str, Any], preset: str | None = None, resume: str | None = None) -> Run:
+    """The run's settings, data and hardware (see build_trainer); UserError for what the user got wrong."""
+    notes: list[str] = []
+    saved = checkpoint.read(resume) if resume is not None else None
+    model_cfg, train_cfg = _settings(overrides, preset, saved)
+    imported = None  # weights to start from (--init-from); a resumed run has its own
+    if saved is None and train_cfg.init_from:
+        imported = hf.load_source(train_cfg.init_from)
+        model_cfg = hf.take_architecture(model_cfg, imported, overrides)
+    if saved is not None:
+        train_cfg = _check_resume(saved, model_cfg, train_cfg, overrides, notes)
+    # the run folder: a resume writes beside its checkpoint, and no run replaces another's files (runs.py)
+    out_dir, note = runs.place(
+        train_cfg.out_dir,
+        typed="out_dir" in overrides,
+        resumed=saved.stem if saved is not None else None,
+        step=saved.step if saved is not None else 0,
+    )
+    notes += [note] if note else []
+    train_cfg, tokens = _open_data(dataclasses.replace(train_cfg, out_dir=out_dir))
+    if saved is not None:
+        _check_resume_vocabulary(saved, tokens)
+    if imported is not None:
+        hf.check_data(imported, tokens.meta, tokens.source)
+    model_cfg = dataclasses.replace(model_cfg, vocab_size=tokens.vocab_size)
+    hardware = runtime.resolve_hardware(model_cfg, train_cfg)  # after the vocabulary: the dtype probe needs it
+    notes += [hardware.dtype_probe] if hardware.dtype_probe else []
+    if train_cfg.seed == 0:
+        # under torchrun every rank must use rank 0's pick
+        seed = distributed.broadcast_int(secrets.randbelow(2**31 - 1) + 1, hardware.device)
+        train_cfg = dataclasses.replace(train_cfg, seed=seed)
+        notes.append(f"seed 0: using random seed {seed} (pass --seed {seed} to repeat)")
+    data.check_block_size(tokens, model_cfg.block_size)
+    runtime.check_fits(model_cfg, train_cfg, hardware.device)  # before the model is built
+    return Run(model_cfg, train_cfg, tokens, hardware, saved, imported, notes)
+
+
+def construct(run: Run) -> Trainer:
+    """The trainer of a resolved run: model (random, imported or restored), optimizer, samplers, state."""
+    model_cfg, train_cfg, hardware, device = run.model_cfg, run.train_cfg, run.hardware, run.hardware.device
+    torch.manual_seed(train_cfg.seed)  # the same initial weights on every rank
+    model = GPT(model_cfg).to(device)
+    if run.imported is not None:
+        hf.load_into(model, run.imported)  # imported weights replace the random ones
+    optimizer = optim.build_optimizer(
+        model,
+        kind=train_cfg.optimizer,
+        lr=train_cfg.learning_rate,
+        betas=(train_cfg.beta1, train_cfg.beta2),
+        weight_decay=train_cfg.weight_decay,
+        device=device,
+        muon_lr=train_cfg.muon_learning_rate,
+        muon_momentum=train_cfg.muon_momentum,
+        ns_dtype=hardware.ns_dtype,
+    )
+    scaler = torch.amp.GradScaler(device.type) if hardware.grad_scaler else None
+    state = RunState()
+    if run.saved is not None:  # before the DDP wrapper, which spreads rank 0's weights
+        state = _restore(run.saved, model, optimizer, scaler)
+    samplers = _samplers(run.tokens, model_cfg, train_cfg, device)
+    stepper = Stepper(train_cfg, hardware, model, optimizer, scaler, samplers, run.tokens.tokenizer)
+    return Trainer(model_cfg, train_cfg, run.tokens, hardware, stepper, state, notes=run.notes)
+
+
+# ----------------------------------------------------------------------------- settings and resume checks
+def _settings(
+    overrides: dict[str, Any], preset: str | None, saved: checkpoint.Checkpoint | None
+) -> tuple[config.ModelConfig, config.TrainConfig]:
+    """Defaults (or the checkpoint's), then the preset, then the flags typed."""
+    base = (saved.model_cfg, saved.train_cfg) if saved is not None else None
+    device = runtime.resolve_device(overrides.get("device") or (saved.train_cfg.device if saved else "auto"))
+    if saved is None and preset is None and overrides.get("init_from"):
+        preset = "finetune"  # the weights fix the shape; the schedule is a fine-tune's
+    if saved is None and preset is None and not any(k in overrides for k in SIZE_FIELDS):
+        preset = config.default_preset(device.type)
+    if base is not None and any(k in overrides for k in DATA_FIELDS):
+        # new data options replace the saved ones as a group (a new --data-dir drops the saved file paths)
+        base = (base[0], dataclasses.replace(base[1], **{f: None for f in DATA_FIELDS}))
+    resolved = config.resolve(overrides, preset, base=base)
+    if saved is not None and overrides.get("init_from"):
+        raise UserError("--init-from starts a new run and --resume-training continues one: give only one")
+    return resolved
+
+
+def _check_resume(
+    saved: checkpoint.Checkpoint,
+    model_cfg: config.ModelConfig,
+    train_cfg: config.TrainConfig,
+    overrides: dict[str, Any],
+    notes: list[str],
+) -> config.TrainConfig:
+    """What a resume may not change (shape, optimizer, steps already done); the batch it keeps."""
+    _check_resume_shape(saved.model_cfg, model_cfg, saved.stem)
+    if train_cfg.optimizer != saved.train_cfg.optimizer:  # its saved state is the other optimizer's
+        raise UserError(
+            f"--optimizer {train_cfg.optimizer} conflicts with checkpoint {saved.stem}, trained with "
+            f"{saved.train_cfg.optimizer} (a resumed run keeps its optimizer)"
+        )
+    # --grad-accum is per process: on another world size keep the checkpoint's effective batch
+    train_cfg, note = keep_effective_batch(train_cfg, saved.train_cfg, saved.world_size, overrides, saved.stem)
+    notes += [note] if note else []
+    if train_cfg.steps <= saved.step:
+        raise UserError(
+            f"checkpoint {saved.stem} has done {saved.step} steps and --steps is {train_cfg.steps}: "
+            f"give --steps above {saved.step} to train further"
+        )
+    note = _schedule_note(saved, train_cfg)
+    notes += [note] if note else []
+    return train_cfg
+
+
+def _check_resume_shape(saved: config.ModelConfig, resolved: config.ModelConfig, stem: Path) -> None:
+    for name in config.SHAPE_FIELDS:
+        if name == "vocab_size":
+            continue  # checked against the data separately
+        if getattr(saved, name) != getattr(resolved, name):
+            f = next(f for f in dataclasses.fields(config.ModelConfig) if f.name == name)
+            raise UserError(
+                f"{config.field_flag(f)} {getattr(resolved, name)} conflicts with checkpoint {stem}, "
+                f"which has {getattr(saved, name)} (a resumed model keeps its shape)"
+            )
+
+
+def _check_resume_vocabulary(saved: checkpoint.Checkpoint, tokens: data.TokenData) -> None:
+    vocab = saved.tokenizer
+    if vocab.get("vocab_size") != tokens.vocab_size or vocab.get("itos") != tokens.meta.get("itos"):
+        raise UserError(
+            f"the data's vocabulary ({tokens.source}) differs from checkpoint {saved.stem}'s "
+            f"({vocab.get('vocab_size')} tokens): resume on data prepared with the same vocabulary"
+        )
+
+
+def keep_effective_batch(
+    train_cfg: config.TrainConfig, saved: config.TrainConfig, saved_world: int, explicit: Collection[str], stem: Path
+) -> tuple[config.TrainConfig, str | None]:
+    """On resume with another number of processes, adjust --grad-accum to keep the effective batch.
+
+    --grad-accum is per process (the effective batch is batch x grad_accum x world size), so a checkpoint
+    saved by 8 processes x 1 resumes on 2 processes with 4 and on one device with 8. An explicit
+    --grad-accum, or a --batch-size other than the saved one, wins; so does a world size that does not
+    divide the saved batch (then the effective batch changes). Returns the settings and a note for the user.
+    """
+    world = distributed.world_size()
+    if (
+        saved_world == world
+        or "grad_accum" in explicit
+        or (train_cfg.batch_size, train_cfg.grad_accum) != (saved.batch_size, saved.grad_accum)
+    ):
+        return train_cfg, None
+    sequences = saved.batch_size * saved.grad_accum * saved_world
+    if (saved.grad_accum * saved_world) % world:
+        return train_cfg, (
+            f"note: checkpoint {stem} was trained with {sequences} sequences per step on {_procs(saved_world)}; "
+            f"{world} processes cannot keep that with --batch-size {saved.batch_size}, "
+            "so the effective batch "
+            f"is now {saved.batch_size * saved.grad_accum * world}"
+        )
+    grad_accum = saved.grad_accum * saved_world // world
+    note = (
+        f"note: checkpoint {stem} was trained on {_procs(saved_world)} x "
+        f"{saved.grad_accum} accumulation; using --grad-accum {grad_accum} on {world} to keep its effective "
+        f"batch of {sequences} sequences"
+    )
+    return dataclasses.replace(train_cfg, grad_accum=grad_accum), note
+
+
+def _procs(n: int) -> str:
+    return f"{n} process" + ("es" if n != 1 else "")
+
+
+def _schedule_note(saved: checkpoint.Checkpoint, cfg: config.TrainConfig) -> str | None:
+    """One line on what a resume that changes the schedule (a larger --steps, most often) does to the
+    learning rate: its value at the last step done and at the next one. None when nothing changed."""
+    old, done = saved.train_cfg, saved.step
+    changed = [f for f in SCHEDULE_FIELDS if getattr(old, f) != getattr(cfg, f)]
+    if not changed or done == 0 or done >= cfg.steps:
+        return None
+    what = ", ".join(f"{config.flag_name(f)} {getattr(old, f)} -> {getattr(cfg, f)}" for f in changed)
+    before, after = lr_at(old, done - 1), lr_at(cfg, done)
+    note = (
+        f"note: resuming with a new schedule ({what}): the learning rate was {before:.2e} at step {done} "
+        f"and is {after:.2e} at step {done + 1}"
+    )
+    if cfg.lr_schedule == "wsd":
+        start = schedule.decay_start(cfg.steps, cfg.decay_fraction)
+        note += f"; it decays linearly from step {max(start, done) + 1} to {cfg.steps}"
+        if after > 1.1 * before:
+            note += " (the checkpoint's decay had begun, so the rate climbs back up first)"
+        return note
+    if cfg.lr_schedule == "cosine":
+        note += f"; the cosine is re-stretched to end at step {cfg.steps}"
+        if abs(after - before) > 0.1 * before:
+            note += " (a jump: --lr-schedule wsd extends a run smoothly until its decay has begun)"
+    return note
+
+
+# ----------------------------------------------------------------------------- building the parts
+def _open_data(train_cfg: config.TrainConfig) -> tuple[config.TrainConfig, data.TokenData]:
+    """Open the dataset the config names, with absolute paths in the config to save (so that a resume from
+    another folder finds the same data)."""
+    given = {f: getattr(train_cfg, f) for f in DATA_FIELDS if getattr(train_cfg, f) is not None}
+    absolute = {f: str(Path(value).absolute()) for f, value in given.items()}
+    train_cfg = dataclasses.replace(train_cfg, **absolute)
+    tokens = data.load(
+        train_cfg.data_dir, train_cfg.training_dataset, train_cfg.validation_dataset, train_cfg.vocab_metadata
+    )
+    return train_cfg, tokens
+
+
+def _restore(
+    saved: checkpoint.Checkpoint, model: GPT, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None
+) -> RunState:
+    """Continue from checkpoint `saved`: weights, optimizer moments and scaler loaded; its state returned."""
+    checkpoint.load_weights(model, saved.weights)
+    checkpoint.load_optimizer(optimizer, saved.optimizer_tensors)
+    if scaler is not None and saved.scaler:
+        scaler.load_state_dict(saved.scaler)
+    return RunState(saved.step, saved.batch_counter, list(saved.log), stem=str(saved.stem))
+
+
+def _samplers(
+    tokens: data.TokenData, model_cfg: config.ModelConfig, train_cfg: config.TrainConfig, device: torch.device
+) -> Samplers:
+    """The training and validation batches (each a pure function of seed and index), and for a mixology
+    dataset each source's validation batches from its own stretch of val.bin (a source with fewer tokens than
+    a window is left out)."""
+
+    def sampler(tokens_of: Any, batch_size: int, stream: int) -> data.BatchSampler:
+        return data.BatchSampler(
+            tokens_of, block_size=model_cfg.block_size, batch_size=batch_size, seed=train_cfg.seed,
+            stream=stream, device=device,
+        )
+
+    by_source = {
+        name: sampler(tokens.val[start:stop], train_cfg.eval_batch_size, data.VAL_STREAM)
+        for name, start, stop in data.val_sources(tokens.meta, len(tokens.val))
+        if stop - start > model_cfg.block_size
+    }
+    return Samplers(
+        sampler(tokens.train, train_cfg.batch_size, data.TRAIN_STREAM),
+        sampler(tokens.val, train_cfg.eval_batch_size, data.VAL_STREAM),
+        by_source,
+    )

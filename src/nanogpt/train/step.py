@@ -1,0 +1,211 @@
+"""The device work of training: one optimizer step, evaluation and sampling, knowing nothing of events,
+queues or files.
+
+Determinism, which exact resume rests on: batch i is a pure function of (seed, i) (data.py), a step's
+global micro-batches are `batch_counter + m * world_size + rank`; the torch RNG (dropout) is re-seeded
+before every micro-batch from (seed, global index), so no RNG state crosses a checkpoint and N ranks x
+accumulation A train like 1 process x N*A; the learning rate is a pure function of the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import NamedTuple
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from .. import config, data, distributed, optim, runtime, schedule
+from ..model import GPT
+from ..tokenizers import Tokenizer
+from .readback import FinishedStep, TrainingDiverged
+
+
+def lr_at(cfg: config.TrainConfig, step: int) -> float:
+    """The schedule's learning rate for (0-based) optimizer step `step` of a run with settings `cfg`."""
+    return schedule.learning_rate(
+        step,
+        peak=cfg.learning_rate,
+        minimum=cfg.min_learning_rate,
+        warmup=cfg.warmup_steps,
+        total=cfg.steps,
+        kind=cfg.lr_schedule,
+        decay_fraction=cfg.decay_fraction,
+    )
+
+
+def dropout_seed(seed: int, index: int) -> int:
+    """Seed of the torch RNG (dropout) for global micro-batch `index`: a pure function, so resume needs no
+    state and the dropout masks do not depend on which rank draws the batch."""
+    return (seed * 1_000_003 + index * 7919 + 1) % (2**63 - 1)
+
+
+class Samplers(NamedTuple):
+    """The training batches, the validation batches, and a mixology dataset's validation batches by source."""
+
+    train: data.BatchSampler
+    val: data.BatchSampler
+    by_source: dict[str, data.BatchSampler]
+
+
+def step_module(model: GPT, hardware: runtime.Hardware) -> torch.nn.Module:
+    """What a training step calls: `model`, compiled where that pays, wrapped in DDP on several processes."""
+    module: torch.nn.Module = model
+    if hardware.compile:
+        module = runtime.compile_model(model, hardware.device, hardware.shards)
+    if hardware.world_size > 1:
+        device = hardware.device
+        ids = [device.index if device.index is not None else hardware.local_rank] if device.type == "cuda" else None
+        module = DistributedDataParallel(module, device_ids=ids)
+    return module
+
+
+class Stepper:
+    """Owns the model, its optimizer and grad scaler, the batch samplers and the CPU's core-parallel shards.
+
+    Two handles on the one model: `model`, the plain GPT (saved, restored, clipped and sampled from), and
+    `step_module`, what a training step calls (compiled where that pays, wrapped in DDP on several
+    processes). Evaluation calls `eval_module`: the step module without DDP.
+    """
+
+    def __init__(
+        self,
+        train_cfg: config.TrainConfig,
+        hardware: runtime.Hardware,
+        model: GPT,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler | None,
+        samplers: Samplers,
+        tokenizer: Tokenizer,
+    ):
+        self.cfg = train_cfg
+        self.hardware = hardware
+        self.device, self.dtype = hardware.device, hardware.dtype
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
+        self.step_module = step_module(model, hardware)
+        # CPU: each micro-batch runs as single-threaded shards side by side, one per core (see runtime)
+        self.core_parallel = (
+            runtime.CoreParallel(hardware.shards, hardware.threads or 1) if hardware.shards > 1 else None
+        )
+        self.train_batches, self.val_batches, self.source_val_batches = samplers
+        self.tokenizer = tokenizer
+        self.model.train()
+
+    @property
+    def micro_batches(self) -> int:
+        """Global micro-batches one optimizer step consumes (over all ranks)."""
+        return self.cfg.grad_accum * self.hardware.world_size
+
+    @property
+    def eval_module(self) -> torch.nn.Module:
+        """The step module without its DDP wrapper: each rank evaluates its own share of the batches."""
+        module = self.step_module
+        return module.module if isinstance(module, DistributedDataParallel) else module
+
+    # ------------------------------------------------------------------------- one step
+    def step(self, step: int, batch_counter: int, check: bool) -> FinishedStep:
+        """Optimizer step `step + 1` over grad_accum micro-batches per rank, from global micro-batch
+        `batch_counter` on. check: read the loss now and refuse a NaN/inf before the weights move (CPU, where
+        reading costs nothing; raises TrainingDiverged); otherwise the loss stays a device tensor (no sync)."""
+        cfg, world, rank = self.cfg, self.hardware.world_size, self.hardware.rank
+        t0 = time.perf_counter()
+        lr = lr_at(cfg, step)
+        optim.set_lr(self.optimizer, lr)  # each group at its own height (Muon's is higher)
+        total = torch.zeros((), device=self.device)
+        for micro in range(cfg.grad_accum):
+            index = data.global_batch_index(batch_counter, micro, rank, world)
+            x, y = self.train_batches.batch(index)
+            torch.manual_seed(dropout_seed(cfg.seed, index))
+            if self.core_parallel is not None:
+                total += self.core_parallel.forward_backward(
+                    self.step_module, x, y, loss_scale=1 / cfg.grad_accum, device=self.device, dtype=self.dtype
+                )
+                continue
+            # under DDP only the last micro-step all-reduces the gradients
+            last = micro == cfg.grad_accum - 1
+            sync = contextlib.nullcontext() if last or world == 1 else self.step_module.no_sync()
+            with sync:
+                with runtime.autocast(self.device, self.dtype):
+                    _, loss = self.step_module(x, y)
+                scaled = loss / cfg.grad_accum
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            total += loss.detach()
+        loss_now: torch.Tensor | float = total / cfg.grad_accum
+        if check:
+            # the logged loss is the mean over all micro-batches of all ranks, so logs compare across sizes
+            loss_now = distributed.mean(loss_now).item()
+            if not math.isfinite(loss_now):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise TrainingDiverged.at(step + 1, loss_now)
+        with runtime.all_cores(self.hardware):
+            grad_norm = self._update(check)
+        return FinishedStep(step=step + 1, lr=lr, loss=loss_now, t0=t0, t1=time.perf_counter(), grad_norm=grad_norm)
+
+    def _update(self, check: bool) -> torch.Tensor | float:
+        """Clip, step the optimizer and clear the gradients; returns the gradients' norm before clipping."""
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.cfg.grad_clip > 0:
+            grad_norm: torch.Tensor | float = torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), self.cfg.grad_clip
+            )
+        else:  # no clipping: the same norm, for the log (one pass over the gradients, no sync)
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+        if check:
+            grad_norm = float(grad_norm)  # CPU: free to read, like the loss
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    # ------------------------------------------------------------------------- evaluation and sampling
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, dict[str, float]]:
+        """The validation loss, and for a mixology dataset each source's, on eval_iters fixed batches each (the
+        same ones every time; no RNG touched), all read back in one transfer."""
+        self.model.eval()
+        try:
+            means = [self._mean_loss(b) for b in (self.val_batches, *self.source_val_batches.values())]
+            values = torch.stack(means).tolist()
+        finally:
+            self.model.train()
+        return values[0], dict(zip(self.source_val_batches, values[1:]))
+
+    def _mean_loss(self, batches: data.BatchSampler) -> torch.Tensor:
+        """Mean loss over batches 0..eval_iters-1 of `batches` (shared out over the ranks), on the device."""
+        total = torch.zeros((), device=self.device)
+        count = torch.zeros((), device=self.device)
+        for i in range(self.hardware.rank, self.cfg.eval_iters, self.hardware.world_size):
+            x, y = batches.batch(i)
+            with runtime.autocast(self.device, self.dtype):
+                _, loss = self.eval_module(x, y)
+            total += loss.float()
+            count += 1
+        return distributed.total(total) / distributed.total(count)
+
+    @torch.no_grad()
+    def sample(self, n_tokens: int, prompt: str, seed: int) -> str:
+        """Text sampled from the current weights (prompt + continuation); leaves the run unchanged.
+
+        Uses generate.py's sampler (temperature 1) in eval mode with its own generator seeded with `seed`, and
+        restores train mode and the global RNG state, so a run that samples trains exactly like one that does not.
+        """
+        from ..generate import generate_tokens, start_ids
+
+        ids = start_ids(self.tokenizer, prompt)  # UserError for a character outside the vocabulary
+        cpu_state = torch.get_rng_state()
+        cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        try:
+            new = list(generate_tokens(self.model, ids, n_tokens, temperature=1.0, generator=generator))
+        finally:
+            self.model.train()
+            torch.set_rng_state(cpu_state)
+            if cuda_states is not None:
+                torch.cuda.set_rng_state_all(cuda_states)
+        return prompt + self.tokenizer.decode(new)
