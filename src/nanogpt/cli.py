@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 import sys
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 from . import __version__
 from .config import (
@@ -32,6 +32,9 @@ from .config import (
     field_help,
 )
 from .errors import UserError
+
+if TYPE_CHECKING:  # imported when training starts, not to parse flags
+    from .train.loop import Trainer
 
 # The presets a run gets when it names none: what `train --help` shows as the defaults they set.
 DEFAULT_PRESETS = tuple(dict.fromkeys(default_preset(d) for d in ("cpu", "cuda")))
@@ -268,7 +271,9 @@ def _cmd_train(ns: argparse.Namespace) -> int:
             tracker.close()  # the run ended however it ended: flush what was logged
 
 
-def _train(ns: argparse.Namespace, trainer: Any, compare: Any, trackers: list) -> int:
+def _train(
+    ns: argparse.Namespace, trainer: Trainer, compare: tuple[str, list[dict]] | None, trackers: list
+) -> int:
     """Run `trainer` headless or in the UI, the trackers hearing every event."""
     from .distributed import under_torchrun
     from .runtime import training_process

@@ -15,7 +15,7 @@ from typing import Any
 
 from .train.loop import Trainer
 from .events import EvalDone, Event, Paused, RunFinished, RunStarted, Sampled, Saved, StepDone
-from .summary import count, data_use, hints, parameter_parts, plural
+from .summary import count, data_use, hints, parameter_parts, plural, print_end_of_run
 
 
 def _effective_batch(event: RunStarted) -> str:
@@ -156,18 +156,6 @@ def run_headless(trainer: Trainer, listeners: Sequence[Callable[[Event], None]] 
 
 
 def _report(finished: RunFinished, quiet: bool) -> int:
-    if finished.reason == "error":
-        if not quiet:
-            print(f"nanogpt train: error: {finished.message}", file=sys.stderr, flush=True)
-        return 1
-    if not quiet:
-        if finished.reason == "stopped":
-            print(f"stopped at step {finished.step}", file=sys.stderr, flush=True)
-        if finished.stem:
-            print(f"checkpoint: {finished.stem}", flush=True)
-            # what to type next, on stderr: stdout's last line stays the checkpoint (scripts read it)
-            if finished.reason == "stopped":
-                print(f"Resume with: nanogpt train --resume-training {finished.stem}", file=sys.stderr, flush=True)
-            else:
-                print(f"Generate text with: nanogpt generate {finished.stem}", file=sys.stderr, flush=True)
-    return 0
+    if quiet:  # not rank 0: the exit code only
+        return 1 if finished.reason == "error" else 0
+    return print_end_of_run(finished)

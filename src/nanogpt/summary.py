@@ -1,10 +1,12 @@
-"""What a run is made of, in words both front ends show at its start: where the parameters are, how often
-the run will see its text, and a hint when the data is small for the model. Torch-free (the UI uses it).
+"""What a run is made of, in words both front ends show at its start (where the parameters are, how often
+the run will see its text, a hint when the data is small for the model) and at its end. Torch-free.
 """
 
 from __future__ import annotations
 
-from .events import RunStarted
+import sys
+
+from .events import RunFinished, RunStarted
 
 
 def count(n: float) -> str:
@@ -96,3 +98,22 @@ def _warmup_outlasts(run: RunStarted) -> bool:
     """The whole run is warm-up: its learning rate only climbs, and stops short of the peak."""
     warmup = int(run.train.get("warmup_steps") or 0)
     return warmup > 0 and warmup >= run.total_steps
+
+
+def print_end_of_run(finished: RunFinished) -> int:
+    """Print how a run ended (the same headless and after the UI) and return the exit code.
+
+    stdout's last line is the checkpoint, for scripts; what to type next goes to stderr.
+    """
+    if finished.reason == "error":
+        print(f"nanogpt train: error: {finished.message}", file=sys.stderr, flush=True)
+        return 1
+    if finished.reason == "stopped":
+        print(f"stopped at step {finished.step}", file=sys.stderr, flush=True)
+    if finished.stem:
+        print(f"checkpoint: {finished.stem}", flush=True)
+        if finished.reason == "stopped":
+            print(f"Resume with: nanogpt train --resume-training {finished.stem}", file=sys.stderr, flush=True)
+        else:
+            print(f"Generate text with: nanogpt generate {finished.stem}", file=sys.stderr, flush=True)
+    return 0

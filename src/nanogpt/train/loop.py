@@ -40,7 +40,7 @@ from ..events import (
 from ..model import GPT
 from .readback import LossReadback, TrainingDiverged
 from .state import RunState
-from .step import Stepper, lr_at
+from .step import Stepper
 
 T = TypeVar("T")
 
@@ -93,9 +93,6 @@ class Trainer:
 
     def n_params(self) -> int:
         return self.model.num_params()
-
-    def lr_at(self, step: int) -> float:
-        return lr_at(self.train_cfg, step)
 
     # ------------------------------------------------------------------------- steps, evaluation, sampling
     def train_step(self) -> StepDone:
@@ -175,7 +172,8 @@ class Trainer:
             "scaler": stepper.scaler.state_dict() if stepper.scaler else None,
         }
         # a UserError: the disk is full, or the name is taken; nothing of the set is left
-        paths = self._on_rank_zero(
+        paths = on_rank_zero(
+            self.hardware,
             lambda: checkpoint.save(
                 stem,
                 step=state.step,
@@ -192,26 +190,14 @@ class Trainer:
         state.saved(str(stem))
         return Saved(step=state.step, stem=str(stem), paths=paths or ())
 
-    def _on_rank_zero(self, work: Callable[[], T], failed: str) -> T | None:
-        """`work()` on rank 0, which alone writes (None elsewhere). Under torchrun every rank learns whether it
-        raised a UserError and raises too (`failed` where it did not run it), so that they all stop together."""
-        result, failure = None, None
-        if self.is_main:
-            try:
-                result = work()
-            except UserError as e:
-                failure = e
-        if distributed.any_rank(failure is not None, self.device):
-            raise failure or UserError(failed)
-        return result
-
     def _claim_out_dir(self) -> None:
         """Lock out_dir and check it takes a checkpoint before the first step (runs.claim; rank 0 writes, every
         rank learns whether it could)."""
         weights = sum(t.numel() * t.element_size() for t in checkpoint.model_tensors(self.model).values())
         # the weights and AdamW's two moments of the same size; the JSON files (vocabulary, log) are smaller
         size = 3 * weights + len(str(self.tokens.meta)) + 200 * self.total_steps + 65536
-        self._claim = self._on_rank_zero(
+        self._claim = on_rank_zero(
+            self.hardware,
             lambda: runs.claim(self.train_cfg.out_dir, self.step, size),
             f"rank 0 cannot write to --out-dir {self.train_cfg.out_dir}",
         )
@@ -245,7 +231,7 @@ class Trainer:
                 self._step(check=self.readback.every == 1)
                 self._after_step(emit)
         except (TrainingDiverged, torch.OutOfMemoryError, UserError, OSError) as e:
-            return self._finish(emit, "error", self._explain(e))
+            return self._finish(emit, "error", explain(e, self))
         except Exception:
             self._save_before_crash()
             raise
@@ -278,19 +264,6 @@ class Trainer:
         if save and self.state.unsaved:
             emit(self.save())
         return self._finish(emit, reason)
-
-    def _explain(self, error: Exception) -> str:
-        """The one line a user sees for an error that ends the run."""
-        if isinstance(error, TrainingDiverged):
-            return str(error) + (f"; last good checkpoint: {self.last_stem}" if self.last_stem else "")
-        if isinstance(error, torch.OutOfMemoryError):
-            return (
-                f"out of memory on {self.device} at step {self.step + 1}; "
-                "try a smaller --batch-size (with --grad-accum to keep the batch)"
-            )
-        if isinstance(error, OSError):
-            return f"{error.strerror or error}"
-        return str(error)
 
     def _save_before_crash(self) -> None:
         """A bug, not a user error: keep what was learned (the weights are those of the last completed step:
@@ -360,3 +333,31 @@ def run_started(trainer: Trainer) -> RunStarted:
         block_params=sum(p.numel() for p in model.transformer.h.parameters()),
         train_tokens=len(t.tokens.train),
     )
+
+
+def on_rank_zero(hardware: runtime.Hardware, work: Callable[[], T], failed: str) -> T | None:
+    """`work()` on rank 0, which alone writes (None elsewhere). Under torchrun every rank learns whether it
+    raised a UserError and raises too (`failed` where it did not run it), so that they all stop together."""
+    result, failure = None, None
+    if hardware.is_main:
+        try:
+            result = work()
+        except UserError as e:
+            failure = e
+    if distributed.any_rank(failure is not None, hardware.device):
+        raise failure or UserError(failed)
+    return result
+
+
+def explain(error: Exception, trainer: Trainer) -> str:
+    """The one line a user sees for an error that ends the run."""
+    if isinstance(error, TrainingDiverged):
+        return str(error) + (f"; last good checkpoint: {trainer.last_stem}" if trainer.last_stem else "")
+    if isinstance(error, torch.OutOfMemoryError):
+        return (
+            f"out of memory on {trainer.device} at step {trainer.step + 1}; "
+            "try a smaller --batch-size (with --grad-accum to keep the batch)"
+        )
+    if isinstance(error, OSError):
+        return f"{error.strerror or error}"
+    return str(error)

@@ -19,7 +19,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from rich.text import Text
 from textual import work
@@ -46,8 +46,11 @@ from ..events import (
     StepDone,
     Stop,
 )
-from ..summary import hints, plural
+from ..summary import hints, plural, print_end_of_run
 from .widgets import LossChart, RunHeader, SamplePager, SampleScreen, StatusLine, clock, human_count
+
+if TYPE_CHECKING:  # the UI never imports torch: the trainer is only a type here
+    from ..train.loop import Trainer
 
 # Keys act at once; only the display of the steps is throttled (bench/ui_overhead.py measures the cost).
 TICK_S = 0.5  # how often the UI drains step events and refreshes the status line
@@ -103,7 +106,7 @@ class TrainingApp(App[int]):
 
     def __init__(
         self,
-        trainer: Any,
+        trainer: Trainer,
         start_paused: bool = False,
         compare: tuple[str, list[dict]] | None = None,
         listeners: Sequence[Callable[[Event], None]] = (),
@@ -117,8 +120,8 @@ class TrainingApp(App[int]):
         self._steps: deque[StepDone] = deque()
         # what the engine has told us
         self.run_info: RunStarted | None = None
-        self.step = int(getattr(trainer, "step", 0))
-        self.total_steps = int(getattr(trainer, "total_steps", 0))
+        self.step = trainer.step
+        self.total_steps = trainer.total_steps
         self.recent: deque[StepDone] = deque(maxlen=10)
         self.recent_losses: deque[float] = deque(maxlen=10)
         self.last_val: tuple[int, float] | None = None
@@ -462,9 +465,7 @@ class TrainingApp(App[int]):
     def on_unmount(self) -> None:
         # If the UI goes away while training runs (it should not), stop the engine so its thread ends.
         if self.result is None and self.finished is None:
-            stop = getattr(self.trainer, "request_stop", None)
-            if stop is not None:
-                stop()
+            self.trainer.request_stop()
             self.commands.put(Stop())
 
 
@@ -474,7 +475,7 @@ def _suffixes(ev: Saved) -> list[str]:
 
 
 def run_tui(
-    trainer: Any,
+    trainer: Trainer,
     start_paused: bool = False,
     compare: tuple[str, list[dict]] | None = None,
     listeners: Sequence[Callable[[Event], None]] = (),
@@ -495,16 +496,5 @@ def run_tui(
         print(app.worker_traceback, file=sys.stderr, end="")
     if result is None:
         return code if code is not None else 1
-    if result.reason == "error":
-        print(f"nanogpt train: error: {result.message}", file=sys.stderr)
-        if result.stem:
-            print(f"last checkpoint: {result.stem}", file=sys.stderr)
-        return 1
-    if result.stem:
-        if result.reason == "completed":
-            print(f"Finished {plural(result.step, 'step')}. Saved {result.stem}")
-            print(f"Generate text with: nanogpt generate {result.stem}")
-        else:
-            print(f"Stopped at step {result.step}. Saved {result.stem}")
-            print(f"Resume with: nanogpt train --resume-training {result.stem}")
-    return 0 if code is None else code
+    exit_code = print_end_of_run(result)
+    return exit_code if exit_code or code is None else code
