@@ -9,7 +9,7 @@ import pytest
 import torch
 from engine_fixtures import TINY
 
-from nanogpt import checkpoint, runs
+from nanogpt import checkpoint, optim, runs
 from nanogpt.train.setup import build_trainer
 from nanogpt.errors import UserError
 
@@ -116,7 +116,7 @@ def test_optimizer_state_round_trips(trained) -> None:
     trainer, _ = trained
     saved = checkpoint.optimizer_tensors(trainer.optimizer)
     assert any(k.endswith("exp_avg_sq") for k in saved)
-    fresh = torch.optim.AdamW(trainer.model.optimizer_groups(0.1), lr=1e-3)
+    fresh = torch.optim.AdamW(optim.decay_groups(list(trainer.model.parameters()), 0.1), lr=1e-3)
     checkpoint.load_optimizer(fresh, saved)
     for key, value in checkpoint.optimizer_tensors(fresh).items():
         torch.testing.assert_close(value, saved[key], rtol=0, atol=0)

@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 from .atomic import atomic_write
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
 from .errors import UserError
+from .files import JSON_LIMIT, check_size
 
 FORMAT = 1
 TIED = ("lm_head.weight", "transformer.wte.weight")  # (dropped on save, kept)
@@ -85,24 +86,10 @@ def write_tensors(
 # The most a JSON file we read may hold. Parsed JSON takes several times its size in memory, so a 1 GB
 # file would cost gigabytes before anything could be checked. A char vocabulary of every Unicode character
 # (1.1M of them, itos and stoi) is about 25 MB; a training log takes ~100 bytes a step (GPT-2 124M's
-# 600,000 steps: ~60 MB); resume.json holds a few numbers.
-JSON_LIMIT = 64 << 20  # config.json (which holds the vocabulary), vocab.json and anything else
+# 600,000 steps: ~60 MB); resume.json holds a few numbers. JSON_LIMIT (files.py) bounds any other JSON file.
 LOG_LIMIT = 256 << 20  # training_log.json
 RESUME_LIMIT = 1 << 20  # resume.json
 MAX_COUNTER = 2**63 - 1  # batch counters and steps feed numpy's 64-bit Philox counter and torch seeds
-
-
-def check_size(path: Path, what: str, limit: int = JSON_LIMIT) -> None:
-    """UserError when a file is larger than `limit` bytes (read before a file is parsed)."""
-    try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
-    if size > limit:
-        raise UserError(
-            f"{what} {path} is {size / 2**20:,.0f} MiB, more than such a file can hold "
-            f"({limit / 2**20:,.0f} MiB): refusing to read it"
-        )
 
 
 def read_json(path: Path, what: str, limit: int = JSON_LIMIT) -> Any:
@@ -368,6 +355,14 @@ def read_resume(stem: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     if not isinstance(state, dict) or not _is_count(state.get("step")):
         raise UserError(f"resume state {path} is invalid (no step, a whole number >= 0)")
     return state, read_tensors(_verified(stem, ".resume.safetensors", "optimizer state"), "optimizer state")
+
+
+def world_size_of(stem: str | Path) -> int:
+    """The processes that trained checkpoint `stem` (1 when its resume state is missing or says nothing)."""
+    path = _file(stem_of(stem), ".resume.json")
+    state = read_json(path, "resume state", RESUME_LIMIT) if path.is_file() else {}
+    world = state.get("world_size", 1) if isinstance(state, dict) else 1
+    return world if _is_count(world) and world >= 1 else 1
 
 
 def _resume_problem(state: dict[str, Any], meta: dict[str, Any], train_cfg: TrainConfig, n_tensors: int) -> str | None:

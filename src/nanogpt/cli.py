@@ -20,7 +20,7 @@ from pathlib import Path
 import sys
 from typing import TYPE_CHECKING, Any, get_type_hints
 
-from . import __version__
+from . import __version__, distributed
 from .config import (
     PRESETS,
     GenerateConfig,
@@ -221,7 +221,7 @@ def _checkpoint_given(path: str | None) -> str | None:
     from .runs import latest_in
 
     stem = str(latest_in(path))
-    if os.environ.get("RANK", "0") == "0":
+    if distributed.rank() == 0:
         print(f"{path} is a run folder: using its latest checkpoint, {stem}", file=sys.stderr, flush=True)
     return stem
 
@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         return handler(ns)
     except UserError as e:
         line = f"nanogpt {ns.command}: error: {e}"
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once
+        if distributed.rank() == 0:  # under torchrun every rank fails alike: say it once
             print(line, file=sys.stderr)
         _tell_torchrun(line)
         return 1

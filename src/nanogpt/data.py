@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import check_size
 from .errors import UserError
+from .files import check_size
 from .tokenizers import CharTokenizer, Tokenizer, from_meta, token_dtype
 
 # The keys of vocab.json that `nanogpt prepare` writes: the tokenizer's own, the token ids' dtype, the counts

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import atexit
 import os
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # loaded by the functions that need it: the CLI reads the rank without loading torch
+    import torch
 
 
 def under_torchrun() -> bool:
@@ -42,6 +44,8 @@ def is_main() -> bool:
 
 def local_device(device: torch.device) -> torch.device:
     """The device this process drives: under torchrun a CUDA device becomes cuda:LOCAL_RANK."""
+    import torch
+
     if device.type == "mps" and world_size() > 1:
         from .errors import UserError
 
@@ -65,6 +69,8 @@ def local_device(device: torch.device) -> torch.device:
 
 def init_process_group(device: torch.device | str) -> None:
     """Join the torchrun process group (NCCL on CUDA, gloo otherwise); a no-op for a single process."""
+    import torch
+
     if not under_torchrun():
         return
     import torch.distributed as dist
@@ -98,11 +104,15 @@ def destroy_process_group() -> None:
 
 def _wire(device: torch.device) -> torch.device:
     """Where collective tensors live: the GPU for NCCL, the CPU for gloo."""
+    import torch
+
     return device if device.type == "cuda" else torch.device("cpu")
 
 
 def broadcast_int(value: int, device: torch.device) -> int:
     """Rank 0's `value` on every rank (e.g. a random seed that all ranks must share)."""
+    import torch
+
     if not is_initialized():
         return value
     import torch.distributed as dist
@@ -136,6 +146,8 @@ def total(value: torch.Tensor) -> torch.Tensor:
 
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when `flag` is true on at least one, so that all ranks take the same branch."""
+    import torch
+
     if not is_initialized():
         return flag
     import torch.distributed as dist

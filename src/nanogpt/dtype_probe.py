@@ -6,7 +6,7 @@ make a bfloat16-autocast step slower than a float32 one. So a short probe builds
 per-call batch and times forward + backward in float32 and under bfloat16 autocast (interleaved, best of a
 few), and picks bfloat16 only where the step is clearly faster. The optimizer's update is float32 either
 way, so it is left out. The verdict is cached per CPU model, torch version, thread count and shape in
-`<cache root>/dtype_probe.json` (the cache root of `prepare.cache_dir`), so a later run decides without
+`<cache root>/dtype_probe.json` (the cache root of `files.cache_dir`), so a later run decides without
 measuring. A dtype the user names is used as given and nothing is probed.
 
 `runtime.resolve_hardware` calls `resolve_cpu_dtype("auto", StepShape.of(...), ...)` only where the CPU has
@@ -27,7 +27,7 @@ import torch
 
 from .atomic import atomic_write
 from .config import ModelConfig
-from .prepare import cache_dir as default_cache_dir
+from .files import cache_dir as default_cache_dir
 
 CACHE_FILE = "dtype_probe.json"
 NAMED = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from . import __version__, checkpoint, hf
-from .config import ModelConfig, TrainConfig, field_flag
+from .config import ModelConfig, TrainConfig, field_flag, tokens_per_step
 from .errors import UserError
 from .tokenizers import from_meta
 
@@ -44,7 +44,9 @@ def export(stem: str | Path, out_dir: str | Path) -> Path:
         "config.json": json.dumps(hf.hf_config(model_cfg, meta["tokenizer"]), indent=1),
         "generation_config.json": json.dumps(hf.generation_config(meta["tokenizer"]), indent=1),
         **hf.tokenizer_files(meta["tokenizer"], model_cfg.block_size),
-        "README.md": model_card(stem, meta, model_cfg, train_cfg, log, out.name, model.num_params()),
+        "README.md": model_card(
+            stem, meta, model_cfg, train_cfg, log, out.name, model.num_params(), checkpoint.world_size_of(stem)
+        ),
     }
     try:
         _write_folder(out, files, tensors)
@@ -104,6 +106,7 @@ def model_card(
     log: list[dict[str, Any]],
     name: str,
     n_params: int,
+    world_size: int = 1,
 ) -> str:
     """README.md of the exported folder: what the model is, what it was trained on and how, how to use it."""
     tok = meta["tokenizer"]
@@ -111,28 +114,11 @@ def model_card(
         tokenizer = "GPT-2 BPE (50,257 tokens; `<|endoftext|>` = 50256)"
     else:
         tokenizer = f"character level, {model_cfg.vocab_size} characters"
-    source = tok.get("source") or train_cfg.data_dir or train_cfg.training_dataset or "unknown"
-    counts = ""
-    if isinstance(tok.get("train_tokens"), int) and isinstance(tok.get("val_tokens"), int):
-        counts = f" ({tok['train_tokens']:,} training tokens, {tok['val_tokens']:,} validation tokens)"
     vals = [e for e in log if isinstance(e.get("validation_loss"), (int, float))]
     val = f"{vals[-1]['validation_loss']:.4f} at step {vals[-1]['step']}" if vals else "not measured"
     step = meta["step"]
-    per_step = train_cfg.batch_size * train_cfg.grad_accum * model_cfg.block_size
-    activation = {"gelu": "exact GELU", "gelu_tanh": "tanh-approximated GELU (GPT-2's)"}[model_cfg.activation]
-    shape = (
-        f"{model_cfg.n_layer} layers, {model_cfg.n_head} heads, {model_cfg.n_embd} wide, context "
-        f"{model_cfg.block_size} tokens, biases {'on' if model_cfg.bias else 'off (exported as zeros)'}, "
-        f"{activation}; {n_params:,} parameters"
-    )
+    per_step = tokens_per_step(model_cfg, train_cfg, world_size)
     started = f"\n| started from | `{train_cfg.init_from}` |" if train_cfg.init_from else ""
-    eot_note = (
-        "\nOne difference from nanogpt's own tokenizer: Hugging Face's reads the text `<|endoftext|>` as the "
-        "special token 50256, where `nanogpt prepare` encodes those characters as ordinary text.\n"
-        if tok.get("tokenizer") == "gpt2"
-        else "\nThe tokenizer maps each character to its id exactly as nanogpt does; a character outside the "
-        "vocabulary is dropped (nanogpt refuses it).\n"
-    )
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation
@@ -148,9 +134,9 @@ checkpoint `{stem.name}` (step {step}) as a Hugging Face GPT-2 folder.
 
 | | |
 |---|---|
-| data | `{source}`{counts} |
+| data | {_data_line(tok, train_cfg)} |
 | tokenizer | {tokenizer} |
-| shape | {shape} |
+| shape | {_shape_line(model_cfg, n_params)} |
 | steps | {step} ({per_step:,} tokens a step) |
 | validation loss | {val} |{started}
 
@@ -171,7 +157,38 @@ print(out[0]["generated_text"])
 ```
 
 The model reads at most {model_cfg.block_size} tokens: keep the prompt and the new tokens within that.
-{eot_note}"""
+{_tokenizer_note(tok)}"""
+
+
+def _data_line(tok: dict[str, Any], train_cfg: TrainConfig) -> str:
+    """The data a model was trained on, and its token counts when the vocabulary records them."""
+    source = tok.get("source") or train_cfg.data_dir or train_cfg.training_dataset or "unknown"
+    counts = ""
+    if isinstance(tok.get("train_tokens"), int) and isinstance(tok.get("val_tokens"), int):
+        counts = f" ({tok['train_tokens']:,} training tokens, {tok['val_tokens']:,} validation tokens)"
+    return f"`{source}`{counts}"
+
+
+def _shape_line(model_cfg: ModelConfig, n_params: int) -> str:
+    activation = {"gelu": "exact GELU", "gelu_tanh": "tanh-approximated GELU (GPT-2's)"}[model_cfg.activation]
+    return (
+        f"{model_cfg.n_layer} layers, {model_cfg.n_head} heads, {model_cfg.n_embd} wide, context "
+        f"{model_cfg.block_size} tokens, biases {'on' if model_cfg.bias else 'off (exported as zeros)'}, "
+        f"{activation}; {n_params:,} parameters"
+    )
+
+
+def _tokenizer_note(tok: dict[str, Any]) -> str:
+    """How Hugging Face's tokenizer differs from nanogpt's."""
+    if tok.get("tokenizer") == "gpt2":
+        return (
+            "\nOne difference from nanogpt's own tokenizer: Hugging Face's reads the text `<|endoftext|>` as the "
+            "special token 50256, where `nanogpt prepare` encodes those characters as ordinary text.\n"
+        )
+    return (
+        "\nThe tokenizer maps each character to its id exactly as nanogpt does; a character outside the "
+        "vocabulary is dropped (nanogpt refuses it).\n"
+    )
 
 
 def _prompt(tok: dict[str, Any]) -> str:

@@ -189,6 +189,14 @@ class OptimizerPair:
             start += n_groups
 
 
+def decay_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: decay the matrices (dim >= 2), not biases and LayerNorm gains."""
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay, "lr_scale": 1.0},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr_scale": 1.0},
+    ]
+
+
 def build_optimizer(
     model: torch.nn.Module,
     *,
@@ -210,20 +218,14 @@ def build_optimizer(
     """
     fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
     if kind == "adamw":
-        groups = model.optimizer_groups(weight_decay)
-        for group in groups:
-            group["lr_scale"] = 1.0
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, **fused)
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(decay_groups(params, weight_decay), lr=lr, betas=betas, **fused)
     if kind != "muon":
         raise ValueError(f"unknown optimizer {kind!r} (adamw or muon)")
     matrices = muon_parameters(model)
     in_muon = {id(p) for p in matrices}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in in_muon]
-    adamw_groups = [
-        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay, "lr_scale": 1.0},
-        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "lr_scale": 1.0},
-    ]
-    adamw = torch.optim.AdamW(adamw_groups, lr=lr, betas=betas, **fused)
+    adamw = torch.optim.AdamW(decay_groups(rest, weight_decay), lr=lr, betas=betas, **fused)
     muon = BatchedMuon(
         [{"params": matrices, "lr_scale": muon_lr / lr}],
         lr=muon_lr,

@@ -27,6 +27,7 @@ import numpy as np
 from ..atomic import publish, remove_stale_temps, temp_file
 from ..config import PrepareConfig
 from ..errors import UserError
+from ..files import cache_dir
 from ..tokenizers import GPT2_EOT, TOKENIZERS, CharTokenizer, GPT2Tokenizer, token_dtype
 from .encode import Encoder, Part, copy_prefix, shares
 from .progress import Progress
@@ -327,14 +328,6 @@ def _summary(stream: TextIO, meta: dict[str, Any], out: Path, mixology: bool) ->
 
 # ----------------------------------------------------------------------------------------------------------
 # the bundled corpus, prepared once into a cache
-
-
-def cache_dir() -> Path:
-    """Where prepared bundled data is kept: $NANOGPT_CACHE_DIR, else $XDG_CACHE_HOME/nanogpt or ~/.cache/nanogpt."""
-    if os.environ.get("NANOGPT_CACHE_DIR"):
-        return Path(os.environ["NANOGPT_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "nanogpt"
 
 
 def is_prepared(folder: str | os.PathLike) -> bool:
