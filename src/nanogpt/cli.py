@@ -56,13 +56,9 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) ->
                 kind, str
             )
             kw["type"] = base
-            kw["metavar"] = {int: "N", float: "X"}.get(
-                base, "PATH" if "dataset" in f.name or "dir" in f.name or "metadata" in f.name else "TEXT"
-            )
-            kw["metavar"] = f.metadata.get("metavar", kw["metavar"])
+            kw["metavar"] = f.metadata.get("metavar")  # else _uniform_metavars names it
             if "choices" in f.metadata:
                 kw["choices"] = f.metadata["choices"]
-                kw["metavar"] = "{" + ",".join(f.metadata["choices"]) + "}"
         group.add_argument(field_flag(f), **kw)
 
 
@@ -191,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("stem", metavar="STEM", help=STEM_HELP)
     _add_config_flags(g, GenerateConfig, "sampling")
+    _add_export_and_plot(sub)
+    for subparser in _subparsers(parser).values():
+        _uniform_metavars(subparser)
+    return parser
+
+
+def _add_export_and_plot(sub: argparse._SubParsersAction) -> None:
+    """The commands that read finished runs."""
     e = sub.add_parser(
         "export",
         help="write a checkpoint as a Hugging Face GPT-2 folder (transformers, llama.cpp's GGUF converter)",
@@ -209,9 +213,6 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("runs", nargs="+", metavar="RUN_OR_STEM", help="a folder of checkpoints or a checkpoint stem")
     pl.add_argument("-o", "--output", required=True, metavar="FILE", help="the image to write: .png or .svg")
     pl.add_argument("--size", default="1000x600", metavar="WxH", help="image size in pixels (default: 1000x600)")
-    for subparser in _subparsers(parser).values():
-        _uniform_metavars(subparser)
-    return parser
 
 
 def _checkpoint_given(path: str | None) -> str | None:

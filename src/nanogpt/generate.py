@@ -1,31 +1,11 @@
 """Sampling from a trained GPT: the token loop behind `nanogpt generate` and the training UI's `g` key.
 
-Stable API (train/step.py imports the first two):
-
-    generate_tokens(model, prompt_ids, n_tokens, *, temperature=1.0, top_k=None, top_p=None,
-                    generator=None, slide=None) -> Iterator[int]  (defaults: config.GenerateConfig)
-        Yields `n_tokens` new token ids one at a time, as they are produced. Runs in eval mode under
-        torch.inference_mode (the model's train/eval mode is restored afterwards) and draws its random
-        numbers from `generator` only (the global RNG when None), so a seeded generator gives the same
-        tokens every time. temperature 0 is greedy (argmax, no random numbers drawn).
-    start_ids(tokenizer, prompt) -> list[int]
-        The prompt's ids; an empty prompt starts from "\\n" (char vocabularies) or <|endoftext|> (GPT-2).
-    generate_cli(stem, settings=GenerateConfig()) -> int
-        `nanogpt generate`: the prompt and the generated text on stdout, streamed; the rest on stderr.
-
-How the context is kept (the window). The model sees at most `block_size` tokens, at positions
-0..block_size-1. While the text fits, every token costs one cached single-token step (inference.py).
-When the window is full, its oldest `slide` tokens are dropped at once and the remaining
-`block_size - slide` tokens plus the new one are run again as a prompt (their positions have changed, and
-with learned position embeddings no cached key survives a shift). `slide=1` is exactly nanoGPT's crop
-(`idx[:, -block_size:]` for every token): one full-window forward per token once the text is longer than
-the window, the same work as nanoGPT's sample.py. The default, `slide = block_size // 2` (the usual
-"context shift" of KV-cache generators), keeps at least half the window (33-64 tokens for block 64) and
-re-runs it once every `block_size // 2` tokens, so nearly every token is a cheap cached step (BENCHMARKS.md,
-"Generation speed", has the speeds against nanoGPT's sample.py and what the shorter context costs).
-Either way the tokens equal those of uncached generation under the same rule: full forward passes over
-`ids[start:]`, where `start` advances by `slide` whenever `len(ids) - start` exceeds `block_size`
-(tests/test_generate.py checks this token for token, for slide 1 and for the default).
+`generate_tokens` yields new ids one at a time (KV cache, seeded `generator` only, temperature 0 greedy);
+`start_ids` turns a prompt into ids; `generate_cli` is the command. When the text outgrows `block_size`,
+the oldest `slide` tokens are dropped at once and the rest re-run as a prompt (learned positions: no cached
+key survives a shift). `slide=1` is nanoGPT's crop; the default `block_size // 2` keeps at least half the
+window and makes nearly every token a cached step (speeds: BENCHMARKS.md, "Generation speed"). Either
+way the tokens equal uncached generation under the same rule (tests/test_generate.py).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from typing import Any
 from . import checkpoint, runs
 from .atomic import atomic_write
 from .errors import UserError
+from .summary import split_log
 
 FORMATS = {".png": "png", ".svg": "svg"}
 DPI = 100  # --size is in pixels: figure inches x DPI
@@ -91,10 +92,9 @@ def plot(paths: list[str], output: str | Path, width: int = 1000, height: int = 
         for i, run in enumerate(runs):
             color = f"C{i % 10}"
             name = label(run, keys) if len(runs) > 1 else run.name
-            steps = [e["step"] for e in run.log if "loss" in e]
-            ax.plot(steps, [e["loss"] for e in run.log if "loss" in e], color=color, alpha=0.45, linewidth=0.8,
-                    label=f"{name} train")
-            evals = [e for e in run.log if e.get("validation_loss") is not None]
+            trained, evals = split_log(run.log)
+            ax.plot([e["step"] for e in trained], [e["loss"] for e in trained], color=color, alpha=0.45,
+                    linewidth=0.8, label=f"{name} train")
             if evals:
                 ax.plot([e["step"] for e in evals], [e["validation_loss"] for e in evals], color=color,
                         marker="o", markersize=3, linewidth=2, label=f"{name} validation")

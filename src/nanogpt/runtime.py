@@ -362,14 +362,10 @@ _ALLOCATOR_TUNED = False
 def keep_freed_memory() -> bool:
     """Make glibc's malloc keep freed memory for reuse instead of handing it back to the OS at once.
 
-    Why: a CPU training step allocates and frees its activations (up to ~1 MB each for cpu-small), and by
-    default glibc trims the heap top and unmaps blocks as they are freed, so the next step faults the same
-    pages in again: ~1,000-1,400 page faults and ~4.5 ms of kernel time per cpu-small step, measured with
-    getrusage on Zen 3. With two CoreParallel shard threads in one address space those faults also contend
-    for the process's memory map lock. With the settings below the faults go to ~2-40 per step and the
-    kernel time to ~0.5 ms (wall time: -2 to -8% per step, inside this box's noise). The cost: up to 256
-    MiB of freed memory stays with the process rather than going back to the OS, while it runs. glibc
-    (Linux) only; elsewhere a no-op. Process-wide and idempotent; returns whether it applied.
+    A CPU step frees and re-allocates its activations; glibc's default trimming makes every step fault the
+    same pages in again (the counts: BENCHMARKS.md, "Third round"). The cost: up to 256 MiB of freed memory
+    stays with the process while it runs. glibc (Linux) only; elsewhere a no-op. Idempotent; returns whether
+    it applied.
     """
     global _ALLOCATOR_TUNED
     if _ALLOCATOR_TUNED:

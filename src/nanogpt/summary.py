@@ -1,10 +1,13 @@
 """What a run is made of, in words both front ends show at its start (where the parameters are, how often
-the run will see its text, a hint when the data is small for the model) and at its end. Torch-free.
+the run will see its text, a hint when the data is small for the model) and at its end, and its training
+log split into curves. Torch-free (the UI uses it).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 from .events import RunFinished, RunStarted
 
@@ -98,6 +101,11 @@ def _warmup_outlasts(run: RunStarted) -> bool:
     """The whole run is warm-up: its learning rate only climbs, and stops short of the peak."""
     warmup = int(run.train.get("warmup_steps") or 0)
     return warmup > 0 and warmup >= run.total_steps
+
+
+def split_log(log: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A training log's entries with a training loss, and those with a validation loss (the two curves)."""
+    return [e for e in log if "loss" in e], [e for e in log if e.get("validation_loss") is not None]
 
 
 def print_end_of_run(finished: RunFinished) -> int:

@@ -46,7 +46,7 @@ from ..events import (
     StepDone,
     Stop,
 )
-from ..summary import hints, plural, print_end_of_run
+from ..summary import hints, plural, print_end_of_run, split_log
 from .widgets import LossChart, RunHeader, SamplePager, SampleScreen, StatusLine, clock, human_count
 
 if TYPE_CHECKING:  # the UI never imports torch: the trainer is only a type here
@@ -270,12 +270,11 @@ class TrainingApp(App[int]):
             self._paused_since = self._run_t0
         self.header.show_run(ev)
         chart = self.chart
-        hist = [h for h in ev.history if "loss" in h]
+        hist, evals = split_log(ev.history)
         chart.add_train([int(h["step"]) for h in hist], [float(h["loss"]) for h in hist])
-        for h in ev.history:
-            if h.get("validation_loss") is not None:
-                chart.add_val(int(h["step"]), float(h["validation_loss"]), h.get("source_validation_losses"))
-                self.last_val = (int(h["step"]), float(h["validation_loss"]))
+        for h in evals:
+            chart.add_val(int(h["step"]), float(h["validation_loss"]), h.get("source_validation_losses"))
+            self.last_val = (int(h["step"]), float(h["validation_loss"]))
         self.recent_losses.extend(float(h["loss"]) for h in hist[-10:])
         self.samples.extend((int(h["step"]), str(h["sample"])) for h in ev.history if h.get("sample"))
         self._chart_dirty = True

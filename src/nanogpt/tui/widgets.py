@@ -23,7 +23,7 @@ from textual_plotext import PlotextPlot
 
 from ..events import RunStarted
 from ..summary import count as human_count
-from ..summary import embedding_params, epochs, times
+from ..summary import embedding_params, epochs, split_log, times
 
 
 def clock(seconds: float | None) -> str:
@@ -171,8 +171,7 @@ class LossChart(PlotextPlot):
 
     def set_compare(self, name: str, log: Sequence[dict]) -> None:
         """An earlier run's training log, drawn faintly behind the live run (--compare)."""
-        train = [e for e in log if "loss" in e]
-        val = [e for e in log if e.get("validation_loss") is not None]
+        train, val = split_log(log)
         self.compare = (name, [e["step"] for e in train], [e["loss"] for e in train],
                         [e["step"] for e in val], [e["validation_loss"] for e in val])
 
