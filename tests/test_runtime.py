@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanogpt import runtime
+from nanogpt import cores, runtime
 from nanogpt.config import ModelConfig
 from nanogpt.model import GPT
 from nanogpt.optim import build_optimizer
@@ -46,7 +46,7 @@ def tiny_batch(batch: int = 6, seed: int = 1) -> tuple[torch.Tensor, torch.Tenso
 def train(model: GPT, dtype: torch.dtype, steps: int, workers: int) -> list[float]:
     """A few AdamW steps on one fixed batch (memorising it), as the engine runs them; returns the losses."""
     opt = build_optimizer(model, kind="adamw", lr=3e-3, betas=(0.9, 0.99), weight_decay=0.1, device=CPU)
-    parallel = runtime.CoreParallel(workers) if workers > 1 else None
+    parallel = cores.CoreParallel(workers) if workers > 1 else None
     x, y = tiny_batch()
     losses = []
     for _ in range(steps):
@@ -137,7 +137,7 @@ def test_core_parallel_gives_the_gradient_of_the_whole_batch(batch):
     _, loss = whole(x, y)
     (0.5 * loss).backward()  # loss_scale 0.5, as with --grad-accum 2
     sharded = tiny_model()
-    parallel = runtime.CoreParallel(3)
+    parallel = cores.CoreParallel(3)
     sharded_loss = parallel.forward_backward(sharded, x, y, loss_scale=0.5, device=CPU, dtype=torch.float32)
     parallel.close()
     torch.testing.assert_close(sharded_loss, loss.detach())
@@ -150,7 +150,7 @@ def test_core_parallel_adds_to_existing_gradients_and_repeats_exactly():
     runs = []
     for _ in range(2):
         model = tiny_model()
-        parallel = runtime.CoreParallel(2)
+        parallel = cores.CoreParallel(2)
         for _ in range(2):  # two micro-batches accumulate, as with --grad-accum 2
             parallel.forward_backward(model, x, y, loss_scale=0.5, device=CPU, dtype=torch.float32)
         parallel.close()

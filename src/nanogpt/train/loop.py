@@ -15,6 +15,7 @@ import queue
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -159,48 +160,18 @@ class Trainer:
     # ------------------------------------------------------------------------- checkpoints
     def save(self) -> Saved:
         """Write checkpoint model_step_N for the current step into out_dir (rank 0 only writes)."""
-        state, stepper = self.state, self.stepper
+        state = self.state
         if not state.unsaved and state.saved_stem is not None:
             # saved already (or resumed from there): a set is never written twice
             paths = tuple(state.saved_stem + suffix for suffix in checkpoint.FILES)
             return Saved(step=state.step, stem=state.saved_stem, paths=paths)
         stem = checkpoint.stem_for(self.train_cfg.out_dir, state.step)
-        resume_state = {
-            "batch_counter": state.batch_counter,
-            "seed": self.train_cfg.seed,
-            "world_size": self.world_size,
-            "scaler": stepper.scaler.state_dict() if stepper.scaler else None,
-        }
         # a UserError: the disk is full, or the name is taken; nothing of the set is left
         paths = on_rank_zero(
-            self.hardware,
-            lambda: checkpoint.save(
-                stem,
-                step=state.step,
-                model=stepper.model,
-                model_cfg=self.model_cfg,
-                train_cfg=self.train_cfg,
-                tokenizer_meta=self.tokens.meta,
-                log=state.log,
-                optimizer_tensors=checkpoint.optimizer_tensors(stepper.optimizer),
-                resume_state=resume_state,
-            ),
-            f"rank 0 could not write checkpoint {stem}",
+            self.hardware, functools.partial(write_checkpoint, self, stem), f"rank 0 could not write checkpoint {stem}"
         )
         state.saved(str(stem))
         return Saved(step=state.step, stem=str(stem), paths=paths or ())
-
-    def _claim_out_dir(self) -> None:
-        """Lock out_dir and check it takes a checkpoint before the first step (runs.claim; rank 0 writes, every
-        rank learns whether it could)."""
-        weights = sum(t.numel() * t.element_size() for t in checkpoint.model_tensors(self.model).values())
-        # the weights and AdamW's two moments of the same size; the JSON files (vocabulary, log) are smaller
-        size = 3 * weights + len(str(self.tokens.meta)) + 200 * self.total_steps + 65536
-        self._claim = on_rank_zero(
-            self.hardware,
-            lambda: runs.claim(self.train_cfg.out_dir, self.step, size),
-            f"rank 0 cannot write to --out-dir {self.train_cfg.out_dir}",
-        )
 
     # ------------------------------------------------------------------------- the loop
     def request_stop(self) -> None:
@@ -217,7 +188,7 @@ class Trainer:
             emit(Paused(step=self.step))
         urgent = functools.partial(self._someone_waits, commands)
         try:
-            self._claim_out_dir()
+            self._claim = claim_out_dir(self)
             while True:
                 if self.readback.due(urgent):
                     self._read_back_or_raise(emit)
@@ -361,3 +332,37 @@ def explain(error: Exception, trainer: Trainer) -> str:
     if isinstance(error, OSError):
         return f"{error.strerror or error}"
     return str(error)
+
+
+def write_checkpoint(trainer: Trainer, stem: Path) -> tuple[str, ...]:
+    """Write the trainer's current state as checkpoint `stem` (checkpoint.save); returns the paths written."""
+    state, stepper, cfg = trainer.state, trainer.stepper, trainer.train_cfg
+    resume_state = {
+        "batch_counter": state.batch_counter,
+        "seed": cfg.seed,
+        "world_size": trainer.world_size,
+        "scaler": stepper.scaler.state_dict() if stepper.scaler else None,
+    }
+    return checkpoint.save(
+        stem,
+        step=state.step,
+        model=stepper.model,
+        model_cfg=trainer.model_cfg,
+        train_cfg=cfg,
+        tokenizer_meta=trainer.tokens.meta,
+        log=state.log,
+        optimizer_tensors=checkpoint.optimizer_tensors(stepper.optimizer),
+        resume_state=resume_state,
+    )
+
+
+def claim_out_dir(trainer: Trainer) -> runs.Claim | None:
+    """Lock out_dir and check it takes a checkpoint before the first step (runs.claim; rank 0 writes, every
+    rank learns whether it could)."""
+    weights = sum(t.numel() * t.element_size() for t in checkpoint.model_tensors(trainer.model).values())
+    # the weights and AdamW's two moments of the same size; the JSON files (vocabulary, log) are smaller
+    size = 3 * weights + len(str(trainer.tokens.meta)) + 200 * trainer.total_steps + 65536
+    out_dir = trainer.train_cfg.out_dir
+    return on_rank_zero(
+        trainer.hardware, lambda: runs.claim(out_dir, trainer.step, size), f"rank 0 cannot write to --out-dir {out_dir}"
+    )

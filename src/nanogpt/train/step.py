@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import config, data, distributed, optim, runtime, schedule
+from .. import config, cores, data, distributed, optim, runtime, schedule
 from ..model import GPT
 from ..tokenizers import Tokenizer
 from .readback import FinishedStep, TrainingDiverged
@@ -87,7 +87,7 @@ class Stepper:
         self.step_module = step_module(model, hardware)
         # CPU: each micro-batch runs as single-threaded shards side by side, one per core (see runtime)
         self.core_parallel = (
-            runtime.CoreParallel(hardware.shards, hardware.threads or 1) if hardware.shards > 1 else None
+            cores.CoreParallel(hardware.shards, hardware.threads or 1) if hardware.shards > 1 else None
         )
         self.train_batches, self.val_batches, self.source_val_batches = samplers
         self.tokenizer = tokenizer
