@@ -1,4 +1,4 @@
-"""checkpoint.py: the five files, save -> load round trip, and clear errors for broken checkpoints."""
+"""checkpoint/: the five files, save -> load round trip, and clear errors for broken checkpoints."""
 
 from __future__ import annotations
 

@@ -118,7 +118,7 @@ def run_limited(*commands: list[str]) -> list[tuple[int, str]]:
     return [tuple(r) for r in json.loads(done.stdout)]
 
 
-# The five files of a checkpoint, as a hostile user edits them (named here, not taken from checkpoint.py: a
+# The five files of a checkpoint, as a hostile user edits them (named here, not taken from checkpoint/: a
 # whole-set manifest, where there is one, stays behind, so that these tests reach the checks of each file)
 CHECKPOINT_FILES = (".safetensors", ".config.json", ".training_log.json", ".resume.safetensors", ".resume.json")
 

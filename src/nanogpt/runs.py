@@ -1,7 +1,7 @@
 """The run folder (`--out-dir`): where a run writes its checkpoints, so that no run replaces or mixes another's.
 
 A run folder holds one run's history: its checkpoint sets `model_step_N.*`, each sealed by its manifest
-(checkpoint.py). The rules:
+(checkpoint/). The rules:
 
 - a new run writes only into a folder that holds no checkpoint. When the default folder `out` is taken it
   writes into the first free `out-2`, `out-3`, ... and says so; a `--out-dir` the user typed is refused;

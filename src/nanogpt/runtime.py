@@ -1,6 +1,6 @@
 """Hardware choices: which device, which precision, whether to compile (the optimizers: optim.py).
 
-Kept apart from the engine so the speed work (what pays on which CPU/GPU) lives in one place (see
+Kept apart from training (train/) so the speed work (what pays on which CPU/GPU) lives in one place (see
 BENCHMARKS.md, training speed). Two entry points:
 
 - `resolve_hardware(model_cfg, train_cfg) -> Hardware`: device, precision, ranks, CPU shards, loss
