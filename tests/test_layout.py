@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "nanogpt"
@@ -24,10 +26,11 @@ def _imports(tree: ast.Module, name: str) -> set[str]:
     package = ["nanogpt", *name.removesuffix(".py").split("/")][:-1]
     if name.endswith("__init__.py"):
         package = ["nanogpt", *name.split("/")[:-1]]
-    found: set[str] = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(tree):  # first: a walk queues a node's children before it yields the node
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
             node.body = []
+    found: set[str] = set()
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -57,13 +60,16 @@ def test_the_ui_never_imports_torch() -> None:
     for name, tree, _ in _modules():
         if name.startswith("tui/"):
             assert not {m for m in _imports(tree, name) if m == "torch" or m.startswith("torch.")}, name
+    # nor through what it imports
+    code = "import sys, nanogpt.tui.app, nanogpt.tui.widgets; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
 
 
 def test_nothing_below_the_trainer_imports_it_and_the_step_knows_no_loop() -> None:
-    above = {"cli.py", "headless.py", "__main__.py"}  # the front ends that drive a trainer
+    above = {"cli.py", "headless.py", "__main__.py"}  # the front ends that drive a trainer (the UI: types only)
     for name, tree, _ in _modules():
         imported = _imports(tree, name)
-        if name.startswith(("train/", "tui/")) or name in above:
+        if name.startswith("train/") or name in above:
             continue
         assert not {m for m in imported if m.startswith("nanogpt.train")}, name
     for name in ("train/step.py", "train/state.py", "train/readback.py"):
