@@ -72,6 +72,6 @@ def test_nothing_below_the_trainer_imports_it_and_the_step_knows_no_loop() -> No
         if name.startswith("train/") or name in above:
             continue
         assert not {m for m in imported if m.startswith("nanogpt.train")}, name
-    for name in ("train/step.py", "train/state.py", "train/readback.py"):
+    for name in ("train/step.py", "train/state.py", "train/readback.py", "train/saving.py"):
         tree = next(t for n, t, _ in _modules() if n == name)
         assert not {m for m in _imports(tree, name) if m.startswith(("nanogpt.train.loop", "nanogpt.train.setup"))}

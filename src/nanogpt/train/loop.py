@@ -1,10 +1,7 @@
 """`Trainer.run`, the one training loop every front end drives: commands in, events out, saves, the lock.
 
-A front end (headless lines, the Textual UI, torchrun) calls `run(emit, commands)`; the loop is
-synchronous and single-threaded, obeys commands between two steps, and emits events (events.py). On
-CUDA/MPS losses are read back `sync_every` steps at a time (readback.py), or sooner when a command waits,
-a stop is asked for, an evaluation or a save is due; on CPU each is read at once, so a NaN stops the run
-before the weights move.
+Synchronous and single-threaded: commands are obeyed between two steps; on CUDA/MPS losses are read back
+several steps at a time (readback.py), at once on CPU, so there a NaN stops the run before the weights move.
 """
 
 from __future__ import annotations
@@ -15,8 +12,7 @@ import queue
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
 import torch
 
@@ -39,11 +35,10 @@ from ..events import (
     Stop,
 )
 from ..model import GPT
+from . import saving
 from .readback import LossReadback, TrainingDiverged
 from .state import RunState
 from .step import Stepper
-
-T = TypeVar("T")
 
 
 class Trainer:
@@ -74,15 +69,46 @@ class Trainer:
         self._claim: runs.Claim | None = None  # the lock on out_dir while `run` runs (rank 0)
 
     # ------------------------------------------------------------------------- what front ends read
-    model = property(lambda self: self.stepper.model, doc="The plain GPT (saved, restored, sampled from).")
-    optimizer = property(lambda self: self.stepper.optimizer)
-    device = property(lambda self: self.hardware.device)
-    dtype = property(lambda self: self.hardware.dtype)
-    is_main = property(lambda self: self.hardware.is_main)
-    world_size = property(lambda self: self.hardware.world_size)
-    step = property(lambda self: self.state.step, doc="Optimizer steps done.")
-    log = property(lambda self: self.state.log, doc="The training log: one entry per step read back.")
-    last_stem = property(lambda self: self.state.saved_stem, doc="The checkpoint last saved or resumed from.")
+    @property
+    def model(self) -> GPT:
+        """The plain GPT (saved, restored, sampled from)."""
+        return self.stepper.model
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.stepper.optimizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.hardware.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.hardware.dtype
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0, which alone writes and prints."""
+        return self.hardware.is_main
+
+    @property
+    def world_size(self) -> int:
+        return self.hardware.world_size
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps done."""
+        return self.state.step
+
+    @property
+    def log(self) -> list[dict[str, Any]]:
+        """The training log: one entry per step read back."""
+        return self.state.log
+
+    @property
+    def last_stem(self) -> str | None:
+        """The checkpoint last saved or resumed from."""
+        return self.state.saved_stem
 
     @property
     def total_steps(self) -> int:
@@ -167,9 +193,10 @@ class Trainer:
             return Saved(step=state.step, stem=state.saved_stem, paths=paths)
         stem = checkpoint.stem_for(self.train_cfg.out_dir, state.step)
         # a UserError: the disk is full, or the name is taken; nothing of the set is left
-        paths = on_rank_zero(
-            self.hardware, functools.partial(write_checkpoint, self, stem), f"rank 0 could not write checkpoint {stem}"
+        write = functools.partial(
+            saving.write, stem, self.stepper, self.state, self.model_cfg, self.train_cfg, self.tokens.meta
         )
+        paths = saving.on_rank_zero(self.hardware, write, f"rank 0 could not write checkpoint {stem}")
         state.saved(str(stem))
         return Saved(step=state.step, stem=str(stem), paths=paths or ())
 
@@ -177,6 +204,9 @@ class Trainer:
     def request_stop(self) -> None:
         """Finish the current step, save, and end the loop (safe from signal handlers and other threads)."""
         self._stop.set()
+
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
 
     def run(
         self, emit: Callable[[Event], None], commands: queue.Queue | None = None, start_paused: bool = False
@@ -188,12 +218,12 @@ class Trainer:
             emit(Paused(step=self.step))
         urgent = functools.partial(self._someone_waits, commands)
         try:
-            self._claim = claim_out_dir(self)
+            self._claim = saving.claim_out_dir(self.hardware, self.model, self.tokens.meta, self.train_cfg, self.step)
             while True:
                 if self.readback.due(urgent):
                     self._read_back_or_raise(emit)
                 if not self.readback.unread:  # commands and stops are handled between read-back steps only
-                    paused, stop = self._obey(emit, commands, paused)
+                    paused, stop = obey(self, emit, commands, paused)
                     # ranks agree on stopping (a signal may reach them at different steps), else they would hang
                     if distributed.any_rank(stop is not None or self._stop.is_set(), self.device):
                         return self._save_and_finish(emit, "stopped", save=stop is None or stop.save)
@@ -251,37 +281,6 @@ class Trainer:
         emit(event)
         return event
 
-    def _obey(
-        self, emit: Callable[[Event], None], commands: queue.Queue | None, paused: bool
-    ) -> tuple[bool, Stop | None]:
-        """Handle the queued commands; while paused, wait for more. Returns (paused, the Stop command if any)."""
-        if commands is None:
-            return False, None
-        while True:
-            try:
-                # while paused, block (with a timeout, so that request_stop is still noticed)
-                command = commands.get(timeout=0.1) if paused else commands.get_nowait()
-            except queue.Empty:
-                if paused and not self._stop.is_set():
-                    continue
-                return paused, None
-            if isinstance(command, Stop):
-                return paused, command
-            if isinstance(command, Pause) and not paused:
-                paused = True
-                emit(Paused(step=self.step))
-            elif isinstance(command, Resume) and paused:
-                paused = False
-                emit(Resumed(step=self.step))
-            elif isinstance(command, Sample):
-                try:
-                    text = self.sample(command.n_tokens, command.prompt)
-                except UserError as e:
-                    text = f"[cannot sample: {e}]"
-                emit(Sampled(step=self.step, text=text))
-            elif isinstance(command, Save):
-                emit(self.save())
-
 
 def run_started(trainer: Trainer) -> RunStarted:
     """The event that opens a run: what is trained, on what, from which step."""
@@ -306,20 +305,6 @@ def run_started(trainer: Trainer) -> RunStarted:
     )
 
 
-def on_rank_zero(hardware: runtime.Hardware, work: Callable[[], T], failed: str) -> T | None:
-    """`work()` on rank 0, which alone writes (None elsewhere). Under torchrun every rank learns whether it
-    raised a UserError and raises too (`failed` where it did not run it), so that they all stop together."""
-    result, failure = None, None
-    if hardware.is_main:
-        try:
-            result = work()
-        except UserError as e:
-            failure = e
-    if distributed.any_rank(failure is not None, hardware.device):
-        raise failure or UserError(failed)
-    return result
-
-
 def explain(error: Exception, trainer: Trainer) -> str:
     """The one line a user sees for an error that ends the run."""
     if isinstance(error, TrainingDiverged):
@@ -334,35 +319,33 @@ def explain(error: Exception, trainer: Trainer) -> str:
     return str(error)
 
 
-def write_checkpoint(trainer: Trainer, stem: Path) -> tuple[str, ...]:
-    """Write the trainer's current state as checkpoint `stem` (checkpoint.save); returns the paths written."""
-    state, stepper, cfg = trainer.state, trainer.stepper, trainer.train_cfg
-    resume_state = {
-        "batch_counter": state.batch_counter,
-        "seed": cfg.seed,
-        "world_size": trainer.world_size,
-        "scaler": stepper.scaler.state_dict() if stepper.scaler else None,
-    }
-    return checkpoint.save(
-        stem,
-        step=state.step,
-        model=stepper.model,
-        model_cfg=trainer.model_cfg,
-        train_cfg=cfg,
-        tokenizer_meta=trainer.tokens.meta,
-        log=state.log,
-        optimizer_tensors=checkpoint.optimizer_tensors(stepper.optimizer),
-        resume_state=resume_state,
-    )
-
-
-def claim_out_dir(trainer: Trainer) -> runs.Claim | None:
-    """Lock out_dir and check it takes a checkpoint before the first step (runs.claim; rank 0 writes, every
-    rank learns whether it could)."""
-    weights = sum(t.numel() * t.element_size() for t in checkpoint.model_tensors(trainer.model).values())
-    # the weights and AdamW's two moments of the same size; the JSON files (vocabulary, log) are smaller
-    size = 3 * weights + len(str(trainer.tokens.meta)) + 200 * trainer.total_steps + 65536
-    out_dir = trainer.train_cfg.out_dir
-    return on_rank_zero(
-        trainer.hardware, lambda: runs.claim(out_dir, trainer.step, size), f"rank 0 cannot write to --out-dir {out_dir}"
-    )
+def obey(
+    trainer: Trainer, emit: Callable[[Event], None], commands: queue.Queue | None, paused: bool
+) -> tuple[bool, Stop | None]:
+    """Handle the queued commands; while paused, wait for more. Returns (paused, the Stop command if any)."""
+    if commands is None:
+        return False, None
+    while True:
+        try:
+            # while paused, block (with a timeout, so that request_stop is still noticed)
+            command = commands.get(timeout=0.1) if paused else commands.get_nowait()
+        except queue.Empty:
+            if paused and not trainer.stop_requested():
+                continue
+            return paused, None
+        if isinstance(command, Stop):
+            return paused, command
+        if isinstance(command, Pause) and not paused:
+            paused = True
+            emit(Paused(step=trainer.step))
+        elif isinstance(command, Resume) and paused:
+            paused = False
+            emit(Resumed(step=trainer.step))
+        elif isinstance(command, Sample):
+            try:
+                text = trainer.sample(command.n_tokens, command.prompt)
+            except UserError as e:
+                text = f"[cannot sample: {e}]"
+            emit(Sampled(step=trainer.step, text=text))
+        elif isinstance(command, Save):
+            emit(trainer.save())

@@ -1,0 +1,76 @@
+"""Checkpoints and the run folder, from training's side: what a checkpoint of a run holds, the lock on
+out_dir, and the rule that rank 0 alone writes while every rank learns whether it could."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from .. import checkpoint, config, distributed, runs, runtime
+from ..errors import UserError
+from .state import RunState
+from .step import Stepper
+
+T = TypeVar("T")
+
+
+def on_rank_zero(hardware: runtime.Hardware, work: Callable[[], T], failed: str) -> T | None:
+    """`work()` on rank 0, which alone writes (None elsewhere). Under torchrun every rank learns whether it
+    raised a UserError and raises too (`failed` where it did not run it), so that they all stop together."""
+    result, failure = None, None
+    if hardware.is_main:
+        try:
+            result = work()
+        except UserError as e:
+            failure = e
+    if distributed.any_rank(failure is not None, hardware.device):
+        raise failure or UserError(failed)
+    return result
+
+
+def write(
+    stem: Path,
+    stepper: Stepper,
+    state: RunState,
+    model_cfg: config.ModelConfig,
+    train_cfg: config.TrainConfig,
+    tokenizer_meta: dict[str, Any],
+) -> tuple[str, ...]:
+    """Write the run's current state as checkpoint `stem` (checkpoint.save); returns the paths written."""
+    resume_state = {
+        "batch_counter": state.batch_counter,
+        "seed": train_cfg.seed,
+        "world_size": stepper.hardware.world_size,
+        "scaler": stepper.scaler.state_dict() if stepper.scaler else None,
+    }
+    return checkpoint.save(
+        stem,
+        step=state.step,
+        model=stepper.model,
+        model_cfg=model_cfg,
+        train_cfg=train_cfg,
+        tokenizer_meta=tokenizer_meta,
+        log=state.log,
+        optimizer_tensors=checkpoint.optimizer_tensors(stepper.optimizer),
+        resume_state=resume_state,
+    )
+
+
+def claim_out_dir(
+    hardware: runtime.Hardware,
+    model: torch.nn.Module,
+    tokenizer_meta: dict[str, Any],
+    cfg: config.TrainConfig,
+    step: int,
+) -> runs.Claim | None:
+    """Lock out_dir and check it takes a checkpoint before the first step (runs.claim; rank 0 writes, every
+    rank learns whether it could)."""
+    weights = sum(t.numel() * t.element_size() for t in checkpoint.model_tensors(model).values())
+    # the weights and AdamW's two moments of the same size; the JSON files (vocabulary, log) are smaller
+    size = 3 * weights + len(str(tokenizer_meta)) + 200 * cfg.steps + 65536
+    return on_rank_zero(
+        hardware, lambda: runs.claim(cfg.out_dir, step, size), f"rank 0 cannot write to --out-dir {cfg.out_dir}"
+    )
