@@ -109,6 +109,8 @@ def model_card(
     tok = meta["tokenizer"]
     if tok.get("tokenizer") == "gpt2":
         tokenizer = "GPT-2 BPE (50,257 tokens; `<|endoftext|>` = 50256)"
+    elif tok.get("tokenizer") == "bpe":
+        tokenizer = f"byte-level BPE learned from the training text, {model_cfg.vocab_size:,} tokens"
     else:
         tokenizer = f"character level, {model_cfg.vocab_size} characters"
     source = tok.get("source") or train_cfg.data_dir or train_cfg.training_dataset or "unknown"
@@ -130,6 +132,8 @@ def model_card(
         "\nOne difference from nanogpt's own tokenizer: Hugging Face's reads the text `<|endoftext|>` as the "
         "special token 50256, where `nanogpt prepare` encodes those characters as ordinary text.\n"
         if tok.get("tokenizer") == "gpt2"
+        else "\nThe tokenizer gives the ids nanogpt gives, for any text (every byte is a token).\n"
+        if tok.get("tokenizer") == "bpe"
         else "\nThe tokenizer maps each character to its id exactly as nanogpt does; a character outside the "
         "vocabulary is dropped (nanogpt refuses it).\n"
     )
@@ -176,7 +180,7 @@ The model reads at most {model_cfg.block_size} tokens: keep the prompt and the n
 
 def _prompt(tok: dict[str, Any]) -> str:
     """A short prompt made of characters the vocabulary has (a char model knows only its own)."""
-    if tok.get("tokenizer") == "gpt2":
+    if tok.get("tokenizer") in ("gpt2", "bpe"):  # any text encodes
         return "Once upon a time"
     chars = set(tok.get("itos") or [])
     for word in ("ROMEO:", "The ", "the ", "a"):

@@ -9,7 +9,7 @@ Stable API (engine.py imports the first two):
         numbers from `generator` only (the global RNG when None), so a seeded generator gives the same
         tokens every time. temperature 0 is greedy (argmax, no random numbers drawn).
     start_ids(tokenizer, prompt) -> list[int]
-        The prompt's ids; an empty prompt starts from "\\n" (char vocabularies) or <|endoftext|> (GPT-2).
+        The prompt's ids; an empty prompt starts from "\\n" (char, learned BPE) or <|endoftext|> (GPT-2).
     generate_cli(stem, settings=GenerateConfig()) -> int
         `nanogpt generate`: the prompt and the generated text on stdout, streamed; the rest on stderr.
 
@@ -47,7 +47,7 @@ from .errors import UserError
 from .inference import Decoder
 from .model import GPT
 from .runtime import aten_kernels
-from .tokenizers import CharTokenizer, GPT2Tokenizer, Tokenizer, from_meta
+from .tokenizers import BpeTokenizer, CharTokenizer, GPT2Tokenizer, Tokenizer, from_meta
 
 _DEFAULT = GenerateConfig()
 
@@ -58,11 +58,13 @@ def default_slide(block_size: int) -> int:
 
 
 def start_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """Token ids of `prompt`; an empty prompt starts from a newline (char) or <|endoftext|> (GPT-2)."""
+    """Token ids of `prompt`; an empty prompt starts from a newline (char, bpe) or <|endoftext|> (GPT-2)."""
     if prompt:
         return tokenizer.encode(prompt)
     if isinstance(tokenizer, GPT2Tokenizer):
         return [tokenizer.eot]
+    if isinstance(tokenizer, BpeTokenizer):
+        return tokenizer.encode("\n")
     return [tokenizer.stoi["\n"]] if "\n" in tokenizer.stoi else [0]
 
 
@@ -166,13 +168,13 @@ def decode_escapes(text: str) -> str:
 
 
 def _token_text(tokenizer: Tokenizer) -> tuple[Callable[[int], str], Callable[[], str]]:
-    """(text of the next token, what is left at the end) for streaming; GPT-2 tokens may split a UTF-8
-    character across tokens, so their bytes go through an incremental decoder."""
+    """(text of the next token, what is left at the end) for streaming; BPE tokens (GPT-2's or learned) may
+    split a UTF-8 character across tokens, so their bytes go through an incremental decoder."""
     if isinstance(tokenizer, CharTokenizer):
         itos = tokenizer.itos
         return itos.__getitem__, str
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    token_bytes = tokenizer.enc.decode_single_token_bytes
+    token_bytes = tokenizer.bytes_of
     return (lambda i: decoder.decode(token_bytes(i))), (lambda: decoder.decode(b"", final=True))
 
 

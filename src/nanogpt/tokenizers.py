@@ -265,11 +265,18 @@ def same_vocabulary(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two vocab.json dicts give every text the same ids (the kind, the size, the characters, the merges)."""
 
     def key(meta: dict[str, Any]) -> tuple:
-        tj = meta.get("tokenizer_json")
-        model = tj.get("model") if isinstance(tj, dict) and isinstance(tj.get("model"), dict) else {}
-        return (meta.get("tokenizer"), meta.get("vocab_size"), meta.get("itos"), model.get("vocab"), model.get("merges"))
+        return meta.get("tokenizer"), meta.get("vocab_size"), meta.get("itos"), bpe_model_key(meta)
 
     return key(a) == key(b)
+
+
+def bpe_model_key(meta: dict[str, Any]) -> tuple[Any, list[list[str]]]:
+    """A learned BPE's (vocab, merges) from a vocab.json dict, merges as [a, b] pairs however they were
+    written (`tokenizers` has written both "a b" and [a, b]); (None, []) for another tokenizer."""
+    tj = meta.get("tokenizer_json")
+    model = tj.get("model") if isinstance(tj, dict) and isinstance(tj.get("model"), dict) else {}
+    merges = model.get("merges") if isinstance(model.get("merges"), list) else []
+    return model.get("vocab"), [m.split(" ") if isinstance(m, str) else list(m) for m in merges]
 
 
 def _itos_problem(itos: list[Any]) -> str | None:
