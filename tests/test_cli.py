@@ -87,7 +87,7 @@ def test_help_names_values_alike_in_every_subcommand(capsys) -> None:
     for command in ("prepare", "train", "generate"):
         code, helps[command], _ = run_cli(capsys, command, "--help")
         assert code == 0
-    assert "--tokenizer {char,gpt2}" in helps["prepare"] and "--val-fraction X" in helps["prepare"]
+    assert "--tokenizer {char,gpt2,bpe}" in helps["prepare"] and "--val-fraction X" in helps["prepare"]
     assert "--out-dir PATH" in helps["prepare"] and "--out-dir PATH" in helps["train"]
     assert "--tokens-to-generate N" in helps["generate"] and "--tokens-to-generate N" in helps["train"]
     assert "--temperature X" in helps["generate"] and "--learning-rate X" in helps["train"]

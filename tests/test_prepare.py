@@ -227,8 +227,8 @@ def test_help_and_checks_come_from_prepare_config(capsys):
         if f.name != "source":
             assert field_flag(f) in shown
             assert f.default is None or f"(default: {f.default})" in shown
-    with pytest.raises(UserError, match="unknown tokenizer 'bpe'"):
-        PrepareConfig(tokenizer="bpe").validate()
+    with pytest.raises(UserError, match="unknown tokenizer 'wordpiece'"):
+        PrepareConfig(tokenizer="wordpiece").validate()
 
 
 # --- GPT-2 tokenizer ---------------------------------------------------------------------------------------
@@ -403,7 +403,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         ),
         "no sources": ([str(tmp_path / "nosources")], "no usable sources"),
         "no files": ([str(tmp_path / "nofiles")], "100_a has no .txt files"),
-        "tokenizer": ([good, "--tokenizer", "bpe"], "unknown tokenizer 'bpe'"),
+        "tokenizer": ([good, "--tokenizer", "wordpiece"], "unknown tokenizer 'wordpiece'"),
         "val fraction": ([good, "--val-fraction", "1.5"], "--val-fraction"),
         "unwritable": (
             [good, "--out-dir", str(tmp_path / "afile" / "out")],

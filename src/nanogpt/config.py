@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import UserError
 from .schedule import SCHEDULES
-from .tokenizers import TOKENIZERS
+from .tokenizers import MAX_BPE_VOCAB, MIN_BPE_VOCAB, TOKENIZERS
 
 
 class ConfigError(UserError):
@@ -269,7 +269,17 @@ class PrepareConfig:
 
     source: str | None = opt(None, "text file or mixology folder (default: the bundled Tiny Shakespeare)", cli=False)
     # checked by validate(), not by argparse, so that the message is the same from the CLI and from Python
-    tokenizer: str = opt("char", "char (one token per character) or gpt2 (OpenAI's GPT-2 BPE)", metavar="{char,gpt2}")
+    tokenizer: str = opt(
+        "char",
+        "char (one token per character), gpt2 (OpenAI's GPT-2 BPE) or bpe (a byte-level BPE learned from the "
+        "training part of SOURCE)",
+        metavar="{char,gpt2,bpe}",
+    )
+    vocab_size: int | None = opt(
+        None,
+        f"tokens of the learned BPE (--tokenizer bpe; {MIN_BPE_VOCAB} to {MAX_BPE_VOCAB:,}; default: chosen from "
+        "the size of the text, about the square root of its characters)",
+    )
     out_dir: str | None = opt(
         None,
         "output folder (default: data/NAME in the current folder, NAME being SOURCE's name without .txt; "
@@ -284,6 +294,11 @@ class PrepareConfig:
             raise ConfigError("SOURCE is empty: give a text file or a mixology folder")
         if self.tokenizer not in TOKENIZERS:
             raise ConfigError(f"unknown tokenizer {self.tokenizer!r}: choose {' or '.join(TOKENIZERS)}")
+        if self.vocab_size is not None:
+            if self.tokenizer != "bpe":
+                raise ConfigError(f"--vocab-size is for --tokenizer bpe (the {self.tokenizer} vocabulary is fixed)")
+            if type(self.vocab_size) is not int or not MIN_BPE_VOCAB <= self.vocab_size <= MAX_BPE_VOCAB:
+                raise ConfigError(f"--vocab-size must be {MIN_BPE_VOCAB} to {MAX_BPE_VOCAB:,}, got {self.vocab_size}")
         if not (isinstance(self.val_fraction, (int, float)) and 0 < self.val_fraction < 1):
             raise ConfigError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
 

@@ -24,8 +24,9 @@ from .tokenizers import CharTokenizer, Tokenizer, from_meta, token_dtype
 # The keys of vocab.json that `nanogpt prepare` writes: the tokenizer's own, the token ids' dtype, the counts
 # and the summary of the sources (also the dict a checkpoint's config.json stores as "tokenizer").
 VOCAB_KEYS = (
-    "tokenizer", "vocab_size", "itos", "stoi", "eot_token", "dtype", "train_tokens", "val_tokens",
-    "val_fraction", "strip_gutenberg", "source", "sources",
+    "tokenizer", "vocab_size", "itos", "stoi", "tokenizer_json", "bpe_sample_chars", "bpe_train_chars",
+    "bpe_vocab_size_chosen", "eot_token", "dtype", "train_tokens", "val_tokens", "val_fraction", "strip_gutenberg",
+    "source", "sources",
 )
 
 TRAIN_STREAM = 0

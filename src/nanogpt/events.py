@@ -26,7 +26,7 @@ class RunStarted:
     device: str  # e.g. "cpu", "cuda:0"
     dtype: str  # e.g. "float32", "bfloat16"
     dataset: str  # where the data came from (a folder or file)
-    tokenizer: str  # "char" or "gpt2"
+    tokenizer: str  # "char", "gpt2" or "bpe"
     tokens_per_step: int  # batch x block x grad_accum x world size
     history: tuple[dict[str, Any], ...] = ()  # training-log entries {step, loss, duration_ms, validation_loss?,
     # source_validation_losses?}

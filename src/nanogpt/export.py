@@ -110,10 +110,6 @@ def model_card(
 ) -> str:
     """README.md of the exported folder: what the model is, what it was trained on and how, how to use it."""
     tok = meta["tokenizer"]
-    if tok.get("tokenizer") == "gpt2":
-        tokenizer = "GPT-2 BPE (50,257 tokens; `<|endoftext|>` = 50256)"
-    else:
-        tokenizer = f"character level, {model_cfg.vocab_size} characters"
     vals = [e for e in log if isinstance(e.get("validation_loss"), (int, float))]
     val = f"{vals[-1]['validation_loss']:.4f} at step {vals[-1]['step']}" if vals else "not measured"
     step = meta["step"]
@@ -135,7 +131,7 @@ checkpoint `{stem.name}` (step {step}) as a Hugging Face GPT-2 folder.
 | | |
 |---|---|
 | data | {_data_line(tok, train_cfg)} |
-| tokenizer | {tokenizer} |
+| tokenizer | {_tokenizer_line(tok, model_cfg.vocab_size)} |
 | shape | {_shape_line(model_cfg, n_params)} |
 | steps | {step} ({per_step:,} tokens a step) |
 | validation loss | {val} |{started}
@@ -169,6 +165,14 @@ def _data_line(tok: dict[str, Any], train_cfg: TrainConfig) -> str:
     return f"`{source}`{counts}"
 
 
+def _tokenizer_line(tok: dict[str, Any], vocab_size: int) -> str:
+    if tok.get("tokenizer") == "gpt2":
+        return "GPT-2 BPE (50,257 tokens; `<|endoftext|>` = 50256)"
+    if tok.get("tokenizer") == "bpe":
+        return f"byte-level BPE learned from the training text, {vocab_size:,} tokens"
+    return f"character level, {vocab_size} characters"
+
+
 def _shape_line(model_cfg: ModelConfig, n_params: int) -> str:
     activation = {"gelu": "exact GELU", "gelu_tanh": "tanh-approximated GELU (GPT-2's)"}[model_cfg.activation]
     return (
@@ -180,6 +184,8 @@ def _shape_line(model_cfg: ModelConfig, n_params: int) -> str:
 
 def _tokenizer_note(tok: dict[str, Any]) -> str:
     """How Hugging Face's tokenizer differs from nanogpt's."""
+    if tok.get("tokenizer") == "bpe":
+        return "\nThe tokenizer gives the ids nanogpt gives, for any text (every byte is a token).\n"
     if tok.get("tokenizer") == "gpt2":
         return (
             "\nOne difference from nanogpt's own tokenizer: Hugging Face's reads the text `<|endoftext|>` as the "
@@ -193,7 +199,7 @@ def _tokenizer_note(tok: dict[str, Any]) -> str:
 
 def _prompt(tok: dict[str, Any]) -> str:
     """A short prompt made of characters the vocabulary has (a char model knows only its own)."""
-    if tok.get("tokenizer") == "gpt2":
+    if tok.get("tokenizer") in ("gpt2", "bpe"):  # any text encodes
         return "Once upon a time"
     chars = set(tok.get("itos") or [])
     for word in ("ROMEO:", "The ", "the ", "a"):

@@ -1,11 +1,12 @@
 """Sampling from a trained GPT: the token loop behind `nanogpt generate` and the training UI's `g` key.
 
 `generate_tokens` yields new ids one at a time (KV cache, seeded `generator` only, temperature 0 greedy);
-`start_ids` turns a prompt into ids; `generate_cli` is the command. When the text outgrows `block_size`,
-the oldest `slide` tokens are dropped at once and the rest re-run as a prompt (learned positions: no cached
-key survives a shift). `slide=1` is nanoGPT's crop; the default `block_size // 2` keeps at least half the
-window and makes nearly every token a cached step (speeds: BENCHMARKS.md, "Generation speed"). Either
-way the tokens equal uncached generation under the same rule (tests/test_generate.py).
+`start_ids` turns a prompt into ids (an empty one starts from "\\n", or GPT-2's <|endoftext|>);
+`generate_cli` is the command. When the text outgrows `block_size`, the oldest `slide` tokens are
+dropped at once and the rest re-run as a prompt (learned positions: no cached key survives a shift).
+`slide=1` is nanoGPT's crop; the default `block_size // 2` keeps at least half the window and makes
+nearly every token a cached step (speeds: BENCHMARKS.md, "Generation speed"). Either way the tokens
+equal uncached generation under the same rule (tests/test_generate.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .errors import UserError
 from .inference import Decoder
 from .model import GPT
 from .runtime import aten_kernels
-from .tokenizers import CharTokenizer, GPT2Tokenizer, Tokenizer, from_meta
+from .tokenizers import BpeTokenizer, CharTokenizer, GPT2Tokenizer, Tokenizer, from_meta
 
 _DEFAULT = GenerateConfig()
 
@@ -38,11 +39,13 @@ def default_slide(block_size: int) -> int:
 
 
 def start_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """Token ids of `prompt`; an empty prompt starts from a newline (char) or <|endoftext|> (GPT-2)."""
+    """Token ids of `prompt`; an empty prompt starts from a newline (char, bpe) or <|endoftext|> (GPT-2)."""
     if prompt:
         return tokenizer.encode(prompt)
     if isinstance(tokenizer, GPT2Tokenizer):
         return [tokenizer.eot]
+    if isinstance(tokenizer, BpeTokenizer):
+        return tokenizer.encode("\n")
     return [tokenizer.stoi["\n"]] if "\n" in tokenizer.stoi else [0]
 
 
@@ -146,13 +149,13 @@ def decode_escapes(text: str) -> str:
 
 
 def _token_text(tokenizer: Tokenizer) -> tuple[Callable[[int], str], Callable[[], str]]:
-    """(text of the next token, what is left at the end) for streaming; GPT-2 tokens may split a UTF-8
-    character across tokens, so their bytes go through an incremental decoder."""
+    """(text of the next token, what is left at the end) for streaming; BPE tokens (GPT-2's or learned) may
+    split a UTF-8 character across tokens, so their bytes go through an incremental decoder."""
     if isinstance(tokenizer, CharTokenizer):
         itos = tokenizer.itos
         return itos.__getitem__, str
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    token_bytes = tokenizer.enc.decode_single_token_bytes
+    token_bytes = tokenizer.bytes_of
     return (lambda i: decoder.decode(token_bytes(i))), (lambda: decoder.decode(b"", final=True))
 
 

@@ -25,7 +25,7 @@ import torch
 from . import checkpoint
 from .config import ModelConfig, field_flag
 from .errors import UserError
-from .tokenizers import GPT2_EOT, GPT2_VOCAB_SIZE, _gpt2_files
+from .tokenizers import GPT2_EOT, GPT2_VOCAB_SIZE, _gpt2_files, bpe_model_key, from_meta
 
 # the block matrices that Hugging Face's Conv1D stores (in, out)
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -195,10 +195,13 @@ def _bpe_model(vocab: dict[str, int], merges: list[str]) -> dict[str, Any]:
 def _tokenizer_json(meta: dict[str, Any]) -> dict[str, Any]:
     """A `tokenizers` tokenizer.json that gives our ids exactly.
 
-    GPT-2: byte-level BPE with GPT-2's regex (as tiktoken's). Char: a BPE with no merges and no
-    pre-tokenizer splits the text into code points and maps each to its id; the Fuse decoder joins the
-    pieces without the spaces the default decoder would put between them.
+    GPT-2: byte-level BPE with GPT-2's regex (as tiktoken's). A learned BPE: its own tokenizer.json, rebuilt
+    from its checked vocabulary and merges. Char: a BPE with no merges and no pre-tokenizer splits the text
+    into code points and maps each to its id; the Fuse decoder joins the pieces without the spaces the
+    default decoder would put between them.
     """
+    if meta.get("tokenizer") == "bpe":
+        return from_meta(meta).to_meta()["tokenizer_json"]
     if meta.get("tokenizer") == "gpt2":
         vocab, merges = _gpt2_vocab()
         byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
@@ -259,6 +262,7 @@ class Imported:
     tensors: dict[str, torch.Tensor]  # our names, tied head stored once (as in our checkpoints)
     tokenizer: str | None  # "gpt2" when the weights expect GPT-2 BPE ids, None when only vocab_size is known
     itos: list[str] | None = None  # the characters, when the folder is a character-level export of ours
+    bpe: tuple[Any, list[list[str]]] | None = None  # (vocab, merges) when the folder is a learned-BPE export of ours
 
 
 def hf_cache_dirs() -> list[Path]:
@@ -346,7 +350,8 @@ def read_hf_folder(folder: Path) -> Imported:
     _check_tensors(tensors, fields, where)
     tokenizer = "gpt2" if fields["vocab_size"] == GPT2_VOCAB_SIZE else None
     itos = None if tokenizer else _char_vocabulary(folder)
-    return Imported(source=where, fields=fields, tensors=tensors, tokenizer=tokenizer, itos=itos)
+    bpe = None if tokenizer or itos else _learned_bpe(folder)
+    return Imported(source=where, fields=fields, tensors=tensors, tokenizer=tokenizer, itos=itos, bpe=bpe)
 
 
 def read_nanogpt_ckpt(path: Path) -> Imported:
@@ -415,6 +420,16 @@ def _char_vocabulary(folder: Path) -> list[str] | None:
     return sorted(vocab, key=vocab.__getitem__)
 
 
+def _learned_bpe(folder: Path) -> tuple[Any, list[list[str]]] | None:
+    """The (vocab, merges) of a byte-level BPE tokenizer.json, as `export` writes a learned BPE's (None for
+    any other, or one that is not a whole BPE)."""
+    try:
+        data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+        return bpe_model_key(from_meta({"tokenizer": "bpe", "tokenizer_json": data}).to_meta())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, UserError):
+        return None
+
+
 # ----------------------------------------------------------------------------- starting a run from them
 def take_architecture(model_cfg: ModelConfig, imported: Imported, overrides: dict[str, Any]) -> ModelConfig:
     """The model settings of a run started from `imported`: its shape, bias and activation, with the
@@ -447,8 +462,10 @@ def check_data(imported: Imported, meta: dict[str, Any], source: str) -> None:
             f"--init-from {imported.source} expects GPT-2 BPE tokens, but {source} is tokenized {kind}: "
             "prepare it with `nanogpt prepare FILE --tokenizer gpt2`"
         )
-    if meta.get("vocab_size") != imported.fields["vocab_size"] or (
-        imported.itos is not None and meta.get("itos") != imported.itos
+    if (
+        meta.get("vocab_size") != imported.fields["vocab_size"]
+        or (imported.itos is not None and meta.get("itos") != imported.itos)
+        or (imported.bpe is not None and (kind != "bpe" or bpe_model_key(meta) != imported.bpe))
     ):
         raise UserError(
             f"the vocabulary of {source} ({meta.get('vocab_size')} {kind} tokens) is not the one of "

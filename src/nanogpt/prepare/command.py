@@ -29,6 +29,7 @@ from ..config import PrepareConfig
 from ..errors import UserError
 from ..files import cache_dir
 from ..tokenizers import GPT2_EOT, TOKENIZERS, CharTokenizer, GPT2Tokenizer, token_dtype
+from .bpe import Learned, learn_bpe, summary_line
 from .encode import Encoder, Part, copy_prefix, shares
 from .progress import Progress
 from .sources import CharSet, Source, doc_text, find_sources, scan
@@ -40,7 +41,7 @@ SPLITS = ("train", "val")
 def prepare(source: str | os.PathLike | None = None, **settings: Any) -> dict[str, Any]:
     """Tokenize SOURCE (a file, a mixology folder, or None for the bundled corpus); return vocab.json's dict.
 
-    `settings` are PrepareConfig's fields (tokenizer, out_dir, val_fraction, strip_gutenberg). Ends by
+    `settings` are PrepareConfig's fields (tokenizer, vocab_size, out_dir, val_fraction, strip_gutenberg). Ends by
     printing the `nanogpt train` command that trains on the result.
     """
     cfg = PrepareConfig(source=None if source is None else os.fspath(source), **settings)
@@ -89,13 +90,16 @@ def _run(path: Path, out: Path, cfg: PrepareConfig, report: TextIO, shown: str) 
     done = False
     try:
         itos = _read_pass(sources, path, cfg.strip_gutenberg, cfg.tokenizer, progress)
-        dtype = token_dtype(len(itos) if itos is not None else GPT2Tokenizer.vocab_size)
-        encoder = Encoder(cfg.tokenizer, itos, dtype)
+        # the BPE is learnt before anything is encoded, from the training parts only
+        learned = learn_bpe(sources, cfg.val_fraction, cfg.vocab_size, progress) if cfg.tokenizer == "bpe" else None
+        tok_meta = _tokenizer_meta(itos, learned)
+        dtype = token_dtype(tok_meta["vocab_size"])
+        encoder = Encoder(cfg.tokenizer, itos, dtype, bpe=learned.tokenizer if learned else None)
         _encode_pass(sources, parts, out, cfg, encoder, progress, temps)
         take = _take(sources, parts, cfg.val_fraction)
         itemsize = np.dtype(dtype).itemsize
         finals = {name: _join([p[name] for p in parts], take[name], out, name, itemsize, temps) for name in SPLITS}
-        meta = _metadata(sources, parts, take, itos, dtype, cfg, shown)
+        meta = _metadata(sources, parts, take, tok_meta, dtype, cfg, shown)
         fh, vocab_tmp = temp_file(out, "vocab.json")
         temps.append(vocab_tmp)
         with fh:
@@ -253,20 +257,31 @@ def _join(parts: list[Part], take: list[int], out: Path, name: str, itemsize: in
     return tmp
 
 
+def _tokenizer_meta(itos: list[str] | None, learned: Learned | None) -> dict[str, Any]:
+    """The tokenizer's part of vocab.json (the same a checkpoint stores); a BPE's says how it was learnt."""
+    if itos is not None:
+        return CharTokenizer(itos).to_meta()
+    if learned is None:
+        return {**GPT2Tokenizer().to_meta(), "eot_token": GPT2_EOT}
+    return {
+        **learned.tokenizer.to_meta(),
+        "bpe_sample_chars": learned.sample_chars,
+        "bpe_train_chars": learned.train_chars,
+        "bpe_vocab_size_chosen": learned.chosen,
+    }
+
+
 def _metadata(
     sources: list[Source],
     parts: list[dict[str, Part]],
     take: dict[str, list[int]],
-    itos: list[str] | None,
+    tok_meta: dict[str, Any],
     dtype: str,
     cfg: PrepareConfig,
     shown: str,
 ) -> dict[str, Any]:
     """vocab.json: the tokenizer's own dict (the same a checkpoint stores), the token counts, the sources."""
     train_total, val_total = sum(take["train"]), sum(take["val"])
-    tok_meta = (
-        CharTokenizer(itos).to_meta() if itos is not None else {**GPT2Tokenizer().to_meta(), "eot_token": GPT2_EOT}
-    )
     meta: dict[str, Any] = {**tok_meta, "dtype": dtype}
     meta.update(
         train_tokens=train_total,
@@ -319,6 +334,8 @@ def _summary(stream: TextIO, meta: dict[str, Any], out: Path, mixology: bool) ->
                 f"{100 * s['used']:.0f}%",
             )
         console.print(table)
+    if meta["tokenizer"] == "bpe":
+        console.print(summary_line(meta), markup=False)
     console.print(
         f"wrote {out / 'train.bin'} ({meta['train_tokens']:,} tokens), {out / 'val.bin'} ({meta['val_tokens']:,} "
         f"tokens) and {out / 'vocab.json'} ({meta['tokenizer']}, vocab size {meta['vocab_size']:,}, {meta['dtype']})",

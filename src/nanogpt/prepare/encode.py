@@ -1,4 +1,5 @@
-"""Text to token ids to files: the char table or GPT-2 BPE (on worker threads), written while the next piece encodes.
+"""Text to token ids to files: the char table, or GPT-2's or a learned BPE (on worker threads), written while the
+next piece encodes.
 
 Each source's train and val text goes into a part file of its own (`Part`); once every part is written,
 `shares` says how many tokens of each source the mix takes, and `copy_prefix` joins those into one bin.
@@ -18,7 +19,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ..errors import UserError
-from ..tokenizers import GPT2_EOT, gpt2_encoding
+from ..tokenizers import GPT2_EOT, BpeTokenizer, gpt2_encoding
 from .sources import CHUNK_CHARS
 
 
@@ -48,6 +49,7 @@ def safe_cut(text: str) -> int:
 
 
 UNKNOWN_ASCII = 0xFF
+_BPE_PIECE = 1 << 16  # characters of one text a learned BPE encodes: many per chunk, for its thread pool
 
 
 def _changed(char: str) -> UserError:
@@ -90,9 +92,9 @@ class _DiskWriter:
 
 
 class Encoder:
-    """Encodes text into part files, keeping the order of writes; GPT-2 encodes on a pool of threads."""
+    """Encodes text into part files, keeping the order of writes; a BPE encodes on a pool of threads."""
 
-    def __init__(self, tokenizer: str, itos: list[str] | None, dtype: str):
+    def __init__(self, tokenizer: str, itos: list[str] | None, dtype: str, bpe: BpeTokenizer | None = None):
         self.tokenizer = tokenizer
         self.np_dtype = np.dtype(dtype).newbyteorder("<")
         self.pending: collections.deque[tuple[Part, Future | np.ndarray]] = collections.deque()
@@ -112,12 +114,22 @@ class Encoder:
             ) + bytes(128)
             self.pool = None
         else:
-            self.enc = gpt2_encoding()
+            # a learned BPE has GPT-2's pre-tokenizer regex, so GPT-2's safe cuts hold for it too
+            self.bpe = bpe
+            self.enc = gpt2_encoding() if bpe is None else None
             self.threads = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2))
             self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nanogpt-bpe")
 
-    def _encode_gpt2(self, text: str) -> np.ndarray:
-        return self.enc.encode_to_numpy(text, disallowed_special=())  # == encode_ordinary, without a list
+    def _encode(self, text: str) -> np.ndarray:
+        if self.bpe is None:
+            return self.enc.encode_to_numpy(text, disallowed_special=())  # == encode_ordinary, without a list
+        pieces, start = [], 0  # cut at safe places so that `tokenizers` spreads them over its own threads
+        while len(text) - start > _BPE_PIECE and (cut := safe_cut(text[start : start + _BPE_PIECE])):
+            pieces.append(text[start : start + cut])
+            start += cut
+        pieces.append(text[start:])
+        ids = self.bpe.encode_many(pieces)
+        return np.fromiter((i for piece in ids for i in piece), dtype=np.uint32, count=sum(map(len, ids)))
 
     def write(self, part: Part, text: str) -> None:
         """Append text to the current document of `part`."""
@@ -143,7 +155,7 @@ class Encoder:
         key = id(part)
         buf = self.buffers.get(key)
         if buf is None:  # first text of a new document in this part
-            if part.started:
+            if part.started and self.bpe is None:
                 self._submit(part, np.array([GPT2_EOT], dtype=np.uint32))
             part.started = True
             buf = ""
@@ -154,7 +166,7 @@ class Encoder:
                 if len(buf) < 16 * CHUNK_CHARS:
                     break
                 cut = CHUNK_CHARS  # but bound the memory: text with no whitespace for 16M characters is not prose
-            self._submit(part, self.pool.submit(self._encode_gpt2, buf[:cut]))  # type: ignore[union-attr]
+            self._submit(part, self.pool.submit(self._encode, buf[:cut]))  # type: ignore[union-attr]
             buf = buf[cut:]
         self.buffers[key] = buf
 
@@ -162,7 +174,7 @@ class Encoder:
         """The current document of `part` is complete (end of a file, or the train/val split)."""
         buf = self.buffers.pop(id(part), None)
         if buf:
-            self._submit(part, self.pool.submit(self._encode_gpt2, buf))  # type: ignore[union-attr]
+            self._submit(part, self.pool.submit(self._encode, buf))  # type: ignore[union-attr]
 
     def _submit(self, part: Part, job: Future | np.ndarray) -> None:
         self.pending.append((part, job))

@@ -299,8 +299,8 @@ def scan(doc: Doc, charset: CharSet | None, strip: bool, progress: Progress) -> 
         charset.merge(local)
 
 
-def doc_text(doc: Doc, progress: Progress) -> Iterator[str]:
-    """Pass 2: the kept text of one file, in chunks."""
+def doc_text(doc: Doc, progress: Progress | None) -> Iterator[str]:
+    """Pass 2 (and the BPE's sample): the kept text of one file, in chunks."""
     pos = 0
     for chunk in read_chunks(doc.path, progress):
         lo, hi = max(doc.begin - pos, 0), min(doc.end - pos, len(chunk))

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .. import checkpoint, config, data, distributed, hf, optim, runs, runtime, schedule
+from .. import checkpoint, config, data, distributed, hf, optim, runs, runtime, schedule, tokenizers
 from ..errors import UserError
 from ..model import GPT
 from .loop import Trainer
@@ -171,7 +171,8 @@ def _check_resume_shape(saved: config.ModelConfig, resolved: config.ModelConfig,
 
 def _check_resume_vocabulary(saved: checkpoint.Checkpoint, tokens: data.TokenData) -> None:
     vocab = saved.tokenizer
-    if vocab.get("vocab_size") != tokens.vocab_size or vocab.get("itos") != tokens.meta.get("itos"):
+    # the kind, size, characters and (for a learned BPE) merges: another BPE of the same size is other ids
+    if vocab.get("vocab_size") != tokens.vocab_size or not tokenizers.same_vocabulary(vocab, tokens.meta):
         raise UserError(
             f"the data's vocabulary ({tokens.source}) differs from checkpoint {saved.stem}'s "
             f"({vocab.get('vocab_size')} tokens): resume on data prepared with the same vocabulary"
