@@ -94,6 +94,10 @@ class GenerateConfig:
     top_k: int | None = opt(None, "sample only from the N most likely tokens")
     top_p: float | None = opt(None, "nucleus sampling: the smallest set of tokens with probability >= X")
     seed: int = opt(1337, "random seed; 0 picks a random one and prints it")
+    num_samples: int = opt(
+        1, "continuations of the prompt sampled together in one batch (the same seed gives the same ones); "
+        "with more than one, each is printed whole, followed by a line of dashes"
+    )
     prompt: str = opt("", "text to start from; \\n escapes are decoded (default: empty)")
     vocab_metadata: str | None = opt(None, "vocab.json to use instead of the checkpoint's own vocabulary")
     device: str = opt("auto", "device to generate on", choices=("auto", "cpu", "cuda", "mps"))
@@ -115,6 +119,8 @@ class GenerateConfig:
             return f"--top-p must be in (0, 1], got {self.top_p}"
         if not 0 <= self.seed <= MAX_SEED:
             return f"--seed must be in [0, {MAX_SEED}] (0 = random), got {self.seed}"
+        if self.num_samples < 1:
+            return f"--num-samples must be >= 1, got {self.num_samples}"
         if self.window_slide is not None and self.window_slide < 1:
             return f"--window-slide must be >= 1, got {self.window_slide}"
         if self.window_slide is not None and block_size is not None and self.window_slide > block_size:
