@@ -8,6 +8,10 @@ Stable API (engine.py imports the first two):
         torch.inference_mode (the model's train/eval mode is restored afterwards) and draws its random
         numbers from `generator` only (the global RNG when None), so a seeded generator gives the same
         tokens every time. temperature 0 is greedy (argmax, no random numbers drawn).
+    generate_rows(model, prompt_ids, n_tokens, *, num_samples=1, ..., captured=None) -> Iterator[list[int]]
+        The same for `num_samples` continuations in one batch: each step, the list of the rows' new ids
+        (one row is exactly generate_tokens). On CUDA the decode step is a replayed CUDA graph
+        (inference.CapturedStep); `captured` forces it on or off.
     start_ids(tokenizer, prompt) -> list[int]
         The prompt's ids; an empty prompt starts from "\\n" (char vocabularies) or <|endoftext|> (GPT-2).
     generate_cli(stem, settings=GenerateConfig()) -> int
