@@ -10,8 +10,9 @@ Stable API (engine.py imports the first two):
         tokens every time. temperature 0 is greedy (argmax, no random numbers drawn).
     generate_rows(model, prompt_ids, n_tokens, *, num_samples=1, ..., captured=None) -> Iterator[list[int]]
         The same for `num_samples` continuations in one batch: each step, the list of the rows' new ids
-        (one row is exactly generate_tokens). On CUDA the decode step is a replayed CUDA graph
-        (inference.CapturedStep); `captured` forces it on or off.
+        (one row is exactly generate_tokens). On CUDA the decode step and the draw of the next tokens are
+        one replayed CUDA graph (inference.CapturedStep; the uniform numbers are drawn outside it from
+        `generator`, so the tokens are the eager path's); `captured` forces it on or off.
     start_ids(tokenizer, prompt) -> list[int]
         The prompt's ids; an empty prompt starts from "\\n" (char vocabularies) or <|endoftext|> (GPT-2).
     generate_cli(stem, settings=GenerateConfig()) -> int
@@ -40,6 +41,7 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -81,6 +83,15 @@ def sample_rows(
 
     Row by row the same draw as `sample_next`, with no host sync: the results stay on the device.
     """
+    u = None if temperature == 0 else torch.rand((logits.size(0), 1), generator=generator, device=logits.device)
+    return sample_with(logits, u, temperature, top_k, top_p)
+
+
+def sample_with(
+    logits: torch.Tensor, u: torch.Tensor | None, temperature: float, top_k: int | None, top_p: float | None
+) -> torch.Tensor:
+    """The draw of `sample_rows` given its uniform numbers u (B, 1) in [0, 1) (None for greedy): no random
+    numbers, no host sync, fixed shapes, so that a CUDA graph can record it (inference.CapturedStep)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     scaled = logits.float()
@@ -100,8 +111,7 @@ def sample_rows(
     # torch.multinomial (BENCHMARKS.md); a token of probability 0 has a zero-width interval and is never drawn.
     cdf = probs.cumsum(dim=-1)
     total = cdf[:, -1:]
-    u = torch.rand((cdf.size(0), 1), generator=generator, device=cdf.device).mul_(total)
-    token = torch.searchsorted(cdf, u, right=True).squeeze(1)
+    token = torch.searchsorted(cdf, u * total, right=True).squeeze(1)
     # u rounded up to the total: the last token with a non-zero probability. A total that is not finite
     # (a temperature so small that logits / temperature overflowed, inf - inf in the softmax): the limit of
     # sampling as the temperature goes to 0, greedy.
@@ -181,12 +191,17 @@ def _decode(model: GPT, prompt_ids: list[int], n_tokens: int, s: GenerateConfig,
     slide = default_slide(block) if s.window_slide is None else s.window_slide
     rows = [list(prompt_ids) for _ in range(n)]
     decoder = Decoder(model, batch_size=n)
-    step = CapturedStep(decoder) if (device.type == "cuda" if captured is None else captured) else decoder.step
+    if device.type == "cuda" if captured is None else captured:  # the step and the draw as one CUDA graph
+        step = CapturedStep(decoder, partial(sample_with, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p),
+                            draws=s.temperature != 0)
+    else:
+        def step(tokens: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+            return sample_rows(decoder.step(tokens), s.temperature, s.top_k, s.top_p, generator)
     # the prompt (cropped to the window, as nanoGPT does) in one forward pass
     with aten_kernels(device):
         logits = decoder.prefill(torch.tensor([r[-block:] for r in rows], dtype=torch.long, device=device))
+    tokens = sample_rows(logits, s.temperature, s.top_k, s.top_p, generator)
     for i in range(n_tokens):
-        tokens = sample_rows(logits, s.temperature, s.top_k, s.top_p, generator)
         new = tokens.tolist()  # the one host sync of a token: its ids are streamed now
         yield new
         if i == n_tokens - 1:
@@ -195,10 +210,11 @@ def _decode(model: GPT, prompt_ids: list[int], n_tokens: int, s: GenerateConfig,
             r.append(t)
         with aten_kernels(device):
             if decoder.cache.pos < block:
-                logits = step(tokens)
+                tokens = step(tokens, generator)
             else:  # window full: drop its oldest `slide` tokens, re-run the rest at their new positions
                 window = [r[-(block - slide + 1) :] for r in rows]
                 logits = decoder.prefill(torch.tensor(window, dtype=torch.long, device=device))
+                tokens = sample_rows(logits, s.temperature, s.top_k, s.top_p, generator)
 
 
 # ----------------------------------------------------------------------------- the command line

@@ -9,13 +9,15 @@ the transposed weights directly and fold the residual add in (`addmm`).
 
 `static_step` is the same step as a fixed-shape computation (the position is a tensor; attention reads the
 whole preallocated cache, the positions not yet written masked out), so that `CapturedStep` can record it
-once as a CUDA graph and replay it for every token: one launch a token instead of one per operator. CPUs
-have no graphs and keep `step`. tests/test_inference.py checks both against `GPT.forward` position by position.
+once as a CUDA graph, with the draw of the next tokens, and replay it for every token: one launch a token
+instead of one per operator. CPUs have no graphs and keep `step`. tests/test_inference.py checks both
+against `GPT.forward` position by position.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -168,44 +170,61 @@ class Decoder:
 
 
 class CapturedStep:
-    """`Decoder.static_step` recorded once as a CUDA graph and replayed for each token (eager off CUDA).
+    """`Decoder.static_step`, and with `sample` the draw of the next tokens too, recorded once as a CUDA graph
+    and replayed for each token (run eagerly off CUDA, where there are no graphs).
 
-    Made after the decoder and before its first prefill: recording runs the step a few times (CUDA needs a
-    warm-up before capture), writing at position 0, which the prefill then overwrites. The logits it returns
-    are the graph's own output buffer, valid until the next call. Inference only, like the Decoder.
+    `sample(logits, u)` turns the step's logits and one uniform number per row (None when `draws` is False:
+    greedy) into the next token ids; the numbers are drawn outside the graph, from the caller's generator, so
+    the tokens are those of the eager path. Made after the decoder and before its first prefill: recording
+    runs the step a few times (CUDA needs a warm-up before capture), writing at position 0, which the prefill
+    then overwrites. What it returns is the graph's own output buffer, valid until the next call.
     """
 
     WARMUP = 3
 
-    def __init__(self, decoder: Decoder):
+    def __init__(self, decoder: Decoder, sample: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+                 | None = None, draws: bool = False):
         self.decoder = decoder
         device = decoder.wte.device
-        self.tokens = torch.zeros(decoder.cache.batch_size, dtype=torch.long, device=device)
+        rows = decoder.cache.batch_size
+        self.tokens = torch.zeros(rows, dtype=torch.long, device=device)
         self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.u = torch.full((rows, 1), 0.5, device=device) if sample is not None and draws else None
+        self.sample = sample
         self.graph: torch.cuda.CUDAGraph | None = None
         if device.type == "cuda":
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
                 for _ in range(self.WARMUP):
-                    decoder.static_step(self.tokens, self.pos)
+                    self._compute()
             torch.cuda.current_stream(device).wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
-                self.logits = decoder.static_step(self.tokens, self.pos)
+                self.out = self._compute()
+                if sample is not None:
+                    self.tokens.copy_(self.out)  # the next replay starts from the tokens this one drew
 
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits (B, vocab) of one new token per row at position `cache.pos`; advances it, as `Decoder.step`."""
+    def _compute(self) -> torch.Tensor:
+        logits = self.decoder.static_step(self.tokens, self.pos)
+        return logits if self.sample is None else self.sample(logits, self.u)
+
+    def __call__(self, tokens: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One new token per row (tokens: (B,)) at position `cache.pos`, which it advances, as `Decoder.step`:
+        its logits (B, vocab), or with `sample` the next tokens (B,), drawn with `generator`."""
         cache = self.decoder.cache
         p = cache.pos
         if p >= cache.block_size:
             raise ValueError(f"the cache is full ({cache.block_size} positions); start a new window")
-        self.tokens.copy_(tokens)
+        if self.graph is None or tokens is not self.out:  # the graph's own output is already its input
+            self.tokens.copy_(tokens)
         self.pos.fill_(p)
+        if self.u is not None:
+            self.u.uniform_(0.0, 1.0, generator=generator)  # what torch.rand((B, 1), generator=...) draws
         if self.graph is None:
-            logits = self.decoder.static_step(self.tokens, self.pos)
+            out = self._compute()
         else:
             self.graph.replay()
-            logits = self.logits
+            out = self.out
         cache.pos = p + 1
-        return logits
+        return out
