@@ -5,18 +5,25 @@ the cpu-small shape (4 layers, 4 heads, 128 wide, block 64, char vocabulary of 6
 --checkpoint gives a trained one; nanoGPT gets the very same weights (the parameter names match). nanoGPT
 is the unmodified reference at ../shared/reference/nanoGPT: its model.py is imported from there and its
 `GPT.generate` is called as sample.py calls it (under torch.no_grad); that column is skipped when the
-reference is absent. Ours is `generate.generate_tokens` (what `nanogpt generate` runs), once with nanoGPT's
+reference is absent. Ours is `generate.generate_rows` (what `nanogpt generate` runs), once with nanoGPT's
 exact crop (slide 1) and once per other window slide asked for. The runs alternate, so a shared machine's
 noise falls on all alike: compare the ratios, not bare times across runs.
 
+`--num-samples N` samples N continuations in one batch on both sides (nanoGPT's generate takes a batch of
+prompts); tokens/s counts all N rows. `--device cuda --shape baby-gpt` is the GPU measurement (ours then runs
+its CUDA-graph decode step, as `nanogpt generate` does there); each generation is timed to its last token on
+the host, so a GPU's queued work is inside the time.
+
     PYTHONPATH=src python bench/generate_speed.py                 # 500 tokens, 7 rounds
     PYTHONPATH=src python bench/generate_speed.py --threads 2 --profile
+    PYTHONPATH=src python bench/generate_speed.py --device cuda --shape baby-gpt --num-samples 64 --slides default
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import platform
 import statistics
@@ -33,7 +40,7 @@ REFERENCE = Path(os.environ.get("NANOGPT_SHARED", ROOT.parent / "shared")) / "re
 sys.path.insert(0, str(ROOT / "src"))
 
 from nanogpt.config import ModelConfig  # noqa: E402 - after the sys.path line above
-from nanogpt.generate import default_slide, generate_tokens  # noqa: E402
+from nanogpt.generate import default_slide, generate_rows, generate_tokens  # noqa: E402
 from nanogpt.model import GPT  # noqa: E402
 
 
@@ -44,12 +51,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads for every column (default: 1)")
     p.add_argument("--slides", default="default,16",
                    help="our window slides besides 1 (nanoGPT's crop), comma-separated (default: default,16)")
-    p.add_argument("--checkpoint", help="a trained checkpoint stem instead of random cpu-small weights")
+    p.add_argument("--checkpoint", help="a trained checkpoint stem instead of random weights of --shape")
+    p.add_argument("--shape", choices=tuple(SHAPES), default="cpu-small",
+                   help="the random model's shape (char vocabulary of 65; default: cpu-small)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--num-samples", type=int, default=1, help="continuations per generation, one batch (default: 1)")
+    p.add_argument("--json", help="also write each column's median tokens/s to this JSON file")
     p.add_argument("--profile", action="store_true", help="also print where our decode time goes")
     p.add_argument("--context-loss", metavar="VAL_BIN",
                    help="with --checkpoint: also print the validation loss each window slide implies, from "
                         "the model's loss at every context length over this val.bin")
     return p.parse_args(argv)
+
+
+# (n_layer, n_head, n_embd, block_size) of the presets the speeds are quoted for (config.PRESETS)
+SHAPES = {"cpu-small": (4, 4, 128, 64), "baby-gpt": (6, 6, 384, 256)}
 
 
 def load_reference():
@@ -70,11 +86,13 @@ def build_models(args: argparse.Namespace):
         from nanogpt.generate import start_ids
         from nanogpt.tokenizers import from_meta
 
-        ours, meta = load_model(args.checkpoint, "cpu")
+        ours, meta = load_model(args.checkpoint, args.device)
         start = start_ids(from_meta(meta["tokenizer"]), "")
     else:
         torch.manual_seed(1337)
-        ours = GPT(ModelConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)).eval()
+        n_layer, n_head, n_embd, block = SHAPES[args.shape]
+        ours = GPT(ModelConfig(vocab_size=65, block_size=block, n_layer=n_layer, n_head=n_head, n_embd=n_embd))
+        ours = ours.to(args.device).eval()
         start = [0]  # "\n" is id 0 in Tiny Shakespeare's char vocabulary
     ref = load_reference()
     if ref is None:
@@ -84,7 +102,7 @@ def build_models(args: argparse.Namespace):
                                    n_head=c.n_head, n_embd=c.n_embd, dropout=0.0, bias=c.bias))
     missing, unexpected = theirs.load_state_dict(ours.state_dict(), strict=False)
     assert not unexpected and all(k.endswith(".attn.bias") for k in missing), (missing, unexpected)
-    return ours, theirs.eval(), start
+    return ours, theirs.to(args.device).eval(), start
 
 
 def cpu_name() -> str:
@@ -127,63 +145,88 @@ def print_context_loss(model: GPT, val_bin: Path, slides: list[int]) -> None:
         print(f"  slide {slide:>3}: context {block - slide + 1}-{block}, mean loss {mean:.4f}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    ours, theirs, start = build_models(args)
-    block = ours.config.block_size
-    n = args.tokens
+def build_columns(args: argparse.Namespace, ours: GPT, theirs, start: list[int]) -> dict[str, Callable[[], object]]:
+    """label -> one generation of --tokens tokens x --num-samples rows (nanoGPT's first when present)."""
+    block, n, rows, device = ours.config.block_size, args.tokens, args.num_samples, torch.device(args.device)
     columns: dict[str, Callable[[], object]] = {}
     if theirs is not None:
         def run_nanogpt() -> object:
             with torch.no_grad():  # as sample.py
-                return theirs.generate(torch.tensor([start]), n, temperature=0.8, top_k=200)
+                out = theirs.generate(torch.tensor([start] * rows, device=device), n, temperature=0.8, top_k=200)
+            return out.tolist()  # to the host, as ours streams its tokens: the GPU's queue is in the time
         columns["nanoGPT sample.py (crop every token)"] = run_nanogpt
     asked = [s.strip() for s in args.slides.split(",") if s.strip()]
     slides = [1] + [default_slide(block) if s == "default" else int(s) for s in asked]
     for slide in dict.fromkeys(slides):
         label = f"ours, slide {slide}" + (" (= nanoGPT's crop)" if slide == 1 else "") + (
             " (default)" if slide == default_slide(block) else "")
-        columns[label] = (lambda s=slide: list(generate_tokens(
-            ours, start, n, temperature=0.8, top_k=200, generator=torch.Generator().manual_seed(1), slide=s)))
+        columns[label] = (lambda s=slide: list(generate_rows(
+            ours, start, n, num_samples=rows, temperature=0.8, top_k=200,
+            generator=torch.Generator(device).manual_seed(1), slide=s)))
+    return columns
 
-    if theirs is not None:  # the same tokens as nanoGPT: greedy (its top_k=1) with nanoGPT's crop
-        with torch.no_grad():
-            want = theirs.generate(torch.tensor([start]), 200, top_k=1)[0, len(start):].tolist()
-        got = list(generate_tokens(ours, start, 200, temperature=0, slide=1))
-        print(f"greedy, slide 1: ours == nanoGPT for 200 tokens: {'yes' if got == want else 'NO'}")
 
-    for run in columns.values():  # warm-up: first calls allocate and initialise
+def time_columns(columns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each column's generation, `rounds` times, the columns taking turns after one warm-up each."""
+    for run in columns.values():  # warm-up: first calls allocate and initialise (and compile CUDA kernels)
         run()
     times: dict[str, list[float]] = {k: [] for k in columns}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for label, run in columns.items():
             started = time.perf_counter()
             run()
             times[label].append(time.perf_counter() - started)
+    return times
 
-    print(f"\n{n} tokens, cpu-small shape (vocab {ours.config.vocab_size}, block {block}), "
-          f"{args.threads} thread(s), {args.rounds} rounds, torch {torch.__version__}")
-    print(f"CPU: {cpu_name()}\n")
-    first = times[next(iter(times))] if theirs is not None else None
+
+def print_table(args: argparse.Namespace, ours: GPT, times: dict[str, list[float]], reference: bool) -> dict:
+    """The tokens/s table (all rows counted); returns {label: median tokens/s}."""
+    n, block, rows = args.tokens, ours.config.block_size, args.num_samples
+    machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU: {cpu_name()}"
+    print(f"\n{n} tokens x {rows} sample(s), {args.shape if not args.checkpoint else args.checkpoint} "
+          f"(vocab {ours.config.vocab_size}, block {block}), {args.threads} thread(s), {args.rounds} rounds, "
+          f"torch {torch.__version__}\n{machine}\n")
+    first = times[next(iter(times))] if reference else None
     print(f"| {'column':<44} | tokens/s median | spread (min-max) | ratio vs nanoGPT |")
     print(f"|{'-' * 46}|----------------:|-----------------:|-----------------:|")
+    medians = {}
     for label, ts in times.items():
-        rates = sorted(n / t for t in ts)
+        rates = sorted(n * rows / t for t in ts)
         # the ratio is the median of per-round ratios: each round's runs are adjacent in time, so a burst
         # of load on the shared machine falls on both sides of a ratio
         ratio = f"{statistics.median(b / a for a, b in zip(ts, first, strict=True)):.2f}x" if first else "-"
-        median = statistics.median(rates)
-        print(f"| {label:<44} | {median:15.0f} | {rates[0]:7.0f}-{rates[-1]:<8.0f} | {ratio:>16} |")
+        medians[label] = statistics.median(rates)
+        print(f"| {label:<44} | {medians[label]:15.0f} | {rates[0]:7.0f}-{rates[-1]:<8.0f} | {ratio:>16} |")
+    return medians
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    ours, theirs, start = build_models(args)
+    device = torch.device(args.device)
+    if theirs is not None:  # the same tokens as nanoGPT: greedy (its top_k=1) with nanoGPT's crop
+        with torch.no_grad():
+            want = theirs.generate(torch.tensor([start], device=device), 200, top_k=1)[0, len(start):].tolist()
+        got = list(generate_tokens(ours, start, 200, temperature=0, slide=1))
+        print(f"greedy, slide 1: ours == nanoGPT for 200 tokens: {'yes' if got == want else 'NO'}")
+    times = time_columns(build_columns(args, ours, theirs, start), args.rounds)
+    medians = print_table(args, ours, times, theirs is not None)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"num_samples": args.num_samples, "tokens": args.tokens,
+                                               "device": args.device, "tokens_per_s": medians}, indent=1))
 
     if args.context_loss:
-        print_context_loss(ours, Path(args.context_loss), [1, 16, *slides[1:]])
+        block = ours.config.block_size
+        slides = [default_slide(block) if s.strip() == "default" else int(s) for s in args.slides.split(",")]
+        print_context_loss(ours, Path(args.context_loss), [1, 16, *slides])
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            list(generate_tokens(ours, start, n, temperature=0.8, top_k=200, generator=torch.Generator()))
+            list(generate_tokens(ours, start, args.tokens, temperature=0.8, top_k=200,
+                                 generator=torch.Generator(device)))
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     return 0
 

@@ -97,11 +97,11 @@ def test_help_names_values_alike_in_every_subcommand(capsys) -> None:
 def test_train_help_says_which_defaults_the_preset_sets(capsys) -> None:
     _, out, _ = run_cli(capsys, "train", "--help")
     flat = " ".join(out.split())
-    assert "(default: from the preset: 2000 for cpu-small, 5000 for baby-gpt)" in flat  # --steps
+    assert "(default: from the preset: 2000 for cpu-small, 2500 for baby-gpt)" in flat  # --steps
     assert "(default: from the preset: 24 for cpu-small, 64 for baby-gpt)" in flat  # --batch-size
-    assert "(default: from the preset: muon for cpu-small, adamw for baby-gpt)" in flat  # --optimizer
-    assert "(default: from the preset: wsd for cpu-small, cosine for baby-gpt)" in flat  # --lr-schedule
-    # set by cpu-small only: baby-gpt runs with the field's own default
+    assert "(default: muon, from the preset)" in flat  # --optimizer: both default presets
+    assert "(default: wsd, from the preset)" in flat  # --lr-schedule
+    assert "(default: from the preset: 0.03 for cpu-small, 0.02 for baby-gpt)" in flat  # --muon-learning-rate
     assert "(default: from the preset: 0.85 for cpu-small, 0.95 for baby-gpt)" in flat  # --muon-momentum
     assert "--log-interval N steps between headless progress lines (default: 10)" in flat  # no preset sets it
 

@@ -1,9 +1,9 @@
 """The CUDA path, skipped without a CUDA device (run them on a GPU box: `python -m pytest -q tests/test_cuda.py`).
 
 bf16 autocast (float16 + GradScaler where asked), torch.compile, losses read back once per log interval,
-exact resume, KV-cache generation, and torchrun over NCCL. The data is the corpus bundled inside the
-package, so nothing from ../shared has to travel to the GPU machine. NANOGPT_TEST_DEVICE=cpu runs the same
-tests on CPU (how their logic was checked on a machine without a GPU).
+exact resume, KV-cache generation, the CUDA-graph decode step and --num-samples, and torchrun over NCCL. The
+data is the corpus bundled inside the package, so nothing from ../shared has to travel to the GPU machine.
+NANOGPT_TEST_DEVICE=cpu runs the same tests on CPU (how their logic was checked on a machine without a GPU).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from engine_fixtures import TINY, TINY_FLAGS
 from nanogpt import checkpoint
 from nanogpt.train.setup import build_trainer
 from nanogpt.events import RunFinished, StepDone
-from nanogpt.generate import generate_tokens
+from nanogpt.generate import generate_rows, generate_tokens
+from nanogpt.inference import CapturedStep, Decoder
 from nanogpt.model import GPT
 
 DEVICE = os.environ.get("NANOGPT_TEST_DEVICE", "cuda")
@@ -112,6 +113,56 @@ def test_cached_generation_equals_uncached_on_the_device() -> None:
             expected.append(int(logits[0, -1].argmax()))
             ids.append(expected[-1])
     assert got == expected
+
+
+def device_model(block_size: int = 16):
+    from nanogpt.config import ModelConfig
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=37, block_size=block_size, n_layer=2, n_head=2, n_embd=32)).to(DEVICE)
+    with torch.no_grad():
+        model.transformer.wte.weight.mul_(5.0)  # clear winners: no near-ties between the two paths' logits
+    return model.eval()
+
+
+def device_seed(seed: int) -> torch.Generator:
+    return torch.Generator(device=DEVICE).manual_seed(seed)
+
+
+def test_graph_decode_step_is_a_cuda_graph_and_equals_the_forward() -> None:
+    """The recorded graph, replayed at each position, gives GPT.forward's logits (writes land in the cache)."""
+    model = device_model()
+    idx = torch.randint(0, 37, (2, 16), generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    with torch.inference_mode():
+        full, _ = model(idx, targets=idx)
+        decoder = Decoder(model, batch_size=2)
+        step = CapturedStep(decoder)
+        assert (step.graph is not None) == (DEVICE == "cuda")
+        got = [decoder.prefill(idx[:, :3])] + [step(idx[:, t]).clone() for t in range(3, 16)]
+    for t, logits in enumerate(got, start=2):
+        torch.testing.assert_close(logits, full[:, t], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("rows", [1, 8])
+def test_graph_decode_generates_the_tokens_of_the_eager_path(rows: int) -> None:
+    """Greedy and sampled, past block_size (the window slides and the graph goes on after each prefill)."""
+    model = device_model()
+    for kw in ({"temperature": 0.0}, {"temperature": 1.0}, {"temperature": 0.9, "top_k": 8, "top_p": 0.9}):
+        eager = list(generate_rows(model, [1, 2, 3], 50, num_samples=rows, generator=device_seed(5),
+                                   captured=False, **kw))
+        graph = list(generate_rows(model, [1, 2, 3], 50, num_samples=rows, generator=device_seed(5), **kw))
+        assert graph == eager, kw
+
+
+def test_num_samples_on_the_device_same_seed_same_rows() -> None:
+    model = device_model()
+    first = list(generate_rows(model, [4], 40, num_samples=16, generator=device_seed(3)))
+    again = list(generate_rows(model, [4], 40, num_samples=16, generator=device_seed(3)))
+    assert first == again
+    rows = {tuple(step[r] for step in first) for r in range(16)}
+    assert len(rows) == 16  # sixteen different continuations
+    one = list(generate_tokens(model, [4], 40, generator=device_seed(3)))
+    assert one == [step[0] for step in generate_rows(model, [4], 40, generator=device_seed(3))]
 
 
 def test_torchrun_single_process(data_dir: Path, tmp_path: Path) -> None:

@@ -168,6 +168,37 @@ def test_optimizer_adamw_on_cpu_small_is_nanogpts_recipe_exactly(shakespeare_dir
     assert isinstance(trainer.optimizer, torch.optim.AdamW)
 
 
+def test_baby_gpt_the_cuda_default_trains_with_muon_and_wsd(shakespeare_dir: Path, tmp_path: Path) -> None:
+    assert config.default_preset("cuda") == "baby-gpt"
+    model_cfg, t = config.resolve({}, "baby-gpt")
+    assert (model_cfg.n_layer, model_cfg.n_embd, model_cfg.block_size, model_cfg.dropout) == (6, 384, 256, 0.2)
+    # the run measured on an H200 (issue 21): Muon 0.02, momentum 0.95, WSD over 2500 steps, nanoGPT's batch
+    assert (t.optimizer, t.muon_learning_rate, t.muon_momentum, t.lr_schedule, t.decay_fraction, t.steps) == (
+        "muon", 0.02, 0.95, "wsd", 0.5, 2500
+    )
+    assert (t.learning_rate, t.min_learning_rate, t.warmup_steps, t.batch_size) == (1e-3, 1e-4, 100, 64)
+    # the recipe reaches the optimizer (a small shape keeps the test fast; size flags leave the recipe alone)
+    small = {"device": "cpu", "dtype": "float32", "data_dir": str(shakespeare_dir), "out_dir": str(tmp_path),
+             "n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32}
+    trainer = build_trainer(small, preset="baby-gpt")
+    assert [g["lr_scale"] for g in trainer.optimizer.param_groups] == [1.0, 1.0, 0.02 / 1e-3]
+    assert trainer.optimizer.param_groups[-1]["momentum"] == 0.95
+
+
+def test_optimizer_adamw_on_baby_gpt_is_nanogpts_recipe_exactly(shakespeare_dir: Path, tmp_path: Path) -> None:
+    # nanoGPT's config/train_shakespeare_char.py: batch 64, lr 1e-3 to 1e-4, warm-up 100, cosine over 5000 iters
+    _, t = config.resolve({"optimizer": "adamw"}, "baby-gpt")
+    assert (t.optimizer, t.learning_rate, t.min_learning_rate, t.lr_schedule, t.warmup_steps, t.steps) == (
+        "adamw", 1e-3, 1e-4, "cosine", 100, 5000
+    )
+    assert (t.beta1, t.beta2, t.weight_decay, t.grad_clip, t.batch_size, t.eval_iters) == (0.9, 0.99, 0.1, 1.0, 64, 200)
+    _, typed = config.resolve({"optimizer": "adamw", "steps": 1750, "lr_schedule": "wsd"}, "baby-gpt")
+    assert (typed.steps, typed.lr_schedule) == (1750, "wsd")  # typed flags win
+    small = {"device": "cpu", "dtype": "float32", "data_dir": str(shakespeare_dir), "out_dir": str(tmp_path),
+             "n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "optimizer": "adamw"}
+    assert isinstance(build_trainer(small, preset="baby-gpt").optimizer, torch.optim.AdamW)
+
+
 def test_explicit_flags_win_over_the_preset(shakespeare_dir: Path, tmp_path: Path) -> None:
     trainer = build_trainer(
         {

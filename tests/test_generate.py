@@ -16,7 +16,15 @@ import torch
 from nanogpt import checkpoint
 from nanogpt.cli import main
 from nanogpt.config import GenerateConfig, ModelConfig, TrainConfig
-from nanogpt.generate import decode_escapes, default_slide, generate_tokens, sample_next, start_ids
+from nanogpt.generate import (
+    SAMPLE_SEPARATOR,
+    decode_escapes,
+    default_slide,
+    generate_rows,
+    generate_tokens,
+    sample_next,
+    start_ids,
+)
 from nanogpt.model import GPT
 from nanogpt.tokenizers import CharTokenizer, GPT2Tokenizer
 
@@ -67,6 +75,85 @@ def test_cached_generation_equals_uncached_token_for_token(slide, prompt_len):
         got = list(tokens)
         expected = uncached(model, prompt, n, rule, temperature, generator=seeded(9))
         assert got == expected
+
+
+def one_row_sampler(logits, temperature, top_k=None, top_p=None, generator=None) -> int:
+    """The sampler as it was before batching (one row, a Python int): the reference for "today's output"."""
+    if temperature == 0:
+        return int(logits.argmax())
+    scaled = logits.float() / temperature
+    if top_k is not None and top_k < scaled.size(-1):
+        scaled = scaled.masked_fill(scaled < torch.topk(scaled, top_k).values[:, -1:], float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
+    cdf = probs.cumsum(dim=-1)
+    u = torch.rand((1, 1), generator=generator).mul_(cdf[:, -1:])
+    return min(int(torch.searchsorted(cdf, u, right=True)), int((cdf[0] < cdf[0, -1]).sum()))
+
+
+def uncached_rows(model: GPT, prompt: list[int], n: int, rows: int, generator: torch.Generator, **kw) -> list[list]:
+    """`uncached` for a batch: full forwards over every row's window, one batched draw per token."""
+    from nanogpt.generate import sample_rows
+
+    block, slide = model.config.block_size, default_slide(model.config.block_size)
+    ids, start = [list(prompt) for _ in range(rows)], max(0, len(prompt) - block)
+    with torch.no_grad():
+        for _ in range(n):
+            if len(ids[0]) - start > block:
+                start += slide
+            logits, _ = model(torch.tensor([r[start:] for r in ids]))
+            for r, t in zip(ids, sample_rows(logits[:, -1], generator=generator, **kw).tolist()):
+                r.append(t)
+    return [r[len(prompt) :] for r in ids]
+
+
+SAMPLERS = [{"temperature": 0.0}, {"temperature": 1.0}, {"temperature": 0.8, "top_k": 5},
+            {"temperature": 1.0, "top_p": 0.7}, {"temperature": 1.2, "top_k": 12, "top_p": 0.9}]
+
+
+@pytest.mark.parametrize("kw", SAMPLERS)
+def test_one_sample_is_the_output_of_the_one_row_sampler(kw):
+    """The batched path with one row draws exactly what the one-row sampler drew for the same seed."""
+    model = tiny()
+    got = list(generate_tokens(model, [5, 6, 7], 40, generator=seeded(11), **kw))
+    ids, expected = [5, 6, 7], []
+    g = seeded(11)
+    with torch.no_grad():
+        for _ in range(40):
+            start = 0 if len(ids) <= 16 else len(ids) - 16 + (-(len(ids) - 16) % 8)  # the default slide, 8
+            logits, _ = model(torch.tensor([ids[start:]]))
+            ids.append(one_row_sampler(logits[:, -1], generator=g, **kw))
+            expected.append(ids[-1])
+    assert got == expected
+
+
+@pytest.mark.parametrize("kw", SAMPLERS)
+def test_num_samples_rows_are_the_batched_uncached_rows(kw):
+    model = tiny()
+    steps = list(generate_rows(model, [3, 4], 40, num_samples=4, generator=seeded(2), **kw))
+    assert len(steps) == 40 and all(len(step) == 4 for step in steps)
+    rows = [[step[r] for step in steps] for r in range(4)]
+    assert rows == uncached_rows(model, [3, 4], 40, 4, seeded(2), **kw)
+    if kw["temperature"] > 0:
+        assert len({tuple(r) for r in rows}) == 4  # four different continuations
+        assert rows == [[s[r] for s in generate_rows(model, [3, 4], 40, num_samples=4, generator=seeded(2), **kw)]
+                        for r in range(4)]  # the same seed, the same four
+
+
+@pytest.mark.parametrize("slide", [1, None])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_fixed_shape_step_generates_the_tokens_of_the_eager_step(slide, rows):
+    """The step CUDA records as a graph, run eagerly: the same tokens, past block_size too (the window slides)."""
+    model = tiny()
+    for kw in SAMPLERS[:3]:
+        eager = list(generate_rows(model, [9], 45, num_samples=rows, generator=seeded(1), slide=slide,
+                                   captured=False, **kw))
+        fixed = list(generate_rows(model, [9], 45, num_samples=rows, generator=seeded(1), slide=slide,
+                                   captured=True, **kw))
+        assert fixed == eager
 
 
 def test_same_seed_same_tokens_other_seed_other_tokens():
@@ -217,7 +304,7 @@ def test_cli_prompt_character_outside_vocabulary_is_one_line_error(char_stem):
     "flags",
     [["--tokens-to-generate", "-1"], ["--temperature", "-0.5"], ["--top-p", "0"], ["--top-p", "1.5"],
      ["--top-k", "0"], ["--seed", "-3"], ["--window-slide", "0"], ["--window-slide", "17"],
-     ["--temperature", "nan"]],
+     ["--temperature", "nan"], ["--num-samples", "0"]],
 )
 def test_cli_bad_settings_are_one_line_errors(char_stem, capsys, flags):
     assert main(["generate", str(char_stem), *flags]) == 1
@@ -308,3 +395,20 @@ def test_cli_reports_the_parameter_count_training_reports(tmp_path, capsys):
     every = sum(p.numel() for p in model.parameters())
     assert f"{model.num_params() / 1e6:.2f}M parameters" in err
     assert f"{every / 1e6:.2f}M" != f"{model.num_params() / 1e6:.2f}M"  # the test tells the two apart
+
+
+def test_cli_num_samples_prints_each_sample_then_a_separator(char_stem, capsys):
+    args = ["generate", str(char_stem), "--prompt", "ab", "--tokens-to-generate", "20", "--num-samples", "3"]
+    assert main([*args, "--seed", "4"]) == 0
+    cap = capsys.readouterr()
+    samples = cap.out.split(SAMPLE_SEPARATOR + "\n")
+    assert samples[-1] == "" and len(samples) == 4
+    texts = [t[:-1] if len(t) == 23 else t for t in samples[:3]]  # a newline is added when the text lacks one
+    assert all(t.startswith("ab") and len(t) == 22 for t in texts) and len(set(texts)) == 3
+    assert "3 x 20 tokens in" in cap.err
+    model, meta = checkpoint.load_model(char_stem)
+    tok = CharTokenizer(meta["tokenizer"]["itos"])
+    steps = list(generate_rows(model, tok.encode("ab"), 20, num_samples=3, generator=seeded(4)))
+    assert texts == ["ab" + tok.decode([s[r] for s in steps]) for r in range(3)]
+    assert main([*args, "--seed", "4"]) == 0
+    assert capsys.readouterr().out == cap.out  # the same seed, the same three samples

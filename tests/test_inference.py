@@ -1,4 +1,4 @@
-"""The decoder's fast single-token path computes what GPT.forward computes, position by position."""
+"""The decoder's single-token paths (eager and fixed-shape) compute what GPT.forward computes, position by position."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nanogpt.config import ModelConfig
-from nanogpt.inference import Decoder
+from nanogpt.inference import CapturedStep, Decoder
 from nanogpt.model import GPT
 
 
@@ -82,3 +82,28 @@ def test_bfloat16_step_matches_bfloat16_forward():
         last = decoder.step(idx[:, 5])
     assert last.dtype == torch.bfloat16
     torch.testing.assert_close(last.float(), full[:, -1].float(), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("bias", [False, True])
+def test_fixed_shape_step_equals_full_forward_at_every_position(bias, rows):
+    """The step a CUDA graph records (eager here): attention over the whole cache, unwritten positions masked."""
+    model = tiny(bias=bias)
+    idx = torch.randint(0, 37, (rows, 16), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        full = all_logits(model, idx)
+        decoder = Decoder(model, batch_size=rows)
+        step = CapturedStep(decoder)  # made before the prefill, as generation makes it
+        assert step.graph is None  # no CUDA: the same fixed-shape step, run eagerly
+        got = [decoder.prefill(idx[:, :1])]
+        got += [step(idx[:, t]).clone() for t in range(1, 16)]  # up to the last position of the block
+        with pytest.raises(ValueError, match="full"):
+            step(idx[:, 0])
+        # a new window (what generation does past block_size): prefill starts over, the step follows it
+        again = [decoder.prefill(idx[:, 8:11]), *(step(idx[:, t]).clone() for t in range(11, 16))]
+        window = all_logits(model, idx[:, 8:])
+    for t, g in enumerate(got):
+        torch.testing.assert_close(g, full[:, t], rtol=1e-5, atol=1e-5)
+    for t, g in enumerate(again, start=2):
+        torch.testing.assert_close(g, window[:, t], rtol=1e-5, atol=1e-5)
+    assert decoder.cache.pos == 8

@@ -1,12 +1,13 @@
 """Sampling from a trained GPT: the token loop behind `nanogpt generate` and the training UI's `g` key.
 
 `generate_tokens` yields new ids one at a time (KV cache, seeded `generator` only, temperature 0 greedy);
-`start_ids` turns a prompt into ids (an empty one starts from "\\n", or GPT-2's <|endoftext|>);
-`generate_cli` is the command. When the text outgrows `block_size`, the oldest `slide` tokens are
-dropped at once and the rest re-run as a prompt (learned positions: no cached key survives a shift).
-`slide=1` is nanoGPT's crop; the default `block_size // 2` keeps at least half the window and makes
-nearly every token a cached step (speeds: BENCHMARKS.md, "Generation speed"). Either way the tokens
-equal uncached generation under the same rule (tests/test_generate.py).
+`generate_rows` does the same for `--num-samples` rows in one batch (on CUDA one replayed CUDA graph a
+token: inference.CapturedStep); `start_ids` turns a prompt into ids (an empty one starts from "\\n", or
+GPT-2's <|endoftext|>); `generate_cli` is the command. When the text outgrows `block_size`, the oldest
+`slide` tokens are dropped at once and the rest re-run as a prompt (learned positions: no cached key
+survives a shift). `slide=1` is nanoGPT's crop; the default `block_size // 2` keeps at least half the
+window and makes nearly every token a cached step (speeds: BENCHMARKS.md, "Generation speed"). Either way
+the tokens equal uncached generation under the same rule (tests/test_generate.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 from .config import GenerateConfig
 from .data import read_vocab
 from .errors import UserError
-from .inference import Decoder
+from .inference import CapturedStep, Decoder
 from .model import GPT
 from .runtime import aten_kernels
 from .tokenizers import BpeTokenizer, CharTokenizer, GPT2Tokenizer, Tokenizer, from_meta
@@ -49,16 +51,28 @@ def start_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
     return [tokenizer.stoi["\n"]] if "\n" in tokenizer.stoi else [0]
 
 
-def sample_next(
+def sample_rows(
     logits: torch.Tensor,
     temperature: float,
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
-) -> int:
-    """One token id drawn from the logits (1, vocab) of the last position; temperature 0 is greedy."""
+) -> torch.Tensor:
+    """One token id per row (B,) drawn from logits (B, vocab), on their device; temperature 0 is greedy.
+
+    Row by row the same draw as `sample_next`, with no host sync: the results stay on the device.
+    """
+    u = None if temperature == 0 else torch.rand((logits.size(0), 1), generator=generator, device=logits.device)
+    return sample_with(logits, u, temperature, top_k, top_p)
+
+
+def sample_with(
+    logits: torch.Tensor, u: torch.Tensor | None, temperature: float, top_k: int | None, top_p: float | None
+) -> torch.Tensor:
+    """The draw of `sample_rows` given its uniform numbers u (B, 1) in [0, 1) (None for greedy): no random
+    numbers, no host sync, fixed shapes, so that a CUDA graph can record it (inference.CapturedStep)."""
     if temperature == 0:
-        return int(logits.argmax())
+        return logits.argmax(dim=-1)
     scaled = logits.float()
     if temperature != 1.0:
         scaled = scaled / temperature
@@ -72,20 +86,27 @@ def sample_next(
         # keep the smallest prefix whose mass reaches top_p: drop a token once the mass before it does
         drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
-    # Inverse-CDF draw: one uniform number against the cumulative distribution, cheaper than
-    # torch.multinomial for one sample (BENCHMARKS.md); a token of probability 0 has a zero-width interval
-    # and is never drawn.
+    # Inverse-CDF draw: one uniform number per row against the cumulative distribution, cheaper than
+    # torch.multinomial (BENCHMARKS.md); a token of probability 0 has a zero-width interval and is never drawn.
     cdf = probs.cumsum(dim=-1)
-    u = torch.rand((1, 1), generator=generator, device=cdf.device).mul_(cdf[:, -1:])
-    token = int(torch.searchsorted(cdf, u, right=True))
-    if token >= vocab:  # u rounded up to the total, or the total is NaN (the cdf is searched past its end)
-        total = cdf[0, -1]
-        if not torch.isfinite(total):
-            # a temperature so small that logits / temperature overflowed (inf - inf in the softmax):
-            # the limit of sampling as the temperature goes to 0 is greedy
-            return int(logits.argmax())
-        token = int((cdf[0] < total).sum())  # the last token with a non-zero probability
-    return token
+    total = cdf[:, -1:]
+    token = torch.searchsorted(cdf, u * total, right=True).squeeze(1)
+    # u rounded up to the total: the last token with a non-zero probability. A total that is not finite
+    # (a temperature so small that logits / temperature overflowed, inf - inf in the softmax): the limit of
+    # sampling as the temperature goes to 0, greedy.
+    fallback = torch.where(total.isfinite().squeeze(1), (cdf < total).sum(dim=-1), logits.argmax(dim=-1))
+    return torch.where(token >= vocab, fallback, token)
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> int:
+    """One token id drawn from the logits (1, vocab) of the last position; temperature 0 is greedy."""
+    return int(sample_rows(logits, temperature, top_k, top_p, generator)[0])
 
 
 def generate_tokens(
@@ -100,15 +121,36 @@ def generate_tokens(
     slide: int | None = _DEFAULT.window_slide,
 ) -> Iterator[int]:
     """Yield `n_tokens` sampled token ids after `prompt_ids`, one per step (KV cache; see the module doc)."""
+    rows = generate_rows(model, prompt_ids, n_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                         generator=generator, slide=slide)
+    for row in rows:
+        yield row[0]
+
+
+def generate_rows(
+    model: GPT,
+    prompt_ids: list[int],
+    n_tokens: int,
+    *,
+    num_samples: int = 1,
+    temperature: float = _DEFAULT.temperature,
+    top_k: int | None = _DEFAULT.top_k,
+    top_p: float | None = _DEFAULT.top_p,
+    generator: torch.Generator | None = None,
+    slide: int | None = _DEFAULT.window_slide,
+    captured: bool | None = None,
+) -> Iterator[list[int]]:
+    """Yield `n_tokens` steps of `num_samples` continuations of `prompt_ids` sampled in one batch: each step
+    the list of the rows' new token ids. `captured`: the fixed-shape decode step (CapturedStep, a CUDA graph
+    on CUDA) instead of `Decoder.step`; None takes it on CUDA only."""
     if not prompt_ids:
         raise ValueError("prompt_ids must hold at least one token (start_ids() gives a default start)")
     block = model.config.block_size
     settings = GenerateConfig(tokens_to_generate=n_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                              window_slide=slide)
+                              window_slide=slide, num_samples=num_samples)
     problem = settings.problem(block)
     if problem is not None:  # a programming error here: the CLI validated the same settings as a UserError
         raise ValueError(problem)
-    slide = default_slide(block) if slide is None else slide
     if n_tokens == 0:
         return
     device = model.transformer.wte.weight.device
@@ -116,27 +158,42 @@ def generate_tokens(
     model.eval()
     try:
         with torch.inference_mode():
-            ids = list(prompt_ids)
-            decoder = Decoder(model)
-            # the prompt (cropped to the window, as nanoGPT does) in one forward pass
-            with aten_kernels(device):
-                logits = decoder.prefill(torch.tensor([ids[-block:]], dtype=torch.long, device=device))
-            step_input = torch.empty(1, dtype=torch.long, device=device)
-            for i in range(n_tokens):
-                token = sample_next(logits, temperature, top_k, top_p, generator)
-                yield token
-                if i == n_tokens - 1:
-                    break
-                ids.append(token)
-                with aten_kernels(device):
-                    if decoder.cache.pos < block:
-                        step_input.fill_(token)
-                        logits = decoder.step(step_input)
-                    else:  # window full: drop its oldest `slide` tokens, re-run the rest at their new positions
-                        window = ids[-(block - slide + 1) :]
-                        logits = decoder.prefill(torch.tensor([window], dtype=torch.long, device=device))
+            yield from _decode(model, prompt_ids, n_tokens, settings, generator, captured, device)
     finally:
         model.train(was_training)
+
+
+def _decode(model: GPT, prompt_ids: list[int], n_tokens: int, s: GenerateConfig,
+            generator: torch.Generator | None, captured: bool | None, device: torch.device) -> Iterator[list[int]]:
+    """The token loop of generate_rows (in eval and inference mode): prefill, then one step per token."""
+    block, n = model.config.block_size, s.num_samples
+    slide = default_slide(block) if s.window_slide is None else s.window_slide
+    rows = [list(prompt_ids) for _ in range(n)]
+    decoder = Decoder(model, batch_size=n)
+    if device.type == "cuda" if captured is None else captured:  # the step and the draw as one CUDA graph
+        step = CapturedStep(decoder, partial(sample_with, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p),
+                            draws=s.temperature != 0)
+    else:
+        def step(tokens: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+            return sample_rows(decoder.step(tokens), s.temperature, s.top_k, s.top_p, generator)
+    # the prompt (cropped to the window, as nanoGPT does) in one forward pass
+    with aten_kernels(device):
+        logits = decoder.prefill(torch.tensor([r[-block:] for r in rows], dtype=torch.long, device=device))
+    tokens = sample_rows(logits, s.temperature, s.top_k, s.top_p, generator)
+    for i in range(n_tokens):
+        new = tokens.tolist()  # the one host sync of a token: its ids are streamed now
+        yield new
+        if i == n_tokens - 1:
+            break
+        for r, t in zip(rows, new):
+            r.append(t)
+        with aten_kernels(device):
+            if decoder.cache.pos < block:
+                tokens = step(tokens, generator)
+            else:  # window full: drop its oldest `slide` tokens, re-run the rest at their new positions
+                window = [r[-(block - slide + 1) :] for r in rows]
+                logits = decoder.prefill(torch.tensor(window, dtype=torch.long, device=device))
+                tokens = sample_rows(logits, s.temperature, s.top_k, s.top_p, generator)
 
 
 # ----------------------------------------------------------------------------- the command line
@@ -215,10 +272,31 @@ def generate_cli(stem: str, settings: GenerateConfig | None = None) -> int:
         f"on {dev.type}",
         file=sys.stderr,
     )
-    tokens = generate_tokens(model, ids, s.tokens_to_generate, temperature=s.temperature, top_k=s.top_k,
-                             top_p=s.top_p, generator=generator, slide=s.window_slide)
+    rows = generate_rows(model, ids, s.tokens_to_generate, num_samples=s.num_samples, temperature=s.temperature,
+                         top_k=s.top_k, top_p=s.top_p, generator=generator, slide=s.window_slide)
     with generation_threads(dev, n_params):
-        count, started = _stream(tokens, tokenizer, text)
+        if s.num_samples == 1:
+            count, started = _stream((row[0] for row in rows), tokenizer, text)
+        else:
+            count, started = _print_samples(rows, tokenizer, text, s.num_samples)
     seconds = time.perf_counter() - started
-    print(f"{count} tokens in {seconds:.2f} s ({count / max(seconds, 1e-9):.0f} tokens/s)", file=sys.stderr)
+    total = count * s.num_samples
+    times = f"{s.num_samples} x {count}" if s.num_samples > 1 else f"{count}"
+    print(f"{times} tokens in {seconds:.2f} s ({total / max(seconds, 1e-9):.0f} tokens/s)", file=sys.stderr)
     return 0
+
+
+SAMPLE_SEPARATOR = "-" * 15  # the line nanoGPT's sample.py prints after each sample
+
+
+def _print_samples(rows: Iterator[list[int]], tokenizer: Tokenizer, prompt: str, n: int) -> tuple[int, float]:
+    """Sample all rows together, then print each (prompt + text) followed by a separator; (tokens per row, start)."""
+    started = time.perf_counter()
+    steps = list(rows)
+    out = sys.stdout
+    for r in range(n):
+        text = prompt + tokenizer.decode([step[r] for step in steps])
+        out.write(text if text.endswith("\n") else text + "\n")
+        out.write(SAMPLE_SEPARATOR + "\n")
+    out.flush()
+    return len(steps), started

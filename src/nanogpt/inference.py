@@ -5,13 +5,19 @@ path. `prefill` runs a prompt through `GPT.forward` (model.py, the one definitio
 fills the cache; `step` computes one new token's logits with that same math written as plain functional
 calls. For a small model a decode step is nearly all per-operator overhead, so this path has no module
 dispatch and no slicing (the cache is read through per-position views made once), and its matmuls take
-the transposed weights directly and fold the residual add in (`addmm`). tests/test_inference.py checks
-it against `GPT.forward` position by position.
+the transposed weights directly and fold the residual add in (`addmm`).
+
+`static_step` is the same step as a fixed-shape computation (the position is a tensor; attention reads the
+whole preallocated cache, the positions not yet written masked out), so that `CapturedStep` can record it
+once as a CUDA graph, with the draw of the next tokens, and replay it for every token: one launch a token
+instead of one per operator. CPUs have no graphs and keep `step`. tests/test_inference.py checks both
+against `GPT.forward` position by position.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -74,6 +80,7 @@ class Decoder:
         self.wte, self.wte_t, self.wpe = wte, wte.t(), t.wpe.weight
         self.ln_f_weight, self.ln_f_bias = t.ln_f.weight, t.ln_f.bias
         self.layers = [LayerWeights.of(block, cfg.n_embd // cfg.n_head) for block in t.h]
+        self.arange = torch.arange(cfg.block_size, device=wte.device)  # static_step's mask
         # per layer, per position p: the (B, 2, nh, hs) slot of p's key and value, then the keys and values
         # of positions 0..p: (nh, hs, p + 1) keys (transposed for bmm) and (nh, p + 1, hs) values with one
         # row, (B, nh, p + 1, hs) both for SDPA with more
@@ -100,14 +107,11 @@ class Decoder:
         p = cache.pos
         if p >= cache.block_size:
             raise ValueError(f"the cache is full ({cache.block_size} positions); start a new window")
-        C, nh = self.n_embd, self.n_head
-        approximate = self.approximate
+        C = self.n_embd
         B = tokens.shape[0]
         x = torch.index_select(self.wte, 0, tokens) + self.wpe[p]  # (B, C); cheaper than wte[tokens]
         for w, positions in zip(self.layers, self.positions):
-            h = F.layer_norm(x, (C,), w.ln_1_weight, w.ln_1_bias, 1e-5)
-            qkv = torch.mm(h, w.attn_t) if w.attn_b is None else torch.addmm(w.attn_b, h, w.attn_t)
-            qkv = qkv.view(B, 3, nh, -1)
+            qkv = self._qkv(x, w)
             slot, k, v = positions[p]
             slot.copy_(qkv[:, 1:])  # this position's key and value, one copy into the static cache
             # one query attends to every cached position (this one included): no mask needed. With one
@@ -118,16 +122,109 @@ class Decoder:
                 y = torch.bmm(att, v).view(B, C)
             else:
                 y = F.scaled_dot_product_attention(qkv[:, :1].transpose(1, 2), k, v, scale=1.0).view(B, C)
-            if w.attn_proj_b is None:
-                x = torch.addmm(x, y, w.attn_proj_t)
-            else:
-                x = torch.addmm(x + w.attn_proj_b, y, w.attn_proj_t)
-            h = F.layer_norm(x, (C,), w.ln_2_weight, w.ln_2_bias, 1e-5)
-            h = torch.mm(h, w.fc_t) if w.fc_b is None else torch.addmm(w.fc_b, h, w.fc_t)
-            h = F.gelu(h, approximate=approximate)
-            if w.mlp_proj_b is None:
-                x = torch.addmm(x, h, w.mlp_proj_t)
-            else:
-                x = torch.addmm(x + w.mlp_proj_b, h, w.mlp_proj_t)
+            x = self._rest_of_block(x, y, w)
         cache.pos = p + 1
-        return torch.mm(F.layer_norm(x, (C,), self.ln_f_weight, self.ln_f_bias, 1e-5), self.wte_t)
+        return self._head(x)
+
+    def static_step(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """`step` with every shape fixed, for a CUDA graph: tokens (B,) at position `pos` (a (1,) tensor).
+
+        Writes the keys and values at `pos` in place and attends over all `block_size` cached positions,
+        those after `pos` masked out (their weight is exactly 0), so the same kernels serve every position.
+        Leaves `cache.pos` alone: CapturedStep, which owns the position, advances it.
+        """
+        C, kv, k, v = self.n_embd, self.cache.kv, self.cache.k, self.cache.v
+        B = tokens.shape[0]
+        x = torch.index_select(self.wte, 0, tokens) + torch.index_select(self.wpe, 0, pos)  # (B, C)
+        unwritten = self.arange > pos  # (block_size,): positions this query must not see
+        for i, w in enumerate(self.layers):
+            qkv = self._qkv(x, w)  # (B, 3, nh, hs)
+            kv[i].index_copy_(3, pos, qkv[:, 1:].unsqueeze(3))  # kv[i]: (B, 2, nh, block_size, hs)
+            att = torch.matmul(qkv[:, 0].unsqueeze(2), k[i].transpose(-2, -1))  # (B, nh, 1, block_size)
+            att = torch.softmax(att.masked_fill(unwritten, float("-inf")), dim=-1)
+            y = torch.matmul(att, v[i]).view(B, C)
+            x = self._rest_of_block(x, y, w)
+        return self._head(x)
+
+    def _qkv(self, x: torch.Tensor, w: LayerWeights) -> torch.Tensor:
+        """(B, 3, nh, hs): the block's query (pre-scaled), key and value of x (B, C)."""
+        h = F.layer_norm(x, (self.n_embd,), w.ln_1_weight, w.ln_1_bias, 1e-5)
+        qkv = torch.mm(h, w.attn_t) if w.attn_b is None else torch.addmm(w.attn_b, h, w.attn_t)
+        return qkv.view(x.shape[0], 3, self.n_head, -1)
+
+    def _rest_of_block(self, x: torch.Tensor, y: torch.Tensor, w: LayerWeights) -> torch.Tensor:
+        """The residual stream after the block, given its attention output y (B, C): projection, then MLP."""
+        if w.attn_proj_b is None:
+            x = torch.addmm(x, y, w.attn_proj_t)
+        else:
+            x = torch.addmm(x + w.attn_proj_b, y, w.attn_proj_t)
+        h = F.layer_norm(x, (self.n_embd,), w.ln_2_weight, w.ln_2_bias, 1e-5)
+        h = torch.mm(h, w.fc_t) if w.fc_b is None else torch.addmm(w.fc_b, h, w.fc_t)
+        h = F.gelu(h, approximate=self.approximate)
+        if w.mlp_proj_b is None:
+            return torch.addmm(x, h, w.mlp_proj_t)
+        return torch.addmm(x + w.mlp_proj_b, h, w.mlp_proj_t)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.mm(F.layer_norm(x, (self.n_embd,), self.ln_f_weight, self.ln_f_bias, 1e-5), self.wte_t)
+
+
+class CapturedStep:
+    """`Decoder.static_step`, and with `sample` the draw of the next tokens too, recorded once as a CUDA graph
+    and replayed for each token (run eagerly off CUDA, where there are no graphs).
+
+    `sample(logits, u)` turns the step's logits and one uniform number per row (None when `draws` is False:
+    greedy) into the next token ids; the numbers are drawn outside the graph, from the caller's generator, so
+    the tokens are those of the eager path. Made after the decoder and before its first prefill: recording
+    runs the step a few times (CUDA needs a warm-up before capture), writing at position 0, which the prefill
+    then overwrites. What it returns is the graph's own output buffer, valid until the next call.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, decoder: Decoder, sample: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+                 | None = None, draws: bool = False):
+        self.decoder = decoder
+        device = decoder.wte.device
+        rows = decoder.cache.batch_size
+        self.tokens = torch.zeros(rows, dtype=torch.long, device=device)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.u = torch.full((rows, 1), 0.5, device=device) if sample is not None and draws else None
+        self.sample = sample
+        self.graph: torch.cuda.CUDAGraph | None = None
+        if device.type == "cuda":
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(self.WARMUP):
+                    self._compute()
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = self._compute()
+                if sample is not None:
+                    self.tokens.copy_(self.out)  # the next replay starts from the tokens this one drew
+
+    def _compute(self) -> torch.Tensor:
+        logits = self.decoder.static_step(self.tokens, self.pos)
+        return logits if self.sample is None else self.sample(logits, self.u)
+
+    def __call__(self, tokens: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One new token per row (tokens: (B,)) at position `cache.pos`, which it advances, as `Decoder.step`:
+        its logits (B, vocab), or with `sample` the next tokens (B,), drawn with `generator`."""
+        cache = self.decoder.cache
+        p = cache.pos
+        if p >= cache.block_size:
+            raise ValueError(f"the cache is full ({cache.block_size} positions); start a new window")
+        if self.graph is None or tokens is not self.out:  # the graph's own output is already its input
+            self.tokens.copy_(tokens)
+        self.pos.fill_(p)
+        if self.u is not None:
+            self.u.uniform_(0.0, 1.0, generator=generator)  # what torch.rand((B, 1), generator=...) draws
+        if self.graph is None:
+            out = self._compute()
+        else:
+            self.graph.replay()
+            out = self.out
+        cache.pos = p + 1
+        return out
