@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from engine_fixtures import shakespeare_text
+
 from nanogpt.cli import build_parser, main
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -53,8 +55,9 @@ def test_every_parser_refuses_abbreviations() -> None:
     assert all(not p.allow_abbrev for p in subparsers.values())
 
 
-def test_a_text_file_given_to_train_says_to_prepare_it(capsys, shared_data: Path) -> None:
-    text = str(shared_data / "tinyshakespeare.txt")
+def test_a_text_file_given_to_train_says_to_prepare_it(capsys, tmp_path: Path) -> None:
+    (tmp_path / "tinyshakespeare.txt").write_text(shakespeare_text()[:5000], encoding="utf-8")
+    text = str(tmp_path / "tinyshakespeare.txt")
     code, _, err = run_cli(capsys, "train", text)
     assert code == 1 and f"run `nanogpt prepare {text}` first" in err
     code, _, err = run_cli(capsys, "train", "--headless", "--data-dir", text)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from engine_fixtures import SHARED_TEXT, TINY_FLAGS, prepare_char
+from engine_fixtures import TINY_FLAGS, prepare_char, shakespeare_text
 
 from nanogpt.cli import main
 
@@ -67,9 +67,7 @@ def test_resume_from_the_cli_continues_the_log(shakespeare_dir: Path, tmp_path: 
 @pytest.fixture(scope="module")
 def small_text_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A dataset of 3,000 characters: 300 validation tokens."""
-    if not SHARED_TEXT.is_file():
-        pytest.skip("shared data not found")
-    return prepare_char(SHARED_TEXT.read_text(encoding="utf-8")[:3000], tmp_path_factory.mktemp("small"))
+    return prepare_char(shakespeare_text()[:3000], tmp_path_factory.mktemp("small"))
 
 
 def broken_copy(src: Path, dst: Path) -> Path:

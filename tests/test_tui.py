@@ -12,7 +12,6 @@ from nanogpt import runtime
 from nanogpt.cli import main
 from nanogpt.engine import build_trainer
 from nanogpt.plot import read_run
-from nanogpt.prepare import prepare
 from nanogpt.tui.app import TrainingApp
 from nanogpt.tui.widgets import SamplePager, SampleScreen
 from textual.widgets import Static
@@ -28,14 +27,9 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def char_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny Shakespeare prepared at character level by `nanogpt.prepare` (skips when the data is absent)."""
-    text = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
-    if not text.is_file():
-        pytest.skip(f"shared data not found at {text}")
-    out = tmp_path_factory.mktemp("shakespeare")
-    prepare(str(text), tokenizer="char", out_dir=str(out))
-    return out
+def char_data(shakespeare_dir: Path) -> Path:
+    """The bundled Tiny Shakespeare, prepared at character level (the session's fixture)."""
+    return shakespeare_dir
 
 
 @pytest.fixture(autouse=True)
