@@ -34,6 +34,9 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
         (["train", "--step", "100"], "did you mean --steps?"),  # abbreviations are refused
         (["generate", "out/model_step_1", "--temp", "0.5"], "did you mean --temperature?"),
         (["prepare", "--tokeniser", "gpt2"], "did you mean --tokenizer?"),
+        (["train", "--lr", "1e-3"], "did you mean --learning-rate?"),  # not --lr-schedule, which it prefixes
+        (["train", "--max_iters", "100"], "did you mean --steps?"),  # nanoGPT's names for ours
+        (["train", "--n_layer", "2"], "did you mean --layer-count?"),
     ],
 )
 def test_a_mistyped_flag_is_named_by_its_subcommand_with_a_suggestion(capsys, args: list[str], said: str) -> None:
@@ -41,6 +44,15 @@ def test_a_mistyped_flag_is_named_by_its_subcommand_with_a_suggestion(capsys, ar
     assert code == 1 and out == ""
     assert err.startswith(f"nanogpt {args[0]}: error: unrecognized arguments: {args[-2]}")
     assert said in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("typed", "said"), [("trian", "; did you mean train?"), ("genrate", "; did you mean generate?")])
+def test_a_mistyped_command_gets_the_closest_one(capsys, typed: str, said: str) -> None:
+    code, out, err = run_cli(capsys, typed, "--steps", "3")
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"nanogpt: error: unknown command '{typed}'") and err.strip().endswith(said)
+    code, _, err = run_cli(capsys, "zzzz")
+    assert code == 1 and "did you mean" not in err and "prepare, train, generate, export, plot" in err
 
 
 def test_a_flag_nothing_resembles_gets_no_suggestion(capsys) -> None:

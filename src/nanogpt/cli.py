@@ -101,10 +101,27 @@ def _uniform_metavars(parser: argparse.ArgumentParser) -> None:
                 action.metavar = "TEXT"
 
 
+# Other tools' names for our flags (nanoGPT's config names, common shorthands): a prefix or spelling match
+# would point elsewhere (`--lr` is a prefix of `--lr-schedule`, not what someone typing it means).
+_OTHER_NAMES = {
+    "--lr": "--learning-rate",
+    "--min-lr": "--min-learning-rate",
+    "--max-iters": "--steps",
+    "--eval-interval": "--validation-interval",
+    "--warmup-iters": "--warmup-steps",
+    "--n-layer": "--layer-count",
+    "--n-head": "--head-count",
+    "--n-embd": "--embedding-size",
+    "--gradient-accumulation-steps": "--grad-accum",
+}
+
+
 def _unknown_flag_hint(arg: str, parser: argparse.ArgumentParser) -> str:
-    """'; did you mean --steps?' for --setps, --step or --learning_rate (nanoGPT's spelling)."""
+    """'; did you mean --steps?' for --setps, --step, --learning_rate or --max_iters (nanoGPT's spelling)."""
     flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
     dashed = "--" + arg.split("=", 1)[0].lstrip("-").replace("_", "-")
+    if _OTHER_NAMES.get(dashed) in flags:
+        return f"; did you mean {_OTHER_NAMES[dashed]}?"
     longer = [f for f in flags if f.startswith(dashed)]  # an abbreviation, which we do not accept
     close = [dashed] if dashed in flags else longer or difflib.get_close_matches(dashed, flags, n=1, cutoff=0.6)
     return f"; did you mean {' or '.join(close[:3])}?" if close else ""
@@ -332,6 +349,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args:  # a bare `nanogpt`: what can it do?
         parser.print_help()
         return 0
+    commands = _subparsers(parser)
+    if not args[0].startswith("-") and args[0] not in commands:  # argparse lists the choices but guesses none
+        close = difflib.get_close_matches(args[0], list(commands), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        parser.error(f"unknown command {args[0]!r} (commands: {', '.join(commands)}){hint}")
     ns, extras = parser.parse_known_args(args)
     if ns.command is None:
         parser.error("give a command: " + ", ".join(_subparsers(parser)))
