@@ -90,6 +90,22 @@ def test_an_unprepared_folder_names_the_prepare_command(capsys, tmp_path: Path) 
     assert f"run `nanogpt prepare {tmp_path / 'story.txt'} --out-dir {tmp_path}` first" in err
 
 
+def test_an_unprepared_mixology_folder_is_prepared_as_a_whole(capsys, tmp_path: Path, monkeypatch) -> None:
+    # the advice must not write into the source folder (`prepare YOUR_TEXT.txt --out-dir my_mix`)
+    monkeypatch.chdir(tmp_path)
+    for name, text in (("25_alice", shakespeare_text()[:4000].upper()), ("75_shakespeare", shakespeare_text()[:9000])):
+        (tmp_path / "my_mix" / name).mkdir(parents=True)
+        (tmp_path / "my_mix" / name / "text.txt").write_text(text, encoding="utf-8")
+    code, _, err = run_cli(capsys, "train", "--headless", "--data-dir", "my_mix")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    said = "run `nanogpt prepare my_mix/` first, then train with --data-dir data/my_mix"
+    assert said in err and "--out-dir" not in err
+    # and what it says works: prepare as told, then the train command it names finds the data
+    assert run_cli(capsys, "prepare", "my_mix/")[0] == 0
+    assert (tmp_path / "data" / "my_mix" / "vocab.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "my_mix").iterdir()) == ["25_alice", "75_shakespeare"]
+
+
 def test_bare_nanogpt_lists_the_commands_and_exits_0(capsys) -> None:
     code, out, err = run_cli(capsys)
     assert code == 0 and err == ""
