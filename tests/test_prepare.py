@@ -377,6 +377,19 @@ def test_strip_gutenberg(tmp_path):
     assert len(meta["itos"]) <= len(raw_meta["itos"])
 
 
+def test_a_raw_gutenberg_file_prepared_whole_says_how_to_drop_its_licence(tmp_path, capsys):
+    (tmp_path / "alice.txt").write_bytes(gutenberg_book().encode("utf-8"))
+    (tmp_path / "plain.txt").write_text(shakespeare_text()[:20_000], encoding="utf-8")
+    assert main(["prepare", str(tmp_path / "alice.txt"), "--out-dir", str(tmp_path / "raw")]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and str(tmp_path / "alice.txt") in notes[0]
+    assert "Project Gutenberg header" in notes[0] and notes[0].endswith("add --strip-gutenberg to drop them")
+    # not said when it is stripped, nor for a text that has no header
+    assert main(["prepare", str(tmp_path / "alice.txt"), "--out-dir", str(tmp_path / "s"), "--strip-gutenberg"]) == 0
+    assert main(["prepare", str(tmp_path / "plain.txt"), "--out-dir", str(tmp_path / "plain")]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
 # --- bad input ---------------------------------------------------------------------------------------------
 
 
