@@ -46,13 +46,39 @@ def test_a_mistyped_flag_is_named_by_its_subcommand_with_a_suggestion(capsys, ar
     assert said in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize(("typed", "said"), [("trian", "; did you mean train?"), ("genrate", "; did you mean generate?")])
+@pytest.mark.parametrize(
+    ("typed", "said"), [("trian", "; did you mean train?"), ("genrate", "; did you mean generate?")]
+)
 def test_a_mistyped_command_gets_the_closest_one(capsys, typed: str, said: str) -> None:
     code, out, err = run_cli(capsys, typed, "--steps", "3")
     assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
     assert err.startswith(f"nanogpt: error: unknown command '{typed}'") and err.strip().endswith(said)
     code, _, err = run_cli(capsys, "zzzz")
     assert code == 1 and "did you mean" not in err and "prepare, train, generate, export, plot" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--beta1", "2"], "--beta1 must be in [0, 1), got 2.0"),
+        (["--learning-rate", "nan"], "--learning-rate must be a positive number, got nan"),
+        (["--preset", "baby-gpt", "--seed", str(2**64)], "--seed must be in"),
+    ],
+)
+def test_impossible_settings_are_refused_before_data_or_torch(tmp_path: Path, flags: list[str], said: str) -> None:
+    # no data named: the bundled corpus would be prepared into the cache first; nothing may happen before the check
+    script = (
+        "import sys; from nanogpt.cli import main; code = main(sys.argv[1:]); "
+        "print('torch imported' if 'torch' in sys.modules else 'no torch'); sys.exit(code)"
+    )
+    env = {**os.environ, "NANOGPT_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(SRC)}
+    done = subprocess.run(
+        [sys.executable, "-c", script, "train", "--headless", *flags],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False,
+    )
+    assert done.returncode == 1 and done.stdout.strip() == "no torch"
+    assert done.stderr.startswith("nanogpt train: error: ") and len(done.stderr.strip().splitlines()) == 1
+    assert said in done.stderr and not (tmp_path / "cache").exists() and sorted(tmp_path.iterdir()) == []
 
 
 def test_a_flag_nothing_resembles_gets_no_suggestion(capsys) -> None:

@@ -27,6 +27,7 @@ from .config import (
     ModelConfig,
     PrepareConfig,
     TrainConfig,
+    check_new_run,
     default_preset,
     field_flag,
     field_help,
@@ -254,9 +255,11 @@ def _cmd_prepare(ns: argparse.Namespace) -> int:
 
 
 def _cmd_train(ns: argparse.Namespace) -> int:
+    overrides = _config_overrides(ns)
+    if ns.resume_training is None:  # a resume's settings are its checkpoint's: checked once it is read
+        check_new_run(overrides, ns.preset)  # before the data is prepared or torch imported (seconds)
     from .engine import DATA_FIELDS, build_trainer
 
-    overrides = _config_overrides(ns)
     ns.resume_training = _checkpoint_given(ns.resume_training)
     compare = None
     if ns.compare is not None:  # read first: a wrong path is one line before training starts

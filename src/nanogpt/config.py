@@ -427,6 +427,30 @@ def resolve(
     return model_cfg, train_cfg
 
 
+def check_new_run(overrides: dict[str, Any], preset: str | None) -> None:
+    """Refuse a new run's impossible settings (`--beta1 2`, a NaN learning rate) before data or torch is touched.
+
+    The device, so the default preset, is not known yet: a setting is refused here only when it fails with
+    every preset the run could get; `resolve` checks again once the device is known.
+    """
+    if preset is not None:
+        candidates: list[str | None] = [preset]
+    elif overrides.get("init_from"):
+        candidates = ["finetune"]
+    elif any(k in overrides for k in ("n_layer", "n_head", "n_embd", "block_size")):
+        candidates = [None]
+    else:
+        candidates = list(dict.fromkeys(default_preset(d) for d in ("cpu", "cuda")))
+    errors = []
+    for name in candidates:
+        try:
+            resolve(overrides, name)
+            return
+        except ConfigError as e:
+            errors.append(e)
+    raise errors[0]
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
