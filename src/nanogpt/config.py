@@ -95,6 +95,10 @@ class GenerateConfig:
     top_p: float | None = opt(None, "nucleus sampling: the smallest set of tokens with probability >= X")
     seed: int = opt(1337, "random seed; 0 picks a random one and prints it")
     prompt: str = opt("", "text to start from; \\n escapes are decoded (default: empty)")
+    drop_unknown: bool = opt(
+        False, "leave out the prompt's characters that a character-level model's vocabulary lacks, instead of "
+        "refusing the prompt"
+    )
     vocab_metadata: str | None = opt(None, "vocab.json to use instead of the checkpoint's own vocabulary")
     device: str = opt("auto", "device to generate on", choices=("auto", "cpu", "cuda", "mps"))
     window_slide: int | None = opt(
