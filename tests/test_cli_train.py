@@ -64,6 +64,33 @@ def test_resume_from_the_cli_continues_the_log(shakespeare_dir: Path, tmp_path: 
     assert [e["step"] for e in log] == [1, 2, 3, 4, 5]
 
 
+def test_a_checkpoint_not_found_says_what_the_folder_holds_and_where_runs_went(
+    shakespeare_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    # the README's trap: the first run takes out/, the next one (no --out-dir) lands in out-2/
+    monkeypatch.chdir(tmp_path)
+    common = [*TINY_FLAGS, "--data-dir", str(shakespeare_dir), "--save-interval", "2"]
+    assert train(capsys, *common, "--steps", "4")[0] == 0
+    code, _, err = train(capsys, *common, "--steps", "5")
+    assert code == 0 and "this run writes into out-2" in err
+    said = (
+        "checkpoint not found: out/model_step_5 (expected out/model_step_5.safetensors and "
+        "model_step_5.config.json); out holds checkpoints at steps 2 and 4 (latest: out/model_step_4); "
+        "recent runs beside it: out-2 (latest out-2/model_step_5)"
+    )
+    for command in (
+        ["train", "--headless", "--resume-training", "out/model_step_5", "--steps", "8"],
+        ["generate", "out/model_step_5"],
+        ["export", "out/model_step_5", "hf"],
+    ):
+        assert main(command) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and err.strip() == f"nanogpt {command[0]}: error: {said}"
+    assert main(["generate", "elsewhere/model_step_5"]) == 1
+    assert capsys.readouterr().err.strip().endswith("; there is no folder elsewhere")
+    assert not (tmp_path / "hf").exists()
+
+
 @pytest.fixture(scope="module")
 def small_text_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A dataset of 3,000 characters: 300 validation tokens."""

@@ -230,10 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _checkpoint_given(path: str | None) -> str | None:
-    """A checkpoint as typed; a run folder means its latest checkpoint, and we say which (stderr)."""
-    if path is None or not Path(path).is_dir():
+    """A checkpoint as typed; a run folder means its latest checkpoint, and we say which (stderr). A stem that
+    names nothing is refused with what its folder holds and where the runs beside it went."""
+    if path is None:
         return path
-    from .runs import latest_in
+    from .runs import check_exists, latest_in
+
+    if not Path(path).is_dir():
+        check_exists(path)
+        return path
 
     stem = str(latest_in(path))
     if os.environ.get("RANK", "0") == "0":

@@ -14,6 +14,7 @@ A run folder holds one run's history: its checkpoint sets `model_step_N.*`, each
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
@@ -71,6 +72,43 @@ def latest_in(folder: str | Path) -> Path:
 def resolve(path: str | Path) -> Path:
     """A checkpoint stem from what a user typed: a stem, one of its files, or a run folder (its latest)."""
     return latest_in(path) if Path(path).is_dir() else stem_of(path)
+
+
+def check_exists(stem: str | Path) -> None:
+    """UserError when `stem` names no checkpoint: what its folder holds, and where the runs beside it went.
+
+    The default `out` moves on to `out-2`, `out-3`, ... when it is taken, so a stem typed from memory (or from
+    the README) often names the wrong one of them.
+    """
+    stem = stem_of(stem)
+    if weights_path(stem).is_file() or stem.with_name(stem.name + ".config.json").is_file():
+        return  # there: checkpoint.read_meta checks the rest
+    folder = stem.parent
+    if folder.is_dir():
+        steps = sorted(s for s in sets_in(folder).whole if weights_path(stem_for(folder, s)).is_file())
+        held = f"{folder} holds " + (_steps_text(folder, steps) if steps else "no checkpoint")
+    else:
+        held = f"there is no folder {folder}"
+    base = re.sub(r"-\d+$", "", folder.name)
+    beside = [
+        (p, max(whole)) for p in sorted(folder.parent.glob(f"{glob.escape(base)}*"))
+        if p != folder and re.fullmatch(re.escape(base) + r"(-\d+)?", p.name) and (whole := sets_in(p).whole)
+    ]
+    beside.sort(key=lambda run: (run[0] / f"model_step_{run[1]}.config.json").stat().st_mtime)
+    runs = ", ".join(f"{p} (latest {stem_for(p, step)})" for p, step in reversed(beside[-3:]))
+    raise UserError(
+        f"checkpoint not found: {stem} (expected {stem}.safetensors and {stem.name}.config.json); {held}"
+        + (f"; recent runs beside it: {runs}" if runs else "")
+    )
+
+
+def _steps_text(folder: Path, steps: list[int]) -> str:
+    """'checkpoints at steps 250, 500 and 2000 (latest: out/model_step_2000)', the middle elided when long."""
+    shown = [str(s) for s in steps] if len(steps) <= 6 else [*map(str, steps[:2]), "...", *map(str, steps[-2:])]
+    listed = shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]
+    return f"checkpoint{'s' if len(steps) > 1 else ''} at step{'s' if len(steps) > 1 else ''} {listed} " + (
+        f"(latest: {stem_for(folder, steps[-1])})"
+    )
 
 
 def _conflict(folder: Path, step: int) -> str | None:
