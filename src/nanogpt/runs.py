@@ -157,15 +157,23 @@ def place(out_dir: str, *, typed: bool, resumed: Path | None, step: int) -> tupl
 
 class Claim:
     """A run's hold on its folder: a lock on the folder itself (no file of ours in it), released by `release`
-    or when the process ends, however it ends."""
+    or when the process ends, however it ends. `release` also removes the folders the claim created when they
+    are still empty: a run stopped before its first save (Ctrl-C twice, q at the start) leaves no empty folder."""
 
-    def __init__(self, fd: int | None):
+    def __init__(self, fd: int | None, created: list[Path] | None = None):
         self._fd = fd
+        self._created = created or []  # deepest first
 
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
+        for folder in self._created:
+            try:
+                folder.rmdir()  # only an empty folder goes
+            except OSError:
+                break
+        self._created = []
 
 
 def _lock(folder: Path) -> int | None:
@@ -189,12 +197,13 @@ def claim(out_dir: str | Path, step: int, checkpoint_bytes: int) -> Claim:
     """Take folder `out_dir` for a run now at `step`: create and lock it, remove what killed saves left there,
     and check that it takes a file and has room for a checkpoint of `checkpoint_bytes`. UserError if not."""
     folder = Path(out_dir)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = _lock(folder)
     except OSError as e:
         raise UserError(f"cannot write to --out-dir {folder}: {e.strerror or e}") from None
-    held = Claim(fd)
+    held = Claim(fd, created)
     try:
         problem = _conflict(folder, step)
         if problem:
