@@ -188,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--headless", action="store_true", help="no UI: progress lines (automatic when stdout is not a terminal)"
     )
     t.add_argument(
+        "--reprobe-dtype", action="store_true", help="--dtype auto on a CPU: time the step in float32 and bfloat16 "
+        "again instead of reusing the cached verdict (one measured on a busy machine, or a near tie, is timed "
+        "again anyway; NANOGPT_REPROBE_DTYPE=1 does the same)"
+    )
+    t.add_argument(
         "--compare", default=None, metavar="STEM", help="the UI draws this earlier run's curves faintly beside the "
         "live one (a checkpoint stem or a folder of checkpoints)"
     )
@@ -263,6 +268,8 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     overrides = _config_overrides(ns)
     if ns.resume_training is None:  # a resume's settings are its checkpoint's: checked once it is read
         check_new_run(overrides, ns.preset)  # before the data is prepared or torch imported (seconds)
+    if ns.reprobe_dtype:  # read by dtype_probe, in every torchrun rank alike
+        os.environ["NANOGPT_REPROBE_DTYPE"] = "1"
     from .engine import DATA_FIELDS, build_trainer
 
     ns.resume_training = _checkpoint_given(ns.resume_training)

@@ -195,7 +195,8 @@ class TrainConfig:
     device: str = opt("auto", "device to train on", choices=("auto", "cpu", "cuda", "mps"))
     dtype: str = opt(
         "auto",
-        "compute precision; auto picks bfloat16 only where the hardware does it fast",
+        "compute precision; auto picks bfloat16 only where the hardware does it fast (on a CPU: this run's step "
+        "timed both ways, the verdict cached; --reprobe-dtype times it again)",
         choices=("auto", "float32", "bfloat16", "float16"),
     )
     compile: bool | None = opt(
