@@ -347,7 +347,7 @@ def test_v_pages_through_the_samples_by_step(char_data: Path, tmp_path: Path, si
     async def drive() -> None:
         async with app.run_test(size=size) as pilot:
             await wait_for(pilot, lambda: app.finished is not None, "the run to finish")
-            assert "samples by step" in "".join(screen_lines(app)[-1:])  # the key is in the footer
+            assert "v past samples" in "".join(screen_lines(app)[-1:])  # the key is in the footer
             assert [step for step, _ in app.samples] == [2, 4, 6]
             await pilot.press("v")
             pager = app.screen
