@@ -241,6 +241,31 @@ def test_sigterm_finishes_the_step_saves_and_exits_0(shakespeare_dir: Path, tmp_
     )
 
 
+def test_ctrl_c_twice_leaves_no_empty_run_folder(shakespeare_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"  # the run creates it
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "nanogpt", "train", "--headless", *TINY_FLAGS, "--data-dir", str(shakespeare_dir),
+            "--out-dir", str(out), "--steps", "100000", "--log-interval", "1"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        for line in proc.stdout:  # wait until training is under way
+            if line.startswith("step") or time.monotonic() > deadline:
+                break
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.01)  # two signals sent at once would be delivered as one
+        proc.send_signal(signal.SIGINT)  # the second: stop at once, mid-step or mid-save
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # stopped at once: nothing saved, so no folder; or, when the first Ctrl-C's save was done before the second
+    # came (a busy machine), that whole set and exit 0
+    assert proc.returncode in (0, 130), err
+    held = sorted(p.name for p in out.iterdir()) if out.exists() else None
+    assert held is None if proc.returncode == 130 else len(held) == 6, (proc.returncode, held, err)
+
+
 def test_the_start_says_where_the_parameters_are_and_how_often_the_text_is_read(
     small_text_dir: Path, tmp_path: Path, capsys
 ) -> None:
