@@ -1,17 +1,60 @@
-"""Fixtures for the engine tests: Tiny Shakespeare prepared at character level, and tiny model settings.
+"""Fixtures for the tests: the bundled Tiny Shakespeare (as text and prepared), a Gutenberg-like book, tiny settings.
 
-The `shakespeare_dir` fixture is registered in conftest.py; tests import the settings from here.
+Every text here comes from the corpus bundled in the package or is made here, so a clone without ../shared
+runs these tests. The fixtures are registered in conftest.py; tests import the settings from here.
 """
 
 from __future__ import annotations
 
+import functools
+import gzip
+from importlib import resources
 from pathlib import Path
 
 import pytest
 
 from nanogpt.prepare import prepare
 
-SHARED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+# sha256 of karpathy's char-rnn tinyshakespeare/input.txt, which the package bundles (gzipped)
+TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+GUTENBERG_START = "*** START OF THE PROJECT GUTENBERG EBOOK ALICE'S ADVENTURES IN WONDERLAND ***"
+GUTENBERG_END = "*** END OF THE PROJECT GUTENBERG EBOOK ALICE'S ADVENTURES IN WONDERLAND ***"
+
+
+@functools.cache
+def shakespeare_text() -> str:
+    """Tiny Shakespeare, read from the gzip bundled in the package (what `nanogpt prepare` with no source reads)."""
+    data = (resources.files("nanogpt") / "data" / "tinyshakespeare.txt.gz").read_bytes()
+    return gzip.decompress(data).decode("utf-8")
+
+
+@functools.cache
+def gutenberg_book() -> str:
+    """A raw Project Gutenberg file as gutenberg.org serves it: CRLF lines, a licence header and footer.
+
+    Its body (120k characters, about Alice's) is a slice of Tiny Shakespeare with its case swapped, so that it
+    is a text of its own: no 300 characters of it occur in Tiny Shakespeare.
+    """
+    body = shakespeare_text()[-120_000:].swapcase()
+    header = (
+        "The Project Gutenberg eBook of Alice's Adventures in Wonderland\n    \n"
+        "This ebook is for the use of anyone anywhere in the United States and\nmost other parts of the world "
+        "at no cost and with almost no restrictions\nwhatsoever.\n\nTitle: Alice's Adventures in Wonderland\n\n"
+    )
+    footer = "".join(  # the licence: about 12% of a real book's file
+        f"\n\nSection {i}. General Terms of Use and Redistributing Project Gutenberg(TM) electronic works\n\n"
+        "1.A. By reading or using any part of this Project Gutenberg(TM) electronic work, you indicate that\n"
+        "you have read, understand, agree to and accept all the terms of this license and intellectual\n"
+        "property (trademark/copyright) agreement. If you do not agree to abide by all the terms of this\n"
+        "agreement, you must cease using and return or destroy all copies in your possession.\n"
+        for i in range(1, 51)
+    )
+    text = (
+        f"{header}{GUTENBERG_START}\n[Illustration]\n\nCHAPTER I.\nDown the Rabbit-Hole\n\n{body}\n"
+        f"THE END\n\n{GUTENBERG_END}{footer}"
+    )
+    return text.replace("\n", "\r\n")
+
 
 # 2 layers, 32 wide, block 32: a few ms per step on CPU, still a real GPT
 TINY = {
@@ -60,24 +103,19 @@ def prepare_char(text: str, out: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def shakespeare_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny Shakespeare prepared at character level (skips when the shared data is absent)."""
-    if not SHARED_TEXT.is_file():
-        pytest.skip(f"shared data not found at {SHARED_TEXT}")
-    return prepare_char(SHARED_TEXT.read_text(encoding="utf-8"), tmp_path_factory.mktemp("shakespeare"))
+    """The bundled Tiny Shakespeare prepared at character level."""
+    return prepare_char(shakespeare_text(), tmp_path_factory.mktemp("shakespeare"))
 
 
 @pytest.fixture(scope="session")
 def mixology_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A two-source mixology folder (25% Alice, 75% Shakespeare) prepared at character level by the CLI."""
-    alice = SHARED_TEXT.with_name("gutenberg_alice.txt")
-    if not SHARED_TEXT.is_file() or not alice.is_file():
-        pytest.skip(f"shared data not found at {SHARED_TEXT.parent}")
+    """A two-source mixology folder (25% a Gutenberg book, 75% Shakespeare) prepared at character level by the CLI."""
     from nanogpt.cli import main
 
     root = tmp_path_factory.mktemp("mixology")
-    for name, text in (("25_alice", alice), ("75_shakespeare", SHARED_TEXT)):
+    for name, text in (("25_alice", gutenberg_book()), ("75_shakespeare", shakespeare_text())):
         (root / "mix" / name).mkdir(parents=True)
-        (root / "mix" / name / text.name).write_text(text.read_text(encoding="utf-8"), encoding="utf-8")
+        (root / "mix" / name / f"{name[3:]}.txt").write_bytes(text.encode("utf-8"))
     out = root / "data"
     assert main(["prepare", str(root / "mix"), "--tokenizer", "char", "--strip-gutenberg", "--out-dir", str(out)]) == 0
     return out

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from engine_fixtures import shakespeare_text
+
 from nanogpt.cli import build_parser, main
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -32,6 +34,9 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
         (["train", "--step", "100"], "did you mean --steps?"),  # abbreviations are refused
         (["generate", "out/model_step_1", "--temp", "0.5"], "did you mean --temperature?"),
         (["prepare", "--tokeniser", "gpt2"], "did you mean --tokenizer?"),
+        (["train", "--lr", "1e-3"], "did you mean --learning-rate?"),  # not --lr-schedule, which it prefixes
+        (["train", "--max_iters", "100"], "did you mean --steps?"),  # nanoGPT's names for ours
+        (["train", "--n_layer", "2"], "did you mean --layer-count?"),
     ],
 )
 def test_a_mistyped_flag_is_named_by_its_subcommand_with_a_suggestion(capsys, args: list[str], said: str) -> None:
@@ -39,6 +44,41 @@ def test_a_mistyped_flag_is_named_by_its_subcommand_with_a_suggestion(capsys, ar
     assert code == 1 and out == ""
     assert err.startswith(f"nanogpt {args[0]}: error: unrecognized arguments: {args[-2]}")
     assert said in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("typed", "said"), [("trian", "; did you mean train?"), ("genrate", "; did you mean generate?")]
+)
+def test_a_mistyped_command_gets_the_closest_one(capsys, typed: str, said: str) -> None:
+    code, out, err = run_cli(capsys, typed, "--steps", "3")
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"nanogpt: error: unknown command '{typed}'") and err.strip().endswith(said)
+    code, _, err = run_cli(capsys, "zzzz")
+    assert code == 1 and "did you mean" not in err and "prepare, train, generate, export, plot" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--beta1", "2"], "--beta1 must be in [0, 1), got 2.0"),
+        (["--learning-rate", "nan"], "--learning-rate must be a positive number, got nan"),
+        (["--preset", "baby-gpt", "--seed", str(2**64)], "--seed must be in"),
+    ],
+)
+def test_impossible_settings_are_refused_before_data_or_torch(tmp_path: Path, flags: list[str], said: str) -> None:
+    # no data named: the bundled corpus would be prepared into the cache first; nothing may happen before the check
+    script = (
+        "import sys; from nanogpt.cli import main; code = main(sys.argv[1:]); "
+        "print('torch imported' if 'torch' in sys.modules else 'no torch'); sys.exit(code)"
+    )
+    env = {**os.environ, "NANOGPT_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(SRC)}
+    done = subprocess.run(
+        [sys.executable, "-c", script, "train", "--headless", *flags],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False,
+    )
+    assert done.returncode == 1 and done.stdout.strip() == "no torch"
+    assert done.stderr.startswith("nanogpt train: error: ") and len(done.stderr.strip().splitlines()) == 1
+    assert said in done.stderr and not (tmp_path / "cache").exists() and sorted(tmp_path.iterdir()) == []
 
 
 def test_a_flag_nothing_resembles_gets_no_suggestion(capsys) -> None:
@@ -53,8 +93,9 @@ def test_every_parser_refuses_abbreviations() -> None:
     assert all(not p.allow_abbrev for p in subparsers.values())
 
 
-def test_a_text_file_given_to_train_says_to_prepare_it(capsys, shared_data: Path) -> None:
-    text = str(shared_data / "tinyshakespeare.txt")
+def test_a_text_file_given_to_train_says_to_prepare_it(capsys, tmp_path: Path) -> None:
+    (tmp_path / "tinyshakespeare.txt").write_text(shakespeare_text()[:5000], encoding="utf-8")
+    text = str(tmp_path / "tinyshakespeare.txt")
     code, _, err = run_cli(capsys, "train", text)
     assert code == 1 and f"run `nanogpt prepare {text}` first" in err
     code, _, err = run_cli(capsys, "train", "--headless", "--data-dir", text)
@@ -73,6 +114,22 @@ def test_an_unprepared_folder_names_the_prepare_command(capsys, tmp_path: Path) 
     (tmp_path / "story.txt").write_text("once upon a time")
     code, _, err = run_cli(capsys, "train", "--headless", "--data-dir", str(tmp_path))
     assert f"run `nanogpt prepare {tmp_path / 'story.txt'} --out-dir {tmp_path}` first" in err
+
+
+def test_an_unprepared_mixology_folder_is_prepared_as_a_whole(capsys, tmp_path: Path, monkeypatch) -> None:
+    # the advice must not write into the source folder (`prepare YOUR_TEXT.txt --out-dir my_mix`)
+    monkeypatch.chdir(tmp_path)
+    for name, text in (("25_alice", shakespeare_text()[:4000].upper()), ("75_shakespeare", shakespeare_text()[:9000])):
+        (tmp_path / "my_mix" / name).mkdir(parents=True)
+        (tmp_path / "my_mix" / name / "text.txt").write_text(text, encoding="utf-8")
+    code, _, err = run_cli(capsys, "train", "--headless", "--data-dir", "my_mix")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    said = "run `nanogpt prepare my_mix/` first, then train with --data-dir data/my_mix"
+    assert said in err and "--out-dir" not in err
+    # and what it says works: prepare as told, then the train command it names finds the data
+    assert run_cli(capsys, "prepare", "my_mix/")[0] == 0
+    assert (tmp_path / "data" / "my_mix" / "vocab.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "my_mix").iterdir()) == ["25_alice", "75_shakespeare"]
 
 
 def test_bare_nanogpt_lists_the_commands_and_exits_0(capsys) -> None:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from engine_fixtures import SHARED_TEXT, TINY_FLAGS, prepare_char
+from engine_fixtures import TINY_FLAGS, prepare_char, shakespeare_text
 
 from nanogpt.cli import main
 
@@ -64,12 +64,37 @@ def test_resume_from_the_cli_continues_the_log(shakespeare_dir: Path, tmp_path: 
     assert [e["step"] for e in log] == [1, 2, 3, 4, 5]
 
 
+def test_a_checkpoint_not_found_says_what_the_folder_holds_and_where_runs_went(
+    shakespeare_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    # the README's trap: the first run takes out/, the next one (no --out-dir) lands in out-2/
+    monkeypatch.chdir(tmp_path)
+    common = [*TINY_FLAGS, "--data-dir", str(shakespeare_dir), "--save-interval", "2"]
+    assert train(capsys, *common, "--steps", "4")[0] == 0
+    code, _, err = train(capsys, *common, "--steps", "5")
+    assert code == 0 and "this run writes into out-2" in err
+    said = (
+        "checkpoint not found: out/model_step_5 (expected out/model_step_5.safetensors and "
+        "model_step_5.config.json); out holds checkpoints at steps 2 and 4 (latest: out/model_step_4); "
+        "recent runs beside it: out-2 (latest out-2/model_step_5)"
+    )
+    for command in (
+        ["train", "--headless", "--resume-training", "out/model_step_5", "--steps", "8"],
+        ["generate", "out/model_step_5"],
+        ["export", "out/model_step_5", "hf"],
+    ):
+        assert main(command) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and err.strip() == f"nanogpt {command[0]}: error: {said}"
+    assert main(["generate", "elsewhere/model_step_5"]) == 1
+    assert capsys.readouterr().err.strip().endswith("; there is no folder elsewhere")
+    assert not (tmp_path / "hf").exists()
+
+
 @pytest.fixture(scope="module")
 def small_text_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A dataset of 3,000 characters: 300 validation tokens."""
-    if not SHARED_TEXT.is_file():
-        pytest.skip("shared data not found")
-    return prepare_char(SHARED_TEXT.read_text(encoding="utf-8")[:3000], tmp_path_factory.mktemp("small"))
+    return prepare_char(shakespeare_text()[:3000], tmp_path_factory.mktemp("small"))
 
 
 def broken_copy(src: Path, dst: Path) -> Path:
@@ -214,6 +239,31 @@ def test_sigterm_finishes_the_step_saves_and_exits_0(shakespeare_dir: Path, tmp_
             ".manifest.json",
         )
     )
+
+
+def test_ctrl_c_twice_leaves_no_empty_run_folder(shakespeare_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"  # the run creates it
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "nanogpt", "train", "--headless", *TINY_FLAGS, "--data-dir", str(shakespeare_dir),
+            "--out-dir", str(out), "--steps", "100000", "--log-interval", "1"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        for line in proc.stdout:  # wait until training is under way
+            if line.startswith("step") or time.monotonic() > deadline:
+                break
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.01)  # two signals sent at once would be delivered as one
+        proc.send_signal(signal.SIGINT)  # the second: stop at once, mid-step or mid-save
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # stopped at once: nothing saved, so no folder; or, when the first Ctrl-C's save was done before the second
+    # came (a busy machine), that whole set and exit 0
+    assert proc.returncode in (0, 130), err
+    held = sorted(p.name for p in out.iterdir()) if out.exists() else None
+    assert held is None if proc.returncode == 130 else len(held) == 6, (proc.returncode, held, err)
 
 
 def test_the_start_says_where_the_parameters_are_and_how_often_the_text_is_read(

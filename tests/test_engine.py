@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from engine_fixtures import SHARED_TEXT, TINY, TINY_FLAGS
+from engine_fixtures import TINY, TINY_FLAGS, gutenberg_book, shakespeare_text
 
 from nanogpt import checkpoint, config, data
 from nanogpt.train.readback import LossReadback
@@ -444,7 +444,7 @@ def test_each_mixology_source_gets_a_validation_loss_of_its_own(mixology_dir: Pa
     assert [e.source_losses for e in evals] == [logged[10], logged[20]]
     meta = json.loads((mixology_dir / "vocab.json").read_text(encoding="utf-8"))
     val = np.memmap(mixology_dir / "val.bin", dtype=np.uint16, mode="r")
-    alice_text = (SHARED_TEXT.with_name("gutenberg_alice.txt")).read_text(encoding="utf-8")
+    alice_text = gutenberg_book().replace("\r\n", "\n")
     tokenizer = from_meta(meta)
     for step in (10, 20):
         model, _ = checkpoint.load_model(tmp_path / f"model_step_{step}")
@@ -452,7 +452,8 @@ def test_each_mixology_source_gets_a_validation_loss_of_its_own(mixology_dir: Pa
         for source in meta["sources"]:
             tokens = val[source["val_offset"] : source["val_offset"] + source["val_tokens"]]
             if source["name"] == "alice":  # vocab.json says where Alice's validation text lies, and it does
-                assert tokenizer.decode(tokens[:300].tolist()) in alice_text
+                start = tokenizer.decode(tokens[:300].tolist())
+                assert start in alice_text and start not in shakespeare_text()
             direct = direct_validation_loss(model, tokens, trainer)
             assert logged[step][source["name"]] == pytest.approx(direct, rel=1e-5)
     assert logged[20]["alice"] != logged[20]["shakespeare"]

@@ -292,12 +292,21 @@ def test_cli_temperature_zero_ignores_the_seed(char_stem, capsys):
     assert torch.get_num_threads() == threads  # the CLI's one-thread setting does not leak
 
 
-def test_cli_prompt_character_outside_vocabulary_is_one_line_error(char_stem):
-    r = run_cli(str(char_stem), "--prompt", "café")
+def test_cli_prompt_characters_outside_vocabulary_are_all_named_and_can_be_dropped(char_stem):
+    r = run_cli(str(char_stem), "--prompt", "café ☕ au lait, naïve é")
     assert r.returncode == 1
     assert r.stdout == ""
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "'é'" in lines[0] and "Traceback" not in r.stderr
+    assert len(lines) == 1 and "Traceback" not in r.stderr
+    assert "3 character(s) not in this model's vocabulary: 'é' '☕' 'ï'" in lines[0] and "--drop-unknown" in lines[0]
+    args = ("--prompt", "café ☕ au lait", "--tokens-to-generate", "20", "--seed", "3", "--temperature", "0")
+    dropped = run_cli(str(char_stem), *args, "--drop-unknown")
+    assert dropped.returncode == 0, dropped.stderr
+    assert "left out of the prompt (not in the vocabulary): 'é' '☕'" in dropped.stderr
+    # the same text as the prompt typed without them: the prompt it printed, then greedy tokens after it
+    assert dropped.stdout.startswith("caf  au lait")
+    reference = run_cli(str(char_stem), *args[2:], "--prompt", "caf  au lait")
+    assert reference.returncode == 0 and dropped.stdout == reference.stdout
 
 
 @pytest.mark.parametrize(

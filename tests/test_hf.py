@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_fixtures import TINY
+from engine_fixtures import TINY, shakespeare_text
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
@@ -17,18 +17,15 @@ from nanogpt.cli import main  # noqa: E402
 from nanogpt.train.setup import build_trainer  # noqa: E402
 from nanogpt.tokenizers import from_meta  # noqa: E402
 
-SHARED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 
 @pytest.fixture(scope="module")
 def bpe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A slice of Tiny Shakespeare prepared with GPT-2 BPE."""
-    if not SHARED_TEXT.is_file():
-        pytest.skip("shared data not found")
     from nanogpt.prepare import prepare
 
     out = tmp_path_factory.mktemp("bpe")
-    (out / "input.txt").write_text(SHARED_TEXT.read_text(encoding="utf-8")[:30000], encoding="utf-8")
+    (out / "input.txt").write_text(shakespeare_text()[:30000], encoding="utf-8")
     prepare(str(out / "input.txt"), tokenizer="gpt2", out_dir=str(out), val_fraction=0.1, strip_gutenberg=False)
     return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from engine_fixtures import TINY_SHAKESPEARE_SHA256, gutenberg_book, shakespeare_text
 
 from nanogpt.cli import main
 from nanogpt.errors import UserError
@@ -65,10 +67,10 @@ def leftovers(folder: Path) -> list[str]:
 # --- char tokenizer -----------------------------------------------------------------------------------------
 
 
-def test_char_is_byte_identical_to_nanogpt(shared_data, reference_nanogpt, tmp_path):
+def test_char_is_byte_identical_to_nanogpt(reference_nanogpt, tmp_path):
     ref = tmp_path / "ref"
     shutil.copytree(reference_nanogpt / "data" / "shakespeare_char", ref)
-    shutil.copy(shared_data / "tinyshakespeare.txt", ref / "input.txt")  # present, so it never downloads
+    (ref / "input.txt").write_text(shakespeare_text(), encoding="utf-8")  # present, so it never downloads
     (ref / "requests.py").write_text("")  # its `import requests` must not need the package, nor the network
     done = subprocess.run(
         [sys.executable, "prepare.py"], check=False, cwd=ref, capture_output=True, text=True, timeout=300
@@ -77,7 +79,7 @@ def test_char_is_byte_identical_to_nanogpt(shared_data, reference_nanogpt, tmp_p
 
     src = tmp_path / "mine" / "input.txt"
     src.parent.mkdir()
-    shutil.copy(shared_data / "tinyshakespeare.txt", src)
+    shutil.copy(ref / "input.txt", src)
     result = run_cli("prepare", str(src))
     assert result.returncode == 0, result.stderr
     out = tmp_path / "data" / "input"
@@ -137,13 +139,14 @@ def test_large_vocabulary_uses_uint32(tmp_path):
     assert decode_char(meta, np.concatenate([train, val])) == text
 
 
-def test_bundled_corpus_is_tiny_shakespeare(tmp_path, shared_data):
+def test_bundled_corpus_is_tiny_shakespeare(tmp_path):
     result = run_cli("prepare", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     out = tmp_path / "data" / "tinyshakespeare"
     meta, train, val = load(out)
     assert (meta["vocab_size"], len(train), len(val)) == (65, 1_003_854, 111_540)
-    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    text = shakespeare_text()  # karpathy's input.txt, byte for byte
+    assert hashlib.sha256(text.encode("utf-8")).hexdigest() == TINY_SHAKESPEARE_SHA256
     assert decode_char(meta, val) == text[int(len(text) * 0.9) :]
 
 
@@ -190,10 +193,10 @@ def test_each_source_gets_a_folder_of_its_own_and_the_train_command_is_printed(t
     assert len({tuple(m["itos"]) for m in metas}) == 3  # three different vocabularies: nothing overwritten
 
 
-def test_the_printed_train_command_trains_on_the_prepared_data(shared_data, tmp_path, capsys):
+def test_the_printed_train_command_trains_on_the_prepared_data(tmp_path, capsys):
     from engine_fixtures import TINY_FLAGS
 
-    shutil.copy(shared_data / "tinyshakespeare.txt", tmp_path / "my text.txt")  # a space: the path is quoted
+    (tmp_path / "my text.txt").write_text(shakespeare_text(), encoding="utf-8")  # a space: the path is quoted
     assert main(["prepare", "my text.txt"]) == 0
     command = capsys.readouterr().out.splitlines()[-1].removeprefix("train on it with: ")
     argv = shlex.split(command)
@@ -202,12 +205,12 @@ def test_the_printed_train_command_trains_on_the_prepared_data(shared_data, tmp_
     assert (tmp_path / "ckpt" / "model_step_2.safetensors").is_file()
 
 
-def test_bundled_corpus_reports_its_text_size_not_the_gzip_size(shared_data, tmp_path):
+def test_bundled_corpus_reports_its_text_size_not_the_gzip_size(tmp_path):
     from nanogpt.prepare.progress import human_bytes
 
     result = run_cli("prepare", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    text_size = human_bytes((shared_data / "tinyshakespeare.txt").stat().st_size)
+    text_size = human_bytes(len(shakespeare_text().encode("utf-8")))
     reading = [line for line in result.stderr.splitlines() if line.startswith("reading: ")]
     assert len(reading) == 1 and reading[0].startswith(f"reading: {text_size} in ")
     hint = f"train on it with: nanogpt train --data-dir {Path('data') / 'tinyshakespeare'}"
@@ -234,8 +237,8 @@ def test_help_and_checks_come_from_prepare_config(capsys):
 # --- GPT-2 tokenizer ---------------------------------------------------------------------------------------
 
 
-def test_gpt2_matches_nanogpt_shakespeare_recipe(shared_data, tmp_path):
-    shutil.copy(shared_data / "tinyshakespeare.txt", tmp_path / "input.txt")
+def test_gpt2_matches_nanogpt_shakespeare_recipe(tmp_path):
+    (tmp_path / "input.txt").write_text(shakespeare_text(), encoding="utf-8")
     assert main(["prepare", str(tmp_path / "input.txt"), "--tokenizer", "gpt2"]) == 0
     meta, train, val = load(tmp_path / "data" / "input")
     assert (meta["tokenizer"], meta["vocab_size"], meta["dtype"]) == ("gpt2", 50257, "uint16")
@@ -247,12 +250,10 @@ def test_gpt2_matches_nanogpt_shakespeare_recipe(shared_data, tmp_path):
     assert val.tolist() == enc.encode_ordinary(text[int(len(text) * 0.9) :])
 
 
-def test_gpt2_streamed_pieces_equal_whole_encoding(shared_data, tmp_path):
+def test_gpt2_streamed_pieces_equal_whole_encoding(tmp_path):
     # a file larger than one encoding piece (1 Mi characters), so the pipeline cuts it several times
-    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")
-    text = (
-        text + (shared_data / "gutenberg_alice.txt").read_text(encoding="utf-8").replace("\r\n", "\n") + text
-    )
+    text = shakespeare_text()
+    text = text + gutenberg_book().replace("\r\n", "\n") + text
     (tmp_path / "big.txt").write_text(text, encoding="utf-8")
     assert main(["prepare", str(tmp_path / "big.txt"), "--tokenizer", "gpt2", "--val-fraction", "0.05"]) == 0
     _, train, val = load(tmp_path / "data" / "big")
@@ -281,12 +282,12 @@ def test_gpt2_endoftext_between_files(tmp_path):
 
 
 @pytest.mark.parametrize("tokenizer", ["char", "gpt2"])
-def test_mixology_shares_follow_the_percentages(shared_data, tmp_path, tokenizer):
+def test_mixology_shares_follow_the_percentages(tmp_path, tokenizer):
     mix = tmp_path / "mix"
     for name in ("25_alice", "75_shakespeare", "drafts"):
         (mix / name).mkdir(parents=True)
-    shutil.copy(shared_data / "gutenberg_alice.txt", mix / "25_alice" / "alice.txt")
-    shutil.copy(shared_data / "tinyshakespeare.txt", mix / "75_shakespeare" / "shakespeare.txt")
+    (mix / "25_alice" / "alice.txt").write_bytes(gutenberg_book().encode("utf-8"))
+    (mix / "75_shakespeare" / "shakespeare.txt").write_text(shakespeare_text(), encoding="utf-8")
     (mix / "drafts" / "ignored.txt").write_text("not part of the mix\n", encoding="utf-8")
     result = run_cli("prepare", str(mix), "--tokenizer", tokenizer, "--strip-gutenberg")
     assert result.returncode == 0, result.stderr
@@ -349,8 +350,8 @@ def test_mixology_percentages_must_sum_to_100(tmp_path, capsys):
 # --- Gutenberg ---------------------------------------------------------------------------------------------
 
 
-def test_strip_gutenberg(shared_data, tmp_path):
-    shutil.copy(shared_data / "gutenberg_alice.txt", tmp_path / "alice.txt")
+def test_strip_gutenberg(tmp_path):
+    (tmp_path / "alice.txt").write_bytes(gutenberg_book().encode("utf-8"))  # CRLF, as gutenberg.org serves it
     assert main(["prepare", str(tmp_path / "alice.txt"), "--out-dir", str(tmp_path / "raw")]) == 0
     assert (
         main(
@@ -374,6 +375,19 @@ def test_strip_gutenberg(shared_data, tmp_path):
     assert text.lstrip().startswith("[Illustration]") and text.rstrip().endswith("THE END")
     assert "Down the Rabbit-Hole" in text and len(text) < 0.9 * len(raw)
     assert len(meta["itos"]) <= len(raw_meta["itos"])
+
+
+def test_a_raw_gutenberg_file_prepared_whole_says_how_to_drop_its_licence(tmp_path, capsys):
+    (tmp_path / "alice.txt").write_bytes(gutenberg_book().encode("utf-8"))
+    (tmp_path / "plain.txt").write_text(shakespeare_text()[:20_000], encoding="utf-8")
+    assert main(["prepare", str(tmp_path / "alice.txt"), "--out-dir", str(tmp_path / "raw")]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and str(tmp_path / "alice.txt") in notes[0]
+    assert "Project Gutenberg header" in notes[0] and notes[0].endswith("add --strip-gutenberg to drop them")
+    # not said when it is stripped, nor for a text that has no header
+    assert main(["prepare", str(tmp_path / "alice.txt"), "--out-dir", str(tmp_path / "s"), "--strip-gutenberg"]) == 0
+    assert main(["prepare", str(tmp_path / "plain.txt"), "--out-dir", str(tmp_path / "plain")]) == 0
+    assert "note:" not in capsys.readouterr().err
 
 
 # --- bad input ---------------------------------------------------------------------------------------------
@@ -466,10 +480,10 @@ def start_and_stop(args: list[str], out: Path, sig: int) -> subprocess.Completed
 
 
 @pytest.fixture
-def big_text(shared_data, tmp_path) -> Path:
+def big_text(tmp_path) -> Path:
     """40 MB of text: a prepare long enough to be stopped in the middle."""
     path = tmp_path / "big.txt"
-    path.write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8") * 36, encoding="utf-8")
+    path.write_text(shakespeare_text() * 36, encoding="utf-8")
     return path
 
 

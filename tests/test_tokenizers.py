@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import pytest
+from engine_fixtures import gutenberg_book, shakespeare_text
 
 from nanogpt.cli import main
 from nanogpt.errors import UserError
@@ -59,12 +60,11 @@ TRICKY = "a  \n\n b\r\n\tc's 'll 12 345,67 ... !!\n   \n\nÉté — ünïcödé 
 
 
 @pytest.fixture
-def texts(shared_data):
-    alice = (shared_data / "gutenberg_alice.txt").read_text(encoding="utf-8")
+def texts():
     return [
         TRICKY * 40,
-        alice[:200_000],
-        (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:200_000],
+        gutenberg_book()[:200_000],
+        shakespeare_text()[:200_000],
     ]
 
 

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from nanogpt import runtime
+from nanogpt import checkpoint, runtime
 from nanogpt.cli import main
 from nanogpt.train.setup import build_trainer
 from nanogpt.plot import read_run
-from nanogpt.prepare import prepare
 from nanogpt.tui.app import TrainingApp
-from nanogpt.tui.widgets import SamplePager, SampleScreen
+from nanogpt.tui.widgets import SamplePager, SampleScreen, clock
 from textual.widgets import Static
 
 SIZE = (120, 40)
@@ -28,14 +27,9 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def char_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny Shakespeare prepared at character level by `nanogpt.prepare` (skips when the data is absent)."""
-    text = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
-    if not text.is_file():
-        pytest.skip(f"shared data not found at {text}")
-    out = tmp_path_factory.mktemp("shakespeare")
-    prepare(str(text), tokenizer="char", out_dir=str(out))
-    return out
+def char_data(shakespeare_dir: Path) -> Path:
+    """The bundled Tiny Shakespeare, prepared at character level (the session's fixture)."""
+    return shakespeare_dir
 
 
 @pytest.fixture(autouse=True)
@@ -191,6 +185,10 @@ def test_last_step_saves_and_waits_for_q_then_resume_starts_paused_with_history(
             await wait_for(pilot, lambda: chart.draws > 0, "the chart")
             await pilot.pause(0.5)
             assert app2.badge() == "PAUSED" and app2.step == 20 and resumed.step == 20
+            # the time is the run's, the first 20 steps included (their logged durations), not this session's
+            earlier = sum(e["duration_ms"] for e in checkpoint.read_log(stem)) / 1000
+            assert earlier > 0 and app2.run_seconds() == pytest.approx(earlier)
+            assert f"time {clock(earlier)}" in app2.status_text()
             # the longer run re-stretches the cosine schedule: the notice says so, with the rates
             notice = str(app2.notice.render())
             assert "--steps 20 -> 40" in notice and "re-stretched to end at step 40" in notice
@@ -204,6 +202,22 @@ def test_last_step_saves_and_waits_for_q_then_resume_starts_paused_with_history(
 
     asyncio.run(second_run())
     assert app2.result.reason == "completed" and app2.result.stem == str(tmp_path / "model_step_40")
+
+
+def test_ctrl_c_twice_before_the_first_step_leaves_no_empty_run_folder(char_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "runs" / "new"  # neither folder exists yet: the run creates both
+    app = TrainingApp(make_trainer(char_data, out, steps=100), start_paused=True)
+
+    async def drive() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: app.badge() == "PAUSED", "the run to start, paused before step 1")
+            await pilot.press("ctrl+c")
+            await pilot.press("ctrl+c")
+            await wait_for(pilot, lambda: app.result is not None, "the run to stop")
+
+    asyncio.run(drive())
+    assert app.result.reason == "stopped" and app.result.step == 0 and app.result.stem is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing was saved, so nothing is left
 
 
 def test_an_engine_error_is_shown_and_q_exits_with_1(char_data: Path, tmp_path: Path) -> None:
@@ -250,6 +264,9 @@ def test_the_screen_lays_out_whole_fields_and_the_sample_clears_the_axes(
             header, status = app.header.region, app.status.region
             assert header.bottom <= app.chart.region.y and app.chart.region.bottom <= status.y  # nothing overlaps
             assert "RUNNING" in "".join(rows[status.y:status.bottom])
+            # the footer names every key whole (at 80 columns it had cut "q quit" to "q qui")
+            keys = [f"{b.key} {b.description}" for b in app.BINDINGS if b.show]
+            assert len(keys) == 6 and all(key in rows[-1] for key in keys), rows[-1]
             await pilot.press("g")
             screen = app.screen
             assert isinstance(screen, SampleScreen)
@@ -330,7 +347,7 @@ def test_v_pages_through_the_samples_by_step(char_data: Path, tmp_path: Path, si
     async def drive() -> None:
         async with app.run_test(size=size) as pilot:
             await wait_for(pilot, lambda: app.finished is not None, "the run to finish")
-            assert "samples by step" in "".join(screen_lines(app)[-1:])  # the key is in the footer
+            assert "v past samples" in "".join(screen_lines(app)[-1:])  # the key is in the footer
             assert [step for step, _ in app.samples] == [2, 4, 6]
             await pilot.press("v")
             pager = app.screen

@@ -27,6 +27,7 @@ from .config import (
     ModelConfig,
     PrepareConfig,
     TrainConfig,
+    check_new_run,
     default_preset,
     field_flag,
     field_help,
@@ -100,10 +101,27 @@ def _uniform_metavars(parser: argparse.ArgumentParser) -> None:
                 action.metavar = "TEXT"
 
 
+# Other tools' names for our flags (nanoGPT's config names, common shorthands): a prefix or spelling match
+# would point elsewhere (`--lr` is a prefix of `--lr-schedule`, not what someone typing it means).
+_OTHER_NAMES = {
+    "--lr": "--learning-rate",
+    "--min-lr": "--min-learning-rate",
+    "--max-iters": "--steps",
+    "--eval-interval": "--validation-interval",
+    "--warmup-iters": "--warmup-steps",
+    "--n-layer": "--layer-count",
+    "--n-head": "--head-count",
+    "--n-embd": "--embedding-size",
+    "--gradient-accumulation-steps": "--grad-accum",
+}
+
+
 def _unknown_flag_hint(arg: str, parser: argparse.ArgumentParser) -> str:
-    """'; did you mean --steps?' for --setps, --step or --learning_rate (nanoGPT's spelling)."""
+    """'; did you mean --steps?' for --setps, --step, --learning_rate or --max_iters (nanoGPT's spelling)."""
     flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
     dashed = "--" + arg.split("=", 1)[0].lstrip("-").replace("_", "-")
+    if _OTHER_NAMES.get(dashed) in flags:
+        return f"; did you mean {_OTHER_NAMES[dashed]}?"
     longer = [f for f in flags if f.startswith(dashed)]  # an abbreviation, which we do not accept
     close = [dashed] if dashed in flags else longer or difflib.get_close_matches(dashed, flags, n=1, cutoff=0.6)
     return f"; did you mean {' or '.join(close[:3])}?" if close else ""
@@ -169,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--headless", action="store_true", help="no UI: progress lines (automatic when stdout is not a terminal)"
     )
     t.add_argument(
+        "--reprobe-dtype", action="store_true", help="--dtype auto on a CPU: time the step in float32 and bfloat16 "
+        "again instead of reusing the cached verdict (one measured on a busy machine, or a near tie, is timed "
+        "again anyway; NANOGPT_REPROBE_DTYPE=1 does the same)"
+    )
+    t.add_argument(
         "--compare", default=None, metavar="STEM", help="the UI draws this earlier run's curves faintly beside the "
         "live one (a checkpoint stem or a folder of checkpoints)"
     )
@@ -216,10 +239,15 @@ def _add_export_and_plot(sub: argparse._SubParsersAction) -> None:
 
 
 def _checkpoint_given(path: str | None) -> str | None:
-    """A checkpoint as typed; a run folder means its latest checkpoint, and we say which (stderr)."""
-    if path is None or not Path(path).is_dir():
+    """A checkpoint as typed; a run folder means its latest checkpoint, and we say which (stderr). A stem that
+    names nothing is refused with what its folder holds and where the runs beside it went."""
+    if path is None:
         return path
-    from .runs import latest_in
+    from .runs import check_exists, latest_in
+
+    if not Path(path).is_dir():
+        check_exists(path)
+        return path
 
     stem = str(latest_in(path))
     if distributed.rank() == 0:
@@ -241,10 +269,14 @@ def _cmd_prepare(ns: argparse.Namespace) -> int:
 
 
 def _cmd_train(ns: argparse.Namespace) -> int:
+    overrides = _config_overrides(ns)
+    if ns.resume_training is None:  # a resume's settings are its checkpoint's: checked once it is read
+        check_new_run(overrides, ns.preset)  # before the data is prepared or torch imported (seconds)
+    if ns.reprobe_dtype:  # read by dtype_probe, in every torchrun rank alike
+        os.environ["NANOGPT_REPROBE_DTYPE"] = "1"
     from .config import DATA_FIELDS
     from .train.setup import build_trainer
 
-    overrides = _config_overrides(ns)
     ns.resume_training = _checkpoint_given(ns.resume_training)
     compare = None
     if ns.compare is not None:  # read first: a wrong path is one line before training starts
@@ -339,6 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args:  # a bare `nanogpt`: what can it do?
         parser.print_help()
         return 0
+    commands = _subparsers(parser)
+    if not args[0].startswith("-") and args[0] not in commands:  # argparse lists the choices but guesses none
+        close = difflib.get_close_matches(args[0], list(commands), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        parser.error(f"unknown command {args[0]!r} (commands: {', '.join(commands)}){hint}")
     ns, extras = parser.parse_known_args(args)
     if ns.command is None:
         parser.error("give a command: " + ", ".join(_subparsers(parser)))

@@ -104,6 +104,10 @@ class GenerateConfig:
         "with more than one, each is printed whole, followed by a line of dashes"
     )
     prompt: str = opt("", "text to start from; \\n escapes are decoded (default: empty)")
+    drop_unknown: bool = opt(
+        False, "leave out the prompt's characters that a character-level model's vocabulary lacks, instead of "
+        "refusing the prompt"
+    )
     vocab_metadata: str | None = opt(None, "vocab.json to use instead of the checkpoint's own vocabulary")
     device: str = opt("auto", "device to generate on", choices=("auto", "cpu", "cuda", "mps"))
     window_slide: int | None = opt(
@@ -202,7 +206,8 @@ class TrainConfig:
     device: str = opt("auto", "device to train on", choices=("auto", "cpu", "cuda", "mps"))
     dtype: str = opt(
         "auto",
-        "compute precision; auto picks bfloat16 only where the hardware does it fast",
+        "compute precision; auto picks bfloat16 only where the hardware does it fast (on a CPU: this run's step "
+        "timed both ways, the verdict cached; --reprobe-dtype times it again)",
         choices=("auto", "float32", "bfloat16", "float16"),
     )
     compile: bool | None = opt(
@@ -478,6 +483,30 @@ def resolve(
     model_cfg.validate()
     train_cfg.validate()
     return model_cfg, train_cfg
+
+
+def check_new_run(overrides: dict[str, Any], preset: str | None) -> None:
+    """Refuse a new run's impossible settings (`--beta1 2`, a NaN learning rate) before data or torch is touched.
+
+    The device, so the default preset, is not known yet: a setting is refused here only when it fails with
+    every preset the run could get; `resolve` checks again once the device is known.
+    """
+    if preset is not None:
+        candidates: list[str | None] = [preset]
+    elif overrides.get("init_from"):
+        candidates = ["finetune"]
+    elif any(k in overrides for k in ("n_layer", "n_head", "n_embd", "block_size")):
+        candidates = [None]
+    else:
+        candidates = list(dict.fromkeys(default_preset(d) for d in ("cpu", "cuda")))
+    errors = []
+    for name in candidates:
+        try:
+            resolve(overrides, name)
+            return
+        except ConfigError as e:
+            errors.append(e)
+    raise errors[0]
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -10,6 +10,8 @@ a run sees does not depend on how it is split over processes.
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,7 +136,16 @@ def _missing_folder(folder: Path) -> str:
 
 
 def _unprepared_folder(folder: Path) -> str:
-    """A folder without vocab.json: name the prepare command that fills it."""
+    """A folder without vocab.json: name the prepare command that fills it.
+
+    A mixology folder (sub-folders NN_name/) is a source: prepare it as a whole, into a folder of its own.
+    """
+    subs = [p.name for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
+    if any(re.fullmatch(r"\d+_.+", name) for name in subs):
+        shown = folder.relative_to(Path.cwd()) if folder.is_relative_to(Path.cwd()) else folder  # as typed
+        out = shlex.quote(str(Path("data") / (folder.resolve().name or "dataset")))  # where prepare writes it
+        return (f"{shown} is a mixology folder, not prepared data: run `nanogpt prepare "
+                f"{shlex.quote(str(shown).rstrip('/') + '/')}` first, then train with --data-dir {out}")
     texts = sorted(p.name for p in folder.iterdir() if p.suffix == ".txt") if folder.is_dir() else []
     source = str(folder / texts[0]) if len(texts) == 1 else "YOUR_TEXT.txt"
     return (f"vocabulary metadata not found: {folder / 'vocab.json'} (the folder holds no prepared data): "

@@ -242,6 +242,22 @@ def _stream(tokens: Iterator[int], tokenizer: Tokenizer, prompt: str) -> tuple[i
     return count, started
 
 
+def _known_prompt(tokenizer: Tokenizer, text: str, drop: bool) -> str:
+    """The prompt, refused when a character vocabulary lacks some of its characters (all named), or with
+    `drop` (--drop-unknown) without them. GPT-2's BPE encodes any text."""
+    missing = tokenizer.unknown(text) if isinstance(tokenizer, CharTokenizer) else []
+    if not missing:
+        return text
+    shown = " ".join(map(repr, missing))
+    if not drop:
+        raise UserError(
+            f"the prompt has {len(missing)} character(s) not in this model's vocabulary: {shown} "
+            "(--drop-unknown leaves them out)"
+        )
+    print(f"note: left out of the prompt (not in the vocabulary): {shown}", file=sys.stderr)
+    return "".join(c for c in text if c not in set(missing))
+
+
 def generate_cli(stem: str, settings: GenerateConfig | None = None) -> int:
     """`nanogpt generate`: load checkpoint `stem`, stream prompt + generated text to stdout; returns 0."""
     from .checkpoint import load_model
@@ -259,8 +275,8 @@ def generate_cli(stem: str, settings: GenerateConfig | None = None) -> int:
             f"the vocabulary has {tokenizer.vocab_size} tokens but the model was trained on "
             f"{model.config.vocab_size}"
         )
-    text = decode_escapes(s.prompt)
-    ids = start_ids(tokenizer, text)  # a character outside a char vocabulary: UserError naming it
+    text = _known_prompt(tokenizer, decode_escapes(s.prompt), s.drop_unknown)
+    ids = start_ids(tokenizer, text)
     seed = s.seed
     if seed == 0:
         seed = secrets.randbelow(2**31 - 1) + 1

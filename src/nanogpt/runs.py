@@ -14,6 +14,7 @@ A run folder holds one run's history: its checkpoint sets `model_step_N.*`, each
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
@@ -73,6 +74,43 @@ def resolve(path: str | Path) -> Path:
     return latest_in(path) if Path(path).is_dir() else stem_of(path)
 
 
+def check_exists(stem: str | Path) -> None:
+    """UserError when `stem` names no checkpoint: what its folder holds, and where the runs beside it went.
+
+    The default `out` moves on to `out-2`, `out-3`, ... when it is taken, so a stem typed from memory (or from
+    the README) often names the wrong one of them.
+    """
+    stem = stem_of(stem)
+    if weights_path(stem).is_file() or stem.with_name(stem.name + ".config.json").is_file():
+        return  # there: checkpoint.read_meta checks the rest
+    folder = stem.parent
+    if folder.is_dir():
+        steps = sorted(s for s in sets_in(folder).whole if weights_path(stem_for(folder, s)).is_file())
+        held = f"{folder} holds " + (_steps_text(folder, steps) if steps else "no checkpoint")
+    else:
+        held = f"there is no folder {folder}"
+    base = re.sub(r"-\d+$", "", folder.name)
+    beside = [
+        (p, max(whole)) for p in sorted(folder.parent.glob(f"{glob.escape(base)}*"))
+        if p != folder and re.fullmatch(re.escape(base) + r"(-\d+)?", p.name) and (whole := sets_in(p).whole)
+    ]
+    beside.sort(key=lambda run: (run[0] / f"model_step_{run[1]}.config.json").stat().st_mtime)
+    runs = ", ".join(f"{p} (latest {stem_for(p, step)})" for p, step in reversed(beside[-3:]))
+    raise UserError(
+        f"checkpoint not found: {stem} (expected {stem}.safetensors and {stem.name}.config.json); {held}"
+        + (f"; recent runs beside it: {runs}" if runs else "")
+    )
+
+
+def _steps_text(folder: Path, steps: list[int]) -> str:
+    """'checkpoints at steps 250, 500 and 2000 (latest: out/model_step_2000)', the middle elided when long."""
+    shown = [str(s) for s in steps] if len(steps) <= 6 else [*map(str, steps[:2]), "...", *map(str, steps[-2:])]
+    listed = shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]
+    return f"checkpoint{'s' if len(steps) > 1 else ''} at step{'s' if len(steps) > 1 else ''} {listed} " + (
+        f"(latest: {stem_for(folder, steps[-1])})"
+    )
+
+
 def _conflict(folder: Path, step: int) -> str | None:
     """Why a run at `step` (0 for a new run) cannot write into `folder`, or None when it can."""
     if folder.exists() and not folder.is_dir():
@@ -119,15 +157,23 @@ def place(out_dir: str, *, typed: bool, resumed: Path | None, step: int) -> tupl
 
 class Claim:
     """A run's hold on its folder: a lock on the folder itself (no file of ours in it), released by `release`
-    or when the process ends, however it ends."""
+    or when the process ends, however it ends. `release` also removes the folders the claim created when they
+    are still empty: a run stopped before its first save (Ctrl-C twice, q at the start) leaves no empty folder."""
 
-    def __init__(self, fd: int | None):
+    def __init__(self, fd: int | None, created: list[Path] | None = None):
         self._fd = fd
+        self._created = created or []  # deepest first
 
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
+        for folder in self._created:
+            try:
+                folder.rmdir()  # only an empty folder goes
+            except OSError:
+                break
+        self._created = []
 
 
 def _lock(folder: Path) -> int | None:
@@ -151,12 +197,13 @@ def claim(out_dir: str | Path, step: int, checkpoint_bytes: int) -> Claim:
     """Take folder `out_dir` for a run now at `step`: create and lock it, remove what killed saves left there,
     and check that it takes a file and has room for a checkpoint of `checkpoint_bytes`. UserError if not."""
     folder = Path(out_dir)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = _lock(folder)
     except OSError as e:
         raise UserError(f"cannot write to --out-dir {folder}: {e.strerror or e}") from None
-    held = Claim(fd)
+    held = Claim(fd, created)
     try:
         problem = _conflict(folder, step)
         if problem:

@@ -42,8 +42,15 @@ class CharTokenizer:
     def encode(self, text: str) -> list[int]:
         try:
             return [self.stoi[c] for c in text]
-        except KeyError as e:
-            raise UserError(f"character {e.args[0]!r} is not in this model's vocabulary") from None
+        except KeyError:
+            missing = self.unknown(text)
+            raise UserError(
+                f"{len(missing)} character(s) not in this model's vocabulary: {' '.join(map(repr, missing))}"
+            ) from None
+
+    def unknown(self, text: str) -> list[str]:
+        """The distinct characters of `text` outside the vocabulary, in the order they first appear."""
+        return list(dict.fromkeys(c for c in text if c not in self.stoi))
 
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.itos[i] for i in ids)

@@ -176,12 +176,15 @@ def _read_pass(sources: list[Source], path: Path, strip: bool, tokenizer: str, p
     progress.finish()
     for s in sources:
         s.chars = sum(d.chars for d in s.docs)
-        if strip:
-            for d in s.docs:
-                if not d.stripped:
-                    print(
-                        f"note: no Project Gutenberg header or footer found in {d.path}; kept it whole", file=sys.stderr
-                    )
+        for d in s.docs:
+            if strip and not d.stripped:
+                print(f"note: no Project Gutenberg header or footer found in {d.path}; kept it whole", file=sys.stderr)
+            if d.gutenberg:  # the licence would be trained on, silently
+                print(
+                    f"note: {d.path} has a Project Gutenberg header ('*** START OF ... PROJECT GUTENBERG ...'); "
+                    "its licence header and footer are kept as text: add --strip-gutenberg to drop them",
+                    file=sys.stderr,
+                )
         if s.chars == 0:
             what = f"{path / s.label}" if path.is_dir() else str(path)
             raise UserError(f"{what} has no text" + (" left after --strip-gutenberg" if strip else ""))

@@ -42,6 +42,7 @@ class Doc:
     begin: int = 0
     end: int = 0
     stripped: bool = False
+    gutenberg: bool = False  # without --strip-gutenberg: a START marker was seen in its first chunk
 
 
 @dataclass
@@ -281,6 +282,8 @@ def scan(doc: Doc, charset: CharSet | None, strip: bool, progress: Progress) -> 
             local.add(piece)
 
     for chunk in read_chunks(doc.path, progress):
+        if not strip and pos == 0:  # a raw Gutenberg file's header is in its first chunk
+            doc.gutenberg = any(m.group(1).upper() == "START" for m in _GUTENBERG.finditer(chunk))
         if strip:  # markers are whole lines: look at complete lines only
             chunk = carry + chunk
             cut = chunk.rfind("\n") + 1

@@ -93,12 +93,13 @@ class TrainingApp(App[int]):
     #sample-scroll { height: 1fr; }
     #sample-hint { height: 1; color: $text-muted; }
     """
+    # the footer shows them on one row: short enough for 80 columns (the README's table says more)
     BINDINGS: ClassVar[list[Binding]] = [
-        Binding("g", "sample", "sample text"),
-        Binding("v", "samples", "samples by step"),
+        Binding("g", "sample", "sample"),
+        Binding("v", "samples", "past samples"),
         Binding("s", "save", "save"),
         Binding("p", "toggle_pause", "pause/resume"),
-        Binding("l", "toggle_log", "log/linear y"),
+        Binding("l", "toggle_log", "log/lin y"),
         Binding("q", "quit_run", "quit"),
         # Ctrl-C arrives as a key in the UI's raw terminal: treat it as q (save, then leave cleanly)
         Binding("ctrl+c", "quit_run", "quit", show=False, priority=True),
@@ -137,6 +138,7 @@ class TrainingApp(App[int]):
         # clocks: elapsed counts only time spent running (not paused) in this session
         self._session_start_step: int | None = None
         self._run_t0: float | None = None
+        self._earlier_s = 0.0  # training time of the steps before a resume (their logged durations)
         self._paused_s = 0.0
         self._paused_since: float | None = time.monotonic() if start_paused else None
         self._last_draw = 0.0
@@ -276,6 +278,7 @@ class TrainingApp(App[int]):
             chart.add_val(int(h["step"]), float(h["validation_loss"]), h.get("source_validation_losses"))
             self.last_val = (int(h["step"]), float(h["validation_loss"]))
         self.recent_losses.extend(float(h["loss"]) for h in hist[-10:])
+        self._earlier_s = sum(float(h.get("duration_ms") or 0.0) for h in ev.history) / 1000
         self.samples.extend((int(h["step"]), str(h["sample"])) for h in ev.history if h.get("sample"))
         self._chart_dirty = True
         notes = ["note: " + "; ".join(hints(ev, short=True))] if hints(ev) else []
@@ -323,6 +326,11 @@ class TrainingApp(App[int]):
         end = self._paused_since if self._paused_since is not None else time.monotonic()
         return max(0.0, end - self._run_t0 - self._paused_s)
 
+    def run_seconds(self) -> float | None:
+        """Time spent training this run, the steps before a resume included (what the status line shows)."""
+        elapsed = self._elapsed()
+        return None if elapsed is None else self._earlier_s + elapsed
+
     def status_text(self) -> str:
         """The numbers of the status line, as plain text (tests read it)."""
         return " │ ".join(self.status_fields())
@@ -342,7 +350,7 @@ class TrainingApp(App[int]):
             if self.recent[-1].grad_norm is not None:
                 parts.append(f"grad {self.recent[-1].grad_norm:.3g}")
         elapsed = self._elapsed()
-        parts.append(f"time {clock(elapsed)}")
+        parts.append(f"time {clock(self.run_seconds())}")
         done = self.step - (self._session_start_step or 0) if self._session_start_step is not None else 0
         if elapsed and done > 0 and self.finished is None:
             parts.append(f"ETA {clock(elapsed / done * (self.total_steps - self.step))}")
