@@ -143,9 +143,9 @@ def test_init_from_finds_a_snapshot_in_the_hf_cache(bpe_dir, tmp_path, monkeypat
     (snap.parents[1] / "refs" / "main").write_text("abc123")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    from nanogpt import hf
+    from nanogpt import hf_import
 
-    assert hf.load_source("gpt2").source == str(snap)
+    assert hf_import.load_source("gpt2").source == str(snap)
 
 
 def test_init_from_nanogpt_ckpt(reference_nanogpt, bpe_dir, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .. import checkpoint, config, data, distributed, hf, optim, runs, runtime, schedule, tokenizers
+from .. import checkpoint, config, data, distributed, hf_import, optim, runs, runtime, schedule, tokenizers
 from ..errors import UserError
 from ..model import GPT
 from .loop import Trainer
@@ -31,7 +31,7 @@ class Run(NamedTuple):
     tokens: data.TokenData
     hardware: runtime.Hardware
     saved: checkpoint.Checkpoint | None  # the checkpoint it resumes
-    imported: hf.Imported | None  # the weights it starts from (--init-from)
+    imported: hf_import.Imported | None  # the weights it starts from (--init-from)
     notes: list[str]  # for the user
 
 
@@ -53,8 +53,8 @@ def resolve_run(overrides: dict[str, Any], preset: str | None = None, resume: st
     model_cfg, train_cfg = _settings(overrides, preset, saved)
     imported = None  # weights to start from (--init-from); a resumed run has its own
     if saved is None and train_cfg.init_from:
-        imported = hf.load_source(train_cfg.init_from)
-        model_cfg = hf.take_architecture(model_cfg, imported, overrides)
+        imported = hf_import.load_source(train_cfg.init_from)
+        model_cfg = hf_import.take_architecture(model_cfg, imported, overrides)
     if saved is not None:
         train_cfg = _check_resume(saved, model_cfg, train_cfg, overrides, notes)
     # the run folder: a resume writes beside its checkpoint, and no run replaces another's files (runs.py)
@@ -69,7 +69,7 @@ def resolve_run(overrides: dict[str, Any], preset: str | None = None, resume: st
     if saved is not None:
         _check_resume_vocabulary(saved, tokens)
     if imported is not None:
-        hf.check_data(imported, tokens.meta, tokens.source)
+        hf_import.check_data(imported, tokens.meta, tokens.source)
     model_cfg = dataclasses.replace(model_cfg, vocab_size=tokens.vocab_size)
     hardware = runtime.resolve_hardware(model_cfg, train_cfg)  # after the vocabulary: the dtype probe needs it
     notes += [hardware.dtype_probe] if hardware.dtype_probe else []
@@ -89,7 +89,7 @@ def construct(run: Run) -> Trainer:
     torch.manual_seed(train_cfg.seed)  # the same initial weights on every rank
     model = GPT(model_cfg).to(device)
     if run.imported is not None:
-        hf.load_into(model, run.imported)  # imported weights replace the random ones
+        hf_import.load_into(model, run.imported)  # imported weights replace the random ones
     optimizer = optim.build_optimizer(
         model,
         kind=train_cfg.optimizer,
