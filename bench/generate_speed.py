@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-# (n_layer, n_head, n_embd, block_size) of the presets the speeds are quoted for (config.PRESETS)
+# (n_layer, n_head, n_embd, block_size) of the presets the speeds are quoted for (presets.PRESETS)
 SHAPES = {"cpu-small": (4, 4, 128, 64), "baby-gpt": (6, 6, 384, 256)}
 
 

@@ -74,12 +74,12 @@ def run_nanogpt(seed: int, steps: int | None, preset: str, data_dir: Path) -> di
     import numpy as np
     import torch
 
-    from nanogpt import config, schedule
+    from nanogpt import presets, schedule
 
     sys.path.insert(0, str(REFERENCE))
     import model as ng  # nanoGPT's model.py, unmodified
 
-    mc, tc = config.resolve({"optimizer": "adamw", **({"steps": steps} if steps else {})}, preset=preset)
+    mc, tc = presets.resolve({"optimizer": "adamw", **({"steps": steps} if steps else {})}, preset=preset)
     vocab = json.loads((data_dir / "vocab.json").read_text())["vocab_size"]
     train = np.memmap(data_dir / "train.bin", dtype=np.uint16, mode="r")
     val = np.memmap(data_dir / "val.bin", dtype=np.uint16, mode="r")

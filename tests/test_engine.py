@@ -13,7 +13,7 @@ import pytest
 import torch
 from engine_fixtures import TINY, TINY_FLAGS, gutenberg_book, shakespeare_text
 
-from nanogpt import checkpoint, config, data
+from nanogpt import checkpoint, data, presets
 from nanogpt.train.readback import LossReadback
 from nanogpt.train.setup import build_trainer
 from nanogpt.errors import UserError
@@ -141,7 +141,7 @@ def test_a_muon_checkpoint_from_before_muon_momentum_resumes_at_torchs_momentum(
 
 def test_default_preset_is_cpu_small_on_cpu(shakespeare_dir: Path, tmp_path: Path) -> None:
     trainer = build_trainer({"device": "cpu", "data_dir": str(shakespeare_dir), "out_dir": str(tmp_path)})
-    _, train_cfg = config.resolve({}, "cpu-small")
+    _, train_cfg = presets.resolve({}, "cpu-small")
     assert (trainer.model_cfg.n_layer, trainer.model_cfg.n_embd, trainer.model_cfg.block_size) == (4, 128, 64)
     assert trainer.train_cfg.steps == train_cfg.steps == 2000
     assert trainer.model_cfg.vocab_size == 65  # taken from the data
@@ -169,8 +169,8 @@ def test_optimizer_adamw_on_cpu_small_is_nanogpts_recipe_exactly(shakespeare_dir
 
 
 def test_baby_gpt_the_cuda_default_trains_with_muon_and_wsd(shakespeare_dir: Path, tmp_path: Path) -> None:
-    assert config.default_preset("cuda") == "baby-gpt"
-    model_cfg, t = config.resolve({}, "baby-gpt")
+    assert presets.default_preset("cuda") == "baby-gpt"
+    model_cfg, t = presets.resolve({}, "baby-gpt")
     assert (model_cfg.n_layer, model_cfg.n_embd, model_cfg.block_size, model_cfg.dropout) == (6, 384, 256, 0.2)
     # the run measured on an H200 (issue 21): Muon 0.02, momentum 0.95, WSD over 2500 steps, nanoGPT's batch
     assert (t.optimizer, t.muon_learning_rate, t.muon_momentum, t.lr_schedule, t.decay_fraction, t.steps) == (
@@ -187,12 +187,12 @@ def test_baby_gpt_the_cuda_default_trains_with_muon_and_wsd(shakespeare_dir: Pat
 
 def test_optimizer_adamw_on_baby_gpt_is_nanogpts_recipe_exactly(shakespeare_dir: Path, tmp_path: Path) -> None:
     # nanoGPT's config/train_shakespeare_char.py: batch 64, lr 1e-3 to 1e-4, warm-up 100, cosine over 5000 iters
-    _, t = config.resolve({"optimizer": "adamw"}, "baby-gpt")
+    _, t = presets.resolve({"optimizer": "adamw"}, "baby-gpt")
     assert (t.optimizer, t.learning_rate, t.min_learning_rate, t.lr_schedule, t.warmup_steps, t.steps) == (
         "adamw", 1e-3, 1e-4, "cosine", 100, 5000
     )
     assert (t.beta1, t.beta2, t.weight_decay, t.grad_clip, t.batch_size, t.eval_iters) == (0.9, 0.99, 0.1, 1.0, 64, 200)
-    _, typed = config.resolve({"optimizer": "adamw", "steps": 1750, "lr_schedule": "wsd"}, "baby-gpt")
+    _, typed = presets.resolve({"optimizer": "adamw", "steps": 1750, "lr_schedule": "wsd"}, "baby-gpt")
     assert (typed.steps, typed.lr_schedule) == (1750, "wsd")  # typed flags win
     small = {"device": "cpu", "dtype": "float32", "data_dir": str(shakespeare_dir), "out_dir": str(tmp_path),
              "n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "optimizer": "adamw"}
@@ -211,7 +211,7 @@ def test_explicit_flags_win_over_the_preset(shakespeare_dir: Path, tmp_path: Pat
         preset="618k",
     )
     assert trainer.model_cfg.n_layer == 1 and trainer.train_cfg.steps == 7
-    assert trainer.train_cfg.batch_size == config.PRESETS["618k"]["batch_size"] == 32
+    assert trainer.train_cfg.batch_size == presets.PRESETS["618k"]["batch_size"] == 32
 
 
 def test_resume_keeps_saved_settings_and_takes_explicit_ones(shakespeare_dir: Path, tmp_path: Path) -> None:

@@ -21,18 +21,9 @@ import sys
 from typing import TYPE_CHECKING, Any, get_type_hints
 
 from . import __version__, distributed
-from .config import (
-    PRESETS,
-    GenerateConfig,
-    ModelConfig,
-    PrepareConfig,
-    TrainConfig,
-    check_new_run,
-    default_preset,
-    field_flag,
-    field_help,
-)
+from .config import GenerateConfig, ModelConfig, PrepareConfig, TrainConfig, field_flag, field_help
 from .errors import UserError
+from .presets import PRESETS, check_new_run, default_preset
 
 if TYPE_CHECKING:  # imported when training starts, not to parse flags
     from .train.loop import Trainer

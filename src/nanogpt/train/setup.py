@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .. import checkpoint, config, data, distributed, hf_import, optim, runs, runtime, schedule, tokenizers
+from .. import checkpoint, config, data, distributed, hf_import, optim, presets, runs, runtime, schedule, tokenizers
 from ..errors import UserError
 from ..model import GPT
 from .loop import Trainer
@@ -120,11 +120,11 @@ def _settings(
     if saved is None and preset is None and overrides.get("init_from"):
         preset = "finetune"  # the weights fix the shape; the schedule is a fine-tune's
     if saved is None and preset is None and not any(k in overrides for k in SIZE_FIELDS):
-        preset = config.default_preset(device.type)
+        preset = presets.default_preset(device.type)
     if base is not None and any(k in overrides for k in DATA_FIELDS):
         # new data options replace the saved ones as a group (a new --data-dir drops the saved file paths)
         base = (base[0], dataclasses.replace(base[1], **{f: None for f in DATA_FIELDS}))
-    resolved = config.resolve(overrides, preset, base=base)
+    resolved = presets.resolve(overrides, preset, base=base)
     if saved is not None and overrides.get("init_from"):
         raise UserError("--init-from starts a new run and --resume-training continues one: give only one")
     return resolved
