@@ -159,6 +159,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", nargs="?", default=None, metavar="SOURCE", help=field_help(source))
     _add_config_flags(p, PrepareConfig, "settings")
 
+    _add_train(sub)
+
+    g = sub.add_parser(
+        "generate",
+        help="generate text from a saved checkpoint",
+        description="Generate text from a checkpoint. Only the text goes to stdout, streamed as it is made.",
+    )
+    g.add_argument("stem", metavar="STEM", help=STEM_HELP)
+    _add_config_flags(g, GenerateConfig, "sampling")
+    _add_export_and_plot(sub)
+    for subparser in _subparsers(parser).values():
+        _uniform_metavars(subparser)
+    return parser
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    """`nanogpt train`: its own flags, then every ModelConfig and TrainConfig field."""
     t = sub.add_parser(
         "train",
         help="train a model (live UI on a terminal, headless otherwise)",
@@ -193,18 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "extra)")
     _add_config_flags(t, ModelConfig, "model")
     _add_config_flags(t, TrainConfig, "training")
-
-    g = sub.add_parser(
-        "generate",
-        help="generate text from a saved checkpoint",
-        description="Generate text from a checkpoint. Only the text goes to stdout, streamed as it is made.",
-    )
-    g.add_argument("stem", metavar="STEM", help=STEM_HELP)
-    _add_config_flags(g, GenerateConfig, "sampling")
-    _add_export_and_plot(sub)
-    for subparser in _subparsers(parser).values():
-        _uniform_metavars(subparser)
-    return parser
 
 
 def _add_export_and_plot(sub: argparse._SubParsersAction) -> None:
