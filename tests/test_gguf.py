@@ -1,9 +1,10 @@
 """`nanogpt export --format gguf`: the file read back with gguf-py, and (slow) run in real llama.cpp.
 
-The models are tiny GPTs trained by the CLI on the bundled Tiny Shakespeare, one per tokenizer kind: char,
-GPT-2, and a byte-level BPE. The BPE checkpoint carries the vocabulary metadata `prepare --tokenizer bpe`
-writes ({"tokenizer": "bpe", "vocab_size": N, "tokenizer_json": <the `tokenizers` JSON>}); its ids are
-trained from bins this file encodes with that tokenizer.
+The models are tiny GPTs trained by the CLI on the bundled Tiny Shakespeare, one per tokenizer kind: char
+(with a few characters of two and three bytes added), GPT-2, and a byte-level BPE. The BPE checkpoint
+carries the vocabulary metadata `prepare --tokenizer bpe` writes ({"tokenizer": "bpe", "vocab_size": N,
+"tokenizer_json": <the `tokenizers` JSON>}); its ids are trained from bins this file encodes with that
+tokenizer.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ gguf = pytest.importorskip("gguf")
 FLAGS = ["--layer-count", "2", "--head-count", "2", "--embedding-size", "32", "--block-size", "96",
          "--batch-size", "8", "--eval-iters", "2", "--device", "cpu", "--no-compile", "--dtype", "float32",
          "--validation-interval", "0", "--learning-rate", "3e-3", "--warmup-steps", "10", "--log-interval", "100"]
+
+
+UNICODE = "\nCafé — naïve, señor.\n"  # characters of two and three bytes, which the char BPE merges rebuild
 
 
 def bundled_text(n_chars: int) -> str:
@@ -93,7 +97,7 @@ def checkpoints(root: Path, steps: int) -> dict[str, Path]:
     out = {}
     for kind in ("char", "gpt2"):
         (root / kind).mkdir()
-        text = bundled_text(100_000 if kind == "char" else 30_000)
+        text = bundled_text(100_000) + UNICODE if kind == "char" else bundled_text(30_000)
         # GPT-2's 50,257-token head makes its steps slow on a CPU: smaller batches
         extra = ("--bias", "--activation", "gelu_tanh", "--batch-size", "2") if kind == "gpt2" else ()
         out[kind] = train(prepared(root / kind, text, kind), root / kind / "run", steps, *extra)
@@ -139,15 +143,16 @@ def test_gguf_holds_the_gpt2_graph_tokenizer_and_weights(kind, stems, tmp_path, 
     tokens = field(r, "tokenizer.ggml.tokens")
     eos = field(r, "tokenizer.ggml.eos_token_id")
     meta = checkpoint.read_meta(stem)["tokenizer"]
-    if kind == "char":
+    assert field(r, "tokenizer.ggml.model") == "gpt2" and field(r, "tokenizer.ggml.pre") == "gpt-2"
+    merges = field(r, "tokenizer.ggml.merges")
+    if kind == "char":  # byte-level spelling: a space is "Ġ", "é" the two bytes "Ã©"; an EOS added
         itos = meta["itos"]
-        assert field(r, "tokenizer.ggml.model") == "llama" and field(r, "tokenizer.ggml.add_space_prefix") is False
-        assert tokens == [("\u2581" if c == " " else c) for c in itos] + [f"<0x{b:02X}>" for b in range(256)]
-        assert eos == len(itos) and tokens[eos] == "<0x00>"  # no char is EOS
-        assert "tokenizer.ggml.merges" not in r.fields
+        spelled = {" ": "Ġ", "\n": "Ċ", "é": "Ã©", "ï": "Ã¯", "ñ": "Ã±", "—": "âĢĶ"}
+        assert tokens[: len(itos)] == [spelled.get(c, c) for c in itos]
+        assert (eos, tokens[eos], len(tokens)) == (len(itos), "<|endoftext|>", len(itos) + 1)
+        assert {"Ã ©", "â Ģ", "âĢ Ķ", "Ã ¯", "Ã ±"} == set(merges)  # é ï ñ and the dash, nothing else
     else:
-        assert field(r, "tokenizer.ggml.model") == "gpt2" and field(r, "tokenizer.ggml.pre") == "gpt-2"
-        assert len(tokens) == cfg.vocab_size and len(field(r, "tokenizer.ggml.merges")) > 0
+        assert len(tokens) == cfg.vocab_size and len(merges) > 0
         assert (eos, tokens[eos]) == ((50256, "<|endoftext|>") if kind == "gpt2" else (tokens.index("\u0100"), "Ā"))
     assert field(r, "general.sampling.top_k") == 0 and field(r, "general.sampling.temp") == 1.0
     # tensors: llama.cpp's names, every bias present, (out, in) matrices, the weights ours
@@ -166,8 +171,8 @@ def test_gguf_holds_the_gpt2_graph_tokenizer_and_weights(kind, stems, tmp_path, 
     for theirs, mine in pairs.items():
         data = torch.from_numpy(np.array(found[theirs].data))
         want = ours[mine]
-        if theirs == "token_embd.weight" and kind == "char":  # the byte tokens' rows are zeros
-            assert torch.equal(data[want.shape[0]:], torch.zeros(256, 32))
+        if theirs == "token_embd.weight" and kind == "char":  # the added EOS's row is zeros
+            assert torch.equal(data[want.shape[0]:], torch.zeros(1, 32))
             data = data[: want.shape[0]]
         assert torch.equal(data, want), theirs
     assert list(found["blk.0.ffn_up.weight"].shape) == [32, 128]  # GGUF lists (in, out): a (128, 32) matrix
@@ -238,17 +243,17 @@ def test_an_existing_output_is_never_replaced(stems, tmp_path, capsys):
     assert target.read_bytes() == b"precious" and [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
 
 
-def test_a_space_and_its_sentencepiece_spelling_cannot_both_be_tokens(tmp_path, capsys):
-    text = bundled_text(20_000) + "\u2581"  # U+2581, which SentencePiece writes for a space
-    stem = train(prepared(tmp_path, text, "char"), tmp_path / "run", 1)
+def test_an_ascii_char_vocabulary_gets_one_merge_that_never_applies(tmp_path, capsys):
+    stem = train(prepared(tmp_path, bundled_text(20_000), "char"), tmp_path / "run", 1)
     capsys.readouterr()
-    code, _, err = export(capsys, stem, tmp_path / "m.gguf")
-    assert code == 1 and err.count("\n") == 1 and "both ' ' and '\u2581' (U+2581)" in err
-    assert not (tmp_path / "m.gguf").exists()
+    assert export(capsys, stem, tmp_path / "m.gguf")[0] == 0
+    # llama.cpp refuses a BPE without merges; nothing ever makes "ĠĠ" (two spaces) for this one to join
+    assert field(gguf.GGUFReader(tmp_path / "m.gguf"), "tokenizer.ggml.merges") == ["ĠĠ Ġ"]
 
 
 # ----------------------------------------------------------------------------- real llama.cpp
-PROMPTS = {"char": "ROMEO:\nWhat say", "gpt2": "ROMEO: What say'st thou, my lord?", "bpe": "ROMEO: What say'st thou?"}
+PROMPTS = {"char": "ROMEO:\nCafé, señor", "gpt2": "ROMEO: What say'st thou, my lord?",
+           "bpe": "ROMEO: What say'st thou?"}
 
 
 def encode(stem: Path, text: str) -> list[int]:
@@ -275,13 +280,16 @@ def test_llama_cpp_runs_the_export_as_nanogpt_does(kind, trained, tmp_path, caps
     prompt = PROMPTS[kind]
     ids = encode(stem, prompt)
     assert llm.tokenize(prompt.encode(), add_bos=False, special=False) == ids
+    if kind == "char":  # a character outside the vocabulary is dropped (nanogpt refuses it), not a crash
+        assert llm.tokenize("Café ☃!".encode(), add_bos=False, special=False) == encode(stem, "Café !")
     llm.eval(ids)
     vocab = model.config.vocab_size
     theirs = torch.from_numpy(np.array(llm.scores[: len(ids)])[:, :vocab])
     with torch.no_grad():
         ours = model(torch.tensor([ids]), targets=torch.tensor([ids]))[0][0]
     diff = (theirs - ours).abs().max().item()
-    print(f"{kind}: max |logit difference| on the prompt {diff:.2e}")
+    with capsys.disabled():  # the measurement, for BENCHMARKS.md (seen with -s)
+        print(f"\n{kind}: max |logit difference| on the prompt {diff:.2e}")
     assert diff < 1e-2
     # greedy: 50 tokens, llama.cpp's argmax against `nanogpt generate --temperature 0`'s
     mine = list(generate_tokens(model, ids, 50, temperature=0.0))

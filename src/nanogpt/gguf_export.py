@@ -4,10 +4,12 @@ llama.cpp's `gpt2` architecture computes our GPT: learned positions, pre-LayerNo
 matrix, the LM head tied to the token embeddings. Its graph has a bias on every LayerNorm and Linear (a
 bias-free model writes zeros there) and the tanh GELU (a model trained with exact GELU runs slightly off:
 README, "Run it in llama.cpp or Ollama", says by how much). Matrices keep torch's (out, in) layout, which is
-what GGUF wants (it lists the dimensions innermost first). Tokenizers: GPT-2 and our byte-level BPE become
-llama.cpp's `gpt2` BPE with the `gpt-2` pre-tokenizer; a character vocabulary becomes its SentencePiece
-(`llama`) model, one token a character, plus the 256 `<0xXX>` byte tokens it falls back to for a character
-outside the vocabulary (without them it crashes). The file appears whole or not at all (atomic.py).
+what GGUF wants (it lists the dimensions innermost first). Every vocabulary becomes llama.cpp's `gpt2`
+byte-level BPE with the `gpt-2` pre-tokenizer: GPT-2's and our BPE's as they are, a character vocabulary as
+one token a character, spelled in bytes, whose merges only rebuild each multi-byte character (llama.cpp
+drops a character outside the vocabulary, as the Hugging Face export does). Not its SentencePiece model:
+that needs 256 `<0xXX>` byte tokens with no weights (logit 0), which took a quarter of the probability of a
+small model (BENCHMARKS.md). The file appears whole or not at all (atomic.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 # the ModelConfig fields llama.cpp's gpt2 graph expresses (dropout does nothing at inference); any other
 # field must keep its default to be exported
 GGUF_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "activation")
-SPACE = "\u2581"  # "▁": SentencePiece's spelling of the space
+EOT_TEXT = "<|endoftext|>"
 # our parameter names -> llama.cpp's (per block, then the rest)
 BLOCK_NAMES = {
     "ln_1": "attn_norm",
@@ -42,17 +44,17 @@ BLOCK_NAMES = {
 }
 TOP_NAMES = {"transformer.wte": "token_embd", "transformer.wpe": "position_embd", "transformer.ln_f": "output_norm"}
 # GGUF's token types (gguf.TokenType), spelled here so that reading a checkpoint does not need the package
-NORMAL, CONTROL, UNUSED, BYTE = 1, 3, 5, 6
+NORMAL, CONTROL, UNUSED = 1, 3, 5
 
 
 class Vocab(NamedTuple):
-    """What GGUF's tokenizer.ggml.* keys say: the tokens in id order and how llama.cpp splits text into them."""
+    """What GGUF's tokenizer.ggml.* keys say: the tokens in id order (byte-level spelling) and the merges."""
 
-    model: str  # "gpt2" (byte-level BPE) or "llama" (SentencePiece)
     tokens: list[str]
     types: list[int]
-    merges: list[str]  # BPE only, "a b" in rank order
+    merges: list[str]  # "a b", in rank order
     eos: int  # the end-of-text token (also BOS; never added to a prompt)
+    n_added: int = 0  # the last tokens have no row in the model: zero rows are added for them
 
 
 def export_gguf(stem: str | Path, out: str | Path, dtype: str = "float32") -> tuple[Path, list[str]]:
@@ -102,7 +104,7 @@ def vocabulary(meta: dict[str, Any], n_rows: int) -> Vocab:
         vocab = _gpt2_vocab()
     else:
         vocab = _char_vocab(from_meta(meta).itos)  # UserError for anything else
-    n_real = len(vocab.tokens) - (256 if vocab.model == "llama" else 0)
+    n_real = len(vocab.tokens) - vocab.n_added
     if n_real > n_rows:
         raise UserError(f"the vocabulary has {n_real} tokens but the model only {n_rows} token embeddings")
     # rows past the vocabulary (a padded embedding): tokens that no text encodes to
@@ -114,19 +116,24 @@ def vocabulary(meta: dict[str, Any], n_rows: int) -> Vocab:
     )
 
 
+def byte_chars() -> list[str]:
+    """GPT-2's printable stand-in for each byte, as byte-level BPE vocabularies spell tokens: byte b is chars[b]."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 512))
+    return [chr(b) if b in kept else chr(next(extra)) for b in range(256)]
+
+
 def _char_vocab(itos: list[str]) -> Vocab:
-    """SentencePiece with single-character pieces: llama.cpp merges no pair (no piece is two characters), so
-    each character is its token; the space is spelled "▁", as SentencePiece writes it."""
-    if " " in itos and SPACE in itos:
-        raise UserError(
-            f"cannot export as GGUF: the vocabulary has both ' ' and '{SPACE}' (U+2581), which llama.cpp's "
-            "SentencePiece tokenizer spells alike"
-        )
-    tokens = [SPACE if c == " " else c for c in itos] + [f"<0x{b:02X}>" for b in range(256)]
-    # No character vocabulary has an end-of-text token, and llama.cpp's SentencePiece defaults would make
-    # characters 1 and 2 BOS and EOS (generation would stop at the second character). The NUL byte's token
-    # stands in: text never holds it.
-    return Vocab("llama", tokens, [NORMAL] * len(itos) + [BYTE] * 256, [], len(itos))
+    """One token a character: BPE merges that only rebuild each multi-byte character from its bytes (a merge
+    joins a character's leading bytes to its next one, so it never joins two characters), and an appended
+    <|endoftext|>: llama.cpp needs an EOS, and its default (token 11) would stop generation at a character."""
+    chars = byte_chars()
+    spelled = ["".join(chars[b] for b in c.encode("utf-8")) for c in itos]
+    merges = list(dict.fromkeys(f"{s[:k]} {s[k]}" for s in spelled for k in range(1, len(s))))
+    # an ASCII vocabulary needs no merge, but llama.cpp refuses a BPE without: one that cannot apply (no
+    # merge makes "ĠĠ", two spaces)
+    merges = merges or [f"{chars[32]}{chars[32]} {chars[32]}"]
+    return Vocab(spelled + [EOT_TEXT], [NORMAL] * len(itos) + [CONTROL], merges, len(itos), n_added=1)
 
 
 def _gpt2_vocab() -> Vocab:
@@ -136,7 +143,7 @@ def _gpt2_vocab() -> Vocab:
     tokens = _in_id_order(vocab, "GPT-2's encoder.json")
     types = [NORMAL] * len(tokens)
     types[GPT2_EOT] = CONTROL
-    return Vocab("gpt2", tokens, types, merges, GPT2_EOT)
+    return Vocab(tokens, types, merges, GPT2_EOT)
 
 
 def _bpe_vocab(data: Any) -> Vocab:
@@ -158,11 +165,12 @@ def _bpe_vocab(data: Any) -> Vocab:
         raise UserError("cannot export as GGUF: the bpe vocabulary has no merges, which llama.cpp requires")
     types = [CONTROL if i in special else NORMAL for i in range(len(tokens))]
     # GPT-2's end-of-text token if the vocabulary has one; else the NUL byte's token ("Ā" in byte-level
-    # spelling), which text never holds: llama.cpp's default (token 11) would stop generation at a real token
-    eos = vocab.get("<|endoftext|>", vocab.get("\u0100"))
+    # spelling), which text never holds and training taught the model never to predict: llama.cpp needs an
+    # EOS, and its default (token 11) would stop generation at a real token
+    eos = vocab.get(EOT_TEXT, vocab.get(byte_chars()[0]))
     if eos is None:
         raise UserError("cannot export as GGUF: the bpe vocabulary has no token for the byte 0x00")
-    return Vocab("gpt2", tokens, types, merges, eos)
+    return Vocab(tokens, types, merges, eos)
 
 
 def _in_id_order(vocab: dict[str, int], what: str) -> list[str]:
@@ -175,7 +183,7 @@ def _in_id_order(vocab: dict[str, int], what: str) -> list[str]:
 # ----------------------------------------------------------------------------- tensors
 def gguf_tensors(tensors: dict[str, torch.Tensor], cfg: ModelConfig, n_tokens: int) -> dict[str, torch.Tensor]:
     """Our checkpoint tensors (tied head stored once) under llama.cpp's names, float32: zero biases where ours
-    has none, and zero token embeddings for tokens past the model's (the byte tokens of a char vocabulary)."""
+    has none, and zero token embeddings for tokens past the model's (the EOS added to a char vocabulary)."""
     out: dict[str, torch.Tensor] = {}
     for name, t in tensors.items():
         if name == "lm_head.weight":
@@ -228,16 +236,11 @@ def _write(path: Path, cfg: ModelConfig, vocab: Vocab, tensors: dict[str, torch.
     w.add_head_count(cfg.n_head)
     w.add_layer_norm_eps(1e-5)
     w.add_vocab_size(len(vocab.tokens))
-    w.add_tokenizer_model(vocab.model)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")  # GPT-2's regex, which our BPE uses too; without it llama.cpp warns
     w.add_token_list(vocab.tokens)
     w.add_token_types(vocab.types)
-    if vocab.model == "gpt2":
-        w.add_tokenizer_pre("gpt-2")  # GPT-2's regex, which our BPE uses too; without it llama.cpp warns
-        w.add_token_merges(vocab.merges)
-    else:
-        w.add_token_scores([0.0] * len(vocab.tokens))
-        w.add_add_space_prefix(False)  # SentencePiece would put a space before the prompt
-        w.add_unk_token_id(vocab.eos)
+    w.add_token_merges(vocab.merges)
     w.add_bos_token_id(vocab.eos)
     w.add_eos_token_id(vocab.eos)
     w.add_add_bos_token(False)  # we never start a prompt with a special token
