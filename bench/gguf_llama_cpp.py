@@ -1,10 +1,10 @@
-"""How closely llama.cpp runs our GGUF export: logits, greedy tokens and (char) the byte tokens' share.
+"""How closely llama.cpp runs our GGUF export: logits, greedy tokens and (char) the added EOS's share.
 
 For each checkpoint and each --dtype it exports with `nanogpt export --format gguf`, loads the file in
 llama-cpp-python (one thread) and compares with our float32 model on a window of validation-like text:
 the largest |logit difference| over every position, how many of N greedy tokens (the window's first 8 as
 prompt) equal `generate_tokens(..., temperature=0)`'s, and for a char vocabulary the mean probability
-llama.cpp's softmax gives the 256 byte tokens it needs (they have no weights of their own: logit 0).
+llama.cpp's softmax gives the tokens the export adds (they have no weights of their own: logit 0).
 
     PYTHONPATH=src python bench/gguf_llama_cpp.py out/model_step_2000 other/model_step_500 --tokens 50
 """
@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--dtypes", nargs="+", default=["float32", "float16", "bfloat16"])
     ap.add_argument("--tokens", type=int, default=50)
     args = ap.parse_args()
-    print("| checkpoint | activation | dtype | max abs logit diff | greedy tokens equal | byte tokens' mass |")
+    print("| checkpoint | activation | dtype | max abs logit diff | greedy tokens equal | added tokens' mass |")
     print("|---|---|---|---|---|---|")
     for stem in args.stems:
         cfg = checkpoint.configs(checkpoint.read_meta(stem))[0]
