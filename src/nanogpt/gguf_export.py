@@ -154,6 +154,8 @@ def _bpe_vocab(data: Any) -> Vocab:
     ):
         raise UserError("vocabulary metadata for a bpe tokenizer has no 'tokenizer_json' with a BPE model")
     vocab = dict(model["vocab"])
+    if not all(isinstance(t, str) and type(i) is int for t, i in vocab.items()):
+        raise UserError("vocabulary metadata for a bpe tokenizer: its vocab does not map token strings to ids")
     special = set()
     for added in data.get("added_tokens") or []:
         if isinstance(added, dict) and isinstance(added.get("content"), str) and isinstance(added.get("id"), int):
