@@ -216,13 +216,18 @@ def _add_export_and_plot(sub: argparse._SubParsersAction) -> None:
     """The commands that read finished runs."""
     e = sub.add_parser(
         "export",
-        help="write a checkpoint as a Hugging Face GPT-2 folder (transformers, llama.cpp's GGUF converter)",
-        description="Write checkpoint STEM as a Hugging Face GPT-2 folder OUT_DIR: config.json, "
-        "model.safetensors, generation_config.json, tokenizer files and a README.md model card. "
-        "OUT_DIR must not exist (or be empty); it appears whole or not at all.",
+        help="write a checkpoint as a Hugging Face GPT-2 folder, or as a GGUF file (llama.cpp, Ollama, LM Studio)",
+        description="Write checkpoint STEM as a Hugging Face GPT-2 folder OUT (config.json, model.safetensors, "
+        "generation_config.json, tokenizer files and a README.md model card), or with --format gguf as one "
+        "GGUF file OUT that llama.cpp, Ollama and LM Studio run. OUT must not exist (a folder may be empty); "
+        "it appears whole or not at all.",
     )
     e.add_argument("stem", metavar="STEM", help=STEM_HELP)
-    e.add_argument("out_dir", metavar="OUT_DIR", help="the folder to create")
+    e.add_argument("out_dir", metavar="OUT", help="the folder (hf) or file (gguf) to create")
+    e.add_argument("--format", default="hf", choices=("hf", "gguf"), help="hf: a Hugging Face folder; gguf: one "
+                   "file for llama.cpp (default: hf)")
+    e.add_argument("--dtype", default=None, metavar="{float32,float16,bfloat16}",
+                   help="GGUF weight type; LayerNorm gains and biases stay float32 (default: float32)")
     pl = sub.add_parser(
         "plot",
         help="draw the loss curves of one or more runs into a PNG or SVG (needs the plot extra)",
@@ -349,6 +354,17 @@ def _tell_torchrun(line: str) -> None:
 def _cmd_export(ns: argparse.Namespace) -> int:
     from .export import export
 
+    if ns.format == "gguf":
+        from .gguf_export import export_gguf
+
+        stem = _checkpoint_given(ns.stem)
+        out, notes = export_gguf(stem, ns.out_dir, ns.dtype or "float32")
+        for note in notes:
+            print(note, file=sys.stderr)
+        print(f"exported {stem} to {out}")
+        return 0
+    if ns.dtype is not None:
+        raise UserError("--dtype is for --format gguf; the Hugging Face folder keeps the checkpoint's float32")
     stem = _checkpoint_given(ns.stem)
     print(f"exported {stem} to {export(stem, ns.out_dir)}")
     return 0
