@@ -114,6 +114,10 @@ def assert_same_run(a: Path, b: Path) -> None:
     val_b = {e["step"]: e["validation_loss"] for e in log_b if "validation_loss" in e}
     assert sorted(val_a) == sorted(val_b) == [3, STEPS]  # averaged over the ranks' share of the batches
     assert list(val_b.values()) == pytest.approx(list(val_a.values()), abs=1e-5)
+    # bits per byte: nats and bytes summed over the ranks, so the same as one process over all the batches
+    bpb_a = [e["validation_bpb"] for e in log_a if "validation_bpb" in e]
+    bpb_b = [e["validation_bpb"] for e in log_b if "validation_bpb" in e]
+    assert len(bpb_a) == 2 and bpb_b == pytest.approx(bpb_a, abs=1e-5)
     wa = load_file(checkpoint.weights_path(a))
     wb = load_file(checkpoint.weights_path(b))
     assert sorted(wa) == sorted(wb)  # same names: no DDP `module.` prefix

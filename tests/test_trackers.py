@@ -45,6 +45,10 @@ def test_tensorboard_holds_the_scalars_and_samples_and_a_resume_continues_it(mix
     alice = [(e.step, e.value) for e in acc.Scalars("val/alice")]
     evals = [e for e in log if "source_validation_losses" in e]
     assert alice == [(e["step"], pytest.approx(e["source_validation_losses"]["alice"], rel=1e-6)) for e in evals]
+    bpb = [(e.step, e.value) for e in acc.Scalars("val/bpb")]
+    assert bpb == [(e["step"], pytest.approx(e["validation_bpb"], rel=1e-6)) for e in evals]
+    alice_bpb = [(e.step, e.value) for e in acc.Scalars("val/alice_bpb")]
+    assert alice_bpb == [(e["step"], pytest.approx(e["source_validation_bpb"]["alice"], rel=1e-6)) for e in evals]
     # (EventAccumulator purges scalars only: the first attempt's text at step 6 is still read back)
     samples = {s.step: s.tensor_proto.string_val[0].decode("utf-8") for s in acc.Tensors("sample/text_summary")}
     assert sorted(samples) == [3, 6]
@@ -106,6 +110,7 @@ def test_wandb_offline_holds_the_scalars_and_a_resume_continues_the_same_run(
     log = checkpoint.read_log(out2 / "model_step_6")
     assert SCALARS <= set(rows[6])
     assert rows[6]["val/shakespeare"] == pytest.approx(log[-1]["source_validation_losses"]["shakespeare"])
+    assert rows[6]["val/bpb"] == pytest.approx(log[-1]["validation_bpb"])
     assert rows[6]["sample"] == log[-1]["sample"]
     assert [rows[s]["train/loss"] for s in (4, 5, 6)] == pytest.approx([e["loss"] for e in log[3:]])
 

@@ -266,7 +266,7 @@ def test_the_screen_lays_out_whole_fields_and_the_sample_clears_the_axes(
             assert "RUNNING" in "".join(rows[status.y:status.bottom])
             # the footer names every key whole (at 80 columns it had cut "q quit" to "q qui")
             keys = [f"{b.key} {b.description}" for b in app.BINDINGS if b.show]
-            assert len(keys) == 6 and all(key in rows[-1] for key in keys), rows[-1]
+            assert len(keys) == 7 and all(key in rows[-1] for key in keys), rows[-1]
             await pilot.press("g")
             screen = app.screen
             assert isinstance(screen, SampleScreen)

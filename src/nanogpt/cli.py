@@ -237,6 +237,7 @@ def _add_export_and_plot(sub: argparse._SubParsersAction) -> None:
     pl.add_argument("runs", nargs="+", metavar="RUN_OR_STEM", help="a folder of checkpoints or a checkpoint stem")
     pl.add_argument("-o", "--output", required=True, metavar="FILE", help="the image to write: .png or .svg")
     pl.add_argument("--size", default="1000x600", metavar="WxH", help="image size in pixels (default: 1000x600)")
+    pl.add_argument("--metric", choices=("loss", "bpb"), default="loss", help="y axis: loss, or bpb (bits per byte)")
 
 
 def _checkpoint_given(path: str | None) -> str | None:
@@ -373,7 +374,7 @@ def _cmd_export(ns: argparse.Namespace) -> int:
 def _cmd_plot(ns: argparse.Namespace) -> int:
     from .plot import parse_size, plot
 
-    print(f"wrote {plot(ns.runs, ns.output, *parse_size(ns.size))}")
+    print(f"wrote {plot(ns.runs, ns.output, *parse_size(ns.size), metric=ns.metric)}")
     return 0
 
 

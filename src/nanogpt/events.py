@@ -29,7 +29,7 @@ class RunStarted:
     tokenizer: str  # "char", "gpt2" or "bpe"
     tokens_per_step: int  # batch x block x grad_accum x world size
     history: tuple[dict[str, Any], ...] = ()  # training-log entries {step, loss, duration_ms, validation_loss?,
-    # source_validation_losses?}
+    # validation_bpb?, source_validation_losses?, source_validation_bpb?}
     seed: int = 0
     world_size: int = 1
     block_params: int = 0  # of n_params, those in the transformer blocks (the rest: embeddings, final norm)
@@ -53,6 +53,9 @@ class EvalDone:
     # a mixology dataset: each source's validation loss on fixed batches of its own text, by source name
     source_losses: dict[str, float] = field(default_factory=dict)
     sample: str = ""  # text sampled from the same prompt and seed at every evaluation ("" when off; rank 0 only)
+    # the same losses in bits per UTF-8 byte of the text they cover: comparable across tokenizers
+    val_bpb: float = float("nan")
+    source_bpb: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ SIGINT stops at once (files are written atomically, so nothing is left half-writ
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import threading
@@ -39,6 +40,11 @@ def _recipe(t: dict[str, Any]) -> str:
     if t["lr_schedule"] == "wsd":
         when += f", linear decay over the last {t['decay_fraction']:.0%} of the steps"
     return f"{what}; {when}"
+
+
+def _bpb(value: float | None) -> str:
+    """' (2.12 bpb)': a loss in bits per byte of text, comparable across tokenizers ('' when unknown)."""
+    return f" ({value:.3f} bpb)" if value is not None and math.isfinite(value) else ""
 
 
 class _Printer:
@@ -90,8 +96,13 @@ class _Printer:
                     f"lr {event.lr:.2e}" + (f" | grad {event.grad_norm:.3f}" if event.grad_norm is not None else "")
                 )
         elif isinstance(event, EvalDone):
-            by_source = "".join(f" | {name} {loss:.4f}" for name, loss in event.source_losses.items())
-            self.line(f"step {event.step:>6}/{self.trainer.total_steps} | val loss {event.val_loss:.4f}{by_source}")
+            by_source = "".join(
+                f" | {name} {loss:.4f}{_bpb(event.source_bpb.get(name))}" for name, loss in event.source_losses.items()
+            )
+            self.line(
+                f"step {event.step:>6}/{self.trainer.total_steps} | val loss {event.val_loss:.4f}"
+                f"{_bpb(event.val_bpb)}{by_source}"
+            )
             if event.sample:  # one line however many lines the text has, so a log stays one event a line
                 self.line(f"step {event.step:>6}/{self.trainer.total_steps} | sample {event.sample!r}")
         elif isinstance(event, Saved):

@@ -4,12 +4,14 @@ Each run is a checkpoint stem (or one of its files), or a folder of checkpoints 
 training log of a checkpoint holds the whole run up to it). Every run gets one colour: training loss as a
 thin line, validation loss as a thick one with dots, and for a mixology dataset each source's validation
 loss dashed. The legend names each run by its folder and the settings that differ between the runs, so
-the chart says what was compared. matplotlib is an optional extra (`pip install 'nanogpt[plot]'`).
+the chart says what was compared. `--metric bpb` draws validation bits per byte instead, which runs with
+different tokenizers share. matplotlib is an optional extra (`pip install 'nanogpt[plot]'`).
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,8 +70,19 @@ def label(run: Run, keys: list[str]) -> str:
     return f"{run.name} ({details})" if details else run.name
 
 
-def plot(paths: list[str], output: str | Path, width: int = 1000, height: int = 600) -> Path:
-    """Draw the runs at `paths` into image `output` (.png or .svg) of `width` x `height` pixels; returns it."""
+METRICS = {"loss": "loss (nats per token)", "bpb": "bits per byte"}
+# where the log keeps each metric's validation value and each mixology source's
+LOG_KEYS = {"loss": ("validation_loss", "source_validation_losses"), "bpb": ("validation_bpb", "source_validation_bpb")}
+
+
+def plot(
+    paths: list[str], output: str | Path, width: int = 1000, height: int = 600, metric: str = "loss"
+) -> Path:
+    """Draw the runs at `paths` into image `output` (.png or .svg) of `width` x `height` pixels; returns it.
+
+    metric "bpb": validation bits per byte, which runs with different tokenizers share (training is measured
+    in tokens only, so it is not drawn); a run whose log has none (trained before they were logged) is left
+    out with a note on stderr."""
     output = Path(output)
     fmt = FORMATS.get(output.suffix.lower())
     if fmt is None:
@@ -78,7 +91,7 @@ def plot(paths: list[str], output: str | Path, width: int = 1000, height: int = 
         raise UserError(f"--size {width}x{height} is too small to read (at least 100x100 pixels)")
     if not output.parent.is_dir():
         raise UserError(f"-o {output}: folder {output.parent} does not exist")
-    runs = [read_run(p) for p in paths]
+    runs = _with_metric([read_run(p) for p in paths], metric)
     try:
         import matplotlib
     except ImportError:
@@ -90,29 +103,55 @@ def plot(paths: list[str], output: str | Path, width: int = 1000, height: int = 
     fig, ax = plt.subplots(figsize=(width / DPI, height / DPI), dpi=DPI)
     try:
         for i, run in enumerate(runs):
-            color = f"C{i % 10}"
-            name = label(run, keys) if len(runs) > 1 else run.name
-            trained, evals = split_log(run.log)
-            ax.plot([e["step"] for e in trained], [e["loss"] for e in trained], color=color, alpha=0.45,
-                    linewidth=0.8, label=f"{name} train")
-            if evals:
-                ax.plot([e["step"] for e in evals], [e["validation_loss"] for e in evals], color=color,
-                        marker="o", markersize=3, linewidth=2, label=f"{name} validation")
-            sources = dict.fromkeys(s for e in evals for s in e.get("source_validation_losses", {}))
-            for source, style in zip(sources, ["--", ":", "-.", (0, (5, 1, 1, 1))] * 4):
-                points = [(e["step"], e["source_validation_losses"][source])
-                          for e in evals if source in e.get("source_validation_losses", {})]
-                ax.plot(*zip(*points), color=color, linestyle=style, linewidth=1.4, label=f"{name} val {source}")
+            _draw_run(ax, run, label(run, keys) if len(runs) > 1 else run.name, f"C{i % 10}", metric)
         ax.set_xlabel("step")
-        ax.set_ylabel("loss")
+        ax.set_ylabel(METRICS[metric])
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-        ax.set_title("loss" if len(runs) == 1 else f"loss of {len(runs)} runs")
+        what = "validation bits per byte" if metric == "bpb" else "loss"
+        ax.set_title(what if len(runs) == 1 else f"{what} of {len(runs)} runs")
         fig.tight_layout()
         atomic_write(output, lambda tmp: fig.savefig(tmp, format=fmt, dpi=DPI))
     finally:
         plt.close(fig)
     return output
+
+
+def _with_metric(runs: list[Run], metric: str) -> list[Run]:
+    """The runs whose logs hold `metric`'s validation values (a note on stderr for each left out)."""
+    if metric not in METRICS:
+        raise UserError(f"--metric {metric}: choose one of {', '.join(METRICS)}")
+    kept = [r for r in runs if any(LOG_KEYS[metric][0] in e for e in r.log)]
+    for run in runs:
+        if run not in kept:
+            print(f"note: {run.stem} has no validation {metric} in its log (an older run): left out", file=sys.stderr)
+    if not kept:
+        raise UserError(f"no run to draw: none has a validation {metric} in its log (train again to measure it)")
+    return kept
+
+
+def series(run: Run, metric: str) -> tuple[list[tuple[int, float]], dict[str, list[tuple[int, float]]]]:
+    """(step, value) of the validation `metric` ("loss" or "bpb"), and of each mixology source's."""
+    key, source_key = LOG_KEYS[metric]
+    points = [(e["step"], e[key]) for e in run.log if isinstance(e.get(key), (int, float))]
+    sources: dict[str, list[tuple[int, float]]] = {}
+    for e in run.log:
+        for source, value in (e.get(source_key) or {}).items():
+            sources.setdefault(source, []).append((e["step"], value))
+    return points, sources
+
+
+def _draw_run(ax: Any, run: Run, name: str, color: str, metric: str) -> None:
+    """One run in its colour: training loss thin (loss only), validation thick with dots, each source dashed."""
+    if metric == "loss":
+        trained, _ = split_log(run.log)
+        ax.plot([e["step"] for e in trained], [e["loss"] for e in trained], color=color, alpha=0.45,
+                linewidth=0.8, label=f"{name} train")
+    points, sources = series(run, metric)
+    if points:
+        ax.plot(*zip(*points), color=color, marker="o", markersize=3, linewidth=2, label=f"{name} validation")
+    for (source, values), style in zip(sources.items(), ["--", ":", "-.", (0, (5, 1, 1, 1))] * 4):
+        ax.plot(*zip(*values), color=color, linestyle=style, linewidth=1.4, label=f"{name} val {source}")
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -2,8 +2,8 @@
 
 Like the headless printer, a tracker is called with every event the engine emits and knows nothing of the
 loop: the front end passes it along (rank 0 only, so a torchrun job logs once). Each logs the training
-loss, learning rate, tokens/s and gradient norm per step; the validation loss, each mixology source's
-validation loss and the evaluation's sample (as text) per evaluation. Both are optional extras; a missing
+loss, learning rate, tokens/s and gradient norm per step; the validation loss and bits per byte (val/bpb), each
+mixology source's and the evaluation's sample (as text) per evaluation. Both are optional extras; a missing
 one is one line naming the `pip install` to run, before training starts.
 
 Resume continues the tracker's run rather than starting a second one: TensorBoard's writer purges what a
@@ -14,6 +14,7 @@ beside the checkpoints.
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,10 @@ def step_scalars(event: StepDone) -> dict[str, float]:
 
 
 def eval_scalars(event: EvalDone) -> dict[str, float]:
-    """What a tracker logs for one evaluation (besides the sample): the loss, and each source's."""
-    return {"val/loss": event.val_loss, **{f"val/{name}": loss for name, loss in event.source_losses.items()}}
+    """What a tracker logs for one evaluation (besides the sample): the loss and bits per byte, and each source's."""
+    scalars = {"val/loss": event.val_loss, **{f"val/{name}": loss for name, loss in event.source_losses.items()}}
+    scalars |= {"val/bpb": event.val_bpb, **{f"val/{name}_bpb": v for name, v in event.source_bpb.items()}}
+    return {tag: value for tag, value in scalars.items() if math.isfinite(value)}
 
 
 class TensorBoard:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import queue
 import sys
 import threading
@@ -38,7 +39,7 @@ from ..model import GPT
 from . import saving
 from .readback import LossReadback, TrainingDiverged
 from .state import RunState
-from .step import Stepper
+from .step import Evaluation, Stepper
 
 
 class Trainer:
@@ -164,9 +165,19 @@ class Trainer:
 
     def evaluate_sources(self) -> tuple[float, dict[str, float]]:
         """The validation loss and (mixology) each source's; both go into the log entry of the current step."""
-        value, by_source = self.stepper.evaluate()
-        self.state.log_at_step(validation_loss=value, **({"source_validation_losses": by_source} if by_source else {}))
-        return value, by_source
+        result = self.evaluate_all()
+        return result.loss, result.source_losses
+
+    def evaluate_all(self) -> Evaluation:
+        """The validation loss and bits per byte, and each source's, logged at the current step."""
+        result = self.stepper.evaluate()
+        values: dict[str, Any] = {"validation_loss": result.loss}
+        values |= {"validation_bpb": result.bpb} if math.isfinite(result.bpb) else {}  # nan: no bytes (JSON has no nan)
+        if result.source_losses:
+            values["source_validation_losses"] = result.source_losses
+            values["source_validation_bpb"] = {k: v for k, v in result.source_bpb.items() if math.isfinite(v)}
+        self.state.log_at_step(**values)
+        return result
 
     def evaluation_sample(self) -> str:
         """The sample kept at an evaluation (rank 0; "" when --eval-sample-tokens is 0): the same empty prompt and
@@ -250,9 +261,10 @@ class Trainer:
         if self.readback.every == 1 or evaluate or save:
             self._read_back_or_raise(emit)
         if evaluate:
-            val_loss, by_source = self.evaluate_sources()
+            result = self.evaluate_all()
             text = self.evaluation_sample()
-            emit(EvalDone(step=self.step, val_loss=val_loss, source_losses=by_source, sample=text))
+            emit(EvalDone(step=self.step, val_loss=result.loss, source_losses=result.source_losses, sample=text,
+                          val_bpb=result.bpb, source_bpb=result.source_bpb))
         if save:
             emit(self.save())
 

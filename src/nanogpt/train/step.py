@@ -42,6 +42,15 @@ def dropout_seed(seed: int, index: int) -> int:
     return (seed * 1_000_003 + index * 7919 + 1) % (2**63 - 1)
 
 
+class Evaluation(NamedTuple):
+    """One evaluation: the validation loss (nats per token) and bits per byte, and each mixology source's."""
+
+    loss: float
+    bpb: float
+    source_losses: dict[str, float]
+    source_bpb: dict[str, float]
+
+
 class Samplers(NamedTuple):
     """The training batches, the validation batches, and a mixology dataset's validation batches by source."""
 
@@ -91,6 +100,8 @@ class Stepper:
         )
         self.train_batches, self.val_batches, self.source_val_batches = samplers
         self.tokenizer = tokenizer
+        # UTF-8 bytes per token id, on the device: an evaluation gathers its targets' bytes without a sync
+        self.token_bytes = torch.from_numpy(tokenizer.token_bytes()).to(self.device)
         self.model.train()
 
     @property
@@ -165,28 +176,40 @@ class Stepper:
 
     # ------------------------------------------------------------------------- evaluation and sampling
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, dict[str, float]]:
-        """The validation loss, and for a mixology dataset each source's, on eval_iters fixed batches each (the
-        same ones every time; no RNG touched), all read back in one transfer."""
+    def evaluate(self) -> Evaluation:
+        """The validation loss and bits per byte, and for a mixology dataset each source's, on eval_iters fixed
+        batches each (the same ones every time; no RNG touched), all read back in one transfer."""
         self.model.eval()
         try:
-            means = [self._mean_loss(b) for b in (self.val_batches, *self.source_val_batches.values())]
-            values = torch.stack(means).tolist()
+            sets = (self.val_batches, *self.source_val_batches.values())
+            # rows of (sum of batch losses, batches, target bytes), summed over the ranks, read in one transfer
+            rows = distributed.total(torch.stack([torch.stack(self._eval_sums(b)) for b in sets])).tolist()
         finally:
             self.model.train()
-        return values[0], dict(zip(self.source_val_batches, values[1:]))
+        losses, bpbs = [], []
+        for batches, (loss_sum, n_batches, n_bytes) in zip(sets, rows):
+            losses.append(loss_sum / n_batches)
+            # bits per byte: all the nats over all the target bytes (a ratio of totals, not a mean of per-batch
+            # ratios); every batch has batch_size x block_size targets. nan if they hold no byte at all
+            nats = loss_sum * batches.batch_size * batches.block_size
+            bpbs.append(nats / math.log(2) / n_bytes if n_bytes else math.nan)
+        names = list(self.source_val_batches)
+        return Evaluation(losses[0], bpbs[0], dict(zip(names, losses[1:])), dict(zip(names, bpbs[1:])))
 
-    def _mean_loss(self, batches: data.BatchSampler) -> torch.Tensor:
-        """Mean loss over batches 0..eval_iters-1 of `batches` (shared out over the ranks), on the device."""
-        total = torch.zeros((), device=self.device)
+    def _eval_sums(self, batches: data.BatchSampler) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Over this rank's share of batches 0..eval_iters-1 of `batches`: the sum of the batch losses (each the
+        mean over its targets, none ignored), the batches, and the targets' UTF-8 bytes; on the device (no sync)."""
+        loss_sum = torch.zeros((), device=self.device)
         count = torch.zeros((), device=self.device)
+        n_bytes = torch.zeros((), device=self.device)
         for i in range(self.hardware.rank, self.cfg.eval_iters, self.hardware.world_size):
             x, y = batches.batch(i)
             with runtime.autocast(self.device, self.dtype):
                 _, loss = self.eval_module(x, y)
-            total += loss.float()
+            loss_sum += loss.float()
             count += 1
-        return distributed.total(total) / distributed.total(count)
+            n_bytes += self.token_bytes[y].sum()  # <|endoftext|> counts 0 bytes but its loss counts
+        return loss_sum, count, n_bytes
 
     @torch.no_grad()
     def sample(self, n_tokens: int, prompt: str, seed: int) -> str:

@@ -11,6 +11,7 @@ first, so they are always shown in order.
 
 from __future__ import annotations
 
+import math
 import queue
 import signal
 import sys
@@ -100,6 +101,7 @@ class TrainingApp(App[int]):
         Binding("s", "save", "save"),
         Binding("p", "toggle_pause", "pause/resume"),
         Binding("l", "toggle_log", "log/lin y"),
+        Binding("b", "toggle_metric", "bpb"),  # the chart in bits per byte, and back
         Binding("q", "quit_run", "quit"),
         # Ctrl-C arrives as a key in the UI's raw terminal: treat it as q (save, then leave cleanly)
         Binding("ctrl+c", "quit_run", "quit", show=False, priority=True),
@@ -126,6 +128,7 @@ class TrainingApp(App[int]):
         self.recent: deque[StepDone] = deque(maxlen=10)
         self.recent_losses: deque[float] = deque(maxlen=10)
         self.last_val: tuple[int, float] | None = None
+        self.last_bpb = math.nan  # bits per byte of the last evaluation (nan: not in an older run's log)
         self.samples: list[tuple[int, str]] = []  # (step, text) kept at each evaluation, for the pager (v)
         self.paused = start_paused
         self.pause_requested = False
@@ -239,8 +242,8 @@ class TrainingApp(App[int]):
         if isinstance(ev, RunStarted):
             self._on_run_started(ev)
         elif isinstance(ev, EvalDone):
-            self.last_val = (ev.step, ev.val_loss)
-            self.chart.add_val(ev.step, ev.val_loss, ev.source_losses)
+            self.last_val, self.last_bpb = (ev.step, ev.val_loss), ev.val_bpb
+            self.chart.add_val(ev.step, ev.val_loss, ev.source_losses, ev.val_bpb, ev.source_bpb)
             if ev.sample:
                 self.samples.append((ev.step, ev.sample))
             self._chart_dirty = True
@@ -275,8 +278,10 @@ class TrainingApp(App[int]):
         hist, evals = split_log(ev.history)
         chart.add_train([int(h["step"]) for h in hist], [float(h["loss"]) for h in hist])
         for h in evals:
-            chart.add_val(int(h["step"]), float(h["validation_loss"]), h.get("source_validation_losses"))
-            self.last_val = (int(h["step"]), float(h["validation_loss"]))
+            bpb = float(h.get("validation_bpb", math.nan))  # a run logged before bits per byte has none
+            chart.add_val(int(h["step"]), float(h["validation_loss"]), h.get("source_validation_losses"), bpb,
+                          h.get("source_validation_bpb"))
+            self.last_val, self.last_bpb = (int(h["step"]), float(h["validation_loss"])), bpb
         self.recent_losses.extend(float(h["loss"]) for h in hist[-10:])
         self._earlier_s = sum(float(h.get("duration_ms") or 0.0) for h in ev.history) / 1000
         self.samples.extend((int(h["step"]), str(h["sample"])) for h in ev.history if h.get("sample"))
@@ -341,7 +346,8 @@ class TrainingApp(App[int]):
         if self.recent_losses:  # the mean of the last 10: one step's loss is too noisy to read
             parts.append(f"loss {sum(self.recent_losses) / len(self.recent_losses):.4f}")
         if self.last_val is not None:
-            parts.append(f"val {self.last_val[1]:.4f} @{self.last_val[0]}")
+            bpb = f" {self.last_bpb:.3f} bpb" if math.isfinite(self.last_bpb) else ""
+            parts.append(f"val {self.last_val[1]:.4f}{bpb} @{self.last_val[0]}")
         if self.recent:
             ms = sum(e.duration_ms for e in self.recent) / len(self.recent)
             tps = sum(e.tokens_per_s for e in self.recent) / len(self.recent)
@@ -454,6 +460,13 @@ class TrainingApp(App[int]):
     def action_toggle_log(self) -> None:
         chart = self.chart
         chart.log_scale = not chart.log_scale
+        self._chart_dirty = True
+        self._maybe_draw_chart(force=True)
+
+    def action_toggle_metric(self) -> None:
+        """The chart's y axis: loss (nats per token) or validation bits per byte (one scale for any tokenizer)."""
+        chart = self.chart
+        chart.metric = "bpb" if chart.metric == "loss" else "loss"
         self._chart_dirty = True
         self._maybe_draw_chart(force=True)
 

@@ -159,6 +159,11 @@ class LossChart(PlotextPlot):
         self.source_val: dict[str, tuple[list[int], list[float]]] = {}
         # --compare: an earlier run's (name, train steps, train losses, val steps, val losses), drawn faintly
         self.compare: tuple[str, list[int], list[float], list[int], list[float]] | None = None
+        # the same validation points in bits per byte (key b): nan where a log has none; the compared run's too
+        self.val_bpb: list[float] = []
+        self.source_bpb: dict[str, tuple[list[int], list[float]]] = {}
+        self.compare_bpb: tuple[list[int], list[float]] = ([], [])
+        self.metric = "loss"  # or "bpb": what the y axis shows
         self.log_scale = False
         self.draws = 0  # how many times the plot was built (tests and the throttle read it)
         self.drawn_points = 0  # train points in the last build
@@ -174,14 +179,37 @@ class LossChart(PlotextPlot):
         train, val = split_log(log)
         self.compare = (name, [e["step"] for e in train], [e["loss"] for e in train],
                         [e["step"] for e in val], [e["validation_loss"] for e in val])
+        with_bpb = [e for e in val if isinstance(e.get("validation_bpb"), (int, float))]
+        self.compare_bpb = ([e["step"] for e in with_bpb], [e["validation_bpb"] for e in with_bpb])
 
-    def add_val(self, step: int, loss: float, by_source: dict[str, float] | None = None) -> None:
+    def add_val(
+        self,
+        step: int,
+        loss: float,
+        by_source: dict[str, float] | None = None,
+        bpb: float = math.nan,
+        source_bpb: dict[str, float] | None = None,
+    ) -> None:
         self.val_steps.append(step)
         self.val_losses.append(loss)
-        for name, value in (by_source or {}).items():
-            steps, losses = self.source_val.setdefault(name, ([], []))
-            steps.append(step)
-            losses.append(value)
+        self.val_bpb.append(bpb)
+        for series, values in ((self.source_val, by_source), (self.source_bpb, source_bpb)):
+            for name, value in (values or {}).items():
+                steps, losses = series.setdefault(name, ([], []))
+                steps.append(step)
+                losses.append(value)
+
+    def _validation(self) -> tuple[list[int], list[float], dict[str, tuple[list[int], list[float]]]]:
+        """The validation points of the metric shown (bpb: those measured), and each source's."""
+        if self.metric == "loss":
+            return self.val_steps, self.val_losses, self.source_val
+        kept = [(s, v) for s, v in zip(self.val_steps, self.val_bpb) if math.isfinite(v)]
+        return [s for s, _ in kept], [v for _, v in kept], self.source_bpb
+
+    def _title(self) -> str:
+        if self.metric == "bpb":
+            return "validation bits per byte (b: loss)"
+        return "loss (log scale)" if self.log_scale else "loss"
 
     def render(self) -> RenderResult:
         t0 = time.thread_time()
@@ -189,8 +217,13 @@ class LossChart(PlotextPlot):
         plt.clear_data()
         # braille packs two points per cell horizontally; more than that would only cost time
         xs, ys = downsample(self.train_steps, self.train_losses, max(2, 2 * (self.size.width - 8)))
+        if self.metric == "bpb":  # training is measured in tokens, not bytes: only validation is drawn
+            xs, ys = [], []
+        val_steps, val_values, by_source = self._validation()
         if self.compare is not None:  # first, so the live run's curves are drawn over it
             name, c_steps, c_losses, c_val_steps, c_val_losses = self.compare
+            if self.metric == "bpb":
+                c_steps, c_losses, (c_val_steps, c_val_losses) = [], [], self.compare_bpb
             cx, cy = downsample(c_steps, c_losses, max(2, self.size.width - 8))
             if cx:
                 plt.plot(cx, cy, marker="dot", color="gray", label=f"{name} train")
@@ -198,17 +231,17 @@ class LossChart(PlotextPlot):
                 plt.scatter(c_val_steps, c_val_losses, marker="•", color="gray+", label=f"{name} val")
         if xs:
             plt.plot(xs, ys, marker="braille", color="cyan+", label="train")
-        if self.val_steps:
-            plt.scatter(self.val_steps, self.val_losses, marker="●", color="orange+", label="validation")
-        for (name, (steps, losses)), color in zip(self.source_val.items(), SOURCE_COLORS * 4):
+        if val_steps:
+            plt.scatter(val_steps, val_values, marker="●", color="orange+", label="validation")
+        for (name, (steps, losses)), color in zip(by_source.items(), SOURCE_COLORS * 4):
             plt.plot(steps, losses, marker="●", color=color, label=f"val {name}")
-        if xs or self.compare is not None and self.compare[1]:
-            ends = [*xs[:1], *xs[-1:], *self.val_steps[:1], *self.val_steps[-1:]]
-            if self.compare is not None:
-                ends += [*self.compare[1][:1], *self.compare[1][-1:]]
+        ends = [*xs[:1], *xs[-1:], *val_steps[:1], *val_steps[-1:]]
+        if self.compare is not None:
+            ends += [*self.compare[1][:1], *self.compare[1][-1:]] if self.metric == "loss" else self.compare_bpb[0]
+        if ends:
             plt.xticks(step_ticks(min(ends), max(ends)))
-        plt.yscale("log" if self.log_scale else "linear")
-        plt.title("loss (log scale)" if self.log_scale else "loss")
+        plt.yscale("log" if self.log_scale and self.metric == "loss" else "linear")
+        plt.title(self._title())
         plt.xlabel("step")
         result = super().render()
         area = _inside_frame(result.plain.splitlines())
