@@ -300,10 +300,13 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     out_dir, resumed = trainer.train_cfg.out_dir, ns.resume_training
     trackers = open_trackers(ns.tensorboard, ns.wandb, out_dir, resumed) if trainer.is_main else []
     try:
-        return _train(ns, trainer, compare, trackers)
+        code = _train(ns, trainer, compare, trackers)
     finally:
         for tracker in trackers:
             tracker.close()  # the run ended however it ended: flush what was logged
+    del trainer  # under torchrun: DDP and its pending gloo work go before the process group does
+    distributed.leave()
+    return code
 
 
 def _train(

@@ -102,6 +102,22 @@ def destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
+def leave() -> None:
+    """End a finished run's part in the process group: every rank at once (a barrier), then the group is
+    destroyed while the interpreter is whole. Left to interpreter exit, a rank's gloo threads could still hold
+    work as the process tore down, and it aborted ("terminate called without an active exception") after a
+    run that had finished. Only after a normal end: a rank that failed must not wait here for the others."""
+    if not is_initialized():
+        return
+    import gc
+
+    import torch.distributed as dist
+
+    gc.collect()  # the DDP wrapper and its reducer, dropped by the caller, are freed now
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def _wire(device: torch.device) -> torch.device:
     """Where collective tensors live: the GPU for NCCL, the CPU for gloo."""
     import torch
