@@ -27,51 +27,57 @@ def one_intra_op_thread():
 
 # ------------------------------------------------------------------------------------ the decision
 @pytest.mark.parametrize(
-    ("shard_ms", "expected"),
+    ("median_ms", "expected"),
     [
-        ([50.0, 52.0], 2),  # idle: both cores keep up
-        ([50.0, 95.0], 2),  # one core at half speed: one worker (100 ms) would be no faster
-        ([50.0, 200.0], 1),  # one core mostly taken: both shards on the free one (100 ms) beat waiting
-        ([10.0, 10.0, 11.0, 60.0], 2),  # 4 shards, one core taken: 2 rounds on the 2 fastest (20 ms)
-        ([10.0, 10.0, 10.0, 10.0], 4),
-        ([10.0, 30.0, 31.0, 32.0], 4),  # one fast core is not worth running everything on (40 ms vs 32)
+        ({2: 50.0}, 2),  # only all the workers measured: nothing to compare
+        ({2: 50.0, 1: 95.0}, 2),  # idle: one worker is slower
+        ({2: 220.0, 1: 280.0}, 2),  # a busy machine where side by side still pays
+        ({2: 220.0, 1: 190.0}, 2),  # one worker barely faster: not worth leaving (noise)
+        ({2: 400.0, 1: 110.0}, 1),  # a core taken and the shards waiting on it: one after another wins
+        ({4: 60.0, 2: 40.0, 1: 80.0}, 2),
+        ({1: 100.0}, 1),
     ],
 )
-def test_workers_for_takes_fewer_workers_only_when_a_straggler_costs_more_than_they_save(shard_ms, expected):
-    assert cores.workers_for(shard_ms) == expected
+def test_choose_workers_leaves_all_shards_side_by_side_only_for_a_measured_gain(median_ms, expected):
+    assert cores.choose_workers(max(median_ms), median_ms) == expected
 
 
-def test_worker_count_falls_back_on_a_persistent_straggler_and_returns_when_the_cores_are_back():
-    count = cores.WorkerCount(2)
-    count.record(2, [50.0, 400.0])  # one slow micro-batch changes nothing
-    count.record(2, [50.0, 52.0])
-    count.record(2, [50.0, 51.0])
-    assert count.next() == 2
-    count.record(2, [50.0, 300.0])  # the second core taken for a while: once is not yet persistent ...
-    assert count.current == 2
-    count.record(2, [50.0, 300.0])  # ... twice is the window's majority
-    assert count.current == 1
-    runs = [count.next() for _ in range(2 * cores.PROBE_EVERY)]
-    # one micro-batch in PROBE_EVERY runs on both workers again, to see whether the core came back
-    assert runs.count(2) == 2 and runs[cores.PROBE_EVERY - 1] == 2 and set(runs) == {1, 2}
-    for workers in runs:
-        count.record(workers, [100.0] if workers == 1 else [50.0, 300.0])  # still taken: stay on one
-    assert count.current == 1
-    probes = 0
-    while count.current == 1:  # the core is free again: the probes say so
+def feed(count: cores.WorkerCount, micro_ms, n: int) -> list[int]:
+    """n micro-batches through `count`, each taking micro_ms(workers) ms; the worker counts it chose."""
+    chosen = []
+    for _ in range(n):
         workers = count.next()
-        probes += workers == 2
-        count.record(workers, [50.0, 51.0] if workers == 2 else [100.0])
-    assert probes == 2 and count.next() == 2  # two quiet probes outvote the window's one slow sample
-    assert count.reduced > 0
+        count.record(workers, micro_ms(workers))
+        chosen.append(workers)
+    return chosen
+
+
+def test_worker_count_falls_back_when_a_core_is_taken_and_returns_when_it_is_free():
+    count = cores.WorkerCount(2)
+    quiet = feed(count, lambda w: 50.0 if w == 2 else 95.0, 200)
+    assert set(quiet) == {2} and count.reduced == 0  # idle: never tries fewer workers (no cost)
+    feed(count, lambda w: 400.0 if w == 2 else 110.0, cores.PROBE_EVERY)  # a core taken: slower, then a trial
+    assert count.current == 1
+    busy = feed(count, lambda w: 400.0 if w == 2 else 110.0, 4 * cores.PROBE_EVERY)
+    assert busy.count(2) == 4  # one probe in PROBE_EVERY on all workers; they still do not pay
+    assert count.current == 1
+    back = feed(count, lambda w: 50.0 if w == 2 else 95.0, 2 * cores.PROBE_EVERY)
+    assert back.count(2) > 2 and back[-1] == 2 and count.current == 2  # two quiet probes outvote a slow one
+
+
+def test_a_failed_trial_waits_twice_as_long_before_the_next():
+    count = cores.WorkerCount(2)
+    feed(count, lambda w: 50.0, 10)
+    chosen = feed(count, lambda w: 220.0 if w == 2 else 280.0, 200)  # busy, but side by side still pays
+    trials = [i for i, w in enumerate(chosen) if w == 1 and (i == 0 or chosen[i - 1] == 2)]
+    gaps = [b - a for a, b in zip(trials, trials[1:])]
+    assert count.current == 2 and len(trials) >= 3
+    assert all(later > earlier for earlier, later in zip(gaps, gaps[1:]))
 
 
 def test_a_fixed_worker_count_never_changes():
     count = cores.WorkerCount(2, fixed=1)
-    for _ in range(40):
-        assert count.next() == 1
-        count.record(1, [100.0])
-    assert count.current == 1 and count.reduced == 40
+    assert set(feed(count, lambda w: 100.0, 40)) == {1} and count.current == 1 and count.reduced == 40
 
 
 # ---------------------------------------------------------------------------- the same bits, whatever runs them
@@ -100,11 +106,14 @@ def train(parallel: cores.CoreParallel, steps: int = 6) -> tuple[list[torch.Tens
 
 
 class Straggling(cores.WorkerCount):
-    """A WorkerCount whose cores always look taken, so the adaptive path switches (fewer workers, probes on
-    all) during the run: the real decision code, fed times that say one core straggles."""
+    """A WorkerCount that sees all the shards side by side turn slow after its first micro-batches (a core
+    taken), so the adaptive path switches during the run: the real decision code, fed that time."""
 
-    def record(self, workers, shard_ms):
-        super().record(workers, [t * (1 + 10 * i) for i, t in enumerate(sorted(shard_ms))])
+    seen = 0
+
+    def record(self, workers, micro_ms):
+        self.seen += 1
+        super().record(workers, micro_ms * 10 if workers == self.shards and self.seen > cores.WINDOW else micro_ms)
 
 
 @pytest.mark.parametrize("shards", [2, 3])
@@ -113,7 +122,7 @@ def test_shards_run_on_fewer_workers_give_the_same_bits(shards):
     serial_losses, serial_weights = train(cores.CoreParallel(shards, fixed_workers=1))
     adaptive = cores.CoreParallel(shards)
     adaptive.schedule = Straggling(shards)
-    adaptive_losses, adaptive_weights = train(adaptive, steps=3 * cores.PROBE_EVERY // 2)
+    adaptive_losses, adaptive_weights = train(adaptive, steps=2 * cores.PROBE_EVERY)
     assert adaptive.schedule.current < shards and adaptive.schedule.reduced > 0  # it did switch
     for other_losses, other_weights in ((serial_losses, serial_weights), (adaptive_losses, adaptive_weights)):
         assert all(torch.equal(a, b) for a, b in zip(plain_losses, other_losses))  # bit for bit

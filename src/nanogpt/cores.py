@@ -14,7 +14,6 @@ import statistics
 import time
 import weakref
 from collections import deque
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -22,62 +21,82 @@ import torch
 from . import runtime
 from .runtime import autocast
 
-# Fewer workers are taken only when predicted at least this much faster, so that an idle machine's noise never
-# flips the choice.
+# Fewer workers are kept only when measured at least this much faster, so that noise never flips the choice.
 MARGIN = 0.8
-# All-worker micro-batches whose per-shard times decide (their element-wise median): one slow micro-batch (a
-# page fault, a short burst of other work) changes nothing; a core taken for longer does.
+# Micro-batches per worker count whose median decides: one slow micro-batch (a page fault, a short burst of
+# other work) changes nothing; a core taken for longer does.
 WINDOW = 3
+# All shards side by side this much slower than their best so far: the cores give less; try fewer workers.
+SLOWER = 1.5
 # While on fewer workers, one micro-batch in this many runs on all of them again, to see the cores come back.
+# A trial waits as long after the last one, twice as long after each that did not pay (up to RETRY_EVERY).
 PROBE_EVERY = 16
+# A trial this often in any case (a run that started on a busy machine has no quiet time to compare with):
+# WINDOW slower micro-batches in RETRY_EVERY, well under 1% on an idle machine.
+RETRY_EVERY = 500
 
 
-def workers_for(shard_ms: Sequence[float], margin: float = MARGIN) -> int:
-    """How many workers should run n equal shards, from their times when each ran on a worker of its own.
-
-    A worker that straggles (its core is shared with another process) holds the whole micro-batch. With w
-    workers on the w fastest cores, n shards take about ceil(n / w) times the w-th fastest shard time; the
-    best w is taken when it beats all n by `margin` (ties: more workers).
-    """
-    times = sorted(shard_ms)
-    n = len(times)
-    predicted = {w: math.ceil(n / w) * times[w - 1] for w in range(1, n + 1)}
-    best = min(predicted, key=lambda w: (predicted[w], -w))
-    return best if predicted[best] < margin * predicted[n] else n
+def choose_workers(shards: int, median_ms: dict[int, float], margin: float = MARGIN) -> int:
+    """The worker count to run `shards` shards on, from micro-batch times measured by worker count: all of them
+    side by side (one per core) unless another count was measured at least `margin` faster."""
+    best = min(median_ms, key=lambda w: (median_ms[w], -w))
+    if shards not in median_ms:
+        return best
+    return best if median_ms[best] < margin * median_ms[shards] else shards
 
 
 class WorkerCount:
-    """How many threads run the next micro-batch's shards: all of them (one per core) while the cores keep up,
-    fewer while one persistently straggles (measured, `workers_for`), all again once a probe finds the cores
-    back. `fixed` (NANOGPT_SHARD_WORKERS) pins the count: a diagnostic and the benchmark's "before"."""
+    """How many threads run the next micro-batch's shards: all of them (one per core) while the cores keep up;
+    when the micro-batch gets SLOWER than its best, a trial of WINDOW micro-batches on half the workers, kept
+    if measured faster (`choose_workers`); probes on all workers then bring the count back when they pay.
+
+    Whole micro-batch times decide, not per-shard ones: the shard threads share the GIL, so one descheduled by
+    another process holds the others up too, and the shards' own times stay alike (BENCHMARKS.md, "Training
+    speed under load"). `fixed` (NANOGPT_SHARD_WORKERS) pins the count: a diagnostic, the benchmark's "before".
+    """
 
     def __init__(self, shards: int, fixed: int | None = None):
         self.shards = shards
         self.fixed = min(fixed, shards) if fixed else None
         self.current = self.fixed or shards
         self.reduced = 0  # micro-batches run on fewer workers than shards (for benchmarks and tests)
-        self._samples: deque[list[float]] = deque(maxlen=WINDOW)
-        self._since_probe = 0
+        self._ms: dict[int, deque[float]] = {}  # recent micro-batch milliseconds by worker count
+        self._best = math.inf  # the best all-worker median seen
+        self._trial: int | None = None  # the worker count on trial
+        self._since = 0  # micro-batches since the last probe or trial
+        self._wait = PROBE_EVERY  # before the next trial
 
     def next(self) -> int:
         """Workers for the next micro-batch."""
-        if self.fixed or self.current == self.shards:
-            return self.current
-        self._since_probe += 1
-        if self._since_probe >= PROBE_EVERY:
-            self._since_probe = 0
+        if self.fixed or self._trial is not None:
+            return self.fixed or self._trial
+        self._since += 1
+        if self.current < self.shards and self._since >= PROBE_EVERY:
+            self._since = 0
             return self.shards
         return self.current
 
-    def record(self, workers: int, shard_ms: Sequence[float]) -> None:
-        """Take a micro-batch's per-shard times (milliseconds); only all-worker ones say what the cores give."""
-        if workers < self.shards:
-            self.reduced += 1
-        if self.fixed or workers < self.shards or len(shard_ms) != self.shards:
+    def record(self, workers: int, micro_ms: float) -> None:
+        """Take a micro-batch's wall time (milliseconds) on `workers` threads; decide the next count."""
+        self.reduced += workers < self.shards
+        if self.fixed:
             return
-        self._samples.append(sorted(shard_ms))
-        if len(self._samples) == WINDOW:
-            self.current = workers_for([statistics.median(col) for col in zip(*self._samples, strict=True)])
+        window = self._ms.setdefault(workers, deque(maxlen=WINDOW))
+        window.append(micro_ms)
+        if len(window) < WINDOW:
+            return
+        medians = {w: statistics.median(d) for w, d in self._ms.items() if len(d) == WINDOW}
+        if workers == self._trial:  # the trial's end: keep what was measured faster
+            self._trial, self.current = None, choose_workers(self.shards, medians)
+            self._wait = PROBE_EVERY if self.current < self.shards else min(RETRY_EVERY, 2 * self._wait)
+        elif workers == self.shards and self.current < self.shards:  # a probe: are the cores back?
+            self.current = choose_workers(self.shards, medians)
+        elif workers == self.shards:
+            self._best = min(self._best, medians[workers])
+            slower = medians[workers] > SLOWER * self._best and self._since >= self._wait
+            if slower or self._since >= RETRY_EVERY:
+                self._trial, self._since = max(1, self.shards // 2), 0
+                self._ms.pop(self._trial, None)  # measured afresh
 
 
 class CoreParallel:
@@ -119,24 +138,22 @@ class CoreParallel:
         bounds = [batch * i // n for i in range(n + 1)]
         shards = [(x[a:b], y[a:b], (b - a) / batch) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         results: list = [None] * n
-        shard_ms = [0.0] * n
         claim = itertools.count()  # shard indices, handed out in order to whichever worker is free first
 
         def run(i: int) -> None:
             xs, ys, weight = shards[i]
-            t0 = time.perf_counter()
             with autocast(device, dtype):  # autocast state is per thread: enter it in the worker
                 _, loss = module(xs, ys)
             # autograd.grad, not backward(): each shard's gradients come back to be summed in a fixed order
             grads = torch.autograd.grad(loss * (loss_scale * weight), params)
             results[i] = (loss.detach() * weight, list(grads))
-            shard_ms[i] = (time.perf_counter() - t0) * 1e3
 
         def drain() -> None:
             while (i := next(claim)) < n:  # next() on a count is atomic: each index goes to one worker
                 run(i)
 
         workers = min(self.schedule.next(), n)
+        t0 = time.perf_counter()
         futures = [self._pool.submit(drain) for _ in range(workers - 1)]
         try:
             drain()
@@ -144,7 +161,8 @@ class CoreParallel:
             concurrent.futures.wait(futures)  # no shard still writing into `results` once this returns
         for f in futures:
             f.result()
-        self.schedule.record(workers, shard_ms)
+        if n == self.workers:  # (a batch smaller than the shards is not the run's micro-batch)
+            self.schedule.record(workers, (time.perf_counter() - t0) * 1e3)
         loss, grads = results[0]
         for shard_loss, shard_grads in results[1:]:  # in shard order, whichever thread ran which
             loss = loss + shard_loss
