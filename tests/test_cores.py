@@ -86,10 +86,12 @@ def tiny_model() -> GPT:
     return GPT(ModelConfig(vocab_size=17, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0))
 
 
-def train(parallel: cores.CoreParallel, steps: int = 6) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def train(parallel: cores.CoreParallel, steps: int = 6, threads_seen: list | None = None):
     """A few AdamW steps of a tiny GPT on fixed batches, its micro-batches through `parallel`; the losses and
-    the final weights."""
+    the final weights. threads_seen: gets the intra-op thread count each shard's forward ran with."""
     model = tiny_model()
+    if threads_seen is not None:
+        model.register_forward_pre_hook(lambda module, args: threads_seen.append(torch.get_num_threads()))
     opt = build_optimizer(model, kind="adamw", lr=3e-3, betas=(0.9, 0.99), weight_decay=0.1, device=CPU)
     g = torch.Generator().manual_seed(1)
     losses = []
@@ -154,3 +156,16 @@ def test_a_run_with_its_shards_on_one_worker_trains_exactly_like_the_plain_run(s
     assert len(plain_losses) == 8 and serial_losses == plain_losses
     for p, q in zip(plain.model.parameters(), serial.model.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_the_calling_thread_runs_its_shards_on_the_shards_thread_count():
+    """The engine's thread may have another intra-op count (a UI's worker thread has torch's default): the
+    shards it runs itself still get the pool's one thread each, so which thread ran a shard changes no bit."""
+    plain_losses, plain_weights = train(cores.CoreParallel(2, threads=1, fixed_workers=2))
+    with runtime.intra_op_threads(4):
+        seen: list[int] = []
+        losses, weights = train(cores.CoreParallel(2, threads=1, fixed_workers=1), threads_seen=seen)
+        assert seen == [1] * 12  # 6 micro-batches x 2 shards, all on this thread, each on one intra-op thread
+        assert torch.get_num_threads() == 4  # restored after each micro-batch
+    assert all(torch.equal(a, b) for a, b in zip(plain_losses, losses, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(plain_weights, weights, strict=True))

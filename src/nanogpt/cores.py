@@ -116,6 +116,7 @@ class CoreParallel:
         if workers < 2:
             raise ValueError("CoreParallel needs at least 2 workers")
         self.workers = workers  # the shards a micro-batch splits into (at most one per sequence)
+        self.threads = threads
         self.schedule = WorkerCount(workers, fixed_workers or runtime.fixed_shard_workers())
         # the calling thread runs shards itself; the pool runs the others
         # Each pool thread sets its own intra-op thread count: MKL's (mkl_set_num_threads_local) and
@@ -156,7 +157,10 @@ class CoreParallel:
         t0 = time.perf_counter()
         futures = [self._pool.submit(drain) for _ in range(workers - 1)]
         try:
-            drain()
+            # the calling thread runs shards too, on the pool's thread count: a shard's bits never depend on
+            # which thread ran it (a UI runs the engine in a thread whose own count torch's default may be)
+            with runtime.intra_op_threads(self.threads if torch.get_num_threads() != self.threads else None):
+                drain()
         finally:
             concurrent.futures.wait(futures)  # no shard still writing into `results` once this returns
         for f in futures:
