@@ -282,7 +282,10 @@ def worker_main(args: argparse.Namespace) -> None:
         times, loss = timed_steps(runner, int(line), device, per_block)
         # on CUDA each side's process has its own allocator: its peak is that side's alone
         peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-        print(json.dumps({"times": times, "loss": loss, "peak_mib": peak}), flush=True)
+        # ours: micro-batches so far whose CPU shards ran on fewer threads (a core straggled; bench/load_speed.py)
+        parallel = getattr(getattr(runner, "trainer", None), "stepper", None)
+        reduced = parallel.core_parallel.schedule.reduced if parallel and parallel.core_parallel else 0
+        print(json.dumps({"times": times, "loss": loss, "peak_mib": peak, "reduced": reduced}), flush=True)
 
 
 class Worker:

@@ -127,6 +127,13 @@ def core_parallel_workers(device: torch.device, *, batch_size: int, dropout: flo
     return max(1, min(cores, batch_size))
 
 
+def fixed_shard_workers() -> int | None:
+    """NANOGPT_SHARD_WORKERS=N: run the CPU shards on N threads always, instead of adapting the count to what
+    the cores give (cores.WorkerCount); a diagnostic, and the benchmark's "before". Changes no result."""
+    value = os.environ.get("NANOGPT_SHARD_WORKERS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Hardware:
     """Where and how this process trains: resolved once by `resolve_hardware`, read everywhere else."""
