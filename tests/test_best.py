@@ -140,3 +140,17 @@ def test_overfitting_is_rises_while_the_training_loss_falls() -> None:
     assert not rising_while_training_falls(log([3, 2, 2.1, 2.2, 2.3], [3, 2, 2.5, 2.6, 2.7]), 3)  # training rose
     assert not rising_while_training_falls(log([3, 2, 2.1, 2.05, 2.3], [3, 2, 1.5, 1.2, 1.0]), 3)  # a fall between
     assert not rising_while_training_falls(log([2, 2.1, 2.2, 2.3], [3, 2, 1.5, 1.2]), 3)  # too few evaluations
+
+
+def test_an_unreadable_best_json_falls_back_to_the_latest_and_says_why(
+    stopped_run: tuple[Path, str], tmp_path: Path, capsys
+) -> None:
+    folder = tmp_path / "run"
+    shutil.copytree(stopped_run[0], folder)
+    latest = runs.latest_in(folder)
+    (folder / "best.json").write_text("{not json")
+    code, _, err = run(capsys, "generate", str(folder), "--tokens-to-generate", "5", "--device", "cpu")
+    assert code == 0 and f"using its latest checkpoint, {latest} (its best.json cannot be read)" in err, err
+    (folder / "best.json").write_text(json.dumps({"step": 3, "stem": "model_step_3", "validation_loss": 1.0}))
+    code, _, err = run(capsys, "generate", str(folder), "--tokens-to-generate", "5", "--device", "cpu")
+    assert code == 0 and "its best.json names model_step_3, which is not a whole checkpoint there" in err, err
