@@ -1,8 +1,7 @@
 """The best checkpoint by validation loss and the overfitting notice, through the real CLI on CPU.
 
-A run made to overfit at once: 1,500 training characters of the bundled Tiny Shakespeare for a 0.4M-parameter
-model at a constant learning rate of 3e-3 (its validation loss turns within about 100 steps), evaluated every
-10 steps. Nothing here names the step where it turns: the tests read it from the run's own log.
+A run made to overfit at once (engine_fixtures.OVERFIT on `overfit_dir`). Nothing here names the step where
+its validation loss turns: the tests read it from the run's own log.
 """
 
 from __future__ import annotations
@@ -14,20 +13,24 @@ import shutil
 from pathlib import Path
 
 import pytest
-from engine_fixtures import shakespeare_text
+from engine_fixtures import OVERFIT
 
 from nanogpt import runs
 from nanogpt.checkpoint import read_log
 from nanogpt.cli import main
-from nanogpt.prepare import prepare
 from nanogpt.train.best import rising_while_training_falls
 
-OVERFIT_FLAGS = [
-    "--layer-count", "2", "--head-count", "2", "--embedding-size", "128", "--block-size", "16",
-    "--batch-size", "16", "--eval-iters", "4", "--device", "cpu", "--no-compile", "--dtype", "float32",
-    "--optimizer", "adamw", "--learning-rate", "3e-3", "--min-learning-rate", "3e-3", "--warmup-steps", "0",
-    "--validation-interval", "10", "--log-interval", "50", "--eval-sample-tokens", "0",
-]
+def flags(settings: dict) -> list[str]:
+    """Command-line flags for `settings` (field names as in engine_fixtures.OVERFIT)."""
+    named = {"n_layer": "--layer-count", "n_head": "--head-count", "n_embd": "--embedding-size"}
+    out: list[str] = []
+    for name, value in settings.items():
+        flag = named.get(name, "--" + name.replace("_", "-"))
+        out += [f"--{'no-' if value is False else ''}{flag[2:]}"] if isinstance(value, bool) else [flag, str(value)]
+    return out
+
+
+OVERFIT_FLAGS = flags(OVERFIT)
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
@@ -41,20 +44,11 @@ def evaluations(stem: Path) -> list[tuple[int, float]]:
 
 
 @pytest.fixture(scope="module")
-def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """10,000 characters, 85% of them kept for validation: the model learns the other 1,500 by heart."""
-    out = tmp_path_factory.mktemp("overfit")
-    (out / "input.txt").write_text(shakespeare_text()[:10_000], encoding="utf-8")
-    prepare(str(out / "input.txt"), tokenizer="char", out_dir=str(out), val_fraction=0.85, strip_gutenberg=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def stopped_run(small_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def stopped_run(overfit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A run with --stop-when-overfitting (300 steps asked for): its folder and its headless output."""
     folder, out = tmp_path_factory.mktemp("runs") / "run", io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main(["train", "--headless", *OVERFIT_FLAGS, "--data-dir", str(small_data), "--out-dir", str(folder),
+        code = main(["train", "--headless", *OVERFIT_FLAGS, "--data-dir", str(overfit_dir), "--out-dir", str(folder),
                      "--steps", "300", "--stop-when-overfitting"])
     assert code == 0
     return folder, out.getvalue()
