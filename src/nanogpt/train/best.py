@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import runs
+from ..errors import UserError
 from ..events import Event, Overfitting
 from . import saving
 
@@ -52,7 +53,10 @@ class BestKeeper:
     def publish(self, superseded: Path | None) -> None:
         """Write best.json (rank 0, the set it names being whole), then remove the superseded best-only set."""
         assert self.record is not None
-        runs.write_best(self.folder, self.record)
+        try:
+            runs.write_best(self.folder, self.record)
+        except OSError as e:  # a UserError, so that every rank stops alike (saving.on_rank_zero)
+            raise UserError(f"cannot write {self.folder / runs.BEST_FILE}: {e.strerror or e}") from None
         if superseded is not None:
             runs.remove_set(superseded)
 
@@ -74,27 +78,34 @@ def after_evaluation(trainer: Trainer, emit: Callable[[Event], None], val_loss: 
     if not keeper.noticed and rising_while_training_falls(state.log, cfg.overfit_evaluations):
         keeper.noticed = True
         best = keeper.record
+        stopping = cfg.stop_when_overfitting and state.step < trainer.total_steps  # the last step completes
         emit(Overfitting(
-            step=state.step, evaluations=cfg.overfit_evaluations, stopping=cfg.stop_when_overfitting,
+            step=state.step, evaluations=cfg.overfit_evaluations, stopping=stopping,
             best_step=best.step if best else None, best_val=best.validation_loss if best else None,
             best_stem=str(keeper.folder / best.stem) if best else None,
         ))
-        if cfg.stop_when_overfitting:
+        if stopping:
             trainer.request_stop()
 
 
 def rising_while_training_falls(log: list[dict[str, Any]], evaluations: int) -> bool:
     """True when the validation loss rose at each of the last `evaluations` evaluations in `log` while the mean
-    training loss between the last two evaluations is below the mean just before the first of those rises."""
-    evals = [(i, e["validation_loss"]) for i, e in enumerate(log) if "validation_loss" in e]
-    if evaluations < 1 or len(evals) < evaluations + 2:
+    training loss between the last two evaluations is below the mean just before the first of those rises.
+    Reads the log from its end, only as far as those evaluations (a long run's log has 10^5 entries)."""
+    if evaluations < 1:
         return False
-    recent = evals[-evaluations - 1:]
-    if not all(later[1] > earlier[1] for earlier, later in zip(recent, recent[1:])):
+    at: list[int] = []  # the log indices of the last evaluations + 2, latest first
+    for i in range(len(log) - 1, -1, -1):
+        if "validation_loss" in log[i]:
+            at.append(i)
+            if len(at) == evaluations + 2:
+                break
+    if len(at) < evaluations + 2:
         return False
-    (before_start, _), (start, _) = evals[-evaluations - 2], recent[0]
-    (last_start, _), (end, _) = evals[-2], evals[-1]
-    return _mean_loss(log[last_start + 1: end + 1]) < _mean_loss(log[before_start + 1: start + 1])
+    vals = [log[i]["validation_loss"] for i in reversed(at)]  # oldest first
+    if not all(later > earlier for earlier, later in zip(vals[1:], vals[2:])):
+        return False
+    return _mean_loss(log[at[1] + 1: at[0] + 1]) < _mean_loss(log[at[-1] + 1: at[-2] + 1])
 
 
 def _mean_loss(entries: list[dict[str, Any]]) -> float:
