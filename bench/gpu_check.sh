@@ -10,7 +10,10 @@
 #      came at 1750 (issue 21); only the time to the best is compared.
 #   3. generation tokens/s, baby-gpt shape, batch 1 and --num-samples 64 (bench/generate_speed.py)
 #   4. gpt2-124m MFU, ours (bench/train_speed.py --grad-accum 1)
-#   5. tests/test_cuda.py
+#   5. the default CUDA run's step (baby-gpt, Muon) under each --compile-mode: default against reduce-overhead
+#      (CUDA graphs), short per-step timings (bench/train_speed.py --compile-mode); max-autotune's kernel search
+#      takes minutes, more than a rental has: COMPILE_MODES="default reduce-overhead max-autotune" to add it
+#   6. tests/test_cuda.py
 # Every table is written to $OUT as soon as it is made ($OUT: the device tool brings it back; else gpu-logs);
 # $OUT/summary.md lists each stage's exit code and seconds. DRY=1 runs the same stages on CPU at toy sizes
 # (no .gpu/ wheel needed): a check of the script's plumbing on a machine without a GPU, not a measurement.
@@ -102,7 +105,18 @@ else
       --skip 10 --block 5 --data-dir .gpu/data-gpt2 --no-reference --no-memory --json "$OUT/gpt2-124m.json"
 fi
 
-# 5. the CUDA tests (on CPU in a dry run: the generation ones, NANOGPT_TEST_DEVICE=cpu)
+# 5. the step under each torch.compile mode (the default stays default until this has measured the others)
+for MODE in ${COMPILE_MODES:-default reduce-overhead}; do
+  if [ "$DRY" = 1 ]; then
+    stage "compile_$MODE" 40 python3 bench/train_speed.py --preset cpu-small --compile off --compile-mode "$MODE" \
+        --steps 6 --skip 2 --block 2 --no-reference --no-memory --json "$OUT/compile_$MODE.json"
+  else
+    stage "compile_$MODE" 60 python3 bench/train_speed.py --device cuda --preset baby-gpt --optimizer muon \
+        --compile-mode "$MODE" --steps 60 --skip 20 --block 10 --no-reference --no-memory --json "$OUT/compile_$MODE.json"
+  fi
+done
+
+# 6. the CUDA tests (on CPU in a dry run: the generation ones, NANOGPT_TEST_DEVICE=cpu)
 if [ "$DRY" = 1 ]; then
   stage test_cuda 120 env NANOGPT_TEST_DEVICE=cpu python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
       -k "graph or num_samples"

@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--block", type=int, default=10, help="steps per side before switching to the other")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="ours: torch.compile (auto: runtime.should_compile)")
+    p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",
+                   help="ours: torch.compile's mode on CUDA (--compile-mode of nanogpt train)")
     p.add_argument("--nanogpt-compile", choices=("auto", "on", "off"), default="auto",
                    help="nanoGPT's compile (auto: on for CUDA as its default, off on CPU as its recipe)")
     p.add_argument("--nanogpt-adamw", choices=("fused", "as-is"), default="fused",
@@ -98,6 +100,7 @@ class Ours:
                      "out_dir": str(out_dir), "optimizer": args.optimizer}
         if args.compile != "auto":
             overrides["compile"] = args.compile == "on"
+        overrides["compile_mode"] = args.compile_mode
         for name in ("batch_size", "grad_accum"):
             if getattr(args, name):
                 overrides[name] = getattr(args, name)
@@ -118,7 +121,9 @@ class Ours:
         self.tokens_per_step = self.trainer.tokens_per_step
         shards = self.trainer.stepper.core_parallel.workers if self.trainer.stepper.core_parallel else 1
         dtype = str(self.trainer.dtype).removeprefix("torch.")
+        mode = self.trainer.hardware.compile_mode
         self.label = (f"ours ({dtype}{', compiled' if self.compiled else ''}"
+                      f"{f' {mode}' if self.compiled and mode != 'default' else ''}"
                       f", {shards} shard{'s' if shards > 1 else ''} x {self.threads} thread"
                       f"{'s' if self.threads > 1 else ''})")
 
@@ -295,6 +300,7 @@ class Worker:
                  probe: bool = False):
         cmd = [sys.executable, __file__, "--worker", which, "--data-dir", str(data_dir), "--preset", args.preset,
                "--device", args.device, "--dtype", args.dtype, "--compile", args.compile,
+               "--compile-mode", args.compile_mode,
                "--nanogpt-compile", args.nanogpt_compile, "--nanogpt-adamw", args.nanogpt_adamw,
                "--sync", args.sync, "--optimizer", args.optimizer, "--shape", json.dumps(shape or {})]
         for name in ("batch_size", "grad_accum"):

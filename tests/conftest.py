@@ -51,4 +51,4 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 # Tiny Shakespeare prepared at character level, once per session (tests/engine_fixtures.py)
-from engine_fixtures import mixology_dir, shakespeare_dir  # noqa: E402, F401 - shared fixtures
+from engine_fixtures import mixology_dir, overfit_dir, shakespeare_dir  # noqa: E402, F401 - shared fixtures

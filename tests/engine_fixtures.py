@@ -119,3 +119,22 @@ def mixology_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = root / "data"
     assert main(["prepare", str(root / "mix"), "--tokenizer", "char", "--strip-gutenberg", "--out-dir", str(out)]) == 0
     return out
+
+
+# A run that overfits at once (tests/test_best.py, test_tui.py): a 0.4M-parameter model at a constant 3e-3 on the
+# 1,500 training characters of `overfit_dir`, evaluated every 10 steps; its validation loss turns within ~100 steps.
+OVERFIT = {
+    "n_layer": 2, "n_head": 2, "n_embd": 128, "block_size": 16, "batch_size": 16, "eval_iters": 4, "device": "cpu",
+    "compile": False, "dtype": "float32", "optimizer": "adamw", "learning_rate": 3e-3, "min_learning_rate": 3e-3,
+    "warmup_steps": 0, "validation_interval": 10, "log_interval": 50, "eval_sample_tokens": 0,
+}
+
+
+@pytest.fixture(scope="session")
+def overfit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """10,000 characters of the bundled Tiny Shakespeare, 85% kept for validation: a model learns the other 1,500
+    by heart."""
+    out = tmp_path_factory.mktemp("overfit")
+    (out / "input.txt").write_text(shakespeare_text()[:10_000], encoding="utf-8")
+    prepare(str(out / "input.txt"), tokenizer="char", out_dir=str(out), val_fraction=0.85, strip_gutenberg=False)
+    return out

@@ -28,7 +28,8 @@ def test_checkpoint_has_its_five_files_and_nothing_half_written(trained) -> None
     _, stem = trained
     assert stem.name == "model_step_6"
     names = sorted(p.name for p in stem.parent.iterdir())
-    assert names == sorted(stem.name + s for s in checkpoint.SUFFIXES)  # no temporary files left behind
+    # no temporary files left behind; best.json names the run's best set (this one: its only evaluation)
+    assert names == sorted([*(stem.name + s for s in checkpoint.SUFFIXES), "best.json"])
     meta = json.loads(stem.with_name(stem.name + ".config.json").read_text())
     assert meta["step"] == 6 and meta["model"]["n_embd"] == 32
     assert len(meta["tokenizer"]["itos"]) == meta["model"]["vocab_size"] == 65  # self-contained vocabulary

@@ -4,6 +4,19 @@ bf16 autocast (float16 + GradScaler where asked), torch.compile, losses read bac
 exact resume, KV-cache generation, the CUDA-graph decode step and --num-samples, and torchrun over NCCL. The
 data is the corpus bundled inside the package, so nothing from ../shared has to travel to the GPU machine.
 NANOGPT_TEST_DEVICE=cpu runs the same tests on CPU (how their logic was checked on a machine without a GPU).
+
+The CUDA-only branches in src/ and the tests that run them:
+- runtime._cuda (TF32 matmuls), resolve_dtype (bfloat16, else float16), should_compile (on by default),
+  Hardware.sync_every (losses read once per log interval): test_auto_precision_...;
+- runtime.compile_model's `mode` (--compile-mode; CPU/MPS always use default) and Stepper.step's
+  cudagraph_mark_step_begin under CUDA graphs: test_compile_mode_..., test_reduce_overhead_resume_...;
+- the step without a host sync (pinned batches copied with non_blocking, data.BatchSampler; fused AdamW;
+  the clip factor on the device): test_the_step_never_waits_for_the_host (float16's GradScaler does sync);
+- GradScaler for float16: test_float16_with_grad_scaler;
+- optim's Newton-Schulz in bfloat16 on CUDA, fused AdamW: every training test here;
+- inference.CapturedStep's CUDA graph, generate's captured decode: test_graph_decode_...;
+- distributed.local_device / NCCL, DDP device_ids (train/step.step_module): test_torchrun_single_process;
+- runtime.memory_of (the GPU's own memory, for check_fits): every training test here (build_trainer).
 """
 
 from __future__ import annotations
@@ -179,3 +192,45 @@ def test_torchrun_single_process(data_dir: Path, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert checkpoint.weights_path(tmp_path / "model_step_10").is_file()
+
+
+@pytest.mark.parametrize("mode", ["reduce-overhead"])
+def test_compile_mode_trains_like_the_default_mode(data_dir: Path, tmp_path: Path, mode: str) -> None:
+    """--compile-mode reduce-overhead (CUDA graphs) gives the default mode's losses, over accumulated
+    micro-batches too (two backward passes into the same gradients between two optimizer steps)."""
+    compile_on = DEVICE == "cuda"  # on CPU (NANOGPT_TEST_DEVICE=cpu) the mode is ignored: no compile needed
+    settings = {"steps": 8, "grad_accum": 2, "compile": compile_on, "validation_interval": 4}
+    default = collect(build_trainer(opts(data_dir, tmp_path / "default", **settings)))
+    trainer = build_trainer(opts(data_dir, tmp_path / mode, compile_mode=mode, **settings))
+    assert trainer.hardware.compile_mode == (mode if DEVICE == "cuda" else "default")
+    graphed = collect(trainer)
+    assert graphed[-1].reason == "completed", graphed[-1]
+    torch.testing.assert_close(step_losses(graphed), step_losses(default), rtol=0, atol=3e-2)
+    assert (tmp_path / mode / "best.json").is_file()  # evaluation under graphs too
+
+
+def test_reduce_overhead_resume_continues_the_run(data_dir: Path, tmp_path: Path) -> None:
+    settings = opts(data_dir, tmp_path / "a", steps=6, save_interval=3, dtype="float32",
+                    compile=DEVICE == "cuda", compile_mode="reduce-overhead")
+    whole = step_losses(collect(build_trainer(settings)))
+    resumed_trainer = build_trainer({"out_dir": str(tmp_path / "b")}, resume=str(tmp_path / "a" / "model_step_3"))
+    assert resumed_trainer.train_cfg.compile_mode == "reduce-overhead"  # saved with the run
+    resumed = step_losses(collect(resumed_trainer))
+    torch.testing.assert_close(resumed, whole[3:], rtol=0, atol=1e-3)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA's sync debug mode")
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_the_step_never_waits_for_the_host(data_dir: Path, tmp_path: Path, mode: str) -> None:
+    """After warm-up (compiling, recording), steps whose losses stay on the device make no host-device sync:
+    torch raises at any synchronizing call in sync debug mode "error"."""
+    trainer = build_trainer(opts(data_dir, tmp_path, steps=20, compile=True, compile_mode=mode))
+    trainer.train_steps(4)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            trainer._step(check=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert [e.step for e in trainer._read_back_or_raise()] == [5, 6, 7]

@@ -151,7 +151,8 @@ def test_leftovers_of_a_killed_save_are_removed_at_the_next_run(
     assert code == 0, err
     names = set(contents(tmp_path))
     assert names == set(whole) | {"model_step_4" + s for s in checkpoint.SUFFIXES}
-    assert all(contents(tmp_path)[n] == b for n, b in whole.items())
+    # the sets written before are untouched (best.json names the best of the run so far: it may move on)
+    assert all(contents(tmp_path)[n] == b for n, b in whole.items() if n != runs.BEST_FILE)
 
 
 def check_every_set(folder: Path, whole_before: dict[str, bytes]) -> dict[str, bytes]:

@@ -401,3 +401,21 @@ def test_compare_with_a_path_that_is_not_a_run_is_one_line(tmp_path: Path, capsy
         f"nanogpt train: error: {tmp_path / 'nope'} is not a run: give a checkpoint stem (e.g. out/model_step_500), "
         "one of its files, or a folder of checkpoints\n"
     )
+
+
+def test_a_run_that_overfits_says_so_in_the_notice(overfit_dir: Path, tmp_path: Path) -> None:
+    from engine_fixtures import OVERFIT
+
+    app = TrainingApp(build_trainer({**OVERFIT, "steps": 100_000, "data_dir": str(overfit_dir),
+                                     "out_dir": str(tmp_path)}))
+
+    async def drive() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: "overfitting:" in str(app.notice.render()), "the notice", timeout=120)
+            notice = str(app.notice.render())
+            assert "rose at each of the last 3 evaluations" in notice and "best kept: " in notice
+            assert "--stop-when-overfitting stops a run here" in notice
+            await pilot.press("q")
+            await wait_for(pilot, lambda: app.result is not None, "the run to stop")
+
+    asyncio.run(drive())

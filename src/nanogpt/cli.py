@@ -137,7 +137,8 @@ def _reject_extras(parser: argparse.ArgumentParser, command: str, extras: list[s
     parser.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
 
 
-STEM_HELP = "checkpoint stem, e.g. out/model_step_2000, one of its files, or a run folder (its latest checkpoint)"
+STEM_HELP = "checkpoint stem, e.g. out/model_step_2000, one of its files, or a run folder (its best checkpoint by " \
+    "validation loss)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,21 +241,20 @@ def _add_export_and_plot(sub: argparse._SubParsersAction) -> None:
     pl.add_argument("--metric", choices=("loss", "bpb"), default="loss", help="y axis: loss, or bpb (bits per byte)")
 
 
-def _checkpoint_given(path: str | None) -> str | None:
-    """A checkpoint as typed; a run folder means its latest checkpoint, and we say which (stderr). A stem that
-    names nothing is refused with what its folder holds and where the runs beside it went."""
+def _checkpoint_given(path: str | None, best: bool = True) -> str | None:
+    """A checkpoint as typed; a run folder means its best by validation loss (`best`) or its latest (a resume),
+    and we say which (stderr, runs.pick). A stem that names nothing is refused with what its folder holds."""
     if path is None:
         return path
-    from .runs import check_exists, latest_in
+    from .runs import check_exists, pick
 
     if not Path(path).is_dir():
         check_exists(path)
         return path
-
-    stem = str(latest_in(path))
+    stem, line = pick(path, best)
     if distributed.rank() == 0:
-        print(f"{path} is a run folder: using its latest checkpoint, {stem}", file=sys.stderr, flush=True)
-    return stem
+        print(line, file=sys.stderr, flush=True)
+    return str(stem)
 
 
 def _config_overrides(ns: argparse.Namespace) -> dict[str, Any]:
@@ -279,7 +279,7 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     from .config import DATA_FIELDS
     from .train.setup import build_trainer
 
-    ns.resume_training = _checkpoint_given(ns.resume_training)
+    ns.resume_training = _checkpoint_given(ns.resume_training, best=False)
     compare = None
     if ns.compare is not None:  # read first: a wrong path is one line before training starts
         from .plot import read_run

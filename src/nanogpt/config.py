@@ -44,6 +44,7 @@ def field_help(f: dataclasses.Field) -> str:
 
 
 OPTIMIZERS = ("adamw", "muon")  # see optim.py
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes (runtime.compile_model)
 # Seeds feed torch.manual_seed and numpy's Philox key, which take 64-bit integers; the largest signed one
 # leaves room for the per-step offsets added to it (seed + step).
 MAX_SEED = 2**63 - 1
@@ -193,6 +194,11 @@ class TrainConfig:
     validation_interval: int = opt(250, "steps between validation-loss evaluations (0: only at the end)")
     validation_batch: int = opt(0, "batch size for validation (0: same as --batch-size)")
     eval_iters: int = opt(20, "batches averaged per validation-loss evaluation")
+    overfit_evaluations: int = opt(
+        3, "say the run overfits when the validation loss rose at this many evaluations in a row while the "
+        "training loss fell"
+    )
+    stop_when_overfitting: bool = opt(False, "stop the run (saving, as a normal stop) when it says it overfits")
     log_interval: int = opt(10, "steps between headless progress lines")
     save_interval: int = opt(0, "steps between automatic checkpoints (0: only at the end)")
     tokens_to_generate: int = opt(GenerateConfig.tokens_to_generate, "tokens sampled by the UI's `g` key")
@@ -215,6 +221,12 @@ class TrainConfig:
         "torch.compile the model (default: on CUDA only; on CPU it pays on long runs only, after about a "
         "minute of compiling the first time)",
     )
+    compile_mode: str = opt(
+        "default",
+        "torch.compile mode on CUDA (reduce-overhead and max-autotune capture the step as CUDA graphs; default "
+        "kept until bench/gpu_check.sh has measured them; CPU/MPS always use default)",
+        choices=COMPILE_MODES,
+    )
 
     def validate(self) -> None:
         """Raise ConfigError with one clear line if a setting is impossible."""
@@ -224,6 +236,10 @@ class TrainConfig:
         for name in ("validation_interval", "validation_batch", "log_interval", "save_interval", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{flag_name(name)} must not be negative, got {getattr(self, name)}")
+        if self.overfit_evaluations < 1:
+            raise ConfigError(f"--overfit-evaluations must be at least 1, got {self.overfit_evaluations}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"--compile-mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
         if self.eval_sample_tokens < 0:
             raise ConfigError(f"--eval-sample-tokens must not be negative, got {self.eval_sample_tokens}")
         # written as `not (x in range)` so that NaN, which fails every comparison, is refused too

@@ -59,6 +59,27 @@ class EvalDone:
 
 
 @dataclass(frozen=True)
+class Overfitting:
+    """The validation loss rose at each of the last `evaluations` evaluations while the training loss fell
+    (said once a run); the best checkpoint kept so far, if any."""
+
+    step: int
+    evaluations: int
+    stopping: bool  # --stop-when-overfitting: the run stops here, saving
+    best_step: int | None = None
+    best_val: float | None = None
+    best_stem: str | None = None
+
+
+def overfitting_text(event: Overfitting) -> str:
+    """What a front end says of an Overfitting event, in one line."""
+    kept = f"; best kept: {event.best_stem} (val {event.best_val:.4f})" if event.best_stem else ""
+    then = "stopping (--stop-when-overfitting)" if event.stopping else "--stop-when-overfitting stops a run here"
+    return (f"overfitting: the validation loss rose at each of the last {event.evaluations} evaluations while "
+            f"the training loss fell{kept}; {then}")
+
+
+@dataclass(frozen=True)
 class Sampled:
     step: int
     text: str
@@ -69,6 +90,7 @@ class Saved:
     step: int
     stem: str  # path without suffix, e.g. out/model_step_500
     paths: tuple[str, ...] = ()
+    best: bool = False  # saved for having the best validation loss so far (runs.BEST_FILE names it)
 
 
 @dataclass(frozen=True)
@@ -91,7 +113,7 @@ class RunFinished:
     message: str = ""  # for "error": one line saying what went wrong
 
 
-Event = RunStarted | StepDone | EvalDone | Sampled | Saved | Paused | Resumed | RunFinished
+Event = RunStarted | StepDone | EvalDone | Overfitting | Sampled | Saved | Paused | Resumed | RunFinished
 
 
 # ----------------------------------------------------------------------------- commands

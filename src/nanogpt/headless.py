@@ -15,7 +15,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .train.loop import Trainer
-from .events import EvalDone, Event, Paused, RunFinished, RunStarted, Sampled, Saved, StepDone
+from .events import (
+    EvalDone, Event, Overfitting, Paused, RunFinished, RunStarted, Sampled, Saved, StepDone, overfitting_text,
+)
 from .summary import count, data_use, hints, parameter_parts, plural, print_end_of_run
 
 
@@ -106,7 +108,9 @@ class _Printer:
             if event.sample:  # one line however many lines the text has, so a log stays one event a line
                 self.line(f"step {event.step:>6}/{self.trainer.total_steps} | sample {event.sample!r}")
         elif isinstance(event, Saved):
-            self.line(f"saved {event.stem}")
+            self.line(f"saved {event.stem}" + (" (the best validation loss so far)" if event.best else ""))
+        elif isinstance(event, Overfitting):
+            self.line(f"step {event.step:>6}/{self.trainer.total_steps} | {overfitting_text(event)}")
         elif isinstance(event, Sampled):
             self.line(event.text)
         elif isinstance(event, Paused):

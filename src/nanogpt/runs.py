@@ -9,25 +9,29 @@ A run folder holds one run's history: its checkpoint sets `model_step_N.*`, each
   says; it is refused when that folder holds a later checkpoint (two histories would mix there);
 - while a run trains, it holds a lock on its folder (a second run there is refused), and at its start it
   removes what a killed save left (a set with no config.json, temporary files), checks that the folder
-  takes a file and has room for one checkpoint: an unwritable folder is found before the first step.
+  takes a file and has room for one checkpoint: an unwritable folder is found before the first step;
+- `best.json` names the run's best set by validation loss (train/best.py writes it, after the set is whole):
+  `generate` and `export` of a folder take that one, a resume takes the latest (`pick`).
 """
 
 from __future__ import annotations
 
 import glob
+import json
+import math
 import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import temp_file
-from .checkpoint import SUFFIXES, stem_for, stem_of, weights_path
+from .atomic import atomic_write, temp_file
+from .checkpoint import SUFFIXES, read_log, stem_for, stem_of, weights_path
 from .errors import UserError
 
 _SET_FILE = re.compile(r"^model_step_(\d+)(\..+)$")
 # what an interrupted atomic write leaves: ours (atomic.temp_file) and safetensors' own (.tmpXXXXXX)
-_TEMP_FILE = re.compile(r"^\.(model_step_\d+\..+|probe)\.\d+-[0-9a-f]{8}\.tmp$|^\.tmp[A-Za-z0-9]{6}$")
+_TEMP_FILE = re.compile(r"^\.(model_step_\d+\..+|probe|best\.json)\.\d+-[0-9a-f]{8}\.tmp$|^\.tmp[A-Za-z0-9]{6}$")
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,87 @@ def latest_in(folder: str | Path) -> Path:
 def resolve(path: str | Path) -> Path:
     """A checkpoint stem from what a user typed: a stem, one of its files, or a run folder (its latest)."""
     return latest_in(path) if Path(path).is_dir() else stem_of(path)
+
+
+BEST_FILE = "best.json"
+
+
+@dataclass(frozen=True)
+class Best:
+    """A run's best checkpoint by validation loss: its step, its stem's name in the run folder, the loss."""
+
+    step: int
+    stem: str
+    validation_loss: float
+
+
+def read_best(folder: str | Path) -> Best | None:
+    """The folder's best.json when it names a whole set there; None when absent, unreadable or stale."""
+    return _best_or_why(Path(folder))[0]
+
+
+def _best_or_why(folder: Path) -> tuple[Best | None, str]:
+    """The folder's best record, or None and why there is none (for the line that says which set was taken)."""
+    path = folder / BEST_FILE
+    if not path.is_file():
+        return None, "no best by validation loss is recorded there"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        best = Best(step=int(raw["step"]), stem=str(raw["stem"]), validation_loss=float(raw["validation_loss"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, f"its {BEST_FILE} cannot be read"
+    whole = best.step in sets_in(folder).whole and weights_path(stem_for(folder, best.step)).is_file()
+    if best.stem != stem_for(folder, best.step).name or not math.isfinite(best.validation_loss) or not whole:
+        return None, f"its {BEST_FILE} names {best.stem}, which is not a whole checkpoint there"
+    return best, ""
+
+
+def write_best(folder: str | Path, best: Best) -> None:
+    """Write `folder`/best.json atomically (call it once the set it names is whole)."""
+    text = json.dumps({"step": best.step, "stem": best.stem, "validation_loss": best.validation_loss}, indent=1)
+    atomic_write(Path(folder) / BEST_FILE, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+
+
+def remove_set(stem: str | Path) -> None:
+    """Remove checkpoint set `stem`: its config.json first, so that a removal cut short leaves a partial set,
+    which no reader takes and the next run in the folder clears (remove_leftovers)."""
+    stem = stem_of(stem)
+    for suffix in (".config.json", *(s for s in SUFFIXES if s != ".config.json")):
+        stem.with_name(stem.name + suffix).unlink(missing_ok=True)
+
+
+def pick(folder: str | Path, best: bool) -> tuple[Path, str]:
+    """The checkpoint a command takes from a run folder, and a line saying which and why: its best by
+    validation loss (`best`: generate, export) or its latest (a resume, which continues the run's history)."""
+    folder = Path(folder)
+    latest = latest_in(folder)
+    record, why = _best_or_why(folder)
+    start = f"{folder} is a run folder: "
+    best_stem = stem_for(folder, record.step) if record else None
+    if not best:
+        other = f"; its best by validation loss, which generate and export take, is {best_stem}" if (
+            best_stem is not None and best_stem != latest) else ""
+        return latest, start + f"resuming its latest checkpoint, {latest} (a resume continues the latest{other})"
+    if record is None or best_stem is None:
+        return latest, start + f"using its latest checkpoint, {latest} ({why})"
+    val = f"val {record.validation_loss:.4f}"
+    if best_stem == latest:
+        return latest, start + f"using its latest checkpoint, {latest}, also its best by validation loss ({val})"
+    latest_text = f"{latest}{_validation_at(latest)}"
+    return best_stem, start + f"using its best checkpoint by validation loss, {best_stem} ({val}; latest is " + (
+        f"{latest_text})"
+    )
+
+
+def _validation_at(stem: Path) -> str:
+    """', val X' when the log saved with `stem` has a validation loss at its step; '' otherwise."""
+    try:
+        log = read_log(stem)
+    except UserError:
+        return ""
+    step = int(stem.name.rsplit("_", 1)[1])
+    found = [e["validation_loss"] for e in log if e.get("step") == step and "validation_loss" in e]
+    return f", val {found[-1]:.4f}" if found else ""
 
 
 def check_exists(stem: str | Path) -> None:

@@ -95,15 +95,16 @@ def should_compile(requested: bool | None, device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def compile_model(model: torch.nn.Module, device: torch.device, shards: int) -> torch.nn.Module:
+def compile_model(model: torch.nn.Module, device: torch.device, shards: int, mode: str = "default") -> torch.nn.Module:
     """torch.compile; for CPU shards with inductor's C++ wrapper, whose compiled graph runs without the GIL
     (the default Python wrapper holds it while calling the kernels, so two shard threads would take turns).
     An inductor option of this compiled model only: no process-wide setting changes. The C++ wrapper is
     built as a Python extension, so it needs Python's headers; without them, the default wrapper (which
-    works, and gains nothing over eager shards)."""
+    works, and gains nothing over eager shards). `mode` (CUDA only, --compile-mode): reduce-overhead and
+    max-autotune replay the compiled step as CUDA graphs, one launch instead of one per kernel."""
     if device.type == "cpu" and shards > 1 and _python_headers():
         return torch.compile(model, options={"cpp_wrapper": True})
-    return torch.compile(model)
+    return torch.compile(model, mode=mode) if device.type == "cuda" and mode != "default" else torch.compile(model)
 
 
 def _python_headers() -> bool:
@@ -152,6 +153,7 @@ class Hardware:
     sync_every: int
     dtype_probe: str = ""  # `--dtype auto` on CPU: what the step was measured at, when it was measured now
     ns_dtype: torch.dtype | None = None  # Muon's Newton-Schulz, where measured (CPU); None: optim's default
+    compile_mode: str = "default"  # torch.compile's mode (--compile-mode); other than default on CUDA only
 
     @property
     def is_main(self) -> bool:
@@ -194,6 +196,7 @@ def resolve_hardware(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Hardware
         sync_every=sync_every,
         dtype_probe="; ".join(p for p in (probe, ns_probe) if p),
         ns_dtype=ns_dtype,
+        compile_mode=train_cfg.compile_mode if device.type == "cuda" else "default",
     )
 
 

@@ -36,7 +36,7 @@ from ..events import (
     Stop,
 )
 from ..model import GPT
-from . import saving
+from . import best, saving
 from .readback import LossReadback, TrainingDiverged
 from .state import RunState
 from .step import Evaluation, Stepper
@@ -68,6 +68,7 @@ class Trainer:
         self.readback = LossReadback(hardware.sync_every, hardware.world_size)
         self._stop = threading.Event()
         self._claim: runs.Claim | None = None  # the lock on out_dir while `run` runs (rank 0)
+        self.best = best.BestKeeper(train_cfg.out_dir)  # the best checkpoint by validation loss (best.py)
 
     # ------------------------------------------------------------------------- what front ends read
     @property
@@ -195,13 +196,16 @@ class Trainer:
         return self.stepper.sample(n_tokens, prompt, self.train_cfg.seed + self.step if seed is None else seed)
 
     # ------------------------------------------------------------------------- checkpoints
-    def save(self) -> Saved:
-        """Write checkpoint model_step_N for the current step into out_dir (rank 0 only writes)."""
+    def save(self, as_best: bool = False) -> Saved:
+        """Write checkpoint model_step_N for the current step into out_dir (rank 0 only writes). `as_best`: saved
+        for its validation loss alone (best.py may remove it once a better one is kept)."""
         state = self.state
+        if not as_best:
+            self.best.wanted(state.saved_stem if not state.unsaved else None)
         if not state.unsaved and state.saved_stem is not None:
             # saved already (or resumed from there): a set is never written twice
             paths = tuple(state.saved_stem + suffix for suffix in checkpoint.FILES)
-            return Saved(step=state.step, stem=state.saved_stem, paths=paths)
+            return Saved(step=state.step, stem=state.saved_stem, paths=paths, best=as_best)
         stem = checkpoint.stem_for(self.train_cfg.out_dir, state.step)
         # a UserError: the disk is full, or the name is taken; nothing of the set is left
         write = functools.partial(
@@ -209,7 +213,7 @@ class Trainer:
         )
         paths = saving.on_rank_zero(self.hardware, write, f"rank 0 could not write checkpoint {stem}")
         state.saved(str(stem))
-        return Saved(step=state.step, stem=str(stem), paths=paths or ())
+        return Saved(step=state.step, stem=str(stem), paths=paths or (), best=as_best)
 
     # ------------------------------------------------------------------------- the loop
     def request_stop(self) -> None:
@@ -265,7 +269,8 @@ class Trainer:
             text = self.evaluation_sample()
             emit(EvalDone(step=self.step, val_loss=result.loss, source_losses=result.source_losses, sample=text,
                           val_bpb=result.bpb, source_bpb=result.source_bpb))
-        if save:
+            best.after_evaluation(self, emit, result.loss, keep=save or last)  # the best kept; overfitting said
+        if save and self.state.unsaved:
             emit(self.save())
 
     def _someone_waits(self, commands: queue.Queue | None) -> bool:

@@ -63,7 +63,7 @@ def step_module(model: GPT, hardware: runtime.Hardware) -> torch.nn.Module:
     """What a training step calls: `model`, compiled where that pays, wrapped in DDP on several processes."""
     module: torch.nn.Module = model
     if hardware.compile:
-        module = runtime.compile_model(model, hardware.device, hardware.shards)
+        module = runtime.compile_model(model, hardware.device, hardware.shards, hardware.compile_mode)
     if hardware.world_size > 1:
         device = hardware.device
         ids = [device.index if device.index is not None else hardware.local_rank] if device.type == "cuda" else None
@@ -122,6 +122,8 @@ class Stepper:
         reading costs nothing; raises TrainingDiverged); otherwise the loss stays a device tensor (no sync)."""
         cfg, world, rank = self.cfg, self.hardware.world_size, self.hardware.rank
         t0 = time.perf_counter()
+        if self.hardware.compile and self.hardware.compile_mode != "default":  # CUDA graphs (CUDA only)
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: the last one's graph outputs may be reused
         lr = lr_at(cfg, step)
         optim.set_lr(self.optimizer, lr)  # each group at its own height (Muon's is higher)
         total = torch.zeros((), device=self.device)
@@ -155,7 +157,12 @@ class Stepper:
         return FinishedStep(step=step + 1, lr=lr, loss=loss_now, t0=t0, t1=time.perf_counter(), grad_norm=grad_norm)
 
     def _update(self, check: bool) -> torch.Tensor | float:
-        """Clip, step the optimizer and clear the gradients; returns the gradients' norm before clipping."""
+        """Clip, step the optimizer and clear the gradients; returns the gradients' norm before clipping.
+
+        No host sync on CUDA unless `check`: the norm stays a device tensor, clipping scales by a device-side
+        factor, the learning rate is a Python float (fused AdamW keeps its step count on the device). The one
+        exception is float16's GradScaler, whose step reads found-inf back to skip a step (bfloat16 needs none).
+        """
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if self.cfg.grad_clip > 0:

@@ -34,6 +34,7 @@ from textual.widgets import Footer, Static
 from ..events import (
     EvalDone,
     Event,
+    Overfitting,
     Pause,
     Paused,
     Resume,
@@ -46,6 +47,7 @@ from ..events import (
     Saved,
     StepDone,
     Stop,
+    overfitting_text,
 )
 from ..summary import hints, plural, print_end_of_run, split_log
 from .widgets import LossChart, RunHeader, SamplePager, SampleScreen, StatusLine, clock, human_count
@@ -252,7 +254,10 @@ class TrainingApp(App[int]):
                 self.sample_screen.show_text(ev.step, ev.text)
         elif isinstance(ev, Saved):
             self.last_saved = ev
-            self._notice(f"saved {ev.stem} (step {ev.step}: {', '.join(_suffixes(ev))})")
+            best = ", the best so far" if ev.best else ""
+            self._notice(f"saved {ev.stem} (step {ev.step}: {', '.join(_suffixes(ev))}){best}")
+        elif isinstance(ev, Overfitting):
+            self._notice(overfitting_text(ev))
         elif isinstance(ev, Paused):
             self._set_paused(True)
             self.pause_requested = False
