@@ -11,7 +11,8 @@ import pytest
 
 from engine_fixtures import shakespeare_text
 
-from nanogpt.cli import build_parser, main
+from nanogpt.cli import main
+from nanogpt.flags import build_parser
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
