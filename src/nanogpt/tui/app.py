@@ -27,7 +27,6 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.geometry import Region
 from textual.message import Message
 from textual.widgets import Footer, Static
 
@@ -35,22 +34,20 @@ from ..events import (
     EvalDone,
     Event,
     Overfitting,
-    Pause,
     Paused,
-    Resume,
     Resumed,
     RunFinished,
     RunStarted,
-    Sample,
     Sampled,
-    Save,
     Saved,
     StepDone,
     Stop,
     overfitting_text,
 )
 from ..summary import hints, plural, print_end_of_run, split_log
-from .widgets import LossChart, RunHeader, SamplePager, SampleScreen, StatusLine, clock, human_count
+from .keys import KeysMixin
+from .status import StatusMixin
+from .widgets import LossChart, RunHeader, SampleScreen, StatusLine
 
 if TYPE_CHECKING:  # the UI never imports torch: the trainer is only a type here
     from ..train.loop import Trainer
@@ -70,7 +67,7 @@ class EngineEvent(Message):
         self.event = event
 
 
-class TrainingApp(App[int]):
+class TrainingApp(StatusMixin, KeysMixin, App[int]):
     """Full-screen training UI: header, loss chart, status line, footer with the keys."""
 
     TITLE = "nanogpt"
@@ -300,192 +297,8 @@ class TrainingApp(App[int]):
         if notes:
             self._notice(" · ".join(notes))
 
-    def _on_finished(self, ev: RunFinished) -> None:
-        self.finished = ev
-        self._set_paused(False)
-        if self.sample_screen is not None and self.sample_screen.text is None:
-            self.sample_screen.show_text(ev.step, f"(no sample: the run ended, {ev.reason})")
-        if ev.reason == "error":
-            err = self.error_widget
-            err.update(Text.assemble(("Training stopped with an error: ", "bold"), ev.message,
-                                     "\nPress q to leave."))
-            err.add_class("shown")
-            return
-        if ev.reason == "stopped" or self.stopping:
-            self.exit(0)
-            return
-        where = f"; saved {ev.stem}" if ev.stem else ""
-        self._notice(f"finished {plural(ev.step, 'step')}{where}. Press q to leave.")
-
-    def _set_paused(self, paused: bool) -> None:
-        now = time.monotonic()
-        if paused and self._paused_since is None:
-            self._paused_since = now
-        elif not paused and self._paused_since is not None:
-            self._paused_s += now - self._paused_since
-            self._paused_since = None
-        self.paused = paused
-
     def _notice(self, text: str) -> None:
         self.notice.update(Text(text))
-
-    # ------------------------------------------------------------------ status line
-    def _elapsed(self) -> float | None:
-        if self._run_t0 is None:
-            return None
-        end = self._paused_since if self._paused_since is not None else time.monotonic()
-        return max(0.0, end - self._run_t0 - self._paused_s)
-
-    def run_seconds(self) -> float | None:
-        """Time spent training this run, the steps before a resume included (what the status line shows)."""
-        elapsed = self._elapsed()
-        return None if elapsed is None else self._earlier_s + elapsed
-
-    def status_text(self) -> str:
-        """The numbers of the status line, as plain text (tests read it)."""
-        return " │ ".join(self.status_fields())
-
-    def status_fields(self) -> list[str]:
-        """The fields of the status line: step, losses, speed, learning rate, time."""
-        parts = [f"step {self.step}/{self.total_steps}"]
-        if self.recent_losses:  # the mean of the last 10: one step's loss is too noisy to read
-            parts.append(f"loss {sum(self.recent_losses) / len(self.recent_losses):.4f}")
-        if self.last_val is not None:
-            bpb = f" {self.last_bpb:.3f} bpb" if math.isfinite(self.last_bpb) else ""
-            parts.append(f"val {self.last_val[1]:.4f}{bpb} @{self.last_val[0]}")
-        if self.recent:
-            ms = sum(e.duration_ms for e in self.recent) / len(self.recent)
-            tps = sum(e.tokens_per_s for e in self.recent) / len(self.recent)
-            parts += [f"{ms:.{1 if ms < 100 else 0}f} ms/step", f"{human_count(tps)} tok/s",
-                      "lr " + f"{self.recent[-1].lr:.1e}".replace("e-0", "e-")]
-            if self.recent[-1].grad_norm is not None:
-                parts.append(f"grad {self.recent[-1].grad_norm:.3g}")
-        elapsed = self._elapsed()
-        parts.append(f"time {clock(self.run_seconds())}")
-        done = self.step - (self._session_start_step or 0) if self._session_start_step is not None else 0
-        if elapsed and done > 0 and self.finished is None:
-            parts.append(f"ETA {clock(elapsed / done * (self.total_steps - self.step))}")
-        return parts
-
-    def badge(self) -> str:
-        """The state word shown at the right of the status line."""
-        if self.finished is not None:
-            return {"completed": "DONE", "error": "ERROR"}.get(self.finished.reason, "STOPPED")
-        if self.stopping:
-            return "STOPPING"
-        if self.paused:
-            return "PAUSED"
-        if self.pause_requested:
-            return "PAUSING"
-        return "RUNNING" if self.run_info is not None else "STARTING"
-
-    def _render_status(self) -> None:
-        self.status.set_fields(self.status_fields())
-        badge = self.badge_widget
-        word = self.badge()
-        badge.update(word)
-        cls = {"DONE": "finished", "ERROR": "error", "STOPPED": "finished", "PAUSED": "paused",
-               "PAUSING": "paused", "STOPPING": "stopping"}.get(word, "running")
-        badge.set_classes(cls)
-
-    # ------------------------------------------------------------------ keys
-    def action_toggle_pause(self) -> None:
-        if self.finished is not None:
-            self._notice("the run has finished: nothing to pause or resume (g samples, q leaves)")
-            return
-        if self.stopping:
-            self._notice("stopping: finishing the current step and saving…")
-            return
-        if self.paused or self.pause_requested:
-            self.commands.put(Resume())
-            self.pause_requested = False
-            self._notice("resuming")
-        else:
-            self.commands.put(Pause())
-            self.pause_requested = True
-            self._notice("pausing after the current step")
-        self._render_status()
-
-    def action_sample(self) -> None:
-        if self.sample_screen is not None or self.stopping:
-            return
-        n = int(self.trainer.train_cfg.tokens_to_generate)
-        was_running = self.finished is None and not (self.paused or self.pause_requested)
-        screen = SampleScreen(self.step, n, area=self._sample_area)
-        self.sample_screen = screen
-
-        def closed(_: None) -> None:
-            self.sample_screen = None
-            if was_running and self.finished is None and not self.stopping:
-                self.commands.put(Resume())
-                self.pause_requested = False
-                self._render_status()
-
-        self.push_screen(screen, closed)
-        if self.finished is not None:
-            if self.finished.reason != "error":  # the loop is over: sample directly, off the UI thread
-                self._sample_after_run(screen, n)
-            return
-        if was_running:
-            self.commands.put(Pause())
-            self.pause_requested = True
-        self.commands.put(Sample(n_tokens=n))
-        self._render_status()
-
-    def action_samples(self) -> None:
-        """Page through the samples kept at the evaluations (training goes on meanwhile)."""
-        if self.sample_screen is not None or isinstance(self.screen, SamplePager):
-            return
-        if not self.samples:
-            self._notice("no samples yet: one is kept at each evaluation (--eval-sample-tokens)")
-            return
-        self.push_screen(SamplePager(self.samples, area=self._sample_area))
-
-    def _sample_area(self) -> Region | None:
-        """Where the sample popup goes: inside the chart's frame, clear of its axis labels (screen cells)."""
-        chart = self.chart
-        inside = chart.plot_area
-        if inside is None:  # not drawn yet: plotext's usual margins (title, labels, ticks)
-            return chart.content_region.shrink((2, 1, 3, 8))
-        return inside.translate(chart.content_region.offset)
-
-    @work(thread=True, name="sample")
-    def _sample_after_run(self, screen: SampleScreen, n: int) -> None:
-        text = self.trainer.sample(n)
-        self.call_from_thread(screen.show_text, self.step, text)
-
-    def action_save(self) -> None:
-        if self.finished is not None:
-            where = self.last_saved.stem if self.last_saved else self.finished.stem
-            self._notice(f"the run is over; last checkpoint: {where}")
-            return
-        self.commands.put(Save())
-        self._notice("saving after the current step…")
-
-    def action_toggle_log(self) -> None:
-        chart = self.chart
-        chart.log_scale = not chart.log_scale
-        self._chart_dirty = True
-        self._maybe_draw_chart(force=True)
-
-    def action_toggle_metric(self) -> None:
-        """The chart's y axis: loss (nats per token) or validation bits per byte (one scale for any tokenizer)."""
-        chart = self.chart
-        chart.metric = "bpb" if chart.metric == "loss" else "loss"
-        self._chart_dirty = True
-        self._maybe_draw_chart(force=True)
-
-    def action_quit_run(self) -> None:
-        if self.finished is not None:
-            self.exit(1 if self.finished.reason == "error" else 0)
-            return
-        if self.stopping:
-            self._notice("still stopping: finishing the current step and saving…")
-            return
-        self.stopping = True
-        self.commands.put(Stop())
-        self._notice("stopping: finishing the current step and saving…")
-        self._render_status()
 
     def on_unmount(self) -> None:
         # If the UI goes away while training runs (it should not), stop the engine so its thread ends.
