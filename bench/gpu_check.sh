@@ -2,7 +2,7 @@
 # All GPU measurement in one run of at most 8 minutes (GPU time comes in 15-minute rentals, start-up included).
 # Run on the GPU machine after bench/gpu_prepare.sh here (device tool: carry [".gpu"], command
 # `bash bench/gpu_check.sh`, timeout_s 540). Stages, each capped with `timeout` and by what is left of BUDGET:
-#   1. ours, the default CUDA run (`nanogpt train`: baby-gpt, Muon + WSD), and 2. nanoGPT's train.py with
+#   1. ours, the default CUDA run (`nanogpt train`: baby-gpt, Muon + WSD; on char data), and 2. nanoGPT's train.py with
 #      config/train_shakespeare_char.py, one after the other (each alone on the card, so neither's wall time
 #      is the other's), each log stamped with seconds from launch -> the best validation loss, when it came,
 #      and when ours reached nanoGPT's best (bench/time_to_best.py). nanoGPT stops at NANOGPT_ITERS (3000) of
@@ -83,6 +83,9 @@ else
   OURS=()
   THEIRS=(--max_iters="$NANOGPT_ITERS")
 fi
+# nanoGPT trains on characters: ours on the same files (the bundled default run would be a learned BPE)
+python3 -m nanogpt prepare --tokenizer char --out-dir "$WORK/char" > /dev/null 2>&1
+OURS+=(--data-dir "$WORK/char")
 trained ours_train 130 "$WORK/ours" python3 -m nanogpt train --headless --out-dir "$WORK/ours/out" "${OURS[@]}"
 trained nanogpt_train 140 "$WORK/nanoGPT" python3 train.py config/train_shakespeare_char.py "${THEIRS[@]}"
 python3 bench/time_to_best.py table "$OUT/ours_train.log" "$OUT/nanogpt_train.log" \

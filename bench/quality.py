@@ -148,7 +148,8 @@ def main() -> int:
             sys.path.insert(0, str(ROOT / "src"))
             from nanogpt.prepare import prepare
 
-            prepare(str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"), out_dir=str(data_dir))
+            text = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+            prepare(str(text), tokenizer="char", out_dir=str(data_dir))  # nanoGPT's files, not our default bpe
         jobs = [(side, seed) for seed in args.seeds for side in ("ours", "nanogpt")]
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
             results = dict(zip(jobs, pool.map(lambda j: launch(*j, args, data_dir), jobs)))

@@ -9,7 +9,7 @@ Every flag that takes several values runs the product of them, one run after ano
 (one thread pool of `--threads`), appending one JSON line per run to `--out`. Architecture variants of
 modded-nanogpt (`--variant`) are built here by patching modules of the model, never in model.py.
 
-    python -m nanogpt prepare /work/shared/data/tinyshakespeare.txt --out-dir /tmp/recipe_data
+    python -m nanogpt prepare /work/shared/data/tinyshakespeare.txt --tokenizer char --out-dir /tmp/recipe_data
     python bench/recipe_search.py --optimizer muon --steps 400 --muon-lr 0.01 0.02 0.04 --seeds 7
     python bench/recipe_search.py --optimizer adamw --steps 2000 --eval-at 500 1000 1500 --seeds 1337
     python bench/recipe_search.py --burst 30            # ms per step, Muon against AdamW

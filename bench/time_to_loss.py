@@ -218,7 +218,7 @@ def main() -> int:
             from nanogpt.prepare import prepare
 
             with contextlib.redirect_stdout(sys.stderr):  # stdout is for the table
-                prepare(str(TEXT), out_dir=str(data_dir))
+                prepare(str(TEXT), tokenizer="char", out_dir=str(data_dir))  # nanoGPT's files, not our default bpe
         rows = []
         for steps in args.ours_steps:
             for seed in args.seeds:

@@ -94,7 +94,7 @@ def test_prepare_syncs_each_file_before_renaming_it(tmp_path, umask_027, synced_
         for name in ("50_a", "50_b"):
             (source / name).mkdir(parents=True)
             (source / name / "x.txt").write_text(f"{name} words to prepare\n" * 100, encoding="utf-8")
-    assert main(["prepare", str(source), "--out-dir", str(tmp_path / "out")]) == 0
+    assert main(["prepare", "--tokenizer", "char", str(source), "--out-dir", str(tmp_path / "out")]) == 0
     assert synced_before_rename == ["train.bin", "val.bin", "vocab.json"]  # vocab.json last
     for p in (tmp_path / "out").iterdir():
         assert p.stat().st_mode & 0o777 == umask_027, p.name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -324,3 +325,20 @@ def test_resume_with_more_steps_says_what_the_schedule_does(
     again = ["--resume-training", str(resumed / "model_step_14"), "--out-dir", str(tmp_path / "b")]
     code, out, err = train(capsys, *again)
     assert code == 0 and "new schedule" not in err
+
+
+def test_an_embedding_heavy_model_is_told_a_bpe_size_that_fixes_it(tmp_path: Path, capsys) -> None:
+    # GPT-2's 50,257 tokens on a 2-block, 32-wide model: nearly all embedding; the hint names a learned BPE size
+    (tmp_path / "t.txt").write_text(shakespeare_text()[:30_000], encoding="utf-8")
+    assert main(["prepare", str(tmp_path / "t.txt"), "--tokenizer", "gpt2", "--out-dir", str(tmp_path / "gpt2")]) == 0
+    code, out, err = train(capsys, *TINY_FLAGS, "--data-dir", str(tmp_path / "gpt2"), "--out-dir", str(tmp_path / "a"),
+                           "--steps", "1")
+    assert code == 0, err
+    said = re.findall(r"`nanogpt prepare --tokenizer bpe --vocab-size (\d+)`", out)
+    assert len(said) == 1, out
+    # following it gives a model whose embeddings no longer dominate: no such hint
+    flags = ["--tokenizer", "bpe", "--vocab-size", said[0], "--out-dir", str(tmp_path / "bpe")]
+    assert main(["prepare", str(tmp_path / "t.txt"), *flags]) == 0
+    code, out, err = train(capsys, *TINY_FLAGS, "--data-dir", str(tmp_path / "bpe"), "--out-dir", str(tmp_path / "b"),
+                           "--steps", "1")
+    assert code == 0 and "vocabulary" not in out and "embeddings (a" not in out, out

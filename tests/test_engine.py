@@ -17,7 +17,7 @@ from nanogpt import checkpoint, data, presets
 from nanogpt.train.readback import LossReadback
 from nanogpt.train.setup import build_trainer
 from nanogpt.errors import UserError
-from nanogpt.tokenizers import from_meta
+from nanogpt.tokenizers import default_bpe_vocab_size, from_meta
 from nanogpt.events import (
     EvalDone,
     Pause,
@@ -315,8 +315,12 @@ def test_no_data_options_train_on_the_bundled_corpus(tmp_path: Path, monkeypatch
     meta = checkpoint.read_meta(tmp_path / "out" / "model_step_1")  # written: the run completed
     data_dir = Path(meta["train"]["data_dir"])
     assert data_dir.parent == tmp_path / "cache"
+    # the default tokenizer: the learned BPE, at the size chosen for the bundled text's training part
+    size = default_bpe_vocab_size(int(len(shakespeare_text()) * 0.9))
+    assert data_dir.name == f"tinyshakespeare-bpe{size}"  # not the folder a char-level default was cached in
+    assert (meta["tokenizer"]["tokenizer"], meta["tokenizer"]["vocab_size"]) == ("bpe", size)
     train_tokens = (data_dir / "train.bin").stat().st_size // 2  # uint16 ids
-    assert meta["tokenizer"]["vocab_size"] == 65 and train_tokens > 900_000  # Tiny Shakespeare
+    assert 300_000 < train_tokens < 900_000  # Tiny Shakespeare's 1,003,854 training characters, 2+ per token
     with pytest.raises(UserError, match="give --data-dir"):
         build_trainer({**TINY, "steps": 1, "out_dir": str(tmp_path / "engine")})
 

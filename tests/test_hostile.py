@@ -327,7 +327,7 @@ def _half_of(data: bytes) -> bytes:
 
 
 def _prepare(capsys, source: Path, out: Path) -> tuple[int, str]:
-    return run(capsys, "prepare", str(source), "--out-dir", str(out))
+    return run(capsys, "prepare", "--tokenizer", "char", str(source), "--out-dir", str(out))
 
 
 @pytest.mark.parametrize(

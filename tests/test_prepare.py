@@ -22,6 +22,9 @@ from nanogpt.errors import UserError
 from nanogpt.prepare import bundled_dataset, is_prepared
 from nanogpt.tokenizers import GPT2_EOT, gpt2_encoding
 
+# `prepare` with nanoGPT's character-level tokenizer, which these tests are about (the default is bpe)
+CHAR_PREPARE = ("prepare", "--tokenizer", "char")
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
@@ -80,7 +83,7 @@ def test_char_is_byte_identical_to_nanogpt(reference_nanogpt, tmp_path):
     src = tmp_path / "mine" / "input.txt"
     src.parent.mkdir()
     shutil.copy(ref / "input.txt", src)
-    result = run_cli("prepare", str(src))
+    result = run_cli("prepare", "--tokenizer", "char", str(src))
     assert result.returncode == 0, result.stderr
     out = tmp_path / "data" / "input"
     assert (out / "train.bin").read_bytes() == (ref / "train.bin").read_bytes()
@@ -95,7 +98,7 @@ def test_char_is_byte_identical_to_nanogpt(reference_nanogpt, tmp_path):
 def test_char_split_and_round_trip(tmp_path):
     text = "".join(f"line {i}: the quick brown fox, {i * i}!\n" for i in range(500))
     (tmp_path / "t.txt").write_text(text, encoding="utf-8")
-    assert main(["prepare", str(tmp_path / "t.txt"), "--val-fraction", "0.25"]) == 0
+    assert main(["prepare", "--tokenizer", "char", str(tmp_path / "t.txt"), "--val-fraction", "0.25"]) == 0
     meta, train, val = load(tmp_path / "data" / "t")
     split = int(len(text) * (1 - 0.25))
     assert decode_char(meta, train) == text[:split] and decode_char(meta, val) == text[split:]
@@ -109,7 +112,7 @@ def test_crlf_is_read_as_lf(tmp_path):
     (tmp_path / "unix" / "a.txt").write_bytes(text.encode())
     (tmp_path / "dos" / "a.txt").write_bytes(text.replace("\n", "\r\n").encode())
     for name in ("unix", "dos"):
-        assert main(["prepare", str(tmp_path / name / "a.txt"), "--out-dir", str(tmp_path / name)]) == 0
+        assert main([*CHAR_PREPARE, str(tmp_path / name / "a.txt"), "--out-dir", str(tmp_path / name)]) == 0
     for f in ("train.bin", "val.bin"):
         assert (tmp_path / "unix" / f).read_bytes() == (tmp_path / "dos" / f).read_bytes()
     assert load(tmp_path / "dos")[0]["itos"] == load(tmp_path / "unix")[0]["itos"] == sorted(set(text))
@@ -121,7 +124,7 @@ def test_line_ends_across_chunk_boundaries(tmp_path):
     # a CRLF split across two reads, a lone CR (old Mac) and a CR at the very end of the file
     text = "x" * (CHUNK_CHARS - 1) + "\r\n" + "after the boundary\rold mac line\r\nlast\r"
     (tmp_path / "a.txt").write_bytes(text.encode())
-    assert main(["prepare", str(tmp_path / "a.txt"), "--val-fraction", "0.001"]) == 0
+    assert main(["prepare", "--tokenizer", "char", str(tmp_path / "a.txt"), "--val-fraction", "0.001"]) == 0
     meta, train, val = load(tmp_path / "data" / "a")
     expected = text.replace("\r\n", "\n").replace("\r", "\n")
     assert decode_char(meta, np.concatenate([train, val])) == expected
@@ -132,7 +135,7 @@ def test_large_vocabulary_uses_uint32(tmp_path):
     chars = [chr(c) for c in range(0x100, 0x100 + 70_000) if not 0xD800 <= c < 0xE000]
     text = "".join(chars) + "".join(chars[:1000])
     (tmp_path / "wide.txt").write_text(text, encoding="utf-8")
-    assert main(["prepare", str(tmp_path / "wide.txt")]) == 0
+    assert main(["prepare", "--tokenizer", "char", str(tmp_path / "wide.txt")]) == 0
     meta, train, val = load(tmp_path / "data" / "wide")
     assert meta["dtype"] == "uint32" and meta["vocab_size"] == len(chars) > 65_536
     assert (tmp_path / "data" / "wide" / "train.bin").stat().st_size == 4 * meta["train_tokens"]
@@ -140,7 +143,7 @@ def test_large_vocabulary_uses_uint32(tmp_path):
 
 
 def test_bundled_corpus_is_tiny_shakespeare(tmp_path):
-    result = run_cli("prepare", cwd=tmp_path)
+    result = run_cli("prepare", "--tokenizer", "char", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     out = tmp_path / "data" / "tinyshakespeare"
     meta, train, val = load(out)
@@ -148,6 +151,17 @@ def test_bundled_corpus_is_tiny_shakespeare(tmp_path):
     text = shakespeare_text()  # karpathy's input.txt, byte for byte
     assert hashlib.sha256(text.encode("utf-8")).hexdigest() == TINY_SHAKESPEARE_SHA256
     assert decode_char(meta, val) == text[int(len(text) * 0.9) :]
+
+
+def test_the_default_tokenizer_is_the_learned_bpe_and_prepare_says_so(tmp_path, capsys):
+    (tmp_path / "t.txt").write_text(shakespeare_text()[:40_000], encoding="utf-8")
+    assert main(["prepare", str(tmp_path / "t.txt"), "--out-dir", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert load(tmp_path / "out")[0]["tokenizer"] == "bpe"
+    assert "tokenizer: bpe (the default; --tokenizer char gives nanoGPT's one token per character)" in out
+    assert main(["prepare", str(tmp_path / "t.txt"), "--tokenizer", "char", "--out-dir", str(tmp_path / "c")]) == 0
+    assert "tokenizer: char (the default is bpe)" in capsys.readouterr().out
+    assert load(tmp_path / "c")[0]["tokenizer"] == "char"
 
 
 def test_bundled_dataset_is_prepared_once_and_reused(tmp_path, monkeypatch, capsys):
@@ -168,9 +182,9 @@ def test_bundled_dataset_is_prepared_once_and_reused(tmp_path, monkeypatch, caps
 
 def test_rerun_overwrites_and_leaves_no_temp_files(tmp_path):
     (tmp_path / "a.txt").write_text("hello there, world\n" * 200, encoding="utf-8")
-    assert main(["prepare", str(tmp_path / "a.txt"), "--out-dir", str(tmp_path / "out")]) == 0
+    assert main(["prepare", "--tokenizer", "char", str(tmp_path / "a.txt"), "--out-dir", str(tmp_path / "out")]) == 0
     first = (tmp_path / "out" / "train.bin").read_bytes()
-    assert main(["prepare", str(tmp_path / "a.txt"), "--out-dir", str(tmp_path / "out")]) == 0
+    assert main(["prepare", "--tokenizer", "char", str(tmp_path / "a.txt"), "--out-dir", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "train.bin").read_bytes() == first
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["train.bin", "val.bin", "vocab.json"]
 
@@ -183,7 +197,7 @@ def test_each_source_gets_a_folder_of_its_own_and_the_train_command_is_printed(t
     (tmp_path / "mix" / "100_c").mkdir(parents=True)
     (tmp_path / "mix" / "100_c" / "c.txt").write_text("the third text, more words\n" * 200, encoding="utf-8")
     for source, name in (("texts/a.txt", "a"), ("texts/b.txt", "b"), ("mix", "mix")):
-        assert main(["prepare", source]) == 0
+        assert main(["prepare", "--tokenizer", "char", source]) == 0
         out = capsys.readouterr().out.splitlines()
         assert out[-1] == f"train on it with: nanogpt train --data-dir {Path('data') / name}"
         assert is_prepared(tmp_path / "data" / name)
@@ -197,7 +211,7 @@ def test_the_printed_train_command_trains_on_the_prepared_data(tmp_path, capsys)
     from engine_fixtures import TINY_FLAGS
 
     (tmp_path / "my text.txt").write_text(shakespeare_text(), encoding="utf-8")  # a space: the path is quoted
-    assert main(["prepare", "my text.txt"]) == 0
+    assert main(["prepare", "--tokenizer", "char", "my text.txt"]) == 0
     command = capsys.readouterr().out.splitlines()[-1].removeprefix("train on it with: ")
     argv = shlex.split(command)
     assert argv[:4] == ["nanogpt", "train", "--data-dir", str(Path("data") / "my text")]
@@ -208,7 +222,7 @@ def test_the_printed_train_command_trains_on_the_prepared_data(tmp_path, capsys)
 def test_bundled_corpus_reports_its_text_size_not_the_gzip_size(tmp_path):
     from nanogpt.prepare.progress import human_bytes
 
-    result = run_cli("prepare", cwd=tmp_path)
+    result = run_cli("prepare", "--tokenizer", "char", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     text_size = human_bytes(len(shakespeare_text().encode("utf-8")))
     reading = [line for line in result.stderr.splitlines() if line.startswith("reading: ")]
@@ -331,7 +345,7 @@ def test_mixology_source_names_the_folder_even_with_stray_sub_folders(tmp_path, 
     for name, line in (("25_a", "alpha words here\n"), ("75_b", "beta words there\n"), ("drafts", "stray\n")):
         (mix / name).mkdir(parents=True)
         (mix / name / "x.txt").write_text(line * 400, encoding="utf-8")
-    assert main(["prepare", str(mix), "--out-dir", str(tmp_path / "out")]) == 0
+    assert main(["prepare", "--tokenizer", "char", str(mix), "--out-dir", str(tmp_path / "out")]) == 0
     assert "drafts/" in capsys.readouterr().err  # the stray folder is named as ignored ...
     meta = json.loads((tmp_path / "out" / "vocab.json").read_text(encoding="utf-8"))
     assert meta["source"] == str(mix)  # ... but the source recorded is the folder prepared
@@ -342,7 +356,7 @@ def test_mixology_percentages_must_sum_to_100(tmp_path, capsys):
     for name in ("30_a", "40_b"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "x.txt").write_text("some text here\n", encoding="utf-8")
-    assert main(["prepare", str(tmp_path)]) == 1
+    assert main(["prepare", "--tokenizer", "char", str(tmp_path)]) == 1
     assert "sum to 70" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
 
@@ -352,11 +366,13 @@ def test_mixology_percentages_must_sum_to_100(tmp_path, capsys):
 
 def test_strip_gutenberg(tmp_path):
     (tmp_path / "alice.txt").write_bytes(gutenberg_book().encode("utf-8"))  # CRLF, as gutenberg.org serves it
-    assert main(["prepare", str(tmp_path / "alice.txt"), "--out-dir", str(tmp_path / "raw")]) == 0
+    assert main([*CHAR_PREPARE, str(tmp_path / "alice.txt"), "--out-dir", str(tmp_path / "raw")]) == 0
     assert (
         main(
             [
                 "prepare",
+                "--tokenizer",
+                "char",
                 str(tmp_path / "alice.txt"),
                 "--out-dir",
                 str(tmp_path / "stripped"),
@@ -380,13 +396,14 @@ def test_strip_gutenberg(tmp_path):
 def test_a_raw_gutenberg_file_prepared_whole_says_how_to_drop_its_licence(tmp_path, capsys):
     (tmp_path / "alice.txt").write_bytes(gutenberg_book().encode("utf-8"))
     (tmp_path / "plain.txt").write_text(shakespeare_text()[:20_000], encoding="utf-8")
-    assert main(["prepare", str(tmp_path / "alice.txt"), "--out-dir", str(tmp_path / "raw")]) == 0
+    assert main([*CHAR_PREPARE, str(tmp_path / "alice.txt"), "--out-dir", str(tmp_path / "raw")]) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and str(tmp_path / "alice.txt") in notes[0]
     assert "Project Gutenberg header" in notes[0] and notes[0].endswith("add --strip-gutenberg to drop them")
     # not said when it is stripped, nor for a text that has no header
-    assert main(["prepare", str(tmp_path / "alice.txt"), "--out-dir", str(tmp_path / "s"), "--strip-gutenberg"]) == 0
-    assert main(["prepare", str(tmp_path / "plain.txt"), "--out-dir", str(tmp_path / "plain")]) == 0
+    stripped = tmp_path / "s"
+    assert main([*CHAR_PREPARE, str(tmp_path / "alice.txt"), "--out-dir", str(stripped), "--strip-gutenberg"]) == 0
+    assert main([*CHAR_PREPARE, str(tmp_path / "plain.txt"), "--out-dir", str(tmp_path / "plain")]) == 0
     assert "note:" not in capsys.readouterr().err
 
 
@@ -445,7 +462,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
 def test_bad_input_is_one_line_and_exit_1(tmp_path, capsys, case):
     args, message = _bad_inputs(tmp_path)[case]
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    assert main(["prepare", *args]) == 1
+    assert main(["prepare", "--tokenizer", "char", *args]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("nanogpt prepare: error: ") and message in err[-1]
     assert not any("Traceback" in line for line in err)
@@ -454,7 +471,7 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path, capsys, case):
 
 def test_bad_input_in_a_real_process(tmp_path):
     (tmp_path / "latin1.txt").write_bytes("na\u00efve\n".encode("latin-1"))
-    result = run_cli("prepare", str(tmp_path / "latin1.txt"))
+    result = run_cli("prepare", "--tokenizer", "char", str(tmp_path / "latin1.txt"))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     expected = (
         f"{tmp_path / 'latin1.txt'} is not UTF-8 text (invalid byte at offset 2); convert it to UTF-8 first"
@@ -465,7 +482,7 @@ def test_bad_input_in_a_real_process(tmp_path):
 def start_and_stop(args: list[str], out: Path, sig: int) -> subprocess.CompletedProcess:
     """Start `nanogpt prepare ARGS`, send `sig` once its first temporary file shows in `out`, and wait."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "nanogpt", "prepare", *args], env=env, text=True,
+    proc = subprocess.Popen([sys.executable, "-m", "nanogpt", *CHAR_PREPARE, *args], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         while proc.poll() is None and not (out.is_dir() and any(p.suffix == ".tmp" for p in out.iterdir())):
@@ -499,13 +516,13 @@ def test_sigterm_removes_the_temporary_files_and_says_so(big_text, tmp_path):
 def test_kill_9_leftovers_go_at_the_next_prepare_and_the_old_data_stays_whole(big_text, tmp_path):
     (tmp_path / "a.txt").write_text("hello there, world\n" * 200, encoding="utf-8")
     out = tmp_path / "out"
-    assert main(["prepare", str(tmp_path / "a.txt"), "--out-dir", str(out)]) == 0
+    assert main(["prepare", "--tokenizer", "char", str(tmp_path / "a.txt"), "--out-dir", str(out)]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert start_and_stop([str(big_text), "--out-dir", str(out)], out, signal.SIGKILL).returncode == -signal.SIGKILL
     assert leftovers(out)  # kill -9 gives it no chance to clean up
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix != ".tmp"} == before
     assert is_prepared(out)
-    assert main(["prepare", str(tmp_path / "a.txt"), "--out-dir", str(out)]) == 0
+    assert main(["prepare", "--tokenizer", "char", str(tmp_path / "a.txt"), "--out-dir", str(out)]) == 0
     assert leftovers(out) == [] and {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
@@ -514,7 +531,7 @@ def test_kill_9_leftovers_go_at_the_next_prepare_and_the_old_data_stays_whole(bi
 
 def test_progress_is_plain_lines_without_a_terminal(tmp_path):
     (tmp_path / "a.txt").write_text("plain words here\n" * 2000, encoding="utf-8")
-    result = run_cli("prepare", str(tmp_path / "a.txt"))
+    result = run_cli("prepare", "--tokenizer", "char", str(tmp_path / "a.txt"))
     assert result.returncode == 0, result.stderr
     assert "\x1b[" not in result.stderr + result.stdout
     assert any(line.startswith("tokenizing: ") and "MB/s" in line for line in result.stderr.splitlines())

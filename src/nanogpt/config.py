@@ -295,11 +295,13 @@ class PrepareConfig:
     """What `nanogpt prepare` reads, how it tokenizes, and where it writes."""
 
     source: str | None = opt(None, "text file or mixology folder (default: the bundled Tiny Shakespeare)", cli=False)
-    # checked by validate(), not by argparse, so that the message is the same from the CLI and from Python
+    # checked by validate(), not by argparse, so that the message is the same from the CLI and from Python;
+    # bpe by default: at equal training time it gives fewer bits per byte than char or gpt2 (BENCHMARKS.md,
+    # "Tokenizers at equal time")
     tokenizer: str = opt(
-        "char",
-        "char (one token per character), gpt2 (OpenAI's GPT-2 BPE) or bpe (a byte-level BPE learned from the "
-        "training part of SOURCE)",
+        "bpe",
+        "bpe (a byte-level BPE learned from the training part of SOURCE), char (one token per character, "
+        "nanoGPT's shakespeare_char files) or gpt2 (OpenAI's GPT-2 BPE)",
         metavar="{char,gpt2,bpe}",
     )
     vocab_size: int | None = opt(

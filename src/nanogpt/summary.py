@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .events import RunFinished, RunStarted
+from .tokenizers import MIN_BPE_VOCAB
 
 
 def count(n: float) -> str:
@@ -33,6 +34,12 @@ def epochs(run: RunStarted) -> float:
 def embedding_params(run: RunStarted) -> int:
     """The parameters outside the blocks: the embeddings (and the final LayerNorm's few)."""
     return run.n_params - run.block_params if run.block_params else 0
+
+
+def smaller_vocab(run: RunStarted) -> int:
+    """A BPE vocabulary size to suggest: the largest power of two whose embedding is no larger than the blocks."""
+    fit = max(MIN_BPE_VOCAB, run.block_params // max(1, int(run.model.get("n_embd", 1))))
+    return 1 << (fit.bit_length() - 1)
 
 
 def parameter_parts(run: RunStarted) -> str:
@@ -66,8 +73,8 @@ def hints(run: RunStarted, short: bool = False) -> list[str]:
     out = []
     if short:
         if embedding_params(run) > run.n_params / 2:
-            out.append("most parameters are embeddings: a char vocabulary (`prepare --tokenizer char`) makes a "
-                       "smaller, faster model")
+            out.append(f"most parameters are embeddings: a smaller vocabulary (`prepare --tokenizer bpe --vocab-size "
+                       f"{smaller_vocab(run)}`) makes a smaller, faster model")
         if run.train_tokens and run.train_tokens < run.n_params and epochs(run) >= 1:
             out.append(f"{count(run.train_tokens)} tokens are few for {count(run.n_params)} parameters: "
                        "the model may memorise them")
@@ -79,8 +86,8 @@ def hints(run: RunStarted, short: bool = False) -> list[str]:
         vocab = int(run.model.get("vocab_size", 0))
         out.append(
             f"{embedding_params(run) / run.n_params:.0%} of the parameters are embeddings (a {vocab:,}-token "
-            f"vocabulary); for a small text a character-level vocabulary (`nanogpt prepare --tokenizer char`) "
-            "makes a smaller, faster model"
+            f"vocabulary); for a small text a smaller learned vocabulary (`nanogpt prepare --tokenizer bpe "
+            f"--vocab-size {smaller_vocab(run)}`) makes a smaller, faster model"
         )
     if run.train_tokens and run.train_tokens < run.n_params and epochs(run) >= 1:
         out.append(

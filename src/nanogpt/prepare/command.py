@@ -12,6 +12,7 @@ error (temporary files removed, one line, exit 1); what a kill -9 leaves is remo
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import shlex
@@ -28,13 +29,14 @@ from ..atomic import publish, remove_stale_temps, temp_file
 from ..config import PrepareConfig
 from ..errors import UserError
 from ..files import cache_dir
-from ..tokenizers import GPT2_EOT, TOKENIZERS, CharTokenizer, GPT2Tokenizer, token_dtype
+from ..tokenizers import GPT2_EOT, TOKENIZERS, CharTokenizer, GPT2Tokenizer, default_bpe_vocab_size, token_dtype
 from .bpe import Learned, learn_bpe, summary_line
 from .encode import Encoder, Part, copy_prefix, shares
 from .progress import Progress
 from .sources import CharSet, Source, doc_text, find_sources, scan
 
 BUNDLED_NAME = "tinyshakespeare"
+DEFAULT_TOKENIZER = PrepareConfig.tokenizer  # the dataclass default: what `prepare` and the bundled run use
 SPLITS = ("train", "val")
 
 
@@ -344,6 +346,14 @@ def _summary(stream: TextIO, meta: dict[str, Any], out: Path, mixology: bool) ->
         f"tokens) and {out / 'vocab.json'} ({meta['tokenizer']}, vocab size {meta['vocab_size']:,}, {meta['dtype']})",
         markup=False,
     )
+    console.print(tokenizer_note(meta["tokenizer"]), markup=False)
+
+
+def tokenizer_note(tokenizer: str) -> str:
+    """One line naming the tokenizer used and, for the default, how to get nanoGPT's character-level files."""
+    if tokenizer == DEFAULT_TOKENIZER:
+        return f"tokenizer: {tokenizer} (the default; --tokenizer char gives nanoGPT's one token per character)"
+    return f"tokenizer: {tokenizer} (the default is {DEFAULT_TOKENIZER})"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -365,17 +375,24 @@ def is_prepared(folder: str | os.PathLike) -> bool:
         return False
 
 
-def bundled_dataset(tokenizer: str = "char") -> Path:
-    """The bundled Tiny Shakespeare prepared with `tokenizer`, in the cache folder (prepared the first time)."""
-    out = cache_dir() / f"{BUNDLED_NAME}-{tokenizer}"
-    cfg = PrepareConfig(tokenizer=tokenizer, out_dir=str(out))
+def bundled_dataset(tokenizer: str = DEFAULT_TOKENIZER) -> Path:
+    """The bundled Tiny Shakespeare prepared with `tokenizer`, in the cache folder (prepared the first time).
+
+    Named by the tokenizer and (bpe) its vocabulary size: a cache of another kind or size is never reused.
+    """
+    size = default_bpe_vocab_size(_bundled_train_chars()) if tokenizer == "bpe" else None
+    out = cache_dir() / f"{BUNDLED_NAME}-{tokenizer}{size or ''}"
+    cfg = PrepareConfig(tokenizer=tokenizer, vocab_size=size, out_dir=str(out))
     cfg.validate()
     if is_prepared(out) and json.loads((out / "vocab.json").read_text(encoding="utf-8"))["tokenizer"] == tokenizer:
         print(f"using the bundled Tiny Shakespeare ({tokenizer}) prepared in {out}", file=sys.stderr)
         return out
-    print(
-        f"preparing the bundled Tiny Shakespeare ({tokenizer}) into {out} (once; reused next time)",
-        file=sys.stderr,
-    )
+    print(f"preparing the bundled Tiny Shakespeare ({tokenizer}) into {out} (once; reused next time)", file=sys.stderr)
     _prepare(cfg, out, report=sys.stderr)
     return out
+
+
+def _bundled_train_chars() -> int:
+    """Characters in the training part of the bundled corpus (what the BPE default size is chosen from)."""
+    packed = (resources.files("nanogpt") / "data" / f"{BUNDLED_NAME}.txt.gz").read_bytes()
+    return int(len(gzip.decompress(packed).decode("utf-8")) * (1 - PrepareConfig.val_fraction))
