@@ -130,6 +130,14 @@ def test_prepare_bpe_chooses_the_size_and_says_so(tmp_path: Path) -> None:
     assert meta["train_tokens"] == len(train) and meta["val_tokens"] == len(val)
 
 
+def test_a_small_text_is_told_that_char_level_may_write_better(tmp_path: Path) -> None:
+    (tmp_path / "small.txt").write_text(bundled_text()[:40_000], encoding="utf-8")
+    said = prepare_cli(tmp_path / "small.txt", tmp_path / "out")
+    assert "little text for a learned BPE" in said and "--tokenizer char may write better" in said
+    (tmp_path / "big.txt").write_text(bundled_text()[:600_000], encoding="utf-8")  # 540,000 training characters
+    assert "little text" not in prepare_cli(tmp_path / "big.txt", tmp_path / "out_big")
+
+
 def test_the_vocabulary_size_rule_grows_with_the_text() -> None:
     sizes = [default_bpe_vocab_size(n) for n in (0, 10_000, 1_000_000, 100_000_000, 10**12)]
     assert sizes == sorted(sizes) and sizes[0] == 512 and sizes[2] == 1024 and sizes[-1] == 32768

@@ -68,6 +68,12 @@ def _sample(sources: list[Source], sizes: list[int], progress: Progress) -> Iter
                 break
 
 
+# Below this many training characters a learned BPE can write worse than char level once the run is long: the
+# measured points lie on either side of it (BENCHMARKS.md, "Tokenizers at equal time": Alice, 0.12 M characters,
+# char won at 60 s; Tiny Shakespeare, 1 M, every BPE size won).
+SMALL_TEXT_CHARS = 500_000
+
+
 def summary_line(meta: dict[str, Any]) -> str:
     """What prepare's summary says of a learned BPE (vocab.json `meta`): its size and why, what it learnt from."""
     size = f"{meta['vocab_size']:,} tokens"
@@ -76,4 +82,11 @@ def summary_line(meta: dict[str, Any]) -> str:
     sample = f"{meta['bpe_sample_chars']:,} characters of the training text"
     if meta["bpe_sample_chars"] < meta["bpe_train_chars"]:
         sample += f" (the start of each source's, {BPE_SAMPLE_CHARS:,} in all at most)"
-    return f"learned a byte-level BPE of {size} from {sample}, none of the validation text"
+    line = f"learned a byte-level BPE of {size} from {sample}, none of the validation text"
+    if meta["bpe_train_chars"] < SMALL_TEXT_CHARS:
+        line += (
+            f"\nnote: {meta['bpe_train_chars']:,} characters is little text for a learned BPE: its tokens are seen "
+            "few times each, and a long run overfits sooner than at character level (BENCHMARKS.md, "
+            "\"Tokenizers at equal time\"); --tokenizer char may write better, or a smaller --vocab-size"
+        )
+    return line
