@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import queue
 import sys
 import threading
@@ -162,22 +161,12 @@ class Trainer:
 
     def evaluate(self) -> float:
         """Mean validation loss over eval_iters fixed batches (the same ones every time; no RNG touched)."""
-        return self.evaluate_sources()[0]
-
-    def evaluate_sources(self) -> tuple[float, dict[str, float]]:
-        """The validation loss and (mixology) each source's; both go into the log entry of the current step."""
-        result = self.evaluate_all()
-        return result.loss, result.source_losses
+        return self.evaluate_all().loss
 
     def evaluate_all(self) -> Evaluation:
         """The validation loss and bits per byte, and each source's, logged at the current step."""
         result = self.stepper.evaluate()
-        values: dict[str, Any] = {"validation_loss": result.loss}
-        values |= {"validation_bpb": result.bpb} if math.isfinite(result.bpb) else {}  # nan: no bytes (JSON has no nan)
-        if result.source_losses:
-            values["source_validation_losses"] = result.source_losses
-            values["source_validation_bpb"] = {k: v for k, v in result.source_bpb.items() if math.isfinite(v)}
-        self.state.log_at_step(**values)
+        self.state.log_evaluation(result.loss, result.bpb, result.source_losses, result.source_bpb)
         return result
 
     def evaluation_sample(self) -> str:

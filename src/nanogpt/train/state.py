@@ -6,6 +6,7 @@ in one place. It holds no tensors and touches no device.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..events import StepDone
@@ -46,6 +47,17 @@ class RunState:
         """Add `values` (a validation loss, a sample) to the log entry of the current step, if it is logged."""
         if self.log and self.log[-1]["step"] == self.step:
             self.log[-1].update(values)
+
+    def log_evaluation(
+        self, loss: float, bpb: float, source_losses: dict[str, float], source_bpb: dict[str, float]
+    ) -> None:
+        """An evaluation's validation loss and bits per byte (and each mixology source's) at the current step; a
+        bpb of nan (no bytes to divide by) is left out, as JSON has no nan."""
+        values: dict[str, Any] = {"validation_loss": loss} | ({"validation_bpb": bpb} if math.isfinite(bpb) else {})
+        if source_losses:
+            values["source_validation_losses"] = source_losses
+            values["source_validation_bpb"] = {k: v for k, v in source_bpb.items() if math.isfinite(v)}
+        self.log_at_step(**values)
 
     def saved(self, stem: str) -> None:
         """The current step is saved as `stem`."""
