@@ -1,4 +1,5 @@
-"""Regenerate docs/screenshot.svg from a real run: `python docs/screenshot.py [DATA_DIR] [STEPS]`.
+"""Regenerate docs/screenshot.svg from a real run: `python docs/screenshot.py [DATA_DIR] [STEPS]`
+(no DATA_DIR: the bundled corpus, as `nanogpt train` prepares it).
 
 Trains cpu-small (the CPU default) for STEPS steps (default 300) under the UI at 100x30 and saves the
 final screen. The times it shows are those of the machine it runs on.
@@ -29,6 +30,10 @@ def main() -> None:
     settings = {"validation_interval": 50}  # checkpoints in out/, or the first free out-N/ when out/ holds a run
     if len(sys.argv) > 1:
         settings["data_dir"] = sys.argv[1]
+    else:  # what `nanogpt train` trains on when given no data: the bundled corpus, default tokenizer
+        from nanogpt.prepare import bundled_dataset
+
+        settings["data_dir"] = str(bundled_dataset())
     settings["steps"] = int(sys.argv[2]) if len(sys.argv) > 2 else 300
     app = TrainingApp(build_trainer(settings, preset="cpu-small"))
     asyncio.run(shoot(app))
