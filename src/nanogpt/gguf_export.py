@@ -25,7 +25,7 @@ from . import __version__, checkpoint
 from .atomic import atomic_write
 from .config import ModelConfig, field_flag
 from .errors import UserError
-from .tokenizers import GPT2_EOT, byte_chars, from_meta
+from .tokenizers import GPT2_EOT, byte_chars, from_meta, gpt2_vocab_and_merges
 
 ARCH = "gpt2"
 DTYPES = ("float32", "float16", "bfloat16")
@@ -130,9 +130,7 @@ def _char_vocab(itos: list[str]) -> Vocab:
 
 
 def _gpt2_vocab() -> Vocab:
-    from .hf import _gpt2_vocab as gpt2_files
-
-    vocab, merges = gpt2_files()
+    vocab, merges = gpt2_vocab_and_merges()
     tokens = _in_id_order(vocab, "GPT-2's encoder.json")
     types = [NORMAL] * len(tokens)
     types[GPT2_EOT] = CONTROL

@@ -18,7 +18,7 @@ import torch
 
 from .config import ModelConfig, field_flag
 from .errors import UserError
-from .tokenizers import GPT2_EOT, GPT2_VOCAB_SIZE, _gpt2_files, from_meta
+from .tokenizers import GPT2_EOT, GPT2_VOCAB_SIZE, from_meta, gpt2_vocab_and_merges
 
 # the block matrices that Hugging Face's Conv1D stores (in, out)
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -162,14 +162,6 @@ def model_fields_from_hf(hf: Any, where: str) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- tokenizer files
-def _gpt2_vocab() -> tuple[dict[str, int], list[str]]:
-    """GPT-2's byte-level BPE: token -> id, and the merges in rank order (`"Ġ t"`), from the bundled files."""
-    vocab_bpe, encoder_json = _gpt2_files()
-    vocab = json.loads(encoder_json.read_text(encoding="utf-8"))
-    merges = [line for line in vocab_bpe.read_text(encoding="utf-8").splitlines()[1:] if line]
-    return vocab, merges
-
-
 def _bpe_model(vocab: dict[str, int], merges: list[str]) -> dict[str, Any]:
     return {
         "type": "BPE",
@@ -196,7 +188,7 @@ def _tokenizer_json(meta: dict[str, Any]) -> dict[str, Any]:
     if meta.get("tokenizer") == "bpe":
         return from_meta(meta).to_meta()["tokenizer_json"]
     if meta.get("tokenizer") == "gpt2":
-        vocab, merges = _gpt2_vocab()
+        vocab, merges = gpt2_vocab_and_merges()
         byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
         return {
             "version": "1.0",
@@ -231,7 +223,7 @@ def tokenizer_files(meta: dict[str, Any], block_size: int) -> dict[str, str]:
     files = {"tokenizer.json": json.dumps(_tokenizer_json(meta), ensure_ascii=False)}
     common = {"model_max_length": block_size, "clean_up_tokenization_spaces": False}
     if meta.get("tokenizer") == "gpt2":
-        vocab, merges = _gpt2_vocab()
+        vocab, merges = gpt2_vocab_and_merges()
         files["vocab.json"] = json.dumps(vocab, ensure_ascii=False)
         files["merges.txt"] = "#version: 0.2\n" + "\n".join(merges) + "\n"
         config = {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False, "bos_token": EOT_TEXT,

@@ -71,6 +71,15 @@ def _gpt2_files() -> tuple[Path, Path]:
     return data / "vocab.bpe", data / "encoder.json"
 
 
+def gpt2_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
+    """GPT-2's byte-level BPE as its files spell it: token -> id, and the merges in rank order (`"Ġ t"`); what
+    the Hugging Face and GGUF exports write."""
+    vocab_bpe, encoder_json = _gpt2_files()
+    vocab = json.loads(encoder_json.read_text(encoding="utf-8"))
+    merges = [line for line in vocab_bpe.read_text(encoding="utf-8").splitlines()[1:] if line]
+    return vocab, merges
+
+
 @functools.lru_cache(maxsize=1)
 def gpt2_encoding():
     """tiktoken's exact GPT-2 encoding built from local files (same regex and ranks as tiktoken's 'gpt2')."""
