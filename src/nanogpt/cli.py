@@ -8,6 +8,7 @@ Mistakes a user can make raise `UserError`; here they become one line on stderr 
 from __future__ import annotations
 
 import argparse
+import codecs
 import dataclasses
 import difflib
 import json
@@ -20,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from . import distributed
 from .config import GenerateConfig, ModelConfig, PrepareConfig, TrainConfig
 from .errors import UserError
-from .flags import build_parser, reject_extras, subparsers
+from .files import flush_output
+from .flags import FlagError, build_parser, reject_extras, subparsers
 from .presets import check_new_run
 
 if TYPE_CHECKING:  # imported when training starts, not to parse flags
@@ -162,12 +164,8 @@ def _cmd_plot(ns: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = sys.argv[1:] if argv is None else argv
-    if not args:  # a bare `nanogpt`: what can it do?
-        parser.print_help()
-        return 0
+def _parse(parser: argparse.ArgumentParser, args: list[str]) -> argparse.Namespace:
+    """The command line, or a FlagError (flags._Parser) with argparse's own one line."""
     commands = subparsers(parser)
     if not args[0].startswith("-") and args[0] not in commands:  # argparse lists the choices but guesses none
         close = difflib.get_close_matches(args[0], list(commands), n=1, cutoff=0.6)
@@ -175,24 +173,102 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown command {args[0]!r} (commands: {', '.join(commands)}){hint}")
     ns, extras = parser.parse_known_args(args)
     if ns.command is None:
-        parser.error("give a command: " + ", ".join(subparsers(parser)))
+        parser.error("give a command: " + ", ".join(commands))
     if extras:
-        reject_extras(subparsers(parser)[ns.command], ns.command, extras)
-    handler = {
-        "prepare": _cmd_prepare, "train": _cmd_train, "generate": _cmd_generate, "export": _cmd_export,
-        "plot": _cmd_plot,
-    }[ns.command]
+        reject_extras(commands[ns.command], ns.command, extras)
+    return ns
+
+
+def _os_error_line(e: OSError) -> str:
+    """An OSError as `PATH: reason` (a path too long, unreadable, on a full or read-only disk), the path
+    shortened in the middle when it is itself the problem (a name over 255 bytes)."""
+    def shown(name: object) -> str:
+        text = os.fsdecode(name) if isinstance(name, (str, bytes)) else str(name)
+        return text if len(text) <= 160 else f"{text[:70]}...{text[-70:]} ({len(text)} characters)"
+
+    reason = e.strerror or str(e) or type(e).__name__
+    if e.filename is None:
+        return reason
+    names = shown(e.filename) + (f" -> {shown(e.filename2)}" if e.filename2 is not None else "")
+    return f"{names}: {reason}"
+
+
+def _refuse(line: str) -> int:
+    """Say `line` once (under torchrun every rank fails alike: rank 0 says it) and tell torchrun's report."""
+    _settle_stdout()
+    if distributed.rank() == 0:
+        print(line, file=sys.stderr)
+    _tell_torchrun(line)
+    return 1
+
+
+def _settle_stdout() -> bool:
+    """Flush standard output; when it cannot be written (a closed pipe, a full disk), point it at /dev/null
+    so that the interpreter's own flush at exit does not print a second error, and return False."""
     try:
-        return handler(ns)
+        sys.stdout.flush()
+        return True
+    except (OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return False
+
+
+def _path_bytes_or_escape(error: UnicodeError) -> tuple[str | bytes, int]:
+    """The encoding error handler of our output: a path named in non-UTF-8 bytes (held by Python as lone
+    surrogates U+DC80-U+DCFF) is written back as those bytes, so it can be pasted; anything else the stream
+    cannot show becomes a backslash escape."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    bad = error.object[error.start : error.end]
+    if error.encoding.lower().replace("-", "") == "utf8" and all(0xDC80 <= ord(c) <= 0xDCFF for c in bad):
+        return bytes(ord(c) - 0xDC00 for c in bad), error.end
+    return codecs.backslashreplace_errors(error)
+
+
+codecs.register_error("nanogpt-output", _path_bytes_or_escape)
+
+
+def _readable_output() -> None:
+    """Standard output and error never stop a command over a character (_path_bytes_or_escape): with
+    PYTHONIOENCODING=ascii, generate's text keeps flowing, escaped where it must be (generate says so)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="nanogpt-output")
+        except (AttributeError, ValueError, OSError):  # not a text stream of the io module: left as it is
+            pass
+
+
+HANDLERS = {
+    "prepare": _cmd_prepare, "train": _cmd_train, "generate": _cmd_generate, "export": _cmd_export,
+    "plot": _cmd_plot,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = sys.argv[1:] if argv is None else argv
+    if not args:  # a bare `nanogpt`: what can it do?
+        parser.print_help()
+        return 0
+    _readable_output()
+    command = "nanogpt"
+    try:
+        ns = _parse(parser, args)
+        command = f"nanogpt {ns.command}"
+        code = HANDLERS[ns.command](ns)
+        flush_output()  # a full disk behind stdout is this command's failure, not the interpreter's at exit
+        return code
+    except FlagError as e:  # argparse's line names the subcommand itself
+        return _refuse(str(e))
     except UserError as e:
-        line = f"nanogpt {ns.command}: error: {e}"
-        if distributed.rank() == 0:  # under torchrun every rank fails alike: say it once
-            print(line, file=sys.stderr)
-        _tell_torchrun(line)
-        return 1
-    except KeyboardInterrupt:  # a Ctrl-C outside the training loop (which handles its own)
-        print(f"nanogpt {ns.command}: interrupted", file=sys.stderr)
-        return 130
+        return _refuse(f"{command}: error: {e}")
     except BrokenPipeError:  # e.g. `nanogpt generate ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # what the system refused about a path or a file the user named: one line, not a traceback
+        return _refuse(f"{command}: error: {_os_error_line(e)}")
+    except MemoryError:
+        return _refuse(f"{command}: error: out of memory (a setting or a file asks for more than this machine has)")
+    except KeyboardInterrupt:  # a Ctrl-C outside the training loop (which handles its own)
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130

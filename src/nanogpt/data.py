@@ -9,7 +9,6 @@ a run sees does not depend on how it is split over processes.
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .files import check_size
+from .files import read_json
 from .tokenizers import CharTokenizer, Tokenizer, from_meta, token_dtype
 
 # The keys of vocab.json that `nanogpt prepare` writes: the tokenizer's own, the token ids' dtype, the counts
@@ -56,13 +55,7 @@ class TokenData:
 
 def read_vocab(path: Path) -> dict[str, Any]:
     """Read and check a vocab.json; UserError when it is missing or not a vocabulary."""
-    if not path.is_file():
-        raise UserError(f"vocabulary metadata not found: {path}")
-    check_size(path, "vocabulary metadata")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read vocabulary metadata {path}: {e}") from None
+    meta = read_json(path, "vocabulary metadata")
     if not isinstance(meta, dict) or type(meta.get("vocab_size")) is not int or meta["vocab_size"] <= 0:
         raise UserError(f"{path} is not a vocabulary file (it needs a positive integer 'vocab_size')")
     tokenizer = from_meta(meta)

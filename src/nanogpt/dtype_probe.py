@@ -29,7 +29,8 @@ import torch
 
 from .atomic import atomic_write
 from .config import ModelConfig
-from .files import cache_dir as default_cache_dir
+from .errors import UserError
+from .files import cache_dir as default_cache_dir, read_json
 
 CACHE_FILE = "dtype_probe.json"
 NAMED = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -239,7 +240,7 @@ def describe(result: ProbeResult, what: str = "dtype auto", timed: str = "forwar
 
 def _read(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # absent or damaged: measure again and rewrite it
+        data = read_json(path, "dtype probe cache")
+    except UserError:  # absent or damaged (even nested 200,000 deep): measure again and rewrite it
         return {}
     return data if isinstance(data, dict) else {}

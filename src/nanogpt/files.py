@@ -1,12 +1,18 @@
-"""Where the program keeps files of its own (the cache) and the size check made before any file is parsed.
+"""Where the program keeps files of its own (the cache), the size check made before any file is parsed, and
+the one way JSON files are read and written.
 
 Below everything that reads files (data, checkpoint, the dtype probe, prepare), so none of them imports
 another for these."""
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from .errors import UserError
 
@@ -24,6 +30,72 @@ def check_size(path: Path, what: str, limit: int = JSON_LIMIT) -> None:
             f"{what} {path} is {size / 2**20:,.0f} MiB, more than such a file can hold "
             f"({limit / 2**20:,.0f} MiB): refusing to read it"
         )
+
+
+def read_json(path: Path, what: str, limit: int = JSON_LIMIT) -> Any:
+    """The JSON file `path`, at most `limit` bytes; UserError with one line when it is missing, unreadable, too
+    large, not UTF-8, not JSON, or nested deeper than the parser's recursion limit (a 400 KB file of brackets
+    is enough for that). Every JSON file nanogpt reads comes through here; a cache catches the UserError and
+    rebuilds itself."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{what} not found: {path}")
+    check_size(path, what, limit)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    except RecursionError:
+        raise UserError(f"{what} {path} is not {what}: its JSON is nested too deeply") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{what} {path} is corrupt or truncated ({type(e).__name__}: {str(e)[:80]})") from None
+
+
+def json_bytes(obj: Any, indent: int | None = 1) -> bytes:
+    """`obj` as UTF-8 JSON text ending in a newline. A path named in bytes that are not UTF-8 (Linux allows
+    any) reaches Python as lone surrogates, which UTF-8 cannot encode; they are written as the JSON escape
+    `\\udcXX`, which reads back as the same path, so such a path is taken as it is."""
+    text = json.dumps(obj, indent=indent, ensure_ascii=False) + "\n"
+    return text.encode("utf-8", "backslashreplace")  # only lone surrogates need it; their escape is JSON's
+
+
+@contextmanager
+def utf8_name(path: Path) -> Iterator[str]:
+    """A name for `path` that a library taking UTF-8 text only (safetensors, in Rust) can open: the path itself,
+    or, for a path in bytes that are not UTF-8 (Linux allows any), /proc/self/fd/N of the file opened here."""
+    name = os.fspath(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        if not os.path.isdir("/proc/self/fd"):
+            raise UserError(f"{name!r}: a path that is not UTF-8 cannot be read on this system") from None
+        fd = os.open(name, os.O_RDONLY)
+        try:
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    yield name
+
+
+def listing(names: list[str], most: int = 8) -> str:
+    """`a, b, c and 9,997 more`: a list for a one-line message, whose length stays bounded however many names
+    a folder holds (each name cut to 60 characters)."""
+    shown = [n if len(n) <= 60 else n[:57] + "..." for n in names[:most]]
+    if len(names) > most:
+        return ", ".join(shown) + f" and {len(names) - most:,} more"
+    return ", ".join(shown)
+
+
+def flush_output() -> None:
+    """Flush standard output; UserError when it cannot take more (`> /dev/full`, a full disk). A closed pipe
+    stays a BrokenPipeError: the reader had what it wanted."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise UserError(f"cannot write the output: {e.strerror or e}") from None
 
 
 def cache_dir() -> Path:

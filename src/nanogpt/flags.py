@@ -55,6 +55,11 @@ def _default_text(f: dataclasses.Field) -> str:
     return " (default: from the preset: " + ", ".join(f"{v} for {k}" for k, v in by_preset.items()) + ")"
 
 
+class FlagError(Exception):
+    """A bad command line: argparse's one line (`nanogpt train: error: ...`), said by cli.main like any other
+    user error (once under torchrun, exit code 1)."""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line on stderr and exit code 1, like every other user error.
 
@@ -65,7 +70,7 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(1, f"{self.prog}: error: {message}\n")
+        raise FlagError(f"{self.prog}: error: {message}")
 
 
 def _uniform_metavars(parser: argparse.ArgumentParser) -> None:

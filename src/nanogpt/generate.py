@@ -288,13 +288,22 @@ def generate_cli(stem: str, settings: GenerateConfig | None = None) -> int:
         f"on {dev.type}",
         file=sys.stderr,
     )
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    if codecs.lookup(encoding).name != "utf-8":  # cli makes the stream escape what it cannot show; say so
+        print(f"note: standard output is {encoding}: characters it cannot show are written as \\x.. escapes "
+              "(PYTHONIOENCODING=utf-8 shows them)", file=sys.stderr)
     rows = generate_rows(model, ids, s.tokens_to_generate, num_samples=s.num_samples, temperature=s.temperature,
                          top_k=s.top_k, top_p=s.top_p, generator=generator, slide=s.window_slide)
     with generation_threads(dev, n_params):
-        if s.num_samples == 1:
-            count, started = _stream((row[0] for row in rows), tokenizer, text)
-        else:
-            count, started = _print_samples(rows, tokenizer, text, s.num_samples)
+        try:
+            if s.num_samples == 1:
+                count, started = _stream((row[0] for row in rows), tokenizer, text)
+            else:
+                count, started = _print_samples(rows, tokenizer, text, s.num_samples)
+        except BrokenPipeError:
+            raise  # `| head`: the reader had what it wanted
+        except OSError as e:  # nothing is read while sampling: it is stdout that failed (`> /dev/full`)
+            raise UserError(f"cannot write the output: {e.strerror or e}") from None
     seconds = time.perf_counter() - started
     total = count * s.num_samples
     times = f"{s.num_samples} x {count}" if s.num_samples > 1 else f"{count}"

@@ -8,7 +8,6 @@ names and layout they share with our GPT are hf.py's.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import torch
 from . import checkpoint
 from .config import ModelConfig, field_flag
 from .errors import UserError
+from .files import read_json
 from .tokenizers import GPT2_VOCAB_SIZE, bpe_model_key, from_meta
 from .hf import NANOGPT_PADDED_VOCAB, from_hf_tensors, model_fields_from_hf
 
@@ -181,8 +181,8 @@ def _char_vocabulary(folder: Path) -> list[str] | None:
     if not path.is_file():
         return None
     try:
-        model = json.loads(path.read_text(encoding="utf-8")).get("model") or {}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        model = read_json(path, "tokenizer").get("model") or {}
+    except (UserError, AttributeError):
         return None
     vocab = model.get("vocab")
     if model.get("type") != "BPE" or model.get("merges") or not isinstance(vocab, dict):
@@ -196,9 +196,9 @@ def _learned_bpe(folder: Path) -> tuple[Any, list[list[str]]] | None:
     """The (vocab, merges) of a byte-level BPE tokenizer.json, as `export` writes a learned BPE's (None for
     any other, or one that is not a whole BPE)."""
     try:
-        data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+        data = read_json(folder / "tokenizer.json", "tokenizer")
         return bpe_model_key(from_meta({"tokenizer": "bpe", "tokenizer_json": data}).to_meta())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, UserError):
+    except UserError:
         return None
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from .atomic import atomic_write, temp_file
 from .checkpoint import SUFFIXES, read_log, stem_for, stem_of, weights_path
 from .errors import UserError
+from .files import listing, read_json
 
 _SET_FILE = re.compile(r"^model_step_(\d+)(\..+)$")
 # what an interrupted atomic write leaves: ours (atomic.temp_file) and safetensors' own (.tmpXXXXXX)
@@ -66,7 +67,7 @@ def latest_in(folder: str | Path) -> Path:
     if steps:
         return stem_for(folder, max(steps))
     names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
-    shown = ", ".join(names[:12]) + (f", ... ({len(names)} entries)" if len(names) > 12 else "")
+    shown = listing(names, 12)
     raise UserError(
         f"no checkpoint in folder {folder} (expected model_step_N.safetensors and model_step_N.config.json); "
         + (f"it holds: {shown}" if names else "it is empty")
@@ -101,9 +102,9 @@ def _best_or_why(folder: Path) -> tuple[Best | None, str]:
     if not path.is_file():
         return None, "no best by validation loss is recorded there"
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = read_json(path, BEST_FILE)
         best = Best(step=int(raw["step"]), stem=str(raw["stem"]), validation_loss=float(raw["validation_loss"]))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (UserError, ValueError, KeyError, TypeError, OverflowError):
         return None, f"its {BEST_FILE} cannot be read"
     whole = best.step in sets_in(folder).whole and weights_path(stem_for(folder, best.step)).is_file()
     if best.stem != stem_for(folder, best.step).name or not math.isfinite(best.validation_loss) or not whole:

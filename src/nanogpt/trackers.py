@@ -21,6 +21,7 @@ from typing import Any
 
 from .atomic import atomic_write
 from .errors import UserError
+from .files import read_json
 from .events import EvalDone, Event, RunFinished, RunStarted, StepDone
 
 STATE_FILE = "trackers.json"  # beside the checkpoints: {"wandb_id": ...}
@@ -98,8 +99,8 @@ class WandB:
     @staticmethod
     def _saved_id(folder: Path) -> str | None:
         try:
-            return str(json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))["wandb_id"])
-        except (OSError, ValueError, KeyError, TypeError):
+            return str(read_json(folder / STATE_FILE, "tracker state")["wandb_id"])
+        except (UserError, KeyError, TypeError):
             return None  # a run that was not tracked before: it starts a tracker run of its own
 
     def __call__(self, event: Event) -> None:

@@ -4,7 +4,6 @@ the manifest that seals a set (sha256 of each file) and verifies each file read.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from ..atomic import atomic_write
 from ..errors import UserError
-from ..files import JSON_LIMIT, check_size
+from ..files import json_bytes, read_json, utf8_name
 FORMAT = 1
 FILES = (".safetensors", ".config.json", ".training_log.json", ".resume.safetensors", ".resume.json")
 MANIFEST = ".manifest.json"
@@ -45,8 +44,8 @@ def weights_path(stem: str | Path) -> Path:
 # ----------------------------------------------------------------------------- atomic writes
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically."""
-    text = json.dumps(obj, indent=1, ensure_ascii=False)
-    atomic_write(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    data = json_bytes(obj)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_tensors(
@@ -67,24 +66,12 @@ RESUME_LIMIT = 1 << 20  # resume.json
 MAX_COUNTER = 2**63 - 1  # batch counters and steps feed numpy's 64-bit Philox counter and torch seeds
 
 
-def read_json(path: Path, what: str, limit: int = JSON_LIMIT) -> Any:
-    """A JSON file, at most `limit` bytes; UserError with one line when missing, too large or corrupt."""
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path}")
-    check_size(path, what, limit)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(
-            f"{what} {path} is corrupt or truncated ({type(e).__name__}: {str(e)[:80]})"
-        ) from None
-
-
 def read_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserError(f"{what} not found: {path}")
     try:
-        return load_file(path)
+        with utf8_name(path) as name:
+            return load_file(name)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise UserError(f"{what} {path} is corrupt or truncated ({str(e)[:80]})") from None
 

@@ -28,7 +28,7 @@ import numpy as np
 from ..atomic import publish, remove_stale_temps, temp_file
 from ..config import PrepareConfig
 from ..errors import UserError
-from ..files import cache_dir
+from ..files import cache_dir, listing, read_json
 from ..tokenizers import GPT2_EOT, TOKENIZERS, CharTokenizer, GPT2Tokenizer, default_bpe_vocab_size, token_dtype
 from .bpe import Learned, learn_bpe, summary_line
 from .encode import Encoder, Part, copy_prefix, shares
@@ -83,7 +83,7 @@ def _run(path: Path, out: Path, cfg: PrepareConfig, report: TextIO, shown: str) 
     sources, ignored = find_sources(path)
     mixology = path.is_dir()
     if mixology and ignored:
-        print(f"ignored (not in a sub-folder named NN_name/ with NN > 0): {', '.join(ignored)}", file=sys.stderr)
+        print(f"ignored (not in a sub-folder named NN_name/ with NN > 0): {listing(ignored)}", file=sys.stderr)
     created = _make_folder(out)
     progress = Progress(sys.stderr)
     parts: list[dict[str, Part]] = []  # per source: its train and val part
@@ -360,18 +360,20 @@ def tokenizer_note(tokenizer: str) -> str:
 # the bundled corpus, prepared once into a cache
 
 
-def is_prepared(folder: str | os.PathLike) -> bool:
-    """True when folder holds a vocab.json and train/val bins whose sizes match the counts it records."""
+def is_prepared(folder: str | os.PathLike, tokenizer: str | None = None) -> bool:
+    """True when folder holds a vocab.json (of `tokenizer`, when given) and train/val bins whose sizes match the
+    counts it records."""
     folder = Path(folder)
     try:
-        meta = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        meta = read_json(folder / "vocab.json", "vocabulary metadata")
         itemsize = np.dtype(meta["dtype"]).itemsize
         return (
             meta["tokenizer"] in TOKENIZERS
+            and meta["tokenizer"] == (tokenizer or meta["tokenizer"])
             and (folder / "train.bin").stat().st_size == meta["train_tokens"] * itemsize
             and (folder / "val.bin").stat().st_size == meta["val_tokens"] * itemsize
         )
-    except (OSError, ValueError, KeyError, TypeError):
+    except (UserError, OSError, ValueError, KeyError, TypeError):  # damaged: prepared again (a cache heals)
         return False
 
 
@@ -384,7 +386,7 @@ def bundled_dataset(tokenizer: str = DEFAULT_TOKENIZER) -> Path:
     out = cache_dir() / f"{BUNDLED_NAME}-{tokenizer}{size or ''}"
     cfg = PrepareConfig(tokenizer=tokenizer, vocab_size=size, out_dir=str(out))
     cfg.validate()
-    if is_prepared(out) and json.loads((out / "vocab.json").read_text(encoding="utf-8"))["tokenizer"] == tokenizer:
+    if is_prepared(out, tokenizer):
         print(f"using the bundled Tiny Shakespeare ({tokenizer}) prepared in {out}", file=sys.stderr)
         return out
     print(f"preparing the bundled Tiny Shakespeare ({tokenizer}) into {out} (once; reused next time)", file=sys.stderr)

@@ -22,6 +22,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ..errors import UserError
+from ..files import listing
 from .progress import Progress
 
 CHUNK_CHARS = 1 << 20  # characters read at a time; also the size of one GPT-2 encoding job
@@ -92,7 +93,7 @@ def find_sources(path: Path) -> tuple[list[Source], list[str]]:
             _check_name(f)
         docs = [Doc(f, f.stat().st_size) for f in files]
         sources.append(Source(m.group(2), sub.name + "/", int(m.group(1)), docs))
-    note = f" (ignored: {', '.join(ignored)})" if ignored else ""
+    note = f" (ignored: {listing(ignored)})" if ignored else ""
     if not sources:
         raise UserError(
             f"{path} has no usable sources: expected sub-folders named NN_name/ (e.g. 25_lovecraft/, "
@@ -100,7 +101,7 @@ def find_sources(path: Path) -> tuple[list[Source], list[str]]:
         )
     total = sum(s.percent for s in sources)
     if total != 100:
-        shares = ", ".join(f"{s.label} {s.percent}%" for s in sources)
+        shares = listing([f"{s.label} {s.percent}%" for s in sources])
         raise UserError(f"the source percentages in {path} sum to {total}, not 100 ({shares})")
     for s in sources:
         if not s.docs:
