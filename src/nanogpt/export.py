@@ -62,7 +62,8 @@ def _write_folder(out: Path, files: dict[str, str], tensors: dict[str, torch.Ten
     try:
         save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})  # "pt": what transformers wants
         for name, text in files.items():
-            (tmp / name).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+            # errors: a path in non-UTF-8 bytes (in the model card) is written as its escape (files.json_bytes)
+            (tmp / name).write_text(text if text.endswith("\n") else text + "\n", "utf-8", "backslashreplace")
         mask = _umask()
         for path in tmp.iterdir():
             with open(path, "rb") as f:

@@ -60,22 +60,24 @@ def json_bytes(obj: Any, indent: int | None = 1) -> bytes:
 
 
 @contextmanager
-def utf8_name(path: Path) -> Iterator[str]:
-    """A name for `path` that a library taking UTF-8 text only (safetensors, in Rust) can open: the path itself,
-    or, for a path in bytes that are not UTF-8 (Linux allows any), /proc/self/fd/N of the file opened here."""
-    name = os.fspath(path)
+def readable_name(path: Path, what: str) -> Iterator[str]:
+    """A name of the file `path` for a library that opens it itself (safetensors, in Rust): UserError with
+    the system's reason when we cannot open it (safetensors says "No such file" for a file it may not read),
+    and, for a path in bytes that are not UTF-8 (Linux allows any; the Rust side takes UTF-8 only),
+    /proc/self/fd/N of the file opened here."""
     try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        if not os.path.isdir("/proc/self/fd"):
-            raise UserError(f"{name!r}: a path that is not UTF-8 cannot be read on this system") from None
-        fd = os.open(name, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    try:
+        name = os.fspath(path)
         try:
-            yield f"/proc/self/fd/{fd}"
-        finally:
-            os.close(fd)
-        return
-    yield name
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            name = f"/proc/self/fd/{fd}" if os.path.isdir("/proc/self/fd") else name
+        yield name
+    finally:
+        os.close(fd)
 
 
 def listing(names: list[str], most: int = 8) -> str:

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from ..atomic import atomic_write
 from ..errors import UserError
-from ..files import json_bytes, read_json, utf8_name
+from ..files import json_bytes, read_json, readable_name
 FORMAT = 1
 FILES = (".safetensors", ".config.json", ".training_log.json", ".resume.safetensors", ".resume.json")
 MANIFEST = ".manifest.json"
@@ -70,7 +70,7 @@ def read_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserError(f"{what} not found: {path}")
     try:
-        with utf8_name(path) as name:
+        with readable_name(path, what) as name:
             return load_file(name)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise UserError(f"{what} {path} is corrupt or truncated ({str(e)[:80]})") from None

@@ -12,7 +12,7 @@ from safetensors import SafetensorError, safe_open
 
 from ..config import ModelConfig
 from ..errors import UserError
-from ..files import utf8_name
+from ..files import readable_name
 from .store import read_tensors
 TIED = ("lm_head.weight", "transformer.wte.weight")  # (dropped on save, kept)
 
@@ -47,7 +47,7 @@ def weights_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, st
     if not path.is_file():
         raise UserError(f"checkpoint weights not found: {path}")
     try:
-        with utf8_name(path) as name, safe_open(name, framework="pt") as f:
+        with readable_name(path, "checkpoint weights") as name, safe_open(name, framework="pt") as f:
             shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118 - not a dict
             return shapes, f.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
