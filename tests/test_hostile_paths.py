@@ -283,3 +283,13 @@ def test_a_folder_of_ten_thousand_files_is_a_short_line(tmp_path: Path, capsys) 
     code, err = run(capsys, "prepare", str(flat), "--out-dir", str(tmp_path / "out"))
     assert_one_line(code, err, "and 9,992 more")
     assert len(err) < 1000
+
+
+# ----------------------------------------------------------------------------- out of memory, at the edge
+def test_running_out_of_memory_is_one_line(trained: Path) -> None:
+    """What no earlier check bounds (ten million samples in one batch) ends in one line, not torch's
+    allocator traceback (under a 3 GiB address space)."""
+    from test_hostile import run_limited
+
+    ((code, err),) = run_limited(["generate", str(trained), "--num-samples", "10000000", "--tokens-to-generate", "5"])
+    assert_one_line(code, err, "out of memory", after_progress=True)

@@ -238,6 +238,12 @@ def _readable_output() -> None:
             pass
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """True for torch's out-of-memory errors: the CPU allocator's RuntimeError, CUDA's OutOfMemoryError."""
+    text = str(e)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
+
+
 HANDLERS = {
     "prepare": _cmd_prepare, "train": _cmd_train, "generate": _cmd_generate, "export": _cmd_export,
     "plot": _cmd_plot,
@@ -267,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except OSError as e:  # what the system refused about a path or a file the user named: one line, not a traceback
         return _refuse(f"{command}: error: {_os_error_line(e)}")
-    except MemoryError:
+    except (MemoryError, RuntimeError) as e:  # torch's allocators raise RuntimeErrors of their own
+        if not isinstance(e, MemoryError) and not _out_of_memory(e):
+            raise  # a bug of ours: its traceback is what gets it fixed
         return _refuse(f"{command}: error: out of memory (a setting or a file asks for more than this machine has)")
     except KeyboardInterrupt:  # a Ctrl-C outside the training loop (which handles its own)
         print(f"{command}: interrupted", file=sys.stderr)
