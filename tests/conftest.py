@@ -50,5 +50,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-# Tiny Shakespeare prepared at character level, once per session (tests/engine_fixtures.py)
-from engine_fixtures import mixology_dir, overfit_dir, shakespeare_dir  # noqa: E402, F401 - shared fixtures
+# Tiny Shakespeare prepared at character level, and a tiny model trained on it, once per session
+# (tests/engine_fixtures.py)
+from engine_fixtures import mixology_dir, overfit_dir, shakespeare_dir, trained  # noqa: E402, F401 - shared fixtures

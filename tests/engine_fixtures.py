@@ -138,3 +138,17 @@ def overfit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (out / "input.txt").write_text(shakespeare_text()[:10_000], encoding="utf-8")
     prepare(str(out / "input.txt"), tokenizer="char", out_dir=str(out), val_fraction=0.85, strip_gutenberg=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def trained(shakespeare_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained 3 steps on Tiny Shakespeare (char) and saved: its stem (model_step_3). Tests copy
+    it before editing it."""
+    from nanogpt.train.setup import build_trainer
+
+    out = tmp_path_factory.mktemp("trained")
+    finished = build_trainer({**TINY, "steps": 3, "data_dir": str(shakespeare_dir), "out_dir": str(out)}).run(
+        lambda event: None
+    )
+    assert finished.reason == "completed"
+    return Path(finished.stem)

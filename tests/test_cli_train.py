@@ -109,7 +109,7 @@ def broken_copy(src: Path, dst: Path) -> Path:
         (["--data-dir", "{missing}"], "data folder not found"),
         (["--data-dir", "{truncated}"], "truncated"),
         (["--data-dir", "{wrong_vocab}"], "vocabulary does not match"),
-        (["--data-dir", "{data}", "--vocab-metadata", "{corrupt_vocab}"], "cannot read vocabulary"),
+        (["--data-dir", "{data}", "--vocab-metadata", "{corrupt_vocab}"], "is corrupt or truncated"),
         (["--data-dir", "{data}", "--head-count", "3"], "--head-count (3) must divide --embedding-size (32)"),
         (["--data-dir", "{data}", "--steps", "0"], "--steps must be a positive integer"),
         (["--data-dir", "{data}", "--batch-size", "-2"], "--batch-size must be a positive integer"),

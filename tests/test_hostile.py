@@ -15,12 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from engine_fixtures import TINY, TINY_FLAGS
+from engine_fixtures import TINY_FLAGS
 from safetensors.torch import load_file, save_file
 
 from nanogpt.cli import main
 from nanogpt.config import ModelConfig
-from nanogpt.train.setup import build_trainer
 from nanogpt.errors import UserError
 from nanogpt.model import GPT
 from nanogpt.prepare.encode import Encoder, Part
@@ -44,17 +43,6 @@ def assert_one_line(code: int, err: str, message: str, after_progress: bool = Fa
     lines = err.strip().splitlines()
     assert (after_progress or len(lines) == 1) and "Traceback" not in err, err
     assert lines[-1].startswith("nanogpt ") and ": error: " in lines[-1] and message in lines[-1], err
-
-
-@pytest.fixture(scope="module")
-def trained(shakespeare_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny model trained 3 steps and saved: its stem (model_step_3)."""
-    out = tmp_path_factory.mktemp("hostile_ckpt")
-    finished = build_trainer({**TINY, "steps": 3, "data_dir": str(shakespeare_dir), "out_dir": str(out)}).run(
-        lambda event: None
-    )
-    assert finished.reason == "completed"
-    return Path(finished.stem)
 
 
 # ----------------------------------------------------------------------------- flags (items 9, 10)

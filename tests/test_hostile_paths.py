@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from engine_fixtures import TINY_FLAGS
-from test_hostile import CHECKPOINT_FILES, assert_one_line, copy_checkpoint, run, trained  # noqa: F401 - fixture
+from test_hostile import assert_one_line, copy_checkpoint, run
 
 from nanogpt import checkpoint, dtype_probe
 
