@@ -17,13 +17,24 @@ import torch
 from engine_fixtures import TINY, TINY_FLAGS
 from safetensors.torch import load_file, save_file
 from test_hostile import SRC, assert_one_line, copy_checkpoint, edit_json, run, run_limited
-from test_hostile import trained  # noqa: F401 - the shared fixture: a tiny char model trained 3 steps
 
 from nanogpt.config import ModelConfig
 from nanogpt.model import GPT
 from nanogpt.train.setup import build_trainer
 
 TINY_ARGS = dict(vocab_size=65, block_size=32, n_layer=2, n_head=2, n_embd=32, bias=False)  # Tiny Shakespeare's 65
+
+
+def _train(data: Path, out: Path, **settings) -> Path:
+    """A tiny model trained on `data` into `out` and saved: its stem."""
+    opts = {**TINY, "data_dir": str(data), "out_dir": str(out), **settings}
+    return Path(build_trainer(opts).run(lambda event: None).stem)
+
+
+@pytest.fixture(scope="module")
+def char_trained(shakespeare_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny character-level model trained 3 steps: its stem (model_step_3)."""
+    return _train(shakespeare_dir, tmp_path_factory.mktemp("hostile_io"), steps=3)
 
 
 def _nanogpt_ckpt(path: Path, change=None, args: dict | None = None) -> Path:
@@ -93,11 +104,11 @@ print(json.dumps(results))
 """
 
 
-def test_an_export_that_cannot_be_written_is_one_line_and_leaves_nothing(trained: Path, tmp_path: Path) -> None:
+def test_an_export_that_cannot_be_written_is_one_line_and_leaves_nothing(char_trained: Path, tmp_path: Path) -> None:
     """Files are limited to 20,000 bytes in the child (RLIMIT_FSIZE): the weights cannot be written."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    commands = [["export", str(trained), str(tmp_path / "hf")],
-                ["export", str(trained), str(tmp_path / "model.gguf"), "--format", "gguf"]]
+    commands = [["export", str(char_trained), str(tmp_path / "hf")],
+                ["export", str(char_trained), str(tmp_path / "model.gguf"), "--format", "gguf"]]
     done = subprocess.run([sys.executable, "-c", FILE_LIMITED, json.dumps(commands)], capture_output=True,
                           text=True, env=env, check=False, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -110,9 +121,7 @@ def test_an_export_that_cannot_be_written_is_one_line_and_leaves_nothing(trained
 @pytest.fixture(scope="module")
 def float16_trained(shakespeare_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model trained 2 steps in float16 (a GradScaler's state in its resume.json): its stem."""
-    out = tmp_path_factory.mktemp("float16")
-    opts = {**TINY, "dtype": "float16", "steps": 2, "data_dir": str(shakespeare_dir), "out_dir": str(out)}
-    return Path(build_trainer(opts).run(lambda event: None).stem)
+    return _train(shakespeare_dir, tmp_path_factory.mktemp("float16"), dtype="float16", steps=2)
 
 
 @pytest.mark.parametrize(
@@ -153,9 +162,9 @@ def test_a_whole_scaler_state_resumes(float16_trained: Path, tmp_path: Path, cap
     ids=["model-list", "list", "string-id", "vocab-list"],
 )
 def test_a_damaged_tokenizer_json_beside_weights_is_one_line(
-    tokenizer, message: str, trained: Path, shakespeare_dir: Path, tmp_path: Path, capsys
+    tokenizer, message: str, char_trained: Path, shakespeare_dir: Path, tmp_path: Path, capsys
 ) -> None:
-    assert run(capsys, "export", str(trained), str(tmp_path / "hf"))[0] == 0
+    assert run(capsys, "export", str(char_trained), str(tmp_path / "hf"))[0] == 0
     (tmp_path / "hf" / "tokenizer.json").write_text(json.dumps(tokenizer))
     code, err = run(capsys, "train", "--headless", *TINY_FLAGS, "--steps", "1", "--data-dir", str(shakespeare_dir),
                     "--out-dir", str(tmp_path / "out"), "--init-from", str(tmp_path / "hf"))
@@ -174,8 +183,7 @@ def bpe_trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "input.txt").write_text(shakespeare_text()[:40_000], encoding="utf-8")
     prepare(str(root / "input.txt"), tokenizer="bpe", vocab_size=300, out_dir=str(root / "data"), val_fraction=0.1,
             strip_gutenberg=False)
-    opts = {**TINY, "steps": 1, "data_dir": str(root / "data"), "out_dir": str(root / "out")}
-    return Path(build_trainer(opts).run(lambda event: None).stem)
+    return _train(root / "data", root / "out", steps=1)
 
 
 def test_a_checkpoint_vocabulary_with_a_broken_merge_is_one_line(bpe_trained: Path, tmp_path: Path, capsys) -> None:
@@ -235,9 +243,9 @@ WEIGHTS_EVERY_USE = ("generate", "export", "gguf", "resume")
     ids=["nan", "inf", "uint32", "bool", "int64", "int64-exp_avg_sq", "nan-exp_avg"],
 )
 def test_weights_that_are_not_finite_floats_are_refused_wherever_read(
-    suffix: str, change, message: str, uses: tuple, trained: Path, tmp_path: Path, capsys
+    suffix: str, change, message: str, uses: tuple, char_trained: Path, tmp_path: Path, capsys
 ) -> None:
-    stem = copy_checkpoint(trained, tmp_path / "ckpt")
+    stem = copy_checkpoint(char_trained, tmp_path / "ckpt")
     _edit_tensors(stem.with_name(stem.name + suffix), change)
     commands = {
         "generate": ["generate", str(stem), "--tokens-to-generate", "5"],
@@ -264,9 +272,9 @@ def test_weights_that_are_not_finite_floats_are_refused_wherever_read(
     ],
 )
 def test_a_saved_config_goes_through_the_checks_of_flags(
-    values: dict, message: str, trained: Path, tmp_path: Path, capsys
+    values: dict, message: str, char_trained: Path, tmp_path: Path, capsys
 ) -> None:
-    stem = copy_checkpoint(trained, tmp_path / "ckpt")
+    stem = copy_checkpoint(char_trained, tmp_path / "ckpt")
     edit_json(stem.with_name(stem.name + ".config.json"), lambda m: m["train"].update(values))
     for command in (["train", "--headless", "--steps", "4", "--resume-training", str(stem)],
                     ["generate", str(stem), "--tokens-to-generate", "5"]):
