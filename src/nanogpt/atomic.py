@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from safetensors import SafetensorError
+
 
 def temp_file(folder: Path, name: str) -> tuple[BinaryIO, Path]:
     """A new hidden file `.NAME.PID-XXXXXXXX.tmp` in `folder`, open for binary writing, and its path.
@@ -80,3 +82,15 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     except BaseException:  # includes KeyboardInterrupt: never leave a half-written file behind
         tmp.unlink(missing_ok=True)
         raise
+
+
+
+def write_failure(error: BaseException) -> str | None:
+    """Why a write failed, in words, or None when `error` is not a failed write: an OSError's reason, or the
+    one safetensors names in the text of its own error, which is not an OSError."""
+    if isinstance(error, OSError):
+        return error.strerror or str(error) or type(error).__name__
+    if isinstance(error, SafetensorError):
+        found = re.search(r"os error (\d+)|code: (\d+)", str(error))
+        return os.strerror(int(found.group(1) or found.group(2))) if found else str(error)[:120]
+    return None

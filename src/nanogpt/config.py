@@ -51,6 +51,15 @@ MAX_SEED = 2**63 - 1
 ACTIVATIONS = ("gelu", "gelu_tanh")  # exact (erf) GELU; the tanh approximation GPT-2 was trained with
 
 
+def check_choices(cfg: Any) -> None:
+    """ConfigError unless each setting that has choices holds one of them. argparse checks a flag's; a config
+    read from a checkpoint has not been through argparse, and `"lr_schedule": "weird"` would train on."""
+    for f in dataclasses.fields(cfg):
+        choices, value = f.metadata.get("choices"), getattr(cfg, f.name)
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{field_flag(f)} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
 @dataclass
 class ModelConfig:
     """Shape of a GPT-2-style decoder. Names mirror GPT-2 / nanoGPT (`n_layer`, `n_head`, `n_embd`)."""
@@ -70,6 +79,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ConfigError with one clear line if the shape is impossible."""
+        check_choices(self)
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
                 flag = field_flag(next(f for f in dataclasses.fields(self) if f.name == name))
@@ -80,8 +90,6 @@ class ModelConfig:
             raise ConfigError(f"--head-count ({self.n_head}) must divide --embedding-size ({self.n_embd}) evenly")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
 
     def parameter_count(self) -> int:
         """Parameters of the GPT this shape builds (the LM head tied to the token embeddings), by arithmetic:
@@ -230,6 +238,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ConfigError with one clear line if a setting is impossible."""
+        check_choices(self)
         for name in ("steps", "batch_size", "grad_accum", "eval_iters"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{flag_name(name)} must be a positive integer, got {getattr(self, name)}")
@@ -238,8 +247,6 @@ class TrainConfig:
                 raise ConfigError(f"{flag_name(name)} must not be negative, got {getattr(self, name)}")
         if self.overfit_evaluations < 1:
             raise ConfigError(f"--overfit-evaluations must be at least 1, got {self.overfit_evaluations}")
-        if self.compile_mode not in COMPILE_MODES:
-            raise ConfigError(f"--compile-mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
         if self.eval_sample_tokens < 0:
             raise ConfigError(f"--eval-sample-tokens must not be negative, got {self.eval_sample_tokens}")
         # written as `not (x in range)` so that NaN, which fails every comparison, is refused too
@@ -249,8 +256,6 @@ class TrainConfig:
             raise ConfigError(f"--muon-learning-rate must be a positive number, got {self.muon_learning_rate}")
         if not 0 <= self.muon_momentum < 1:
             raise ConfigError(f"--muon-momentum must be in [0, 1), got {self.muon_momentum}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if not 0 <= self.min_learning_rate <= self.learning_rate:
             raise ConfigError(f"--min-learning-rate must be in [0, --learning-rate], got {self.min_learning_rate}")
         for name in ("beta1", "beta2"):

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from . import __version__, checkpoint, hf
+from .atomic import write_failure
 from .config import ModelConfig, TrainConfig, field_flag, tokens_per_step
 from .errors import UserError
 from .tokenizers import from_meta
@@ -50,8 +52,8 @@ def export(stem: str | Path, out_dir: str | Path) -> Path:
     }
     try:
         _write_folder(out, files, tensors)
-    except OSError as e:
-        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
+    except (OSError, SafetensorError) as e:  # a full disk: safetensors says so in an error of its own
+        raise UserError(f"cannot write {out}: {write_failure(e)}") from None
     return out
 
 

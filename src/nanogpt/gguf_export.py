@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from . import __version__, checkpoint
-from .atomic import atomic_write
+from .atomic import atomic_write, write_failure
 from .config import ModelConfig, field_flag
 from .errors import UserError
-from .tokenizers import GPT2_EOT, byte_chars, from_meta, gpt2_vocab_and_merges
+from .tokenizers import GPT2_EOT, BpeTokenizer, GPT2Tokenizer, byte_chars, from_meta, gpt2_vocab_and_merges
 
 ARCH = "gpt2"
 DTYPES = ("float32", "float16", "bfloat16")
@@ -74,7 +74,7 @@ def export_gguf(stem: str | Path, out: str | Path, dtype: str = "float32") -> tu
     try:
         atomic_write(out, lambda tmp: _write(tmp, model_cfg, vocab, tensors, dtype, f"{stem.name}"))
     except OSError as e:
-        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
+        raise UserError(f"cannot write {out}: {write_failure(e)}") from None
     return out, notes
 
 
@@ -97,13 +97,13 @@ def check_gguf_exportable(cfg: ModelConfig) -> list[str]:
 # ----------------------------------------------------------------------------- tokenizers
 def vocabulary(meta: dict[str, Any], n_rows: int) -> Vocab:
     """The GGUF vocabulary of a checkpoint's tokenizer metadata, for a model with `n_rows` token embeddings."""
-    kind = meta.get("tokenizer")
-    if kind == "bpe":
-        vocab = _bpe_vocab(meta.get("tokenizer_json"))
-    elif kind == "gpt2":
+    tokenizer = from_meta(meta)  # UserError for a vocabulary that is not whole (a merge that is not two tokens)
+    if isinstance(tokenizer, BpeTokenizer):
+        vocab = _bpe_vocab(meta["tokenizer_json"])
+    elif isinstance(tokenizer, GPT2Tokenizer):
         vocab = _gpt2_vocab()
     else:
-        vocab = _char_vocab(from_meta(meta).itos)  # UserError for anything else
+        vocab = _char_vocab(tokenizer.itos)
     n_real = len(vocab.tokens) - vocab.n_added
     if n_real > n_rows:
         raise UserError(f"the vocabulary has {n_real} tokens but the model only {n_rows} token embeddings")

@@ -143,49 +143,79 @@ def read_nanogpt_ckpt(path: Path) -> Imported:
         fields.update(bias=bool(args.get("bias", True)), activation="gelu")  # nanoGPT's MLP: exact nn.GELU()
     except (KeyError, TypeError, ValueError):
         raise UserError(f"{where}: its model_args lack the GPT shape (vocab_size, block_size, n_layer, ...)") from None
-    tensors: dict[str, torch.Tensor] = {}
-    for name, t in ckpt["model"].items():
-        name = name.removeprefix("_orig_mod.")  # torch.compile's wrapper, saved by nanoGPT as is
-        if name.endswith(".attn.bias"):
-            continue  # the causal-mask buffer nanoGPT keeps without flash attention (c_attn.bias is a weight)
-        tensors[name] = t
-    head = tensors.pop("lm_head.weight", None)
-    if head is not None and "transformer.wte.weight" not in tensors:
-        tensors["transformer.wte.weight"] = head
+    tensors = _plain_weights(ckpt["model"], path)
+    _check_tensors(tensors, fields, where)  # before the copy below: its size is now what the file holds
     tokenizer = None
     if fields["vocab_size"] in (NANOGPT_PADDED_VOCAB, GPT2_VOCAB_SIZE):
         tokenizer = "gpt2"
         fields["vocab_size"] = GPT2_VOCAB_SIZE
-        wte = tensors.get("transformer.wte.weight")
-        if wte is not None:
-            tensors["transformer.wte.weight"] = wte[:GPT2_VOCAB_SIZE].clone()  # the padding rows are never used
-    _check_tensors(tensors, fields, where)
+        # the padding rows are never used
+        tensors["transformer.wte.weight"] = tensors["transformer.wte.weight"][:GPT2_VOCAB_SIZE].clone()
     return Imported(source=where, fields=fields, tensors=tensors, tokenizer=tokenizer)
 
 
+def _plain_weights(model: dict[Any, Any], path: Path) -> dict[str, torch.Tensor]:
+    """The weights of a nanoGPT state dict by our names (the tied head once), each a plain tensor the file holds.
+
+    `weights_only` unpickles no code, but a tensor's shape and strides are the pickle's to say: a 1,769-byte
+    file holds `torch.zeros(1).expand(50304, 131072)`, 26 GB once copied. A tensor that is not contiguous is
+    refused, and so are tensors larger together than the file (views of one storage), so that no copy made
+    later is larger than the file.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    for name, t in model.items():
+        if not isinstance(name, str) or not torch.is_tensor(t):
+            shown = f"{repr(name)[:40]}: {type(t).__name__}"
+            raise UserError(f"{path}: its model holds {shown}, where a state dict has a name and a tensor")
+        name = name.removeprefix("_orig_mod.")  # torch.compile's wrapper, saved by nanoGPT as is
+        if name.endswith(".attn.bias"):
+            continue  # the causal-mask buffer nanoGPT keeps without flash attention (c_attn.bias is a weight)
+        if t.layout != torch.strided or not t.is_contiguous():
+            raise UserError(f"{path}: {name} is not a plain tensor (shape {tuple(t.shape)}, strides {t.stride()})")
+        tensors[name] = t
+    head = tensors.pop("lm_head.weight", None)  # tied: the token embeddings' storage
+    if head is not None and "transformer.wte.weight" not in tensors:
+        tensors["transformer.wte.weight"] = head
+    claimed, size = sum(t.nbytes for t in tensors.values()), path.stat().st_size
+    if claimed > size:
+        raise UserError(f"{path}: its tensors claim {claimed:,} bytes, more than the file's {size:,} (shared views)")
+    return tensors
+
+
 def _check_tensors(tensors: dict[str, torch.Tensor], fields: dict[str, Any], where: str) -> None:
-    """UserError unless the tensors are exactly those of a GPT with `fields` (names and shapes)."""
+    """UserError unless the tensors are exactly those of a GPT with `fields`: names, shapes (the sizes `fields`
+    claims first, so that the GPT built here is the tensors' size), dtypes and finite values."""
     from .model import GPT
 
+    found = checkpoint.sizes_of({name: tuple(t.shape) for name, t in tensors.items()})
+    if found is None:
+        raise UserError(f"{where}: the weights are not a GPT's (no token and position embeddings)")
+    for name, value in found.items():
+        if fields[name] != value:
+            raise UserError(f"{where}: its config says {name} {fields[name]}, but its weights have {value}")
     cfg = ModelConfig(**{k: v for k, v in fields.items()})
     with torch.device("meta"):  # shapes only: nothing allocated, nothing initialised
         expected = checkpoint.model_tensors(GPT(cfg))
-    problem = checkpoint.weights_mismatch(expected, tensors)
+    problem = checkpoint.weights_mismatch(expected, tensors) or checkpoint.values_problem(tensors)
     if problem:
         raise UserError(f"{where}: {problem}")
 
 
 def _char_vocabulary(folder: Path) -> list[str] | None:
-    """The characters of a character-level tokenizer.json as `export` writes it (None for any other)."""
+    """The characters of a character-level tokenizer.json as `export` writes it (None for any other kind);
+    UserError for a file that is not a tokenizer.json or whose BPE vocab has ids that are not integers."""
     path = folder / "tokenizer.json"
     if not path.is_file():
         return None
-    try:
-        model = read_json(path, "tokenizer").get("model") or {}
-    except (UserError, AttributeError):
-        return None
+    # a damaged file is refused, not taken for another kind: that would leave the data's vocabulary unchecked
+    data = read_json(path, "tokenizer")
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict):
+        raise UserError(f"{path} is not a tokenizer.json (it has no \"model\" object)")
     vocab = model.get("vocab")
-    if model.get("type") != "BPE" or model.get("merges") or not isinstance(vocab, dict):
+    if model.get("type") == "BPE" and not (isinstance(vocab, dict) and all(type(i) is int for i in vocab.values())):
+        raise UserError(f"{path}: its BPE vocab does not map each token to a whole-number id")
+    if model.get("type") != "BPE" or model.get("merges"):
         return None
     if sorted(vocab.values()) != list(range(len(vocab))) or not all(len(c) == 1 for c in vocab):
         return None

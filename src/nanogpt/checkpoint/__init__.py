@@ -26,20 +26,24 @@ from .store import (
 )
 from .reading import Checkpoint, configs, load_model, read, read_log, read_meta, read_resume, world_size_of
 from .tensors import (
+    FLOAT_DTYPES,
     TIED,
     check_config_fits_weights,
     load_optimizer,
     load_weights,
     model_tensors,
     optimizer_tensors,
+    sizes_of,
+    values_problem,
     weights_header,
     weights_mismatch,
 )
 from .writing import save
 
 __all__ = [
-    "FILES", "FORMAT", "MANIFEST", "SUFFIXES", "TIED", "Checkpoint", "check_config_fits_weights", "configs",
-    "load_model", "load_optimizer", "load_weights", "model_tensors", "optimizer_tensors", "read", "read_json",
-    "read_log", "read_meta", "read_resume", "read_tensors", "save", "seal", "stem_for", "stem_of",
-    "weights_header", "weights_mismatch", "weights_path", "world_size_of", "write_json", "write_tensors",
+    "FILES", "FLOAT_DTYPES", "FORMAT", "MANIFEST", "SUFFIXES", "TIED", "Checkpoint", "check_config_fits_weights",
+    "configs", "load_model", "load_optimizer", "load_weights", "model_tensors", "optimizer_tensors", "read",
+    "read_json", "read_log", "read_meta", "read_resume", "read_tensors", "save", "seal", "sizes_of", "stem_for",
+    "stem_of", "values_problem", "weights_header", "weights_mismatch", "weights_path", "world_size_of", "write_json",
+    "write_tensors",
 ]

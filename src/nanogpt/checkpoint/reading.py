@@ -4,6 +4,7 @@ inference (`load_model`)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 
 from ..config import ModelConfig, TrainConfig, from_dict
 from ..errors import UserError
+from ..tokenizers import from_meta
 from .store import (
     LOG_LIMIT,
     MAX_COUNTER,
@@ -52,6 +54,7 @@ def configs(meta: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
         model_cfg = from_dict(ModelConfig, meta["model"])
         train_cfg = from_dict(TrainConfig, meta["train"])
         model_cfg.validate()
+        train_cfg.validate()  # the checks flags go through: a file has not been through argparse's choices
     except (TypeError, ValueError, UserError) as e:  # UserError: config.ConfigError, a value of the wrong type
         raise UserError(f"checkpoint config has invalid settings: {e}") from None
     return model_cfg, train_cfg
@@ -112,10 +115,30 @@ def _resume_problem(state: dict[str, Any], meta: dict[str, Any], train_cfg: Trai
         return f"world_size {repr(world)[:40]} is not a whole number >= 1"
     if "seed" in state and state["seed"] != train_cfg.seed:
         return f"its seed {repr(state['seed'])[:40]} is not the config's {train_cfg.seed}"
-    if not isinstance(state.get("scaler") or {}, dict):
-        return "its scaler state is not a dict"
+    scaler = _scaler_problem(state.get("scaler"))
+    if scaler:
+        return f"its scaler state {scaler}"
     if step > 0 and n_tensors == 0:
         return "the optimizer state holds no moments although the model has trained (a resume would not be exact)"
+    return None
+
+
+def _scaler_problem(scaler: Any) -> str | None:
+    """What keeps a float16 GradScaler's saved state from loading, or None (None or {}: trained without one).
+    GradScaler.load_state_dict takes what its state_dict wrote unchecked: a missing entry is a KeyError, and
+    a string scale fails deep in the first step."""
+    if not scaler:
+        return None
+    if not isinstance(scaler, dict):
+        return "is not a dict"
+    for name in ("scale", "growth_factor", "backoff_factor"):
+        value = scaler.get(name)
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf):
+            return f"has {name} {repr(value)[:40]}, not a positive number"
+    for name, low in (("growth_interval", 1), ("_growth_tracker", 0)):
+        value = scaler.get(name)
+        if not (isinstance(value, int) and not isinstance(value, bool) and low <= value < 2**31):  # an int32
+            return f"has {name} {repr(value)[:40]}, not a whole number >= {low}"
     return None
 
 
@@ -143,6 +166,7 @@ def read(stem: str | Path) -> Checkpoint:
     """Read and check checkpoint `stem` (or any of its files) for a resume; UserError if anything is off."""
     stem = stem_of(stem)
     model_cfg, train_cfg = configs(meta := read_meta(stem))
+    from_meta(meta["tokenizer"])  # UserError for a vocabulary that is not whole, before it is compared with the data
     # whole and of this set (the manifest) before its header is read; its tensors load later, in the Trainer
     verified(stem, ".safetensors", "checkpoint weights")
     check_config_fits_weights(model_cfg, weights_path(stem), meta["step"])

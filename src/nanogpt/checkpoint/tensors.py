@@ -4,6 +4,7 @@ against a config, and the optimizer's state (AdamW moments, Muon momentum) by ru
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,9 @@ from ..errors import UserError
 from ..files import readable_name
 from .store import read_tensors
 TIED = ("lm_head.weight", "transformer.wte.weight")  # (dropped on save, kept)
+# the dtypes of weights and optimizer state we save, or GPT-2 exports hold; another (an int, a bool, float64)
+# would be cast by load_state_dict without a word
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 # ----------------------------------------------------------------------------- weights
@@ -42,6 +46,19 @@ def weights_mismatch(expected: dict[str, torch.Tensor], tensors: dict[str, torch
     return None
 
 
+def values_problem(tensors: dict[str, torch.Tensor]) -> str | None:
+    """What makes tensors read from a file unfit to load, or None: a dtype we never save, or a value that is
+    not finite (a NaN weight makes every logit NaN, and `generate` samples nothing but token 0). Checked after
+    the shapes, so that no tensor is larger than what its file holds."""
+    for name, tensor in tensors.items():
+        if tensor.dtype not in FLOAT_DTYPES:
+            return f"{name} is {str(tensor.dtype).removeprefix('torch.')}, not float32, bfloat16 or float16"
+    for name, tensor in tensors.items():
+        if not bool(torch.isfinite(tensor).all()):
+            return f"{name} holds NaN or infinite values"
+    return None
+
+
 def weights_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
     """The names and shapes in a safetensors file, and its metadata, from its header alone (no tensor read)."""
     if not path.is_file():
@@ -53,6 +70,17 @@ def weights_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, st
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise UserError(f"checkpoint weights {path} are corrupt or truncated ({str(e)[:80]})") from None
 _LAYER = re.compile(r"^transformer\.h\.(\d+)\.")
+
+
+def sizes_of(shapes: Mapping[str, Sequence[int]]) -> dict[str, int] | None:
+    """The ModelConfig sizes a GPT's tensor shapes fix (vocab_size, n_embd, block_size, n_layer), or None when
+    they have no 2-D token and position embeddings. A config compared with these before a model is built
+    builds one the size of the tensors, which their file bounds."""
+    wte, wpe = shapes.get("transformer.wte.weight"), shapes.get("transformer.wpe.weight")
+    if wte is None or wpe is None or len(wte) != 2 or len(wpe) != 2:
+        return None
+    layers = {int(m.group(1)) for name in shapes if (m := _LAYER.match(name))}
+    return {"vocab_size": wte[0], "n_embd": wte[1], "block_size": wpe[0], "n_layer": len(layers)}
 
 
 def check_config_fits_weights(model_cfg: ModelConfig, path: Path, step: int | None = None) -> None:
@@ -71,11 +99,9 @@ def check_config_fits_weights(model_cfg: ModelConfig, path: Path, step: int | No
             f"checkpoint weights {path} are of step {metadata['step'][:20]}, its config says {step}: "
             "files of two checkpoints"
         )
-    wte, wpe = header.get("transformer.wte.weight"), header.get("transformer.wpe.weight")
-    if wte is None or wpe is None or len(wte) != 2 or len(wpe) != 2:
+    found = sizes_of(header)
+    if found is None:
         raise UserError(f"checkpoint weights {path} are not a GPT's (no token and position embeddings)")
-    layers = {int(m.group(1)) for name in header if (m := _LAYER.match(name))}
-    found = {"vocab_size": wte[0], "n_embd": wte[1], "block_size": wpe[0], "n_layer": len(layers)}
     for name, value in found.items():
         if getattr(model_cfg, name) != value:
             raise UserError(
@@ -90,7 +116,7 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     dropped, kept = TIED
     if dropped not in state and kept in state:
         state[dropped] = state[kept]
-    problem = weights_mismatch(model.state_dict(), state)
+    problem = weights_mismatch(model.state_dict(), state) or values_problem(state)
     if problem:
         raise UserError(f"checkpoint weights {path}: {problem}")
     model.load_state_dict(state)
@@ -134,6 +160,9 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Te
             state.setdefault(int(index), {})[name] = value
         except ValueError:
             raise UserError(f"optimizer state has an unexpected entry {key!r}") from None
+    problem = values_problem(tensors)
+    if problem:
+        raise UserError(f"optimizer state {problem}")
     if state and (max(state) >= n_params or min(state) < 0):
         raise UserError("optimizer state does not match the model (different parameter count)")
     if state:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 
+from ..atomic import write_failure
 from ..config import ModelConfig, TrainConfig, to_dict
 from ..errors import UserError
 from .store import FORMAT, MANIFEST, SUFFIXES, path_of, seal, write_json, write_tensors
@@ -62,15 +60,9 @@ def save(
     except BaseException as e:
         for path in written:
             path.unlink(missing_ok=True)
-        if isinstance(e, (OSError, SafetensorError)):
-            raise UserError(f"cannot write checkpoint {stem}: {_write_failure(e)}") from None
+        reason = write_failure(e)
+        if reason is not None:
+            raise UserError(f"cannot write checkpoint {stem}: {reason}") from None
         raise
     return tuple(str(p) for p in written)
 
-
-def _write_failure(error: BaseException) -> str:
-    """The reason in an OSError, or in safetensors' own error (not an OSError: it names the errno in its text)."""
-    if isinstance(error, OSError):
-        return error.strerror or str(error)
-    found = re.search(r"os error (\d+)|code: (\d+)", str(error))
-    return os.strerror(int(found.group(1) or found.group(2))) if found else str(error)[:120]
