@@ -1,0 +1,108 @@
+"""Hostile folders and files (issue 25, items 3, 7, 12, 15, 16): what is in an output folder, who writes there,
+and what a source does between prepare's two passes, through the real CLI on real small files.
+
+A run removes only what a killed save of ours leaves; two prepares never mix one folder; vocab.json's
+sources are checked where they are read; a damaged gzip, an empty path, a source that changes: one line.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from engine_fixtures import TINY_FLAGS
+from test_hostile import SRC, assert_one_line, run
+
+from nanogpt import checkpoint
+
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+
+
+def contents(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` by its path there, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def train(capsys, data: Path, out: Path, *args: str) -> tuple[int, str]:
+    return run(capsys, "train", "--headless", *TINY_FLAGS, "--data-dir", str(data), "--out-dir", str(out), *args)
+
+
+# ----------------------------------------------------------------------------- item 3: leftovers
+USERS_FILES = {
+    "model_step_500.safetensors": b"my weights",
+    "model_step_500.training_log.json": b"[]",
+    ".tmpAbC123": b"my notes",
+}
+
+
+def test_a_new_run_keeps_a_users_files_named_like_ours(shakespeare_dir: Path, tmp_path: Path, capsys) -> None:
+    """The issue's folder: set-named files without config.json that no save leaves (no resume files first),
+    and a file named like safetensors' temporary ones. Kept, and the run refused: it would save over them."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name, data in USERS_FILES.items():
+        (out / name).write_bytes(data)
+    code, err = train(capsys, shakespeare_dir, out, "--steps", "2")
+    assert_one_line(code, err, "model_step_500.training_log.json without its config.json: not a checkpoint")
+    assert contents(out) == USERS_FILES
+
+
+def test_a_live_writers_temporary_file_and_a_users_are_kept(shakespeare_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    with subprocess.Popen(["sleep", "60"]) as live:
+        try:
+            mine = {".tmpAbC123": b"my notes", f".model_step_9.resume.json.{live.pid}-0123abcd.tmp": b"{"}
+            for name, data in mine.items():
+                (out / name).write_bytes(data)
+            code, err = train(capsys, shakespeare_dir, out, "--steps", "2")
+        finally:
+            live.kill()
+    assert code == 0, err
+    assert {n: b for n, b in contents(out).items() if n in mine} == mine
+
+
+# kill -9 (SIGKILL, which nothing can catch) when a save publishes its file number K of model_step_3: the files
+# before it are in place, its own is still under its temporary name. The audit hook watches the operating
+# system's rename, as strace would; the save itself is the real one.
+KILL_AT_PUBLISH = """
+import os, signal, sys
+k, seen = int(sys.argv[1]), []
+def hook(event, args):
+    if event == "os.rename" and os.path.basename(os.fsdecode(args[1])).startswith("model_step_3."):
+        if len(seen) == k:
+            os.kill(os.getpid(), signal.SIGKILL)
+        seen.append(args[1])
+sys.addaudithook(hook)
+from nanogpt.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("published", [0, 3])
+def test_what_a_killed_save_leaves_is_removed_and_nothing_else(
+    published: int, shakespeare_dir: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "run"
+    assert train(capsys, shakespeare_dir, out, "--steps", "2")[0] == 0
+    resume = ["train", "--headless", *TINY_FLAGS, "--resume-training", str(out / "model_step_2"), "--steps", "3"]
+    done = subprocess.run([sys.executable, "-c", KILL_AT_PUBLISH, str(published), *resume], env=ENV,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == -9, done.stderr
+    left = sorted(p.name for p in out.iterdir() if p.name.startswith(("model_step_3", ".model_step_3")))
+    assert [n for n in left if not n.startswith(".")] == sorted(f"model_step_3{s}" for s in
+                                                                  checkpoint.WRITE_ORDER[:published])
+    (temp,) = (n for n in left if n.startswith("."))
+    if published == 0:  # the weights' writer works in a folder of ours: what safetensors leaves stays in it
+        assert (out / temp).is_dir()
+        (out / temp / ".tmpQw3rTy").write_bytes(b"safetensors' own, cut short")
+    (out / ".tmpAbC123").write_bytes(b"my notes")
+    code, err = run(capsys, *resume)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir() if "step_3" in p.name) == sorted(
+        f"model_step_3{s}" for s in checkpoint.SUFFIXES)
+    assert (out / ".tmpAbC123").read_bytes() == b"my notes"
+    assert checkpoint.read(out / "model_step_3").step == 3
