@@ -7,9 +7,12 @@ sources are checked where they are read; a damaged gzip, an empty path, a source
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from engine_fixtures import TINY_FLAGS
 from test_hostile import SRC, assert_one_line, run
 
 from nanogpt import checkpoint
+from nanogpt.prepare import is_prepared
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
 
@@ -106,3 +110,80 @@ def test_what_a_killed_save_leaves_is_removed_and_nothing_else(
         f"model_step_3{s}" for s in checkpoint.SUFFIXES)
     assert (out / ".tmpAbC123").read_bytes() == b"my notes"
     assert checkpoint.read(out / "model_step_3").step == 3
+
+
+# ----------------------------------------------------------------------------- item 7: two prepares, one folder
+@contextlib.contextmanager
+def held_by_another(folder: Path):
+    """`folder` locked as another nanogpt command holds its output folder (flock on the folder itself)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def prepare_command(source: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "nanogpt", "prepare", "--tokenizer", "char", str(source), "--out-dir", str(out)]
+
+
+def texts(folder: Path) -> tuple[Path, Path]:
+    """Two sources of different sizes and characters, so that one's vocab.json never fits the other's bins."""
+    folder.mkdir()
+    (folder / "a.txt").write_text("the quick brown fox\n" * 20000, encoding="utf-8")
+    (folder / "b.txt").write_text("JUMPS OVER THE LAZY DOG!\n" * 9000, encoding="utf-8")
+    return folder / "a.txt", folder / "b.txt"
+
+
+def test_a_prepare_into_a_folder_another_command_holds_is_refused(tmp_path: Path) -> None:
+    a, b = texts(tmp_path / "src")
+    out = tmp_path / "race"
+    assert subprocess.run(prepare_command(a, out), env=ENV, capture_output=True, check=False).returncode == 0
+    before = contents(out)
+    with held_by_another(out):
+        done = subprocess.run(prepare_command(b, out), env=ENV, capture_output=True, text=True, check=False)
+    assert_one_line(done.returncode, done.stderr, f"{out} is in use by another nanogpt command writing there")
+    assert contents(out) == before
+
+
+def test_two_prepares_at_once_leave_one_whole_result(tmp_path: Path, capsys) -> None:
+    sources = texts(tmp_path / "src")
+    alone = []
+    for i, source in enumerate(sources):  # what each gives on its own
+        assert run(capsys, *prepare_command(source, tmp_path / f"alone{i}")[3:])[0] == 0
+        alone.append(contents(tmp_path / f"alone{i}"))
+    for trial in range(3):
+        out = tmp_path / f"race{trial}"
+        procs = [subprocess.Popen(prepare_command(s, out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True) for s in sources]
+        results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+        for p in procs:
+            p.stderr.close()
+        for code, err in results:
+            if code != 0:  # the later one, refused while the first held the folder
+                assert_one_line(code, err, "is in use by another nanogpt command writing there", after_progress=True)
+        assert 0 in [code for code, _ in results]
+        assert contents(out) in alone  # vocab.json and both bins from one prepare, never mixed
+
+
+def test_the_bundled_corpus_waits_for_another_prepare_of_it(tmp_path: Path) -> None:
+    """Two `nanogpt train` started at once both prepare the bundled corpus into one cache folder: the second
+    waits for the first and takes its work (a refusal there would stop a run the user asked for)."""
+    if not Path("/proc/locks").is_file():
+        pytest.skip("no /proc/locks to see a waiting lock in")
+    folder = tmp_path / "cache" / "tinyshakespeare-char"
+    folder.mkdir(parents=True)
+    code = "from nanogpt.prepare import bundled_dataset; print(bundled_dataset('char'))"
+    env = {**ENV, "NANOGPT_CACHE_DIR": str(tmp_path / "cache")}
+    with held_by_another(folder):
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        deadline = time.monotonic() + 60
+        while not any(line.split()[1] == "->" and line.split()[5] == str(proc.pid) for line in
+                      Path("/proc/locks").read_text().splitlines() if len(line.split()) > 5):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert out.strip() == str(folder) and is_prepared(folder)

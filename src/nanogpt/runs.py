@@ -7,9 +7,9 @@ A run folder holds one run's history: its checkpoint sets `model_step_N.*`, each
   writes into the first free `out-2`, `out-3`, ... and says so; a `--out-dir` the user typed is refused;
 - a resume writes beside the checkpoint it resumes (or into a free `--out-dir`), never where a file it read
   says; it is refused when that folder holds a later checkpoint (two histories would mix there);
-- while a run trains, it holds a lock on its folder (a second run there is refused), and at its start it
-  removes what a killed save of ours left, and only that (`remove_leftovers`), checks that the folder
-  takes a file and has room for one checkpoint: an unwritable folder is found before the first step;
+- while a run trains, it holds a lock on its folder (locks.py: a second run there is refused), and at its
+  start it removes what a killed save of ours left, and only that (`remove_leftovers`), checks that the
+  folder takes a file and has room for one checkpoint: an unwritable folder is found before the first step;
 - `best.json` names the run's best set by validation loss (train/best.py writes it, after the set is whole):
   `generate` and `export` of a folder take that one, a resume takes the latest (`pick`).
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 import glob
 import json
 import math
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from pathlib import Path
 from .atomic import atomic_write, remove_stale_temps, temp_file
 from .checkpoint import SUFFIXES, WRITE_ORDER, read_log, stem_for, stem_of, weights_path
 from .errors import UserError
+from .locks import Claim, hold
 from .trackers import STATE_FILE
 
 _SET_FILE = re.compile(r"^model_step_(\d+)(\..+)$")
@@ -259,55 +259,14 @@ def place(out_dir: str, *, typed: bool, resumed: Path | None, step: int) -> tupl
     return str(free), f"{folder} holds another run's checkpoints: this run writes into {free}"
 
 
-class Claim:
-    """A run's hold on its folder: a lock on the folder itself (no file of ours in it), released by `release`
-    or when the process ends, however it ends. `release` also removes the folders the claim created when they
-    are still empty: a run stopped before its first save (Ctrl-C twice, q at the start) leaves no empty folder."""
-
-    def __init__(self, fd: int | None, created: list[Path] | None = None):
-        self._fd = fd
-        self._created = created or []  # deepest first
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
-            self._fd = None
-        for folder in self._created:
-            try:
-                folder.rmdir()  # only an empty folder goes
-            except OSError:
-                break
-        self._created = []
-
-
-def _lock(folder: Path) -> int | None:
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; the other guarantees hold without it
-        return None
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise UserError(f"{folder} is in use by another nanogpt run: give this run another --out-dir") from None
-    except OSError:  # a file system without locks (some network ones): the other guarantees hold without it
-        os.close(fd)
-        return None
-    return fd
-
-
 def claim(out_dir: str | Path, step: int, checkpoint_bytes: int) -> Claim:
     """Take folder `out_dir` for a run now at `step`: create and lock it, remove what killed saves left there,
     and check that it takes a file and has room for a checkpoint of `checkpoint_bytes`. UserError if not."""
     folder = Path(out_dir)
-    created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = _lock(folder)
+        held = hold(folder, f"{folder} is in use by another nanogpt run: give this run another --out-dir")
     except OSError as e:
         raise UserError(f"cannot write to --out-dir {folder}: {e.strerror or e}") from None
-    held = Claim(fd, created)
     try:
         problem = _conflict(folder, step)
         if problem:
