@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gzip
 import os
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -187,3 +190,43 @@ def test_the_bundled_corpus_waits_for_another_prepare_of_it(tmp_path: Path) -> N
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert out.strip() == str(folder) and is_prepared(folder)
+
+
+# ----------------------------------------------------------------------------- item 15: a damaged .gz
+def _gz(text: bytes) -> bytes:
+    return gzip.compress(text, mtime=0)
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+
+
+def _bad_deflate(text: bytes) -> bytes:
+    """A gzip member whose deflate stream is damaged right after its start (zlib.error, not a CRC)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    body = packer.compress(text) + packer.flush()
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+    return header + _flip(_flip(body, 5), 6) + struct.pack("<II", zlib.crc32(text), len(text))
+
+
+HELLO = b"hello world\n" * 3000
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        # cut short after a byte that is not UTF-8: looking up its offset read on into the cut (EOFError)
+        (_gz(HELLO + b"\xff\xfe" + b"abc" * 3000)[:-10], "is not a whole gzip file (Compressed file ended"),
+        (_flip(_gz(HELLO), -6), "is not a whole gzip file (CRC check failed"),
+        (_gz(HELLO)[:-4] + struct.pack("<I", 1), "is not a whole gzip file (Incorrect length of data produced"),
+        (_bad_deflate(HELLO), "is not a whole gzip file (Error -3 while decompressing data"),
+        (_gz(HELLO) + b"not gzip", "is not a whole gzip file (Not a gzipped file"),
+    ],
+    ids=["cut-after-a-bad-byte", "bad-crc", "bad-length", "bad-deflate", "garbage-after-it"],
+)
+def test_a_damaged_gzip_source_is_one_line(data: bytes, message: str, tmp_path: Path, capsys) -> None:
+    (tmp_path / "t.txt.gz").write_bytes(data)
+    code, err = run(capsys, "prepare", "--tokenizer", "char", str(tmp_path / "t.txt.gz"), "--out-dir",
+                    str(tmp_path / "out"))
+    assert_one_line(code, err, f"t.txt.gz {message}", after_progress=True)
+    assert not (tmp_path / "out").exists()

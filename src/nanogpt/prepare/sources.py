@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import gzip
 import io
+import itertools
 import os
 import re
 import struct
@@ -147,35 +148,50 @@ def text_size(path: Path) -> int:
 # reading text
 
 
-def _open_bytes(path: Path) -> BinaryIO:
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # type: ignore[return-value]
+# what reading a .gz cut short or damaged raises (a bad CRC or length is a BadGzipFile, a bad deflate stream a
+# zlib.error, a stream that ends early an EOFError), whichever pass or look-up meets it first
+_GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
+def _not_whole(path: Path, error: BaseException) -> UserError:
+    return UserError(f"{path} is not a whole gzip file ({error}); compress it again")
+
+
+def _blocks(path: Path) -> Iterator[bytes]:
+    """The bytes of a file (of its text, for .gz) in blocks of 64 KiB: small, so that an offset looked up in a
+    damaged .gz is found when it comes before the damage."""
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+        while True:
+            try:
+                block = f.read(1 << 16)
+            except _GZIP_ERRORS as e:
+                raise _not_whole(path, e) from None
+            if not block:
+                return
+            yield block
 
 
 def _bad_utf8_offset(path: Path) -> int:
     """Byte offset of the first byte that is not valid UTF-8 (only called once decoding has failed)."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0
-    with _open_bytes(path) as f:
-        while True:
-            block = f.read(1 << 20)
-            pending = len(decoder.getstate()[0])  # bytes of an unfinished character from the last block
-            try:
-                decoder.decode(block, final=not block)
-            except UnicodeDecodeError as e:
-                return offset - pending + e.start
-            if not block:
-                return offset
-            offset += len(block)
+    for block in itertools.chain(_blocks(path), [b""]):  # b"": the end, where an unfinished character fails
+        pending = len(decoder.getstate()[0])  # bytes of an unfinished character from the last block
+        try:
+            decoder.decode(block, final=not block)
+        except UnicodeDecodeError as e:
+            return offset - pending + e.start
+        offset += len(block)
+    return offset
 
 
 def _nul_offset(path: Path) -> int:
     offset = 0
-    with _open_bytes(path) as f:
-        while block := f.read(1 << 20):
-            i = block.find(b"\x00")
-            if i >= 0:
-                return offset + i
-            offset += len(block)
+    for block in _blocks(path):
+        i = block.find(b"\x00")
+        if i >= 0:
+            return offset + i
+        offset += len(block)
     return offset
 
 
@@ -200,8 +216,8 @@ def read_chunks(path: Path, progress: Progress | None = None) -> Iterator[str]:
                     f"{path} is not UTF-8 text (invalid byte at offset {_bad_utf8_offset(path)}); "
                     "convert it to UTF-8 first"
                 ) from None
-            except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a .gz cut short or damaged
-                raise UserError(f"{path} is not a whole gzip file ({e}); compress it again") from None
+            except _GZIP_ERRORS as e:
+                raise _not_whole(path, e) from None
             if not chunk:
                 break
             if "\x00" in chunk:
