@@ -230,3 +230,74 @@ def test_a_damaged_gzip_source_is_one_line(data: bytes, message: str, tmp_path: 
                     str(tmp_path / "out"))
     assert_one_line(code, err, f"t.txt.gz {message}", after_progress=True)
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- item 16: '' and a changing source
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--out-dir", ""], ["train", "--data-dir", ""], ["train", "--resume-training", ""],
+        ["train", "--vocab-metadata", ""], ["train", "--init-from", ""], ["train", "--tensorboard", ""],
+        ["prepare", ""], ["prepare", "t.txt", "--out-dir", ""],
+        ["generate", ""], ["generate", "x", "--vocab-metadata", ""],
+        ["export", "", "x"], ["export", "x", ""], ["plot", "", "-o", "x.png"], ["plot", "x", "-o", ""],
+    ],
+    ids=lambda args: "-".join(a.strip("-") or "EMPTY" for a in args),
+)
+def test_an_empty_path_is_refused_before_anything_runs(args: list[str], tmp_path: Path, capsys, monkeypatch) -> None:
+    """Path('') is the current folder: `train --out-dir ''` trained into it."""
+    monkeypatch.chdir(tmp_path)
+    code, err = run(capsys, *args)
+    assert_one_line(code, err, "an empty path names no file or folder")
+    assert list(tmp_path.iterdir()) == []
+
+
+# The source changes under prepare between its two passes (when it creates its first part file) or as its second
+# pass opens it: cut by 5%, grown, or rewritten in place at the same size with a later modification time (as an
+# editor's save gives it). The audit hook sees the opens as strace would; prepare itself is the real one.
+CHANGE_SOURCE = """
+import os, sys
+source, when, how, out = sys.argv[1:5]
+seen, busy = [], []
+def change():
+    busy.append(1)  # the opens below are audited too
+    if how == "cut":
+        os.truncate(source, os.stat(source).st_size * 95 // 100)
+    elif how == "grown":
+        fd = os.open(source, os.O_WRONLY | os.O_APPEND)
+        os.write(fd, b"and then some more text\\n" * 100)
+        os.close(fd)
+    else:
+        st = os.stat(source)
+        fd = os.open(source, os.O_WRONLY)
+        os.write(fd, b"green the")  # characters it has: the char table still fits
+        os.close(fd)
+        os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+def hook(event, args):
+    if event != "open" or busy or not isinstance(args[0], str):
+        return
+    if when == "between" and os.path.basename(args[0]).startswith(".train-0."):
+        change()
+    elif when == "during" and args[0] == source:
+        seen.append(1)
+        if len(seen) == 2:
+            change()
+sys.addaudithook(hook)
+from nanogpt.cli import main
+sys.exit(main(["prepare", "--tokenizer", "char", source, "--out-dir", out]))
+"""
+
+
+@pytest.mark.parametrize("how", ["cut", "grown", "rewritten"])
+@pytest.mark.parametrize("when", ["between", "during"])
+def test_a_source_that_changes_between_the_passes_is_refused(when: str, how: str, tmp_path: Path) -> None:
+    a, _ = texts(tmp_path / "src")
+    out = tmp_path / "out"
+    assert subprocess.run(prepare_command(a, out), env=ENV, capture_output=True, check=False).returncode == 0
+    before = contents(out)
+    (tmp_path / "src" / "c.txt").write_text("the slow green turtle\n" * 20000, encoding="utf-8")
+    done = subprocess.run([sys.executable, "-c", CHANGE_SOURCE, str(tmp_path / "src" / "c.txt"), when, how, str(out)],
+                          env=ENV, capture_output=True, text=True, timeout=120, check=False)
+    assert_one_line(done.returncode, done.stderr, "a source file changed while prepare was reading it",
+                    after_progress=True)
+    assert contents(out) == before  # no half output: the last prepare's files, as they were

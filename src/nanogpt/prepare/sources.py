@@ -44,6 +44,7 @@ class Doc:
     end: int = 0
     stripped: bool = False
     gutenberg: bool = False  # without --strip-gutenberg: a START marker was seen in its first chunk
+    stamp: tuple[int, int] = (0, 0)  # its size and modification time when the first pass read it
 
 
 @dataclass
@@ -271,6 +272,7 @@ class CharSet:
 
 def scan(doc: Doc, charset: CharSet | None, strip: bool, progress: Progress) -> None:
     """Pass 1 over one file: its length in characters, its Gutenberg window, and its characters."""
+    doc.stamp = _stamp(doc.path)
     local = CharSet() if (charset is not None and strip) else charset
     pos = 0  # characters before the current piece
     begin, end = 0, None
@@ -319,7 +321,9 @@ def scan(doc: Doc, charset: CharSet | None, strip: bool, progress: Progress) -> 
 
 
 def doc_text(doc: Doc, progress: Progress | None) -> Iterator[str]:
-    """Pass 2 (and the BPE's sample): the kept text of one file, in chunks."""
+    """Pass 2 (and the BPE's sample): the kept text of one file, in chunks. UserError when it is not the text
+    the first pass read: its split point and character table were taken from that one."""
+    _unchanged(doc)
     pos = 0
     for chunk in read_chunks(doc.path, progress):
         lo, hi = max(doc.begin - pos, 0), min(doc.end - pos, len(chunk))
@@ -328,3 +332,29 @@ def doc_text(doc: Doc, progress: Progress | None) -> Iterator[str]:
             yield chunk[lo:hi] if (lo, hi) != (0, len(chunk)) else chunk
         if pos >= doc.end:
             break
+    if pos < doc.end:
+        raise _changed(doc, f"{pos:,} characters, the first pass read {doc.end:,}")
+    _unchanged(doc)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    return st.st_size, st.st_mtime_ns
+
+
+def _unchanged(doc: Doc) -> None:
+    """UserError when `doc` has another size or modification time than when the first pass read it (a text
+    still being written, or edited meanwhile). A rewrite of the same size within one tick of the file system's
+    clock is beyond what a stamp can tell."""
+    size, _ = now = _stamp(doc.path)
+    if now != doc.stamp:
+        raise _changed(doc, f"{doc.stamp[0]:,} bytes, then {size:,}" if size != doc.stamp[0] else "modified")
+
+
+def _changed(doc: Doc, how: str) -> UserError:
+    return UserError(
+        f"a source file changed while prepare was reading it: {doc.path} ({how}); prepare again once it is complete"
+    )
