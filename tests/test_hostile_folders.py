@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gzip
+import json
 import os
 import struct
 import subprocess
@@ -20,9 +21,10 @@ from pathlib import Path
 
 import pytest
 from engine_fixtures import TINY_FLAGS
-from test_hostile import SRC, assert_one_line, run
+from test_hostile import SRC, assert_one_line, data_copy, edit_json, run
 
 from nanogpt import checkpoint
+from nanogpt.data import MAX_SOURCES
 from nanogpt.prepare import is_prepared
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
@@ -301,3 +303,51 @@ def test_a_source_that_changes_between_the_passes_is_refused(when: str, how: str
     assert_one_line(done.returncode, done.stderr, "a source file changed while prepare was reading it",
                     after_progress=True)
     assert contents(out) == before  # no half output: the last prepare's files, as they were
+
+
+# ----------------------------------------------------------------------------- item 12: vocab.json's sources
+def _sources_of_one_token(meta: dict) -> list[dict]:
+    """A source per validation token (or MAX_SOURCES + 1 of them): no prepare writes that many."""
+    n = min(meta["val_tokens"], MAX_SOURCES + 1)
+    ends = [*range(n), meta["val_tokens"]]
+    return [{"name": f"s{i}", "val_offset": ends[i], "val_tokens": ends[i + 1] - ends[i]} for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m["sources"][0].pop("name"), "source 0 has no name"),
+        (lambda m: m["sources"][1].__setitem__("name", 7), "source 1 has no name"),
+        (lambda m: m["sources"][1].__setitem__("name", "x" * 256), "source 1 has no name"),
+        (lambda m: m["sources"].__setitem__(0, "alice"), "source 0 has no name"),
+        (lambda m: m["sources"][0].__setitem__("val_tokens", "12"), "source 'alice' has val_tokens '12', not a count"),
+        (lambda m: m["sources"][1].__setitem__("val_offset", -1), "has val_offset '-1', not a count"),
+        (lambda m: m["sources"][1].__setitem__("path", ["x"]), "source 'shakespeare' has a path that is not a text"),
+        (lambda m: m.__setitem__("sources", {"alice": 1}), "lists a dict under 'sources'"),
+        (lambda m: m.__setitem__("sources", _sources_of_one_token(m)), "lists 101 sources under 'sources'"),
+    ],
+    ids=["no-name", "name-int", "name-too-long", "not-a-dict", "count-str", "count-negative", "path-list",
+         "sources-dict", "too-many"],
+)
+def test_vocab_sources_are_checked_where_read(change, message: str, mixology_dir: Path, tmp_path: Path,
+                                              capsys) -> None:
+    data = data_copy(mixology_dir, tmp_path / "data")
+    edit_json(data / "vocab.json", change)
+    code, err = train(capsys, data, tmp_path / "out", "--steps", "1")
+    assert_one_line(code, err, message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_most_sources_with_shared_names_are_told_apart(mixology_dir: Path, tmp_path: Path, capsys) -> None:
+    """The most sources prepare writes, every name shared by two (10_web/, 20_web/): told apart by their folder."""
+    data = data_copy(mixology_dir, tmp_path / "data")
+    sources = _sources_of_one_token(json.loads((data / "vocab.json").read_text()))[:MAX_SOURCES]
+    sources[-1]["val_tokens"] = json.loads((data / "vocab.json").read_text())["val_tokens"] - sources[-1]["val_offset"]
+    for i, s in enumerate(sources):
+        s.update(name=f"web{i // 2}", path=f"{i}_web{i // 2}/")
+    edit_json(data / "vocab.json", lambda m: m.__setitem__("sources", sources))
+    code, err = train(capsys, data, tmp_path / "out", "--steps", "1", "--validation-interval", "1")
+    assert code == 0, err
+    log = checkpoint.read_log(tmp_path / "out" / "model_step_1")
+    evaluated = next(e["source_validation_losses"] for e in log if "source_validation_losses" in e)
+    assert list(evaluated) == ["99_web49"]  # the one source longer than a window, named by its folder
