@@ -59,6 +59,18 @@ def test_a_new_run_keeps_a_users_files_named_like_ours(shakespeare_dir: Path, tm
     assert contents(out) == USERS_FILES
 
 
+def test_the_default_out_dir_holding_a_users_files_moves_on(shakespeare_dir: Path, tmp_path: Path, capsys,
+                                                             monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    for name, data in USERS_FILES.items():
+        (tmp_path / "out" / name).write_bytes(data)
+    code, err = run(capsys, "train", "--headless", *TINY_FLAGS, "--data-dir", str(shakespeare_dir), "--steps", "1")
+    assert code == 0, err
+    assert "out holds files named like checkpoints: this run writes into out-2" in err
+    assert contents(tmp_path / "out") == USERS_FILES and checkpoint.read(tmp_path / "out-2" / "model_step_1")
+
+
 def test_a_live_writers_temporary_file_and_a_users_are_kept(shakespeare_dir: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     out.mkdir()

@@ -256,7 +256,8 @@ def place(out_dir: str, *, typed: bool, resumed: Path | None, step: int) -> tupl
     n = 2
     while _conflict(free := folder.with_name(f"{folder.name}-{n}"), 0) is not None:
         n += 1
-    return str(free), f"{folder} holds another run's checkpoints: this run writes into {free}"
+    held = "another run's checkpoints" if sets_in(folder).whole else "files named like checkpoints"
+    return str(free), f"{folder} holds {held}: this run writes into {free}"
 
 
 def claim(out_dir: str | Path, step: int, checkpoint_bytes: int) -> Claim:
