@@ -349,7 +349,7 @@ def bundled_dataset(tokenizer: str = DEFAULT_TOKENIZER) -> Path:
     cfg.validate()
     if not _cached(out, tokenizer):
         try:  # another nanogpt preparing it (two runs started at once): wait for it, then take its work
-            held = hold(out, "", wait=True)
+            held = hold(out, f"{out} is in use", wait=True)
         except OSError as e:
             raise UserError(f"cannot write to the cache folder {out}: {e.strerror or e}") from None
         try:
