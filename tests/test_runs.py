@@ -141,10 +141,15 @@ def test_leftovers_of_a_killed_save_are_removed_at_the_next_run(
 ) -> None:
     assert train(capsys, "--data-dir", str(shakespeare_dir), "--out-dir", str(tmp_path), "--steps", "2")[0] == 0
     whole = contents(tmp_path)
-    # what kill -9 leaves in the middle of saving step 3: part of its set, and temporary files
+    # what kill -9 leaves in the middle of saving step 3: the first file of its set, a temporary file of the
+    # next, and the temporary folder safetensors wrote the weights in, its own temporary file inside
+    dead = _dead_pid()
     (tmp_path / "model_step_3.resume.safetensors").write_bytes(b"x" * 10)
-    (tmp_path / ".model_step_3.safetensors.123-0123abcd.tmp").write_bytes(b"x")
-    (tmp_path / ".tmpAb12Cd").write_bytes(b"x")
+    (tmp_path / f".model_step_3.resume.json.{dead}-0123abcd.tmp").write_bytes(b"x")
+    box = tmp_path / f".model_step_3.safetensors.{dead}-4567abcd.tmp"
+    box.mkdir()
+    (box / "model_step_3.safetensors").write_bytes(b"")
+    (box / ".tmpAb12Cd").write_bytes(b"x")
     with pytest.raises(UserError, match="checkpoint not found"):
         checkpoint.read(tmp_path / "model_step_3")  # refused in one line until it is removed
     code, _, err = train(capsys, "--resume-training", str(tmp_path / "model_step_2"), "--steps", "4")
@@ -153,6 +158,13 @@ def test_leftovers_of_a_killed_save_are_removed_at_the_next_run(
     assert names == set(whole) | {"model_step_4" + s for s in checkpoint.SUFFIXES}
     # the sets written before are untouched (best.json names the best of the run so far: it may move on)
     assert all(contents(tmp_path)[n] == b for n, b in whole.items() if n != runs.BEST_FILE)
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended (a writer killed long ago)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 def check_every_set(folder: Path, whole_before: dict[str, bytes]) -> dict[str, bytes]:

@@ -3,6 +3,8 @@
 A crash, a full disk or a Ctrl-C leaves either the old file or the new one, never half of one. prepare and
 checkpoint both write this way. New files get mode 0o666 minus the umask, like any file the user creates
 (tempfile.mkstemp would give 0o600, so a shared run folder would hold files only their writer can read).
+Temporary names carry the writer's pid, so that what a killed writer left is told from a live one's and from
+a user's own files (remove_stale_temps).
 """
 
 from __future__ import annotations
@@ -17,13 +19,18 @@ from typing import BinaryIO
 from safetensors import SafetensorError
 
 
+def _temp_path(folder: Path, name: str) -> Path:
+    """`folder/.NAME.PID-XXXXXXXX.tmp`: hidden, named by its writer's pid (remove_stale_temps reads it back)."""
+    return Path(folder) / f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+
+
 def temp_file(folder: Path, name: str) -> tuple[BinaryIO, Path]:
     """A new hidden file `.NAME.PID-XXXXXXXX.tmp` in `folder`, open for binary writing, and its path.
 
     It lives in the folder of its final name, so that os.replace onto that name is atomic.
     """
     while True:
-        tmp = Path(folder) / f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        tmp = _temp_path(folder, name)
         try:
             # "x": created here or refused; Python's open owns the descriptor from the start, so an interrupt
             # can never leave it closed twice
@@ -32,19 +39,58 @@ def temp_file(folder: Path, name: str) -> tuple[BinaryIO, Path]:
             continue
 
 
-_TEMP_NAME = re.compile(r"^\.(.+)\.(\d+)-[0-9a-f]{8}\.tmp$")  # temp_file's names; group 2 is the writer's pid
+def _temp_folder(folder: Path, name: str) -> Path:
+    """A new hidden folder named like temp_file's files, for a writer that makes temporary files of its own."""
+    while True:
+        box = _temp_path(folder, name)
+        try:
+            box.mkdir()
+            return box
+        except FileExistsError:
+            continue
 
 
-def remove_stale_temps(folder: Path) -> list[Path]:
-    """Remove the temporary files of `temp_file` in `folder` whose writer has ended (a kill -9, a second Ctrl-C
-    or a power cut gave it no chance to); a live writer's are kept. Returns what was removed."""
+_TEMP_NAME = re.compile(r"^\.(.+)\.(\d+)-[0-9a-f]{8}\.tmp$")  # our temporary names; group 2 is the writer's pid
+# what a writer may leave in a temporary folder of ours besides the file it was given: safetensors' own
+# temporary file (Rust's tempfile crate: `.tmp` and six letters or digits)
+_WRITER_TEMP = re.compile(r"^\.tmp[A-Za-z0-9]{6}$")
+
+
+def _remove_temp_folder(box: Path) -> bool:
+    """Remove temporary folder `box` with what a writer left in it; True when it is gone. A file of another
+    name in it (put there by hand) is kept, and so the folder too."""
+    match = _TEMP_NAME.match(box.name)
+    for path in box.iterdir():
+        if match and (path.name == match.group(1) or _WRITER_TEMP.match(path.name)) and path.is_file():
+            path.unlink(missing_ok=True)
+    try:
+        box.rmdir()
+    except OSError:
+        return False
+    return True
+
+
+def remove_stale_temps(folder: Path, names: re.Pattern[str] | None = None) -> list[Path]:
+    """Remove the temporary files and folders of this module in `folder` (those of final names that match
+    `names`, when given) whose writer is gone: a kill -9, a second Ctrl-C or a power cut gave it no chance to.
+    Call it holding the folder's lock, before writing there: a temporary file of this process is then stale
+    too (an earlier run in it, or a pid reused), and another live writer's is kept. Returns what was removed."""
     if os.name == "nt":  # os.kill(pid, 0) is not a harmless probe there
         return []
     removed = []
     for path in Path(folder).iterdir():
         match = _TEMP_NAME.match(path.name)
-        if match and not _alive(int(match.group(2))) and path.is_file():
+        if not match or (names is not None and not names.fullmatch(match.group(1))):
+            continue
+        pid = int(match.group(2))
+        if pid != os.getpid() and _alive(pid):
+            continue
+        if path.is_symlink():
+            continue  # not something this module makes
+        if path.is_file():
             path.unlink(missing_ok=True)
+            removed.append(path)
+        elif path.is_dir() and _remove_temp_folder(path):
             removed.append(path)
     return removed
 
@@ -66,12 +112,23 @@ def publish(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write `path` through `write(tmp_path)` to a temporary file, then publish it; on any error, remove it."""
+def atomic_write(path: Path, write: Callable[[Path], object], *, writer_temps: bool = False) -> None:
+    """Write `path` through `write(tmp_path)` to a temporary file, then publish it; on any error, remove it.
+
+    `writer_temps`: `write` makes temporary files of its own beside the path it is given (safetensors does,
+    named `.tmpXXXXXX` like anyone's): it then writes in a temporary folder of ours, so that what a killed
+    writer leaves is ours by name and pid, and nothing of the user's is ever taken for it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fh, tmp = temp_file(path.parent, path.name)
+    box = _temp_folder(path.parent, path.name) if writer_temps else None
+    tmp = None
     try:
+        if box is None:
+            fh, tmp = temp_file(path.parent, path.name)
+        else:
+            tmp = box / path.name
+            fh = open(tmp, "xb")  # noqa: SIM115 - closed at once
         fh.close()
         mode = os.stat(tmp).st_mode & 0o777  # what the umask gives a new file
         write(tmp)
@@ -80,9 +137,12 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
             os.chmod(tmp, mode)
         publish(tmp, path)
     except BaseException:  # includes KeyboardInterrupt: never leave a half-written file behind
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
-
+    finally:
+        if box is not None:
+            _remove_temp_folder(box)
 
 
 def write_failure(error: BaseException) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ VOCAB_KEYS = (
     "source", "sources",
 )
 
+# prepare writes one source per NN_name/ folder, each NN a positive integer and all summing to 100; a folder's
+# name (the source's) is at most 255 bytes on every common file system
+MAX_SOURCES = 100
+MAX_SOURCE_NAME = 255
 TRAIN_STREAM = 0
 VAL_STREAM = 1
 _SCAN_CHUNK = 1 << 24  # tokens per chunk when checking ids against the vocabulary
@@ -64,11 +69,36 @@ def read_vocab(path: Path) -> dict[str, Any]:
             f"{path} is inconsistent: vocab_size {meta['vocab_size']} but its tokenizer has "
             f"{tokenizer.vocab_size} tokens"
         )
+    check_sources(meta.get("sources"), path)
     # only what we know goes on (it is copied into every checkpoint); stoi is itos's inverse, rebuilt
     kept = {k: meta[k] for k in VOCAB_KEYS if k in meta}
     if isinstance(tokenizer, CharTokenizer):
         kept["stoi"] = dict(tokenizer.stoi)
     return kept
+
+
+def check_sources(sources: Any, path: Path) -> None:
+    """vocab.json's `sources` (None: a single source) as prepare writes them: at most MAX_SOURCES, each with a
+    name and counts that are integers >= 0. UserError naming the first that is not."""
+    if sources is None:
+        return
+    if not isinstance(sources, list) or len(sources) > MAX_SOURCES:
+        what = f"{len(sources):,} sources" if isinstance(sources, list) else f"a {type(sources).__name__}"
+        raise UserError(
+            f"{path} lists {what} under 'sources'; prepare writes a list of at most {MAX_SOURCES} (one per NN_name/ "
+            "folder, the NNs summing to 100): prepare the data again"
+        )
+    for i, s in enumerate(sources):
+        name = s.get("name") if isinstance(s, dict) else None
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_SOURCE_NAME:
+            raise UserError(f"{path}: source {i} has no name (a text of 1 to {MAX_SOURCE_NAME} characters): "
+                            "prepare the data again")
+        for key in ("percent", "files", "chars", "train_tokens", "val_tokens", "val_offset"):
+            if key in s and (type(s[key]) is not int or s[key] < 0):
+                raise UserError(f"{path}: source {name!r} has {key} {str(s[key])[:40]!r}, not a count: "
+                                "prepare the data again")
+        if not isinstance(s.get("path", ""), str):
+            raise UserError(f"{path}: source {name!r} has a path that is not a text: prepare the data again")
 
 
 def dtype_of(meta: dict[str, Any], where: Path | str) -> np.dtype:
@@ -184,17 +214,16 @@ def val_sources(meta: dict[str, Any], n_val: int) -> list[tuple[str, int, int]]:
     """(name, start, stop) of each source's tokens in val.bin, as `prepare` records them for a mixology
     folder; [] for a single source, or for bins that vocab.json does not describe (older data, other files)."""
     sources = meta.get("sources")
-    if not isinstance(sources, list) or len(sources) < 2:
+    if not isinstance(sources, list) or len(sources) < 2 or not all(isinstance(s, dict) for s in sources):
         return []
     spans: list[tuple[str, int, int]] = []
-    names = [str(s.get("name", "")) for s in sources if isinstance(s, dict)]
+    names = Counter(str(s.get("name", "")) for s in sources)
     for s in sources:
-        start, count = (s.get("val_offset"), s.get("val_tokens")) if isinstance(s, dict) else (None, None)
+        start, count, name = s.get("val_offset"), s.get("val_tokens"), str(s.get("name", ""))
         if not isinstance(start, int) or not isinstance(count, int):
             return []
         # two folders may share a name (10_web/, 20_web/): their folder tells them apart
-        name = str(s["name"]) if names.count(str(s["name"])) == 1 else str(s.get("path", s["name"])).rstrip("/")
-        spans.append((name, start, start + count))
+        spans.append((name if names[name] == 1 else str(s.get("path", name)).rstrip("/"), start, start + count))
     if spans[-1][2] != n_val:
         return []
     return spans

@@ -87,6 +87,27 @@ def _uniform_metavars(parser: argparse.ArgumentParser) -> None:
                 action.metavar = "TEXT"
 
 
+# The metavars of the arguments that name a file or folder (_uniform_metavars' PATH, and the ones set by hand)
+_PATH_METAVARS = ("PATH", "STEM", "DIR", "OUT", "FILE", "SOURCE", "RUN_OR_STEM")
+
+
+def _refuse_empty_paths(parser: argparse.ArgumentParser) -> None:
+    """Refuse '' for every argument that names a file or folder: Path('') is '.', so `--out-dir ''` would
+    train into the current folder, and '' anywhere else names something the user did not mean."""
+    for action in parser._actions:
+        if action.metavar in _PATH_METAVARS:
+            action.type = _nonempty(action.type or str)
+
+
+def _nonempty(kind: Any) -> Any:
+    def path(text: str) -> Any:
+        if not text:
+            raise argparse.ArgumentTypeError("an empty path names no file or folder")
+        return kind(text)
+
+    return path
+
+
 # Other tools' names for our flags (nanoGPT's config names, common shorthands): a prefix or spelling match
 # would point elsewhere (`--lr` is a prefix of `--lr-schedule`, not what someone typing it means).
 _OTHER_NAMES = {
@@ -167,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_and_plot(sub)
     for subparser in subparsers(parser).values():
         _uniform_metavars(subparser)
+        _refuse_empty_paths(subparser)
     return parser
 
 

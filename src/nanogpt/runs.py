@@ -7,9 +7,9 @@ A run folder holds one run's history: its checkpoint sets `model_step_N.*`, each
   writes into the first free `out-2`, `out-3`, ... and says so; a `--out-dir` the user typed is refused;
 - a resume writes beside the checkpoint it resumes (or into a free `--out-dir`), never where a file it read
   says; it is refused when that folder holds a later checkpoint (two histories would mix there);
-- while a run trains, it holds a lock on its folder (a second run there is refused), and at its start it
-  removes what a killed save left (a set with no config.json, temporary files), checks that the folder
-  takes a file and has room for one checkpoint: an unwritable folder is found before the first step;
+- while a run trains, it holds a lock on its folder (locks.py: a second run there is refused), and at its
+  start it removes what a killed save of ours left, and only that (`remove_leftovers`), checks that the
+  folder takes a file and has room for one checkpoint: an unwritable folder is found before the first step;
 - `best.json` names the run's best set by validation loss (train/best.py writes it, after the set is whole):
   `generate` and `export` of a folder take that one, a resume takes the latest (`pick`).
 """
@@ -19,20 +19,22 @@ from __future__ import annotations
 import glob
 import json
 import math
-import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_write, temp_file
-from .checkpoint import SUFFIXES, read_log, stem_for, stem_of, weights_path
+from .atomic import atomic_write, remove_stale_temps, temp_file
+from .checkpoint import SUFFIXES, WRITE_ORDER, read_log, stem_for, stem_of, weights_path
 from .errors import UserError
 from .files import listing, read_json
+from .locks import Claim, hold
+from .trackers import STATE_FILE
 
 _SET_FILE = re.compile(r"^model_step_(\d+)(\..+)$")
-# what an interrupted atomic write leaves: ours (atomic.temp_file) and safetensors' own (.tmpXXXXXX)
-_TEMP_FILE = re.compile(r"^\.(model_step_\d+\..+|probe|best\.json)\.\d+-[0-9a-f]{8}\.tmp$|^\.tmp[A-Za-z0-9]{6}$")
+# the files a run writes into its folder through a temporary file (atomic.py) that a kill can leave: its
+# checkpoint sets, best.json, trackers.json, and claim's probe
+_RUN_FILES = re.compile(r"model_step_\d+\..+|probe|best\.json|" + re.escape(STATE_FILE))
 
 
 @dataclass(frozen=True)
@@ -119,10 +121,12 @@ def write_best(folder: str | Path, best: Best) -> None:
 
 
 def remove_set(stem: str | Path) -> None:
-    """Remove checkpoint set `stem`: its config.json first, so that a removal cut short leaves a partial set,
-    which no reader takes and the next run in the folder clears (remove_leftovers)."""
+    """Remove checkpoint set `stem` in the reverse of the order a save writes it (manifest, config.json, ...):
+    a removal cut short leaves what a save cut short does, a set without config.json, which no reader takes
+    and the next run in the folder clears (remove_leftovers); or, between the first two removals, the whole
+    set unsealed."""
     stem = stem_of(stem)
-    for suffix in (".config.json", *(s for s in SUFFIXES if s != ".config.json")):
+    for suffix in reversed(WRITE_ORDER):
         stem.with_name(stem.name + suffix).unlink(missing_ok=True)
 
 
@@ -201,9 +205,10 @@ def _conflict(folder: Path, step: int) -> str | None:
     """Why a run at `step` (0 for a new run) cannot write into `folder`, or None when it can."""
     if folder.exists() and not folder.is_dir():
         return f"--out-dir {folder} is a file, not a folder"
-    later = sorted(s for s in sets_in(folder).whole if s > step)
+    sets = sets_in(folder)
+    later = sorted(s for s in sets.whole if s > step)
     if not later:
-        return None
+        return _foreign(folder, sets, step)
     last = stem_for(folder, later[-1])
     if step == 0:
         return (
@@ -213,6 +218,20 @@ def _conflict(folder: Path, step: int) -> str | None:
     return (
         f"{folder} holds {last.name}, later than the step {step} resumed: two histories would mix there; "
         f"continue from {last}, or resume into a new folder with --out-dir"
+    )
+
+
+def _foreign(folder: Path, sets: Sets, step: int) -> str | None:
+    """Why files named like a set that this run (now at `step`) may save are in the way, or None. They are no
+    checkpoint (no config.json) and not what a killed save leaves: they are kept, and a save there would fail."""
+    steps = sorted(s for s, paths in sets.partial.items() if s > step and not _cut_short(paths))
+    if not steps:
+        return None
+    names = sorted(p.name for p in sets.partial[steps[0]])
+    return (
+        f"{folder} holds {', '.join(names[:3])}{', ...' if len(names) > 3 else ''} without its config.json: not "
+        f"a checkpoint, nor what a killed save leaves, so it is kept, and a save of step {steps[0]} there would meet "
+        "it: move those files away, or give another --out-dir"
     )
 
 
@@ -238,58 +257,18 @@ def place(out_dir: str, *, typed: bool, resumed: Path | None, step: int) -> tupl
     n = 2
     while _conflict(free := folder.with_name(f"{folder.name}-{n}"), 0) is not None:
         n += 1
-    return str(free), f"{folder} holds another run's checkpoints: this run writes into {free}"
-
-
-class Claim:
-    """A run's hold on its folder: a lock on the folder itself (no file of ours in it), released by `release`
-    or when the process ends, however it ends. `release` also removes the folders the claim created when they
-    are still empty: a run stopped before its first save (Ctrl-C twice, q at the start) leaves no empty folder."""
-
-    def __init__(self, fd: int | None, created: list[Path] | None = None):
-        self._fd = fd
-        self._created = created or []  # deepest first
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
-            self._fd = None
-        for folder in self._created:
-            try:
-                folder.rmdir()  # only an empty folder goes
-            except OSError:
-                break
-        self._created = []
-
-
-def _lock(folder: Path) -> int | None:
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; the other guarantees hold without it
-        return None
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise UserError(f"{folder} is in use by another nanogpt run: give this run another --out-dir") from None
-    except OSError:  # a file system without locks (some network ones): the other guarantees hold without it
-        os.close(fd)
-        return None
-    return fd
+    held = "another run's checkpoints" if sets_in(folder).whole else "files named like checkpoints"
+    return str(free), f"{folder} holds {held}: this run writes into {free}"
 
 
 def claim(out_dir: str | Path, step: int, checkpoint_bytes: int) -> Claim:
     """Take folder `out_dir` for a run now at `step`: create and lock it, remove what killed saves left there,
     and check that it takes a file and has room for a checkpoint of `checkpoint_bytes`. UserError if not."""
     folder = Path(out_dir)
-    created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = _lock(folder)
+        held = hold(folder, f"{folder} is in use by another nanogpt run: give this run another --out-dir")
     except OSError as e:
         raise UserError(f"cannot write to --out-dir {folder}: {e.strerror or e}") from None
-    held = Claim(fd, created)
     try:
         problem = _conflict(folder, step)
         if problem:
@@ -313,13 +292,32 @@ def claim(out_dir: str | Path, step: int, checkpoint_bytes: int) -> Claim:
 
 
 def remove_leftovers(folder: Path) -> list[Path]:
-    """Remove what an interrupted save left in `folder` (call it holding the folder's lock): checkpoint sets
-    without their config.json, and temporary files. Returns what was removed."""
-    removed = [p for paths in sets_in(folder).partial.values() for p in paths]
-    removed += [p for p in folder.iterdir() if _TEMP_FILE.match(p.name) and p.is_file()]
-    for path in removed:
-        path.unlink(missing_ok=True)
-    return removed
+    """Remove what a killed save of a run left in `folder`, and nothing else (call it holding the folder's
+    lock): a set cut short, and temporary files of the run's own files whose writer is gone (atomic.py).
+    Returns what was removed."""
+    removed = []
+    for paths in sets_in(folder).partial.values():
+        if _cut_short(paths):
+            for path in sorted(paths, key=lambda p: -WRITE_ORDER.index(_suffix(p))):  # as a save removes them
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed + remove_stale_temps(folder, _RUN_FILES)
+
+
+def _suffix(path: Path) -> str:
+    match = _SET_FILE.match(path.name)
+    assert match is not None, path
+    return match.group(2)
+
+
+def _cut_short(paths: list[Path]) -> bool:
+    """Whether the files of a set without config.json are what a save cut short leaves: a save writes in
+    checkpoint.WRITE_ORDER and removes in reverse, so that is the first few files of that order, plain files.
+    Any other set-named files (a user's copy of some weights and a log, say) are not ours to remove."""
+    first = WRITE_ORDER[: len(paths)]
+    return ".config.json" not in first and {_suffix(p) for p in paths} == set(first) and all(
+        p.is_file() and not p.is_symlink() for p in paths
+    )
 
 
 def _mb(n: int) -> str:

@@ -38,12 +38,12 @@ from .tensors import (
     weights_header,
     weights_mismatch,
 )
-from .writing import save
+from .writing import WRITE_ORDER, save
 
 __all__ = [
     "FILES", "FLOAT_DTYPES", "FORMAT", "MANIFEST", "SUFFIXES", "TIED", "Checkpoint", "check_config_fits_weights",
     "configs", "load_model", "load_optimizer", "load_weights", "model_tensors", "optimizer_tensors", "read",
     "read_json", "read_log", "read_meta", "read_resume", "read_tensors", "save", "seal", "sizes_of", "stem_for",
     "stem_of", "values_problem", "weights_header", "weights_mismatch", "weights_path", "world_size_of", "write_json",
-    "write_tensors",
+    "write_tensors", "WRITE_ORDER",
 ]

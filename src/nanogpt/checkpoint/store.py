@@ -53,7 +53,7 @@ def write_tensors(
 ) -> None:
     """Write a safetensors file atomically (tensors are copied to contiguous CPU memory first)."""
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=metadata), writer_temps=True)
 
 
 # ----------------------------------------------------------------------------- validated reads

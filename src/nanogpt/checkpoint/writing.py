@@ -14,6 +14,12 @@ from .store import FORMAT, MANIFEST, SUFFIXES, path_of, seal, write_json, write_
 from .tensors import model_tensors
 
 
+# The order a save writes a set's files in; a failed or interrupted save removes what it wrote in reverse, and
+# so does runs.remove_set. Whatever a kill leaves of a set is therefore its first few files without
+# config.json: runs.remove_leftovers removes exactly that and nothing else named like a set.
+WRITE_ORDER = (".resume.safetensors", ".resume.json", ".safetensors", ".training_log.json", ".config.json", MANIFEST)
+
+
 # ----------------------------------------------------------------------------- whole checkpoints
 def save(
     stem: Path,
@@ -27,7 +33,7 @@ def save(
     optimizer_tensors: dict[str, torch.Tensor],
     resume_state: dict[str, Any],
 ) -> tuple[str, ...]:
-    """Write checkpoint `stem` as one unit (its five files, then the manifest); returns the paths.
+    """Write checkpoint `stem` as one unit (its five files in WRITE_ORDER, then the manifest); returns the paths.
 
     UserError when a file of `stem` exists already (a set is never replaced) or a file cannot be written
     (e.g. a full disk); then, as on a Ctrl-C, the files written so far are removed: the set is whole or absent.
@@ -36,29 +42,31 @@ def save(
     taken = [p for p in (path_of(stem, s) for s in SUFFIXES) if p.exists()]
     if taken:
         raise UserError(f"checkpoint {stem} exists already ({taken[0].name}); a run never replaces a checkpoint")
+    config = {
+        "format": FORMAT,
+        "step": step,
+        "model": to_dict(model_cfg),
+        "train": to_dict(train_cfg),
+        "tokenizer": tokenizer_meta,
+    }
+    contents: dict[str, tuple[Any, ...]] = {
+        ".resume.safetensors": (write_tensors, optimizer_tensors, {"format": "nanogpt-resume"}),
+        ".resume.json": (write_json, {"format": FORMAT, "step": step, **resume_state}),
+        ".safetensors": (write_tensors, model_tensors(model), {"format": "pt", "step": str(step)}),
+        ".training_log.json": (write_json, log),
+        ".config.json": (write_json, config),
+    }
     written: list[Path] = []
-
-    def put(suffix: str, write: Any, *args: Any) -> None:
-        written.append(path_of(stem, suffix))  # before writing: the file did not exist, so removing it is safe
-        write(written[-1], *args)
-
     try:
-        put(".resume.safetensors", write_tensors, optimizer_tensors, {"format": "nanogpt-resume"})
-        put(".resume.json", write_json, {"format": FORMAT, "step": step, **resume_state})
-        put(".safetensors", write_tensors, model_tensors(model), {"format": "pt", "step": str(step)})
-        put(".training_log.json", write_json, log)
-        config = {
-            "format": FORMAT,
-            "step": step,
-            "model": to_dict(model_cfg),
-            "train": to_dict(train_cfg),
-            "tokenizer": tokenizer_meta,
-        }
-        put(".config.json", write_json, config)
-        written.append(path_of(stem, MANIFEST))
-        seal(stem)
+        for suffix in WRITE_ORDER:
+            written.append(path_of(stem, suffix))  # before writing: the file did not exist, so removing it is safe
+            if suffix == MANIFEST:
+                seal(stem)
+            else:
+                write, *args = contents[suffix]
+                write(written[-1], *args)
     except BaseException as e:
-        for path in written:
+        for path in reversed(written):
             path.unlink(missing_ok=True)
         reason = write_failure(e)
         if reason is not None:

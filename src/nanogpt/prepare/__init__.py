@@ -1,6 +1,7 @@
 """`nanogpt prepare`: turn a text file or a mixology folder into train.bin, val.bin and vocab.json.
 
-    command.py   the command's steps in order, vocab.json, the summary; the bundled corpus and its cache
+    command.py   the command's steps in order, its output folder (locked), vocab.json; the bundled corpus's cache
+    report.py    the summary printed at the end: the sources' table, the files written, the tokenizer
     sources.py   what SOURCE holds (a file or NN_name/ sub-folders), reading text, Gutenberg stripping
     bpe.py       learning the byte-level BPE of `--tokenizer bpe` from the training parts, by share, capped
     encode.py    text -> token ids (char table, or a BPE on threads) -> part files; the mixology shares

@@ -1,12 +1,13 @@
-"""The `nanogpt prepare` command: its steps in order, vocab.json, the summary; and the bundled corpus's cache.
+"""The `nanogpt prepare` command: its steps in order, its output folder, vocab.json; and the bundled corpus's cache.
 
 One run: find the sources; pass 1 reads them (lengths, Gutenberg windows, the char vocabulary); pass 2
 splits each source at `int(chars * (1 - val_fraction))` and encodes its train and val text into part
 files; each source's tokens are cut to its mixology share and the parts joined into train.bin / val.bin.
 Everything is written under temporary names and published at the very end as one unit: the old vocab.json is
 removed before the bins are renamed into place and the new one comes last, so a folder with a vocab.json
-always holds the bins it describes, even after a kill between the renames. SIGTERM ends a prepare like an
-error (temporary files removed, one line, exit 1); what a kill -9 leaves is removed by the next prepare there.
+always holds the bins it describes, even after a kill between the renames. A prepare holds a lock on its
+output folder (locks.py), so two never mix their files there. SIGTERM ends a prepare like an error (temporary
+files removed, one line, exit 1); what a kill -9 leaves is removed by the next prepare there.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import gzip
 import json
 import os
+import re
 import shlex
 import signal
 import sys
@@ -29,14 +31,15 @@ from ..atomic import publish, remove_stale_temps, temp_file
 from ..config import PrepareConfig
 from ..errors import UserError
 from ..files import cache_dir, listing, read_json
+from ..locks import Claim, hold
 from ..tokenizers import GPT2_EOT, TOKENIZERS, CharTokenizer, GPT2Tokenizer, default_bpe_vocab_size, token_dtype
-from .bpe import Learned, learn_bpe, summary_line
+from .bpe import Learned, learn_bpe
 from .encode import Encoder, Part, copy_prefix, shares
 from .progress import Progress
+from .report import DEFAULT_TOKENIZER, summary
 from .sources import CharSet, Source, doc_text, find_sources, scan
 
 BUNDLED_NAME = "tinyshakespeare"
-DEFAULT_TOKENIZER = PrepareConfig.tokenizer  # the dataclass default: what `prepare` and the bundled run use
 SPLITS = ("train", "val")
 
 
@@ -69,27 +72,27 @@ def output_folder(cfg: PrepareConfig) -> Path:
     return Path("data") / Path(path.name.removesuffix(".gz")).stem
 
 
-def _prepare(cfg: PrepareConfig, out: Path, report: TextIO) -> dict[str, Any]:
+def _prepare(cfg: PrepareConfig, out: Path, report: TextIO, held: Claim | None = None) -> dict[str, Any]:
     with _sigterm_stops():
         if cfg.source is None:
             with resources.as_file(resources.files("nanogpt") / "data" / f"{BUNDLED_NAME}.txt.gz") as bundled:
-                return _run(bundled, out, cfg, report, shown=f"bundled {BUNDLED_NAME}")
+                return _run(bundled, out, cfg, report, f"bundled {BUNDLED_NAME}", held)
         path = Path(cfg.source)
-        return _run(path, out, cfg, report, shown=str(path))
+        return _run(path, out, cfg, report, str(path), held)
 
 
-def _run(path: Path, out: Path, cfg: PrepareConfig, report: TextIO, shown: str) -> dict[str, Any]:
-    """One prepare of `path` into `out`; `shown` is how vocab.json names the source."""
+def _run(path: Path, out: Path, cfg: PrepareConfig, report: TextIO, shown: str, held: Claim | None) -> dict[str, Any]:
+    """One prepare of `path` into `out`; `shown` is how vocab.json names the source; `held`: the caller's
+    lock on `out`, if it took one."""
     sources, ignored = find_sources(path)
     mixology = path.is_dir()
     if mixology and ignored:
         print(f"ignored (not in a sub-folder named NN_name/ with NN > 0): {listing(ignored)}", file=sys.stderr)
-    created = _make_folder(out)
+    claim = _claim_folder(out, held)
     progress = Progress(sys.stderr)
     parts: list[dict[str, Part]] = []  # per source: its train and val part
     temps: list[Path] = []
     encoder: Encoder | None = None
-    done = False
     try:
         itos = _read_pass(sources, path, cfg.strip_gutenberg, cfg.tokenizer, progress)
         # the BPE is learnt before anything is encoded, from the training parts only
@@ -111,7 +114,6 @@ def _run(path: Path, out: Path, cfg: PrepareConfig, report: TextIO, shown: str) 
         publish(finals["train"], out / "train.bin")
         publish(finals["val"], out / "val.bin")
         publish(vocab_tmp, out / "vocab.json")
-        done = True
     except OSError as e:
         raise UserError(f"writing to {out} failed: {e.strerror or e}") from None
     finally:
@@ -121,25 +123,34 @@ def _run(path: Path, out: Path, cfg: PrepareConfig, report: TextIO, shown: str) 
             p.fh.close()
         for tmp in temps:
             tmp.unlink(missing_ok=True)
-        if not done:
-            _remove_empty(created)
+        if held is None:
+            claim.release()  # after a failure, also the folders it created, empty again
 
-    _summary(report, meta, out, mixology)
+    summary(report, meta, out, mixology)
     return meta
 
 
-def _make_folder(out: Path) -> list[Path]:
-    """Create `out` (and its parents) and check it takes files; returns the folders created, deepest first."""
-    created = [p for p in (out, *out.parents) if not p.exists()]
+# the files a prepare writes through temporary files (its parts, the joined bins, vocab.json, the probe)
+_OWN_FILES = re.compile(r"(train|val)(-\d+|\.bin)|vocab\.json|probe")
+
+
+def _claim_folder(out: Path, held: Claim | None) -> Claim:
+    """Create and lock `out` (unless the caller holds it), remove what a killed prepare left there and check
+    that it takes files. Two prepares into one folder would publish a vocab.json beside the other's bins."""
+    claim = held
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(out)  # what a killed prepare left here
+        if claim is None:
+            claim = hold(out, f"{out} is in use by another nanogpt command writing there (a prepare or a run): "
+                         "wait for it to finish, or give another --out-dir")
+        remove_stale_temps(out, _OWN_FILES)  # what a killed prepare left here
         fh, probe = temp_file(out, "probe")
         fh.close()
         probe.unlink()
     except OSError as e:
+        if claim is not None and held is None:
+            claim.release()
         raise UserError(f"cannot write to the output folder {out}: {e.strerror or e}") from None
-    return created
+    return claim
 
 
 @contextlib.contextmanager
@@ -157,15 +168,6 @@ def _sigterm_stops():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    """After a failed run, remove the folders it created (deepest first), so that nothing is left behind."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:  # not empty (someone else wrote there) or already gone: leave it
-            return
 
 
 def _read_pass(sources: list[Source], path: Path, strip: bool, tokenizer: str, progress: Progress) -> list[str] | None:
@@ -317,45 +319,6 @@ def _metadata(
     return meta
 
 
-def _summary(stream: TextIO, meta: dict[str, Any], out: Path, mixology: bool) -> None:
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    # not a terminal (a log, a pipe): no 80-column limit, so that long source names are not cut
-    console = Console(file=stream, soft_wrap=True, highlight=False, width=None if stream.isatty() else 160)
-    if mixology:
-        table = Table(title="sources", title_justify="left", box=box.SIMPLE_HEAD)
-        for col in ("source", "target", "train tokens", "share", "val tokens", "share", "text used"):
-            table.add_column(col, justify="left" if col == "source" else "right", no_wrap=True)
-        for s in meta["sources"]:
-            table.add_row(
-                s["path"],
-                f"{s['percent']}%",
-                f"{s['train_tokens']:,}",
-                f"{100 * s['train_share']:.1f}%",
-                f"{s['val_tokens']:,}",
-                f"{100 * s['val_share']:.1f}%",
-                f"{100 * s['used']:.0f}%",
-            )
-        console.print(table)
-    if meta["tokenizer"] == "bpe":
-        console.print(summary_line(meta), markup=False)
-    console.print(
-        f"wrote {out / 'train.bin'} ({meta['train_tokens']:,} tokens), {out / 'val.bin'} ({meta['val_tokens']:,} "
-        f"tokens) and {out / 'vocab.json'} ({meta['tokenizer']}, vocab size {meta['vocab_size']:,}, {meta['dtype']})",
-        markup=False,
-    )
-    console.print(tokenizer_note(meta["tokenizer"]), markup=False)
-
-
-def tokenizer_note(tokenizer: str) -> str:
-    """One line naming the tokenizer used and, for the default, how to get nanoGPT's character-level files."""
-    if tokenizer == DEFAULT_TOKENIZER:
-        return f"tokenizer: {tokenizer} (the default; --tokenizer char gives nanoGPT's one token per character)"
-    return f"tokenizer: {tokenizer} (the default is {DEFAULT_TOKENIZER})"
-
-
 # ----------------------------------------------------------------------------------------------------------
 # the bundled corpus, prepared once into a cache
 
@@ -386,12 +349,25 @@ def bundled_dataset(tokenizer: str = DEFAULT_TOKENIZER) -> Path:
     out = cache_dir() / f"{BUNDLED_NAME}-{tokenizer}{size or ''}"
     cfg = PrepareConfig(tokenizer=tokenizer, vocab_size=size, out_dir=str(out))
     cfg.validate()
-    if is_prepared(out, tokenizer):
-        print(f"using the bundled Tiny Shakespeare ({tokenizer}) prepared in {out}", file=sys.stderr)
-        return out
-    print(f"preparing the bundled Tiny Shakespeare ({tokenizer}) into {out} (once; reused next time)", file=sys.stderr)
-    _prepare(cfg, out, report=sys.stderr)
+    if not _cached(out, tokenizer):
+        try:  # another nanogpt preparing it (two runs started at once): wait for it, then take its work
+            held = hold(out, f"{out} is in use", wait=True)
+        except OSError as e:
+            raise UserError(f"cannot write to the cache folder {out}: {e.strerror or e}") from None
+        try:
+            if not _cached(out, tokenizer):
+                print(f"preparing the bundled Tiny Shakespeare ({tokenizer}) into {out} (once; reused next time)",
+                      file=sys.stderr)
+                _prepare(cfg, out, report=sys.stderr, held=held)
+                return out
+        finally:
+            held.release()
+    print(f"using the bundled Tiny Shakespeare ({tokenizer}) prepared in {out}", file=sys.stderr)
     return out
+
+
+def _cached(out: Path, tokenizer: str) -> bool:
+    return is_prepared(out, tokenizer)
 
 
 def _bundled_train_chars() -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import gzip
 import io
+import itertools
 import os
 import re
 import struct
@@ -44,6 +45,7 @@ class Doc:
     end: int = 0
     stripped: bool = False
     gutenberg: bool = False  # without --strip-gutenberg: a START marker was seen in its first chunk
+    stamp: tuple[int, int] = (0, 0)  # its size and modification time when the first pass read it
 
 
 @dataclass
@@ -148,35 +150,50 @@ def text_size(path: Path) -> int:
 # reading text
 
 
-def _open_bytes(path: Path) -> BinaryIO:
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # type: ignore[return-value]
+# what reading a .gz cut short or damaged raises (a bad CRC or length is a BadGzipFile, a bad deflate stream a
+# zlib.error, a stream that ends early an EOFError), whichever pass or look-up meets it first
+_GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
+def _not_whole(path: Path, error: BaseException) -> UserError:
+    return UserError(f"{path} is not a whole gzip file ({error}); compress it again")
+
+
+def _blocks(path: Path) -> Iterator[bytes]:
+    """The bytes of a file (of its text, for .gz) in blocks of 64 KiB: small, so that an offset looked up in a
+    damaged .gz is found when it comes before the damage."""
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+        while True:
+            try:
+                block = f.read(1 << 16)
+            except _GZIP_ERRORS as e:
+                raise _not_whole(path, e) from None
+            if not block:
+                return
+            yield block
 
 
 def _bad_utf8_offset(path: Path) -> int:
     """Byte offset of the first byte that is not valid UTF-8 (only called once decoding has failed)."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0
-    with _open_bytes(path) as f:
-        while True:
-            block = f.read(1 << 20)
-            pending = len(decoder.getstate()[0])  # bytes of an unfinished character from the last block
-            try:
-                decoder.decode(block, final=not block)
-            except UnicodeDecodeError as e:
-                return offset - pending + e.start
-            if not block:
-                return offset
-            offset += len(block)
+    for block in itertools.chain(_blocks(path), [b""]):  # b"": the end, where an unfinished character fails
+        pending = len(decoder.getstate()[0])  # bytes of an unfinished character from the last block
+        try:
+            decoder.decode(block, final=not block)
+        except UnicodeDecodeError as e:
+            return offset - pending + e.start
+        offset += len(block)
+    return offset
 
 
 def _nul_offset(path: Path) -> int:
     offset = 0
-    with _open_bytes(path) as f:
-        while block := f.read(1 << 20):
-            i = block.find(b"\x00")
-            if i >= 0:
-                return offset + i
-            offset += len(block)
+    for block in _blocks(path):
+        i = block.find(b"\x00")
+        if i >= 0:
+            return offset + i
+        offset += len(block)
     return offset
 
 
@@ -201,8 +218,8 @@ def read_chunks(path: Path, progress: Progress | None = None) -> Iterator[str]:
                     f"{path} is not UTF-8 text (invalid byte at offset {_bad_utf8_offset(path)}); "
                     "convert it to UTF-8 first"
                 ) from None
-            except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a .gz cut short or damaged
-                raise UserError(f"{path} is not a whole gzip file ({e}); compress it again") from None
+            except _GZIP_ERRORS as e:
+                raise _not_whole(path, e) from None
             if not chunk:
                 break
             if "\x00" in chunk:
@@ -256,6 +273,7 @@ class CharSet:
 
 def scan(doc: Doc, charset: CharSet | None, strip: bool, progress: Progress) -> None:
     """Pass 1 over one file: its length in characters, its Gutenberg window, and its characters."""
+    doc.stamp = _stamp(doc.path)
     local = CharSet() if (charset is not None and strip) else charset
     pos = 0  # characters before the current piece
     begin, end = 0, None
@@ -304,7 +322,9 @@ def scan(doc: Doc, charset: CharSet | None, strip: bool, progress: Progress) -> 
 
 
 def doc_text(doc: Doc, progress: Progress | None) -> Iterator[str]:
-    """Pass 2 (and the BPE's sample): the kept text of one file, in chunks."""
+    """Pass 2 (and the BPE's sample): the kept text of one file, in chunks. UserError when it is not the text
+    the first pass read: its split point and character table were taken from that one."""
+    _unchanged(doc)
     pos = 0
     for chunk in read_chunks(doc.path, progress):
         lo, hi = max(doc.begin - pos, 0), min(doc.end - pos, len(chunk))
@@ -313,3 +333,29 @@ def doc_text(doc: Doc, progress: Progress | None) -> Iterator[str]:
             yield chunk[lo:hi] if (lo, hi) != (0, len(chunk)) else chunk
         if pos >= doc.end:
             break
+    if pos < doc.end:
+        raise _changed(doc, f"{pos:,} characters, the first pass read {doc.end:,}")
+    _unchanged(doc)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    return st.st_size, st.st_mtime_ns
+
+
+def _unchanged(doc: Doc) -> None:
+    """UserError when `doc` has another size or modification time than when the first pass read it (a text
+    still being written, or edited meanwhile). A rewrite of the same size within one tick of the file system's
+    clock is beyond what a stamp can tell."""
+    size, _ = now = _stamp(doc.path)
+    if now != doc.stamp:
+        raise _changed(doc, f"{doc.stamp[0]:,} bytes, then {size:,}" if size != doc.stamp[0] else "modified")
+
+
+def _changed(doc: Doc, how: str) -> UserError:
+    return UserError(
+        f"a source file changed while prepare was reading it: {doc.path} ({how}); prepare again once it is complete"
+    )

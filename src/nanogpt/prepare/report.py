@@ -1,0 +1,50 @@
+"""What prepare prints at its end: the sources' table of a mixology folder, the files written, the tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..config import PrepareConfig
+from .bpe import summary_line
+
+DEFAULT_TOKENIZER = PrepareConfig.tokenizer  # the dataclass default: what `prepare` and the bundled run use
+
+
+def summary(stream: TextIO, meta: dict[str, Any], out: Path, mixology: bool) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    # not a terminal (a log, a pipe): no 80-column limit, so that long source names are not cut
+    console = Console(file=stream, soft_wrap=True, highlight=False, width=None if stream.isatty() else 160)
+    if mixology:
+        table = Table(title="sources", title_justify="left", box=box.SIMPLE_HEAD)
+        for col in ("source", "target", "train tokens", "share", "val tokens", "share", "text used"):
+            table.add_column(col, justify="left" if col == "source" else "right", no_wrap=True)
+        for s in meta["sources"]:
+            table.add_row(
+                s["path"],
+                f"{s['percent']}%",
+                f"{s['train_tokens']:,}",
+                f"{100 * s['train_share']:.1f}%",
+                f"{s['val_tokens']:,}",
+                f"{100 * s['val_share']:.1f}%",
+                f"{100 * s['used']:.0f}%",
+            )
+        console.print(table)
+    if meta["tokenizer"] == "bpe":
+        console.print(summary_line(meta), markup=False)
+    console.print(
+        f"wrote {out / 'train.bin'} ({meta['train_tokens']:,} tokens), {out / 'val.bin'} ({meta['val_tokens']:,} "
+        f"tokens) and {out / 'vocab.json'} ({meta['tokenizer']}, vocab size {meta['vocab_size']:,}, {meta['dtype']})",
+        markup=False,
+    )
+    console.print(tokenizer_note(meta["tokenizer"]), markup=False)
+
+
+def tokenizer_note(tokenizer: str) -> str:
+    """One line naming the tokenizer used and, for the default, how to get nanoGPT's character-level files."""
+    if tokenizer == DEFAULT_TOKENIZER:
+        return f"tokenizer: {tokenizer} (the default; --tokenizer char gives nanoGPT's one token per character)"
+    return f"tokenizer: {tokenizer} (the default is {DEFAULT_TOKENIZER})"
