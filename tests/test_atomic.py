@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from nanogpt import checkpoint
-from nanogpt.atomic import atomic_write, temp_file
+from nanogpt.atomic import atomic_write, remove_stale_temps, temp_file
 from nanogpt.cli import main
 
 
@@ -98,3 +100,19 @@ def test_prepare_syncs_each_file_before_renaming_it(tmp_path, umask_027, synced_
     assert synced_before_rename == ["train.bin", "val.bin", "vocab.json"]  # vocab.json last
     for p in (tmp_path / "out").iterdir():
         assert p.stat().st_mode & 0o777 == umask_027, p.name
+
+
+def test_a_long_final_name_gets_a_temporary_name_that_fits(tmp_path: Path) -> None:
+    """A final name near the 255-byte limit (multi-byte characters included) is written: its temporary name
+    is cut to fit, and a killed writer's temporary file of it is still told by its pid and removed."""
+    name = "é" * 100 + "x" * 50 + ".png"  # 254 bytes
+    target = tmp_path / name
+    atomic_write(target, lambda tmp: tmp.write_bytes(b"chart"))
+    assert target.read_bytes() == b"chart" and [p.name for p in tmp_path.iterdir()] == [name]
+    # a writer killed after it made its temporary file (a child process that exits there)
+    child = "import os, sys; from nanogpt.atomic import temp_file; temp_file(sys.argv[1], sys.argv[2]); os._exit(9)"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    subprocess.run([sys.executable, "-c", child, str(tmp_path), name], env=env, check=False)
+    (left,) = [p for p in tmp_path.iterdir() if p.name != name]
+    assert len(os.fsencode(left.name)) <= 255
+    assert remove_stale_temps(tmp_path) == [left] and [p.name for p in tmp_path.iterdir()] == [name]

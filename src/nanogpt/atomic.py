@@ -19,9 +19,17 @@ from typing import BinaryIO
 from safetensors import SafetensorError
 
 
+NAME_MAX = 255  # bytes in one path component on Linux's and macOS's file systems
+
+
 def _temp_path(folder: Path, name: str) -> Path:
-    """`folder/.NAME.PID-XXXXXXXX.tmp`: hidden, named by its writer's pid (remove_stale_temps reads it back)."""
-    return Path(folder) / f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    """`folder/.NAME.PID-XXXXXXXX.tmp`: hidden, named by its writer's pid (remove_stale_temps reads it back).
+
+    NAME is cut to what fits in NAME_MAX bytes: a final name of 240 bytes is legal, its temporary name with
+    23 more would not be (and would fail a write the final name allows)."""
+    tail = f".{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    short = os.fsdecode(os.fsencode(name)[: NAME_MAX - 1 - len(tail)])  # bytes, as the file system counts
+    return Path(folder) / f".{short}{tail}"
 
 
 def temp_file(folder: Path, name: str) -> tuple[BinaryIO, Path]:
@@ -61,7 +69,8 @@ def _remove_temp_folder(box: Path) -> bool:
     name in it (put there by hand) is kept, and so the folder too."""
     match = _TEMP_NAME.match(box.name)
     for path in box.iterdir():
-        if match and (path.name == match.group(1) or _WRITER_TEMP.match(path.name)) and path.is_file():
+        # the file's name is the folder's NAME, or starts with it where _temp_path cut a long name
+        if match and (path.name.startswith(match.group(1)) or _WRITER_TEMP.match(path.name)) and path.is_file():
             path.unlink(missing_ok=True)
     try:
         box.rmdir()
