@@ -91,7 +91,7 @@ def test_vocab_not_matching_bins_is_a_user_error(shakespeare_dir: Path, tmp_path
 def test_corrupt_vocab_is_a_user_error(shakespeare_dir: Path, tmp_path: Path) -> None:
     d = copy_dataset(shakespeare_dir, tmp_path / "d")
     (d / "vocab.json").write_text('{"tokenizer": "char", "vocab_si')
-    with pytest.raises(UserError, match="cannot read vocabulary"):
+    with pytest.raises(UserError, match="vocab.json is corrupt or truncated"):
         data.load(d)
     (d / "vocab.json").write_text('{"tokenizer": "char", "vocab_size": 65, "itos": ["a", "b"]}')
     with pytest.raises(UserError, match="inconsistent"):
