@@ -239,6 +239,13 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ConfigError with one clear line if a setting is impossible."""
         check_choices(self)
+        for f in dataclasses.fields(self):  # whole numbers feed int64 arithmetic (numpy's counters, torch)
+            value = getattr(self, f.name)
+            if type(value) is int and not -MAX_SEED <= value <= MAX_SEED:
+                raise ConfigError(f"{flag_name(f.name)} must be at most {MAX_SEED}, got {value}")
+        sampling = GenerateConfig(tokens_to_generate=self.tokens_to_generate).problem()  # the `g` key's rule
+        if sampling:
+            raise ConfigError(sampling)
         for name in ("steps", "batch_size", "grad_accum", "eval_iters"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{flag_name(name)} must be a positive integer, got {getattr(self, name)}")

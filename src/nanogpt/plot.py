@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoint, runs
-from .atomic import atomic_write
+from .atomic import atomic_write, write_failure
 from .errors import UserError
 from .summary import split_log
 
 FORMATS = {".png": "png", ".svg": "svg"}
 DPI = 100  # --size is in pixels: figure inches x DPI
+# The largest chart drawn. Agg draws at most 2**16 pixels a side, and its RGBA buffer takes 4 bytes a pixel:
+# 64 million pixels are 256 MB, where 65000x65000 would be 17 GB (matplotlib's std::bad_alloc).
+MAX_SIDE, MAX_PIXELS = 16_384, 64_000_000
 NOT_COMPARED = ("out_dir", "resume", "init_from")  # where a run went, not what it was
 
 
@@ -89,8 +92,15 @@ def plot(
         raise UserError(f"-o {output}: the image must end in .png or .svg")
     if width < 100 or height < 100:
         raise UserError(f"--size {width}x{height} is too small to read (at least 100x100 pixels)")
+    if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
+        raise UserError(
+            f"--size {_shown(width)}x{_shown(height)} is larger than a chart is drawn (at most {MAX_SIDE:,} pixels "
+            f"a side and {MAX_PIXELS // 10**6} million in all)"
+        )
     if not output.parent.is_dir():
         raise UserError(f"-o {output}: folder {output.parent} does not exist")
+    if output.is_dir():
+        raise UserError(f"-o {output} is a folder; give the image's file name (e.g. {output / 'loss.png'})")
     runs = _with_metric([read_run(p) for p in paths], metric)
     try:
         import matplotlib
@@ -111,7 +121,10 @@ def plot(
         what = "validation bits per byte" if metric == "bpb" else "loss"
         ax.set_title(what if len(runs) == 1 else f"{what} of {len(runs)} runs")
         fig.tight_layout()
-        atomic_write(output, lambda tmp: fig.savefig(tmp, format=fmt, dpi=DPI))
+        try:
+            atomic_write(output, lambda tmp: fig.savefig(tmp, format=fmt, dpi=DPI))
+        except OSError as e:  # a read-only or full disk: nothing is left half-written (atomic_write)
+            raise UserError(f"cannot write {output}: {write_failure(e)}") from None
     finally:
         plt.close(fig)
     return output
@@ -152,6 +165,10 @@ def _draw_run(ax: Any, run: Run, name: str, color: str, metric: str) -> None:
         ax.plot(*zip(*points), color=color, marker="o", markersize=3, linewidth=2, label=f"{name} validation")
     for (source, values), style in zip(sources.items(), ["--", ":", "-.", (0, (5, 1, 1, 1))] * 4):
         ax.plot(*zip(*values), color=color, linestyle=style, linewidth=1.4, label=f"{name} val {source}")
+
+
+def _shown(n: int) -> str:
+    return str(n) if len(str(n)) <= 12 else f"{str(n)[:6]}...({len(str(n))} digits)"
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -68,14 +68,35 @@ def read_log(stem: str | Path) -> list[dict[str, Any]]:
     if not isinstance(log, list):
         raise UserError(f"training log {path} is not a list of steps")
     for i, entry in enumerate(log):
-        numbers = [entry.get(k) for k in ("loss", "duration_ms", "validation_loss") if k in entry] if isinstance(
-            entry, dict
-        ) else []
-        if not (isinstance(entry, dict) and is_count(entry.get("step")) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers
-        )):
-            raise UserError(f"training log {path}: entry {i} is not a step with numbers ({repr(entry)[:60]})")
+        problem = _log_entry_problem(entry)
+        if problem:
+            raise UserError(f"training log {path}: entry {i} {problem} ({repr(entry)[:60]})")
     return log
+
+
+# Every field of a log entry that anything reads (the UI's history and --compare, plot, the overfitting rule,
+# a resume), and what it must hold: checked here once, so no reader meets a string where it wants a number.
+LOG_NUMBERS = ("loss", "duration_ms", "grad_norm", "validation_loss", "validation_bpb")
+LOG_TABLES = ("source_validation_losses", "source_validation_bpb")  # source name -> number
+
+
+def _log_entry_problem(entry: Any) -> str | None:
+    """Why `entry` is not a training log entry, or None."""
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if not isinstance(entry, dict) or not is_count(entry.get("step")):
+        return "is not a step"
+    for key in LOG_NUMBERS:
+        if key in entry and not number(entry[key]):
+            return f"has a {key} that is not a number"
+    for key in LOG_TABLES:
+        table = entry.get(key, {})
+        if not isinstance(table, dict) or not all(isinstance(k, str) and number(v) for k, v in table.items()):
+            return f"has a {key} that is not a table of source names and numbers"
+    if not isinstance(entry.get("sample", ""), str):
+        return "has a sample that is not text"
+    return None
 
 
 def read_resume(stem: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

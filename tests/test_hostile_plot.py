@@ -1,0 +1,113 @@
+"""Hostile input, round three (issue 25 items 11 and 13): `plot`'s output and size, the fields of a training
+log wherever it is read (plot, --compare, a resume into the UI or headless), and settings only the UI uses.
+
+Each is one line on stderr and exit code 1, through the real CLI, with nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from engine_fixtures import TINY_FLAGS
+from test_hostile import assert_one_line, copy_checkpoint, edit_json, run, run_limited
+from test_hostile_io import FILE_LIMITED
+
+from nanogpt import checkpoint
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+# ----------------------------------------------------------------------------- item 11: plot's output
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        ("100000x100000", "--size 100000x100000 is larger than a chart is drawn"),
+        ("65000x65000", "--size 65000x65000 is larger than a chart is drawn"),
+        ("16000x16000", "--size 16000x16000 is larger than a chart is drawn"),  # each side fits; the whole does not
+        ("99999999999999999999x600", "--size 999999...(20 digits)x600 is larger"),
+    ],
+)
+def test_a_chart_larger_than_can_be_drawn_is_one_line(size: str, message: str, trained: Path, tmp_path: Path) -> None:
+    """Refused before matplotlib allocates (std::bad_alloc under a 3 GiB address space before)."""
+    ((code, err),) = run_limited(["plot", str(trained), "-o", str(tmp_path / "c.png"), "--size", size])
+    assert_one_line(code, err, message)
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_largest_chart_allowed_is_drawn(trained: Path, tmp_path: Path, capsys) -> None:
+    assert run(capsys, "plot", str(trained), "-o", str(tmp_path / "c.svg"), "--size", "16384x3000")[0] == 0
+    assert (tmp_path / "c.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_plot_into_a_folder_is_one_line(trained: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "chart.png").mkdir()
+    code, err = run(capsys, "plot", str(trained), "-o", str(tmp_path / "chart.png"))
+    assert_one_line(code, err, "is a folder; give the image's file name")
+    assert list((tmp_path / "chart.png").iterdir()) == []
+
+
+def test_plot_onto_a_full_disk_is_one_line_and_leaves_nothing(trained: Path, tmp_path: Path) -> None:
+    """Files are limited to 20,000 bytes in the child (RLIMIT_FSIZE, as a full disk): the chart cannot be
+    written, and neither it nor its temporary file is left."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "charts"
+    out.mkdir()
+    commands = [["plot", str(trained), "-o", str(out / "big.png"), "--size", "4000x3000"]]
+    done = subprocess.run([sys.executable, "-c", FILE_LIMITED, json.dumps(commands)], capture_output=True,
+                          text=True, env=env, check=False, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ((code, err),) = json.loads(done.stdout)
+    assert_one_line(code, err, f"cannot write {out / 'big.png'}: File too large")
+    assert list(out.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- items 11, 13: the log's fields
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("source_validation_losses", "abc", "has a source_validation_losses that is not a table"),
+        ("source_validation_bpb", {"a": "x"}, "has a source_validation_bpb that is not a table"),
+        ("source_validation_losses", {"1": [1]}, "has a source_validation_losses that is not a table"),
+        ("validation_bpb", "1.2", "has a validation_bpb that is not a number"),
+        ("grad_norm", None, "has a grad_norm that is not a number"),
+        ("sample", 5, "has a sample that is not text"),
+    ],
+)
+def test_a_log_field_of_the_wrong_kind_is_one_line_wherever_the_log_is_read(
+    field: str, value, message: str, trained: Path, shakespeare_dir: Path, tmp_path: Path, capsys
+) -> None:
+    stem = copy_checkpoint(trained, tmp_path / "run")
+    edit_json(stem.with_name(stem.name + ".training_log.json"), lambda log: log[-1].__setitem__(field, value))
+    checkpoint.seal(stem)  # as a hostile user can
+    train = ["train", "--headless", *TINY_FLAGS, "--data-dir", str(shakespeare_dir), "--steps", "4"]
+    for argv in (
+        ["plot", str(stem), "-o", str(tmp_path / "c.png")],
+        [*train, "--resume-training", str(stem)],  # the UI draws the resumed history from the same read
+        [*train, "--out-dir", str(tmp_path / "new"), "--compare", str(stem)],
+    ):
+        code, err = run(capsys, *argv)
+        assert_one_line(code, err, message)
+    assert not (tmp_path / "c.png").exists() and not (tmp_path / "new").exists()
+
+
+# ----------------------------------------------------------------------------- item 13: settings the UI uses
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--tokens-to-generate", "-5"], "--tokens-to-generate must be >= 0, got -5"),
+        (["--eval-iters", "99999999999999999999"], "--eval-iters must be at most 9223372036854775807"),
+        (["--log-interval", "99999999999999999999"], "--log-interval must be at most 9223372036854775807"),
+    ],
+)
+def test_settings_used_later_are_checked_at_the_start(flags: list[str], message: str, shakespeare_dir: Path,
+                                                      tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    code, err = run(capsys, "train", "--headless", *TINY_FLAGS, "--data-dir", str(shakespeare_dir), "--steps", "1",
+                    "--out-dir", str(out), *flags)
+    assert_one_line(code, err, message)
+    assert not out.exists()
