@@ -71,6 +71,10 @@ def resolve_run(overrides: dict[str, Any], preset: str | None = None, resume: st
     if imported is not None:
         hf_import.check_data(imported, tokens.meta, tokens.source)
     model_cfg = dataclasses.replace(model_cfg, vocab_size=tokens.vocab_size)
+    # every check that can refuse the run comes before resolve_hardware: its `--dtype auto` probe builds this
+    # model and times a step, which an impossible size would hang in or die of
+    data.check_block_size(tokens, model_cfg.block_size)
+    runtime.check_fits(model_cfg, train_cfg, distributed.local_device(runtime.resolve_device(train_cfg.device)))
     hardware = runtime.resolve_hardware(model_cfg, train_cfg)  # after the vocabulary: the dtype probe needs it
     notes += [hardware.dtype_probe] if hardware.dtype_probe else []
     if train_cfg.seed == 0:
@@ -78,8 +82,6 @@ def resolve_run(overrides: dict[str, Any], preset: str | None = None, resume: st
         seed = distributed.broadcast_int(secrets.randbelow(2**31 - 1) + 1, hardware.device)
         train_cfg = dataclasses.replace(train_cfg, seed=seed)
         notes.append(f"seed 0: using random seed {seed} (pass --seed {seed} to repeat)")
-    data.check_block_size(tokens, model_cfg.block_size)
-    runtime.check_fits(model_cfg, train_cfg, hardware.device)  # before the model is built
     return Run(model_cfg, train_cfg, tokens, hardware, saved, imported, notes)
 
 
