@@ -38,7 +38,7 @@ from ..model import GPT
 from . import best, saving
 from .readback import LossReadback, TrainingDiverged
 from .state import RunState
-from .step import Evaluation, Stepper
+from .step import Evaluation, Halted, Stepper
 
 
 class Trainer:
@@ -209,6 +209,12 @@ class Trainer:
         """Finish the current step, save, and end the loop (safe from signal handlers and other threads)."""
         self._stop.set()
 
+    def stop_now(self) -> None:
+        """End the loop at once, dropping the step or evaluation in progress; nothing more is saved (a save
+        under way completes: a set is whole or absent). A second stop request, from another thread."""
+        self._stop.set()
+        self.stepper.halt.set()
+
     def stop_requested(self) -> bool:
         return self._stop.is_set()
 
@@ -237,6 +243,8 @@ class Trainer:
                 self._after_step(emit)
         except (TrainingDiverged, torch.OutOfMemoryError, UserError, OSError) as e:
             return self._finish(emit, "error", explain(e, self))
+        except Halted as e:  # stop_now: the last checkpoint saved stays the run's last
+            return self._finish(emit, "stopped", str(e))
         except Exception:
             self._save_before_crash()
             raise
