@@ -205,15 +205,12 @@ class Trainer:
         return Saved(step=state.step, stem=str(stem), paths=paths or (), best=as_best)
 
     # ------------------------------------------------------------------------- the loop
-    def request_stop(self) -> None:
-        """Finish the current step, save, and end the loop (safe from signal handlers and other threads)."""
+    def request_stop(self, now: bool = False) -> None:
+        """Finish the current step, save, and end the loop (safe from signal handlers and other threads); `now`:
+        end it at its next batch instead, the step or evaluation in progress dropped, nothing more saved."""
         self._stop.set()
-
-    def stop_now(self) -> None:
-        """End the loop at once, dropping the step or evaluation in progress; nothing more is saved (a save
-        under way completes: a set is whole or absent). A second stop request, from another thread."""
-        self._stop.set()
-        self.stepper.halt.set()
+        if now:
+            self.stepper.halt.set()
 
     def stop_requested(self) -> bool:
         return self._stop.is_set()
@@ -243,7 +240,7 @@ class Trainer:
                 self._after_step(emit)
         except (TrainingDiverged, torch.OutOfMemoryError, UserError, OSError) as e:
             return self._finish(emit, "error", explain(e, self))
-        except Halted as e:  # stop_now: the last checkpoint saved stays the run's last
+        except Halted as e:  # request_stop(now=True): the last checkpoint saved stays the run's last
             return self._finish(emit, "stopped", str(e))
         except Exception:
             self._save_before_crash()
