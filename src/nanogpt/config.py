@@ -48,6 +48,12 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile'
 # Seeds feed torch.manual_seed and numpy's Philox key, which take 64-bit integers; the largest signed one
 # leaves room for the per-step offsets added to it (seed + step).
 MAX_SEED = 2**63 - 1
+# The most micro-batches a step may accumulate per process, and the most processes a run (or a checkpoint's
+# resume state) may claim: far beyond any real run, and small enough that a step ends and that their product
+# with the steps fits the 64-bit batch counter (a resume.json claiming 2**62 processes asked for a step of
+# 2**62 micro-batches).
+MAX_GRAD_ACCUM = 2**16
+MAX_WORLD_SIZE = 2**16
 ACTIVATIONS = ("gelu", "gelu_tanh")  # exact (erf) GELU; the tanh approximation GPT-2 was trained with
 
 
@@ -249,6 +255,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "eval_iters"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{flag_name(name)} must be a positive integer, got {getattr(self, name)}")
+        if self.grad_accum > MAX_GRAD_ACCUM:
+            raise ConfigError(f"--grad-accum must be at most {MAX_GRAD_ACCUM:,}, got {self.grad_accum:,}")
         for name in ("validation_interval", "validation_batch", "log_interval", "save_interval", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{flag_name(name)} must not be negative, got {getattr(self, name)}")

@@ -1,13 +1,17 @@
 """Training without the UI (no TTY, CI, torchrun, `--headless`): progress lines, signals, exit code.
 
 One line per `--log-interval` steps and one per validation loss go to stdout (rank 0 only); on a terminal
-a Rich progress bar sits below them. SIGINT/SIGTERM finish the current step, save and exit 0; a second
-SIGINT stops at once (files are written atomically, so nothing is left half-written).
+a Rich progress bar sits below them. SIGINT/SIGTERM, and a stdout that can no longer be written (`| head`
+has exited), finish the current step, save and exit 0; a second SIGINT or SIGTERM stops at once, even
+mid-step (a save it cuts short is removed, so the last whole checkpoint stays the run's last).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import os
 import signal
 import sys
 import threading
@@ -62,10 +66,16 @@ class _Printer:
     def line(self, text: str) -> None:
         if self.quiet:
             return
-        if self.progress is not None:
-            self.progress.console.print(text, highlight=False, markup=False)
-        else:
-            print(text, flush=True)
+        try:
+            if self.progress is not None:
+                self.progress.console.print(text, highlight=False, markup=False)
+            else:
+                print(text, flush=True)
+        except OSError as e:  # the reader went away (EPIPE), or a full disk: as a SIGTERM, finish, save, stop
+            self.quiet = True
+            _discard_stdout()
+            _say(f"cannot write to stdout ({e.strerror or e}): finishing this step, then saving")
+            self.trainer.request_stop()
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
@@ -117,8 +127,31 @@ class _Printer:
             self.line(f"paused at step {event.step}")
 
 
+def _say(text: str) -> None:
+    """A line on stderr, if stderr can still be written (`2>&1 | head` closes it too)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(text, file=sys.stderr, flush=True)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that the lines still to come (and Python's flush at exit) do not fail."""
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+
+
+class _StopNow(KeyboardInterrupt):
+    """A second SIGINT or SIGTERM: raised in the main thread wherever it is, the step in progress dropped."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def run_headless(trainer: Trainer, listeners: Sequence[Callable[[Event], None]] = ()) -> int:
-    """Run the training loop printing progress; returns the process exit code (0, or 1 on an error).
+    """Run the training loop printing progress; returns the process exit code (0, or 1 on an error; 128 + the
+    signal's number when a second signal stopped it at once).
 
     `listeners` (the trackers) hear every event after the printer."""
     quiet = not trainer.is_main
@@ -133,14 +166,12 @@ def run_headless(trainer: Trainer, listeners: Sequence[Callable[[Event], None]] 
     def on_signal(signum: int, frame: Any) -> None:
         nonlocal interrupts
         interrupts += 1
-        if interrupts > 1 and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl-C: stop now (every file is written atomically)
-        if interrupts == 1 and not quiet:
-            print(
-                f"{signal.Signals(signum).name}: finishing this step, then saving (Ctrl-C again to quit now)",
-                file=sys.stderr,
-                flush=True,
-            )
+        if interrupts > 1:
+            # stop now, mid-step or mid-save: every file is written atomically and a set cut short is removed
+            raise _StopNow(signum)
+        if not quiet:
+            _say(f"{signal.Signals(signum).name}: finishing this step, then saving (a second Ctrl-C or SIGTERM "
+                 "stops at once, without saving)")
         trainer.request_stop()
 
     previous = {}
@@ -164,6 +195,12 @@ def run_headless(trainer: Trainer, listeners: Sequence[Callable[[Event], None]] 
             printer.progress = None
         else:
             finished = trainer.run(emit)
+    except _StopNow as stop:
+        if not quiet:
+            kept = f"the last checkpoint is {trainer.last_stem}" if trainer.last_stem else "nothing was saved"
+            name = signal.Signals(stop.signum).name
+            _say(f"{name} after a stop request: stopped at once at step {trainer.step}; {kept}")
+        return 128 + stop.signum
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..config import ModelConfig, TrainConfig, from_dict
+from ..config import MAX_WORLD_SIZE, ModelConfig, TrainConfig, from_dict
 from ..errors import UserError
 from ..tokenizers import from_meta
 from .store import (
@@ -114,7 +114,12 @@ def world_size_of(stem: str | Path) -> int:
     path = path_of(stem_of(stem), ".resume.json")
     state = read_json(path, "resume state", RESUME_LIMIT) if path.is_file() else {}
     world = state.get("world_size", 1) if isinstance(state, dict) else 1
-    return world if is_count(world) and world >= 1 else 1
+    return world if is_world_size(world) else 1
+
+
+def is_world_size(value: Any) -> bool:
+    """A number of processes a run can have had: a whole number in [1, MAX_WORLD_SIZE]."""
+    return is_count(value) and 1 <= value <= MAX_WORLD_SIZE
 
 
 def _resume_problem(state: dict[str, Any], meta: dict[str, Any], train_cfg: TrainConfig, n_tensors: int) -> str | None:
@@ -132,8 +137,9 @@ def _resume_problem(state: dict[str, Any], meta: dict[str, Any], train_cfg: Trai
         # every step draws at least one micro-batch
         return f"batch_counter {repr(counter)[:40]} is not a whole number between the step ({step}) and 2**63"
     world = state.get("world_size", 1)
-    if not is_count(world) or world < 1:
-        return f"world_size {repr(world)[:40]} is not a whole number >= 1"
+    if not is_world_size(world):  # it sizes a resumed step: keep_effective_batch multiplies --grad-accum by it
+        most = f"{MAX_WORLD_SIZE:,}"
+        return f"world_size {repr(world)[:40]} is not a whole number >= 1 (a number of processes, at most {most})"
     if "seed" in state and state["seed"] != train_cfg.seed:
         return f"its seed {repr(state['seed'])[:40]} is not the config's {train_cfg.seed}"
     scaler = _scaler_problem(state.get("scaler"))

@@ -108,10 +108,14 @@ def verified(stem: Path, suffix: str, what: str) -> Path:
         raise UserError(f"checkpoint {stem} is damaged: its manifest {manifest_path.name} does not list {path.name}")
     if not path.is_file():
         raise UserError(f"{what} not found: {path} (its checkpoint's manifest lists it)")
-    size = path.stat().st_size
+    try:  # a file we may not read is unreadable, not damaged: say what the system said
+        size = path.stat().st_size
+        digest = _sha256(path) if size == entry.get("bytes") else None
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
     if size != entry.get("bytes"):
         problem = f"{size:,} bytes, the manifest says {entry.get('bytes')}"
-    elif _sha256(path) != entry.get("sha256"):
+    elif digest != entry.get("sha256"):
         problem = "its sha256 differs from the manifest's"
     else:
         return path

@@ -38,7 +38,7 @@ from ..model import GPT
 from . import best, saving
 from .readback import LossReadback, TrainingDiverged
 from .state import RunState
-from .step import Evaluation, Stepper
+from .step import Evaluation, Halted, Stepper
 
 
 class Trainer:
@@ -205,9 +205,12 @@ class Trainer:
         return Saved(step=state.step, stem=str(stem), paths=paths or (), best=as_best)
 
     # ------------------------------------------------------------------------- the loop
-    def request_stop(self) -> None:
-        """Finish the current step, save, and end the loop (safe from signal handlers and other threads)."""
+    def request_stop(self, now: bool = False) -> None:
+        """Finish the current step, save, and end the loop (safe from signal handlers and other threads); `now`:
+        end it at its next batch instead, the step or evaluation in progress dropped, nothing more saved."""
         self._stop.set()
+        if now:
+            self.stepper.halt.set()
 
     def stop_requested(self) -> bool:
         return self._stop.is_set()
@@ -237,6 +240,8 @@ class Trainer:
                 self._after_step(emit)
         except (TrainingDiverged, torch.OutOfMemoryError, UserError, OSError) as e:
             return self._finish(emit, "error", explain(e, self))
+        except Halted as e:  # request_stop(now=True): the last checkpoint saved stays the run's last
+            return self._finish(emit, "stopped", str(e))
         except Exception:
             self._save_before_crash()
             raise

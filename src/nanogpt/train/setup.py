@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import checkpoint, config, data, distributed, hf_import, optim, presets, runs, runtime, schedule, tokenizers
+from ..checkpoint.store import MAX_COUNTER
 from ..errors import UserError
 from ..model import GPT
 from .loop import Trainer
@@ -57,6 +58,7 @@ def resolve_run(overrides: dict[str, Any], preset: str | None = None, resume: st
         model_cfg = hf_import.take_architecture(model_cfg, imported, overrides)
     if saved is not None:
         train_cfg = _check_resume(saved, model_cfg, train_cfg, overrides, notes)
+    _check_counter_room(train_cfg, saved)
     # the run folder: a resume writes beside its checkpoint, and no run replaces another's files (runs.py)
     out_dir, note = runs.place(
         train_cfg.out_dir,
@@ -71,6 +73,10 @@ def resolve_run(overrides: dict[str, Any], preset: str | None = None, resume: st
     if imported is not None:
         hf_import.check_data(imported, tokens.meta, tokens.source)
     model_cfg = dataclasses.replace(model_cfg, vocab_size=tokens.vocab_size)
+    # every check that can refuse the run comes before resolve_hardware: its `--dtype auto` probe builds this
+    # model and times a step, which an impossible size would hang in or die of
+    data.check_block_size(tokens, model_cfg.block_size)
+    runtime.check_fits(model_cfg, train_cfg, distributed.local_device(runtime.resolve_device(train_cfg.device)))
     hardware = runtime.resolve_hardware(model_cfg, train_cfg)  # after the vocabulary: the dtype probe needs it
     notes += [hardware.dtype_probe] if hardware.dtype_probe else []
     if train_cfg.seed == 0:
@@ -78,8 +84,6 @@ def resolve_run(overrides: dict[str, Any], preset: str | None = None, resume: st
         seed = distributed.broadcast_int(secrets.randbelow(2**31 - 1) + 1, hardware.device)
         train_cfg = dataclasses.replace(train_cfg, seed=seed)
         notes.append(f"seed 0: using random seed {seed} (pass --seed {seed} to repeat)")
-    data.check_block_size(tokens, model_cfg.block_size)
-    runtime.check_fits(model_cfg, train_cfg, hardware.device)  # before the model is built
     return Run(model_cfg, train_cfg, tokens, hardware, saved, imported, notes)
 
 
@@ -157,6 +161,21 @@ def _check_resume(
     return train_cfg
 
 
+def _check_counter_room(train_cfg: config.TrainConfig, saved: checkpoint.Checkpoint | None) -> None:
+    """The run's micro-batches must fit the 64-bit batch counter (it numbers the batches drawn, and is saved):
+    a checkpoint whose counter has passed it could not be read back, so a run is refused before it starts."""
+    step, counter = (saved.step, saved.batch_counter) if saved is not None else (0, 0)
+    need = (train_cfg.steps - step) * train_cfg.grad_accum * distributed.world_size()
+    if counter + need <= MAX_COUNTER:
+        return
+    done = f"checkpoint {saved.stem} has counted {counter:,} micro-batches and " if saved is not None else ""
+    more = " more" if saved is not None else ""
+    raise UserError(
+        f"{done}--steps {train_cfg.steps:,} needs {need:,}{more} micro-batches, past the most a checkpoint can count "
+        f"({MAX_COUNTER:,}); give fewer --steps"
+    )
+
+
 def _check_resume_shape(saved: config.ModelConfig, resolved: config.ModelConfig, stem: Path) -> None:
     for name in config.SHAPE_FIELDS:
         if name == "vocab_size":
@@ -205,6 +224,12 @@ def keep_effective_batch(
             f"is now {saved.batch_size * saved.grad_accum * world}"
         )
     grad_accum = saved.grad_accum * saved_world // world
+    if grad_accum > config.MAX_GRAD_ACCUM:
+        raise UserError(
+            f"checkpoint {stem} was trained on {_procs(saved_world)} x {saved.grad_accum} accumulation: keeping "
+            f"its batch on {world} would take --grad-accum {grad_accum:,} (at most {config.MAX_GRAD_ACCUM:,}); "
+            "give --grad-accum"
+        )
     note = (
         f"note: checkpoint {stem} was trained on {_procs(saved_world)} x "
         f"{saved.grad_accum} accumulation; using --grad-accum {grad_accum} on {world} to keep its effective "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 from typing import NamedTuple
 
@@ -59,6 +60,10 @@ class Samplers(NamedTuple):
     by_source: dict[str, data.BatchSampler]
 
 
+class Halted(Exception):
+    """The run was told to stop at once (`Stepper.halt`): the step or evaluation in progress is dropped."""
+
+
 def step_module(model: GPT, hardware: runtime.Hardware) -> torch.nn.Module:
     """What a training step calls: `model`, compiled where that pays, wrapped in DDP on several processes."""
     module: torch.nn.Module = model
@@ -103,6 +108,13 @@ class Stepper:
         # UTF-8 bytes per token id, on the device: an evaluation gathers its targets' bytes without a sync
         self.token_bytes = torch.from_numpy(tokenizer.token_bytes()).to(self.device)
         self.model.train()
+        # set (from any thread) to drop the step or evaluation in progress at its next batch: a second stop
+        # request, for a step that would take too long to finish (a huge --grad-accum, --eval-iters)
+        self.halt = threading.Event()
+
+    def _check_halt(self) -> None:
+        if self.halt.is_set():
+            raise Halted("stopped at once: the step in progress was dropped")
 
     @property
     def micro_batches(self) -> int:
@@ -128,6 +140,7 @@ class Stepper:
         optim.set_lr(self.optimizer, lr)  # each group at its own height (Muon's is higher)
         total = torch.zeros((), device=self.device)
         for micro in range(cfg.grad_accum):
+            self._check_halt()
             index = data.global_batch_index(batch_counter, micro, rank, world)
             x, y = self.train_batches.batch(index)
             torch.manual_seed(dropout_seed(cfg.seed, index))
@@ -210,6 +223,7 @@ class Stepper:
         count = torch.zeros((), device=self.device)
         n_bytes = torch.zeros((), device=self.device)
         for i in range(self.hardware.rank, self.cfg.eval_iters, self.hardware.world_size):
+            self._check_halt()
             x, y = batches.batch(i)
             with runtime.autocast(self.device, self.dtype):
                 _, loss = self.eval_module(x, y)

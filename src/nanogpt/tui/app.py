@@ -322,8 +322,9 @@ def run_tui(
     app = TrainingApp(trainer, start_paused=start_paused, compare=compare, listeners=listeners)
     previous = None
     if threading.current_thread() is threading.main_thread():
-        # `kill PID` gets the same clean stop as q: the engine finishes its step, saves and ends
-        previous = signal.signal(signal.SIGTERM, lambda *_: trainer.request_stop())
+        # `kill PID` gets the same clean stop as q: the engine finishes its step, saves and ends; a second
+        # SIGTERM ends it at once (a step too long to finish), keeping the last checkpoint saved
+        previous = signal.signal(signal.SIGTERM, lambda *_: trainer.request_stop(now=trainer.stop_requested()))
     try:
         code = app.run()
     finally:
