@@ -207,9 +207,9 @@ def _drop_optimizer_tensors(stem: Path, keep) -> None:
         (".resume.json", _replace_step("batch_counter", 2), "batch_counter 2 is not a whole number between"),
         (".resume.json", _replace_step("world_size", 0), "world_size 0 is not a whole number >= 1"),
         (".resume.json", _replace_step("seed", 7), "its seed 7 is not the config's 1337"),
-        (".training_log.json", lambda log: log.append({"step": "x"}), "entry 3 is not a step with numbers"),
-        (".training_log.json", lambda log: log[0].update(loss="low"), "entry 0 is not a step with numbers"),
-        (".training_log.json", lambda log: log.append(5), "entry 3 is not a step with numbers"),
+        (".training_log.json", lambda log: log.append({"step": "x"}), "entry 3 is not a step"),
+        (".training_log.json", lambda log: log[0].update(loss="low"), "entry 0 has a loss that is not a number"),
+        (".training_log.json", lambda log: log.append(5), "entry 3 is not a step"),
     ],
 )
 def test_resume_state_is_checked(suffix: str, change, message: str, trained: Path, tmp_path: Path, capsys) -> None:

@@ -245,10 +245,6 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ConfigError with one clear line if a setting is impossible."""
         check_choices(self)
-        for f in dataclasses.fields(self):  # whole numbers feed int64 arithmetic (numpy's counters, torch)
-            value = getattr(self, f.name)
-            if type(value) is int and not -MAX_SEED <= value <= MAX_SEED:
-                raise ConfigError(f"{flag_name(f.name)} must be at most {MAX_SEED}, got {value}")
         sampling = GenerateConfig(tokens_to_generate=self.tokens_to_generate).problem()  # the `g` key's rule
         if sampling:
             raise ConfigError(sampling)
@@ -286,6 +282,10 @@ class TrainConfig:
             raise ConfigError(f"--decay-fraction must be in [0, 1], got {self.decay_fraction}")
         if self.init_from is not None and not self.init_from.strip():
             raise ConfigError("--init-from needs a folder, a file or a Hugging Face model name")
+        for f in dataclasses.fields(self):  # whole numbers feed int64 arithmetic (numpy's counters, torch)
+            value = getattr(self, f.name)
+            if type(value) is int and not -MAX_SEED <= value <= MAX_SEED:
+                raise ConfigError(f"{flag_name(f.name)} must be at most {MAX_SEED}, got {value}")
 
     @property
     def eval_batch_size(self) -> int:
