@@ -47,7 +47,7 @@ def temp_file(folder: Path, name: str) -> tuple[BinaryIO, Path]:
             continue
 
 
-def _temp_folder(folder: Path, name: str) -> Path:
+def temp_folder(folder: Path, name: str) -> Path:
     """A new hidden folder named like temp_file's files, for a writer that makes temporary files of its own."""
     while True:
         box = _temp_path(folder, name)
@@ -130,7 +130,7 @@ def atomic_write(path: Path, write: Callable[[Path], object], *, writer_temps: b
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    box = _temp_folder(path.parent, path.name) if writer_temps else None
+    box = temp_folder(path.parent, path.name) if writer_temps else None
     tmp = None
     try:
         if box is None:

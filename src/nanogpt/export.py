@@ -13,7 +13,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from . import __version__, checkpoint, hf
-from .atomic import write_failure
+from .atomic import temp_folder, write_failure
 from .config import ModelConfig, TrainConfig, field_flag, tokens_per_step
 from .errors import UserError
 from .tokenizers import from_meta
@@ -60,7 +59,7 @@ def export(stem: str | Path, out_dir: str | Path) -> Path:
 def _write_folder(out: Path, files: dict[str, str], tensors: dict[str, torch.Tensor]) -> None:
     """Write the files into a temporary folder beside `out`, make them durable, then rename it into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = temp_folder(out.parent, out.name)  # named to fit beside a long `out` (atomic._temp_path)
     try:
         save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})  # "pt": what transformers wants
         for name, text in files.items():
@@ -71,7 +70,7 @@ def _write_folder(out: Path, files: dict[str, str], tensors: dict[str, torch.Ten
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
             os.chmod(path, 0o666 & ~mask)
-        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it private; the folder is meant to be shared
+        os.chmod(tmp, 0o777 & ~mask)  # the folder is meant to be shared, whatever mode mkdir gave it
         os.replace(tmp, out)  # an empty `out` is replaced; a non-empty one makes this fail, leaving it as it is
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
