@@ -83,8 +83,8 @@ def test_generate_refuses_a_seed_torch_cannot_take(trained: Path, capsys) -> Non
 # Run in a child process whose address space is capped at 3 GiB: a check that came after the allocation
 # fails there with a traceback instead of filling this machine's memory.
 LIMITED = """
-import contextlib, io, json, resource, sys
-resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+import contextlib, io, json, resource, signal, sys
+{limit}
 from nanogpt.cli import main
 results = []
 for argv in json.loads(sys.argv[1]):
@@ -95,11 +95,17 @@ print(json.dumps(results))
 """
 
 
-def run_limited(*commands: list[str]) -> list[tuple[int, str]]:
-    """Each command's (exit code, stderr), run by main() in one child process with a 3 GiB address space."""
+ADDRESS_SPACE = "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))"
+# files limited to 20,000 bytes, as on a full disk: SIGXFSZ ignored, so that a write past it fails with EFBIG
+FILE_SIZE = "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))"
+
+
+def run_limited(*commands: list[str], limit: str = ADDRESS_SPACE) -> list[tuple[int, str]]:
+    """Each command's (exit code, stderr), run by main() in one child process under `limit` (by default a
+    3 GiB address space)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(
-        [sys.executable, "-c", LIMITED, json.dumps(list(commands))],
+        [sys.executable, "-c", LIMITED.format(limit=limit), json.dumps(list(commands))],
         capture_output=True, text=True, env=env, check=False, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]

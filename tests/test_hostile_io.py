@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from engine_fixtures import TINY, TINY_FLAGS
 from safetensors.torch import load_file, save_file
-from test_hostile import SRC, assert_one_line, copy_checkpoint, edit_json, run, run_limited
+from test_hostile import FILE_SIZE, assert_one_line, copy_checkpoint, edit_json, run, run_limited
 
 from nanogpt.config import ModelConfig
 from nanogpt.model import GPT
@@ -90,29 +88,15 @@ def test_a_whole_nanogpt_ckpt_still_starts_a_run(shakespeare_dir: Path, tmp_path
 
 
 # ----------------------------------------------------------------------------- item 14: a full disk under export
-FILE_LIMITED = """
-import contextlib, io, json, resource, signal, sys
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so that a write past the limit fails with EFBIG, as a full disk would
-resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
-from nanogpt.cli import main
-results = []
-for argv in json.loads(sys.argv[1]):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        results.append((main(argv), err.getvalue()))
-print(json.dumps(results))
-"""
 
 
 def test_an_export_that_cannot_be_written_is_one_line_and_leaves_nothing(char_trained: Path, tmp_path: Path) -> None:
     """Files are limited to 20,000 bytes in the child (RLIMIT_FSIZE): the weights cannot be written."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    commands = [["export", str(char_trained), str(tmp_path / "hf")],
-                ["export", str(char_trained), str(tmp_path / "model.gguf"), "--format", "gguf"]]
-    done = subprocess.run([sys.executable, "-c", FILE_LIMITED, json.dumps(commands)], capture_output=True,
-                          text=True, env=env, check=False, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    (hf_code, hf_err), (gguf_code, gguf_err) = json.loads(done.stdout)
+    (hf_code, hf_err), (gguf_code, gguf_err) = run_limited(
+        ["export", str(char_trained), str(tmp_path / "hf")],
+        ["export", str(char_trained), str(tmp_path / "model.gguf"), "--format", "gguf"],
+        limit=FILE_SIZE,
+    )
     assert_one_line(hf_code, hf_err, f"cannot write {tmp_path / 'hf'}: File too large")
     assert_one_line(gguf_code, gguf_err, f"cannot write {tmp_path / 'model.gguf'}: ")
     assert os.listdir(tmp_path) == []  # no folder, no file, no temporary

@@ -6,16 +6,11 @@ Each is one line on stderr and exit code 1, through the real CLI, with nothing w
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from engine_fixtures import TINY_FLAGS
-from test_hostile import assert_one_line, copy_checkpoint, edit_json, run, run_limited
-from test_hostile_io import FILE_LIMITED
+from test_hostile import FILE_SIZE, assert_one_line, copy_checkpoint, edit_json, run, run_limited
 
 from nanogpt import checkpoint
 
@@ -54,14 +49,10 @@ def test_plot_into_a_folder_is_one_line(trained: Path, tmp_path: Path, capsys) -
 def test_plot_onto_a_full_disk_is_one_line_and_leaves_nothing(trained: Path, tmp_path: Path) -> None:
     """Files are limited to 20,000 bytes in the child (RLIMIT_FSIZE, as a full disk): the chart cannot be
     written, and neither it nor its temporary file is left."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     out = tmp_path / "charts"
     out.mkdir()
-    commands = [["plot", str(trained), "-o", str(out / "big.png"), "--size", "4000x3000"]]
-    done = subprocess.run([sys.executable, "-c", FILE_LIMITED, json.dumps(commands)], capture_output=True,
-                          text=True, env=env, check=False, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    ((code, err),) = json.loads(done.stdout)
+    ((code, err),) = run_limited(["plot", str(trained), "-o", str(out / "big.png"), "--size", "4000x3000"],
+                                 limit=FILE_SIZE)
     assert_one_line(code, err, f"cannot write {out / 'big.png'}: File too large")
     assert list(out.iterdir()) == []
 
