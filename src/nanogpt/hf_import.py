@@ -40,11 +40,11 @@ class Imported:
 def hf_cache_dirs() -> list[Path]:
     """Where the Hugging Face hub keeps its cache: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub."""
     if os.environ.get("HF_HUB_CACHE"):
-        return [Path(os.environ["HF_HUB_CACHE"]).expanduser()]
+        return [Path(os.path.expanduser(os.environ["HF_HUB_CACHE"]))]
     home = os.environ.get("HF_HOME") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
     )
-    return [Path(home).expanduser() / "hub"]
+    return [Path(os.path.expanduser(home)) / "hub"]
 
 
 def find_snapshot(name: str) -> Path | None:
@@ -72,7 +72,7 @@ _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 def load_source(source: str) -> Imported:
     """Read `--init-from SOURCE`: a nanoGPT ckpt.pt, a Hugging Face GPT-2 folder, or a cached hub name."""
-    path = Path(source).expanduser()
+    path = Path(os.path.expanduser(source))  # os.path leaves ~nobody as it is; pathlib raises RuntimeError
     if path.is_file():
         return read_nanogpt_ckpt(path)
     if path.is_dir():

@@ -246,7 +246,10 @@ class Stepper:
         cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         generator = torch.Generator(device=self.device).manual_seed(seed)
         try:
-            new = list(generate_tokens(self.model, ids, n_tokens, temperature=1.0, generator=generator))
+            new = []
+            for token in generate_tokens(self.model, ids, n_tokens, temperature=1.0, generator=generator):
+                self._check_halt()  # a second stop request: a sample of 10**17 tokens is dropped too
+                new.append(token)
         finally:
             self.model.train()
             torch.set_rng_state(cpu_state)
