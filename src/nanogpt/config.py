@@ -245,9 +245,8 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ConfigError with one clear line if a setting is impossible."""
         check_choices(self)
-        sampling = GenerateConfig(tokens_to_generate=self.tokens_to_generate).problem()  # the `g` key's rule
-        if sampling:
-            raise ConfigError(sampling)
+        if self.tokens_to_generate < 1:  # checked here, not when `g` first samples: by then the run has trained
+            raise ConfigError(f"--tokens-to-generate must be >= 1 (what `g` samples), got {self.tokens_to_generate}")
         for name in ("steps", "batch_size", "grad_accum", "eval_iters"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{flag_name(name)} must be a positive integer, got {getattr(self, name)}")

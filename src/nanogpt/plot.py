@@ -19,7 +19,7 @@ from typing import Any
 from . import checkpoint, runs
 from .atomic import atomic_write, write_failure
 from .errors import UserError
-from .summary import split_log
+from .summary import drawable, is_drawable, split_log
 
 FORMATS = {".png": "png", ".svg": "svg"}
 DPI = 100  # --size is in pixels: figure inches x DPI
@@ -93,10 +93,7 @@ def plot(
     if width < 100 or height < 100:
         raise UserError(f"--size {width}x{height} is too small to read (at least 100x100 pixels)")
     if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
-        raise UserError(
-            f"--size {_shown(width)}x{_shown(height)} is larger than a chart is drawn (at most {MAX_SIDE:,} pixels "
-            f"a side and {MAX_PIXELS // 10**6} million in all)"
-        )
+        raise _too_large(str(width), str(height))
     if not output.parent.is_dir():
         raise UserError(f"-o {output}: folder {output.parent} does not exist")
     if output.is_dir():
@@ -144,13 +141,15 @@ def _with_metric(runs: list[Run], metric: str) -> list[Run]:
 
 
 def series(run: Run, metric: str) -> tuple[list[tuple[int, float]], dict[str, list[tuple[int, float]]]]:
-    """(step, value) of the validation `metric` ("loss" or "bpb"), and of each mixology source's."""
+    """(step, value) of the validation `metric` ("loss" or "bpb"), and of each mixology source's: the points a
+    chart can draw (summary.is_drawable: no NaN or inf)."""
     key, source_key = LOG_KEYS[metric]
-    points = [(e["step"], e[key]) for e in run.log if isinstance(e.get(key), (int, float))]
+    points = [(e["step"], e[key]) for e in run.log if key in e and is_drawable(e[key])]
     sources: dict[str, list[tuple[int, float]]] = {}
     for e in run.log:
-        for source, value in (e.get(source_key) or {}).items():
-            sources.setdefault(source, []).append((e["step"], value))
+        for source, value in e.get(source_key, {}).items():
+            if is_drawable(value):
+                sources.setdefault(source, []).append((e["step"], value))
     return points, sources
 
 
@@ -158,7 +157,7 @@ def _draw_run(ax: Any, run: Run, name: str, color: str, metric: str) -> None:
     """One run in its colour: training loss thin (loss only), validation thick with dots, each source dashed."""
     if metric == "loss":
         trained, _ = split_log(run.log)
-        ax.plot([e["step"] for e in trained], [e["loss"] for e in trained], color=color, alpha=0.45,
+        ax.plot(*drawable([e["step"] for e in trained], [e["loss"] for e in trained]), color=color, alpha=0.45,
                 linewidth=0.8, label=f"{name} train")
     points, sources = series(run, metric)
     if points:
@@ -167,13 +166,20 @@ def _draw_run(ax: Any, run: Run, name: str, color: str, metric: str) -> None:
         ax.plot(*zip(*values), color=color, linestyle=style, linewidth=1.4, label=f"{name} val {source}")
 
 
-def _shown(n: int) -> str:
-    return str(n) if len(str(n)) <= 12 else f"{str(n)[:6]}...({len(str(n))} digits)"
+def _too_large(width: str, height: str) -> UserError:
+    """The error for a --size past MAX_SIDE or MAX_PIXELS; a side of many digits shown by its count."""
+    shown = "x".join(d if len(d) <= 12 else f"{d[:6]}...({len(d)} digits)" for d in (width, height))
+    return UserError(
+        f"--size {shown} is larger than a chart is drawn (at most {MAX_SIDE:,} pixels a side and "
+        f"{MAX_PIXELS // 10**6} million in all)"
+    )
 
 
 def parse_size(text: str) -> tuple[int, int]:
     """'1000x600' -> (1000, 600); UserError otherwise."""
-    m = re.fullmatch(r"(\d+)[xX](\d+)", text.strip())
+    m = re.fullmatch(r"([0-9]+)[xX]([0-9]+)", text.strip())
     if not m:
-        raise UserError(f"--size {text}: expected WIDTHxHEIGHT in pixels, e.g. 1000x600")
+        raise UserError(f"--size {text[:40]}: expected WIDTHxHEIGHT in pixels, e.g. 1000x600")
+    if any(len(side.lstrip("0")) > 12 for side in m.groups()):  # never drawn; and int() refuses 4,300 digits
+        raise _too_large(*m.groups())
     return int(m.group(1)), int(m.group(2))

@@ -5,6 +5,7 @@ log split into curves. Torch-free (the UI uses it).
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -113,6 +114,24 @@ def _warmup_outlasts(run: RunStarted) -> bool:
 def split_log(log: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """A training log's entries with a training loss, and those with a validation loss (the two curves)."""
     return [e for e in log if "loss" in e], [e for e in log if e.get("validation_loss") is not None]
+
+
+# A chart works out its axes from the spans of its values in floats: a NaN, an infinity or a value near the float
+# limit (two of them overflow a span to inf) makes plotext fail, and matplotlib too, and so does a value <= 0 on a
+# log axis. NaN and inf validation losses are real (a run that diverged in evaluation); other such values come from
+# a log edited by hand. Both charts (the UI's, `nanogpt plot`) leave those points out.
+MAX_DRAWN = 1e300
+
+
+def is_drawable(value: float, log: bool = False) -> bool:
+    """Whether a chart can draw `value` (see MAX_DRAWN); `log`: on a log axis."""
+    return math.isfinite(value) and abs(value) <= MAX_DRAWN and (value > 0 or not log)
+
+
+def drawable(steps: Sequence[float], values: Sequence[float], log: bool = False) -> tuple[list[float], list[float]]:
+    """The points of a series a chart can draw: (steps, values) without the others."""
+    kept = [(s, v) for s, v in zip(steps, values) if is_drawable(v, log)]
+    return [s for s, _ in kept], [v for _, v in kept]
 
 
 def print_end_of_run(finished: RunFinished) -> int:

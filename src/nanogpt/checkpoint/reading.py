@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +83,8 @@ LOG_TABLES = ("source_validation_losses", "source_validation_bpb")  # source nam
 
 def _log_entry_problem(entry: Any) -> str | None:
     """Why `entry` is not a training log entry, or None."""
-    def number(value: Any) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    def number(value: Any) -> bool:  # one a float holds (NaN and inf too: json reads them): readers convert
+        return isinstance(value, float) or type(value) is int and abs(value) <= sys.float_info.max
 
     if not isinstance(entry, dict) or not is_count(entry.get("step")):
         return "is not a step"

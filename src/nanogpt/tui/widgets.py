@@ -23,12 +23,12 @@ from textual_plotext import PlotextPlot
 
 from ..events import RunStarted
 from ..summary import count as human_count
-from ..summary import embedding_params, epochs, split_log, times
+from ..summary import drawable, embedding_params, epochs, split_log, times
 
 
 def clock(seconds: float | None) -> str:
     """Seconds as M:SS or H:MM:SS ('-' when unknown)."""
-    if seconds is None or math.isnan(seconds) or seconds < 0:
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:  # durations summed from an edited log
         return "-"
     s = round(seconds)
     if s < 3600:
@@ -153,6 +153,7 @@ class LossChart(PlotextPlot):
         super().__init__(id=id)
         self.train_steps: list[int] = []
         self.train_losses: list[float] = []
+        self.train_not_positive = 0  # training losses <= 0, which a log axis cannot show
         self.val_steps: list[int] = []
         self.val_losses: list[float] = []
         # a mixology dataset: each source's validation losses, {name: (steps, losses)}, one series each
@@ -171,16 +172,19 @@ class LossChart(PlotextPlot):
         self.plot_area: Region | None = None  # inside the drawn frame, in the widget's own cells
 
     def add_train(self, steps: Sequence[int], losses: Sequence[float]) -> None:
+        """Training losses: only the drawable ones are kept (filtered here, once, not at each draw)."""
+        steps, losses = drawable(steps, losses)
         self.train_steps.extend(steps)
         self.train_losses.extend(losses)
+        self.train_not_positive += sum(1 for v in losses if v <= 0)
 
     def set_compare(self, name: str, log: Sequence[dict]) -> None:
         """An earlier run's training log, drawn faintly behind the live run (--compare)."""
         train, val = split_log(log)
-        self.compare = (name, [e["step"] for e in train], [e["loss"] for e in train],
-                        [e["step"] for e in val], [e["validation_loss"] for e in val])
+        self.compare = (name, *drawable([e["step"] for e in train], [e["loss"] for e in train]),
+                        *drawable([e["step"] for e in val], [e["validation_loss"] for e in val]))
         with_bpb = [e for e in val if isinstance(e.get("validation_bpb"), (int, float))]
-        self.compare_bpb = ([e["step"] for e in with_bpb], [e["validation_bpb"] for e in with_bpb])
+        self.compare_bpb = drawable([e["step"] for e in with_bpb], [e["validation_bpb"] for e in with_bpb])
 
     def add_val(
         self,
@@ -200,11 +204,13 @@ class LossChart(PlotextPlot):
                 losses.append(value)
 
     def _validation(self) -> tuple[list[int], list[float], dict[str, tuple[list[int], list[float]]]]:
-        """The validation points of the metric shown (bpb: those measured), and each source's."""
+        """The drawable validation points of the metric shown (bpb: those measured), and each source's."""
         if self.metric == "loss":
-            return self.val_steps, self.val_losses, self.source_val
-        kept = [(s, v) for s, v in zip(self.val_steps, self.val_bpb) if math.isfinite(v)]
-        return [s for s, _ in kept], [v for _, v in kept], self.source_bpb
+            values, by_source = self.val_losses, self.source_val
+        else:
+            values, by_source = self.val_bpb, self.source_bpb
+        log = self.log_scale and self.metric == "loss"
+        return (*drawable(self.val_steps, values, log), {k: drawable(*v, log) for k, v in by_source.items()})
 
     def _title(self) -> str:
         if self.metric == "bpb":
@@ -216,7 +222,11 @@ class LossChart(PlotextPlot):
         plt = self.plt
         plt.clear_data()
         # braille packs two points per cell horizontally; more than that would only cost time
-        xs, ys = downsample(self.train_steps, self.train_losses, max(2, 2 * (self.size.width - 8)))
+        log = self.log_scale and self.metric == "loss"
+        train = (self.train_steps, self.train_losses)
+        if log and self.train_not_positive:
+            train = drawable(*train, log)
+        xs, ys = downsample(*train, max(2, 2 * (self.size.width - 8)))
         if self.metric == "bpb":  # training is measured in tokens, not bytes: only validation is drawn
             xs, ys = [], []
         val_steps, val_values, by_source = self._validation()
@@ -224,6 +234,9 @@ class LossChart(PlotextPlot):
             name, c_steps, c_losses, c_val_steps, c_val_losses = self.compare
             if self.metric == "bpb":
                 c_steps, c_losses, (c_val_steps, c_val_losses) = [], [], self.compare_bpb
+            elif log and min(c_losses + c_val_losses, default=1) <= 0:  # a log axis shows none of those
+                c_steps, c_losses = drawable(c_steps, c_losses, log)
+                c_val_steps, c_val_losses = drawable(c_val_steps, c_val_losses, log)
             cx, cy = downsample(c_steps, c_losses, max(2, self.size.width - 8))
             if cx:
                 plt.plot(cx, cy, marker="dot", color="gray", label=f"{name} train")
@@ -234,7 +247,8 @@ class LossChart(PlotextPlot):
         if val_steps:
             plt.scatter(val_steps, val_values, marker="●", color="orange+", label="validation")
         for (name, (steps, losses)), color in zip(by_source.items(), SOURCE_COLORS * 4):
-            plt.plot(steps, losses, marker="●", color=color, label=f"val {name}")
+            if steps:
+                plt.plot(steps, losses, marker="●", color=color, label=f"val {name}")
         ends = [*xs[:1], *xs[-1:], *val_steps[:1], *val_steps[-1:]]
         if self.compare is not None:
             ends += [*self.compare[1][:1], *self.compare[1][-1:]] if self.metric == "loss" else self.compare_bpb[0]
