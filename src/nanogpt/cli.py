@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from . import distributed
 from .config import GenerateConfig, ModelConfig, PrepareConfig, TrainConfig
 from .errors import UserError
-from .files import flush_output
+from .files import discard_output, flush_output
 from .flags import FlagError, build_parser, reject_extras, subparsers
 from .presets import check_new_run
 
@@ -209,7 +209,7 @@ def _settle_stdout() -> bool:
         sys.stdout.flush()
         return True
     except (OSError, ValueError):
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        discard_output()
         return False
 
 
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         return _refuse(f"{command}: error: {e}")
     except BrokenPipeError:  # e.g. `nanogpt generate ... | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        discard_output()
         return 0
     except OSError as e:  # what the system refused about a path or a file the user named: one line, not a traceback
         return _refuse(f"{command}: error: {_os_error_line(e)}")

@@ -6,6 +6,8 @@ another for these."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import sys
@@ -87,6 +89,15 @@ def listing(names: list[str], most: int = 8) -> str:
     if len(names) > most:
         return ", ".join(shown) + f" and {len(names) - most:,} more"
     return ", ".join(shown)
+
+
+def discard_output() -> None:
+    """Point standard output at /dev/null: it can no longer be written (a closed pipe, a full disk), and the
+    lines still to come, and the interpreter's own flush at exit, must not fail a second time."""
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
 
 
 def flush_output() -> None:

@@ -9,9 +9,7 @@ mid-step (a save it cuts short is removed, so the last whole checkpoint stays th
 from __future__ import annotations
 
 import contextlib
-import io
 import math
-import os
 import signal
 import sys
 import threading
@@ -22,6 +20,7 @@ from .train.loop import Trainer
 from .events import (
     EvalDone, Event, Overfitting, Paused, RunFinished, RunStarted, Sampled, Saved, StepDone, overfitting_text,
 )
+from .files import discard_output
 from .summary import count, data_use, hints, parameter_parts, plural, print_end_of_run
 
 
@@ -73,7 +72,7 @@ class _Printer:
                 print(text, flush=True)
         except OSError as e:  # the reader went away (EPIPE), or a full disk: as a SIGTERM, finish, save, stop
             self.quiet = True
-            _discard_stdout()
+            discard_output()
             _say(f"cannot write to stdout ({e.strerror or e}): finishing this step, then saving")
             self.trainer.request_stop()
 
@@ -131,14 +130,6 @@ def _say(text: str) -> None:
     """A line on stderr, if stderr can still be written (`2>&1 | head` closes it too)."""
     with contextlib.suppress(OSError, ValueError):
         print(text, file=sys.stderr, flush=True)
-
-
-def _discard_stdout() -> None:
-    """Point stdout at /dev/null, so that the lines still to come (and Python's flush at exit) do not fail."""
-    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, sys.stdout.fileno())
-        os.close(null)
 
 
 class _StopNow(KeyboardInterrupt):
