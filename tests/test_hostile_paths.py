@@ -174,6 +174,14 @@ def _without_root_override() -> None:
             os._exit(99)
 
 
+def reachable(path: Path) -> None:
+    """Open `path` and the folders above it to others (mode 755), so that an ordinary user reaches the files
+    in it, to be refused by them (as root, pytest's temporary folders are private to root)."""
+    for p in (path, *path.parents):
+        if p != Path("/") and os.geteuid() == 0:
+            p.chmod(p.stat().st_mode | 0o755)
+
+
 def as_user(*args: str, **kwargs) -> subprocess.CompletedProcess:
     """`nanogpt ARGS` as an ordinary user would meet permissions (root's override dropped where we are root)."""
     return nanogpt(*args, preexec_fn=_without_root_override if os.geteuid() == 0 else None, **kwargs)
@@ -220,9 +228,7 @@ def test_unreadable_and_unwritable_paths_are_one_line(what: str, args: list[str]
     copy_checkpoint(trained, run_dir)
     ro.mkdir()
     (tmp_path / "t.txt").write_text("some text to prepare\n" * 50)
-    for p in (tmp_path, *tmp_path.parents):  # an ordinary user must reach the files to be refused by them
-        if p != Path("/") and os.geteuid() == 0:
-            p.chmod(p.stat().st_mode | 0o755)
+    reachable(tmp_path)
     locked(tmp_path / what)
     if what == "ro":
         (tmp_path / what).chmod(0o555)

@@ -229,14 +229,12 @@ def test_a_missing_optimizer_state_says_missing(start_ckpt: Path, tmp_path: Path
 
 
 def test_an_unreadable_optimizer_state_says_permission_denied(start_ckpt: Path, tmp_path: Path) -> None:
-    from test_hostile_paths import as_user  # as any user meets permissions, root's override dropped
+    from test_hostile_paths import as_user, reachable  # as any user meets permissions, root's override dropped
 
     stem = sealed_copy(start_ckpt, tmp_path / "ckpt")
     target = stem.with_name(stem.name + ".resume.safetensors")
     target.chmod(0)
-    for p in (tmp_path, *tmp_path.parents):  # an ordinary user must reach the file to be refused by it
-        if p != Path("/") and os.geteuid() == 0:
-            p.chmod(p.stat().st_mode | 0o755)
+    reachable(tmp_path)
     done = as_user("train", "--headless", "--steps", "5", "--resume-training", str(stem))
     if done.returncode == 99:
         pytest.skip("cannot drop root's file-access override here")

@@ -349,13 +349,13 @@ def bundled_dataset(tokenizer: str = DEFAULT_TOKENIZER) -> Path:
     out = cache_dir() / f"{BUNDLED_NAME}-{tokenizer}{size or ''}"
     cfg = PrepareConfig(tokenizer=tokenizer, vocab_size=size, out_dir=str(out))
     cfg.validate()
-    if not _cached(out, tokenizer):
+    if not is_prepared(out, tokenizer):
         try:  # another nanogpt preparing it (two runs started at once): wait for it, then take its work
             held = hold(out, f"{out} is in use", wait=True)
         except OSError as e:
             raise UserError(f"cannot write to the cache folder {out}: {e.strerror or e}") from None
         try:
-            if not _cached(out, tokenizer):
+            if not is_prepared(out, tokenizer):
                 print(f"preparing the bundled Tiny Shakespeare ({tokenizer}) into {out} (once; reused next time)",
                       file=sys.stderr)
                 _prepare(cfg, out, report=sys.stderr, held=held)
@@ -364,10 +364,6 @@ def bundled_dataset(tokenizer: str = DEFAULT_TOKENIZER) -> Path:
             held.release()
     print(f"using the bundled Tiny Shakespeare ({tokenizer}) prepared in {out}", file=sys.stderr)
     return out
-
-
-def _cached(out: Path, tokenizer: str) -> bool:
-    return is_prepared(out, tokenizer)
 
 
 def _bundled_train_chars() -> int:
