@@ -109,7 +109,9 @@ def _run(path: Path, out: Path, cfg: PrepareConfig, report: TextIO, shown: str, 
         temps.append(vocab_tmp)
         with fh:
             fh.write((json.dumps(meta, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
-        # one unit: no vocab.json while the bins change, so that it only ever describes complete bins
+        # one unit: no vocab.json while the bins change, so that it only ever describes complete bins; and in
+        # the folder locked: renamed meanwhile, its name may lead to another dataset now (locks.Claim)
+        claim.check()
         (out / "vocab.json").unlink(missing_ok=True)
         publish(finals["train"], out / "train.bin")
         publish(finals["val"], out / "val.bin")

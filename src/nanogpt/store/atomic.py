@@ -9,6 +9,7 @@ a user's own files (remove_stale_temps).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -152,6 +153,28 @@ def atomic_write(path: Path, write: Callable[[Path], object], *, writer_temps: b
     finally:
         if box is not None:
             _remove_temp_folder(box)
+
+
+def atomic_write_at(dir_fd: int, name: str, data: bytes) -> None:
+    """Write file `name` of the folder open as `dir_fd` atomically, as atomic_write does by path: named
+    relative to the descriptor, it lands in that folder even when the folder was renamed meanwhile."""
+    while True:
+        tmp = _temp_path(Path("."), name).name
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666, dir_fd=dir_fd)
+            break
+        except FileExistsError:
+            continue
+    try:
+        with open(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
 
 
 def write_failure(error: BaseException) -> str | None:

@@ -16,15 +16,17 @@ A run folder holds one run's history: its checkpoint sets `model_step_N.*`, each
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import math
+import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_write, remove_stale_temps, temp_file
+from .atomic import atomic_write, atomic_write_at, remove_stale_temps, temp_file
 from ..checkpoint import SUFFIXES, WRITE_ORDER, read_log, stem_for, stem_of, weights_path
 from ..errors import UserError
 from .files import listing, read_json
@@ -114,20 +116,31 @@ def _best_or_why(folder: Path) -> tuple[Best | None, str]:
     return best, ""
 
 
-def write_best(folder: str | Path, best: Best) -> None:
-    """Write `folder`/best.json atomically (call it once the set it names is whole)."""
+def write_best(folder: str | Path, best: Best, held: Claim | None = None) -> None:
+    """Write `folder`/best.json atomically (call it once the set it names is whole); with `held`, the claim on
+    `folder`, into the folder held whatever its name now."""
     text = json.dumps({"step": best.step, "stem": best.stem, "validation_loss": best.validation_loss}, indent=1)
-    atomic_write(Path(folder) / BEST_FILE, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    if held is not None and held.dir_fd is not None:
+        atomic_write_at(held.dir_fd, BEST_FILE, (text + "\n").encode("utf-8"))
+    else:
+        atomic_write(Path(folder) / BEST_FILE, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
 
 
-def remove_set(stem: str | Path) -> None:
+def remove_set(stem: str | Path, held: Claim | None = None) -> None:
     """Remove checkpoint set `stem` in the reverse of the order a save writes it (manifest, config.json, ...):
     a removal cut short leaves what a save cut short does, a set without config.json, which no reader takes
     and the next run in the folder clears (remove_leftovers); or, between the first two removals, the whole
-    set unsealed."""
+    set unsealed. With `held`, the claim on the set's folder, the files go from the folder held, never from
+    another that took its name (a removal by name there would delete another run's checkpoint)."""
     stem = stem_of(stem)
+    fd = held.dir_fd if held is not None else None
     for suffix in reversed(WRITE_ORDER):
-        stem.with_name(stem.name + suffix).unlink(missing_ok=True)
+        name = stem.name + suffix
+        if fd is None:
+            stem.with_name(name).unlink(missing_ok=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=fd)
 
 
 def pick(folder: str | Path, best: bool) -> tuple[Path, str]:

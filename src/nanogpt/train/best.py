@@ -50,15 +50,18 @@ class BestKeeper:
         self.only_as_best = stem if only_as_best else None
         return Path(superseded) if superseded else None
 
-    def publish(self, superseded: Path | None) -> None:
-        """Write best.json (rank 0, the set it names being whole), then remove the superseded best-only set."""
+    def publish(self, superseded: Path | None, held: runs.Claim | None = None) -> None:
+        """Write best.json (rank 0, the set it names being whole), then remove the superseded best-only set; with
+        `held`, the run's claim on its folder, both in the folder held, never in another that took its name."""
         assert self.record is not None
+        if held is not None:
+            held.check()
         try:
-            runs.write_best(self.folder, self.record)
+            runs.write_best(self.folder, self.record, held)
         except OSError as e:  # a UserError, so that every rank stops alike (saving.on_rank_zero)
             raise UserError(f"cannot write {self.folder / runs.BEST_FILE}: {e.strerror or e}") from None
         if superseded is not None:
-            runs.remove_set(superseded)
+            runs.remove_set(superseded, held)
 
     def overfitting(self, log: list[dict[str, Any]], step: int, total_steps: int) -> Overfitting | None:
         """The notice, once, when the validation loss rose at each of the last evaluations while the training

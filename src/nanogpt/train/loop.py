@@ -70,6 +70,7 @@ class Trainer:
         self.readback = LossReadback(hardware.sync_every, hardware.world_size)
         self._stop = threading.Event()
         self.best = best.BestKeeper(train_cfg.out_dir, train_cfg.overfit_evaluations, train_cfg.stop_when_overfitting)
+        self.claim: runs.Claim | None = None  # the lock on out_dir while `run` runs: saves go into that folder
 
     # ------------------------------------------------------------------------- the loop
     def run(
@@ -83,9 +84,8 @@ class Trainer:
         if paused:
             emit(Paused(step=state.step))
         urgent = functools.partial(self._someone_waits, commands)
-        claim = None
         try:
-            claim = saving.claim_out_dir(self.hardware, self.stepper.model, self.tokens.meta, cfg, state.step)
+            self.claim = saving.claim_out_dir(self.hardware, self.stepper.model, self.tokens.meta, cfg, state.step)
             while True:
                 # commands: between two read-back steps only; every rank agrees to stop (a signal may reach
                 # them at different steps), else they would hang
@@ -114,8 +114,9 @@ class Trainer:
             self._save_before_crash()
             raise
         finally:
-            if claim is not None:
-                claim.release()
+            if self.claim is not None:
+                self.claim.release()
+                self.claim = None
 
     def request_stop(self, now: bool = False) -> None:
         """Finish the current step, save, and end the loop (safe from signal handlers and other threads); `now`:
@@ -186,7 +187,7 @@ class Trainer:
             written = self.state.unsaved
             saved = self.save(as_best=True)
             superseded = self.best.recorded(self.state.step, saved.stem, result.loss, written and not keep)
-            saving.on_rank_zero(self.hardware, lambda: self.best.publish(superseded),
+            saving.on_rank_zero(self.hardware, lambda: self.best.publish(superseded, self.claim),
                                 f"rank 0 could not write {runs.BEST_FILE}")
             if written:
                 emit(saved)
@@ -226,7 +227,7 @@ class Trainer:
         stem = checkpoint.stem_for(self.train_cfg.out_dir, state.step)
         # a UserError: the disk is full, or the name is taken; nothing of the set is left
         write = functools.partial(
-            saving.write, stem, self.stepper, self.state, self.model_cfg, self.train_cfg, self.tokens.meta
+            saving.write, stem, self.stepper, self.state, self.model_cfg, self.train_cfg, self.tokens.meta, self.claim
         )
         paths = saving.on_rank_zero(self.hardware, write, f"rank 0 could not write checkpoint {stem}")
         state.saved(str(stem))

@@ -40,15 +40,22 @@ def write(
     model_cfg: config.ModelConfig,
     train_cfg: config.TrainConfig,
     tokenizer_meta: dict[str, Any],
+    held: runs.Claim | None = None,
 ) -> tuple[str, ...]:
-    """Write the run's current state as checkpoint `stem` (checkpoint.save); returns the paths written."""
+    """Write the run's current state as checkpoint `stem` (checkpoint.save); returns the paths written.
+
+    `held`: the run's claim on its folder. A save writes by name (safetensors takes a path), so the name is
+    checked to lead to the folder held before the save and after it: a folder renamed or removed under the run
+    stops it in one line rather than let it write, and later remove, in another folder of that name."""
     resume_state = {
         "batch_counter": state.batch_counter,
         "seed": train_cfg.seed,
         "world_size": stepper.hardware.world_size,
         "scaler": stepper.scaler.state_dict() if stepper.scaler else None,
     }
-    return checkpoint.save(
+    if held is not None:
+        held.check()
+    paths = checkpoint.save(
         stem,
         step=state.step,
         model=stepper.model,
@@ -59,6 +66,9 @@ def write(
         optimizer_tensors=checkpoint.optimizer_tensors(stepper.optimizer),
         resume_state=resume_state,
     )
+    if held is not None:
+        held.check()
+    return paths
 
 
 def claim_out_dir(
