@@ -133,7 +133,7 @@ def _os_error_line(e: OSError) -> str:
 def _refuse(line: str) -> int:
     """Say `line` once (under torchrun every rank fails alike: rank 0 says it) and tell torchrun's report."""
     _settle_stdout()
-    if distributed.rank() == 0:
+    if distributed.is_main():
         print(line, file=sys.stderr)
     _tell_torchrun(line)
     return 1

@@ -69,7 +69,7 @@ def read_vocab(path: Path) -> dict[str, Any]:
             f"{path} is inconsistent: vocab_size {meta['vocab_size']} but its tokenizer has "
             f"{tokenizer.vocab_size} tokens"
         )
-    check_sources(meta.get("sources"), path)
+    check_sources(meta.get("sources"), path, meta.get("val_tokens"))
     # only what we know goes on (it is copied into every checkpoint); stoi is itos's inverse, rebuilt
     kept = {k: meta[k] for k in VOCAB_KEYS if k in meta}
     if isinstance(tokenizer, CharTokenizer):
@@ -77,7 +77,7 @@ def read_vocab(path: Path) -> dict[str, Any]:
     return kept
 
 
-def check_sources(sources: Any, path: Path) -> None:
+def check_sources(sources: Any, path: Path, val_tokens: Any = None) -> None:
     """vocab.json's `sources` (None: a single source) as prepare writes them: at most MAX_SOURCES, each with a
     name and counts that are integers >= 0. UserError naming the first that is not."""
     if sources is None:
@@ -99,6 +99,23 @@ def check_sources(sources: Any, path: Path) -> None:
                                 "prepare the data again")
         if not isinstance(s.get("path", ""), str):
             raise UserError(f"{path}: source {name!r} has a path that is not a text: prepare the data again")
+    _check_val_spans(sources, path, val_tokens)
+
+
+def _check_val_spans(sources: list[dict[str, Any]], path: Path, val_tokens: Any) -> None:
+    """The sources' stretches of val.bin follow each other from its start to its end, as prepare writes them:
+    an offset out of range passed the reading and failed as a numpy ValueError at the first evaluation."""
+    if not all("val_offset" in s and "val_tokens" in s for s in sources):
+        return  # data from before per-source validation: evaluated as one
+    end = 0
+    for s in sources:
+        if s["val_offset"] != end:
+            raise UserError(f"{path}: source {s['name']!r} starts at validation token {s['val_offset']:,}, where "
+                            f"the sources before it end at {end:,}: prepare the data again")
+        end += s["val_tokens"]
+    if isinstance(val_tokens, int) and end != val_tokens:
+        raise UserError(f"{path}: its sources hold {end:,} validation tokens, its val_tokens says {val_tokens:,}: "
+                        "prepare the data again")
 
 
 def dtype_of(meta: dict[str, Any], where: Path | str) -> np.dtype:
@@ -263,8 +280,12 @@ class BatchSampler:
         seed: int,
         stream: int,
         device: torch.device,
+        vocab_size: int | None = None,
     ):
         self.tokens = tokens
+        # open_bin checks a large file's ids in spread-out chunks only: each batch is checked as it is read, so
+        # that an id past the vocabulary elsewhere is one line, not an IndexError (or a CUDA assert) mid-run
+        self.vocab_size = vocab_size
         self.block_size = block_size
         self.batch_size = batch_size
         self.seed = seed
@@ -277,7 +298,15 @@ class BatchSampler:
         offsets = batch_offsets(
             self.seed, self.stream, index, self.batch_size, len(self.tokens), self.block_size
         )
-        windows = torch.from_numpy(self.tokens[offsets[:, None] + self._window].astype(np.int64))
+        read = self.tokens[offsets[:, None] + self._window]
+        if self.vocab_size is not None and int(read.max()) >= self.vocab_size:
+            top = int(read.max())
+            raise UserError(
+                f"{getattr(self.tokens, 'filename', None) or 'the token data'} holds token id {top} (batch {index}), "
+                f"but the vocabulary has only {self.vocab_size} tokens: the vocabulary does not match this data "
+                "(prepare them together)"
+            )
+        windows = torch.from_numpy(read.astype(np.int64))
         if self.device.type == "cuda":
             # pinned host memory lets the copy run asynchronously with the GPU's work
             windows = windows.pin_memory().to(self.device, non_blocking=True)

@@ -181,6 +181,8 @@ class BpeTokenizer:
             self.pieces[i] = bytes(byte_of[c] for c in token)
 
     def encode(self, text: str) -> list[int]:
+        if not text.isascii():
+            _check_utf8(text)
         return self.tok.encode(text, add_special_tokens=False).ids
 
     def encode_many(self, texts: list[str]) -> list[list[int]]:
@@ -200,6 +202,18 @@ class BpeTokenizer:
 
     def to_meta(self) -> dict[str, Any]:
         return {"tokenizer": "bpe", "vocab_size": self.vocab_size, "tokenizer_json": json.loads(self.tok.to_str())}
+
+
+def _check_utf8(text: str) -> None:
+    """UserError when `text` holds bytes that were not UTF-8 (Python keeps them as lone surrogates: a command
+    line typed in another encoding): `tokenizers` raised a TypeError on them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        c = ord(text[e.start])
+        byte = f"byte 0x{c - 0xDC00:02x}" if 0xDC80 <= c <= 0xDCFF else f"{text[e.start]!r}"
+        raise UserError(f"the text holds {byte} at character {e.start + 1}, which is not UTF-8 (a command line "
+                        "in another encoding?): a bpe vocabulary encodes UTF-8 text") from None
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> BpeTokenizer:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from .store.files import read_json
 from .events import EvalDone, Event, RunFinished, RunStarted, StepDone
 
 STATE_FILE = "trackers.json"  # beside the checkpoints: {"wandb_id": ...}
+_WANDB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what secrets.token_hex gives, and W&B's ids of its own
 
 
 def _missing(flag: str, extra: str) -> UserError:
@@ -99,9 +101,16 @@ class WandB:
     @staticmethod
     def _saved_id(folder: Path) -> str | None:
         try:
-            return str(read_json(folder / STATE_FILE, "tracker state")["wandb_id"])
+            saved = read_json(folder / STATE_FILE, "tracker state")["wandb_id"]
         except (UserError, KeyError, TypeError):
             return None  # a run that was not tracked before: it starts a tracker run of its own
+        # W&B takes the id into paths and URLs: another value (a path, a list, 10 kB) failed inside wandb.init
+        if not isinstance(saved, str) or not _WANDB_ID.fullmatch(saved):
+            raise UserError(
+                f"{folder / STATE_FILE}: its wandb_id {repr(saved)[:40]} is not a W&B run id (1 to 64 letters, "
+                "digits, '-' or '_'): put back the id the run had, or remove the file to start a new W&B run"
+            )
+        return saved
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):

@@ -22,24 +22,57 @@ def under_torchrun() -> bool:
     return all(k in os.environ for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
 
 
+def torchrun_env() -> tuple[int, int, int]:
+    """(rank, local rank, world size) as torchrun set them; (0, 0, 1) without torchrun. UserError in one line
+    when they are not what torchrun sets (whole numbers, each rank below the world size) or the rendezvous
+    address that torch.distributed reads (MASTER_ADDR, MASTER_PORT) is missing: set by hand, they made int()
+    or torch's env:// init raise deep inside the start of a run."""
+    if not under_torchrun():
+        return 0, 0, 1
+    from ..errors import UserError
+
+    how = "torchrun sets these; unset RANK, LOCAL_RANK and WORLD_SIZE to run in one process"
+    values = []
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        raw = os.environ[name]
+        if not raw.strip().isdigit() or len(raw.strip()) > 9:
+            raise UserError(f"{name}={raw[:40]!r} in the environment is not a whole number: {how}")
+        values.append(int(raw))
+    rank_, local, world = values
+    if world < 1 or rank_ >= world or local >= world:
+        raise UserError(f"RANK={rank_}, LOCAL_RANK={local} and WORLD_SIZE={world} in the environment: each rank "
+                        f"must be below the world size: {how}")
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name, "").strip()]
+    port = os.environ.get("MASTER_PORT", "").strip()
+    if missing or not (port.isdigit() and 0 < int(port) < 65536):
+        what = f"{' and '.join(missing)} not set" if missing else f"MASTER_PORT={port[:40]!r} is not a port"
+        raise UserError(f"RANK, LOCAL_RANK and WORLD_SIZE are set but {what}: torchrun sets all of them; "
+                        "unset RANK, LOCAL_RANK and WORLD_SIZE to run in one process")
+    return rank_, local, world
+
+
 def rank() -> int:
-    """Global rank of this process (0 without torchrun)."""
-    return int(os.environ.get("RANK", "0")) if under_torchrun() else 0
+    """Global rank of this process (0 without torchrun); UserError when torchrun's variables are junk."""
+    return torchrun_env()[0]
 
 
 def local_rank() -> int:
     """Rank of this process on its machine, i.e. which GPU it drives (0 without torchrun)."""
-    return int(os.environ.get("LOCAL_RANK", "0")) if under_torchrun() else 0
+    return torchrun_env()[1]
 
 
 def world_size() -> int:
     """Number of processes training together (1 without torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) if under_torchrun() else 1
+    return torchrun_env()[2]
 
 
 def is_main() -> bool:
-    """Only the main process (rank 0) writes checkpoints and prints progress."""
-    return rank() == 0
+    """Only the main process (rank 0) writes checkpoints and prints progress. An environment that torchrun did
+    not set counts as the main process here, so that the line refusing it is printed (torchrun_env refuses)."""
+    try:
+        return rank() == 0
+    except Exception:  # UserError, imported lazily: the CLI reads this without loading more
+        return True
 
 
 def local_device(device: torch.device) -> torch.device:
@@ -73,6 +106,7 @@ def init_process_group(device: torch.device | str) -> None:
 
     if not under_torchrun():
         return
+    torchrun_env()  # refused in one line here, not deep inside torch's rendezvous
     import torch.distributed as dist
 
     if dist.is_initialized():

@@ -82,7 +82,7 @@ def _samplers(
     def sampler(tokens_of: Any, batch_size: int, stream: int) -> data.BatchSampler:
         return data.BatchSampler(
             tokens_of, block_size=model_cfg.block_size, batch_size=batch_size, seed=train_cfg.seed,
-            stream=stream, device=device,
+            stream=stream, device=device, vocab_size=tokens.vocab_size,
         )
 
     by_source = {
