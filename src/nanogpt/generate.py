@@ -29,6 +29,7 @@ from .data import read_vocab
 from .errors import UserError
 from .inference import CapturedStep, Decoder
 from .model import GPT
+from .store.files import listing
 from .runtime.machine import aten_kernels
 from .tokenizers import BpeTokenizer, CharTokenizer, GPT2Tokenizer, Tokenizer, from_meta
 
@@ -187,6 +188,8 @@ def _decode(model: GPT, prompt_ids: list[int], n_tokens: int, s: GenerateConfig,
             break
         for r, t in zip(rows, new):
             r.append(t)
+            if len(r) > 2 * block:  # only the window is ever re-run: a long generation keeps no more
+                del r[:-block]
         with aten_kernels(device):
             if decoder.cache.pos < block:
                 tokens = step(tokens, generator)
@@ -248,14 +251,36 @@ def _known_prompt(tokenizer: Tokenizer, text: str, drop: bool) -> str:
     missing = tokenizer.unknown(text) if isinstance(tokenizer, CharTokenizer) else []
     if not missing:
         return text
-    shown = " ".join(map(repr, missing))
+    shown = listing([repr(c) for c in missing], 20).replace(", ", " ")  # one line, however many there are
     if not drop:
         raise UserError(
             f"the prompt has {len(missing)} character(s) not in this model's vocabulary: {shown} "
             "(--drop-unknown leaves them out)"
         )
     print(f"note: left out of the prompt (not in the vocabulary): {shown}", file=sys.stderr)
-    return "".join(c for c in text if c not in set(missing))
+    known = tokenizer.stoi  # a set built once: built per character, 35 K distinct unknowns took 38 s
+    return "".join(c for c in text if c in known)
+
+
+def check_fits(model: GPT, s: GenerateConfig, prompt_tokens: int, device: torch.device) -> None:
+    """UserError when generating cannot fit on `device` even by a lower bound of what it holds: per row the KV
+    cache, the logits of a step (and top-p's sorted copy), and the window; with --num-samples above 1 every
+    row's tokens too, kept to be printed whole. Said before anything is allocated: --num-samples 10**12 built
+    lists until memory ran out (train has the same kind of check, machine.check_fits)."""
+    from .runtime.machine import memory_of
+
+    cfg, rows = model.config, s.num_samples
+    element = model.transformer.wte.weight.element_size()
+    per_row = 2 * cfg.n_layer * cfg.block_size * cfg.n_embd * element + 3 * cfg.vocab_size * 4
+    per_row += 8 * (min(prompt_tokens, cfg.block_size) + 2 * cfg.block_size)
+    if rows > 1:
+        per_row += 36 * s.tokens_to_generate  # a Python int in a list, per token kept
+    need, have = rows * per_row, memory_of(device)
+    if have is not None and need > have:
+        raise UserError(
+            f"--num-samples {rows:,} x --tokens-to-generate {s.tokens_to_generate:,} would run out of memory: they "
+            f"need at least {need / 2**30:,.1f} GiB and {device.type} has {have / 2**30:,.1f} GiB; ask for fewer"
+        )
 
 
 def generate_cli(stem: str, settings: GenerateConfig | None = None) -> int:
@@ -277,6 +302,7 @@ def generate_cli(stem: str, settings: GenerateConfig | None = None) -> int:
         )
     text = _known_prompt(tokenizer, decode_escapes(s.prompt), s.drop_unknown)
     ids = start_ids(tokenizer, text)
+    check_fits(model, s, len(ids), dev)
     seed = s.seed
     if seed == 0:
         seed = secrets.randbelow(2**31 - 1) + 1

@@ -44,9 +44,9 @@ class CharTokenizer:
             return [self.stoi[c] for c in text]
         except KeyError:
             missing = self.unknown(text)
-            raise UserError(
-                f"{len(missing)} character(s) not in this model's vocabulary: {' '.join(map(repr, missing))}"
-            ) from None
+            more = f" and {len(missing) - 20:,} more" if len(missing) > 20 else ""  # one line, however many
+            shown = " ".join(map(repr, missing[:20])) + more
+            raise UserError(f"{len(missing)} character(s) not in this model's vocabulary: {shown}") from None
 
     def unknown(self, text: str) -> list[str]:
         """The distinct characters of `text` outside the vocabulary, in the order they first appear."""

@@ -67,12 +67,13 @@ def world_size() -> int:
 
 
 def is_main() -> bool:
-    """Only the main process (rank 0) writes checkpoints and prints progress. An environment that torchrun did
-    not set counts as the main process here, so that the line refusing it is printed (torchrun_env refuses)."""
-    try:
-        return rank() == 0
-    except Exception:  # UserError, imported lazily: the CLI reads this without loading more
+    """Only the main process (rank 0) writes checkpoints and prints progress. Read from RANK and WORLD_SIZE
+    alone: an environment without MASTER_ADDR still tells who speaks, and one whose ranks are no numbers, or
+    none below the world size, has no rank 0, so that every process says the line refusing it (torchrun_env)."""
+    if not under_torchrun():
         return True
+    raw, world = os.environ["RANK"].strip(), os.environ["WORLD_SIZE"].strip()
+    return not (raw.isdigit() and world.isdigit() and int(raw) < int(world)) or int(raw) == 0
 
 
 def local_device(device: torch.device) -> torch.device:
