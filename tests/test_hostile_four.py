@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from engine_fixtures import TINY_FLAGS
-from test_hostile import SRC, assert_one_line, copy_checkpoint, data_copy, edit_json, run
+from test_hostile import SRC, assert_one_line, copy_checkpoint, data_copy, edit_json, run, run_limited
 from test_hostile_io import bpe_trained  # noqa: F401 - a fixture
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
@@ -116,3 +116,198 @@ def test_an_id_past_the_vocabulary_outside_the_spot_checked_chunks_is_one_line(
     assert "Traceback" not in err and "holds token id 99 (batch" in last and "only 65 tokens" in last, err
     assert not any((tmp_path / "out").glob("model_step_*")) if (tmp_path / "out").exists() else True
     shutil.rmtree(data)
+
+
+# ----------------------------------------------------------------------------- cause 3: reads bounded by bytes read
+def _special(path: Path, kind: str) -> Path:
+    """`path` made a FIFO (which no one writes) or a link to /dev/zero (which reads without end)."""
+    path.unlink(missing_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    return path
+
+
+SPECIAL = pytest.mark.parametrize(("kind", "said"), [("fifo", "is a FIFO (named pipe), not a file"),
+                                                     ("zero", "is a device, not a file")])
+
+
+@SPECIAL
+def test_a_vocab_metadata_that_is_no_file_is_refused_unread(kind: str, said: str, trained: Path, tmp_path: Path,
+                                                            capsys) -> None:
+    vocab = _special(tmp_path / "vocab.json", kind)
+    code, err = run(capsys, "generate", str(trained), "--vocab-metadata", str(vocab), "--tokens-to-generate", "2")
+    assert_one_line(code, err, f"vocabulary metadata {vocab} {said}")
+
+
+@SPECIAL
+def test_a_data_folders_vocab_json_that_is_no_file_is_refused_unread(kind: str, said: str, shakespeare_dir: Path,
+                                                                     tmp_path: Path, capsys) -> None:
+    data = data_copy(shakespeare_dir, tmp_path / "data")
+    _special(data / "vocab.json", kind)
+    code, err = train(capsys, data, tmp_path / "out", "--steps", "1")
+    assert_one_line(code, err, f"{data / 'vocab.json'} {said}")
+    assert not (tmp_path / "out").exists()
+
+
+@SPECIAL
+def test_a_checkpoint_config_that_is_no_file_is_refused_unread(kind: str, said: str, trained: Path, tmp_path: Path,
+                                                               capsys) -> None:
+    stem = copy_checkpoint(trained, tmp_path / "ckpt")  # no manifest: config.json is read as it is
+    config = _special(stem.with_name(stem.name + ".config.json"), kind)
+    code, err = run(capsys, "generate", str(stem), "--tokens-to-generate", "2")
+    assert_one_line(code, err, f"{config} {said}")
+
+
+def _inflating_ckpt(path: Path, inflated: int) -> Path:
+    """A nanoGPT ckpt.pt re-zipped with its entries deflated, and one more entry of `inflated` zero bytes."""
+    import zipfile
+
+    import torch
+
+    from nanogpt.config import ModelConfig
+    from nanogpt.model import GPT
+
+    args = dict(vocab_size=65, block_size=32, n_layer=1, n_head=2, n_embd=32, bias=False)
+    torch.save({"model": GPT(ModelConfig(**args)).state_dict(), "model_args": args}, path.with_suffix(".orig"))
+    with zipfile.ZipFile(path.with_suffix(".orig")) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED,
+                                                                             compresslevel=1) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+        with dst.open(f"{src.namelist()[0].split('/')[0]}/data/zeros", "w", force_zip64=True) as f:
+            chunk = bytes(64 << 20)
+            for _ in range(inflated // len(chunk)):
+                f.write(chunk)
+    return path
+
+
+def test_a_ckpt_pt_whose_entry_inflates_is_refused_before_torch_load(shakespeare_dir: Path, tmp_path: Path) -> None:
+    ckpt = _inflating_ckpt(tmp_path / "ckpt.pt", 1 << 30)
+    assert ckpt.stat().st_size < 8 << 20  # 4.7 MB, 1 GiB once inflated
+    out = tmp_path / "out"
+    (code, err), = run_limited(["train", "--headless", *TINY_FLAGS, "--steps", "1", "--data-dir",
+                                str(shakespeare_dir), "--out-dir", str(out), "--init-from", str(ckpt)])
+    assert_one_line(code, err, "is compressed (")
+    assert "which torch.save never does: refusing to inflate it" in err and not out.exists()
+
+
+@pytest.mark.parametrize(("content", "message"), [(b"not a zip at all", "is not a zip archive as torch.save"),
+                                                  ("fifo", "is a FIFO (named pipe), not a file")])
+def test_a_ckpt_pt_of_another_kind_is_refused_unread(content, message: str, shakespeare_dir: Path, tmp_path: Path,
+                                                     capsys) -> None:
+    ckpt = tmp_path / "ckpt.pt"
+    if content == "fifo":
+        os.mkfifo(ckpt)
+    else:
+        ckpt.write_bytes(content)
+    code, err = train(capsys, shakespeare_dir, tmp_path / "out", "--steps", "1", "--init-from", str(ckpt))
+    assert_one_line(code, err, message)
+
+
+# ----------------------------------------------------------------------------- cause 7: messages that misled
+@pytest.mark.parametrize("given", ["{stem}", "{stem}.safetensors", "{stem}.config.json"])
+def test_init_from_one_of_our_checkpoints_says_how_to_use_it(given: str, trained: Path, shakespeare_dir: Path,
+                                                            tmp_path: Path, capsys) -> None:
+    code, err = train(capsys, shakespeare_dir, tmp_path / "out", "--steps", "1", "--init-from",
+                      given.format(stem=trained))
+    assert_one_line(code, err, f"is a nanogpt checkpoint: continue its run with --resume-training {trained}, or "
+                               f"export it (nanogpt export {trained} DIR)")
+    assert "hf download" not in err and not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- cause 4: work sized by the user
+def test_generate_samples_that_cannot_fit_are_refused_before_sampling(trained: Path) -> None:
+    asked = [(10**12, 200), (10**6, 10**9), (1 << 40, 1)]
+    done = run_limited(*(["generate", str(trained), "--num-samples", str(n), "--tokens-to-generate", str(t)]
+                         for n, t in asked))  # in one child process under a 3 GiB address space
+    for (samples, tokens), (code, err) in zip(asked, done):
+        assert_one_line(code, err, f"--num-samples {samples:,} x --tokens-to-generate {tokens:,} would run out of "
+                                   "memory: they need at least")
+
+
+def test_drop_unknown_with_many_distinct_unknown_characters_is_one_short_note(trained: Path, capsys) -> None:
+    prompt = "".join(chr(0x4E00 + i) for i in range(35_000)) + "To be"  # 35 K distinct, none in the vocabulary
+    code, err = run(capsys, "generate", str(trained), "--prompt", prompt, "--drop-unknown", "--tokens-to-generate",
+                    "3", "--seed", "1")
+    assert code == 0, err[-500:]
+    (note,) = [line for line in err.splitlines() if line.startswith("note: left out of the prompt")]
+    assert len(note) < 400 and note.endswith("and 34,980 more")
+    code, err = run(capsys, "generate", str(trained), "--prompt", prompt, "--tokens-to-generate", "3")
+    assert_one_line(code, err, "the prompt has 35000 character(s) not in this model's vocabulary: '一' '丁'")
+    assert len(err) < 500 and "(--drop-unknown leaves them out)" in err
+
+
+# ----------------------------------------------------------------------------- cause 6: accepted silently
+def test_an_export_whose_vocabulary_outgrows_its_embedding_is_refused_as_generate_and_gguf_do(
+    trained: Path, bpe_trained: Path, tmp_path: Path, capsys  # noqa: F811
+) -> None:
+    stem = copy_checkpoint(trained, tmp_path / "ckpt")  # 65 embedding rows
+    bpe = json.loads(bpe_trained.with_name(bpe_trained.name + ".config.json").read_text())["tokenizer"]
+    edit_json(stem.with_name(stem.name + ".config.json"), lambda m: m.__setitem__("tokenizer", bpe))  # 300 tokens
+    code, err = run(capsys, "export", str(stem), str(tmp_path / "hf"))
+    assert_one_line(code, err, "its vocabulary has 300 tokens but the model only 65 token embeddings")
+    assert not (tmp_path / "hf").exists()
+    code, err = run(capsys, "export", "--format", "gguf", str(stem), str(tmp_path / "m.gguf"))
+    assert_one_line(code, err, "the vocabulary has 300 tokens but the model only 65 token embeddings")
+    code, err = run(capsys, "generate", str(stem), "--tokens-to-generate", "2")
+    assert_one_line(code, err, "the vocabulary has 300 tokens but the model was trained on 65")
+
+
+@pytest.mark.parametrize("kind", ["dangling", "fifo"])
+def test_a_mixology_text_that_is_no_file_is_refused_not_skipped(kind: str, tmp_path: Path, capsys) -> None:
+    for name in ("50_a", "50_b"):
+        (tmp_path / "mix" / name).mkdir(parents=True)
+        (tmp_path / "mix" / name / "one.txt").write_text(f"{name} text\n" * 500, encoding="utf-8")
+    odd = tmp_path / "mix" / "50_b" / "two.txt"
+    if kind == "fifo":
+        os.mkfifo(odd)
+    else:
+        odd.symlink_to(tmp_path / "gone.txt")
+    code, err = run(capsys, "prepare", str(tmp_path / "mix"), "--tokenizer", "char", "--out-dir",
+                    str(tmp_path / "data"))
+    said = "a FIFO (named pipe)" if kind == "fifo" else f"a symbolic link to {tmp_path / 'gone.txt'}, which does not"
+    assert_one_line(code, err, f"{odd} is {said}")
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_block_size_as_long_as_the_data_says_a_window_needs_one_more(shakespeare_dir: Path, tmp_path: Path,
+                                                                       capsys) -> None:
+    data = data_copy(shakespeare_dir, tmp_path / "data")
+    (data / "train.bin").write_bytes(np.array([3], dtype="<u2").tobytes())
+    edit_json(data / "vocab.json", lambda m: m.__setitem__("train_tokens", 1))
+    code, err = train(capsys, data, tmp_path / "out", "--steps", "1", "--block-size", "1")
+    assert_one_line(code, err, "--block-size 1 is as long as the training data (1 token), and a window needs 2")
+
+
+def test_a_best_json_with_an_infinite_loss_is_called_so(trained: Path, tmp_path: Path, capsys) -> None:
+    stem = copy_checkpoint(trained, tmp_path / "run")
+    (tmp_path / "run" / "best.json").write_text('{"step": 3, "stem": "model_step_3", "validation_loss": -1e400}')
+    code, err = run(capsys, "generate", str(tmp_path / "run"), "--tokens-to-generate", "2")
+    assert code == 0, err
+    assert f"using its latest checkpoint, {stem} (its best.json records a validation loss of -inf, not a loss)" in err
+
+
+def test_an_export_into_a_link_to_an_empty_folder_writes_where_it_leads(trained: Path, tmp_path: Path,
+                                                                        capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    code, err = run(capsys, "export", str(trained), str(tmp_path / "link"))
+    assert code == 0, err
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "empty" / "model.safetensors").is_file()
+
+
+def test_an_imported_shape_is_told_in_the_files_names_not_as_flags(trained: Path, shakespeare_dir: Path,
+                                                                   tmp_path: Path, capsys) -> None:
+    import torch
+
+    assert run(capsys, "export", str(trained), str(tmp_path / "hf"))[0] == 0
+    edit_json(tmp_path / "hf" / "config.json", lambda c: c.__setitem__("n_head", 3))
+    code, err = train(capsys, shakespeare_dir, tmp_path / "out", "--steps", "1", "--init-from", str(tmp_path / "hf"))
+    assert_one_line(code, err, f"{tmp_path / 'hf'}: n_head = 3 does not divide n_embd = 32")
+    assert "--head-count" not in err
+    args = dict(vocab_size=65, block_size=32, n_layer=1, n_head=3, n_embd=32, bias=False)
+    torch.save({"model": {}, "model_args": args}, tmp_path / "ckpt.pt")
+    code, err = train(capsys, shakespeare_dir, tmp_path / "out", "--steps", "1", "--init-from",
+                      str(tmp_path / "ckpt.pt"))
+    assert_one_line(code, err, "ckpt.pt: its model_args: n_head = 3 does not divide n_embd = 32")

@@ -31,13 +31,19 @@ from ..tokenizers import from_meta
 def export(stem: str | Path, out_dir: str | Path) -> Path:
     """Write checkpoint `stem` as a Hugging Face GPT-2 folder `out_dir` (which must not exist or be empty)."""
     out = Path(out_dir)
+    if out.is_symlink() and out.is_dir():
+        # a link to a folder: the export goes where it leads (renamed onto the link itself: "Not a directory")
+        out = Path(os.path.realpath(out))
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} already exists and is not an empty folder; export writes a new folder")
     stem = checkpoint.stem_of(stem)
     meta = checkpoint.read_meta(stem)
     model_cfg, train_cfg = checkpoint.configs(meta)
     hf.check_exportable(model_cfg)
-    from_meta(meta["tokenizer"])  # UserError for a vocabulary the checkpoint cannot describe
+    tokenizer = from_meta(meta["tokenizer"])  # UserError for a vocabulary the checkpoint cannot describe
+    if tokenizer.vocab_size > model_cfg.vocab_size:  # as generate and the GGUF export refuse it
+        raise UserError(f"checkpoint {stem}: its vocabulary has {tokenizer.vocab_size} tokens but the model only "
+                        f"{model_cfg.vocab_size} token embeddings: transformers could not use the export")
     model, _ = checkpoint.load_model(stem)  # names and shapes checked against the config
     tensors = hf.to_hf_tensors(checkpoint.model_tensors(model), model_cfg)
     log_file = stem.with_name(stem.name + ".training_log.json")

@@ -158,7 +158,21 @@ def model_fields_from_hf(hf: Any, where: str) -> dict[str, Any]:
     for name, bad in unsupported:
         if bad:
             raise UserError(f"{where}: {name} = {setting(name)!r} is a GPT-2 variant our GPT does not implement")
+    check_shape(fields, where, {"block_size": "n_positions"})
     return fields
+
+
+def check_shape(fields: dict[str, Any], where: str, names: dict[str, str] | None = None) -> None:
+    """UserError, in the file's own names (`names`: ours -> the file's where they differ), for a shape no GPT
+    has: a size not positive, heads that do not divide the width. Checked later as a ModelConfig, the line
+    named flags (--head-count (3)) that the user never typed."""
+    names = names or {}
+    for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        if fields[key] <= 0:
+            raise UserError(f"{where}: {names.get(key, key)} = {fields[key]} is not a positive size")
+    if fields["n_embd"] % fields["n_head"]:
+        raise UserError(f"{where}: n_head = {fields['n_head']} does not divide n_embd = {fields['n_embd']}, as "
+                        "every GPT's heads divide its width")
 
 
 # ----------------------------------------------------------------------------- tokenizer files

@@ -19,9 +19,9 @@ import torch
 from .. import checkpoint
 from ..config import ModelConfig, field_flag
 from ..errors import UserError
-from ..store.files import read_json
+from ..store.files import check_stored_zip, read_bytes, read_json
 from ..tokenizers import GPT2_VOCAB_SIZE, bpe_model_key, from_meta
-from .hf import NANOGPT_PADDED_VOCAB, from_hf_tensors, model_fields_from_hf
+from .hf import NANOGPT_PADDED_VOCAB, check_shape, from_hf_tensors, model_fields_from_hf
 
 
 # ----------------------------------------------------------------------------- reading weights for --init-from
@@ -55,7 +55,8 @@ def find_snapshot(name: str) -> Path | None:
             root = cache / ("models--" + repo.replace("/", "--"))
             ref = root / "refs" / "main"
             if ref.is_file():
-                snap = root / "snapshots" / ref.read_text(encoding="utf-8").strip()
+                # bounded: a commit hash, not whatever file (or FIFO) stands there
+                snap = root / "snapshots" / read_bytes(ref, "hub reference", 4096).decode("utf-8", "replace").strip()
                 if (snap / "config.json").is_file():
                     return snap
             snaps = sorted(
@@ -73,7 +74,12 @@ _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 def load_source(source: str) -> Imported:
     """Read `--init-from SOURCE`: a nanoGPT ckpt.pt, a Hugging Face GPT-2 folder, or a cached hub name."""
     path = Path(os.path.expanduser(source))  # os.path leaves ~nobody as it is; pathlib raises RuntimeError
-    if path.is_file():
+    ours = checkpoint.stem_of(path)
+    if (ours.parent / f"{ours.name}.config.json").is_file() or (ours.parent / f"{ours.name}.safetensors").is_file():
+        # one of our own checkpoints (its stem, or one of its files): neither a hub name nor a ckpt.pt
+        raise UserError(f"--init-from {source} is a nanogpt checkpoint: continue its run with --resume-training "
+                        f"{ours}, or export it (nanogpt export {ours} DIR) and start a new run with --init-from DIR")
+    if path.is_file() or (path.exists() and not path.is_dir()):  # a FIFO or a device is refused there, as such
         return read_nanogpt_ckpt(path)
     if path.is_dir():
         if (path / "config.json").is_file():
@@ -129,6 +135,7 @@ def read_hf_folder(folder: Path) -> Imported:
 def read_nanogpt_ckpt(path: Path) -> Imported:
     """A karpathy/nanoGPT ckpt.pt, read as weights only (`weights_only=True` unpickles no code)."""
     where = str(path)
+    check_stored_zip(path, "nanoGPT checkpoint")  # sizes checked before torch.load inflates or allocates
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated zip, a pickle that wants code, not a torch file at all
@@ -143,6 +150,7 @@ def read_nanogpt_ckpt(path: Path) -> Imported:
         fields.update(bias=bool(args.get("bias", True)), activation="gelu")  # nanoGPT's MLP: exact nn.GELU()
     except (KeyError, TypeError, ValueError):
         raise UserError(f"{where}: its model_args lack the GPT shape (vocab_size, block_size, n_layer, ...)") from None
+    check_shape(fields, f"{where}: its model_args")
     tensors = _plain_weights(ckpt["model"], path)
     _check_tensors(tensors, fields, where)  # before the copy below: its size is now what the file holds
     tokenizer = None

@@ -128,8 +128,16 @@ def _files_under(folder: Path) -> list[Path]:
     def fail(e: OSError) -> None:
         raise UserError(f"cannot read the folder {e.filename}: {e.strerror or e}")
 
-    return [Path(root) / name for root, _, names in os.walk(folder, onerror=fail) for name in names
-            if (Path(root) / name).is_file()]
+    found = []
+    for root, _, names in os.walk(folder, onerror=fail):
+        for path in (Path(root) / name for name in names):
+            if path.is_file():
+                found.append(path)
+            elif path.suffix.lower() == ".txt":  # a text the mix counts on, which it would lose without a word
+                what = (f"a symbolic link to {os.readlink(path)}, which does not exist" if path.is_symlink()
+                        and not path.exists() else "a FIFO (named pipe)" if path.is_fifo() else "not a regular file")
+                raise UserError(f"{path} is {what}, not a text file: remove it, or put the text there")
+    return found
 
 
 def text_size(path: Path) -> int:

@@ -110,8 +110,11 @@ def _best_or_why(folder: Path) -> tuple[Best | None, str]:
         best = Best(step=int(raw["step"]), stem=str(raw["stem"]), validation_loss=float(raw["validation_loss"]))
     except (UserError, ValueError, KeyError, TypeError, OverflowError):
         return None, f"its {BEST_FILE} cannot be read"
-    whole = best.step in sets_in(folder).whole and weights_path(stem_for(folder, best.step)).is_file()
-    if best.stem != stem_for(folder, best.step).name or not math.isfinite(best.validation_loss) or not whole:
+    if not math.isfinite(best.validation_loss):  # -1e400 reads as -inf: no loss an evaluation gives
+        return None, f"its {BEST_FILE} records a validation loss of {best.validation_loss}, not a loss"
+    if best.stem != stem_for(folder, best.step).name:
+        return None, f"its {BEST_FILE} names {best.stem[:60]} at step {best.step}, whose set is named otherwise"
+    if not (best.step in sets_in(folder).whole and weights_path(stem_for(folder, best.step)).is_file()):
         return None, f"its {BEST_FILE} names {best.stem}, which is not a whole checkpoint there"
     return best, ""
 
