@@ -23,7 +23,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ..errors import UserError
-from ..files import listing
+from ..store.files import listing
 from .progress import Progress
 
 CHUNK_CHARS = 1 << 20  # characters read at a time; also the size of one GPT-2 encoding job
