@@ -39,6 +39,8 @@ PAGES = {
     "docs/generate-and-export.md": ["prepare", "train", *["generate"] * 4, *["export"] * 3],
     "docs/speed.md": ["train", "train"],
 }
+# pages linked before they land: docs/corpora.md (folders, JSONL, Parquet) is written on its own branch
+LANDING = {"docs/corpora.md"}
 OWN_TEXT = ("my_text", "my_mix", "alice.txt", "data/mine")
 TRACKERS = ("--tensorboard", "--wandb")
 STEP_FLAGS = ("--steps", "--validation-interval", "--save-interval")
@@ -75,11 +77,37 @@ def test_the_commands_are_found(page: str) -> None:
     assert [c[0] for c in page_commands(page)] == PAGES[page]
 
 
+def test_every_page_with_commands_is_run() -> None:
+    """A page whose commands no test pastes drifts: each docs page with a `nanogpt` command that runs is in PAGES."""
+    for page in (f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")):
+        assert page in PAGES or not page_commands(page), f"{page} has commands: add it to PAGES (or to the skips)"
+
+
 def test_the_docs_pages_are_linked_from_the_readme() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert len(readme.splitlines()) <= 200
     for page in (ROOT / "docs").glob("*.md"):
         assert f"](docs/{page.name}" in readme, page.name
+
+
+def anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, spaces to hyphens, other punctuation dropped."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_the_links_between_the_pages_lead_somewhere() -> None:
+    for page in ["README.md", *(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))]:
+        text = (ROOT / page).read_text(encoding="utf-8")
+        for target, _, fragment in re.findall(r"\]\(([^)#\s]*)(#([^)\s]+))?\)", text):
+            if target.startswith("http"):
+                continue
+            linked = (ROOT / page).parent / target if target else ROOT / page
+            if not linked.exists() and linked.relative_to(ROOT).as_posix() in LANDING:
+                continue
+            assert linked.exists(), f"{page}: {target}"
+            if fragment:
+                headings = re.findall(r"^#+ (.+)$", linked.read_text(encoding="utf-8"), re.MULTILINE)
+                assert fragment in map(anchor, headings), f"{page}: {target}#{fragment}"
 
 
 def short(n: str) -> str:
