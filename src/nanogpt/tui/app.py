@@ -94,7 +94,7 @@ class TrainingApp(StatusMixin, KeysMixin, App[int]):
     #sample-scroll { height: 1fr; }
     #sample-hint { height: 1; color: $text-muted; }
     """
-    # the footer shows them on one row: short enough for 80 columns (the README's table says more)
+    # the footer shows them on one row: short enough for 80 columns (docs/training.md's table says more)
     BINDINGS: ClassVar[list[Binding]] = [
         Binding("g", "sample", "sample"),
         Binding("v", "samples", "past samples"),
