@@ -8,8 +8,10 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -253,3 +255,25 @@ def test_bins_do_not_depend_on_the_number_of_workers(tmp_path):
             assert proc.returncode == 0, proc.stderr
             results.append((tokenizer, (out / "train.bin").read_bytes(), (out / "val.bin").read_bytes()))
     assert results[:2] == results[2:]
+
+
+def test_sigterm_while_threads_encode_records_publishes_nothing(tmp_path):
+    path = tmp_path / "big.jsonl.zst"  # about 25 MB of JSON Lines: pass 2 is well under way when it is stopped
+    path.write_bytes(zstandard.ZstdCompressor().compress(jsonl_bytes(documents(300, seed=11) * 300)))
+    out = tmp_path / "new" / "out"
+    env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen([sys.executable, "-m", "nanogpt", "prepare", str(path), "--tokenizer", "gpt2",
+                             "--out-dir", str(out)], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        while proc.poll() is None and not (out.is_dir() and any(p.name.startswith(".train") for p in out.iterdir())):
+            time.sleep(0.01)
+        assert proc.poll() is None, "prepare ended before it wrote a part: give it more text"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1
+    last = stderr.strip().splitlines()[-1]
+    assert last == "nanogpt prepare: error: stopped by SIGTERM (its temporary files are removed)"
+    assert not (tmp_path / "new").exists()

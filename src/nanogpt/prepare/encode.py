@@ -8,6 +8,7 @@ Each source's train and val text goes into a part file of its own (`Part`); once
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import queue
 import threading
@@ -142,21 +143,28 @@ class Encoder:
             int(self.lut[c]) if c < len(self.known) and self.known[c] else UNKNOWN_ASCII for c in range(128)
         ) + bytes(128)
 
-    def _encode(self, text: str) -> np.ndarray:
-        if self.bpe is None:
-            return self.enc.encode_to_numpy(text, disallowed_special=())  # == encode_ordinary, without a list
-        pieces, start = [], 0  # cut at safe places so that `tokenizers` spreads them over its own threads
+    def _pieces(self, text: str) -> list[str]:
+        """A learned BPE's text cut at safe places, so that `tokenizers` spreads the pieces over its threads."""
+        pieces, start = [], 0
         while len(text) - start > _BPE_PIECE and (cut := safe_cut(text[start : start + _BPE_PIECE])):
             pieces.append(text[start : start + cut])
             start += cut
         pieces.append(text[start:])
-        ids = self.bpe.encode_many(pieces)
-        return np.fromiter((i for piece in ids for i in piece), dtype=np.uint32, count=sum(map(len, ids)))
+        return pieces
 
     def _encode_batch(self, batch: list[str | None]) -> np.ndarray:
-        eot = np.array([self.eot if self.eot is not None else 0], dtype=np.uint32)
-        arrays = [eot if text is None else self._encode(text).astype(np.uint32, copy=False) for text in batch]
-        return np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.uint32)
+        """The ids of a job's texts one after another, <|endoftext|> where an entry is None."""
+        eot = [self.eot if self.eot is not None else 0]
+        if self.bpe is None:
+            arrays = [np.array(eot, dtype=np.uint32) if text is None
+                      else self.enc.encode_to_numpy(text, disallowed_special=()).astype(np.uint32, copy=False)
+                      for text in batch]  # encode_to_numpy == encode_ordinary, without a Python list
+            return np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.uint32)
+        # one call for all of the job's texts: the `tokenizers` batch encoder runs them on every core
+        pieces = [self._pieces(text) if text is not None else None for text in batch]
+        ids = iter(self.bpe.encode_many([p for ps in pieces if ps is not None for p in ps]))
+        lists = [eot if ps is None else [i for _ in ps for i in next(ids)] for ps in pieces]
+        return np.fromiter(itertools.chain.from_iterable(lists), dtype=np.uint32, count=sum(map(len, lists)))
 
     def start_document(self, part: Part) -> None:
         """A new document begins in `part`: after the last one's text, its separator (<|endoftext|>, or for char
