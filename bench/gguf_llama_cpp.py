@@ -20,7 +20,7 @@ import torch
 
 from nanogpt import checkpoint
 from nanogpt.generate import generate_tokens
-from nanogpt.gguf_export import export_gguf
+from nanogpt.interop.gguf_export import export_gguf
 from nanogpt.tokenizers import from_meta
 
 TEXT = """ROMEO:

@@ -120,11 +120,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=float, default=256)
     ap.add_argument("--tree-mb", type=float, default=20, help="MB of the .txt folder checked against the .jsonl")
+    ap.add_argument("--build-only", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.build_only:
+        build(Path(args.build_only), args.mb, args.tree_mb)
+        return
     cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        paths = build(folder, args.mb, args.tree_mb)
+        # built in a process of its own: a child's peak RSS (wait4) includes what it inherited from this one
+        subprocess.run([sys.executable, __file__, "--mb", str(args.mb), "--tree-mb", str(args.tree_mb),
+                        "--build-only", tmp], check=True)
+        paths = {"jsonl": folder / "corpus.jsonl", "jsonl.zst": folder / "corpus.jsonl.zst",
+                 "parquet": folder / "corpus.parquet", "tree": folder / "tree"}
         mb = paths["jsonl"].stat().st_size / 1e6
         print(f"corpus: {mb:.0f} MB of JSON Lines; {cores} cores", flush=True)
         script = folder / "nanogpt_way.py"

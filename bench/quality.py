@@ -54,7 +54,7 @@ def run_ours(seed: int, steps: int | None, preset: str, data_dir: Path) -> dict:
 
     from nanogpt.train.setup import build_trainer
     from nanogpt.events import EvalDone
-    from nanogpt.runtime import training_process
+    from nanogpt.runtime.machine import training_process
 
     with tempfile.TemporaryDirectory() as out:
         # nanoGPT's optimizer and schedule on both sides (the preset's default may be Muon): like for like
@@ -66,7 +66,7 @@ def run_ours(seed: int, steps: int | None, preset: str, data_dir: Path) -> dict:
         with training_process(trainer.hardware):  # the process-wide settings the CLI applies
             trainer.run(lambda e: evals.append(e.val_loss) if isinstance(e, EvalDone) else None)
         val = np.memmap(data_dir / "val.bin", dtype=np.uint16, mode="r")
-        full = full_val_loss(trainer.model, val, trainer.model_cfg.block_size, trainer.device)
+        full = full_val_loss(trainer.stepper.model, val, trainer.model_cfg.block_size, trainer.hardware.device)
     return {"logged": evals[-1], "full": full}
 
 

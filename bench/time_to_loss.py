@@ -54,7 +54,7 @@ def run_ours(args: argparse.Namespace) -> dict:
 
     sys.path.insert(0, str(ROOT / "src"))
     from nanogpt.train.setup import build_trainer
-    from nanogpt.runtime import training_process
+    from nanogpt.runtime.machine import training_process
 
     data_dir = Path(args.data_dir)
     val = np.memmap(data_dir / "val.bin", dtype=np.uint16, mode="r")
@@ -71,13 +71,13 @@ def run_ours(args: argparse.Namespace) -> dict:
             trainer.train_step()
             clock += time.perf_counter() - t0
             if step % args.eval_every == 0 or step == args.steps:
-                loss = full_val_loss(trainer.model, val, trainer.model_cfg.block_size, trainer.device)
-                trainer.model.train()
+                loss = full_val_loss(trainer.stepper.model, val, trainer.model_cfg.block_size, trainer.hardware.device)
+                trainer.stepper.model.train()
                 points.append({"step": step, "seconds": clock, "val": loss})
     t = trainer.train_cfg
     recipe = f"{t.optimizer}, {t.lr_schedule}" + (f" {t.decay_fraction:g}" if t.lr_schedule == "wsd" else "")
     recipe += f", batch {t.batch_size}"
-    return {"points": points, "recipe": recipe, "dtype": str(trainer.dtype).removeprefix("torch.")}
+    return {"points": points, "recipe": recipe, "dtype": str(trainer.hardware.dtype).removeprefix("torch.")}
 
 
 def parse_sets(pairs: list[str]) -> dict:
@@ -239,7 +239,7 @@ def main() -> int:
             rows.append(("nanoGPT train.py", "adamw, cosine (float32)", "1337", points, reference,
                          args.nanogpt_steps))
     sys.path.insert(0, str(ROOT / "src"))
-    from nanogpt.dtype_probe import cpu_model  # the name the dtype probe keys its verdicts by
+    from nanogpt.runtime.dtype_probe import cpu_model  # the name the dtype probe keys its verdicts by
 
     print(f"# time to validation loss <= {args.target} (whole val.bin, every {args.eval_every} steps); "
           f"{cpu_model()}, {os.cpu_count()} logical CPUs; training seconds, evaluation excluded")

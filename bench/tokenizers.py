@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from nanogpt import data  # noqa: E402 - after the path
 from nanogpt.prepare import prepare  # noqa: E402
-from nanogpt.runtime import training_process  # noqa: E402
+from nanogpt.runtime.machine import training_process  # noqa: E402
 from nanogpt.train.setup import build_trainer  # noqa: E402
 
 PRESET = "cpu-small"
@@ -126,13 +126,14 @@ def train_and_evaluate(data_dir: Path, steps: int, seed: int, device: str) -> di
                 trainer.train_step()
                 clock += time.perf_counter() - t0
             nats, targets, n_bytes = full_validation(trainer)
-    return {"seconds": clock, "params": trainer.n_params(), "nats": nats, "targets": targets, "bytes": n_bytes}
+    params = trainer.stepper.model.num_params()
+    return {"seconds": clock, "params": params, "nats": nats, "targets": targets, "bytes": n_bytes}
 
 
 @torch.no_grad()
 def full_validation(trainer) -> tuple[float, int, int]:
     """(summed nats, target tokens, their UTF-8 bytes) over every non-overlapping block of val.bin."""
-    model, block, device = trainer.model, trainer.model_cfg.block_size, trainer.device
+    model, block, device = trainer.stepper.model, trainer.model_cfg.block_size, trainer.hardware.device
     val, sizes = trainer.tokens.val, trainer.tokens.tokenizer.token_bytes()
     model.eval()
     starts = np.arange(0, len(val) - block, block)

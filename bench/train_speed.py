@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip", type=int, default=50, help="first steps per side left out of the statistics")
     p.add_argument("--block", type=int, default=10, help="steps per side before switching to the other")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                   help="ours: torch.compile (auto: runtime.should_compile)")
+                   help="ours: torch.compile (auto: machine.should_compile)")
     p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",
                    help="ours: torch.compile's mode on CUDA (--compile-mode of nanogpt train)")
     p.add_argument("--nanogpt-compile", choices=("auto", "on", "off"), default="auto",
@@ -93,7 +93,7 @@ class Ours:
     name = "ours"
 
     def __init__(self, args: argparse.Namespace, data_dir: Path, out_dir: Path):
-        from nanogpt import runtime
+        from nanogpt.runtime import machine
         from nanogpt.train.setup import build_trainer
 
         overrides = {"data_dir": str(data_dir), "device": args.device, "dtype": args.dtype,
@@ -109,18 +109,18 @@ class Ours:
         self.trainer = build_trainer(overrides, preset=args.preset)
         # the process-wide settings the CLI applies around a run (threads, allocator), for this worker's life
         self._process = contextlib.ExitStack()
-        self._process.enter_context(runtime.training_process(self.trainer.hardware))
-        self.device = self.trainer.device
+        self._process.enter_context(machine.training_process(self.trainer.hardware))
+        self.device = self.trainer.hardware.device
         self.threads = torch.get_num_threads()  # what the engine chose for its step
         t = self.trainer
         # what nanoGPT's side needs to build the same work (sent to its own process)
         self.shape = {"model": config.to_dict(t.model_cfg), "train": config.to_dict(t.train_cfg),
-                      "device": str(t.device), "dtype": str(t.dtype).removeprefix("torch."),
-                      "n_params": t.n_params()}
+                      "device": str(t.hardware.device), "dtype": str(t.hardware.dtype).removeprefix("torch."),
+                      "n_params": t.stepper.model.num_params()}
         self.compiled = self.trainer.hardware.compile
-        self.tokens_per_step = self.trainer.tokens_per_step
+        self.tokens_per_step = config.tokens_per_step(t.model_cfg, t.train_cfg, t.hardware.world_size)
         shards = self.trainer.stepper.core_parallel.workers if self.trainer.stepper.core_parallel else 1
-        dtype = str(self.trainer.dtype).removeprefix("torch.")
+        dtype = str(self.trainer.hardware.dtype).removeprefix("torch.")
         mode = self.trainer.hardware.compile_mode
         self.label = (f"ours ({dtype}{', compiled' if self.compiled else ''}"
                       f"{f' {mode}' if self.compiled and mode != 'default' else ''}"

@@ -69,7 +69,7 @@ def step_ms(stem_dir: Path, steps: int, skip: int) -> list[float]:
 def run_engine(args: argparse.Namespace, data: Path, out: Path) -> None:
     from nanogpt.train.setup import build_trainer
 
-    from nanogpt.runtime import training_process
+    from nanogpt.runtime.machine import training_process
 
     trainer = build_trainer(settings(args, data, out), preset=args.preset)
     with training_process(trainer.hardware):  # what the CLI applies around a run
@@ -80,7 +80,7 @@ def run_headless_variant(args: argparse.Namespace, data: Path, out: Path) -> Non
     from nanogpt.train.setup import build_trainer
     from nanogpt.headless import run_headless
 
-    from nanogpt.runtime import training_process
+    from nanogpt.runtime.machine import training_process
 
     trainer = build_trainer(settings(args, data, out), preset=args.preset)
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), training_process(trainer.hardware):
@@ -92,7 +92,7 @@ def run_tui_variant(args: argparse.Namespace, data: Path, out: Path) -> float:
     from nanogpt.train.setup import build_trainer
     from nanogpt.tui.app import TrainingApp
 
-    from nanogpt.runtime import training_process
+    from nanogpt.runtime.machine import training_process
 
     trainer = build_trainer(settings(args, data, out), preset=args.preset)
     app = TrainingApp(trainer)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from nanogpt import checkpoint
-from nanogpt.atomic import atomic_write, remove_stale_temps, temp_file
+from nanogpt.store.atomic import atomic_write, remove_stale_temps, temp_file
 from nanogpt.cli import main
 
 
@@ -110,7 +110,8 @@ def test_a_long_final_name_gets_a_temporary_name_that_fits(tmp_path: Path) -> No
     atomic_write(target, lambda tmp: tmp.write_bytes(b"chart"))
     assert target.read_bytes() == b"chart" and [p.name for p in tmp_path.iterdir()] == [name]
     # a writer killed after it made its temporary file (a child process that exits there)
-    child = "import os, sys; from nanogpt.atomic import temp_file; temp_file(sys.argv[1], sys.argv[2]); os._exit(9)"
+    child = ("import os, sys; from nanogpt.store.atomic import temp_file; temp_file(sys.argv[1], sys.argv[2]); "
+             "os._exit(9)")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     subprocess.run([sys.executable, "-c", child, str(tmp_path), name], env=env, check=False)
     (left,) = [p for p in tmp_path.iterdir() if p.name != name]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from engine_fixtures import OVERFIT
 
-from nanogpt import runs
+from nanogpt.store import runs
 from nanogpt.checkpoint import read_log
 from nanogpt.cli import main
 from nanogpt.train.best import rising_while_training_falls

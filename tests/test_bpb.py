@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from engine_fixtures import TINY_FLAGS, shakespeare_text
 
-from nanogpt import checkpoint, data, runtime
+from nanogpt import checkpoint, data
+from nanogpt.runtime import machine
 from nanogpt.checkpoint.store import MANIFEST, path_of
 from nanogpt.cli import main
 from nanogpt.tokenizers import from_meta
@@ -83,7 +84,7 @@ def train(data_dir: Path, out: Path, *flags: str) -> str:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path, str]]:
     """A 6-step headless run on the same text with each tokenizer: (data folder, run folder, stdout)."""
     root = tmp_path_factory.mktemp("bpb")
-    with runtime.intra_op_threads(1):
+    with machine.intra_op_threads(1):
         made = {}
         for kind in ("char", "bpe", "gpt2"):
             data_dir = prepared(kind, root)
@@ -154,7 +155,7 @@ def test_an_old_checkpoint_without_bpb_resumes_and_then_logs_it(runs, tmp_path: 
     for f in run.glob("model_step_6*"):
         (tmp_path / f.name).write_bytes(f.read_bytes())
     old_run(tmp_path / "model_step_6")
-    with runtime.intra_op_threads(1):
+    with machine.intra_op_threads(1):
         stdout = train(data_dir, tmp_path, "--steps", "9", "--resume-training", str(tmp_path / "model_step_6"))
     assert "bpb)" in stdout
     log = checkpoint.read_log(tmp_path / "model_step_9")
@@ -166,7 +167,7 @@ def test_the_ui_shows_bpb_in_its_status_and_b_switches_the_chart(runs, tmp_path:
     from nanogpt.tui.app import TrainingApp
 
     data_dir = runs["bpe"][0]
-    with runtime.intra_op_threads(1):
+    with machine.intra_op_threads(1):
         trainer = build_trainer({"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 4,
                                  "eval_iters": 2, "device": "cpu", "compile": False, "dtype": "float32",
                                  "data_dir": str(data_dir), "out_dir": str(tmp_path), "steps": 4,
@@ -177,7 +178,7 @@ def test_the_ui_shows_bpb_in_its_status_and_b_switches_the_chart(runs, tmp_path:
             async with app.run_test(size=size) as pilot:
                 while app.finished is None:
                     await pilot.pause(0.05)
-                logged = [e["validation_bpb"] for e in trainer.log if "validation_bpb" in e]
+                logged = [e["validation_bpb"] for e in trainer.state.log if "validation_bpb" in e]
                 assert f"{logged[-1]:.3f} bpb" in app.status_text()
                 assert app.chart.val_bpb == pytest.approx(logged)
                 draws = app.chart.draws

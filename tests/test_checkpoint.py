@@ -9,7 +9,8 @@ import pytest
 import torch
 from engine_fixtures import TINY
 
-from nanogpt import checkpoint, optim, runs
+from nanogpt import checkpoint, optim
+from nanogpt.store import runs
 from nanogpt.train.setup import build_trainer
 from nanogpt.errors import UserError
 
@@ -45,11 +46,11 @@ def test_round_trip_gives_identical_logits(trained) -> None:
         model, meta = checkpoint.load_model(path, "cpu")
         assert meta["tokenizer"]["tokenizer"] == "char"
         idx = torch.randint(0, 65, (2, 32), generator=torch.Generator().manual_seed(0))
-        trainer.model.eval()
+        trainer.stepper.model.eval()
         with torch.no_grad():
-            expected, _ = trainer.model(idx, idx)
+            expected, _ = trainer.stepper.model(idx, idx)
             got, _ = model(idx, idx)
-        trainer.model.train()
+        trainer.stepper.model.train()
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
         # the tied head stays tied after loading
         assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
@@ -115,9 +116,9 @@ def test_truncated_resume_state_is_a_user_error(trained, shakespeare_dir: Path, 
 
 def test_optimizer_state_round_trips(trained) -> None:
     trainer, _ = trained
-    saved = checkpoint.optimizer_tensors(trainer.optimizer)
+    saved = checkpoint.optimizer_tensors(trainer.stepper.optimizer)
     assert any(k.endswith("exp_avg_sq") for k in saved)
-    fresh = torch.optim.AdamW(optim.decay_groups(list(trainer.model.parameters()), 0.1), lr=1e-3)
+    fresh = torch.optim.AdamW(optim.decay_groups(list(trainer.stepper.model.parameters()), 0.1), lr=1e-3)
     checkpoint.load_optimizer(fresh, saved)
     for key, value in checkpoint.optimizer_tensors(fresh).items():
         torch.testing.assert_close(value, saved[key], rtol=0, atol=0)
@@ -186,7 +187,7 @@ def test_save_never_replaces_a_checkpoint(trained) -> None:
         checkpoint.save(
             stem,
             step=6,
-            model=trainer.model,
+            model=trainer.stepper.model,
             model_cfg=trainer.model_cfg,
             train_cfg=trainer.train_cfg,
             tokenizer_meta=trainer.tokens.meta,
@@ -219,12 +220,12 @@ def test_an_interrupted_save_leaves_the_set_whole_or_absent(trained, tmp_path: P
                     checkpoint.save(
                         stem,
                         step=i + 1,
-                        model=trainer.model,
+                        model=trainer.stepper.model,
                         model_cfg=trainer.model_cfg,
                         train_cfg=trainer.train_cfg,
                         tokenizer_meta=trainer.tokens.meta,
-                        log=trainer.log,
-                        optimizer_tensors=checkpoint.optimizer_tensors(trainer.optimizer),
+                        log=trainer.state.log,
+                        optimizer_tensors=checkpoint.optimizer_tensors(trainer.stepper.optimizer),
                         resume_state={"batch_counter": i + 1, "seed": trainer.train_cfg.seed},
                     )
                 finally:

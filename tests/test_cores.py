@@ -8,7 +8,7 @@ import pytest
 import torch
 from engine_fixtures import TINY
 
-from nanogpt import cores, runtime
+from nanogpt.runtime import cores, machine
 from nanogpt.config import ModelConfig
 from nanogpt.events import StepDone
 from nanogpt.model import GPT
@@ -21,7 +21,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(autouse=True)
 def one_intra_op_thread():
     """One intra-op thread per shard, as the engine runs them on a 2-core machine."""
-    with runtime.intra_op_threads(1):
+    with machine.intra_op_threads(1):
         yield
 
 
@@ -140,7 +140,7 @@ def test_a_run_with_its_shards_on_one_worker_trains_exactly_like_the_plain_run(s
     gives the plain two-worker run's losses and weights bit for bit."""
 
     def run(out: Path):
-        with runtime.intra_op_threads(2):  # two cores as torch sees them: two shards, on any machine
+        with machine.intra_op_threads(2):  # two cores as torch sees them: two shards, on any machine
             trainer = build_trainer({**TINY, "data_dir": str(shakespeare_dir), "out_dir": str(out), "steps": 8,
                                      "grad_accum": 2})
         assert trainer.hardware.shards == 2
@@ -154,7 +154,7 @@ def test_a_run_with_its_shards_on_one_worker_trains_exactly_like_the_plain_run(s
     serial, serial_losses = run(tmp_path / "serial")
     assert serial.stepper.core_parallel.schedule.reduced == 16 and plain.stepper.core_parallel.schedule.reduced == 0
     assert len(plain_losses) == 8 and serial_losses == plain_losses
-    for p, q in zip(plain.model.parameters(), serial.model.parameters(), strict=True):
+    for p, q in zip(plain.stepper.model.parameters(), serial.stepper.model.parameters(), strict=True):
         assert torch.equal(p, q)
 
 
@@ -162,7 +162,7 @@ def test_the_calling_thread_runs_its_shards_on_the_shards_thread_count():
     """The engine's thread may have another intra-op count (a UI's worker thread has torch's default): the
     shards it runs itself still get the pool's one thread each, so which thread ran a shard changes no bit."""
     plain_losses, plain_weights = train(cores.CoreParallel(2, threads=1, fixed_workers=2))
-    with runtime.intra_op_threads(4):
+    with machine.intra_op_threads(4):
         seen: list[int] = []
         losses, weights = train(cores.CoreParallel(2, threads=1, fixed_workers=1), threads_seen=seen)
         assert seen == [1] * 12  # 6 micro-batches x 2 shards, all on this thread, each on one intra-op thread

@@ -70,7 +70,7 @@ def test_auto_precision_trains_and_reads_losses_once_per_log_interval(data_dir: 
     trainer = build_trainer(opts(data_dir, tmp_path, steps=40, log_interval=5, validation_interval=20,
                                  learning_rate=3e-3))
     if DEVICE == "cuda":
-        assert trainer.dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        assert trainer.hardware.dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
         assert trainer.hardware.sync_every == 5
     events = collect(trainer)
     assert isinstance(events[-1], RunFinished) and events[-1].reason == "completed", events[-1]
@@ -83,7 +83,7 @@ def test_auto_precision_trains_and_reads_losses_once_per_log_interval(data_dir: 
 def test_compiled_model_trains_like_eager(data_dir: Path, tmp_path: Path) -> None:
     eager = collect(build_trainer(opts(data_dir, tmp_path / "eager", steps=8, compile=False)))
     compiled_trainer = build_trainer(opts(data_dir, tmp_path / "compiled", steps=8, compile=True))
-    assert compiled_trainer.stepper.step_module is not compiled_trainer.model
+    assert compiled_trainer.stepper.step_module is not compiled_trainer.stepper.model
     compiled = collect(compiled_trainer)
     assert compiled[-1].reason == "completed", compiled[-1]
     # same weights, batches and math; kernels differ (fused by inductor, bf16 rounding): close, not equal
@@ -102,7 +102,7 @@ def test_resume_continues_the_run(data_dir: Path, tmp_path: Path) -> None:
     settings = opts(data_dir, tmp_path / "a", steps=6, save_interval=3, dtype="float32")
     whole = step_losses(collect(build_trainer(settings)))
     resumed_trainer = build_trainer({"out_dir": str(tmp_path / "b")}, resume=str(tmp_path / "a" / "model_step_3"))
-    assert resumed_trainer.step == 3
+    assert resumed_trainer.state.step == 3
     resumed = step_losses(collect(resumed_trainer))
     # float32; CUDA's embedding backward adds with atomics, so the last bits may differ between runs
     torch.testing.assert_close(resumed, whole[3:], rtol=0, atol=1e-4)

@@ -20,7 +20,8 @@ import torch
 from engine_fixtures import TINY, TINY_FLAGS
 from safetensors.torch import load_file
 
-from nanogpt import checkpoint, runtime
+from nanogpt import checkpoint
+from nanogpt.runtime import machine
 from nanogpt.train.loop import Trainer
 from nanogpt.train.setup import build_trainer
 
@@ -94,7 +95,7 @@ def single(data_dir: Path, out: Path, resume: Path | None = None, **kw) -> Train
         "learning_rate": 3e-3,
         **kw,
     }
-    with runtime.intra_op_threads(1):
+    with machine.intra_op_threads(1):
         trainer = build_trainer(opts, resume=str(resume) if resume else None)
         finished = trainer.run(lambda event: None)
     assert finished.reason == "completed", finished.message
@@ -189,7 +190,7 @@ def test_two_process_checkpoint_resumes_on_one_process(runs: dict, capsys) -> No
         {**opts, "data_dir": str(runs["data"]), "out_dir": str(root / "resumed1")},
         resume=str(root / "dropout2" / "model_step_3"),
     )
-    assert trainer.train_cfg.grad_accum == 4 and trainer.step == 3
+    assert trainer.train_cfg.grad_accum == 4 and trainer.state.step == 3
     # a note for the front end to print (the CLI does, rank 0 only: see the torchrun resume test)
     assert "using --grad-accum 4 on 1 to keep its effective batch of 32 sequences" in "\n".join(trainer.notes)
     assert capsys.readouterr().err == ""  # the engine itself prints nothing

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from nanogpt import dtype_probe
+from nanogpt.runtime import dtype_probe
 from nanogpt.config import ModelConfig
 
 TINY = ModelConfig(vocab_size=65, block_size=16, n_layer=1, n_head=2, n_embd=32)
@@ -116,16 +116,16 @@ def test_newton_schulz_dtype_is_measured_once_and_cached(tmp_path: Path) -> None
 
 
 def test_a_named_dtype_keeps_newton_schulz_at_the_optimizers_default(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    from nanogpt import runtime
+    from nanogpt.runtime import machine
     from nanogpt.config import TrainConfig
 
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     monkeypatch.setenv("NANOGPT_CACHE_DIR", str(tmp_path))
-    named = runtime.resolve_hardware(TINY, TrainConfig(dtype="float32", device="cpu", optimizer="muon", batch_size=2))
+    named = machine.resolve_hardware(TINY, TrainConfig(dtype="float32", device="cpu", optimizer="muon", batch_size=2))
     assert named.ns_dtype is None and not (tmp_path / dtype_probe.CACHE_FILE).exists()
-    auto = runtime.resolve_hardware(TINY, TrainConfig(dtype="auto", device="cpu", optimizer="muon", batch_size=2))
+    auto = machine.resolve_hardware(TINY, TrainConfig(dtype="auto", device="cpu", optimizer="muon", batch_size=2))
     assert auto.ns_dtype in (torch.float32, torch.bfloat16) and "Newton-Schulz" in auto.dtype_probe
-    adamw = runtime.resolve_hardware(TINY, TrainConfig(dtype="auto", device="cpu", optimizer="adamw", batch_size=2))
+    adamw = machine.resolve_hardware(TINY, TrainConfig(dtype="auto", device="cpu", optimizer="adamw", batch_size=2))
     assert adamw.ns_dtype is None
 
 

@@ -77,7 +77,7 @@ def test_exact_resume_with_dropout_and_accumulation(shakespeare_dir: Path, tmp_p
     resumed_trainer = build_trainer(
         {**opts, "out_dir": str(tmp_path / "b")}, resume=str(tmp_path / "a" / "model_step_6")
     )
-    assert resumed_trainer.step == 6
+    assert resumed_trainer.state.step == 6
     resumed = run_collect(resumed_trainer)
     assert isinstance(resumed[0], RunStarted) and resumed[0].start_step == 6
     assert [h["step"] for h in resumed[0].history] == [1, 2, 3, 4, 5, 6]
@@ -136,7 +136,7 @@ def test_a_muon_checkpoint_from_before_muon_momentum_resumes_at_torchs_momentum(
     stem.with_name(stem.name + ".manifest.json").unlink()  # checkpoints of that time had no manifest
     resumed = build_trainer({"out_dir": str(tmp_path / "b")}, resume=str(stem))
     assert resumed.train_cfg.muon_momentum == 0.95
-    assert resumed.optimizer.param_groups[-1]["momentum"] == 0.95
+    assert resumed.stepper.optimizer.param_groups[-1]["momentum"] == 0.95
 
 
 def test_default_preset_is_cpu_small_on_cpu(shakespeare_dir: Path, tmp_path: Path) -> None:
@@ -151,8 +151,8 @@ def test_default_preset_is_cpu_small_on_cpu(shakespeare_dir: Path, tmp_path: Pat
         "muon", 0.03, 0.85, 3e-3, "wsd", 20
     )
     assert t.batch_size == 24  # a larger batch than nanoGPT's 12: fewer, cheaper-per-token steps
-    assert [g["lr_scale"] for g in trainer.optimizer.param_groups] == [1.0, 1.0, 0.03 / 3e-3]
-    assert trainer.optimizer.param_groups[-1]["momentum"] == 0.85  # the flag reaches Muon
+    assert [g["lr_scale"] for g in trainer.stepper.optimizer.param_groups] == [1.0, 1.0, 0.03 / 3e-3]
+    assert trainer.stepper.optimizer.param_groups[-1]["momentum"] == 0.85  # the flag reaches Muon
 
 
 def test_optimizer_adamw_on_cpu_small_is_nanogpts_recipe_exactly(shakespeare_dir: Path, tmp_path: Path) -> None:
@@ -165,7 +165,7 @@ def test_optimizer_adamw_on_cpu_small_is_nanogpts_recipe_exactly(shakespeare_dir
     assert (t.beta1, t.beta2, t.weight_decay, t.grad_clip, t.batch_size) == (0.9, 0.99, 0.1, 1.0, 12)
     trainer = build_trainer({**common, "learning_rate": 2e-3}, preset="cpu-small")
     assert trainer.train_cfg.learning_rate == 2e-3 and trainer.train_cfg.lr_schedule == "cosine"  # typed flags win
-    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+    assert isinstance(trainer.stepper.optimizer, torch.optim.AdamW)
 
 
 def test_baby_gpt_the_cuda_default_trains_with_muon_and_wsd(shakespeare_dir: Path, tmp_path: Path) -> None:
@@ -181,8 +181,8 @@ def test_baby_gpt_the_cuda_default_trains_with_muon_and_wsd(shakespeare_dir: Pat
     small = {"device": "cpu", "dtype": "float32", "data_dir": str(shakespeare_dir), "out_dir": str(tmp_path),
              "n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32}
     trainer = build_trainer(small, preset="baby-gpt")
-    assert [g["lr_scale"] for g in trainer.optimizer.param_groups] == [1.0, 1.0, 0.02 / 1e-3]
-    assert trainer.optimizer.param_groups[-1]["momentum"] == 0.95
+    assert [g["lr_scale"] for g in trainer.stepper.optimizer.param_groups] == [1.0, 1.0, 0.02 / 1e-3]
+    assert trainer.stepper.optimizer.param_groups[-1]["momentum"] == 0.95
 
 
 def test_optimizer_adamw_on_baby_gpt_is_nanogpts_recipe_exactly(shakespeare_dir: Path, tmp_path: Path) -> None:
@@ -196,7 +196,7 @@ def test_optimizer_adamw_on_baby_gpt_is_nanogpts_recipe_exactly(shakespeare_dir:
     assert (typed.steps, typed.lr_schedule) == (1750, "wsd")  # typed flags win
     small = {"device": "cpu", "dtype": "float32", "data_dir": str(shakespeare_dir), "out_dir": str(tmp_path),
              "n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "optimizer": "adamw"}
-    assert isinstance(build_trainer(small, preset="baby-gpt").optimizer, torch.optim.AdamW)
+    assert isinstance(build_trainer(small, preset="baby-gpt").stepper.optimizer, torch.optim.AdamW)
 
 
 def test_explicit_flags_win_over_the_preset(shakespeare_dir: Path, tmp_path: Path) -> None:
@@ -220,7 +220,7 @@ def test_resume_keeps_saved_settings_and_takes_explicit_ones(shakespeare_dir: Pa
     # only the data location and the new step count are given: everything else comes from the checkpoint
     again = build_trainer({"steps": 5, "data_dir": str(shakespeare_dir)}, resume=stem)
     assert again.train_cfg.learning_rate == 2e-3 and again.train_cfg.steps == 5
-    assert again.model_cfg == first.model_cfg and again.step == 3
+    assert again.model_cfg == first.model_cfg and again.state.step == 3
     with pytest.raises(UserError, match="--embedding-size 64 conflicts with checkpoint"):
         build_trainer({"n_embd": 64}, resume=stem)
 
@@ -251,7 +251,7 @@ def test_sampling_and_evaluating_do_not_change_the_run(shakespeare_dir: Path, tm
         assert first == second  # the validation batches are fixed
         text = busy.sample(20, prompt="ROMEO:")
         assert text.startswith("ROMEO:") and len(text) == 26
-        assert busy.model.training
+        assert busy.stepper.model.training
     assert a == b
 
 
@@ -338,7 +338,7 @@ def test_unexpected_error_saves_what_was_learned_then_raises(shakespeare_dir: Pa
     assert (tmp_path / "model_step_3.safetensors").is_file()
     assert (tmp_path / "model_step_3.resume.json").is_file()
     resumed = build_trainer({"out_dir": str(tmp_path)}, resume=str(tmp_path / "model_step_3"))
-    assert resumed.step == 3
+    assert resumed.state.step == 3
 
 
 def test_deferred_loss_reads_give_the_same_run(shakespeare_dir: Path, tmp_path: Path, monkeypatch) -> None:
@@ -365,7 +365,7 @@ def test_deferred_loss_reads_give_the_same_run(shakespeare_dir: Path, tmp_path: 
         return [{k: v for k, v in e.items() if k != "duration_ms"} for e in log]
 
     assert len(log_b) == 12 and without_times(log_a) == without_times(log_b)
-    for p, q in zip(every.model.parameters(), batched.model.parameters(), strict=True):
+    for p, q in zip(every.stepper.model.parameters(), batched.stepper.model.parameters(), strict=True):
         assert torch.equal(p, q)
 
 
@@ -385,9 +385,9 @@ def test_train_steps_reads_losses_once_and_matches_train_step(shakespeare_dir: P
     many = build_trainer(settings(shakespeare_dir, tmp_path / "many", steps=6))
     singles = [one.train_step() for _ in range(3)]
     together = many.train_steps(3)
-    assert [e.step for e in together] == [1, 2, 3] and many.step == 3
+    assert [e.step for e in together] == [1, 2, 3] and many.state.step == 3
     assert [e.loss for e in together] == [e.loss for e in singles]
-    assert [e["step"] for e in many.log] == [1, 2, 3]
+    assert [e["step"] for e in many.state.log] == [1, 2, 3]
 
 
 @pytest.mark.slow  # compiling takes ~30-60 s on a 2-core CPU the first time (inductor then caches it)
@@ -398,11 +398,11 @@ def test_compiled_cpu_shards_train_like_eager(shakespeare_dir: Path, tmp_path: P
     compiled = build_trainer(settings(shakespeare_dir, tmp_path / "compiled", compile=True, **opts))
     if eager.stepper.core_parallel is None:
         pytest.skip("one CPU core: no shards to compare")
-    assert compiled.stepper.core_parallel is not None and compiled.stepper.step_module is not compiled.model
+    assert compiled.stepper.core_parallel is not None and compiled.stepper.step_module is not compiled.stepper.model
     a, b = run_collect(eager), run_collect(compiled)
     assert b[-1].reason == "completed", b[-1]
     torch.testing.assert_close(losses(b), losses(a), rtol=0, atol=1e-4)
-    for p, q in zip(eager.model.parameters(), compiled.model.parameters(), strict=True):
+    for p, q in zip(eager.stepper.model.parameters(), compiled.stepper.model.parameters(), strict=True):
         torch.testing.assert_close(q, p, rtol=0, atol=1e-4)
 
 
@@ -464,7 +464,7 @@ def test_each_mixology_source_gets_a_validation_loss_of_its_own(mixology_dir: Pa
     # a resume keeps the per-source history and measures the same losses as the uninterrupted run
     resumed = build_trainer({"out_dir": str(tmp_path / "resumed")}, resume=str(tmp_path / "model_step_10"))
     run_collect(resumed)
-    again = {e["step"]: e["source_validation_losses"] for e in resumed.log if "validation_loss" in e}
+    again = {e["step"]: e["source_validation_losses"] for e in resumed.state.log if "validation_loss" in e}
     assert again[10] == logged[10] and again[20] == pytest.approx(logged[20], rel=1e-6)
 
 
@@ -472,7 +472,7 @@ def test_a_single_file_dataset_has_no_source_losses(shakespeare_dir: Path, tmp_p
     trainer = build_trainer(settings(shakespeare_dir, tmp_path, steps=2, validation_interval=2))
     events = run_collect(trainer)
     assert [e.source_losses for e in events if isinstance(e, EvalDone)] == [{}]
-    assert all("source_validation_losses" not in e for e in trainer.log)
+    assert all("source_validation_losses" not in e for e in trainer.state.log)
 
 
 @pytest.mark.parametrize("grad_clip", [1.0, 0.0])
@@ -483,11 +483,12 @@ def test_the_gradient_norm_is_logged_as_clipping_sees_it(
     trainer = build_trainer(opts)
     reference = build_trainer(opts)  # the same initial weights: the first step's gradients computed here
     x, y = reference.stepper.train_batches.batch(0)
-    reference.model(x, y)[1].backward()
-    expected = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in reference.model.parameters()])).item()
+    reference.stepper.model(x, y)[1].backward()
+    grads = [p.grad.norm() for p in reference.stepper.model.parameters()]
+    expected = torch.linalg.vector_norm(torch.stack(grads)).item()
     first = trainer.train_step()
     assert first.grad_norm == pytest.approx(expected, rel=1e-4)
-    assert trainer.log[-1]["grad_norm"] == first.grad_norm
+    assert trainer.state.log[-1]["grad_norm"] == first.grad_norm
     # read back with the losses (as on an accelerator): the same norms as read at once
     deferred = build_trainer(settings(shakespeare_dir, tmp_path / "b", steps=4, grad_clip=grad_clip))
     at_once = [first.grad_norm] + [trainer.train_step().grad_norm for _ in range(3)]
@@ -516,4 +517,4 @@ def test_the_evaluation_sample_is_the_same_whether_or_not_g_sampled(shakespeare_
     assert [(e["step"], e["sample"]) for e in log if "sample" in e] == kept
     resumed = build_trainer({"out_dir": str(tmp_path / "resumed")}, resume=str(tmp_path / "plain" / "model_step_3"))
     run_collect(resumed)
-    assert [(e["step"], e["sample"]) for e in resumed.log if "sample" in e] == kept
+    assert [(e["step"], e["sample"]) for e in resumed.state.log if "sample" in e] == kept

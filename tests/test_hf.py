@@ -35,7 +35,7 @@ def trained(data_dir: Path, out: Path, **kw) -> Path:
     trainer = build_trainer({**TINY, "data_dir": str(data_dir), "out_dir": str(out), "steps": 2, **kw})
     gen = torch.Generator().manual_seed(5)
     with torch.no_grad():
-        for p in trainer.model.parameters():
+        for p in trainer.stepper.model.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * 0.1)
     trainer.train_step()
     trainer.train_step()
@@ -122,12 +122,12 @@ def test_init_from_hf_folder_then_train_export_reload(bpe_dir, tmp_path):
     trainer = build_trainer(opts)
     assert trainer.model_cfg.activation == "gelu_tanh" and trainer.model_cfg.bias and trainer.model_cfg.block_size == 32
     x = torch.randint(0, 50257, (2, 32), generator=torch.Generator().manual_seed(1))
-    trainer.model.eval()
+    trainer.stepper.model.eval()
     with torch.no_grad():
-        ours, _ = trainer.model(x, targets=x)
+        ours, _ = trainer.stepper.model(x, targets=x)
         theirs = ref(x).logits
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
-    trainer.model.train()
+    trainer.stepper.model.train()
     for _ in range(3):
         trainer.train_step()
     stem = Path(trainer.save().stem)
@@ -143,7 +143,7 @@ def test_init_from_finds_a_snapshot_in_the_hf_cache(bpe_dir, tmp_path, monkeypat
     (snap.parents[1] / "refs" / "main").write_text("abc123")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    from nanogpt import hf_import
+    from nanogpt.interop import hf_import
 
     assert hf_import.load_source("gpt2").source == str(snap)
 
@@ -168,9 +168,9 @@ def test_init_from_nanogpt_ckpt(reference_nanogpt, bpe_dir, tmp_path, monkeypatc
     trainer = build_trainer(opts)
     assert trainer.model_cfg.activation == "gelu" and trainer.model_cfg.vocab_size == 50257
     x = torch.randint(0, 50257, (2, 32), generator=torch.Generator().manual_seed(1))
-    trainer.model.eval()
+    trainer.stepper.model.eval()
     with torch.no_grad():
-        ours, _ = trainer.model(x, targets=x)
+        ours, _ = trainer.stepper.model(x, targets=x)
         theirs, _ = ref(x, targets=x)
     torch.testing.assert_close(ours, theirs[..., :50257], rtol=0, atol=1e-5)
 

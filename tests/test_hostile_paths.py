@@ -20,7 +20,8 @@ import torch
 from engine_fixtures import TINY_FLAGS
 from test_hostile import assert_one_line, copy_checkpoint, run
 
-from nanogpt import checkpoint, dtype_probe
+from nanogpt import checkpoint
+from nanogpt.runtime import dtype_probe
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 DEEP = "[" * 200_000 + "]" * 200_000  # 400 KB of JSON nested past any recursion limit

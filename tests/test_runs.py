@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from engine_fixtures import TINY_FLAGS
 
-from nanogpt import checkpoint, runs
+from nanogpt import checkpoint
+from nanogpt.store import runs
 from nanogpt.cli import main
 from nanogpt.errors import UserError
 

@@ -1,4 +1,4 @@
-"""runtime.py: precision choice, CPU core-parallel training steps, and the model's training-path math."""
+"""machine.py: precision choice, CPU core-parallel training steps, and the model's training-path math."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanogpt import cores, runtime
+from nanogpt.runtime import cores, machine
 from nanogpt.config import ModelConfig
 from nanogpt.model import GPT
 from nanogpt.optim import build_optimizer
@@ -26,7 +26,7 @@ CPU = torch.device("cpu")
 def one_intra_op_thread():
     """One intra-op thread, as under CoreParallel: these models are tiny, and OpenMP's fork/join per op
     stalls for whole scheduler time slices when other processes (parallel test runs) hold the cores."""
-    with runtime.intra_op_threads(1):
+    with machine.intra_op_threads(1):
         yield
 
 
@@ -53,7 +53,7 @@ def train(model: GPT, dtype: torch.dtype, steps: int, workers: int) -> list[floa
         if parallel is not None:
             loss = parallel.forward_backward(model, x, y, loss_scale=1.0, device=CPU, dtype=dtype)
         else:
-            with runtime.autocast(CPU, dtype):
+            with machine.autocast(CPU, dtype):
                 _, loss = model(x, y)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -67,24 +67,24 @@ def train(model: GPT, dtype: torch.dtype, steps: int, workers: int) -> list[floa
 
 # ------------------------------------------------------------------------------------------ precision
 def test_auto_dtype_on_cpu_is_bfloat16_only_where_the_cpu_does_it_natively():
-    expected = torch.bfloat16 if runtime.cpu_has_fast_bf16() else torch.float32
-    assert runtime.resolve_dtype("auto", CPU) == expected
+    expected = torch.bfloat16 if machine.cpu_has_fast_bf16() else torch.float32
+    assert machine.resolve_dtype("auto", CPU) == expected
 
 
 def test_auto_dtype_never_picks_emulated_bfloat16(monkeypatch):
     # torch's oneDNN probe is what tells an AVX-512-BF16/AMX CPU from an AVX2 one: make it say "no"
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
-    assert runtime.cpu_has_fast_bf16() is False
-    assert runtime.resolve_dtype("auto", CPU) == torch.float32
+    assert machine.cpu_has_fast_bf16() is False
+    assert machine.resolve_dtype("auto", CPU) == torch.float32
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
-    assert runtime.resolve_dtype("auto", CPU) == torch.bfloat16
+    assert machine.resolve_dtype("auto", CPU) == torch.bfloat16
 
 
 def test_auto_on_a_native_bfloat16_cpu_takes_the_step_the_probe_measured_faster(tmp_path, monkeypatch):
     """A native bfloat16 is only a candidate: the run's own step, timed both ways, decides (and is cached)."""
     import json
 
-    from nanogpt import dtype_probe
+    from nanogpt.runtime import dtype_probe
     from nanogpt.config import TrainConfig
 
     # say "native" everywhere: on a CPU that emulates bfloat16 the probe must then measure it slower
@@ -92,7 +92,7 @@ def test_auto_on_a_native_bfloat16_cpu_takes_the_step_the_probe_measured_faster(
     monkeypatch.setenv("NANOGPT_CACHE_DIR", str(tmp_path))
     cfg = ModelConfig(vocab_size=65, block_size=32, n_layer=2, n_head=2, n_embd=64)
     train_cfg = TrainConfig(dtype="auto", device="cpu", batch_size=4)
-    first = runtime.resolve_hardware(cfg, train_cfg)
+    first = machine.resolve_hardware(cfg, train_cfg)
     (entry,) = json.loads((tmp_path / dtype_probe.CACHE_FILE).read_text()).values()
     faster = "bfloat16" if entry["bfloat16_ms"] < dtype_probe.MARGIN * entry["float32_ms"] else "float32"
     assert entry["dtype"] == faster and first.dtype == dtype_probe.NAMED[faster]
@@ -103,17 +103,17 @@ def test_auto_on_a_native_bfloat16_cpu_takes_the_step_the_probe_measured_faster(
     # (a verdict measured on a quiet machine and not a near tie: one from a busy machine is measured again)
     calm = {"load": 0.0, "float32_ms": 100.0, "bfloat16_ms": 150.0}
     (tmp_path / dtype_probe.CACHE_FILE).write_text(json.dumps({key: {**entry, **calm, "dtype": other}}))
-    second = runtime.resolve_hardware(cfg, train_cfg)
+    second = machine.resolve_hardware(cfg, train_cfg)
     assert second.dtype == dtype_probe.NAMED[other] and second.dtype_probe == ""
     # a named dtype is used as given, probe or not
-    named = runtime.resolve_hardware(cfg, TrainConfig(dtype="float32", device="cpu", batch_size=4))
+    named = machine.resolve_hardware(cfg, TrainConfig(dtype="float32", device="cpu", batch_size=4))
     assert named.dtype == torch.float32
 
 
 def test_explicit_dtypes_are_honoured():
-    assert runtime.resolve_dtype("float32", CPU) == torch.float32
-    assert runtime.resolve_dtype("bfloat16", CPU) == torch.bfloat16
-    assert runtime.resolve_dtype("float16", CPU) == torch.float16
+    assert machine.resolve_dtype("float32", CPU) == torch.float32
+    assert machine.resolve_dtype("bfloat16", CPU) == torch.bfloat16
+    assert machine.resolve_dtype("float16", CPU) == torch.float16
 
 
 # -------------------------------------------------------------------------------------- training steps
@@ -167,20 +167,20 @@ def test_core_parallel_adds_to_existing_gradients_and_repeats_exactly():
 
 def test_core_parallel_is_used_only_where_it_is_safe():
     common = {"batch_size": 12, "dropout": 0.0, "dtype": torch.float32, "world_size": 1, "cores": 4}
-    assert runtime.core_parallel_workers(CPU, **common) == 4
-    assert runtime.core_parallel_workers(CPU, **{**common, "cores": 16}) == 12  # one shard per sequence at most
-    assert runtime.core_parallel_workers(CPU, **{**common, "cores": 1}) == 1  # OMP_NUM_THREADS=1
-    assert runtime.core_parallel_workers(torch.device("cuda"), **common) == 1
-    assert runtime.core_parallel_workers(CPU, **{**common, "dropout": 0.1}) == 1  # masks would not repeat
-    assert runtime.core_parallel_workers(CPU, **{**common, "world_size": 2}) == 1
-    assert runtime.core_parallel_workers(CPU, **{**common, "dtype": torch.float16}) == 1
-    assert runtime.core_parallel_workers(CPU, **{**common, "batch_size": 1}) == 1
+    assert machine.core_parallel_workers(CPU, **common) == 4
+    assert machine.core_parallel_workers(CPU, **{**common, "cores": 16}) == 12  # one shard per sequence at most
+    assert machine.core_parallel_workers(CPU, **{**common, "cores": 1}) == 1  # OMP_NUM_THREADS=1
+    assert machine.core_parallel_workers(torch.device("cuda"), **common) == 1
+    assert machine.core_parallel_workers(CPU, **{**common, "dropout": 0.1}) == 1  # masks would not repeat
+    assert machine.core_parallel_workers(CPU, **{**common, "world_size": 2}) == 1
+    assert machine.core_parallel_workers(CPU, **{**common, "dtype": torch.float16}) == 1
+    assert machine.core_parallel_workers(CPU, **{**common, "batch_size": 1}) == 1
 
 
-def cpu_hardware(**train) -> runtime.Hardware:
+def cpu_hardware(**train) -> machine.Hardware:
     from nanogpt.config import TrainConfig
 
-    return runtime.resolve_hardware(ModelConfig(dropout=0.0), TrainConfig(device="cpu", dtype="float32", **train))
+    return machine.resolve_hardware(ModelConfig(dropout=0.0), TrainConfig(device="cpu", dtype="float32", **train))
 
 
 def test_hardware_divides_the_cores_among_the_shards_and_training_process_restores(monkeypatch):
@@ -189,11 +189,11 @@ def test_hardware_divides_the_cores_among_the_shards_and_training_process_restor
     assert (hw.shards, hw.threads, hw.world_size, hw.rank, hw.grad_scaler, hw.compile) == (2, 1, 1, 0, False, False)
     assert hw.sync_every == 1  # CPU: every loss is read at once
     switch = sys.getswitchinterval()
-    with runtime.training_process(hw):
+    with machine.training_process(hw):
         assert torch.get_num_threads() == 1  # one per shard: the cores divided among them
         assert sys.getswitchinterval() == switch  # no UI, no change
     assert torch.get_num_threads() == 2
-    with runtime.training_process(cpu_hardware(batch_size=1)):  # one shard: torch's own count
+    with machine.training_process(cpu_hardware(batch_size=1)):  # one shard: torch's own count
         assert torch.get_num_threads() == 2
     monkeypatch.setenv("NANOGPT_SYNC_EVERY", "7")
     assert cpu_hardware().sync_every == 7
@@ -202,23 +202,23 @@ def test_hardware_divides_the_cores_among_the_shards_and_training_process_restor
 def test_a_ui_run_gets_a_short_gil_switch_interval_and_gives_it_back():
     """The engine's threads wait less for the GIL while a UI thread draws (BENCHMARKS.md, the UI's overhead)."""
     before = sys.getswitchinterval()
-    with runtime.training_process(cpu_hardware(), ui=True):
-        assert sys.getswitchinterval() == runtime.UI_SWITCH_INTERVAL_S
+    with machine.training_process(cpu_hardware(), ui=True):
+        assert sys.getswitchinterval() == machine.UI_SWITCH_INTERVAL_S
     assert sys.getswitchinterval() == before  # restored when the UI goes
-    with pytest.raises(RuntimeError), runtime.training_process(cpu_hardware(), ui=True):
+    with pytest.raises(RuntimeError), machine.training_process(cpu_hardware(), ui=True):
         raise RuntimeError("the run failed")
     assert sys.getswitchinterval() == before  # also after a failure
 
 
 _FAULTS_PER_STEP = """
 import resource, sys, torch
-from nanogpt import runtime
+from nanogpt.runtime import machine
 from nanogpt.config import ModelConfig
 from nanogpt.model import GPT
 from nanogpt.optim import build_optimizer
 torch.set_num_threads(1)
 if sys.argv[1] == "tuned":
-    assert runtime.keep_freed_memory()
+    assert machine.keep_freed_memory()
 torch.manual_seed(0)
 model = GPT(ModelConfig(n_layer=2, n_head=4, n_embd=128, block_size=64, vocab_size=65, dropout=0.0))
 x = torch.randint(0, 65, (12, 64))
@@ -241,7 +241,7 @@ print(sorted(faults)[len(faults) // 2])
 @pytest.mark.skipif(not (sys.platform == "linux" and platform.libc_ver()[0] == "glibc"), reason="glibc only")
 def test_keep_freed_memory_stops_the_page_faults_of_every_step():
     """glibc's default gives back and re-faults a cpu-small-sized step's activations every step."""
-    env = {**os.environ, "PYTHONPATH": str(Path(runtime.__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(machine.__file__).parents[2])}
     for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"):
         env.pop(name, None)
     # glibc's default starts at a 128 KiB mmap threshold and raises it when a large block is freed, so whether
@@ -288,11 +288,11 @@ def test_the_update_runs_on_every_core_the_shards_share():
     from nanogpt.config import TrainConfig
 
     cfg = ModelConfig(vocab_size=65, block_size=16, n_layer=1, n_head=2, n_embd=32)
-    hardware = runtime.resolve_hardware(cfg, TrainConfig(dtype="float32", device="cpu", batch_size=4))
+    hardware = machine.resolve_hardware(cfg, TrainConfig(dtype="float32", device="cpu", batch_size=4))
     sharded = dataclasses.replace(hardware, shards=2, threads=1)
-    with runtime.intra_op_threads(1):  # as a shard's thread runs
-        with runtime.all_cores(sharded):
+    with machine.intra_op_threads(1):  # as a shard's thread runs
+        with machine.all_cores(sharded):
             assert torch.get_num_threads() == 2
         assert torch.get_num_threads() == 1
-        with runtime.all_cores(dataclasses.replace(hardware, shards=1)):  # one pass: nothing to change
+        with machine.all_cores(dataclasses.replace(hardware, shards=1)):  # one pass: nothing to change
             assert torch.get_num_threads() == 1

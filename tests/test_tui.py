@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from nanogpt import checkpoint, runtime
+from nanogpt import checkpoint
+from nanogpt.runtime import machine
 from nanogpt.cli import main
 from nanogpt.train.setup import build_trainer
 from nanogpt.plot import read_run
@@ -36,7 +37,7 @@ def char_data(shakespeare_dir: Path) -> Path:
 def one_torch_thread():
     # Tiny steps gain nothing from a second intra-op thread, and on a busy 2-core box its spin-waits
     # make them ~100x slower; restore the setting for the other tests.
-    with runtime.intra_op_threads(1):
+    with machine.intra_op_threads(1):
         yield
 
 
@@ -96,7 +97,7 @@ def test_p_pauses_and_resumes_the_step_counter(char_data: Path, tmp_path: Path) 
             await wait_for(pilot, lambda: app.badge() == "PAUSED", "the engine to pause")
             held = app.step
             await pilot.pause(0.5)
-            assert app.step == held and trainer.step == held
+            assert app.step == held and trainer.state.step == held
             assert "PAUSED" in str(app.badge_widget.render())
             await pilot.press("p")
             await wait_for(pilot, lambda: app.step > held + 2, "steps after resuming")
@@ -123,7 +124,7 @@ def test_g_shows_a_sample_and_escape_closes_it_and_training_goes_on(char_data: P
             screen = app.screen
             await wait_for(pilot, lambda: screen.text is not None, "the sampled text")
             held = app.step
-            assert app.badge() == "PAUSED" and trainer.step == held
+            assert app.badge() == "PAUSED" and trainer.state.step == held
             # the popup shows what these weights sample (the engine's sampler is seeded by the step)
             assert screen.text == trainer.sample(40)
             assert len(screen.text) >= 10
@@ -184,7 +185,7 @@ def test_last_step_saves_and_waits_for_q_then_resume_starts_paused_with_history(
             await wait_for(pilot, lambda: app2.run_info is not None, "the run to start")
             await wait_for(pilot, lambda: chart.draws > 0, "the chart")
             await pilot.pause(0.5)
-            assert app2.badge() == "PAUSED" and app2.step == 20 and resumed.step == 20
+            assert app2.badge() == "PAUSED" and app2.step == 20 and resumed.state.step == 20
             # the time is the run's, the first 20 steps included (their logged durations), not this session's
             earlier = sum(e["duration_ms"] for e in checkpoint.read_log(stem)) / 1000
             assert earlier > 0 and app2.run_seconds() == pytest.approx(earlier)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .files import read_json
+from .store.files import read_json
 from .tokenizers import CharTokenizer, Tokenizer, from_meta, token_dtype
 
 # The keys of vocab.json that `nanogpt prepare` writes: the tokenizer's own, the token ids' dtype, the counts

@@ -7,8 +7,10 @@ engine reads them between two steps.
 
 from __future__ import annotations
 
+import queue
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .config import GenerateConfig
 
@@ -34,6 +36,8 @@ class RunStarted:
     world_size: int = 1
     block_params: int = 0  # of n_params, those in the transformer blocks (the rest: embeddings, final norm)
     train_tokens: int = 0  # tokens in the training split: one epoch
+    notes: tuple[str, ...] = ()  # what building the run has to tell the user (a front end shows them first)
+    resumed_from: str | None = None  # the checkpoint a resumed run continues (its last one until it saves)
 
 
 @dataclass(frozen=True)
@@ -148,3 +152,23 @@ class Stop:
 
 
 Command = Pause | Resume | Sample | Save | Stop
+
+
+class Engine(Protocol):
+    """What a front end (tui/, headless.py) holds of a run: the trainer (train/loop.py), seen through this alone.
+
+    A front end starts the run and then only sends commands and reads events; the run's settings reach it in
+    RunStarted. Two ways in besides the queue: `request_stop`, for signal handlers (it sets a flag and takes no
+    lock that the interrupted thread may hold; `now`, a second request: drop the step in progress), and
+    `sample`, which serves `g` once the loop has ended and reads no more commands.
+    """
+
+    def run(
+        self, emit: Callable[[Event], None], commands: queue.Queue | None = None, start_paused: bool = False
+    ) -> RunFinished: ...
+
+    def request_stop(self, now: bool = False) -> None: ...
+
+    def stop_requested(self) -> bool: ...
+
+    def sample(self, n_tokens: int, prompt: str = "", seed: int | None = None) -> str: ...

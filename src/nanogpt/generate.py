@@ -30,7 +30,7 @@ from .data import read_vocab
 from .errors import UserError
 from .inference import CapturedStep, Decoder
 from .model import GPT
-from .runtime import aten_kernels
+from .runtime.machine import aten_kernels
 from .tokenizers import BpeTokenizer, CharTokenizer, GPT2Tokenizer, Tokenizer, from_meta
 
 _DEFAULT = GenerateConfig()
@@ -263,7 +263,7 @@ def _known_prompt(tokenizer: Tokenizer, text: str, drop: bool) -> str:
 def generate_cli(stem: str, settings: GenerateConfig | None = None) -> int:
     """`nanogpt generate`: load checkpoint `stem`, stream prompt + generated text to stdout; returns 0."""
     from .checkpoint import load_model
-    from .runtime import generation_threads, resolve_device
+    from .runtime.machine import generation_threads, resolve_device
 
     s = settings if settings is not None else GenerateConfig()
     s.validate()

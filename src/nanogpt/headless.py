@@ -16,11 +16,10 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .train.loop import Trainer
 from .events import (
-    EvalDone, Event, Overfitting, Paused, RunFinished, RunStarted, Sampled, Saved, StepDone, overfitting_text,
+    EvalDone, Engine, Event, Overfitting, Paused, RunFinished, RunStarted, Sampled, Saved, StepDone, overfitting_text,
 )
-from .files import discard_output
+from .store.files import discard_output
 from .summary import count, data_use, hints, parameter_parts, plural, print_end_of_run
 
 
@@ -53,14 +52,15 @@ def _bpb(value: float | None) -> str:
 
 
 class _Printer:
-    """Turns events into lines (and a progress bar on a terminal)."""
+    """Turns events into lines (and a progress bar on a terminal); remembers the step and checkpoint they told."""
 
-    def __init__(self, trainer: Trainer, quiet: bool):
-        self.trainer = trainer
+    def __init__(self, engine: Engine, quiet: bool):
+        self.engine = engine
         self.quiet = quiet
         self.progress: Any = None
         self.task: Any = None
-        self.interval = max(1, trainer.train_cfg.log_interval)
+        self.interval, self.total = 1, 0  # --log-interval and --steps, from RunStarted
+        self.step, self.stem = 0, None  # the last step shown and checkpoint saved (or resumed from)
 
     def line(self, text: str) -> None:
         if self.quiet:
@@ -74,10 +74,14 @@ class _Printer:
             self.quiet = True
             discard_output()
             _say(f"cannot write to stdout ({e.strerror or e}): finishing this step, then saving")
-            self.trainer.request_stop()
+            self.engine.request_stop()
 
     def __call__(self, event: Event) -> None:
+        self.step = getattr(event, "step", getattr(event, "start_step", self.step))
+        if isinstance(event, (Saved, RunStarted)):
+            self.stem = event.stem if isinstance(event, Saved) else event.resumed_from
         if isinstance(event, RunStarted):
+            self.interval, self.total = max(1, int(event.train["log_interval"])), event.total_steps
             m = event.model
             what = "resuming at step" if event.start_step else "training"
             self.line(
@@ -100,9 +104,9 @@ class _Printer:
         elif isinstance(event, StepDone):
             if self.progress is not None:
                 self.progress.update(self.task, completed=event.step, description=f"loss {event.loss:.4f}")
-            if event.step % self.interval == 0 or event.step == self.trainer.total_steps:
+            if event.step % self.interval == 0 or event.step == self.total:
                 self.line(
-                    f"step {event.step:>6}/{self.trainer.total_steps} | loss {event.loss:.4f} | "
+                    f"step {event.step:>6}/{self.total} | loss {event.loss:.4f} | "
                     f"{event.duration_ms:8.1f} ms/step | {event.tokens_per_s:>10,.0f} tok/s | "
                     f"lr {event.lr:.2e}" + (f" | grad {event.grad_norm:.3f}" if event.grad_norm is not None else "")
                 )
@@ -111,15 +115,15 @@ class _Printer:
                 f" | {name} {loss:.4f}{_bpb(event.source_bpb.get(name))}" for name, loss in event.source_losses.items()
             )
             self.line(
-                f"step {event.step:>6}/{self.trainer.total_steps} | val loss {event.val_loss:.4f}"
+                f"step {event.step:>6}/{self.total} | val loss {event.val_loss:.4f}"
                 f"{_bpb(event.val_bpb)}{by_source}"
             )
             if event.sample:  # one line however many lines the text has, so a log stays one event a line
-                self.line(f"step {event.step:>6}/{self.trainer.total_steps} | sample {event.sample!r}")
+                self.line(f"step {event.step:>6}/{self.total} | sample {event.sample!r}")
         elif isinstance(event, Saved):
             self.line(f"saved {event.stem}" + (" (the best validation loss so far)" if event.best else ""))
         elif isinstance(event, Overfitting):
-            self.line(f"step {event.step:>6}/{self.trainer.total_steps} | {overfitting_text(event)}")
+            self.line(f"step {event.step:>6}/{self.total} | {overfitting_text(event)}")
         elif isinstance(event, Sampled):
             self.line(event.text)
         elif isinstance(event, Paused):
@@ -140,13 +144,12 @@ class _StopNow(KeyboardInterrupt):
         self.signum = signum
 
 
-def run_headless(trainer: Trainer, listeners: Sequence[Callable[[Event], None]] = ()) -> int:
-    """Run the training loop printing progress; returns the process exit code (0, or 1 on an error; 128 + the
-    signal's number when a second signal stopped it at once).
+def run_headless(engine: Engine, quiet: bool = False, listeners: Sequence[Callable[[Event], None]] = ()) -> int:
+    """Run the training loop printing progress (`quiet`: nothing, as on every rank but 0); returns the process
+    exit code (0, or 1 on an error; 128 + the signal's number when a second signal stopped it at once).
 
     `listeners` (the trackers) hear every event after the printer."""
-    quiet = not trainer.is_main
-    printer = _Printer(trainer, quiet)
+    printer = _Printer(engine, quiet)
 
     def emit(event: Event) -> None:
         printer(event)
@@ -163,7 +166,7 @@ def run_headless(trainer: Trainer, listeners: Sequence[Callable[[Event], None]] 
         if not quiet:
             _say(f"{signal.Signals(signum).name}: finishing this step, then saving (a second Ctrl-C or SIGTERM "
                  "stops at once, without saving)")
-        trainer.request_stop()
+        engine.request_stop()
 
     previous = {}
     if threading.current_thread() is threading.main_thread():
@@ -182,15 +185,15 @@ def run_headless(trainer: Trainer, listeners: Sequence[Callable[[Event], None]] 
                 transient=True,
             ) as progress:
                 printer.progress = progress
-                finished = trainer.run(emit)
+                finished = engine.run(emit)
             printer.progress = None
         else:
-            finished = trainer.run(emit)
+            finished = engine.run(emit)
     except _StopNow as stop:
         if not quiet:
-            kept = f"the last checkpoint is {trainer.last_stem}" if trainer.last_stem else "nothing was saved"
+            kept = f"the last checkpoint is {printer.stem}" if printer.stem else "nothing was saved"
             name = signal.Signals(stop.signum).name
-            _say(f"{name} after a stop request: stopped at once at step {trainer.step}; {kept}")
+            _say(f"{name} after a stop request: stopped at once at step {printer.step}; {kept}")
         return 128 + stop.signum
     finally:
         for sig, handler in previous.items():

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint, runs
-from .atomic import atomic_write, write_failure
+from . import checkpoint
+from .store import runs
+from .store.atomic import atomic_write, write_failure
 from .errors import UserError
 from .summary import drawable, is_drawable, split_log
 

@@ -19,9 +19,9 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write
+from .store.atomic import atomic_write
 from .errors import UserError
-from .files import read_json
+from .store.files import read_json
 from .events import EvalDone, Event, RunFinished, RunStarted, StepDone
 
 STATE_FILE = "trackers.json"  # beside the checkpoints: {"wandb_id": ...}

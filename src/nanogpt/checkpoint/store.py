@@ -11,9 +11,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..atomic import atomic_write
+from ..store.atomic import atomic_write
 from ..errors import UserError
-from ..files import json_bytes, read_json, readable_name
+from ..store.files import json_bytes, read_json, readable_name
 FORMAT = 1
 FILES = (".safetensors", ".config.json", ".training_log.json", ".resume.safetensors", ".resume.json")
 MANIFEST = ".manifest.json"

@@ -13,7 +13,7 @@ from safetensors import SafetensorError, safe_open
 
 from ..config import ModelConfig
 from ..errors import UserError
-from ..files import readable_name
+from ..store.files import readable_name
 from .store import read_tensors
 TIED = ("lm_head.weight", "transformer.wte.weight")  # (dropped on save, kept)
 # the dtypes of weights and optimizer state we save, or GPT-2 exports hold; another (an int, a bool, float64)

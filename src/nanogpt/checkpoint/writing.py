@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..atomic import write_failure
+from ..store.atomic import write_failure
 from ..config import ModelConfig, TrainConfig, to_dict
 from ..errors import UserError
 from .store import FORMAT, MANIFEST, SUFFIXES, path_of, seal, write_json, write_tensors

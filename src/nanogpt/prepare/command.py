@@ -27,11 +27,11 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from ..atomic import publish, remove_stale_temps, temp_file
+from ..store.atomic import publish, remove_stale_temps, temp_file
 from ..config import PrepareConfig
 from ..errors import UserError
-from ..files import cache_dir, listing, read_json
-from ..locks import Claim, hold
+from ..store.files import cache_dir, listing, read_json
+from ..store.locks import Claim, hold
 from ..tokenizers import GPT2_EOT, TOKENIZERS, CharTokenizer, GPT2Tokenizer, default_bpe_vocab_size, token_dtype
 from .bpe import Learned, learn_bpe
 from .documents import Reading

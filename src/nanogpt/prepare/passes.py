@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..atomic import temp_file
+from ..store.atomic import temp_file
 from ..errors import UserError
 from .documents import DOC_START, Reading, scan, split_stream
 from .encode import Encoder, Part

@@ -22,7 +22,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ..errors import UserError
-from ..files import listing
+from ..store.files import listing
 from .inputs import decompressed, decompression_errors, kind_of, not_whole, open_raw, source_name, text_size, walk
 from .progress import Progress
 

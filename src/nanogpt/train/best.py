@@ -12,27 +12,27 @@ them; read from the log, so a resumed run sees the evaluations before its resume
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .. import runs
 from ..errors import UserError
-from ..events import Event, Overfitting
-from . import saving
-
-if TYPE_CHECKING:
-    from .loop import Trainer
+from ..events import Overfitting
+from ..store import runs
 
 
 class BestKeeper:
-    """The best set of one run folder so far (from its best.json), and the set that was written only as best."""
+    """The best set of one run folder so far (from its best.json), and the set that was written only as best.
 
-    def __init__(self, folder: str | Path):
+    A plain record: the loop tells it each evaluation and what it saved, and it answers what to do (save as
+    best, which superseded set to remove, whether the run overfits). It knows no trainer, and writes only
+    best.json and the removal it decided (`publish`, rank 0)."""
+
+    def __init__(self, folder: str | Path, overfit_evaluations: int, stop_when_overfitting: bool):
         self.folder = Path(folder)
         self.record: runs.Best | None = runs.read_best(self.folder)
         self.only_as_best: str | None = None  # a stem this process wrote for being the best, and for nothing else
         self.noticed = False  # overfitting is said once per process
+        self.overfit_evaluations, self.stop_when_overfitting = overfit_evaluations, stop_when_overfitting
 
     def improves(self, val_loss: float) -> bool:
         """Whether `val_loss` beats the recorded best (any loss does when none is recorded)."""
@@ -60,32 +60,20 @@ class BestKeeper:
         if superseded is not None:
             runs.remove_set(superseded)
 
-
-def after_evaluation(trainer: Trainer, emit: Callable[[Event], None], val_loss: float, keep: bool) -> None:
-    """Keep the step just evaluated when its validation loss is the best so far (saved if it was not; `keep`:
-    the step is saved for another reason too); say once when the run overfits, and stop it there with
-    --stop-when-overfitting (a normal stop: the loop saves and ends)."""
-    keeper, state, cfg = trainer.best, trainer.state, trainer.train_cfg
-    if keeper.improves(val_loss):
-        written = state.unsaved
-        saved = trainer.save(as_best=True)
-        superseded = keeper.recorded(state.step, saved.stem, val_loss, only_as_best=written and not keep)
-        saving.on_rank_zero(
-            trainer.hardware, lambda: keeper.publish(superseded), f"rank 0 could not write {runs.BEST_FILE}"
-        )
-        if written:
-            emit(saved)
-    if not keeper.noticed and rising_while_training_falls(state.log, cfg.overfit_evaluations):
-        keeper.noticed = True
-        best = keeper.record
-        stopping = cfg.stop_when_overfitting and state.step < trainer.total_steps  # the last step completes
-        emit(Overfitting(
-            step=state.step, evaluations=cfg.overfit_evaluations, stopping=stopping,
+    def overfitting(self, log: list[dict[str, Any]], step: int, total_steps: int) -> Overfitting | None:
+        """The notice, once, when the validation loss rose at each of the last evaluations while the training
+        loss fell; `stopping` with --stop-when-overfitting (a normal stop: the loop saves and ends), unless this
+        is the last step anyway."""
+        if self.noticed or not rising_while_training_falls(log, self.overfit_evaluations):
+            return None
+        self.noticed = True
+        best = self.record
+        return Overfitting(
+            step=step, evaluations=self.overfit_evaluations,
+            stopping=self.stop_when_overfitting and step < total_steps,
             best_step=best.step if best else None, best_val=best.validation_loss if best else None,
-            best_stem=str(keeper.folder / best.stem) if best else None,
-        ))
-        if stopping:
-            trainer.request_stop()
+            best_stem=str(self.folder / best.stem) if best else None,
+        )
 
 
 def rising_while_training_falls(log: list[dict[str, Any]], evaluations: int) -> bool:

@@ -12,11 +12,12 @@ import queue
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
-from .. import checkpoint, config, data, distributed, runs, runtime
+from .. import checkpoint, config, data
+from ..runtime import distributed, machine
+from ..store import runs
 from ..errors import UserError
 from ..events import (
     EvalDone,
@@ -42,10 +43,12 @@ from .step import Evaluation, Halted, Stepper
 
 
 class Trainer:
-    """Trains one model. Front ends call `run`; tests and tools may call the step-level methods directly.
+    """Trains one model. Front ends call `run` and talk to it by commands and events (events.Engine); tests and
+    tools may call the step-level methods directly.
 
-    `stepper` does the device work (step.py), `state` holds the run's progress (state.py); the trainer
-    joins them: it logs what the stepper did, saves, and talks to the front end.
+    `stepper` does the device work (step.py), `state` holds the run's progress (state.py), `best` decides
+    what to keep (best.py); the trainer joins them: it logs what the stepper did, saves, and talks to the
+    front end.
     """
 
     def __init__(
@@ -53,7 +56,7 @@ class Trainer:
         model_cfg: config.ModelConfig,
         train_cfg: config.TrainConfig,
         tokens: data.TokenData,
-        hardware: runtime.Hardware,
+        hardware: machine.Hardware,
         stepper: Stepper,
         state: RunState,
         notes: tuple[str, ...] | list[str] = (),
@@ -66,61 +69,63 @@ class Trainer:
         self.notes = tuple(notes)  # for the user, from building it: a front end shows them before the run
         self.readback = LossReadback(hardware.sync_every, hardware.world_size)
         self._stop = threading.Event()
-        self._claim: runs.Claim | None = None  # the lock on out_dir while `run` runs (rank 0)
-        self.best = best.BestKeeper(train_cfg.out_dir)  # the best checkpoint by validation loss (best.py)
+        self.best = best.BestKeeper(train_cfg.out_dir, train_cfg.overfit_evaluations, train_cfg.stop_when_overfitting)
 
-    # ------------------------------------------------------------------------- what front ends read
-    @property
-    def model(self) -> GPT:
-        """The plain GPT (saved, restored, sampled from)."""
-        return self.stepper.model
+    # ------------------------------------------------------------------------- the loop
+    def run(
+        self, emit: Callable[[Event], None], commands: queue.Queue | None = None, start_paused: bool = False
+    ) -> RunFinished:
+        """The training loop, one iteration per optimizer step: obey the commands, step, read the losses back
+        when due, evaluate and keep the best, save; the run ends completed, stopped or with one line of error."""
+        cfg, state, device = self.train_cfg, self.state, self.hardware.device
+        emit(run_started(self))
+        paused = start_paused
+        if paused:
+            emit(Paused(step=state.step))
+        urgent = functools.partial(self._someone_waits, commands)
+        claim = None
+        try:
+            claim = saving.claim_out_dir(self.hardware, self.stepper.model, self.tokens.meta, cfg, state.step)
+            while True:
+                # commands: between two read-back steps only; every rank agrees to stop (a signal may reach
+                # them at different steps), else they would hang
+                if not self.readback.unread:
+                    paused, stop = obey(self, emit, commands, paused)
+                    if distributed.any_rank(stop is not None or self._stop.is_set(), device):
+                        return self._save_and_finish(emit, "stopped", save=stop is None or stop.save)
+                if state.step >= cfg.steps:
+                    return self._save_and_finish(emit, "completed")
+                # the step; its loss is read back at once on CPU, every few steps on an accelerator (readback.py)
+                self._step(check=self.readback.every == 1)
+                last = state.step == cfg.steps
+                evaluate = last or bool(cfg.validation_interval and state.step % cfg.validation_interval == 0)
+                save = not last and bool(cfg.save_interval and state.step % cfg.save_interval == 0)
+                if evaluate or save or self.readback.due(urgent):
+                    self._read_back_or_raise(emit)
+                if evaluate:  # the validation loss, and the best checkpoint kept
+                    self._evaluate(emit, keep=save or last)
+                if save and state.unsaved:
+                    emit(self.save())
+        except (TrainingDiverged, torch.OutOfMemoryError, UserError, OSError) as e:
+            return self._finish(emit, "error", explain(e, self))
+        except Halted as e:  # request_stop(now=True): the last checkpoint saved stays the run's last
+            return self._finish(emit, "stopped", str(e))
+        except Exception:
+            self._save_before_crash()
+            raise
+        finally:
+            if claim is not None:
+                claim.release()
 
-    @property
-    def optimizer(self) -> torch.optim.Optimizer:
-        return self.stepper.optimizer
+    def request_stop(self, now: bool = False) -> None:
+        """Finish the current step, save, and end the loop (safe from signal handlers and other threads); `now`:
+        end it at its next batch instead, the step or evaluation in progress dropped, nothing more saved."""
+        self._stop.set()
+        if now:
+            self.stepper.halt.set()
 
-    @property
-    def device(self) -> torch.device:
-        return self.hardware.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.hardware.dtype
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0, which alone writes and prints."""
-        return self.hardware.is_main
-
-    @property
-    def world_size(self) -> int:
-        return self.hardware.world_size
-
-    @property
-    def step(self) -> int:
-        """Optimizer steps done."""
-        return self.state.step
-
-    @property
-    def log(self) -> list[dict[str, Any]]:
-        """The training log: one entry per step read back."""
-        return self.state.log
-
-    @property
-    def last_stem(self) -> str | None:
-        """The checkpoint last saved or resumed from."""
-        return self.state.saved_stem
-
-    @property
-    def total_steps(self) -> int:
-        return self.train_cfg.steps
-
-    @property
-    def tokens_per_step(self) -> int:
-        return config.tokens_per_step(self.model_cfg, self.train_cfg, self.world_size)
-
-    def n_params(self) -> int:
-        return self.model.num_params()
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
 
     # ------------------------------------------------------------------------- steps, evaluation, sampling
     def train_step(self) -> StepDone:
@@ -147,7 +152,8 @@ class Trainer:
 
     def _read_back(self) -> tuple[list[StepDone], TrainingDiverged | None]:
         """Read the unread losses back and log their steps; with the error to raise at a NaN/inf."""
-        events, error = self.readback.read(self.tokens_per_step)
+        events, error = self.readback.read(config.tokens_per_step(self.model_cfg, self.train_cfg,
+                                                                  self.hardware.world_size))
         self.state.log_steps(events)
         return events, error
 
@@ -169,11 +175,32 @@ class Trainer:
         self.state.log_evaluation(result.loss, result.bpb, result.source_losses, result.source_bpb)
         return result
 
+    def _evaluate(self, emit: Callable[[Event], None], keep: bool) -> None:
+        """Evaluate the step just done and keep a sample; keep the step as the best when it is (`keep`: it is
+        saved for another reason too); say once when the run overfits, and stop there if asked to."""
+        result = self.evaluate_all()
+        text = self.evaluation_sample()
+        emit(EvalDone(step=self.state.step, val_loss=result.loss, source_losses=result.source_losses, sample=text,
+                      val_bpb=result.bpb, source_bpb=result.source_bpb))
+        if self.best.improves(result.loss):
+            written = self.state.unsaved
+            saved = self.save(as_best=True)
+            superseded = self.best.recorded(self.state.step, saved.stem, result.loss, written and not keep)
+            saving.on_rank_zero(self.hardware, lambda: self.best.publish(superseded),
+                                f"rank 0 could not write {runs.BEST_FILE}")
+            if written:
+                emit(saved)
+        notice = self.best.overfitting(self.state.log, self.state.step, self.train_cfg.steps)
+        if notice is not None:
+            emit(notice)
+            if notice.stopping:
+                self.request_stop()
+
     def evaluation_sample(self) -> str:
         """The sample kept at an evaluation (rank 0; "" when --eval-sample-tokens is 0): the same empty prompt and
         seed every time, so that samples at successive steps differ only by what the model has learned."""
         n = self.train_cfg.eval_sample_tokens
-        if n == 0 or not self.is_main:
+        if n == 0 or not self.hardware.is_main:
             return ""
         text = self.sample(n, seed=self.train_cfg.seed)
         self.state.log_at_step(sample=text)
@@ -182,7 +209,8 @@ class Trainer:
     def sample(self, n_tokens: int, prompt: str = "", seed: int | None = None) -> str:
         """Text sampled from the current weights (by default seeded with the run's seed + the step); leaves the
         run unchanged (Stepper.sample)."""
-        return self.stepper.sample(n_tokens, prompt, self.train_cfg.seed + self.step if seed is None else seed)
+        seed = self.train_cfg.seed + self.state.step if seed is None else seed
+        return self.stepper.sample(n_tokens, prompt, seed)
 
     # ------------------------------------------------------------------------- checkpoints
     def save(self, as_best: bool = False) -> Saved:
@@ -204,69 +232,6 @@ class Trainer:
         state.saved(str(stem))
         return Saved(step=state.step, stem=str(stem), paths=paths or (), best=as_best)
 
-    # ------------------------------------------------------------------------- the loop
-    def request_stop(self, now: bool = False) -> None:
-        """Finish the current step, save, and end the loop (safe from signal handlers and other threads); `now`:
-        end it at its next batch instead, the step or evaluation in progress dropped, nothing more saved."""
-        self._stop.set()
-        if now:
-            self.stepper.halt.set()
-
-    def stop_requested(self) -> bool:
-        return self._stop.is_set()
-
-    def run(
-        self, emit: Callable[[Event], None], commands: queue.Queue | None = None, start_paused: bool = False
-    ) -> RunFinished:
-        """The training loop: emit RunStarted, then steps/evaluations/saves; obey commands between steps."""
-        emit(run_started(self))
-        paused = start_paused
-        if paused:
-            emit(Paused(step=self.step))
-        urgent = functools.partial(self._someone_waits, commands)
-        try:
-            self._claim = saving.claim_out_dir(self.hardware, self.model, self.tokens.meta, self.train_cfg, self.step)
-            while True:
-                if self.readback.due(urgent):
-                    self._read_back_or_raise(emit)
-                if not self.readback.unread:  # commands and stops are handled between read-back steps only
-                    paused, stop = obey(self, emit, commands, paused)
-                    # ranks agree on stopping (a signal may reach them at different steps), else they would hang
-                    if distributed.any_rank(stop is not None or self._stop.is_set(), self.device):
-                        return self._save_and_finish(emit, "stopped", save=stop is None or stop.save)
-                if self.step >= self.total_steps:
-                    return self._save_and_finish(emit, "completed")
-                self._step(check=self.readback.every == 1)
-                self._after_step(emit)
-        except (TrainingDiverged, torch.OutOfMemoryError, UserError, OSError) as e:
-            return self._finish(emit, "error", explain(e, self))
-        except Halted as e:  # request_stop(now=True): the last checkpoint saved stays the run's last
-            return self._finish(emit, "stopped", str(e))
-        except Exception:
-            self._save_before_crash()
-            raise
-        finally:
-            if self._claim is not None:
-                self._claim.release()
-                self._claim = None
-
-    def _after_step(self, emit: Callable[[Event], None]) -> None:
-        """Evaluate the step just done (every validation_interval steps, and the last step) and save it (every
-        save_interval steps; the last step is saved as the run ends), its losses read back first."""
-        cfg, last = self.train_cfg, self.step == self.total_steps
-        evaluate = last or bool(cfg.validation_interval and self.step % cfg.validation_interval == 0)
-        save = not last and bool(cfg.save_interval and self.step % cfg.save_interval == 0)
-        if self.readback.every == 1 or evaluate or save:
-            self._read_back_or_raise(emit)
-        if evaluate:
-            result = self.evaluate_all()
-            text = self.evaluation_sample()
-            emit(EvalDone(step=self.step, val_loss=result.loss, source_losses=result.source_losses, sample=text,
-                          val_bpb=result.bpb, source_bpb=result.source_bpb))
-            best.after_evaluation(self, emit, result.loss, keep=save or last)  # the best kept; overfitting said
-        if save and self.state.unsaved:
-            emit(self.save())
-
     def _someone_waits(self, commands: queue.Queue | None) -> bool:
         """A queued command or a stop request: read the losses back now, so that it is obeyed soon."""
         return (commands is not None and not commands.empty()) or self._stop.is_set()
@@ -281,48 +246,51 @@ class Trainer:
         """A bug, not a user error: keep what was learned (the weights are those of the last completed step:
         an exception inside a step leaves them untouched until optimizer.step) before it shows. One process
         only: under DDP the other ranks may be anywhere, and save() talks to them."""
-        if self.world_size == 1 and self.state.unsaved:
+        if self.hardware.world_size == 1 and self.state.unsaved:
             with contextlib.suppress(Exception):
                 self._read_back()  # log the steps not yet read back, without emitting them
                 saved = self.save()
                 print(f"nanogpt: unexpected error; saved {saved.stem} first", file=sys.stderr)
 
     def _finish(self, emit: Callable[[Event], None], reason: str, message: str = "") -> RunFinished:
-        event = RunFinished(step=self.step, reason=reason, stem=self.last_stem, message=message)
+        event = RunFinished(step=self.state.step, reason=reason, stem=self.state.saved_stem, message=message)
         emit(event)
         return event
 
 
 def run_started(trainer: Trainer) -> RunStarted:
-    """The event that opens a run: what is trained, on what, from which step."""
-    t, cfg = trainer, trainer.train_cfg
-    model: GPT = t.model
+    """The event that opens a run: what is trained, on what, from which step, and what building it noted."""
+    t, cfg, hardware = trainer, trainer.train_cfg, trainer.hardware
+    model: GPT = t.stepper.model
     return RunStarted(
-        start_step=t.step,
-        total_steps=t.total_steps,
-        n_params=t.n_params(),
+        start_step=t.state.step,
+        total_steps=cfg.steps,
+        n_params=model.num_params(),
         model=config.to_dict(t.model_cfg),
         train=config.to_dict(cfg),
-        device=str(t.device),
-        dtype=str(t.dtype).removeprefix("torch."),
+        device=str(hardware.device),
+        dtype=str(hardware.dtype).removeprefix("torch."),
         dataset=t.tokens.source,
         tokenizer=str(t.tokens.meta.get("tokenizer")),
-        tokens_per_step=t.tokens_per_step,
-        history=tuple(dict(e) for e in t.log),
+        tokens_per_step=config.tokens_per_step(t.model_cfg, cfg, hardware.world_size),
+        history=tuple(dict(e) for e in t.state.log),
         seed=cfg.seed,
-        world_size=t.world_size,
+        world_size=hardware.world_size,
         block_params=sum(p.numel() for p in model.transformer.h.parameters()),
         train_tokens=len(t.tokens.train),
+        notes=t.notes,
+        resumed_from=t.state.saved_stem,
     )
 
 
 def explain(error: Exception, trainer: Trainer) -> str:
     """The one line a user sees for an error that ends the run."""
     if isinstance(error, TrainingDiverged):
-        return str(error) + (f"; last good checkpoint: {trainer.last_stem}" if trainer.last_stem else "")
+        last = trainer.state.saved_stem
+        return str(error) + (f"; last good checkpoint: {last}" if last else "")
     if isinstance(error, torch.OutOfMemoryError):
         return (
-            f"out of memory on {trainer.device} at step {trainer.step + 1}; "
+            f"out of memory on {trainer.hardware.device} at step {trainer.state.step + 1}; "
             "try a smaller --batch-size (with --grad-accum to keep the batch)"
         )
     if isinstance(error, OSError):
@@ -348,15 +316,15 @@ def obey(
             return paused, command
         if isinstance(command, Pause) and not paused:
             paused = True
-            emit(Paused(step=trainer.step))
+            emit(Paused(step=trainer.state.step))
         elif isinstance(command, Resume) and paused:
             paused = False
-            emit(Resumed(step=trainer.step))
+            emit(Resumed(step=trainer.state.step))
         elif isinstance(command, Sample):
             try:
                 text = trainer.sample(command.n_tokens, command.prompt)
             except UserError as e:
                 text = f"[cannot sample: {e}]"
-            emit(Sampled(step=trainer.step, text=text))
+            emit(Sampled(step=trainer.state.step, text=text))
         elif isinstance(command, Save):
             emit(trainer.save())

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 
-from .. import distributed
+from ..runtime import distributed
 from ..events import StepDone
 
 

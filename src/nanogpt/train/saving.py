@@ -9,7 +9,9 @@ from typing import Any, TypeVar
 
 import torch
 
-from .. import checkpoint, config, distributed, runs, runtime
+from .. import checkpoint, config
+from ..runtime import distributed, machine
+from ..store import runs
 from ..errors import UserError
 from .state import RunState
 from .step import Stepper
@@ -17,7 +19,7 @@ from .step import Stepper
 T = TypeVar("T")
 
 
-def on_rank_zero(hardware: runtime.Hardware, work: Callable[[], T], failed: str) -> T | None:
+def on_rank_zero(hardware: machine.Hardware, work: Callable[[], T], failed: str) -> T | None:
     """`work()` on rank 0, which alone writes (None elsewhere). Under torchrun every rank learns whether it
     raised a UserError and raises too (`failed` where it did not run it), so that they all stop together."""
     result, failure = None, None
@@ -60,7 +62,7 @@ def write(
 
 
 def claim_out_dir(
-    hardware: runtime.Hardware,
+    hardware: machine.Hardware,
     model: torch.nn.Module,
     tokenizer_meta: dict[str, Any],
     cfg: config.TrainConfig,

@@ -18,7 +18,8 @@ from typing import NamedTuple
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import config, cores, data, distributed, optim, runtime, schedule
+from .. import config, data, optim, schedule
+from ..runtime import cores, distributed, machine
 from ..model import GPT
 from ..tokenizers import Tokenizer
 from .readback import FinishedStep, TrainingDiverged
@@ -64,11 +65,11 @@ class Halted(Exception):
     """The run was told to stop at once (`Stepper.halt`): the step or evaluation in progress is dropped."""
 
 
-def step_module(model: GPT, hardware: runtime.Hardware) -> torch.nn.Module:
+def step_module(model: GPT, hardware: machine.Hardware) -> torch.nn.Module:
     """What a training step calls: `model`, compiled where that pays, wrapped in DDP on several processes."""
     module: torch.nn.Module = model
     if hardware.compile:
-        module = runtime.compile_model(model, hardware.device, hardware.shards, hardware.compile_mode)
+        module = machine.compile_model(model, hardware.device, hardware.shards, hardware.compile_mode)
     if hardware.world_size > 1:
         device = hardware.device
         ids = [device.index if device.index is not None else hardware.local_rank] if device.type == "cuda" else None
@@ -87,7 +88,7 @@ class Stepper:
     def __init__(
         self,
         train_cfg: config.TrainConfig,
-        hardware: runtime.Hardware,
+        hardware: machine.Hardware,
         model: GPT,
         optimizer: torch.optim.Optimizer,
         scaler: torch.amp.GradScaler | None,
@@ -101,7 +102,8 @@ class Stepper:
         self.step_module = step_module(model, hardware)
         # CPU: each micro-batch runs as single-threaded shards side by side, one per core (see runtime)
         self.core_parallel = (
-            cores.CoreParallel(hardware.shards, hardware.threads or 1) if hardware.shards > 1 else None
+            cores.CoreParallel(hardware.shards, hardware.threads or 1, hardware.shard_workers)
+            if hardware.shards > 1 else None
         )
         self.train_batches, self.val_batches, self.source_val_batches = samplers
         self.tokenizer = tokenizer
@@ -153,7 +155,7 @@ class Stepper:
             last = micro == cfg.grad_accum - 1
             sync = contextlib.nullcontext() if last or world == 1 else self.step_module.no_sync()
             with sync:
-                with runtime.autocast(self.device, self.dtype):
+                with machine.autocast(self.device, self.dtype):
                     _, loss = self.step_module(x, y)
                 scaled = loss / cfg.grad_accum
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
@@ -165,7 +167,7 @@ class Stepper:
             if not math.isfinite(loss_now):
                 self.optimizer.zero_grad(set_to_none=True)
                 raise TrainingDiverged.at(step + 1, loss_now)
-        with runtime.all_cores(self.hardware):
+        with machine.all_cores(self.hardware):
             grad_norm = self._update(check)
         return FinishedStep(step=step + 1, lr=lr, loss=loss_now, t0=t0, t1=time.perf_counter(), grad_norm=grad_norm)
 
@@ -225,7 +227,7 @@ class Stepper:
         for i in range(self.hardware.rank, self.cfg.eval_iters, self.hardware.world_size):
             self._check_halt()
             x, y = batches.batch(i)
-            with runtime.autocast(self.device, self.dtype):
+            with machine.autocast(self.device, self.dtype):
                 _, loss = self.eval_module(x, y)
             loss_sum += loss.float()
             count += 1

@@ -1,1 +1,1 @@
-"""The live training UI (Textual): `app.run_tui(trainer)` runs it. Importing this package loads nothing."""
+"""The live training UI (Textual): `app.run_tui(engine)` runs it. Importing this package loads nothing."""

@@ -49,8 +49,8 @@ from .keys import KeysMixin
 from .status import StatusMixin
 from .widgets import LossChart, RunHeader, SampleScreen, StatusLine
 
-if TYPE_CHECKING:  # the UI never imports torch: the trainer is only a type here
-    from ..train.loop import Trainer
+if TYPE_CHECKING:
+    from ..events import Engine
 
 # Keys act at once; only the display of the steps is throttled (bench/ui_overhead.py measures the cost).
 TICK_S = 0.5  # how often the UI drains step events and refreshes the status line
@@ -108,13 +108,13 @@ class TrainingApp(StatusMixin, KeysMixin, App[int]):
 
     def __init__(
         self,
-        trainer: Trainer,
+        engine: Engine,
         start_paused: bool = False,
         compare: tuple[str, list[dict]] | None = None,
         listeners: Sequence[Callable[[Event], None]] = (),
     ) -> None:
         super().__init__()
-        self.trainer = trainer
+        self.engine = engine  # the run, reached only through events.Engine: commands in, events out
         self.listeners = tuple(listeners)  # the trackers: called on the engine thread with every event
         self.compare = compare  # (name, training log) of an earlier run, drawn faintly (--compare)
         self.start_paused = start_paused
@@ -122,8 +122,7 @@ class TrainingApp(StatusMixin, KeysMixin, App[int]):
         self._steps: deque[StepDone] = deque()
         # what the engine has told us
         self.run_info: RunStarted | None = None
-        self.step = trainer.step
-        self.total_steps = trainer.total_steps
+        self.step = self.total_steps = 0  # until RunStarted says
         self.recent: deque[StepDone] = deque(maxlen=10)
         self.recent_losses: deque[float] = deque(maxlen=10)
         self.last_val: tuple[int, float] | None = None
@@ -133,7 +132,7 @@ class TrainingApp(StatusMixin, KeysMixin, App[int]):
         self.pause_requested = False
         self.stopping = False
         self.finished: RunFinished | None = None  # as shown on screen
-        self.result: RunFinished | None = None  # as returned by trainer.run (set by the worker thread)
+        self.result: RunFinished | None = None  # as returned by engine.run (set by the worker thread)
         self.last_saved: Saved | None = None
         self.worker_traceback: str | None = None
         self.sample_screen: SampleScreen | None = None
@@ -178,12 +177,12 @@ class TrainingApp(StatusMixin, KeysMixin, App[int]):
     def run_engine(self) -> None:
         """Run the whole training loop on this worker thread."""
         try:
-            result = self.trainer.run(self._emit, self.commands, start_paused=self.start_paused)
+            result = self.engine.run(self._emit, self.commands, start_paused=self.start_paused)
         # An engine bug: shown on screen like an engine-reported error; the traceback is printed on exit.
         except Exception as e:  # noqa: BLE001
             self.worker_traceback = traceback.format_exc()
             message = f"{type(e).__name__}: {e}".splitlines()[0]
-            result = RunFinished(step=int(getattr(self.trainer, "step", 0)), reason="error", message=message)
+            result = RunFinished(step=self.step, reason="error", message=message)
         self.result = result
         if not self._finished_emitted.is_set():
             self._emit(result)
@@ -290,7 +289,7 @@ class TrainingApp(StatusMixin, KeysMixin, App[int]):
         self._chart_dirty = True
         notes = ["note: " + "; ".join(hints(ev, short=True))] if hints(ev) else []
         # what building the run had to tell (headless prints these on stderr; here the screen would hide them)
-        notes[:0] = getattr(self.trainer, "notes", ())
+        notes[:0] = ev.notes
         if ev.start_step:
             notes.insert(0, f"resumed at step {ev.start_step} ({plural(len(hist), 'logged step')}); press p to "
                          "continue")
@@ -303,7 +302,7 @@ class TrainingApp(StatusMixin, KeysMixin, App[int]):
     def on_unmount(self) -> None:
         # If the UI goes away while training runs (it should not), stop the engine so its thread ends.
         if self.result is None and self.finished is None:
-            self.trainer.request_stop()
+            self.engine.request_stop()
             self.commands.put(Stop())
 
 
@@ -313,18 +312,18 @@ def _suffixes(ev: Saved) -> list[str]:
 
 
 def run_tui(
-    trainer: Trainer,
+    engine: Engine,
     start_paused: bool = False,
     compare: tuple[str, list[dict]] | None = None,
     listeners: Sequence[Callable[[Event], None]] = (),
 ) -> int:
     """Run the training UI until the user quits; print where to resume from; return the exit code."""
-    app = TrainingApp(trainer, start_paused=start_paused, compare=compare, listeners=listeners)
+    app = TrainingApp(engine, start_paused=start_paused, compare=compare, listeners=listeners)
     previous = None
     if threading.current_thread() is threading.main_thread():
         # `kill PID` gets the same clean stop as q: the engine finishes its step, saves and ends; a second
         # SIGTERM ends it at once (a step too long to finish), keeping the last checkpoint saved
-        previous = signal.signal(signal.SIGTERM, lambda *_: trainer.request_stop(now=trainer.stop_requested()))
+        previous = signal.signal(signal.SIGTERM, lambda *_: engine.request_stop(now=engine.stop_requested()))
     try:
         code = app.run()
     finally:

@@ -37,7 +37,7 @@ class KeysMixin:
     def action_sample(self) -> None:
         if self.sample_screen is not None or self.stopping:
             return
-        n = int(self.trainer.train_cfg.tokens_to_generate)
+        n = int(self.run_info.train["tokens_to_generate"]) if self.run_info else Sample().n_tokens
         was_running = self.finished is None and not (self.paused or self.pause_requested)
         screen = SampleScreen(self.step, n, area=self._sample_area)
         self.sample_screen = screen
@@ -79,7 +79,7 @@ class KeysMixin:
 
     @work(thread=True, name="sample")
     def _sample_after_run(self, screen: SampleScreen, n: int) -> None:
-        text = self.trainer.sample(n)
+        text = self.engine.sample(n)
         self.call_from_thread(screen.show_text, self.step, text)
 
     def action_save(self) -> None:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 
 JSON_LIMIT = 64 << 20  # config.json (which holds the vocabulary), vocab.json and anything else
 

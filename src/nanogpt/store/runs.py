@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import atomic_write, remove_stale_temps, temp_file
-from .checkpoint import SUFFIXES, WRITE_ORDER, read_log, stem_for, stem_of, weights_path
-from .errors import UserError
+from ..checkpoint import SUFFIXES, WRITE_ORDER, read_log, stem_for, stem_of, weights_path
+from ..errors import UserError
 from .files import listing, read_json
 from .locks import Claim, hold
-from .trackers import STATE_FILE
+from ..trackers import STATE_FILE
 
 _SET_FILE = re.compile(r"^model_step_(\d+)(\..+)$")
 # the files a run writes into its folder through a temporary file (atomic.py) that a kill can leave: its

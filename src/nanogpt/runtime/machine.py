@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from . import distributed
-from .errors import UserError
+from ..errors import UserError
 
 if TYPE_CHECKING:
-    from .config import ModelConfig, TrainConfig
+    from ..config import ModelConfig, TrainConfig
     from .dtype_probe import ProbeResult
 
 
@@ -128,11 +128,32 @@ def core_parallel_workers(device: torch.device, *, batch_size: int, dropout: flo
     return max(1, min(cores, batch_size))
 
 
-def fixed_shard_workers() -> int | None:
-    """NANOGPT_SHARD_WORKERS=N: run the CPU shards on N threads always, instead of adapting the count to what
-    the cores give (cores.WorkerCount); a diagnostic, and the benchmark's "before". Changes no result."""
-    value = os.environ.get("NANOGPT_SHARD_WORKERS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else None
+@dataclasses.dataclass(frozen=True)
+class ProcessOptions:
+    """How this process runs a training, never what it trains (so no checkpoint saves them): resolved once at
+    the gate (train/gate.py) from `train --reprobe-dtype` and the environment variables that alias the fields.
+
+    reprobe_dtype: --dtype auto measures again whatever the cache holds (NANOGPT_REPROBE_DTYPE=1).
+    sync_every: losses read back every N steps on any device (NANOGPT_SYNC_EVERY=N; None: 1 on CPU, the log
+        interval on CUDA/MPS); a diagnostic, and how the tests run the deferred read-back on CPU.
+    shard_workers: the CPU shards run on N threads always instead of as many as the cores give
+        (NANOGPT_SHARD_WORKERS=N, cores.WorkerCount); a diagnostic, and the benchmark's "before". Changes no result.
+    """
+
+    reprobe_dtype: bool = False
+    sync_every: int | None = None
+    shard_workers: int | None = None
+
+    @classmethod
+    def from_env(cls, reprobe_dtype: bool = False) -> ProcessOptions:
+        """The options given (the flag) and their environment aliases; an alias that is not a positive whole
+        number is ignored, as a diagnostic switch left set must never stop a run."""
+        def count(name: str) -> int | None:
+            value = os.environ.get(name, "")
+            return int(value) if value.isdigit() and int(value) > 0 else None
+
+        reprobe = reprobe_dtype or os.environ.get("NANOGPT_REPROBE_DTYPE", "") not in ("", "0")
+        return cls(reprobe, count("NANOGPT_SYNC_EVERY"), count("NANOGPT_SHARD_WORKERS"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +175,7 @@ class Hardware:
     dtype_probe: str = ""  # `--dtype auto` on CPU: what the step was measured at, when it was measured now
     ns_dtype: torch.dtype | None = None  # Muon's Newton-Schulz, where measured (CPU); None: optim's default
     compile_mode: str = "default"  # torch.compile's mode (--compile-mode); other than default on CUDA only
+    shard_workers: int | None = None  # ProcessOptions.shard_workers: the CPU shards' threads pinned
 
     @property
     def is_main(self) -> bool:
@@ -161,12 +183,12 @@ class Hardware:
         return self.rank == 0
 
 
-def resolve_hardware(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Hardware:
-    """The Hardware for these settings; under torchrun also joins the process group (every rank must).
-
-    NANOGPT_SYNC_EVERY=N sets the loss read-back cadence on any device: a diagnostic, and how the tests run
-    the deferred read-back (torchrun ranks included) on CPU.
-    """
+def resolve_hardware(
+    model_cfg: ModelConfig, train_cfg: TrainConfig, options: ProcessOptions | None = None
+) -> Hardware:
+    """The Hardware for these settings and process options (by default: from the environment); under
+    torchrun also joins the process group (every rank must)."""
+    options = options if options is not None else ProcessOptions.from_env()
     device = distributed.local_device(resolve_device(train_cfg.device))
     distributed.init_process_group(device)
     dtype = resolve_dtype(train_cfg.dtype, device)
@@ -176,13 +198,13 @@ def resolve_hardware(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Hardware
                                    dtype=dtype, world_size=world, cores=cores)
     probe = ""
     if device.type == "cpu" and train_cfg.dtype == "auto" and dtype == torch.bfloat16:
-        dtype, probe = _measured_cpu_dtype(model_cfg, -(-train_cfg.batch_size // shards), max(1, cores // shards))
+        dtype, probe = _measured_cpu_dtype(
+            model_cfg, -(-train_cfg.batch_size // shards), max(1, cores // shards), options.reprobe_dtype
+        )
     ns_dtype, ns_probe = None, ""  # None: optim's default for the device
     if device.type == "cpu" and train_cfg.optimizer == "muon" and train_cfg.dtype == "auto" and cpu_has_fast_bf16():
-        ns_dtype, ns_probe = _measured_ns_dtype(model_cfg)
-    sync_every = 1 if device.type == "cpu" else max(1, train_cfg.log_interval)
-    if os.environ.get("NANOGPT_SYNC_EVERY", "").isdigit():
-        sync_every = max(1, int(os.environ["NANOGPT_SYNC_EVERY"]))
+        ns_dtype, ns_probe = _measured_ns_dtype(model_cfg, options.reprobe_dtype)
+    sync_every = options.sync_every or (1 if device.type == "cpu" else max(1, train_cfg.log_interval))
     return Hardware(
         device=device,
         dtype=dtype,
@@ -197,26 +219,29 @@ def resolve_hardware(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Hardware
         dtype_probe="; ".join(p for p in (probe, ns_probe) if p),
         ns_dtype=ns_dtype,
         compile_mode=train_cfg.compile_mode if device.type == "cuda" else "default",
+        shard_workers=options.shard_workers,
     )
 
 
-def _measured_ns_dtype(model_cfg: ModelConfig) -> tuple[torch.dtype, str]:
+def _measured_ns_dtype(model_cfg: ModelConfig, reprobe: bool) -> tuple[torch.dtype, str]:
     """Muon's Newton-Schulz dtype on a CPU with native bfloat16, timed (or cached) on every core (the update
     runs on all of them, see all_cores). A named --dtype skips this."""
     from . import dtype_probe
 
-    result = dtype_probe.resolve_ns_dtype(model_cfg)
+    result = dtype_probe.resolve_ns_dtype(model_cfg, reprobe=reprobe)
     line = dtype_probe.describe(result, "Muon's Newton-Schulz", "one update") if result.source == "measured" else ""
     return _agreed(result), line
 
 
-def _measured_cpu_dtype(model_cfg: ModelConfig, batch_size: int, threads: int) -> tuple[torch.dtype, str]:
+def _measured_cpu_dtype(
+    model_cfg: ModelConfig, batch_size: int, threads: int, reprobe: bool
+) -> tuple[torch.dtype, str]:
     """bfloat16 or float32 for `--dtype auto` on a CPU with native bfloat16: the faster of the two for this
     run's step, timed (or cached) with the threads one shard will use."""
     from . import dtype_probe
 
     with intra_op_threads(threads):
-        result = dtype_probe.resolve_cpu_dtype("auto", dtype_probe.StepShape.of(model_cfg, batch_size))
+        result = dtype_probe.resolve_cpu_dtype("auto", dtype_probe.StepShape.of(model_cfg, batch_size), reprobe=reprobe)
     return _agreed(result), dtype_probe.describe(result) if result.source == "measured" else ""
 
 
@@ -241,7 +266,7 @@ def check_fits(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.dev
     """UserError when the run cannot fit on `device` even by config.training_memory_floor (a lower bound):
     said before the model is built, instead of a traceback (or the machine swapping) minutes later. What
     passes may still run out of memory; the run then ends with one line (Trainer._explain)."""
-    from .config import training_memory_floor
+    from ..config import training_memory_floor
 
     need, have = training_memory_floor(model_cfg, train_cfg), memory_of(device)
     if have is not None and need > have:

@@ -47,7 +47,7 @@ def local_device(device: torch.device) -> torch.device:
     import torch
 
     if device.type == "mps" and world_size() > 1:
-        from .errors import UserError
+        from ..errors import UserError
 
         raise UserError(
             "torchrun with more than one process needs CUDA or the CPU (gloo cannot use Apple MPS); "
@@ -57,7 +57,7 @@ def local_device(device: torch.device) -> torch.device:
         return device
     index = local_rank() if device.index is None else device.index
     if index >= torch.cuda.device_count():
-        from .errors import UserError
+        from ..errors import UserError
 
         raise UserError(
             f"LOCAL_RANK {local_rank()} has no GPU: this machine has {torch.cuda.device_count()} "

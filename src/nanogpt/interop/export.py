@@ -20,11 +20,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from . import __version__, checkpoint, hf
-from .atomic import temp_folder, write_failure
-from .config import ModelConfig, TrainConfig, field_flag, tokens_per_step
-from .errors import UserError
-from .tokenizers import from_meta
+from .. import __version__, checkpoint
+from . import hf
+from ..store.atomic import temp_folder, write_failure
+from ..config import ModelConfig, TrainConfig, field_flag, tokens_per_step
+from ..errors import UserError
+from ..tokenizers import from_meta
 
 
 def export(stem: str | Path, out_dir: str | Path) -> Path:

@@ -1,4 +1,4 @@
-"""A CPU micro-batch split into single-threaded shards run side by side, one per core (`runtime.Hardware.shards`
+"""A CPU micro-batch split into single-threaded shards run side by side, one per core (`machine.Hardware.shards`
 says how many pay; the measurements are in BENCHMARKS.md, "Training speed (CPU)").
 
 How the batch is split and summed is fixed for the run; how many threads run the shards adapts to what the
@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from . import runtime
-from .runtime import autocast
+from . import machine
+from .machine import autocast
 
 # Fewer workers are kept only when measured at least this much faster, so that noise never flips the choice.
 MARGIN = 0.8
@@ -52,7 +52,7 @@ class WorkerCount:
 
     Whole micro-batch times decide, not per-shard ones: the shard threads share the GIL, so one descheduled by
     another process holds the others up too, and the shards' own times stay alike (BENCHMARKS.md, "Training
-    speed under load"). `fixed` (NANOGPT_SHARD_WORKERS) pins the count: a diagnostic, the benchmark's "before".
+    speed under load"). `fixed` (ProcessOptions.shard_workers) pins the count: a diagnostic, the benchmark's "before".
     """
 
     def __init__(self, shards: int, fixed: int | None = None):
@@ -117,7 +117,7 @@ class CoreParallel:
             raise ValueError("CoreParallel needs at least 2 workers")
         self.workers = workers  # the shards a micro-batch splits into (at most one per sequence)
         self.threads = threads
-        self.schedule = WorkerCount(workers, fixed_workers or runtime.fixed_shard_workers())
+        self.schedule = WorkerCount(workers, fixed_workers)
         # the calling thread runs shards itself; the pool runs the others
         # Each pool thread sets its own intra-op thread count: MKL's (mkl_set_num_threads_local) and
         # OpenMP's are per-thread settings, so a new thread would otherwise run its matmuls on every core
@@ -159,7 +159,7 @@ class CoreParallel:
         try:
             # the calling thread runs shards too, on the pool's thread count: a shard's bits never depend on
             # which thread ran it (a UI runs the engine in a thread whose own count torch's default may be)
-            with runtime.intra_op_threads(self.threads if torch.get_num_threads() != self.threads else None):
+            with machine.intra_op_threads(self.threads if torch.get_num_threads() != self.threads else None):
                 drain()
         finally:
             concurrent.futures.wait(futures)  # no shard still writing into `results` once this returns

@@ -8,8 +8,8 @@ few), and picks bfloat16 only where the step is clearly faster. The optimizer's 
 way, so it is left out. The verdict is cached per CPU model, torch version, thread count and shape in
 `<cache root>/dtype_probe.json` (the cache root of `files.cache_dir`), so a later run decides without
 measuring; but a verdict measured on a busy machine, or a near tie, is measured again by the next run (a
-busy machine's timings say little, and a near tie can go either way), and NANOGPT_REPROBE_DTYPE=1
-(`train --reprobe-dtype`) measures again in any case. A dtype the user names is used as given.
+busy machine's timings say little, and a near tie can go either way), and `train --reprobe-dtype`
+(or NANOGPT_REPROBE_DTYPE=1) measures again in any case. A dtype the user names is used as given.
 
 `runtime.resolve_hardware` calls `resolve_cpu_dtype("auto", StepShape.of(...), ...)` only where the CPU has
 native bfloat16 at all (elsewhere float32 needs no measuring), with the threads the run's step will use.
@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write
-from .config import ModelConfig
-from .errors import UserError
-from .files import cache_dir as default_cache_dir, read_json
+from ..store.atomic import atomic_write
+from ..config import ModelConfig
+from ..errors import UserError
+from ..store.files import cache_dir as default_cache_dir, read_json
 
 CACHE_FILE = "dtype_probe.json"
 NAMED = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -39,7 +39,7 @@ MARGIN = 0.9
 MAX_TOKENS = 4096  # a bigger per-call batch is probed at this many tokens: the ratio is what counts
 NEAR_TIE = 0.1  # a cached bfloat16/float32 ratio this close to MARGIN is measured again
 BUSY = 0.5  # runnable tasks besides this process, per core (1-min load average), above which it is measured again
-REPROBE_ENV = "NANOGPT_REPROBE_DTYPE"
+REPROBE_ENV = "NANOGPT_REPROBE_DTYPE"  # an alias of --reprobe-dtype (machine.ProcessOptions)
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def measure(shape: StepShape, repeats: int = 3) -> tuple[float, float]:
 
     Best of `repeats`, interleaved (see _race).
     """
-    from .model import GPT  # here: reading a cached verdict builds no model
+    from ..model import GPT  # here: reading a cached verdict builds no model
 
     torch_state = torch.random.get_rng_state()  # the probe must not move the run's random stream
     try:
@@ -120,7 +120,7 @@ def measure(shape: StepShape, repeats: int = 3) -> tuple[float, float]:
 
 
 def resolve_cpu_dtype(
-    requested: str, shape: StepShape, cache_dir: str | os.PathLike | None = None
+    requested: str, shape: StepShape, cache_dir: str | os.PathLike | None = None, reprobe: bool = False
 ) -> ProbeResult:
     """The CPU compute dtype: the one `requested` names, or for "auto" the probe's verdict (from the cache
     when this CPU, torch, thread count and shape were probed before; else measured and cached)."""
@@ -128,13 +128,13 @@ def resolve_cpu_dtype(
         return ProbeResult(NAMED[requested], "named")
     if requested != "auto":
         raise ValueError(f"unknown dtype {requested!r}")
-    return _verdict(cache_key(shape), lambda: measure(shape), cache_dir)
+    return _verdict(cache_key(shape), lambda: measure(shape), cache_dir, reprobe)
 
 
 def muon_shapes(cfg: ModelConfig) -> list[tuple[int, int, int]]:
     """(count, rows, cols) of the matrices Muon orthogonalises for `cfg` (optim.muon_parameters), by shape."""
-    from .model import GPT
-    from .optim import muon_parameters
+    from ..model import GPT
+    from ..optim import muon_parameters
 
     with torch.device("meta"):  # shapes only: nothing is allocated
         model = GPT(ModelConfig(**{**asdict(cfg), "vocab_size": max(cfg.vocab_size, 1)}))
@@ -147,7 +147,7 @@ def muon_shapes(cfg: ModelConfig) -> list[tuple[int, int, int]]:
 def measure_newton_schulz(shapes: list[tuple[int, int, int]], repeats: int = 3) -> tuple[float, float]:
     """(float32 ms, bfloat16 ms) for one Muon update's Newton-Schulz over `shapes`, batched as BatchedMuon
     batches them; best of `repeats`, interleaved."""
-    from .optim import newton_schulz
+    from ..optim import newton_schulz
 
     gen = torch.Generator().manual_seed(0)
     stacks = [torch.randn(n, rows, cols, generator=gen) for n, rows, cols in shapes]
@@ -161,14 +161,16 @@ def measure_newton_schulz(shapes: list[tuple[int, int, int]], repeats: int = 3) 
     return _race(once, repeats)
 
 
-def resolve_ns_dtype(cfg: ModelConfig, cache_dir: str | os.PathLike | None = None) -> ProbeResult:
+def resolve_ns_dtype(
+    cfg: ModelConfig, cache_dir: str | os.PathLike | None = None, reprobe: bool = False
+) -> ProbeResult:
     """The dtype of Muon's Newton-Schulz on a CPU with native bfloat16: the faster of the two for this
     model's matrices (cached like the step's verdict). The iteration only has to land the singular values
     near 1, which bfloat16 does (torch.optim.Muon's own default), so speed alone decides."""
     shapes = muon_shapes(cfg)
     dims = ";".join(f"{n}x{r}x{c}" for n, r, c in shapes)
     key = f"newton-schulz|{cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}|{dims}"
-    return _verdict(key, lambda: measure_newton_schulz(shapes), cache_dir)
+    return _verdict(key, lambda: measure_newton_schulz(shapes), cache_dir, reprobe)
 
 
 def _race(once: Callable[[bool], float], repeats: int) -> tuple[float, float]:
@@ -187,13 +189,14 @@ def _race(once: Callable[[bool], float], repeats: int) -> tuple[float, float]:
 
 
 def _verdict(
-    key: str, measure_both: Callable[[], tuple[float, float]], cache_dir: str | os.PathLike | None
+    key: str, measure_both: Callable[[], tuple[float, float]], cache_dir: str | os.PathLike | None, reprobe: bool
 ) -> ProbeResult:
-    """The cached verdict under `key`, or `measure_both()`'s (bfloat16 only when clearly faster), cached."""
+    """The cached verdict under `key`, or `measure_both()`'s (bfloat16 only when clearly faster), cached;
+    `reprobe` (--reprobe-dtype): measured again whatever the cache holds."""
     path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / CACHE_FILE
     entries = _read(path)
     hit = entries.get(key)
-    if isinstance(hit, dict) and hit.get("dtype") in ("float32", "bfloat16") and not _recheck(hit) and not reprobe():
+    if isinstance(hit, dict) and hit.get("dtype") in ("float32", "bfloat16") and not _recheck(hit) and not reprobe:
         return ProbeResult(NAMED[hit["dtype"]], "cached", hit.get("float32_ms"), hit.get("bfloat16_ms"), path)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     f32, bf16 = measure_both()
@@ -209,9 +212,6 @@ def _verdict(
     return ProbeResult(NAMED[dtype], "measured", round(f32, 3), round(bf16, 3), path, recheck)
 
 
-def reprobe() -> bool:
-    """NANOGPT_REPROBE_DTYPE=1 (what `train --reprobe-dtype` sets): measure again, whatever the cache holds."""
-    return os.environ.get(REPROBE_ENV, "") not in ("", "0")
 
 
 def _recheck(entry: dict) -> str:

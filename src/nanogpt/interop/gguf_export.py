@@ -21,11 +21,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from . import __version__, checkpoint
-from .atomic import atomic_write, write_failure
-from .config import ModelConfig, field_flag
-from .errors import UserError
-from .tokenizers import GPT2_EOT, BpeTokenizer, GPT2Tokenizer, byte_chars, from_meta, gpt2_vocab_and_merges
+from .. import __version__, checkpoint
+from ..store.atomic import atomic_write, write_failure
+from ..config import ModelConfig, field_flag
+from ..errors import UserError
+from ..tokenizers import GPT2_EOT, BpeTokenizer, GPT2Tokenizer, byte_chars, from_meta, gpt2_vocab_and_merges
 
 ARCH = "gpt2"
 DTYPES = ("float32", "float16", "bfloat16")

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from .config import ModelConfig, field_flag
-from .errors import UserError
-from .tokenizers import GPT2_EOT, GPT2_VOCAB_SIZE, from_meta, gpt2_vocab_and_merges
+from ..config import ModelConfig, field_flag
+from ..errors import UserError
+from ..tokenizers import GPT2_EOT, GPT2_VOCAB_SIZE, from_meta, gpt2_vocab_and_merges
 
 # the block matrices that Hugging Face's Conv1D stores (in, out)
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")

@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from . import checkpoint
-from .config import ModelConfig, field_flag
-from .errors import UserError
-from .files import read_json
-from .tokenizers import GPT2_VOCAB_SIZE, bpe_model_key, from_meta
+from .. import checkpoint
+from ..config import ModelConfig, field_flag
+from ..errors import UserError
+from ..store.files import read_json
+from ..tokenizers import GPT2_VOCAB_SIZE, bpe_model_key, from_meta
 from .hf import NANOGPT_PADDED_VOCAB, from_hf_tensors, model_fields_from_hf
 
 
@@ -185,7 +185,7 @@ def _plain_weights(model: dict[Any, Any], path: Path) -> dict[str, torch.Tensor]
 def _check_tensors(tensors: dict[str, torch.Tensor], fields: dict[str, Any], where: str) -> None:
     """UserError unless the tensors are exactly those of a GPT with `fields`: names, shapes (the sizes `fields`
     claims first, so that the GPT built here is the tensors' size), dtypes and finite values."""
-    from .model import GPT
+    from ..model import GPT
 
     found = checkpoint.sizes_of({name: tuple(t.shape) for name, t in tensors.items()})
     if found is None:
