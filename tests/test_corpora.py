@@ -277,3 +277,14 @@ def test_sigterm_while_threads_encode_records_publishes_nothing(tmp_path):
     last = stderr.strip().splitlines()[-1]
     assert last == "nanogpt prepare: error: stopped by SIGTERM (its temporary files are removed)"
     assert not (tmp_path / "new").exists()
+
+
+def test_generate_stops_at_end_of_text_unless_told_not_to(capsys):
+    from nanogpt.generate import _until_all_end
+
+    # a batch of samples goes on until every row has written <|endoftext|>, then stops
+    steps = [[1, 2], [GPT2_EOT, 3], [4, GPT2_EOT], [5, 6]]
+    assert list(_until_all_end(iter(steps), GPT2_EOT)) == steps[:3]
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    assert "--stop-at-end-of-text, --no-stop-at-end-of-text" in capsys.readouterr().out
