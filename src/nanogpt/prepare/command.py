@@ -90,11 +90,11 @@ def _run(path: Path, out: Path, cfg: PrepareConfig, report: TextIO, shown: str, 
     mixology = any(s.mixed for s in sources)
     if mixology and ignored:
         print(f"ignored (not in a sub-folder named NN_name/ with NN > 0): {listing(ignored)}", file=sys.stderr)
-    claim = _claim_folder(out, held)
     progress = Progress(sys.stderr)
     parts: list[dict[str, Part]] = []  # per source: its train and val part
     temps: list[Path] = []
     encoder: Encoder | None = None
+    claim = _claim_folder(out, held)
     try:
         reading = Reading(cfg.text_field, cfg.skip_bad_records, cfg.strip_gutenberg)
         itos = read_pass(sources, path, reading, cfg.tokenizer, progress)
@@ -151,10 +151,12 @@ def _claim_folder(out: Path, held: Claim | None) -> Claim:
         fh, probe = temp_file(out, "probe")
         fh.close()
         probe.unlink()
-    except OSError as e:
+    except BaseException as e:  # SIGTERM too (a UserError from _sigterm_stops): the folders it made go with it
         if claim is not None and held is None:
             claim.release()
-        raise UserError(f"cannot write to the output folder {out}: {e.strerror or e}") from None
+        if isinstance(e, OSError):
+            raise UserError(f"cannot write to the output folder {out}: {e.strerror or e}") from None
+        raise
     return claim
 
 
