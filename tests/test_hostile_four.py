@@ -311,3 +311,29 @@ def test_an_imported_shape_is_told_in_the_files_names_not_as_flags(trained: Path
     code, err = train(capsys, shakespeare_dir, tmp_path / "out", "--steps", "1", "--init-from",
                       str(tmp_path / "ckpt.pt"))
     assert_one_line(code, err, "ckpt.pt: its model_args: n_head = 3 does not divide n_embd = 32")
+
+
+# ----------------------------------------------------------------------------- cause 2: learning a BPE
+def test_a_bpe_of_one_line_of_letters_is_learnt_in_bounded_memory_and_encodes_long_runs(tmp_path: Path) -> None:
+    """A line of 600 K random letters, one pre-token of the GPT-2 regex (learning it took minutes and grew
+    faster than its length), prepared under a 1 GiB address space; a run longer than MAX_RUN encodes in pieces
+    as it was learnt, and decodes back to itself (bench/bpe_hostile.py measures the time)."""
+    import random
+    import string
+
+    from nanogpt.data import read_vocab
+    from nanogpt.tokenizers import MAX_RUN, from_meta
+
+    text = "".join(random.Random(0).choices(string.ascii_lowercase, k=600_000))
+    (tmp_path / "letters.txt").write_text(text, encoding="utf-8")
+    (code, err), = run_limited(["prepare", str(tmp_path / "letters.txt"), "--tokenizer", "bpe", "--vocab-size",
+                                "512", "--out-dir", str(tmp_path / "data")], limit=ADDRESS_SPACE_1G)
+    assert code == 0, err
+    tokenizer = from_meta(read_vocab(tmp_path / "data" / "vocab.json"))
+    run_of = text[:3 * MAX_RUN + 7]
+    ids = tokenizer.encode(run_of)
+    assert tokenizer.decode(ids) == run_of
+    assert ids == [i for k in range(0, len(run_of), MAX_RUN) for i in tokenizer.encode(run_of[k : k + MAX_RUN])]
+
+
+ADDRESS_SPACE_1G = "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))"

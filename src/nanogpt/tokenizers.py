@@ -16,6 +16,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -192,12 +193,21 @@ class BpeTokenizer:
     def encode(self, text: str) -> list[int]:
         if not text.isascii():
             _check_utf8(text)
-        return self.tok.encode(text, add_special_tokens=False).ids
+        return self.encode_many([text])[0]
 
     def encode_many(self, texts: list[str]) -> list[list[int]]:
-        """Several texts at once, on the `tokenizers` thread pool (without the offsets, where it can skip them)."""
+        """Several texts at once, on the `tokenizers` thread pool (without the offsets, where it can skip them).
+        A run longer than MAX_RUN is encoded in MAX_RUN pieces, as the BPE learnt it (split_long_runs): whole, one
+        pre-token of 1 M letters took gigabytes and superlinear time to encode."""
         batch = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)  # _fast: tokenizers >= 0.20
-        return [e.ids for e in batch(texts, add_special_tokens=False)]
+        split = [split_long_runs(t) if LONG_RUN.search(t) else None for t in texts]
+        if not any(split):
+            return [e.ids for e in batch(texts, add_special_tokens=False)]
+        done = []
+        for text, parts in zip(texts, split):
+            encoded = batch(parts or [text], add_special_tokens=False)
+            done.append([i for e in encoded for i in e.ids])
+        return done
 
     def decode(self, ids: Iterable[int]) -> str:
         return b"".join(self.pieces[i] for i in ids).decode("utf-8", errors="replace")
@@ -216,6 +226,28 @@ class BpeTokenizer:
 
     def to_meta(self) -> dict[str, Any]:
         return {"tokenizer": "bpe", "vocab_size": self.vocab_size, "tokenizer_json": json.loads(self.tok.to_str())}
+
+
+# Characters of one run without a space (or of spaces) that a learned BPE takes as one pre-token at most; a longer
+# run is cut into pieces of this length, when learning and when encoding alike. The work on one pre-token grows
+# faster than its length (a line of 450 K random letters took 45 s to learn, 900 K 400 s: BENCHMARKS.md,
+# "Learning a BPE on hostile text"), and no token of a useful vocabulary is that long: GPT-2's longest is 128 bytes.
+MAX_RUN = 256
+LONG_RUN = re.compile(r"\S{%d,}|\s{%d,}" % (MAX_RUN + 1, MAX_RUN + 1))
+
+
+def split_long_runs(text: str) -> list[str]:
+    """`text` in pieces, each run of more than MAX_RUN characters without a space (or of spaces) cut into pieces
+    of MAX_RUN: no pre-token is longer. A text without such runs is one piece."""
+    pieces, pos = [], 0
+    for run in LONG_RUN.finditer(text):
+        if run.start() > pos:
+            pieces.append(text[pos : run.start()])
+        pieces += [text[i : min(i + MAX_RUN, run.end())] for i in range(run.start(), run.end(), MAX_RUN)]
+        pos = run.end()
+    if pos < len(text):
+        pieces.append(text[pos:] if pos else text)
+    return pieces
 
 
 def _check_utf8(text: str) -> None:

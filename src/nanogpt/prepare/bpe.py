@@ -9,16 +9,18 @@ tokenizer of all of it. Which blocks depends only on the text, so the same corpu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from ..tokenizers import BpeTokenizer, default_bpe_vocab_size, train_bpe
+from ..tokenizers import LONG_RUN, BpeTokenizer, default_bpe_vocab_size, split_long_runs, train_bpe
 from .encode import shares
 from .documents import Reading, split_stream
 from .progress import Progress
 from .sources import Source
 
+T = TypeVar("T")
 BPE_SAMPLE_CHARS = 32 << 20  # characters the BPE learns from at most: tens of seconds, a few hundred MB at worst
 
 
@@ -55,9 +57,66 @@ def learn_bpe(sources: list[Source], val_fraction: float, vocab_size: int | None
     size = vocab_size if vocab_size is not None else default_bpe_vocab_size(used)
     texts = (piece for s, want, train in zip(sources, sizes, train_chars(sources, val_fraction))
              for piece in spread(split_stream(s, val_fraction, reading, progress), want, train))
-    tokenizer = train_bpe(texts, size)
+    learnt = [0]  # characters the trainer took: the sample, or less where distinct_bounded stopped it
+    tokenizer = _obeying_signals(lambda: train_bpe(distinct_bounded(bounded_runs(texts), counted=learnt), size))
     progress.finish()
-    return Learned(tokenizer, sum(sizes), used, chosen=vocab_size is None)
+    return Learned(tokenizer, learnt[0], used, chosen=vocab_size is None)
+
+
+def bounded_runs(texts: Iterable[str]) -> Iterator[str]:
+    """`texts` with every run of more than MAX_RUN characters cut into texts of its own (split_long_runs, as
+    BpeTokenizer encodes them): no pre-token the trainer sees is longer, so its work is linear in the text."""
+    for text in texts:
+        yield from split_long_runs(text) if LONG_RUN.search(text) else (text,)
+
+
+# Characters of distinct words the BPE learns from at most. The trainer keeps each distinct word with its pairs'
+# positions, about 80 bytes a character (measured: 8 MB of random letters took 650 MB), and a text of random words
+# or letters is all distinct words: 32 M characters of it took 3 GB. English text reaches this bound late, if at
+# all: its distinct words are few, each seen many times.
+DISTINCT_CHARS = 4 << 20
+
+
+def distinct_bounded(texts: Iterable[str], limit: int = DISTINCT_CHARS, counted: list[int] | None = None
+                     ) -> Iterator[str]:
+    """`texts` until their distinct words (split at spaces, as the trainer's pre-tokens nearly are) hold `limit`
+    characters: the trainer's memory follows the distinct words, not the text. Only words' hashes are kept.
+    `counted[0]` adds up the characters passed on."""
+    seen: set[int] = set()
+    held = 0
+    for text in texts:
+        if counted is not None:
+            counted[0] += len(text)
+        for word in text.split():
+            key = hash(word)
+            if key not in seen:
+                seen.add(key)
+                held += len(word)
+        yield text
+        if held >= limit:
+            return
+
+
+def _obeying_signals(work: Callable[[], T]) -> T:
+    """`work()` (the trainer, in Rust) in a thread of its own while this one waits in slices of 0.1 s: Python
+    runs a signal's handler in the main thread only, between two of its bytecodes, so SIGTERM and Ctrl-C were
+    obeyed only once learning ended (minutes, on some texts). Stopped so, the trainer's thread is left to end
+    with the process."""
+    done: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            done["value"] = work()
+        except BaseException as e:  # re-raised where the caller waits
+            done["error"] = e
+
+    thread = threading.Thread(target=target, name="bpe-trainer", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.1)
+    if "error" in done:
+        raise done["error"]
+    return done["value"]
 
 
 def sample_block(want: int) -> int:
@@ -106,7 +165,8 @@ def summary_line(meta: dict[str, Any]) -> str:
         size += f" (chosen for {meta['bpe_train_chars']:,} characters of training text; --vocab-size sets it)"
     sample = f"{meta['bpe_sample_chars']:,} characters of the training text"
     if meta["bpe_sample_chars"] < meta["bpe_train_chars"]:
-        sample += f" (spread over each source's, {BPE_SAMPLE_CHARS:,} in all at most)"
+        sample += (f" (spread over each source's, {BPE_SAMPLE_CHARS:,} in all at most; fewer where its distinct words "
+                   f"hold {DISTINCT_CHARS:,} characters)")
     line = f"learned a byte-level BPE of {size} from {sample}, none of the validation text"
     if meta["bpe_train_chars"] < SMALL_TEXT_CHARS:
         line += (
