@@ -95,6 +95,7 @@ class GenerateConfig:
         "with more than one, each is printed whole, followed by a line of dashes"
     )
     prompt: str = opt("", "text to start from; \\n escapes are decoded (default: empty)")
+    stop_at_end_of_text: bool = opt(True, "end a sample at <|endoftext|>, a document's end (gpt2 and bpe models)")
     drop_unknown: bool = opt(
         False, "leave out the prompt's characters that a character-level model's vocabulary lacks, instead of "
         "refusing the prompt"
@@ -298,7 +299,8 @@ def training_memory_floor(model_cfg: ModelConfig, train_cfg: TrainConfig) -> int
 class PrepareConfig:
     """What `nanogpt prepare` reads, how it tokenizes, and where it writes."""
 
-    source: str | None = opt(None, "text file or mixology folder (default: the bundled Tiny Shakespeare)", cli=False)
+    source: str | None = opt(None, "text file (.txt, .jsonl, .parquet; .gz, .zst), folder tree of them, or mixology "
+                             "folder (default: the bundled Tiny Shakespeare)", cli=False)
     # checked by validate(), not by argparse, so that the message is the same from the CLI and from Python;
     # bpe by default: at equal training time it gives fewer bits per byte than char or gpt2 (BENCHMARKS.md,
     # "Tokenizers at equal time")
@@ -318,8 +320,10 @@ class PrepareConfig:
         "output folder (default: data/NAME in the current folder, NAME being SOURCE's name without .txt; "
         "data/tinyshakespeare for the bundled corpus)",
     )
-    val_fraction: float = opt(0.1, "fraction of each source kept for validation (the end of each source)")
+    val_fraction: float = opt(0.1, "fraction of each source kept for validation (its last documents)")
     strip_gutenberg: bool = opt(False, "remove Project Gutenberg headers and footers")
+    text_field: str = opt("text", "JSON Lines field or Parquet column holding the text (a.b: nested)", metavar="NAME")
+    skip_bad_records: bool = opt(False, "count and leave out bad JSON lines instead of stopping at the first one")
 
     def validate(self) -> None:
         """Raise ConfigError with one clear line if a setting is impossible."""
