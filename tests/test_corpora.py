@@ -288,3 +288,45 @@ def test_generate_stops_at_end_of_text_unless_told_not_to(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     assert "--stop-at-end-of-text, --no-stop-at-end-of-text" in capsys.readouterr().out
+
+
+def test_a_training_set_past_4_gib_trains_and_resumes(tmp_path: Path) -> None:
+    """More than 2**32 tokens (a sparse train.bin of 8 GiB + 4 KiB; token 0 is in the vocabulary): batches are
+    drawn from past the 32-bit offsets and read from there, and a run trains and resumes on it."""
+    import os
+
+    import torch
+
+    from nanogpt import data
+
+    source = tmp_path / "t.txt"
+    source.write_text("hello world, a small text to prepare. " * 400, encoding="utf-8")
+    folder = tmp_path / "data"
+    assert main(["prepare", "--tokenizer", "char", str(source), "--out-dir", str(folder)]) == 0
+    train = folder / "train.bin"
+    with open(train, "r+b") as f:
+        f.truncate(2**33 + 4096)  # 2**32 + 2,048 tokens: most windows start past 2**31
+    n = train.stat().st_size // 2
+    meta = json.loads((folder / "vocab.json").read_text())
+    meta["train_tokens"] = meta["sources"][0]["train_tokens"] = n
+    (folder / "vocab.json").write_text(json.dumps(meta))
+    # a batch whose first window starts past 2**31 tokens reads the tokens written there
+    index = next(i for i in range(1000) if data.batch_offsets(1, data.TRAIN_STREAM, i, 1, n, 8)[0] > 2**31)
+    start = int(data.batch_offsets(1, data.TRAIN_STREAM, index, 1, n, 8)[0])
+    marker = np.arange(1, 10, dtype=np.uint16) % meta["vocab_size"]
+    fd = os.open(train, os.O_WRONLY)
+    try:
+        os.pwrite(fd, marker.tobytes(), 2 * start)
+    finally:
+        os.close(fd)
+    tokens = data.load(str(folder), None, None, None)
+    sampler = data.BatchSampler(tokens.train, block_size=8, batch_size=1, seed=1, stream=data.TRAIN_STREAM,
+                                device=torch.device("cpu"))
+    x, y = sampler.batch(index)
+    assert x[0].tolist() == marker[:8].tolist() and y[0].tolist() == marker[1:].tolist()
+    tiny = ["--layer-count", "1", "--head-count", "2", "--embedding-size", "32", "--block-size", "32",
+            "--batch-size", "4", "--eval-iters", "2", "--device", "cpu", "--dtype", "float32", "--no-compile"]
+    out = tmp_path / "out"
+    assert main(["train", "--headless", "--data-dir", str(folder), *tiny, "--steps", "2", "--out-dir", str(out)]) == 0
+    assert main(["train", "--headless", "--resume-training", str(out / "model_step_2"), "--steps", "3"]) == 0
+    assert (out / "model_step_3.manifest.json").is_file()

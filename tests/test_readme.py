@@ -39,9 +39,9 @@ PAGES = {
     "docs/generate-and-export.md": ["prepare", "train", *["generate"] * 4, *["export"] * 3],
     "docs/speed.md": ["train", "train"],
 }
-# pages linked before they land: docs/corpora.md (folders, JSONL, Parquet) is written on its own branch
-LANDING = {"docs/corpora.md"}
-OWN_TEXT = ("my_text", "my_mix", "alice.txt", "data/mine")
+# pages linked before they land (written on a branch of their own): none now
+LANDING: set[str] = set()
+OWN_TEXT = ("my_text", "my_mix", "alice.txt", "data/mine", "my_books", "crawl.jsonl", "fineweb/", "dump.jsonl")
 TRACKERS = ("--tensorboard", "--wandb")
 STEP_FLAGS = ("--steps", "--validation-interval", "--save-interval")
 

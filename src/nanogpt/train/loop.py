@@ -101,7 +101,7 @@ class Trainer:
                     return self._save_and_finish(emit, "completed")
                 # the step; its loss is read back at once on CPU, every few steps on an accelerator (readback.py)
                 self._step(check=self.readback.every == 1)
-                if self.budget is not None:  # --time: the end moved once to land on the budget
+                if self.budget is not None:  # --time: the end moved to land on the budget (before the decay)
                     cfg = self._keep_to_budget(emit)
                 last = state.step == cfg.steps
                 evaluate = last or bool(cfg.validation_interval and state.step % cfg.validation_interval == 0)
