@@ -277,7 +277,7 @@ def test_a_block_size_as_long_as_the_data_says_a_window_needs_one_more(shakespea
     (data / "train.bin").write_bytes(np.array([3], dtype="<u2").tobytes())
     edit_json(data / "vocab.json", lambda m: m.__setitem__("train_tokens", 1))
     code, err = train(capsys, data, tmp_path / "out", "--steps", "1", "--block-size", "1")
-    assert_one_line(code, err, "--block-size 1 is as long as the training data (1 token), and a window needs 2")
+    assert_one_line(code, err, "--block-size 1 is larger than the training data (1 token) allows: a window needs 2")
 
 
 def test_a_best_json_with_an_infinite_loss_is_called_so(trained: Path, tmp_path: Path, capsys) -> None:

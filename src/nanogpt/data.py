@@ -251,9 +251,9 @@ def check_block_size(data: TokenData, block_size: int) -> None:
     for name, tokens in (("validation", data.val), ("training", data.train)):
         if len(tokens) <= block_size:
             raise UserError(
-                f"--block-size {block_size} is {'as long as' if len(tokens) == block_size else 'larger than'} the "
-                f"{name} data ({len(tokens)} token{'s' if len(tokens) != 1 else ''}), and a window needs "
-                f"{block_size + 1:,}: its inputs and the token after them; use a smaller --block-size or more text"
+                f"--block-size {block_size} is larger than the {name} data ({len(tokens)} "
+                f"token{'s' if len(tokens) != 1 else ''}) allows: a window needs {block_size + 1:,}, its inputs and "
+                "the token after them; use a smaller --block-size or more text"
             )
 
 
