@@ -119,6 +119,10 @@ class GenerateConfig:
         "with more than one, each is printed whole, followed by a line of dashes"
     )
     prompt: str = opt("", "text to start from; \\n escapes are decoded (default: empty)")
+    prompt_file: str | None = opt(
+        None, "read the text to start from from this file (UTF-8, taken as it is: no escapes decoded) instead of "
+        "--prompt"
+    )
     drop_unknown: bool = opt(
         False, "leave out the prompt's characters that a character-level model's vocabulary lacks, instead of "
         "refusing the prompt"

@@ -201,6 +201,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "Shakespeare; with no preset and no size flags it uses cpu-small on CPU/MPS and baby-gpt on CUDA.",
     )
     t.add_argument(
+        "--config", default=None, metavar="FILE", help="read settings from FILE: a TOML file whose keys are these "
+        "flags without their dashes (eval_iters = 40), or a run's saved model_step_N.config.json to train it "
+        "again; flags typed here win"
+    )
+    t.add_argument(
         "--preset", default=None, choices=list(PRESETS), help="model size and schedule in one go; explicit flags win"
     )
     t.add_argument(

@@ -1,0 +1,87 @@
+"""A user's second day (issue 34): config files, prompts from files, listing runs, presets named, lineage,
+reusing a run's tokenizer and weights; each through the real CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from engine_fixtures import TINY_FLAGS  # noqa: F401 - used below
+
+from nanogpt.cli import main
+
+TINY_TOML = """
+layer-count = 2
+head_count = 2
+n_embd = 32
+block-size = 32
+batch_size = 8
+eval-iters = 4
+device = "cpu"
+compile = false
+dtype = "float32"
+warmup-steps = 2
+steps = 3
+headless = true
+"""
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def saved(stem: Path) -> dict:
+    return json.loads(stem.with_name(stem.name + ".config.json").read_text())
+
+
+def test_a_toml_config_sets_the_run_and_typed_flags_win(shakespeare_dir: Path, tmp_path: Path, capsys) -> None:
+    toml = tmp_path / "exp.toml"
+    toml.write_text(TINY_TOML + f'data_dir = "{shakespeare_dir}"\nout_dir = "{tmp_path / "a"}"\n')
+    code, _, err = run(capsys, "train", "--config", str(toml), "--steps", "4")
+    assert code == 0, err
+    first = saved(tmp_path / "a" / "model_step_4")  # --steps 4 typed wins over the file's 3
+    assert (first["model"]["n_layer"], first["model"]["n_embd"], first["train"]["eval_iters"]) == (2, 32, 4)
+    # the run's saved config fed back trains the same run again (into a folder of its own)
+    code, _, err = run(capsys, "train", "--headless", "--config", str(tmp_path / "a" / "model_step_4.config.json"),
+                       "--out-dir", str(tmp_path / "b"))
+    assert code == 0, err
+    again = saved(tmp_path / "b" / "model_step_4")
+    assert again["model"] == first["model"]
+    assert {**again["train"], "out_dir": None} == {**first["train"], "out_dir": None}
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("eval_iter = 4\n", "unknown setting 'eval_iter'; did you mean eval-iters?"),
+        ("steps = \"many\"\n", "steps (--steps) must be a whole number, got 'many'"),
+        ("optimizer = \"sgd\"\n", "optimizer (--optimizer) must be one of adamw, muon"),
+        ("steps = [\n", "not valid TOML"),
+    ],
+)
+def test_a_bad_config_file_is_one_line(tmp_path: Path, capsys, text: str, said: str) -> None:
+    toml = tmp_path / "bad.toml"
+    toml.write_text(text)
+    code, out, err = run(capsys, "train", "--config", str(toml))
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and said in err and "Traceback" not in err
+
+
+def test_a_missing_config_file_is_one_line(tmp_path: Path, capsys) -> None:
+    code, _, err = run(capsys, "train", "--config", str(tmp_path / "nope.toml"))
+    assert code == 1 and err == f"nanogpt train: error: config file not found: {tmp_path / 'nope.toml'}\n"
+
+
+def test_generate_reads_the_prompt_from_a_file(trained: Path, tmp_path: Path, capsys) -> None:
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("To be,\nor not", encoding="utf-8")
+    code, out, err = run(capsys, "generate", str(trained), "--prompt-file", str(prompt), "--tokens-to-generate", "5")
+    assert code == 0, err
+    assert out.startswith("To be,\nor not") and len(out) >= len("To be,\nor not") + 5
+    code, _, err = run(capsys, "generate", str(trained), "--prompt-file", str(tmp_path / "none.txt"))
+    assert code == 1 and err == f"nanogpt generate: error: prompt file not found: {tmp_path / 'none.txt'}\n"
+    code, _, err = run(capsys, "generate", str(trained), "--prompt-file", str(prompt), "--prompt", "x")
+    assert code == 1 and "give --prompt or --prompt-file, not both" in err
