@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from engine_fixtures import TINY_FLAGS  # noqa: F401 - used below
+from engine_fixtures import TINY_FLAGS
 
 from nanogpt.cli import main
 
@@ -85,3 +85,30 @@ def test_generate_reads_the_prompt_from_a_file(trained: Path, tmp_path: Path, ca
     assert code == 1 and err == f"nanogpt generate: error: prompt file not found: {tmp_path / 'none.txt'}\n"
     code, _, err = run(capsys, "generate", str(trained), "--prompt-file", str(prompt), "--prompt", "x")
     assert code == 1 and "give --prompt or --prompt-file, not both" in err
+
+
+def test_runs_lists_each_run_newest_first(shakespeare_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    common = ["train", "--headless", *TINY_FLAGS, "--data-dir", str(shakespeare_dir), "--validation-interval", "2"]
+    assert run(capsys, *common, "--steps", "4", "--out-dir", "runs/first")[0] == 0
+    assert run(capsys, *common, "--steps", "2", "--out-dir", "runs/second", "--layer-count", "1")[0] == 0
+    code, out, err = run(capsys, "runs")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["folder", "preset/shape", "tokenizer", "steps", "best", "val", "at", "trained", "saved"]
+    assert [line.split()[0] for line in lines[1:]] == ["runs/second", "runs/first"]  # newest first
+    assert "1L 2H 32E b32" in lines[1] and "char 65" in lines[1] and " bpb " in lines[1]
+    code, out, _ = run(capsys, "runs", "runs", "--json")
+    listed = json.loads(out)
+    first = next(r for r in listed if r["folder"].endswith("first"))
+    assert (first["step"], first["shape"]["n_layer"], first["tokenizer"], first["vocab_size"]) == (4, 2, "char", 65)
+    assert first["best_step"] in (2, 4) and first["best_validation_bpb"] > 0 and first["seconds_trained"] > 0
+    assert first["latest"].endswith("model_step_4")
+
+
+def test_runs_of_an_empty_or_missing_folder(tmp_path: Path, capsys) -> None:
+    assert run(capsys, "runs", str(tmp_path)) == (0, "", f"no runs in {tmp_path} (a run is a folder of model_step_N "
+                                                         "checkpoints)\n")
+    assert run(capsys, "runs", str(tmp_path), "--json")[:2] == (0, "[]\n")
+    code, _, err = run(capsys, "runs", str(tmp_path / "gone"))
+    assert code == 1 and err == f"nanogpt runs: error: no folder {tmp_path / 'gone'}\n"
