@@ -338,7 +338,19 @@ class PrepareConfig:
         "data/tinyshakespeare for the bundled corpus)",
     )
     val_fraction: float = opt(0.1, "fraction of each source kept for validation (the end of each source)")
-    strip_gutenberg: bool = opt(False, "remove Project Gutenberg headers and footers")
+    strip_gutenberg: bool | None = opt(
+        None, "remove Project Gutenberg's licence header and footer (the default wherever their '*** START/END OF "
+        "... PROJECT GUTENBERG' lines are found; --keep-gutenberg keeps them)"
+    )
+    keep_gutenberg: bool = opt(
+        False, "keep Project Gutenberg's header and footer as text (the same as --no-strip-gutenberg); the "
+        "validation part, the end of each file, is then mostly licence"
+    )
+
+    @property
+    def strips_gutenberg(self) -> bool:
+        """Whether Gutenberg markers found are cut at: by default, unless --keep-gutenberg (--no-strip-gutenberg)."""
+        return self.strip_gutenberg is not False and not self.keep_gutenberg
 
     def validate(self) -> None:
         """Raise ConfigError with one clear line if a setting is impossible."""
@@ -351,6 +363,8 @@ class PrepareConfig:
                 raise ConfigError(f"--vocab-size is for --tokenizer bpe (the {self.tokenizer} vocabulary is fixed)")
             if type(self.vocab_size) is not int or not MIN_BPE_VOCAB <= self.vocab_size <= MAX_BPE_VOCAB:
                 raise ConfigError(f"--vocab-size must be {MIN_BPE_VOCAB} to {MAX_BPE_VOCAB:,}, got {self.vocab_size}")
+        if self.strip_gutenberg and self.keep_gutenberg:
+            raise ConfigError("--strip-gutenberg and --keep-gutenberg contradict each other: give one")
         if not (isinstance(self.val_fraction, (int, float)) and 0 < self.val_fraction < 1):
             raise ConfigError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
 

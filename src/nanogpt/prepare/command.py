@@ -94,7 +94,7 @@ def _run(path: Path, out: Path, cfg: PrepareConfig, report: TextIO, shown: str, 
     temps: list[Path] = []
     encoder: Encoder | None = None
     try:
-        itos = _read_pass(sources, path, cfg.strip_gutenberg, cfg.tokenizer, progress)
+        itos = _read_pass(sources, path, cfg, progress)
         # the BPE is learnt before anything is encoded, from the training parts only
         learned = learn_bpe(sources, cfg.val_fraction, cfg.vocab_size, progress) if cfg.tokenizer == "bpe" else None
         tok_meta = _tokenizer_meta(itos, learned)
@@ -170,29 +170,47 @@ def _sigterm_stops():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _read_pass(sources: list[Source], path: Path, strip: bool, tokenizer: str, progress: Progress) -> list[str] | None:
+def _read_pass(sources: list[Source], path: Path, cfg: PrepareConfig, progress: Progress) -> list[str] | None:
     """Pass 1: each file's length and Gutenberg window; returns the char vocabulary (None for GPT-2)."""
+    strip = cfg.strips_gutenberg
     docs = [d for s in sources for d in s.docs]
-    charset = CharSet() if tokenizer == "char" else None
+    charset = CharSet() if cfg.tokenizer == "char" else None
     progress.start("reading", sum(d.size for d in docs))
     for d in docs:
         scan(d, charset, strip, progress)
     progress.finish()
     for s in sources:
         s.chars = sum(d.chars for d in s.docs)
-        for d in s.docs:
-            if strip and not d.stripped:
-                print(f"note: no Project Gutenberg header or footer found in {d.path}; kept it whole", file=sys.stderr)
-            if d.gutenberg:  # the licence would be trained on, silently
-                print(
-                    f"note: {d.path} has a Project Gutenberg header ('*** START OF ... PROJECT GUTENBERG ...'); "
-                    "its licence header and footer are kept as text: add --strip-gutenberg to drop them",
-                    file=sys.stderr,
-                )
         if s.chars == 0:
             what = f"{path / s.label}" if path.is_dir() else str(path)
-            raise UserError(f"{what} has no text" + (" left after --strip-gutenberg" if strip else ""))
+            raise UserError(f"{what} has no text" + (" left without its Project Gutenberg header and footer"
+                                                     if any(d.stripped for d in s.docs) else ""))
+    _gutenberg_notes(sources, cfg)
     return charset.chars() if charset is not None else None
+
+
+def _gutenberg_notes(sources: list[Source], cfg: PrepareConfig) -> None:
+    """Say what was done with Project Gutenberg's licence text, and warn when the validation part, the end of each
+    source, is mostly licence (kept with --keep-gutenberg): validation would measure the licence, not the book."""
+    docs = [d for s in sources for d in s.docs]
+    stripped = [d for d in docs if d.stripped]
+    if stripped:
+        which = str(stripped[0].path) if len(stripped) == 1 else f"{len(stripped)} files"
+        print(f"note: removed Project Gutenberg's licence header and footer from {which} (--keep-gutenberg keeps "
+              "them)", file=sys.stderr)
+    if cfg.strip_gutenberg is True:  # asked for by name: say where there was nothing to remove
+        for d in (d for d in docs if not d.stripped):
+            print(f"note: no Project Gutenberg header or footer found in {d.path}; kept it whole", file=sys.stderr)
+    for s in sources:
+        last = s.docs[-1]  # the validation part is the end of the source's last files
+        val_chars = max(1, int(s.chars * cfg.val_fraction))
+        if last.footer_at is None or last.footer_at >= last.end:
+            continue
+        share = (last.end - max(last.footer_at, last.end - val_chars)) / val_chars
+        if share > 0.1:
+            print(f"warning: {share:.0%} of the validation part of {last.path} is Project Gutenberg's licence (the "
+                  "text after its END line): its validation loss would measure the licence; prepare it without "
+                  "--keep-gutenberg", file=sys.stderr)
 
 
 def _encode_pass(
@@ -294,7 +312,7 @@ def _metadata(
         train_tokens=train_total,
         val_tokens=val_total,
         val_fraction=cfg.val_fraction,
-        strip_gutenberg=cfg.strip_gutenberg,
+        strip_gutenberg=cfg.strips_gutenberg,
         source=shown,
     )
     # val.bin holds each source's val tokens one after another: where they start lets training measure
