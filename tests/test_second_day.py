@@ -112,3 +112,37 @@ def test_runs_of_an_empty_or_missing_folder(tmp_path: Path, capsys) -> None:
     assert run(capsys, "runs", str(tmp_path), "--json")[:2] == (0, "[]\n")
     code, _, err = run(capsys, "runs", str(tmp_path / "gone"))
     assert code == 1 and err == f"nanogpt runs: error: no folder {tmp_path / 'gone'}\n"
+
+
+def test_a_size_flag_keeps_the_presets_recipe_and_the_run_names_both(
+    shakespeare_dir: Path, tmp_path: Path, capsys
+) -> None:
+    flags = [f for f in TINY_FLAGS if f not in ("--optimizer", "adamw")]  # the preset's optimizer, then
+    code, out, err = run(capsys, "train", "--headless", *flags, "--data-dir", str(shakespeare_dir), "--out-dir",
+                         str(tmp_path), "--steps", "2")
+    assert code == 0, err
+    assert err.splitlines()[0].startswith("preset cpu-small; changed: ") and "--layer-count 2" in err.splitlines()[0]
+    assert "recipe: Muon lr 0.03" in out and "wsd schedule" in out  # cpu-small's, at the shape typed
+    meta = saved(tmp_path / "model_step_2")
+    assert meta["preset"] == "cpu-small" and meta["changed"]["n_layer"] == 2 and "optimizer" not in meta["changed"]
+    assert meta["train"]["optimizer"] == "muon" and meta["train"]["lr_schedule"] == "wsd"
+
+
+def test_extending_a_finished_run_keeps_its_last_rate_and_its_lineage(
+    shakespeare_dir: Path, tmp_path: Path, capsys
+) -> None:
+    first = ["train", "--headless", *TINY_FLAGS, "--data-dir", str(shakespeare_dir), "--out-dir", str(tmp_path / "r"),
+             "--steps", "6", "--warmup-steps", "1", "--lr-schedule", "wsd", "--log-interval", "1"]
+    assert run(capsys, *first)[0] == 0
+    code, out, err = run(capsys, "train", "--headless", "--resume-training", str(tmp_path / "r"), "--steps", "9")
+    assert code == 0, err
+    assert "note: extending finished run" in err and "stays at its last value, 1.00e-04" in err
+    rates = [line.rsplit("lr ", 1)[1].split()[0] for line in out.splitlines() if "| lr " in line]
+    assert rates == ["1.00e-04"] * 3  # steps 7-9 at step 6's rate: no warm-up, no climb back to the peak
+    history = saved(tmp_path / "r" / "model_step_9")["lineage"]
+    assert [(e["start"], e["at_step"]) for e in history] == [("new", 0), ("resume", 6)]
+    assert history[0]["preset"] == "cpu-small" and history[1]["changed"] == {"steps": 9}
+    assert main(["export", str(tmp_path / "r"), str(tmp_path / "hf")]) == 0
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "nanogpt train --preset cpu-small" in card and "--lr-schedule wsd" in card
+    assert f"nanogpt train --resume-training {tmp_path / 'r' / 'model_step_6'} --steps 9" in card

@@ -176,7 +176,9 @@ def test_last_step_saves_and_waits_for_q_then_resume_starts_paused_with_history(
     assert app.result.stem == stem
     first_losses = app.chart.train_losses
 
-    resumed = build_trainer({"steps": 40, "out_dir": str(tmp_path), "device": "cpu"}, resume=stem)
+    # --schedule-steps 40: stretched over the new length (a finished run extended keeps its schedule otherwise)
+    resumed = build_trainer({"steps": 40, "schedule_steps": 40, "out_dir": str(tmp_path), "device": "cpu"},
+                            resume=stem)
     app2 = TrainingApp(resumed, start_paused=True)
 
     async def second_run() -> None:

@@ -202,6 +202,11 @@ class TrainConfig:
     )
     decay_fraction: float = opt(0.5, "wsd: the share of the steps, at the end, that decay to --min-learning-rate")
     warmup_steps: int = opt(100, "linear warm-up steps")
+    schedule_steps: int | None = opt(
+        None, "steps the learning-rate schedule spans (default: --steps); past them the rate stays at its last "
+        "value. A resume that extends a finished run keeps the schedule it finished (no new warm-up or decay); "
+        "--schedule-steps N stretches it over N steps instead"
+    )
     weight_decay: float = opt(0.1, "AdamW weight decay (applied to matrices, not to biases/norms)")
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.99, "AdamW beta2")
@@ -257,6 +262,8 @@ class TrainConfig:
         for name in ("validation_interval", "validation_batch", "log_interval", "save_interval", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{flag_name(name)} must not be negative, got {getattr(self, name)}")
+        if self.schedule_steps is not None and self.schedule_steps < 1:
+            raise ConfigError(f"--schedule-steps must be a positive integer, got {self.schedule_steps}")
         if self.overfit_evaluations < 1:
             raise ConfigError(f"--overfit-evaluations must be at least 1, got {self.overfit_evaluations}")
         if self.eval_sample_tokens < 0:

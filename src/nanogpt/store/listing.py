@@ -67,7 +67,7 @@ def read_row(folder: Path) -> RunRow:
         row.shape = {k: int(model[k]) for k in ("n_layer", "n_head", "n_embd", "block_size")}
         row.tokenizer, row.vocab_size = str(vocab.get("tokenizer", "?")), int(vocab.get("vocab_size", 0))
         row.preset = meta.get("preset") if isinstance(meta.get("preset"), str) else None
-        row.changed = [str(c) for c in meta.get("changed", [])] if isinstance(meta.get("changed"), list) else []
+        row.changed = sorted(map(str, meta["changed"])) if isinstance(meta.get("changed"), dict) else []
         row.lineage = [e for e in meta.get("lineage", []) if isinstance(e, dict)] if isinstance(
             meta.get("lineage"), list) else []
     except (UserError, KeyError, TypeError, ValueError) as e:

@@ -60,6 +60,7 @@ class Trainer:
         stepper: Stepper,
         state: RunState,
         notes: tuple[str, ...] | list[str] = (),
+        lineage: list[dict] | None = None,
     ):
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         self.tokens = tokens
@@ -67,6 +68,7 @@ class Trainer:
         self.stepper = stepper
         self.state = state
         self.notes = tuple(notes)  # for the user, from building it: a front end shows them before the run
+        self.lineage = list(lineage or [])  # how its weights came to be (lineage.py), saved with each checkpoint
         self.readback = LossReadback(hardware.sync_every, hardware.world_size)
         self._stop = threading.Event()
         self.best = best.BestKeeper(train_cfg.out_dir, train_cfg.overfit_evaluations, train_cfg.stop_when_overfitting)
@@ -226,7 +228,8 @@ class Trainer:
         stem = checkpoint.stem_for(self.train_cfg.out_dir, state.step)
         # a UserError: the disk is full, or the name is taken; nothing of the set is left
         write = functools.partial(
-            saving.write, stem, self.stepper, self.state, self.model_cfg, self.train_cfg, self.tokens.meta
+            saving.write, stem, self.stepper, self.state, self.model_cfg, self.train_cfg, self.tokens.meta,
+            self.lineage,
         )
         paths = saving.on_rank_zero(self.hardware, write, f"rank 0 could not write checkpoint {stem}")
         state.saved(str(stem))

@@ -40,6 +40,7 @@ def write(
     model_cfg: config.ModelConfig,
     train_cfg: config.TrainConfig,
     tokenizer_meta: dict[str, Any],
+    lineage: list[dict[str, Any]] | None = None,
 ) -> tuple[str, ...]:
     """Write the run's current state as checkpoint `stem` (checkpoint.save); returns the paths written."""
     resume_state = {
@@ -58,6 +59,7 @@ def write(
         log=state.log,
         optimizer_tensors=checkpoint.optimizer_tensors(stepper.optimizer),
         resume_state=resume_state,
+        lineage=lineage,
     )
 
 

@@ -58,7 +58,7 @@ def construct(run: Run) -> Trainer:
         state = _restore(run.saved, model, optimizer, scaler)
     samplers = _samplers(run.tokens, model_cfg, train_cfg, device)
     stepper = Stepper(train_cfg, hardware, model, optimizer, scaler, samplers, run.tokens.tokenizer)
-    return Trainer(model_cfg, train_cfg, run.tokens, hardware, stepper, state, notes=run.notes)
+    return Trainer(model_cfg, train_cfg, run.tokens, hardware, stepper, state, notes=run.notes, lineage=run.lineage)
 
 
 def _restore(
