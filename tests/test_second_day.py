@@ -146,3 +146,33 @@ def test_extending_a_finished_run_keeps_its_last_rate_and_its_lineage(
     card = (tmp_path / "hf" / "README.md").read_text()
     assert "nanogpt train --preset cpu-small" in card and "--lr-schedule wsd" in card
     assert f"nanogpt train --resume-training {tmp_path / 'r' / 'model_step_6'} --steps 9" in card
+
+
+def test_fine_tune_a_run_on_other_text_with_its_tokenizer(shakespeare_dir: Path, tmp_path: Path, capsys) -> None:
+    base = tmp_path / "base"
+    common = ["train", "--headless", *TINY_FLAGS, "--steps", "2"]
+    assert run(capsys, *common, "--data-dir", str(shakespeare_dir), "--out-dir", str(base))[0] == 0
+    other = tmp_path / "other.txt"
+    other.write_text("Ünïcode the base run never saw; then plain words, again and again.\n" * 400, encoding="utf-8")
+    code, _, err = run(capsys, "prepare", str(other), "--tokenizer-from", str(base), "--out-dir", str(tmp_path / "d"))
+    assert code == 0, err
+    assert f"tokenizer: {base}'s (char, 65 tokens)" in err and "left out 2 character(s)" in err and "'Ü'" in err
+    vocab = json.loads((tmp_path / "d" / "vocab.json").read_text())
+    assert vocab["itos"] == saved(base / "model_step_2")["tokenizer"]["itos"]
+    # the run folder's weights start a new run of its own on the other text
+    code, out, err = run(capsys, *common, "--init-from", str(base), "--data-dir", str(tmp_path / "d"),
+                         "--out-dir", str(tmp_path / "tuned"))
+    assert code == 0, err
+    assert err.splitlines()[0].startswith("preset finetune; changed:")
+    history = saved(tmp_path / "tuned" / "model_step_2")["lineage"]
+    assert history[0]["start"] == "init-from" and history[0]["from"] == str(base / "model_step_2")
+    # a BPE of another run is reused the same way; a checkpoint stem names it as well as its folder
+    code, _, err = run(capsys, "prepare", str(other), "--out-dir", str(tmp_path / "bpe"), "--vocab-size", "300")
+    assert code == 0, err
+    code, _, err = run(capsys, "prepare", str(other), "--tokenizer-from", str(tmp_path / "bpe" / "vocab.json"),
+                       "--out-dir", str(tmp_path / "bpe2"))
+    size = json.loads((tmp_path / "bpe" / "vocab.json").read_text())["vocab_size"]
+    assert code == 0 and f"(bpe, {size} tokens)" in err
+    assert (tmp_path / "bpe" / "train.bin").read_bytes() == (tmp_path / "bpe2" / "train.bin").read_bytes()
+    code, _, err = run(capsys, "prepare", str(other), "--tokenizer-from", str(tmp_path / "nothing"))
+    assert code == 1 and "no such run, checkpoint, prepared folder or vocab.json" in err

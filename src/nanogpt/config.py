@@ -171,9 +171,10 @@ class TrainConfig:
     vocab_metadata: str | None = opt(None, "vocab.json describing the tokens (instead of --data-dir)")
     init_from: str | None = opt(
         None,
-        "start from these weights instead of random ones: a Hugging Face GPT-2 folder, a name in the Hugging "
-        "Face cache (gpt2, gpt2-medium, ...; never downloaded) or a nanoGPT ckpt.pt; the model takes their "
-        "shape (a smaller --block-size crops it); default preset: finetune",
+        "start from these weights instead of random ones: a run folder of ours (its best checkpoint) or a "
+        "checkpoint, a Hugging Face GPT-2 folder, a name in the Hugging Face cache (gpt2, gpt2-medium, ...; never "
+        "downloaded) or a nanoGPT ckpt.pt; the model takes their shape (a smaller --block-size crops it) and the "
+        "data must use their tokenizer (prepare --tokenizer-from); default preset: finetune",
         metavar="SOURCE",
     )
     # schedule
@@ -343,6 +344,11 @@ class PrepareConfig:
         "data/tinyshakespeare for the bundled corpus)",
     )
     val_fraction: float = opt(0.1, "fraction of each source kept for validation (the end of each source)")
+    tokenizer_from: str | None = opt(
+        None, "encode with an existing tokenizer instead of choosing one: a run folder, a checkpoint, a prepared "
+        "folder or its vocab.json (so that a model can be fine-tuned on this text with --init-from); characters "
+        "a character vocabulary lacks are left out, and said", metavar="SOURCE"
+    )
     strip_gutenberg: bool | None = opt(
         None, "remove Project Gutenberg's licence header and footer (the default wherever their '*** START/END OF "
         "... PROJECT GUTENBERG' lines are found; --keep-gutenberg keeps them)"
@@ -364,6 +370,8 @@ class PrepareConfig:
         if self.tokenizer not in TOKENIZERS:
             raise ConfigError(f"unknown tokenizer {self.tokenizer!r}: choose {' or '.join(TOKENIZERS)}")
         if self.vocab_size is not None:
+            if self.tokenizer_from is not None:
+                raise ConfigError("--vocab-size and --tokenizer-from: the reused tokenizer's size is fixed")
             if self.tokenizer != "bpe":
                 raise ConfigError(f"--vocab-size is for --tokenizer bpe (the {self.tokenizer} vocabulary is fixed)")
             if type(self.vocab_size) is not int or not MIN_BPE_VOCAB <= self.vocab_size <= MAX_BPE_VOCAB:

@@ -13,6 +13,7 @@ files removed, one line, exit 1); what a kill -9 leaves is removed by the next p
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import json
 import os
@@ -32,10 +33,10 @@ from ..config import PrepareConfig
 from ..errors import UserError
 from ..store.files import cache_dir, listing, read_json
 from ..store.locks import Claim, hold
-from ..tokenizers import GPT2_EOT, TOKENIZERS, CharTokenizer, GPT2Tokenizer, default_bpe_vocab_size, token_dtype
-from .bpe import Learned, learn_bpe
+from ..tokenizers import TOKENIZERS, default_bpe_vocab_size, token_dtype
 from .encode import Encoder, Part, copy_prefix, shares
 from .progress import Progress
+from .reuse import reused_tokenizer, tokenizer_for
 from .report import DEFAULT_TOKENIZER, summary
 from .sources import CharSet, Source, doc_text, find_sources, scan
 
@@ -94,14 +95,13 @@ def _run(path: Path, out: Path, cfg: PrepareConfig, report: TextIO, shown: str, 
     temps: list[Path] = []
     encoder: Encoder | None = None
     try:
+        reused = reused_tokenizer(cfg.tokenizer_from) if cfg.tokenizer_from is not None else None
+        cfg = dataclasses.replace(cfg, tokenizer=reused[0].name) if reused is not None else cfg
         itos = _read_pass(sources, path, cfg, progress)
-        # the BPE is learnt before anything is encoded, from the training parts only
-        learned = learn_bpe(sources, cfg.val_fraction, cfg.vocab_size, progress) if cfg.tokenizer == "bpe" else None
-        tok_meta = _tokenizer_meta(itos, learned)
-        dtype = token_dtype(tok_meta["vocab_size"])
-        encoder = Encoder(cfg.tokenizer, itos, dtype, bpe=learned.tokenizer if learned else None)
+        tok_meta, encoder = tokenizer_for(sources, cfg, itos, reused, progress)
         _encode_pass(sources, parts, out, cfg, encoder, progress, temps)
         take = _take(sources, parts, cfg.val_fraction)
+        dtype = token_dtype(tok_meta["vocab_size"])
         itemsize = np.dtype(dtype).itemsize
         finals = {name: _join([p[name] for p in parts], take[name], out, name, itemsize, temps) for name in SPLITS}
         meta = _metadata(sources, parts, take, tok_meta, dtype, cfg, shown)
@@ -280,20 +280,6 @@ def _join(parts: list[Part], take: list[int], out: Path, name: str, itemsize: in
         for part, n in zip(parts, take):
             copy_prefix(part.path, fh, n * itemsize)
     return tmp
-
-
-def _tokenizer_meta(itos: list[str] | None, learned: Learned | None) -> dict[str, Any]:
-    """The tokenizer's part of vocab.json (the same a checkpoint stores); a BPE's says how it was learnt."""
-    if itos is not None:
-        return CharTokenizer(itos).to_meta()
-    if learned is None:
-        return {**GPT2Tokenizer().to_meta(), "eot_token": GPT2_EOT}
-    return {
-        **learned.tokenizer.to_meta(),
-        "bpe_sample_chars": learned.sample_chars,
-        "bpe_train_chars": learned.train_chars,
-        "bpe_vocab_size_chosen": learned.chosen,
-    }
 
 
 def _metadata(

@@ -94,12 +94,16 @@ class _DiskWriter:
 class Encoder:
     """Encodes text into part files, keeping the order of writes; a BPE encodes on a pool of threads."""
 
-    def __init__(self, tokenizer: str, itos: list[str] | None, dtype: str, bpe: BpeTokenizer | None = None):
+    def __init__(
+        self, tokenizer: str, itos: list[str] | None, dtype: str, bpe: BpeTokenizer | None = None,
+        drop: dict[int, None] | None = None,
+    ):
         self.tokenizer = tokenizer
         self.np_dtype = np.dtype(dtype).newbyteorder("<")
         self.pending: collections.deque[tuple[Part, Future | np.ndarray]] = collections.deque()
         self.buffers: dict[int, str] = {}
         self.disk = _DiskWriter()
+        self.drop = drop or None  # a reused character vocabulary: the text's characters it lacks (str.translate)
         if tokenizer == "char":
             assert itos is not None
             codes = np.array([ord(c) for c in itos], dtype=np.int64)
@@ -136,6 +140,7 @@ class Encoder:
         if not text:
             return
         if self.tokenizer == "char":
+            text = text.translate(self.drop) if self.drop else text
             if text.isascii():
                 ascii_ids = text.encode("ascii").translate(self.ascii_table)
                 if (i := ascii_ids.find(UNKNOWN_ASCII)) >= 0:  # memchr: costs next to nothing

@@ -61,7 +61,7 @@ def resolve_run(
         model_cfg = hf_import.take_architecture(model_cfg, imported, overrides)
     if saved is not None:
         train_cfg = _check_resume(saved, model_cfg, train_cfg, overrides, notes)
-    history = _lineage(saved, preset, overrides, notes)
+    history = _lineage(saved, preset, overrides, notes, imported.source if imported is not None else None)
     _check_counter_room(train_cfg, saved)
     # the run folder: a resume writes beside its checkpoint, and no run replaces another's files (runs.py)
     out_dir, note = runs.place(
@@ -114,7 +114,8 @@ def _settings(
 
 
 def _lineage(
-    saved: checkpoint.Checkpoint | None, preset: str | None, overrides: dict[str, Any], notes: list[str]
+    saved: checkpoint.Checkpoint | None, preset: str | None, overrides: dict[str, Any], notes: list[str],
+    imported: str | None,
 ) -> list[dict[str, Any]]:
     """The run's lineage: the checkpoint's, then this start (what was typed that differs from what it had)."""
     if saved is not None:
@@ -125,7 +126,7 @@ def _lineage(
     changed = lineage.changed_from(overrides, presets.preset_values(preset, overrides))
     notes.insert(0, lineage.summary(preset, changed))
     start = "init-from" if overrides.get("init_from") else "new"
-    return [lineage.entry(start, at_step=0, source=overrides.get("init_from"), preset=preset, changed=changed)]
+    return [lineage.entry(start, at_step=0, source=imported, preset=preset, changed=changed)]
 
 
 def _check_resume(
