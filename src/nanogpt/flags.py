@@ -219,8 +219,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument(
         "--reprobe-dtype", action="store_true", help="--dtype auto on a CPU: time the step in float32 and bfloat16 "
-        "again instead of reusing the cached verdict (one measured on a busy machine, or a near tie, is timed "
-        "again anyway; NANOGPT_REPROBE_DTYPE=1 does the same)"
+        "again instead of reusing the cached verdict, which otherwise stays (a near tie or a busy machine gave "
+        "float32); NANOGPT_REPROBE_DTYPE=1 does the same"
     )
     t.add_argument(
         "--compare", default=None, metavar="STEM", help="the UI draws this earlier run's curves faintly beside the "
