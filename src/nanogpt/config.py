@@ -2,43 +2,21 @@
 sampling (`GenerateConfig`); presets.py lays presets and flags over them.
 
 One source of truth for each setting: a dataclass field. Its command-line flag, its `--help` text and its
-place in a checkpoint's `config.json` all come from the field (see `field_flag` / `field_help`), and a
-preset is just a dict of field values. This module knows nothing of argparse or torch.
+place in a checkpoint's `config.json` all come from the field (fields.py: `opt`, `field_flag`, `field_help`,
+`to_dict`, `from_dict`, re-exported here), and a preset is just a dict of field values. This module knows
+nothing of argparse or torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from .errors import UserError
-from .schedule import SCHEDULES
+from .fields import ConfigError, field_flag, field_help, flag_name, from_dict, opt, to_dict
+from .schedule import SCHEDULES, parse_duration
 from .tokenizers import MAX_BPE_VOCAB, MIN_BPE_VOCAB, TOKENIZERS
-
-
-class ConfigError(UserError):
-    """A setting (or a combination of settings) a user gave is invalid; the message is one clear line."""
-
-
-def opt(default: Any, help: str, flag: str | None = None, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
-    """A dataclass field that carries its own `--help` text and (optionally) a flag name."""
-    return field(default=default, metadata={"help": help, "flag": flag, **kw})
-
-
-def flag_name(name: str) -> str:
-    """The long command-line flag of a setting called `name`: `--name-with-dashes`."""
-    return "--" + name.replace("_", "-")
-
-
-def field_flag(f: dataclasses.Field) -> str:
-    """The long command-line flag of a field: its `flag` metadata, else `--name-with-dashes`."""
-    return f.metadata.get("flag") or flag_name(f.name)
-
-
-def field_help(f: dataclasses.Field) -> str:
-    return f.metadata.get("help", "")
 
 
 OPTIMIZERS = ("adamw", "muon")  # see optim.py
@@ -180,6 +158,10 @@ class TrainConfig:
     # schedule
     seed: int = opt(1337, "random seed; 0 picks a random one and prints it")
     steps: int = opt(2000, "total optimizer steps of the run")
+    time: str | None = opt(None, "train for this long instead (90s, 10m, 1h30m; start-up aside): the plan sizes the "
+                           "model, the steps and the evaluations for this machine and this text (flags you give win; "
+                           "--plan prints it)", metavar="DURATION")
+    plan_step_ms: float | None = opt(None, "the step time the --time plan measured (for an exact resume)", cli=False)
     batch_size: int = opt(12, "micro-batch size (sequences per forward pass)")
     grad_accum: int = opt(1, "micro-batches accumulated per optimizer step")
     optimizer: str = opt(
@@ -289,6 +271,11 @@ class TrainConfig:
             raise ConfigError(f"--seed must be in [0, {MAX_SEED}], got {self.seed}")
         if not 0.0 <= self.decay_fraction <= 1.0:
             raise ConfigError(f"--decay-fraction must be in [0, 1], got {self.decay_fraction}")
+        if self.time is not None:
+            try:
+                parse_duration(self.time)
+            except ValueError as e:
+                raise ConfigError(f"--time {e}") from None
         if self.init_from is not None and not self.init_from.strip():
             raise ConfigError("--init-from needs a folder, a file or a Hugging Face model name")
         for f in dataclasses.fields(self):  # whole numbers feed int64 arithmetic (numpy's counters, torch)
@@ -390,5 +377,4 @@ DATA_FIELDS = ("data_dir", "training_dataset", "validation_dataset", "vocab_meta
 SHAPE_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "bias", "activation", "vocab_size")
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+__all__ = ["ConfigError", "field_flag", "field_help", "flag_name", "from_dict", "opt", "to_dict"]  # from fields.py

@@ -11,8 +11,7 @@ from typing import Any
 
 import torch
 
-from ..config import MAX_WORLD_SIZE, ModelConfig, TrainConfig
-from ..config_types import from_dict
+from ..config import MAX_WORLD_SIZE, ModelConfig, TrainConfig, from_dict
 from ..errors import UserError
 from ..tokenizers import from_meta
 from .store import (

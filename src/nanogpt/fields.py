@@ -1,13 +1,44 @@
-"""A settings table read from a file (a checkpoint's config.json) made a config dataclass again, each value
-checked against its field's type: a file has not been through argparse, and nothing has converted it."""
+"""A setting's field and what comes from it: its flag, its help text, its JSON in a checkpoint's config.json.
+
+config.py declares the settings with `opt` and re-exports these; nothing here knows a particular setting.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import types
 import typing
+from dataclasses import field
 from typing import Any
 
-from .config import ConfigError
+from .errors import UserError
+
+
+class ConfigError(UserError):
+    """A setting (or a combination of settings) a user gave is invalid; the message is one clear line."""
+
+
+def opt(default: Any, help: str, flag: str | None = None, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
+    """A dataclass field that carries its own `--help` text and (optionally) a flag name."""
+    return field(default=default, metadata={"help": help, "flag": flag, **kw})
+
+
+def flag_name(name: str) -> str:
+    """The long command-line flag of a setting called `name`: `--name-with-dashes`."""
+    return "--" + name.replace("_", "-")
+
+
+def field_flag(f: dataclasses.Field) -> str:
+    """The long command-line flag of a field: its `flag` metadata, else `--name-with-dashes`."""
+    return f.metadata.get("flag") or flag_name(f.name)
+
+
+def field_help(f: dataclasses.Field) -> str:
+    return f.metadata.get("help", "")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
 
 
 def _json_type_ok(value: Any, kind: Any) -> bool:
