@@ -121,7 +121,8 @@ def test_a_size_flag_keeps_the_presets_recipe_and_the_run_names_both(
     code, out, err = run(capsys, "train", "--headless", *flags, "--data-dir", str(shakespeare_dir), "--out-dir",
                          str(tmp_path), "--steps", "2")
     assert code == 0, err
-    assert err.splitlines()[0].startswith("preset cpu-small; changed: ") and "--layer-count 2" in err.splitlines()[0]
+    said = next(line for line in out.splitlines() if line.startswith("preset "))
+    assert said.startswith("preset cpu-small; changed: ") and "--layer-count 2" in said
     assert "recipe: Muon lr 0.03" in out and "wsd schedule" in out  # cpu-small's, at the shape typed
     meta = saved(tmp_path / "model_step_2")
     assert meta["preset"] == "cpu-small" and meta["changed"]["n_layer"] == 2 and "optimizer" not in meta["changed"]
@@ -163,7 +164,7 @@ def test_fine_tune_a_run_on_other_text_with_its_tokenizer(shakespeare_dir: Path,
     code, out, err = run(capsys, *common, "--init-from", str(base), "--data-dir", str(tmp_path / "d"),
                          "--out-dir", str(tmp_path / "tuned"))
     assert code == 0, err
-    assert err.splitlines()[0].startswith("preset finetune; changed:")
+    assert "\npreset finetune; changed: " in out
     history = saved(tmp_path / "tuned" / "model_step_2")["lineage"]
     assert history[0]["start"] == "init-from" and history[0]["from"] == str(base / "model_step_2")
     # a BPE of another run is reused the same way; a checkpoint stem names it as well as its folder

@@ -23,7 +23,7 @@ SUFFIXES = (".safetensors", ".config.json", ".training_log.json")
 TINY = {
     "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 4, "eval_iters": 2,
     "device": "cpu", "compile": False, "dtype": "float32", "warmup_steps": 5, "validation_interval": 0,
-    "tokens_to_generate": 40,
+    "tokens_to_generate": 40, "optimizer": "adamw",  # nanoGPT's recipe: size flags keep the preset's (issue 34)
 }
 
 

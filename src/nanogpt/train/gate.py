@@ -139,7 +139,6 @@ def _lineage(
         return [*saved.lineage, lineage.entry("resume", at_step=saved.step, source=str(saved.stem), preset=None,
                                               changed=changed)]
     changed = lineage.changed_from(overrides, presets.preset_values(preset, overrides))
-    notes.insert(0, lineage.summary(preset, changed))
     start = "init-from" if overrides.get("init_from") else "new"
     return [lineage.entry(start, at_step=0, source=imported, preset=preset, changed=changed)]
 

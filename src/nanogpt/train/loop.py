@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from .. import config, data
+from .. import config, data, lineage
 from ..runtime import distributed, machine
 from ..store import runs
 from ..errors import UserError
@@ -290,6 +290,8 @@ def run_started(trainer: Trainer) -> RunStarted:
         train_tokens=len(t.tokens.train),
         notes=t.notes,
         resumed_from=t.state.saved_stem,
+        origin=lineage.summary(t.lineage[-1].get("preset"), t.lineage[-1].get("changed") or {})
+        if t.lineage and t.lineage[-1].get("start") != "resume" else "",
     )
 
 
