@@ -41,6 +41,7 @@ def write(
     model_cfg: config.ModelConfig,
     train_cfg: config.TrainConfig,
     tokenizer_meta: dict[str, Any],
+    lineage: list[dict[str, Any]] | None = None,
     held: runs.Claim | None = None,
 ) -> tuple[str, ...]:
     """Write the run's current state as checkpoint `stem` (checkpoint.save); returns the paths written.
@@ -66,6 +67,7 @@ def write(
         log=state.log,
         optimizer_tensors=checkpoint.optimizer_tensors(stepper.optimizer),
         resume_state=resume_state,
+        lineage=lineage,
     )
     if held is not None:
         held.check()
@@ -79,6 +81,7 @@ def save_step(
     train_cfg: config.TrainConfig,
     tokenizer_meta: dict[str, Any],
     as_best: bool,
+    lineage: list[dict[str, Any]] | None = None,
     held: runs.Claim | None = None,
 ) -> Saved:
     """The run's current step as checkpoint model_step_N in out_dir (rank 0 writes), or the set it was saved as
@@ -88,9 +91,10 @@ def save_step(
         paths = tuple(state.saved_stem + suffix for suffix in checkpoint.FILES)
         return Saved(step=state.step, stem=state.saved_stem, paths=paths, best=as_best)
     stem = checkpoint.stem_for(train_cfg.out_dir, state.step)
-    paths = on_rank_zero(stepper.hardware,
-                         lambda: write(stem, stepper, state, model_cfg, train_cfg, tokenizer_meta, held),
-                         f"rank 0 could not write checkpoint {stem}")
+    paths = on_rank_zero(
+        stepper.hardware, lambda: write(stem, stepper, state, model_cfg, train_cfg, tokenizer_meta, lineage, held),
+        f"rank 0 could not write checkpoint {stem}",
+    )
     state.saved(str(stem))
     return Saved(step=state.step, stem=str(stem), paths=paths or (), best=as_best)
 
