@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .store.files import check_size, read_json
+from .store.files import read_bytes, read_json
 
 CONFIG_LIMIT = 64 << 20  # a saved config.json holds the vocabulary (a BPE's merges): as large as checkpoint JSON
 # the settings of a saved config.json that belong to the run that wrote it, not to a run trained from it
@@ -72,9 +72,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
             import tomli as tomllib  # type: ignore[no-redef]
         except ImportError:
             raise UserError(f"{path}: reading TOML needs Python 3.11 or the tomli package") from None
-    check_size(path, "config file", CONFIG_LIMIT)
-    try:
-        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    try:  # bounded by the bytes read, regular files only (store/files.py)
+        return tomllib.loads(read_bytes(path, "config file", CONFIG_LIMIT).decode("utf-8"))
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:

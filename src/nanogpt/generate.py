@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from .config import GenerateConfig
 from .data import read_vocab
 from .errors import UserError
-from .store.files import check_size
+from .store.files import read_bytes
 from .inference import CapturedStep, Decoder
 from .model import GPT
 from .store.files import listing
@@ -298,9 +298,8 @@ def _prompt_text(s: GenerateConfig) -> str:
     path = Path(s.prompt_file)
     if not path.is_file():
         raise UserError(f"prompt file not found: {path}" if not path.exists() else f"prompt file {path} is not a file")
-    check_size(path, "prompt file", PROMPT_FILE_LIMIT)
-    try:
-        return path.read_bytes().decode("utf-8")
+    try:  # bounded by the bytes read (store/files.py)
+        return read_bytes(path, "prompt file", PROMPT_FILE_LIMIT).decode("utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"prompt file {path} is not UTF-8 text (byte {e.start})") from None
 

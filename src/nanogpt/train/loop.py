@@ -239,10 +239,8 @@ class Trainer:
         for its validation loss alone (best.py may remove it once a better one is kept)."""
         if not as_best:
             self.best.wanted(self.state.saved_stem if not self.state.unsaved else None)
-        return saving.save_step(
-            self.stepper, self.state, self.model_cfg, self.train_cfg, self.tokens.meta, as_best, self.lineage,
-            self.claim,
-        )
+        return saving.save_step(self.stepper, self.state, self.model_cfg, self.train_cfg, self.tokens.meta, as_best,
+                                self.lineage, self.claim)
 
     def _someone_waits(self, commands: queue.Queue | None) -> bool:
         """A queued command or a stop request: read the losses back now, so that it is obeyed soon."""
