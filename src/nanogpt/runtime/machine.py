@@ -176,6 +176,7 @@ class Hardware:
     ns_dtype: torch.dtype | None = None  # Muon's Newton-Schulz, where measured (CPU); None: optim's default
     compile_mode: str = "default"  # torch.compile's mode (--compile-mode); other than default on CUDA only
     shard_workers: int | None = None  # ProcessOptions.shard_workers: the CPU shards' threads pinned
+    shard: bool = False  # --shard under torchrun: FSDP2 holds 1/world_size of the model per process (sharding.py)
 
     @property
     def is_main(self) -> bool:
@@ -194,8 +195,12 @@ def resolve_hardware(
     dtype = resolve_dtype(train_cfg.dtype, device)
     world = distributed.world_size()
     cores = torch.get_num_threads()  # torch's default: nothing has changed it yet in this process
-    shards = core_parallel_workers(device, batch_size=train_cfg.batch_size, dropout=model_cfg.dropout,
-                                   dtype=dtype, world_size=world, cores=cores)
+    shard = train_cfg.shard and distributed.under_torchrun()  # alone, a process has nothing to shard with
+    if shard and dtype == torch.float16:
+        raise UserError("--shard trains in bfloat16 or float32 (float16's GradScaler does not shard): give --dtype")
+    shards = 1 if shard else core_parallel_workers(
+        device, batch_size=train_cfg.batch_size, dropout=model_cfg.dropout, dtype=dtype, world_size=world, cores=cores
+    )
     probe = ""
     if device.type == "cpu" and train_cfg.dtype == "auto" and dtype == torch.bfloat16:
         dtype, probe = _measured_cpu_dtype(
@@ -220,6 +225,7 @@ def resolve_hardware(
         ns_dtype=ns_dtype,
         compile_mode=train_cfg.compile_mode if device.type == "cuda" else "default",
         shard_workers=options.shard_workers,
+        shard=shard,
     )
 
 
@@ -249,32 +255,6 @@ def _agreed(result: ProbeResult) -> torch.dtype:
     """A probe's dtype (float32 or bfloat16) as rank 0 found it: every torchrun rank must compute alike."""
     bf16 = distributed.broadcast_int(int(result.dtype == torch.bfloat16), torch.device("cpu"))
     return torch.bfloat16 if bf16 else torch.float32
-
-
-def memory_of(device: torch.device) -> int | None:
-    """Total memory of a device in bytes: the GPU's own, else the machine's RAM (MPS shares it); None
-    where the system does not say (no sysconf)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[1]
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def check_fits(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device) -> None:
-    """UserError when the run cannot fit on `device` even by config.training_memory_floor (a lower bound):
-    said before the model is built, instead of a traceback (or the machine swapping) minutes later. What
-    passes may still run out of memory; the run then ends with one line (Trainer._explain)."""
-    from ..config import training_memory_floor
-
-    need, have = training_memory_floor(model_cfg, train_cfg), memory_of(device)
-    if have is not None and need > have:
-        raise UserError(
-            f"this run will not fit: {model_cfg.parameter_count():,} parameters at batch size "
-            f"{train_cfg.batch_size} (validation {train_cfg.eval_batch_size}) need at least {need / 2**30:,.1f} "
-            f"GiB and {device.type} has {have / 2**30:,.1f} GiB; use a smaller model or batch size"
-        )
 
 
 # While a UI runs, Python hands the GIL to a waiting thread after 0.5 ms instead of 5 ms: a chart draw holds

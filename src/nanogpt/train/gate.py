@@ -21,7 +21,7 @@ from .. import checkpoint, config, data, presets, schedule, tokenizers
 from ..checkpoint.store import MAX_COUNTER
 from ..errors import UserError
 from ..interop import hf_import
-from ..runtime import distributed, machine
+from ..runtime import distributed, fit, machine
 from ..store import runs
 from .step import lr_at
 
@@ -78,9 +78,13 @@ def resolve_run(
     # every check that can refuse the run comes before resolve_hardware: its `--dtype auto` probe builds this
     # model and times a step, which an impossible size would hang in or die of
     data.check_block_size(tokens, model_cfg.block_size)
-    machine.check_fits(model_cfg, train_cfg, distributed.local_device(machine.resolve_device(train_cfg.device)))
+    device, world = distributed.local_device(machine.resolve_device(train_cfg.device)), distributed.world_size()
+    fit.check_fits(model_cfg, train_cfg, device, world, shard=train_cfg.shard and distributed.under_torchrun())
     hardware = machine.resolve_hardware(model_cfg, train_cfg, options)  # after the vocabulary: the dtype probe needs it
     notes += [hardware.dtype_probe] if hardware.dtype_probe else []
+    notes += [fit.holding(model_cfg, train_cfg, world)] if hardware.shard else []
+    if train_cfg.shard and not hardware.shard:
+        notes.append("note: --shard shards over the processes torchrun starts; one process alone trains unsharded")
     if train_cfg.seed == 0:
         # under torchrun every rank must use rank 0's pick
         seed = distributed.broadcast_int(secrets.randbelow(2**31 - 1) + 1, hardware.device)

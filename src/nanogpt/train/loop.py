@@ -200,10 +200,11 @@ class Trainer:
         """The sample kept at an evaluation (rank 0; "" when --eval-sample-tokens is 0): the same empty prompt and
         seed every time, so that samples at successive steps differ only by what the model has learned."""
         n = self.train_cfg.eval_sample_tokens
-        if n == 0 or not self.hardware.is_main:
+        if n == 0 or not (self.hardware.is_main or self.hardware.shard):  # sharded: every rank helps to gather
             return ""
         text = self.sample(n, seed=self.train_cfg.seed)
-        self.state.log_at_step(sample=text)
+        if self.hardware.is_main:
+            self.state.log_at_step(sample=text)
         return text
 
     def sample(self, n_tokens: int, prompt: str = "", seed: int | None = None) -> str:
@@ -225,8 +226,9 @@ class Trainer:
             return Saved(step=state.step, stem=state.saved_stem, paths=paths, best=as_best)
         stem = checkpoint.stem_for(self.train_cfg.out_dir, state.step)
         # a UserError: the disk is full, or the name is taken; nothing of the set is left
+        gathered = saving.gather(self.stepper)  # every rank: a sharded model is gathered to rank 0
         write = functools.partial(
-            saving.write, stem, self.stepper, self.state, self.model_cfg, self.train_cfg, self.tokens.meta
+            saving.write, stem, gathered, self.stepper, self.state, self.model_cfg, self.train_cfg, self.tokens.meta
         )
         paths = saving.on_rank_zero(self.hardware, write, f"rank 0 could not write checkpoint {stem}")
         state.saved(str(stem))
