@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -395,3 +396,45 @@ def test_a_run_that_fits_only_sharded_is_refused_without_shard(shakespeare_dir: 
     # (torchrun's own report of the failure repeats it, after `traceback :`)
     lines = [line for line in result.stderr.splitlines() if line.startswith("nanogpt train: error: this run")]
     assert len(lines) == 1 and "with --shard each of the 2 processes needs" in lines[0], result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_a_lost_node_ends_the_run_and_its_last_checkpoint_resumes(shakespeare_dir: Path, tmp_path: Path) -> None:
+    # two nodes train sharded, saving every 5 steps; then one node's process dies (as with its machine): the other
+    # stops within seconds with one line, and the last checkpoint goes on where the nodes left it, on one process
+    port, out, agents = _free_port(), tmp_path / "out", []
+    args = ["--data-dir", str(shakespeare_dir), "--out-dir", str(out), "--steps", "100000", "--save-interval", "5",
+            "--validation-interval", "0", "--log-interval", "5", "--shard"]
+    for node in (0, 1):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
+               "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}",
+               "--rdzv-id", "lost", "-m", "nanogpt", "train", "--headless", *TINY_FLAGS, *args]
+        log = (tmp_path / f"node{node}.txt").open("w")
+        agents.append((subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT), log))
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob("model_step_*.manifest.json")) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        # the c10d rendezvous numbers the nodes as they join: the one whose process is not rank 0 (which prints)
+        # is lost; its training process is killed, as if its machine went down, and its torchrun ends with it
+        main = next(n for n in (0, 1) if "saved " in (tmp_path / f"node{n}.txt").read_text())
+        lost = agents[1 - main][0]
+        (worker,) = subprocess.run(["ps", "-o", "pid=", "--ppid", str(lost.pid)], capture_output=True, text=True,
+                                   check=True).stdout.split()
+        os.kill(int(worker), signal.SIGKILL)
+        code = agents[main][0].wait(timeout=120)
+    finally:
+        for agent, log in agents:
+            if agent.poll() is None:
+                agent.kill()
+            agent.wait()
+            log.close()
+    said = (tmp_path / f"node{main}.txt").read_text()
+    assert code != 0 and said.count("nanogpt train: error: a process of this run is gone") == 1, said[-3000:]
+    # no traceback through nanogpt (torchrun's own agent may print one when the lost node held the rendezvous)
+    assert f'File "{SRC}' not in said, said[-3000:]
+    last = max((checkpoint.stem_of(p.name) for p in out.glob("model_step_*.manifest.json")),
+               key=lambda stem: int(stem.name.removeprefix("model_step_")))
+    step = int(last.name.removeprefix("model_step_"))
+    resumed = single(shakespeare_dir, tmp_path / "resumed", resume=out / last.name, steps=step + 2)
+    assert resumed.state.step == step + 2 and resumed.train_cfg.grad_accum == 2
