@@ -288,7 +288,7 @@ def test_sigterm_saves_once_and_every_rank_exits(shakespeare_dir: Path, tmp_path
 
 
 # ----------------------------------------------------------------------------- --shard (FSDP2) and two nodes
-# Measured on CPU/gloo (tests below, and 2 cores of an AMD EPYC): the sharded runs' training losses, weights
+# Measured on CPU/gloo (the tests below, 2 cores of an Intel Xeon): the sharded runs' training losses, weights
 # and optimizer state equal the 1-process run's to 0.0; the validation loss differs by up to 3.2e-7, because
 # each rank sums its share of the batches in float32 before the ranks' sums are added (DDP alike). Compared at
 # assert_same_run's 1e-5, the tolerance the DDP tests use: FSDP2's reduce-scatter and the sharded gradient norm
@@ -438,3 +438,16 @@ def test_a_lost_node_ends_the_run_and_its_last_checkpoint_resumes(shakespeare_di
     step = int(last.name.removeprefix("model_step_"))
     resumed = single(shakespeare_dir, tmp_path / "resumed", resume=out / last.name, steps=step + 2)
     assert resumed.state.step == step + 2 and resumed.train_cfg.grad_accum == 2
+
+
+def test_shard_alone_or_in_float16(shakespeare_dir: Path, tmp_path: Path) -> None:
+    # one process without torchrun has nothing to shard with: it says so and trains as always
+    trainer = build_trainer({**TINY, "data_dir": str(shakespeare_dir), "out_dir": str(tmp_path / "a"), "shard": True})
+    assert not trainer.hardware.shard and "one process alone trains unsharded" in "\n".join(trainer.notes)
+    # float16's GradScaler does not shard: one line under torchrun, before any step
+    result = subprocess.run(
+        _torchrun_cmd(1, ["--data-dir", str(shakespeare_dir), "--out-dir", str(tmp_path / "b"), "--shard",
+                          "--dtype", "float16"]), env=_env(), capture_output=True, text=True, timeout=300, check=False,
+    )
+    lines = [line for line in result.stderr.splitlines() if line.startswith("nanogpt train: error:")]
+    assert result.returncode != 0 and len(lines) == 1 and "--shard trains in bfloat16 or float32" in lines[0], lines

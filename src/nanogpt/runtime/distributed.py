@@ -2,7 +2,8 @@
 
 `torchrun --nproc_per_node=N -m nanogpt train ...` starts N copies of the CLI with RANK, LOCAL_RANK and
 WORLD_SIZE set. Each process drives one device (cuda:LOCAL_RANK on GPUs; the CPU with gloo otherwise),
-the engine wraps its model in DistributedDataParallel, and only rank 0 writes files and prints.
+the engine wraps its model in DistributedDataParallel (or with --shard shards it with FSDP2: sharding.py),
+and only rank 0 writes files and prints.
 Without torchrun every helper answers for a single process (rank 0 of 1) and the collectives are
 no-ops, so the engine has one code path.
 """

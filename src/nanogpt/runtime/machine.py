@@ -298,8 +298,8 @@ def training_process(hardware: Hardware, *, ui: bool = False) -> Iterator[None]:
     try:
         if hardware.threads is not None:
             torch.set_num_threads(hardware.threads)
-        if hardware.device.type == "cpu":
-            keep_freed_memory()  # a step's activations are reused, not re-faulted
+        if hardware.device.type == "cpu":  # a step's activations are reused, not re-faulted; sharded, see SHARDED_MMAP
+            keep_freed_memory(SHARDED_MMAP if hardware.shard else 32 << 20)
         if ui:
             sys.setswitchinterval(UI_SWITCH_INTERVAL_S)
         yield
@@ -313,13 +313,20 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _ALLOCATOR_TUNED = False
 
 
-def keep_freed_memory() -> bool:
+# --shard on CPU: a block's weights gathered for its forward pass, and its whole gradients, are freed a moment
+# later. Kept by malloc below a 32 MiB mmap threshold, they piled up in the heap: a sharded process of a 85M-parameter
+# model peaked at 2217 MiB, more than DDP's 1963; with 1 MiB (such buffers mmapped, returned when freed) 1107.
+SHARDED_MMAP = 1 << 20
+
+
+def keep_freed_memory(mmap_threshold: int = 32 << 20) -> bool:
     """Make glibc's malloc keep freed memory for reuse instead of handing it back to the OS at once.
 
     A CPU step frees and re-allocates its activations; glibc's default trimming makes every step fault the
     same pages in again (the counts: BENCHMARKS.md, "Third round"). The cost: up to 256 MiB of freed memory
-    stays with the process while it runs. glibc (Linux) only; elsewhere a no-op. Idempotent; returns whether
-    it applied.
+    stays with the process while it runs. `mmap_threshold`: allocations from this size up are mapped and
+    returned when freed (32 MiB: above any activation). glibc (Linux) only; elsewhere a no-op. Idempotent
+    (the first call's settings stay); returns whether it applied.
     """
     global _ALLOCATOR_TUNED
     if _ALLOCATOR_TUNED:
@@ -337,7 +344,9 @@ def keep_freed_memory() -> bool:
     # trimmed only past 256 MiB of free space at the top, and heap growth in 64 MiB strides
     _ALLOCATOR_TUNED = all(
         mallopt(param, value) == 1
-        for param, value in ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 256 << 20), (_M_TOP_PAD, 64 << 20))
+        for param, value in (
+            (_M_MMAP_THRESHOLD, mmap_threshold), (_M_TRIM_THRESHOLD, 256 << 20), (_M_TOP_PAD, 64 << 20)
+        )
     )
     return _ALLOCATOR_TUNED
 

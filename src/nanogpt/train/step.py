@@ -85,7 +85,8 @@ class Stepper:
 
     Two handles on the one model: `model`, the plain GPT (saved, restored, clipped and sampled from), and
     `step_module`, what a training step calls (compiled where that pays, wrapped in DDP on several
-    processes). Evaluation calls `eval_module`: the step module without DDP.
+    processes). Evaluation calls `eval_module`: the step module without DDP. With --shard (hardware.shard)
+    the two are one FSDP2 model whose parameters are DTensor shards (runtime/sharding.py).
     """
 
     def __init__(
