@@ -68,7 +68,7 @@ def test_resume_from_the_cli_continues_the_log(shakespeare_dir: Path, tmp_path: 
 def test_a_checkpoint_not_found_says_what_the_folder_holds_and_where_runs_went(
     shakespeare_dir: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
-    # the README's trap: the first run takes out/, the next one (no --out-dir) lands in out-2/
+    # the trap docs/training.md warns of: the first run takes out/, the next one (no --out-dir) lands in out-2/
     monkeypatch.chdir(tmp_path)
     common = [*TINY_FLAGS, "--data-dir", str(shakespeare_dir), "--save-interval", "2"]
     assert train(capsys, *common, "--steps", "4")[0] == 0

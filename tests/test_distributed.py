@@ -346,7 +346,7 @@ def _free_port() -> int:
 
 def two_nodes(args: list[str], tmp_path: Path, name: str) -> None:
     """Two torchrun "nodes" of one process each on this machine, meeting at a c10d rendezvous on a free port:
-    what `docs/scaling-out.md` runs on two machines."""
+    what `docs/scaling.md` runs on two machines."""
     port, procs = _free_port(), []
     for node in (0, 1):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),

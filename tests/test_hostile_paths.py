@@ -286,8 +286,11 @@ def test_a_folder_of_ten_thousand_files_is_a_short_line(tmp_path: Path, capsys) 
     flat.mkdir()
     for i in range(10_000):
         (flat / f"file_{i}.txt").write_text("x")
+    # issue 30: a folder without NN_name/ sub-folders is a folder tree and prepares; a 0% NN_ folder makes it a
+    # mixology folder with no usable source, whose 10,001 ignored entries are listed
+    (flat / "00_drafts").mkdir()
     code, err = run(capsys, "prepare", str(flat), "--out-dir", str(tmp_path / "out"))
-    assert_one_line(code, err, "and 9,992 more")
+    assert_one_line(code, err, "and 9,993 more")
     assert len(err) < 1000
 
 

@@ -278,18 +278,20 @@ def test_gpt2_streamed_pieces_equal_whole_encoding(tmp_path):
 
 
 def test_gpt2_endoftext_between_files(tmp_path):
+    # issue 30 changed this test: the validation split takes whole documents (here the last file), where it
+    # used to cut the second file at 90% of the characters
     folder = tmp_path / "corpus" / "100_notes"
     folder.mkdir(parents=True)
-    one, two = "First document.\nIt has two lines.\n", "Second document, a longer one.\n" * 8
+    one, two, three = "First document.\nIt has two lines.\n", "Second document, a longer one.\n" * 8, "Third.\n"
     (folder / "b.txt").write_text(two, encoding="utf-8")  # sorted order: a.txt first
     (folder / "a.txt").write_text(one, encoding="utf-8")
+    (folder / "c.txt").write_text(three, encoding="utf-8")
     assert main(["prepare", str(tmp_path / "corpus"), "--tokenizer", "gpt2"]) == 0
     meta, train, val = load(tmp_path / "data" / "corpus")
     enc = gpt2_encoding()
-    split = int((len(one) + len(two)) * 0.9) - len(one)
-    assert train.tolist() == enc.encode_ordinary(one) + [GPT2_EOT] + enc.encode_ordinary(two[:split])
-    assert val.tolist() == enc.encode_ordinary(two[split:])
-    assert meta["sources"][0]["files"] == 2
+    assert train.tolist() == enc.encode_ordinary(one) + [GPT2_EOT] + enc.encode_ordinary(two)
+    assert val.tolist() == enc.encode_ordinary(three)
+    assert meta["sources"][0]["files"] == 3 and meta["sources"][0]["documents"] == 3
 
 
 # --- mixology ----------------------------------------------------------------------------------------------
@@ -416,8 +418,10 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     (tmp_path / "binary.txt").write_bytes(b"text at first" + b"\x00\x01\x02" * 10)
     (tmp_path / "good.txt").write_text("plenty of good text to split\n" * 20, encoding="utf-8")
     (tmp_path / "nosources").mkdir()
-    (tmp_path / "nosources" / "notes").mkdir()
-    (tmp_path / "nosources" / "notes" / "a.txt").write_text("hi\n", encoding="utf-8")
+    # issue 30: a folder without NN_name/ sub-folders is now a folder tree of text; a mixology folder whose only
+    # NN_ folder is 0% still has no usable source
+    (tmp_path / "nosources" / "00_notes").mkdir()
+    (tmp_path / "nosources" / "00_notes" / "a.txt").write_text("hi\n", encoding="utf-8")
     (tmp_path / "nofiles" / "100_a").mkdir(parents=True)
     (tmp_path / "afile").write_text("x", encoding="utf-8")
     good = str(tmp_path / "good.txt")
@@ -433,7 +437,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
             "binary.txt looks like a binary file (NUL byte at offset 13)",
         ),
         "no sources": ([str(tmp_path / "nosources")], "no usable sources"),
-        "no files": ([str(tmp_path / "nofiles")], "100_a has no .txt files"),
+        "no files": ([str(tmp_path / "nofiles")], "100_a has no text files"),  # issue 30: not only .txt
         "tokenizer": ([good, "--tokenizer", "wordpiece"], "unknown tokenizer 'wordpiece'"),
         "val fraction": ([good, "--val-fraction", "1.5"], "--val-fraction"),
         "unwritable": (

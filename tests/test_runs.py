@@ -52,7 +52,7 @@ def test_a_second_run_into_a_typed_out_dir_is_refused(shakespeare_dir: Path, tmp
 def test_the_default_out_dir_moves_to_a_free_one_and_says_so(
     shakespeare_dir: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
-    """The README's sequence: `nanogpt train`, then `nanogpt train --data-dir data/mine`, both into out/."""
+    """The README's sequence: `nanogpt train`, then the `train --data-dir data/my_text` prepare prints, into out/."""
     monkeypatch.chdir(tmp_path)
     data = ["--data-dir", str(shakespeare_dir), "--steps", "2"]
     assert train(capsys, *data)[0] == 0

@@ -2,45 +2,21 @@
 sampling (`GenerateConfig`); presets.py lays presets and flags over them.
 
 One source of truth for each setting: a dataclass field. Its command-line flag, its `--help` text and its
-place in a checkpoint's `config.json` all come from the field (see `field_flag` / `field_help`), and a
-preset is just a dict of field values. This module knows nothing of argparse or torch.
+place in a checkpoint's `config.json` all come from the field (fields.py: `opt`, `field_flag`, `field_help`,
+`to_dict`, `from_dict`, re-exported here), and a preset is just a dict of field values. This module knows
+nothing of argparse or torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from .errors import UserError
-from .schedule import SCHEDULES
+from .fields import ConfigError, field_flag, field_help, flag_name, from_dict, opt, to_dict
+from .schedule import SCHEDULES, parse_duration
 from .tokenizers import MAX_BPE_VOCAB, MIN_BPE_VOCAB, TOKENIZERS
-
-
-class ConfigError(UserError):
-    """A setting (or a combination of settings) a user gave is invalid; the message is one clear line."""
-
-
-def opt(default: Any, help: str, flag: str | None = None, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
-    """A dataclass field that carries its own `--help` text and (optionally) a flag name."""
-    return field(default=default, metadata={"help": help, "flag": flag, **kw})
-
-
-def flag_name(name: str) -> str:
-    """The long command-line flag of a setting called `name`: `--name-with-dashes`."""
-    return "--" + name.replace("_", "-")
-
-
-def field_flag(f: dataclasses.Field) -> str:
-    """The long command-line flag of a field: its `flag` metadata, else `--name-with-dashes`."""
-    return f.metadata.get("flag") or flag_name(f.name)
-
-
-def field_help(f: dataclasses.Field) -> str:
-    return f.metadata.get("help", "")
 
 
 OPTIMIZERS = ("adamw", "muon")  # see optim.py
@@ -119,6 +95,7 @@ class GenerateConfig:
         "with more than one, each is printed whole, followed by a line of dashes"
     )
     prompt: str = opt("", "text to start from; \\n escapes are decoded (default: empty)")
+    stop_at_end_of_text: bool = opt(True, "end a sample at <|endoftext|>, a document's end (gpt2 and bpe models)")
     drop_unknown: bool = opt(
         False, "leave out the prompt's characters that a character-level model's vocabulary lacks, instead of "
         "refusing the prompt"
@@ -177,6 +154,10 @@ class TrainConfig:
     # schedule
     seed: int = opt(1337, "random seed; 0 picks a random one and prints it")
     steps: int = opt(2000, "total optimizer steps of the run")
+    time: str | None = opt(None, "train for this long instead (90s, 10m, 1h30m; start-up aside): the plan sizes the "
+                           "model, the steps and the evaluations for this machine and this text (flags you give win; "
+                           "--plan prints it)", metavar="DURATION")
+    plan_step_ms: float | None = opt(None, "the step time the --time plan measured (for an exact resume)", cli=False)
     batch_size: int = opt(12, "micro-batch size (sequences per forward pass)")
     grad_accum: int = opt(1, "micro-batches accumulated per optimizer step")
     optimizer: str = opt(
@@ -238,7 +219,7 @@ class TrainConfig:
     shard: bool = opt(
         False,
         "under torchrun: shard the weights, gradients and optimizer state over the processes (FSDP2), for a model "
-        "that does not fit one device; the same run as without it (docs/scaling-out.md)",
+        "that does not fit one device; the same run as without it (docs/scaling.md)",
     )
     compile_mode: str = opt(
         "default",
@@ -284,6 +265,11 @@ class TrainConfig:
             raise ConfigError(f"--seed must be in [0, {MAX_SEED}], got {self.seed}")
         if not 0.0 <= self.decay_fraction <= 1.0:
             raise ConfigError(f"--decay-fraction must be in [0, 1], got {self.decay_fraction}")
+        if self.time is not None:
+            try:
+                parse_duration(self.time)
+            except ValueError as e:
+                raise ConfigError(f"--time {e}") from None
         if self.init_from is not None and not self.init_from.strip():
             raise ConfigError("--init-from needs a folder, a file or a Hugging Face model name")
         for f in dataclasses.fields(self):  # whole numbers feed int64 arithmetic (numpy's counters, torch)
@@ -305,7 +291,8 @@ def tokens_per_step(model_cfg: ModelConfig, train_cfg: TrainConfig, world_size: 
 class PrepareConfig:
     """What `nanogpt prepare` reads, how it tokenizes, and where it writes."""
 
-    source: str | None = opt(None, "text file or mixology folder (default: the bundled Tiny Shakespeare)", cli=False)
+    source: str | None = opt(None, "text file (.txt, .jsonl, .parquet; .gz, .zst), folder tree of them, or mixology "
+                             "folder (default: the bundled Tiny Shakespeare)", cli=False)
     # checked by validate(), not by argparse, so that the message is the same from the CLI and from Python;
     # bpe by default: at equal training time it gives fewer bits per byte than char or gpt2 (BENCHMARKS.md,
     # "Tokenizers at equal time")
@@ -325,8 +312,10 @@ class PrepareConfig:
         "output folder (default: data/NAME in the current folder, NAME being SOURCE's name without .txt; "
         "data/tinyshakespeare for the bundled corpus)",
     )
-    val_fraction: float = opt(0.1, "fraction of each source kept for validation (the end of each source)")
+    val_fraction: float = opt(0.1, "fraction of each source kept for validation (its last documents)")
     strip_gutenberg: bool = opt(False, "remove Project Gutenberg headers and footers")
+    text_field: str = opt("text", "JSON Lines field or Parquet column holding the text (a.b: nested)", metavar="NAME")
+    skip_bad_records: bool = opt(False, "count and leave out bad JSON lines instead of stopping at the first one")
 
     def validate(self) -> None:
         """Raise ConfigError with one clear line if a setting is impossible."""
@@ -351,37 +340,4 @@ DATA_FIELDS = ("data_dir", "training_dataset", "validation_dataset", "vocab_meta
 SHAPE_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "bias", "activation", "vocab_size")
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-def _json_type_ok(value: Any, kind: Any) -> bool:
-    """Whether a JSON value has a field's type: int is an int (not 2.0, not true), float also takes an int."""
-    if typing.get_origin(kind) in (typing.Union, types.UnionType):
-        return any(_json_type_ok(value, k) for k in typing.get_args(kind))
-    if kind is type(None):
-        return value is None
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, kind)
-
-
-def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild a config dataclass from JSON, ignoring keys this version does not know.
-
-    Each value must have its field's type (ConfigError otherwise): a file is not argparse, nothing has
-    converted it, and `"n_layer": 2.0` or `"learning_rate": "fast"` would fail later, deep inside torch.
-    """
-    hints = typing.get_type_hints(cls)
-    values = {k: v for k, v in data.items() if k in hints}
-    for name, value in values.items():
-        if not _json_type_ok(value, hints[name]):
-            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
-            raise ConfigError(f"{name} must be of type {_type_name(hints[name])}, got {shown}")
-    return cls(**values)
-
-
-def _type_name(kind: Any) -> str:
-    return getattr(kind, "__name__", None) or str(kind).replace("NoneType", "None")
+__all__ = ["ConfigError", "field_flag", "field_help", "flag_name", "from_dict", "opt", "to_dict"]  # from fields.py

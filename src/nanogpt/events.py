@@ -103,6 +103,15 @@ class Paused:
 
 
 @dataclass(frozen=True)
+class Replanned:
+    """--time: the run's end moved, once, to the step that lands on the budget at the step time measured now."""
+
+    step: int
+    total_steps: int
+    step_ms: float
+
+
+@dataclass(frozen=True)
 class Resumed:
     step: int
 
@@ -117,7 +126,8 @@ class RunFinished:
     message: str = ""  # for "error": one line saying what went wrong
 
 
-Event = RunStarted | StepDone | EvalDone | Overfitting | Sampled | Saved | Paused | Resumed | RunFinished
+Event = (RunStarted | StepDone | EvalDone | Overfitting | Sampled | Saved | Paused | Resumed | Replanned
+         | RunFinished)
 
 
 # ----------------------------------------------------------------------------- commands

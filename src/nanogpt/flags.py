@@ -213,6 +213,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--headless", action="store_true", help="no UI: progress lines (automatic when stdout is not a terminal)"
     )
     t.add_argument(
+        "--plan", action="store_true", help="with --time: print the plan (shape, batch, steps) and exit, training "
+        "nothing"
+    )
+    t.add_argument(
         "--reprobe-dtype", action="store_true", help="--dtype auto on a CPU: time the step in float32 and bfloat16 "
         "again instead of reusing the cached verdict (one measured on a busy machine, or a near tie, is timed "
         "again anyway; NANOGPT_REPROBE_DTYPE=1 does the same)"

@@ -13,6 +13,7 @@ the tokens equal uncached generation under the same rule (tests/test_generate.py
 from __future__ import annotations
 
 import codecs
+import itertools
 import re
 import secrets
 import sys
@@ -41,10 +42,11 @@ def default_slide(block_size: int) -> int:
 
 
 def start_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """Token ids of `prompt`; an empty prompt starts from a newline (char, bpe) or <|endoftext|> (GPT-2)."""
+    """Token ids of `prompt`; an empty prompt starts from <|endoftext|> (GPT-2, a BPE that has it: a document's
+    start), else from a newline."""
     if prompt:
         return tokenizer.encode(prompt)
-    if isinstance(tokenizer, GPT2Tokenizer):
+    if isinstance(tokenizer, (GPT2Tokenizer, BpeTokenizer)) and tokenizer.eot is not None:
         return [tokenizer.eot]
     if isinstance(tokenizer, BpeTokenizer):
         return tokenizer.encode("\n")
@@ -294,12 +296,16 @@ def generate_cli(stem: str, settings: GenerateConfig | None = None) -> int:
               "(PYTHONIOENCODING=utf-8 shows them)", file=sys.stderr)
     rows = generate_rows(model, ids, s.tokens_to_generate, num_samples=s.num_samples, temperature=s.temperature,
                          top_k=s.top_k, top_p=s.top_p, generator=generator, slide=s.window_slide)
+    eot = getattr(tokenizer, "eot", None) if s.stop_at_end_of_text else None
     with generation_threads(dev, n_params):
         try:
             if s.num_samples == 1:
-                count, started = _stream((row[0] for row in rows), tokenizer, text)
+                tokens = (row[0] for row in rows)
+                count, started = _stream(tokens if eot is None else itertools.takewhile(lambda t: t != eot, tokens),
+                                         tokenizer, text)
             else:
-                count, started = _print_samples(rows, tokenizer, text, s.num_samples)
+                count, started = _print_samples(rows if eot is None else _until_all_end(rows, eot), tokenizer, text,
+                                                s.num_samples, eot)
         except BrokenPipeError:
             raise  # `| head`: the reader had what it wanted
         except OSError as e:  # nothing is read while sampling: it is stdout that failed (`> /dev/full`)
@@ -314,13 +320,28 @@ def generate_cli(stem: str, settings: GenerateConfig | None = None) -> int:
 SAMPLE_SEPARATOR = "-" * 15  # the line nanoGPT's sample.py prints after each sample
 
 
-def _print_samples(rows: Iterator[list[int]], tokenizer: Tokenizer, prompt: str, n: int) -> tuple[int, float]:
-    """Sample all rows together, then print each (prompt + text) followed by a separator; (tokens per row, start)."""
+def _until_all_end(rows: Iterator[list[int]], eot: int) -> Iterator[list[int]]:
+    """The steps of a batch of samples until every row has written <|endoftext|> (--stop-at-end-of-text)."""
+    ended: set[int] = set()
+    for step in rows:
+        yield step
+        ended.update(r for r, t in enumerate(step) if t == eot)
+        if len(ended) == len(step):
+            return
+
+
+def _print_samples(rows: Iterator[list[int]], tokenizer: Tokenizer, prompt: str, n: int,
+                   eot: int | None = None) -> tuple[int, float]:
+    """Sample all rows together, then print each (prompt + text, up to its <|endoftext|> when `eot` is given)
+    followed by a separator; (tokens per row, start)."""
     started = time.perf_counter()
     steps = list(rows)
     out = sys.stdout
     for r in range(n):
-        text = prompt + tokenizer.decode([step[r] for step in steps])
+        ids = [step[r] for step in steps]
+        if eot is not None and eot in ids:
+            ids = ids[: ids.index(eot)]
+        text = prompt + tokenizer.decode(ids)
         out.write(text if text.endswith("\n") else text + "\n")
         out.write(SAMPLE_SEPARATOR + "\n")
     out.flush()

@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .events import (
-    EvalDone, Engine, Event, Overfitting, Paused, RunFinished, RunStarted, Sampled, Saved, StepDone, overfitting_text,
+    EvalDone, Engine, Event, Overfitting, Paused, Replanned, RunFinished, RunStarted, Sampled, Saved, StepDone,
+    overfitting_text,
 )
 from .store.files import discard_output
 from .summary import count, data_use, hints, parameter_parts, plural, print_end_of_run
@@ -128,6 +129,12 @@ class _Printer:
             self.line(event.text)
         elif isinstance(event, Paused):
             self.line(f"paused at step {event.step}")
+        elif isinstance(event, Replanned):
+            self.total = event.total_steps
+            if self.progress is not None:
+                self.progress.update(self.task, total=event.total_steps)
+            self.line(f"step {event.step:>6}/{self.total} | --time: {event.step_ms:.0f} ms a step once warm, so the "
+                      f"run ends at step {event.total_steps:,} to land on its budget")
 
 
 def _say(text: str) -> None:

@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 import math
+import re
 
 SCHEDULES = ("cosine", "constant", "wsd")
+MAX_DURATION_S = 366 * 24 * 3600  # a year: past it a typo, not a plan
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration as a user types it: `90s`, `10m`, `1h30m`, `2h`, `1.5h`, or a bare number of seconds;
+    ValueError with what is wrong."""
+    parts = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
+    if not text.strip() or parts is None or not any(parts.groups()):
+        raise ValueError(f"must be a duration such as 90s, 10m or 1h30m, got {text[:40]!r}")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in parts.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if not 1 <= total <= MAX_DURATION_S:
+        raise ValueError(f"must be from 1 second to a year, got {text[:40]!r}")
+    return total
 
 
 def decay_start(total: int, decay_fraction: float) -> int:

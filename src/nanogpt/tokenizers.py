@@ -26,6 +26,7 @@ from .errors import UserError
 
 TOKENIZERS = ("char", "gpt2", "bpe")  # the names vocab.json and `--tokenizer` use
 GPT2_EOT = 50256  # <|endoftext|>
+END_OF_TEXT = "<|endoftext|>"  # the token prepare puts between documents (gpt2, and a learned BPE's last id)
 GPT2_VOCAB_SIZE = 50257
 
 
@@ -163,8 +164,12 @@ def byte_chars() -> tuple[str, ...]:
 
 
 class BpeTokenizer:
-    """A byte-level BPE (GPT-2's pre-tokenizer regex, no prefix space, no special tokens) over our own
-    vocabulary and merges; every byte is a token, so any text round-trips exactly."""
+    """A byte-level BPE (GPT-2's pre-tokenizer regex, no prefix space) over our own vocabulary and merges; every
+    byte is a token, so any text round-trips exactly.
+
+    One learned by prepare today also has <|endoftext|> as its last id (`eot`), the separator of documents: no
+    merge makes it, so no text ever encodes to it (the text "<|endoftext|>" is bytes like any other). One
+    learned before has none (`eot` None)."""
 
     name = "bpe"
 
@@ -179,13 +184,18 @@ class BpeTokenizer:
         self.pieces: list[bytes] = [b""] * len(vocab)
         for token, i in vocab.items():
             self.pieces[i] = bytes(byte_of[c] for c in token)
+        # only as the last id: a learned token spelled so (impossible: the regex splits "<|" from "endoftext")
+        # elsewhere would not be ours
+        last = len(vocab) - 1
+        self.eot: int | None = last if vocab.get(END_OF_TEXT) == last else None
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
 
     def encode_many(self, texts: list[str]) -> list[list[int]]:
-        """Several texts at once, on the `tokenizers` thread pool."""
-        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+        """Several texts at once, on the `tokenizers` thread pool (without the offsets, where it can skip them)."""
+        batch = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)  # _fast: tokenizers >= 0.20
+        return [e.ids for e in batch(texts, add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int]) -> str:
         return b"".join(self.pieces[i] for i in ids).decode("utf-8", errors="replace")
@@ -195,25 +205,35 @@ class BpeTokenizer:
         return self.pieces[token_id]
 
     def token_bytes(self) -> np.ndarray:
-        """UTF-8 bytes of text each token id stands for (int64, one per id): the weights of bits per byte."""
-        return np.array([len(p) for p in self.pieces], dtype=np.int64)
+        """UTF-8 bytes of text each token id stands for (int64, one per id): the weights of bits per byte.
+        <|endoftext|> counts 0, as GPT-2's: it is no text of the documents it separates."""
+        sizes = np.array([len(p) for p in self.pieces], dtype=np.int64)
+        if self.eot is not None:
+            sizes[self.eot] = 0
+        return sizes
 
     def to_meta(self) -> dict[str, Any]:
         return {"tokenizer": "bpe", "vocab_size": self.vocab_size, "tokenizer_json": json.loads(self.tok.to_str())}
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int) -> BpeTokenizer:
+def train_bpe(texts: Iterable[str], vocab_size: int, end_of_text: bool = True) -> BpeTokenizer:
     """Learn a byte-level BPE of (at most) `vocab_size` tokens from `texts`, streamed (word counts are kept,
-    not the text); a text with fewer distinct pairs than that stops short."""
+    not the text); a text with fewer distinct pairs than that stops short. With `end_of_text` the last of
+    those ids is <|endoftext|>, the separator of documents, and the merges fill the others."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, initial_alphabet=list(byte_chars()), special_tokens=[], show_progress=False
+        vocab_size=max(MIN_BPE_VOCAB, vocab_size - end_of_text), initial_alphabet=list(byte_chars()),
+        special_tokens=[], show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
-    return bpe_from_json(json.loads(tok.to_str()))
+    data = json.loads(tok.to_str())
+    if end_of_text:
+        vocab = data["model"]["vocab"]
+        vocab[END_OF_TEXT] = len(vocab)
+    return bpe_from_json(data)
 
 
 def bpe_from_json(data: Any) -> BpeTokenizer:

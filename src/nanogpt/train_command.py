@@ -12,6 +12,7 @@ from typing import Any
 
 from .cli import checkpoint_given
 from .config import DATA_FIELDS, ModelConfig, TrainConfig
+from .errors import UserError
 from .presets import check_new_run
 from .runtime import distributed
 
@@ -42,6 +43,8 @@ def train(ns: argparse.Namespace) -> int:
 
         overrides["data_dir"] = str(bundled_dataset())  # no data named: the bundled corpus (prepared once)
     options = ProcessOptions.from_env(reprobe_dtype=ns.reprobe_dtype)  # alike in every torchrun rank
+    if ns.plan:
+        return _show_plan(overrides, ns.preset, resume, options)
     trainer = build_trainer(overrides, preset=ns.preset, resume=resume, options=options)
     is_main, hardware, out_dir = trainer.hardware.is_main, trainer.hardware, trainer.train_cfg.out_dir
     if is_main:
@@ -59,6 +62,20 @@ def train(ns: argparse.Namespace) -> int:
     del trainer  # under torchrun: DDP and its pending gloo work go before the process group does
     distributed.leave()
     return code
+
+
+def _show_plan(overrides: dict[str, Any], preset: str | None, resume: str | None, options: Any) -> int:
+    """`train --time T --plan`: the gate's notes (the plan line first among them) and nothing trained."""
+    from .train.gate import resolve_run
+
+    if "time" not in overrides:
+        raise UserError("--plan prints the plan of --time: give --time too")
+    run = resolve_run(overrides, preset, resume, options)
+    if run.hardware.is_main:
+        for note in run.notes:
+            print(note)
+    distributed.leave()
+    return 0
 
 
 def _front_end(

@@ -3,13 +3,13 @@
 llama.cpp's `gpt2` architecture computes our GPT: learned positions, pre-LayerNorm blocks, one fused qkv
 matrix, the LM head tied to the token embeddings. Its graph has a bias on every LayerNorm and Linear (a
 bias-free model writes zeros there) and the tanh GELU (a model trained with exact GELU runs slightly off:
-README, "Run it in llama.cpp or Ollama", says by how much). Matrices keep torch's (out, in) layout, which is
-what GGUF wants (it lists the dimensions innermost first). Every vocabulary becomes llama.cpp's `gpt2`
-byte-level BPE with the `gpt-2` pre-tokenizer: GPT-2's and our BPE's as they are, a character vocabulary as
-one token a character, spelled in bytes, whose merges only rebuild each multi-byte character (llama.cpp
-drops a character outside the vocabulary, as the Hugging Face export does). Not its SentencePiece model:
-that needs 256 `<0xXX>` byte tokens with no weights (logit 0), which took a quarter of the probability of a
-small model (BENCHMARKS.md). The file appears whole or not at all (atomic.py).
+docs/generate-and-export.md, "Run it in llama.cpp or Ollama", says by how much). Matrices keep torch's (out,
+in) layout, which is what GGUF wants (it lists the dimensions innermost first). Every vocabulary becomes
+llama.cpp's `gpt2` byte-level BPE with the `gpt-2` pre-tokenizer: GPT-2's and our BPE's as they are, a
+character vocabulary as one token a character, spelled in bytes, whose merges only rebuild each multi-byte
+character (llama.cpp drops a character outside the vocabulary, as the Hugging Face export does). Not its
+SentencePiece model: that needs 256 `<0xXX>` byte tokens with no weights (logit 0), which took a quarter of
+the probability of a small model (BENCHMARKS.md). The file appears whole or not at all (atomic.py).
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ def check_gguf_exportable(cfg: ModelConfig) -> list[str]:
     if cfg.activation == "gelu":
         return [
             "note: this model was trained with exact GELU; llama.cpp's gpt2 graph computes the tanh approximation, "
-            "so its logits differ slightly from nanogpt's (README: 'Run it in llama.cpp or Ollama')"
+            "so its logits differ slightly from nanogpt's "
+            "(docs/generate-and-export.md: 'Run it in llama.cpp or Ollama')"
         ]
     return []
 

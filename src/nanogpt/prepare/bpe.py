@@ -1,8 +1,10 @@
 """Learning the byte-level BPE of `prepare --tokenizer bpe` from the training part of the text, never its validation.
 
-Each source gives the start of its training part (the text before its train/val split) by its mixology share,
-at most `BPE_SAMPLE_CHARS` characters in all, streamed into `tokenizers`' trainer: a huge corpus is learnt from
-a sample, in bounded memory (the trainer keeps word counts, not text).
+Each source gives characters of its training documents by its mixology share, at most `BPE_SAMPLE_CHARS` in
+all, streamed into `tokenizers`' trainer: a huge corpus is learnt from a sample, in bounded memory (the trainer
+keeps word counts, not text). The sample is spread over the whole training part, not taken from its start:
+every k-th block of its text, so that a corpus sorted by topic (or by date, or a tree of folders) gets a
+tokenizer of all of it. Which blocks depends only on the text, so the same corpus gives the same BPE.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from typing import Any
 
 from ..tokenizers import BpeTokenizer, default_bpe_vocab_size, train_bpe
 from .encode import shares
+from .documents import Reading, split_stream
 from .progress import Progress
-from .sources import Source, doc_text
+from .sources import Source
 
 BPE_SAMPLE_CHARS = 32 << 20  # characters the BPE learns from at most: tens of seconds, a few hundred MB at worst
 
@@ -35,37 +38,59 @@ def train_chars(sources: list[Source], val_fraction: float) -> list[int]:
 
 
 def sample_sizes(sources: list[Source], val_fraction: float, cap: int = BPE_SAMPLE_CHARS) -> list[int]:
-    """Characters of each source's training part the BPE learns from, from its start: the mixology shares of
-    the training text, scaled down to at most `cap` in all."""
+    """Characters of each source's training part the BPE learns from: the mixology shares of the training
+    text, scaled down to at most `cap` in all."""
     take = shares(train_chars(sources, val_fraction), [s.percent for s in sources])
     total = sum(take)
     return [t * cap // total for t in take] if total > cap else take
 
 
-def learn_bpe(sources: list[Source], val_fraction: float, vocab_size: int | None, progress: Progress) -> Learned:
+def learn_bpe(sources: list[Source], val_fraction: float, vocab_size: int | None, reading: Reading,
+              progress: Progress) -> Learned:
     """Learn the BPE of `prepare --tokenizer bpe` (its size `vocab_size`, or chosen from the text's size)."""
     used = sum(shares(train_chars(sources, val_fraction), [s.percent for s in sources]))
     sizes = sample_sizes(sources, val_fraction)
-    progress.start("learning BPE", sum(sizes))
+    # progress counts the bytes read: the sample is spread over each source's training part, which is all read
+    progress.start("learning BPE", sum(int(d.size * (1 - val_fraction)) for s in sources for d in s.docs))
     size = vocab_size if vocab_size is not None else default_bpe_vocab_size(used)
-    tokenizer = train_bpe(_sample(sources, sizes, progress), size)
+    texts = (piece for s, want, train in zip(sources, sizes, train_chars(sources, val_fraction))
+             for piece in spread(split_stream(s, val_fraction, reading, progress), want, train))
+    tokenizer = train_bpe(texts, size)
     progress.finish()
     return Learned(tokenizer, sum(sizes), used, chosen=vocab_size is None)
 
 
-def _sample(sources: list[Source], sizes: list[int], progress: Progress) -> Iterator[str]:
-    """The first `sizes[i]` characters of source i's kept text, in chunks."""
-    for s, left in zip(sources, sizes):
-        for d in s.docs:
-            for text in doc_text(d, None):
-                if left <= 0:
-                    break
-                piece = text[:left]
+def sample_block(want: int) -> int:
+    """Characters of one block of the sample: small enough that a small sample still has a few hundred blocks,
+    large enough that a block cuts few words in two (each cut splits one word of thousands)."""
+    return min(1 << 16, max(1 << 10, want // 256))
+
+
+def spread(stream: Iterator[tuple[str, str | None]], want: int, train: int) -> Iterator[str]:
+    """About `want` characters of the training text of `stream` (split_stream's pieces, about `train` characters
+    of training text in all): every `stride`-th block of `sample_block(want)` characters, from the first."""
+    if want <= 0:
+        return
+    block = sample_block(want)
+    stride = max(1, -(-train // want))
+    pos, left = 0, want
+    for name, text in stream:
+        if name == "val":
+            return  # the validation documents come last: nothing after this is learnt from
+        if text is None:
+            continue
+        end = pos + len(text)
+        b = -(-(pos // block) // stride) * stride  # the first chosen block that ends after pos
+        while b * block < end and left > 0:
+            lo, hi = max(pos, b * block) - pos, min(end, (b + 1) * block) - pos
+            if hi > lo:
+                piece = text[lo : min(hi, lo + left)]
                 left -= len(piece)
-                progress.advance(len(piece))
                 yield piece
-            if left <= 0:
-                break
+            b += stride
+        pos = end
+        if left <= 0:
+            return
 
 
 # Below this many training characters a learned BPE can write worse than char level once the run is long: the
@@ -81,7 +106,7 @@ def summary_line(meta: dict[str, Any]) -> str:
         size += f" (chosen for {meta['bpe_train_chars']:,} characters of training text; --vocab-size sets it)"
     sample = f"{meta['bpe_sample_chars']:,} characters of the training text"
     if meta["bpe_sample_chars"] < meta["bpe_train_chars"]:
-        sample += f" (the start of each source's, {BPE_SAMPLE_CHARS:,} in all at most)"
+        sample += f" (spread over each source's, {BPE_SAMPLE_CHARS:,} in all at most)"
     line = f"learned a byte-level BPE of {size} from {sample}, none of the validation text"
     if meta["bpe_train_chars"] < SMALL_TEXT_CHARS:
         line += (

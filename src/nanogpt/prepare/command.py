@@ -34,13 +34,15 @@ from ..store.files import cache_dir, listing, read_json
 from ..store.locks import Claim, hold
 from ..tokenizers import GPT2_EOT, TOKENIZERS, CharTokenizer, GPT2Tokenizer, default_bpe_vocab_size, token_dtype
 from .bpe import Learned, learn_bpe
+from .documents import Reading
 from .encode import Encoder, Part, copy_prefix, shares
+from .inputs import source_name
+from .passes import SPLITS, encode_pass, read_pass
 from .progress import Progress
 from .report import DEFAULT_TOKENIZER, summary
-from .sources import CharSet, Source, doc_text, find_sources, scan
+from .sources import Source, find_sources
 
 BUNDLED_NAME = "tinyshakespeare"
-SPLITS = ("train", "val")
 
 
 def prepare(source: str | os.PathLike | None = None, **settings: Any) -> dict[str, Any]:
@@ -69,7 +71,7 @@ def output_folder(cfg: PrepareConfig) -> Path:
     path = Path(cfg.source)
     if path.is_dir():
         return Path("data") / (path.resolve().name or "dataset")  # resolve: "." and ".." have no name
-    return Path("data") / Path(path.name.removesuffix(".gz")).stem
+    return Path("data") / source_name(path)
 
 
 def _prepare(cfg: PrepareConfig, out: Path, report: TextIO, held: Claim | None = None) -> dict[str, Any]:
@@ -85,22 +87,25 @@ def _run(path: Path, out: Path, cfg: PrepareConfig, report: TextIO, shown: str, 
     """One prepare of `path` into `out`; `shown` is how vocab.json names the source; `held`: the caller's
     lock on `out`, if it took one."""
     sources, ignored = find_sources(path)
-    mixology = path.is_dir()
+    mixology = any(s.mixed for s in sources)
     if mixology and ignored:
         print(f"ignored (not in a sub-folder named NN_name/ with NN > 0): {listing(ignored)}", file=sys.stderr)
-    claim = _claim_folder(out, held)
     progress = Progress(sys.stderr)
     parts: list[dict[str, Part]] = []  # per source: its train and val part
     temps: list[Path] = []
     encoder: Encoder | None = None
+    claim = _claim_folder(out, held)
     try:
-        itos = _read_pass(sources, path, cfg.strip_gutenberg, cfg.tokenizer, progress)
+        reading = Reading(cfg.text_field, cfg.skip_bad_records, cfg.strip_gutenberg)
+        itos = read_pass(sources, path, reading, cfg.tokenizer, progress)
         # the BPE is learnt before anything is encoded, from the training parts only
-        learned = learn_bpe(sources, cfg.val_fraction, cfg.vocab_size, progress) if cfg.tokenizer == "bpe" else None
+        learned = (learn_bpe(sources, cfg.val_fraction, cfg.vocab_size, reading, progress)
+                   if cfg.tokenizer == "bpe" else None)
         tok_meta = _tokenizer_meta(itos, learned)
         dtype = token_dtype(tok_meta["vocab_size"])
-        encoder = Encoder(cfg.tokenizer, itos, dtype, bpe=learned.tokenizer if learned else None)
-        _encode_pass(sources, parts, out, cfg, encoder, progress, temps)
+        eot = GPT2_EOT if cfg.tokenizer == "gpt2" else learned.tokenizer.eot if learned else None
+        encoder = Encoder(cfg.tokenizer, itos, dtype, bpe=learned.tokenizer if learned else None, eot=eot)
+        encode_pass(sources, parts, out, cfg.val_fraction, reading, encoder, progress, temps)
         take = _take(sources, parts, cfg.val_fraction)
         itemsize = np.dtype(dtype).itemsize
         finals = {name: _join([p[name] for p in parts], take[name], out, name, itemsize, temps) for name in SPLITS}
@@ -146,10 +151,12 @@ def _claim_folder(out: Path, held: Claim | None) -> Claim:
         fh, probe = temp_file(out, "probe")
         fh.close()
         probe.unlink()
-    except OSError as e:
+    except BaseException as e:  # SIGTERM too (a UserError from _sigterm_stops): the folders it made go with it
         if claim is not None and held is None:
             claim.release()
-        raise UserError(f"cannot write to the output folder {out}: {e.strerror or e}") from None
+        if isinstance(e, OSError):
+            raise UserError(f"cannot write to the output folder {out}: {e.strerror or e}") from None
+        raise
     return claim
 
 
@@ -168,74 +175,6 @@ def _sigterm_stops():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _read_pass(sources: list[Source], path: Path, strip: bool, tokenizer: str, progress: Progress) -> list[str] | None:
-    """Pass 1: each file's length and Gutenberg window; returns the char vocabulary (None for GPT-2)."""
-    docs = [d for s in sources for d in s.docs]
-    charset = CharSet() if tokenizer == "char" else None
-    progress.start("reading", sum(d.size for d in docs))
-    for d in docs:
-        scan(d, charset, strip, progress)
-    progress.finish()
-    for s in sources:
-        s.chars = sum(d.chars for d in s.docs)
-        for d in s.docs:
-            if strip and not d.stripped:
-                print(f"note: no Project Gutenberg header or footer found in {d.path}; kept it whole", file=sys.stderr)
-            if d.gutenberg:  # the licence would be trained on, silently
-                print(
-                    f"note: {d.path} has a Project Gutenberg header ('*** START OF ... PROJECT GUTENBERG ...'); "
-                    "its licence header and footer are kept as text: add --strip-gutenberg to drop them",
-                    file=sys.stderr,
-                )
-        if s.chars == 0:
-            what = f"{path / s.label}" if path.is_dir() else str(path)
-            raise UserError(f"{what} has no text" + (" left after --strip-gutenberg" if strip else ""))
-    return charset.chars() if charset is not None else None
-
-
-def _encode_pass(
-    sources: list[Source],
-    parts: list[dict[str, Part]],
-    out: Path,
-    cfg: PrepareConfig,
-    encoder: Encoder,
-    progress: Progress,
-    temps: list[Path],
-) -> None:
-    """Pass 2: encode each source's train and val text into part files (appended to `parts` as they open)."""
-    progress.start("tokenizing", sum(d.size for s in sources for d in s.docs))
-    for i, s in enumerate(sources):
-        pair: dict[str, Part] = {}
-        parts.append(pair)
-        for name in SPLITS:
-            fh, tmp = temp_file(out, f"{name}-{i}")
-            temps.append(tmp)
-            # GPT-2: <|endoftext|> also separates one source from the next in the joined file
-            pair[name] = Part(tmp, fh, started=(i > 0 and cfg.tokenizer == "gpt2"))
-        train, val = pair["train"], pair["val"]
-        split = int(s.chars * (1 - cfg.val_fraction))
-        pos = 0
-        for d in s.docs:
-            for text in doc_text(d, progress):
-                if pos < split < pos + len(text):
-                    encoder.write(train, text[: split - pos])
-                    encoder.end_document(train)
-                    encoder.write(val, text[split - pos :])
-                elif pos < split:
-                    encoder.write(train, text)
-                else:
-                    encoder.end_document(train)
-                    encoder.write(val, text)
-                pos += len(text)
-            encoder.end_document(train)
-            encoder.end_document(val)
-    encoder.close()
-    progress.finish()
-    for pair in parts:
-        for p in pair.values():
-            p.fh.close()  # flushed: the join reads them back
 
 
 def _take(sources: list[Source], parts: list[dict[str, Part]], val_fraction: float) -> dict[str, list[int]]:
@@ -270,8 +209,10 @@ def _tokenizer_meta(itos: list[str] | None, learned: Learned | None) -> dict[str
         return CharTokenizer(itos).to_meta()
     if learned is None:
         return {**GPT2Tokenizer().to_meta(), "eot_token": GPT2_EOT}
+    eot = {} if learned.tokenizer.eot is None else {"eot_token": learned.tokenizer.eot}
     return {
         **learned.tokenizer.to_meta(),
+        **eot,
         "bpe_sample_chars": learned.sample_chars,
         "bpe_train_chars": learned.train_chars,
         "bpe_vocab_size_chosen": learned.chosen,
@@ -297,6 +238,8 @@ def _metadata(
         strip_gutenberg=cfg.strip_gutenberg,
         source=shown,
     )
+    if any(d.kind != "text" for s in sources for d in s.docs):
+        meta.update(text_field=cfg.text_field)
     # val.bin holds each source's val tokens one after another: where they start lets training measure
     # each source's validation loss on its own (train/step.py)
     val_offsets = [sum(take["val"][:i]) for i in range(len(sources))]
@@ -306,6 +249,11 @@ def _metadata(
             "path": s.label,
             "percent": s.percent,
             "files": len(s.docs),
+            "documents": s.count,
+            "bytes": sum(d.size for d in s.docs),
+            "empty_documents": sum(d.empty for d in s.docs),
+            "skipped_records": sum(d.bad for d in s.docs),
+            "skipped_files": {"hidden": s.hidden, "binary": s.binary},
             "chars": s.chars,
             "train_tokens": t,
             "val_tokens": v,

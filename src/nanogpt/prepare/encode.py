@@ -8,18 +8,19 @@ Each source's train and val text goes into a part file of its own (`Part`); once
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
 from ..errors import UserError
-from ..tokenizers import GPT2_EOT, BpeTokenizer, gpt2_encoding
+from ..tokenizers import BpeTokenizer, gpt2_encoding
 from .sources import CHUNK_CHARS
 
 
@@ -30,7 +31,11 @@ class Part:
     path: Path
     fh: BinaryIO
     tokens: int = 0
-    started: bool = False  # a document was written: the next one needs <|endoftext|> first (GPT-2)
+    started: bool = False  # a document was written: the next one needs its separator first
+    ends_line: bool = True  # char: the text written so far ends with a line break (or there is none)
+    buf: str = ""  # BPE: the current document's text not yet sent to be encoded
+    batch: list[str | None] = field(default_factory=list)  # BPE: texts to encode together; None: <|endoftext|>
+    batch_chars: int = 0
 
 
 def safe_cut(text: str) -> int:
@@ -91,90 +96,148 @@ class _DiskWriter:
             raise self.error
 
 
-class Encoder:
-    """Encodes text into part files, keeping the order of writes; a BPE encodes on a pool of threads."""
+def workers() -> int:
+    """Threads that encode: every core (at most 8), or NANOGPT_PREPARE_WORKERS. The bins never depend on it."""
+    fixed = os.environ.get("NANOGPT_PREPARE_WORKERS", "").strip()
+    if fixed.isdigit() and int(fixed) > 0:
+        return int(fixed)
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2))
 
-    def __init__(self, tokenizer: str, itos: list[str] | None, dtype: str, bpe: BpeTokenizer | None = None):
+
+class Encoder:
+    """Encodes documents into part files, keeping the order of writes; a BPE encodes on a pool of threads.
+
+    Text is sent to the pool in jobs of about CHUNK_CHARS characters: a long document cut at safe places, or
+    many short ones (with <|endoftext|> between them) together. Where a job ends depends only on the text,
+    never on the number of threads, so the bins are the same whatever the core count.
+    """
+
+    def __init__(self, tokenizer: str, itos: list[str] | None, dtype: str, bpe: BpeTokenizer | None = None,
+                 eot: int | None = None):
         self.tokenizer = tokenizer
+        self.eot = eot  # the id written between documents (GPT-2's <|endoftext|>, a learned BPE's), or None
         self.np_dtype = np.dtype(dtype).newbyteorder("<")
         self.pending: collections.deque[tuple[Part, Future | np.ndarray]] = collections.deque()
-        self.buffers: dict[int, str] = {}
         self.disk = _DiskWriter()
+        self.pool: ThreadPoolExecutor | None = None
         if tokenizer == "char":
             assert itos is not None
-            codes = np.array([ord(c) for c in itos], dtype=np.int64)
-            self.lut = np.zeros(int(codes.max()) + 1, dtype=self.np_dtype)
-            self.lut[codes] = np.arange(len(itos))
-            self.known = np.zeros(len(self.lut), dtype=bool)  # the characters of the first pass
-            self.known[codes] = True
-            # ASCII sorts first, so ASCII characters have ids < 128: bytes.translate maps them in one C loop;
-            # one not in the vocabulary maps to UNKNOWN_ASCII, never an ASCII character's id
-            self.ascii_table = bytes(
-                int(self.lut[c]) if c < len(self.known) and self.known[c] else UNKNOWN_ASCII for c in range(128)
-            ) + bytes(128)
-            self.pool = None
+            self._char_tables(itos)
         else:
             # a learned BPE has GPT-2's pre-tokenizer regex, so GPT-2's safe cuts hold for it too
             self.bpe = bpe
             self.enc = gpt2_encoding() if bpe is None else None
-            self.threads = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2))
+            self.threads = workers()
             self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nanogpt-bpe")
 
-    def _encode(self, text: str) -> np.ndarray:
-        if self.bpe is None:
-            return self.enc.encode_to_numpy(text, disallowed_special=())  # == encode_ordinary, without a list
-        pieces, start = [], 0  # cut at safe places so that `tokenizers` spreads them over its own threads
+    def _char_tables(self, itos: list[str]) -> None:
+        codes = np.array([ord(c) for c in itos], dtype=np.int64)
+        self.newline = itos.index("\n") if "\n" in itos else None
+        self.lut = np.zeros(int(codes.max()) + 1, dtype=self.np_dtype)
+        self.lut[codes] = np.arange(len(itos))
+        self.known = np.zeros(len(self.lut), dtype=bool)  # the characters of the first pass
+        self.known[codes] = True
+        # ASCII sorts first, so ASCII characters have ids < 128: bytes.translate maps them in one C loop;
+        # one not in the vocabulary maps to UNKNOWN_ASCII, never an ASCII character's id
+        self.ascii_table = bytes(
+            int(self.lut[c]) if c < len(self.known) and self.known[c] else UNKNOWN_ASCII for c in range(128)
+        ) + bytes(128)
+
+    def _pieces(self, text: str) -> list[str]:
+        """A learned BPE's text cut at safe places, so that `tokenizers` spreads the pieces over its threads."""
+        pieces, start = [], 0
         while len(text) - start > _BPE_PIECE and (cut := safe_cut(text[start : start + _BPE_PIECE])):
             pieces.append(text[start : start + cut])
             start += cut
         pieces.append(text[start:])
-        ids = self.bpe.encode_many(pieces)
-        return np.fromiter((i for piece in ids for i in piece), dtype=np.uint32, count=sum(map(len, ids)))
+        return pieces
+
+    def _encode_batch(self, batch: list[str | None]) -> np.ndarray:
+        """The ids of a job's texts one after another, <|endoftext|> where an entry is None."""
+        eot = [self.eot if self.eot is not None else 0]
+        if self.bpe is None:
+            arrays = [np.array(eot, dtype=np.uint32) if text is None
+                      else self.enc.encode_to_numpy(text, disallowed_special=()).astype(np.uint32, copy=False)
+                      for text in batch]  # encode_to_numpy == encode_ordinary, without a Python list
+            return np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.uint32)
+        # one call for all of the job's texts: the `tokenizers` batch encoder runs them on every core
+        pieces = [self._pieces(text) if text is not None else None for text in batch]
+        ids = iter(self.bpe.encode_many([p for ps in pieces if ps is not None for p in ps]))
+        lists = [eot if ps is None else [i for _ in ps for i in next(ids)] for ps in pieces]
+        return np.fromiter(itertools.chain.from_iterable(lists), dtype=np.uint32, count=sum(map(len, lists)))
+
+    def start_document(self, part: Part) -> None:
+        """A new document begins in `part`: after the last one's text, its separator (<|endoftext|>, or for char
+        a line break when the last one did not end with one)."""
+        if self.tokenizer == "char":
+            if part.started and not part.ends_line and self.newline is not None:
+                self._write_ids(part, np.array([self.newline], dtype=self.np_dtype))
+                part.ends_line = True
+            part.started = True
+            return
+        if part.buf:
+            self._add(part, part.buf)
+            part.buf = ""
+        if part.started and self.eot is not None:
+            part.batch.append(None)
+        part.started = True
+        if part.batch_chars >= CHUNK_CHARS:
+            self._flush(part)
 
     def write(self, part: Part, text: str) -> None:
         """Append text to the current document of `part`."""
         if not text:
             return
         if self.tokenizer == "char":
-            if text.isascii():
-                ascii_ids = text.encode("ascii").translate(self.ascii_table)
-                if (i := ascii_ids.find(UNKNOWN_ASCII)) >= 0:  # memchr: costs next to nothing
-                    raise _changed(text[i])
-                ids = np.frombuffer(ascii_ids, dtype=np.uint8).astype(self.np_dtype)
-            else:
-                codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-                unknown = np.flatnonzero(codes >= len(self.known))
-                if not len(unknown):
-                    unknown = np.flatnonzero(~self.known[codes])
-                if len(unknown):
-                    raise _changed(text[unknown[0]])
-                ids = self.lut[codes]
-            self.disk.write(part.fh, ids)
-            part.tokens += len(ids)
+            self._write_char(part, text)
             return
-        key = id(part)
-        buf = self.buffers.get(key)
-        if buf is None:  # first text of a new document in this part
-            if part.started and self.bpe is None:
-                self._submit(part, np.array([GPT2_EOT], dtype=np.uint32))
-            part.started = True
-            buf = ""
-        buf += text
-        while len(buf) >= CHUNK_CHARS:
-            cut = safe_cut(buf)
+        part.buf += text
+        while len(part.buf) >= CHUNK_CHARS:
+            cut = safe_cut(part.buf)
             if cut == 0:  # one enormous "word": keep reading until a safe place to cut comes along,
-                if len(buf) < 16 * CHUNK_CHARS:
+                if len(part.buf) < 16 * CHUNK_CHARS:
                     break
                 cut = CHUNK_CHARS  # but bound the memory: text with no whitespace for 16M characters is not prose
-            self._submit(part, self.pool.submit(self._encode, buf[:cut]))  # type: ignore[union-attr]
-            buf = buf[cut:]
-        self.buffers[key] = buf
+            self._add(part, part.buf[:cut])
+            part.buf = part.buf[cut:]
+            self._flush(part)
 
-    def end_document(self, part: Part) -> None:
-        """The current document of `part` is complete (end of a file, or the train/val split)."""
-        buf = self.buffers.pop(id(part), None)
-        if buf:
-            self._submit(part, self.pool.submit(self._encode, buf))  # type: ignore[union-attr]
+    def finish(self, part: Part) -> None:
+        """Everything of `part` is written: send what is left of it to be encoded."""
+        if part.buf:
+            self._add(part, part.buf)
+            part.buf = ""
+        self._flush(part)
+
+    def _add(self, part: Part, text: str) -> None:
+        part.batch.append(text)
+        part.batch_chars += len(text)
+
+    def _flush(self, part: Part) -> None:
+        if part.batch:
+            self._submit(part, self.pool.submit(self._encode_batch, part.batch))  # type: ignore[union-attr]
+            part.batch, part.batch_chars = [], 0
+
+    def _write_char(self, part: Part, text: str) -> None:
+        if text.isascii():
+            ascii_ids = text.encode("ascii").translate(self.ascii_table)
+            if (i := ascii_ids.find(UNKNOWN_ASCII)) >= 0:  # memchr: costs next to nothing
+                raise _changed(text[i])
+            ids = np.frombuffer(ascii_ids, dtype=np.uint8).astype(self.np_dtype)
+        else:
+            codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+            unknown = np.flatnonzero(codes >= len(self.known))
+            if not len(unknown):
+                unknown = np.flatnonzero(~self.known[codes])
+            if len(unknown):
+                raise _changed(text[unknown[0]])
+            ids = self.lut[codes]
+        part.ends_line = text.endswith("\n")
+        self._write_ids(part, ids)
+
+    def _write_ids(self, part: Part, ids: np.ndarray) -> None:
+        self.disk.write(part.fh, ids)
+        part.tokens += len(ids)
 
     def _submit(self, part: Part, job: Future | np.ndarray) -> None:
         self.pending.append((part, job))
@@ -184,8 +247,7 @@ class Encoder:
         while len(self.pending) > keep:
             part, job = self.pending.popleft()
             ids = job.result() if isinstance(job, Future) else job
-            self.disk.write(part.fh, ids.astype(self.np_dtype, copy=False))
-            part.tokens += len(ids)
+            self._write_ids(part, ids.astype(self.np_dtype, copy=False))
 
     def close(self) -> None:
         """Write everything still in flight."""

@@ -16,6 +16,14 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    return f"{minutes} min {seconds:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
 class Progress:
     """A Rich progress bar on a terminal; otherwise a plain line at the start, every few seconds, and the end."""
 
@@ -60,8 +68,9 @@ class Progress:
         if now - self.last >= 5:
             self.last = now
             rate = self.done / (now - self.t0) / 1e6
+            left = max(0, self.total - self.done) / max(rate * 1e6, 1e-9)
             print(
-                f"{self.what}: {100 * self.done / self.total:.0f}% ({rate:.1f} MB/s)",
+                f"{self.what}: {100 * self.done / self.total:.0f}% ({rate:.1f} MB/s, {_duration(left)} left)",
                 file=self.stream,
                 flush=True,
             )

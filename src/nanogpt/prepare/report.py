@@ -7,6 +7,7 @@ from typing import Any, TextIO
 
 from ..config import PrepareConfig
 from .bpe import summary_line
+from .progress import human_bytes
 
 DEFAULT_TOKENIZER = PrepareConfig.tokenizer  # the dataclass default: what `prepare` and the bundled run use
 
@@ -33,6 +34,8 @@ def summary(stream: TextIO, meta: dict[str, Any], out: Path, mixology: bool) -> 
                 f"{100 * s['used']:.0f}%",
             )
         console.print(table)
+    for s in meta["sources"]:
+        console.print(held(s), markup=False)
     if meta["tokenizer"] == "bpe":
         console.print(summary_line(meta), markup=False)
     console.print(
@@ -48,3 +51,20 @@ def tokenizer_note(tokenizer: str) -> str:
     if tokenizer == DEFAULT_TOKENIZER:
         return f"tokenizer: {tokenizer} (the default; --tokenizer char gives nanoGPT's one token per character)"
     return f"tokenizer: {tokenizer} (the default is {DEFAULT_TOKENIZER})"
+
+
+def held(s: dict[str, Any]) -> str:
+    """What one source held: its documents, bytes of text, and what was left out (`s`: a vocab.json source)."""
+    files = f" in {s['files']:,} files" if s["files"] > 1 else ""
+    line = f"{s['path']}: {s['documents']:,} documents{files}, {human_bytes(s['bytes'])} of text"
+    left = [
+        f"{n:,} {what}"
+        for n, what in (
+            (s["empty_documents"], "empty documents"),
+            (s["skipped_records"], "bad records"),
+            (s["skipped_files"]["hidden"], "hidden files or folders"),
+            (s["skipped_files"]["binary"], "binary files"),
+        )
+        if n
+    ]
+    return line + (f"; left out: {', '.join(left)}" if left else "")

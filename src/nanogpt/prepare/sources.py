@@ -1,20 +1,19 @@
-"""What SOURCE holds and its text: a file or a mixology folder, read in chunks, Gutenberg header and footer found.
+"""What SOURCE holds and the text of its text files: a file, a folder tree or a mixology folder; text read in chunks,
+Gutenberg header and footer found.
 
-The first pass (`scan`) measures each file in normalised characters (CRLF and lone CR read as LF), finds the
-kept window between Project Gutenberg's START and END lines, and collects the character vocabulary; the
-second pass (`doc_text`) streams that window again for encoding. Memory stays bounded whatever the size.
+The first pass (`scan_text`) measures each text file in normalised characters (CRLF and lone CR read as LF),
+finds the kept window between Project Gutenberg's START and END lines, and collects the character vocabulary;
+the second pass (`doc_text`) streams that window again for encoding. Memory stays bounded whatever the size.
+Records (JSON Lines, Parquet) are read by records.py; documents.py walks both kinds as documents.
 """
 
 from __future__ import annotations
 
 import codecs
-import gzip
 import io
 import itertools
 import os
 import re
-import struct
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +23,11 @@ import numpy as np
 
 from ..errors import UserError
 from ..store.files import listing
+from .inputs import decompressed, decompression_errors, kind_of, not_whole, open_raw, source_name, text_size, walk
 from .progress import Progress
 
 CHUNK_CHARS = 1 << 20  # characters read at a time; also the size of one GPT-2 encoding job
 _MAX_CODE_POINT = 0x110000
-GZIP_MAGIC = b"\x1f\x8b"
 _MIX_FOLDER = re.compile(r"^(\d+)_(.+)$")
 # Gutenberg markers: "*** START OF THE PROJECT GUTENBERG EBOOK ... ***" and "*** END OF ..." on a line.
 _GUTENBERG = re.compile(r"^\*{3}\s*(START|END) OF\b[^\n]*PROJECT GUTENBERG[^\n]*$", re.MULTILINE | re.IGNORECASE)
@@ -36,11 +35,17 @@ _GUTENBERG = re.compile(r"^\*{3}\s*(START|END) OF\b[^\n]*PROJECT GUTENBERG[^\n]*
 
 @dataclass
 class Doc:
-    """One text file; `size` is its text in bytes; after `scan`, `begin`/`end` are the kept window in characters."""
+    """One input file; `size` is its text in bytes. After `scan`: a text file's kept window in characters
+    (`begin`/`end`); for any kind, `chars` and `count`, the characters and number of its non-empty documents."""
 
     path: Path
     size: int
+    kind: str = "text"  # 'text' (one document), 'jsonl' or 'parquet' (a document a record)
     chars: int = 0
+    count: int = 0  # documents with text
+    empty: int = 0  # documents without (an empty file, a null or "" record)
+    bad: int = 0  # records left out by --skip-bad-records
+    first_bad: str = ""
     begin: int = 0
     end: int = 0
     stripped: bool = False
@@ -50,13 +55,20 @@ class Doc:
 
 @dataclass
 class Source:
-    """One source: a single file (100%) or a mixology sub-folder `NN_name/` (NN percent)."""
+    """One source: a single file or folder tree (100%), or a mixology sub-folder `NN_name/` (NN percent)."""
 
     name: str
     label: str  # how the source is shown: the folder or file name
     percent: int
     docs: list[Doc]
     chars: int = 0
+    hidden: int = 0  # hidden files and folders left out of a folder tree
+    binary: int = 0  # binary files left out of a folder tree
+    mixed: bool = False  # one of a mixology folder's NN_name/ sources
+
+    @property
+    def count(self) -> int:
+        return sum(d.count for d in self.docs)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -64,9 +76,8 @@ class Source:
 
 
 def find_sources(path: Path) -> tuple[list[Source], list[str]]:
-    """The sources in SOURCE (a file, or a folder of NN_name/ sub-folders) and what the folder holds besides.
-
-    The second list names the ignored entries as shown to the user (`drafts/`, `notes.txt`).
+    """The sources in SOURCE (a file, a folder tree, or a folder of NN_name/ sub-folders) and what a mixology
+    folder holds besides. The second list names the ignored entries as shown to the user (`drafts/`, `notes.txt`).
     """
     if not path.exists():
         raise UserError(f"{path} does not exist")
@@ -74,43 +85,53 @@ def find_sources(path: Path) -> tuple[list[Source], list[str]]:
     if path.is_file():
         if path.stat().st_size == 0:
             raise UserError(f"{path} is empty")
-        name = path.name.removesuffix(".gz").removesuffix(".txt")
-        return [Source(name, path.name, 100, [Doc(path, text_size(path))])], []
+        return [Source(source_name(path), path.name, 100, [_doc(path)])], []
     if not path.is_dir():
         raise UserError(f"{path} is neither a file nor a folder")
-    sources, ignored = [], []
     try:
         entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
     except OSError as e:
         raise UserError(f"cannot read the folder {path}: {e.strerror or e}") from None
-    ignored += [p.name for p in entries if p.is_file() and p.suffix.lower() == ".txt"]  # text outside NN_ folders
+    if not any(p.is_dir() and _MIX_FOLDER.match(p.name) for p in entries):
+        # no NN_name/ sub-folder: the folder is one source, a tree of files
+        return [_tree_source(path, path.resolve().name or "dataset", path.name + "/", 100)], []
+    sources, ignored = [], []
+    ignored += [p.name for p in entries if p.is_file()]  # files outside NN_ folders
     for sub in (p for p in entries if p.is_dir()):
         m = _MIX_FOLDER.match(sub.name)
         if not m or int(m.group(1)) == 0:
             ignored.append(sub.name + "/")
             continue
-        _check_name(sub)
-        files = sorted(f for f in _files_under(sub) if f.suffix.lower() == ".txt")
-        for f in files:
-            _check_name(f)
-        docs = [Doc(f, f.stat().st_size) for f in files]
-        sources.append(Source(m.group(2), sub.name + "/", int(m.group(1)), docs))
+        sources.append(_tree_source(sub, m.group(2), sub.name + "/", int(m.group(1))))
+        sources[-1].mixed = True
     note = f" (ignored: {listing(ignored)})" if ignored else ""
     if not sources:
         raise UserError(
             f"{path} has no usable sources: expected sub-folders named NN_name/ (e.g. 25_lovecraft/, "
-            f"75_shakespeare/) holding .txt files, NN being the percent of tokens{note}"
+            f"75_shakespeare/) holding text files, NN being the percent of tokens{note}"
         )
     total = sum(s.percent for s in sources)
     if total != 100:
         shares = listing([f"{s.label} {s.percent}%" for s in sources])
         raise UserError(f"the source percentages in {path} sum to {total}, not 100 ({shares})")
-    for s in sources:
-        if not s.docs:
-            raise UserError(f"source {path / s.label} has no .txt files")
-        if sum(d.size for d in s.docs) == 0:
-            raise UserError(f"source {path / s.label} is empty")
     return sources, ignored
+
+
+def _tree_source(folder: Path, name: str, label: str, percent: int) -> Source:
+    _check_name(folder)
+    tree = walk(folder)
+    for f in tree.files:
+        _check_name(f)
+    source = Source(name, label, percent, [_doc(f) for f in tree.files], hidden=tree.hidden, binary=tree.binary)
+    if not source.docs:
+        left = f" ({tree.hidden} hidden, {tree.binary} binary left out)" if tree.hidden or tree.binary else ""
+        raise UserError(f"source {folder} has no text files (nor .jsonl or .parquet){left}")
+    return source
+
+
+def _doc(path: Path) -> Doc:
+    kind = kind_of(path)
+    return Doc(path, path.stat().st_size if kind == "parquet" else text_size(path), kind)
 
 
 def _check_name(path: Path) -> None:
@@ -121,53 +142,20 @@ def _check_name(path: Path) -> None:
         raise UserError(f"the file name {os.fsencode(path)!r} is not UTF-8: rename it first") from None
 
 
-def _files_under(folder: Path) -> list[Path]:
-    """Every file in `folder` and its sub-folders; UserError for one that cannot be read (Path.rglob would
-    skip it silently, and a mix would quietly lose its text)."""
-
-    def fail(e: OSError) -> None:
-        raise UserError(f"cannot read the folder {e.filename}: {e.strerror or e}")
-
-    return [Path(root) / name for root, _, names in os.walk(folder, onerror=fail) for name in names
-            if (Path(root) / name).is_file()]
-
-
-def text_size(path: Path) -> int:
-    """Bytes of text in a file: its size, or for .gz the uncompressed size its trailer records (mod 4 GiB)."""
-    size = path.stat().st_size
-    if path.suffix != ".gz":
-        return size
-    with open(path, "rb") as f:
-        if f.read(2) != GZIP_MAGIC:
-            raise UserError(f"{path} is named .gz but is not gzip-compressed: rename it (without .gz) or compress it")
-        if size < 4:
-            return size
-        f.seek(-4, io.SEEK_END)
-        return struct.unpack("<I", f.read(4))[0]
-
-
 # ----------------------------------------------------------------------------------------------------------
 # reading text
 
 
-# what reading a .gz cut short or damaged raises (a bad CRC or length is a BadGzipFile, a bad deflate stream a
-# zlib.error, a stream that ends early an EOFError), whichever pass or look-up meets it first
-_GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
-
-
-def _not_whole(path: Path, error: BaseException) -> UserError:
-    return UserError(f"{path} is not a whole gzip file ({error}); compress it again")
-
-
 def _blocks(path: Path) -> Iterator[bytes]:
-    """The bytes of a file (of its text, for .gz) in blocks of 64 KiB: small, so that an offset looked up in a
+    """The bytes of a file's text (decompressed) in blocks of 64 KiB: small, so that an offset looked up in a
     damaged .gz is found when it comes before the damage."""
-    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+    with open_raw(path) as raw:
+        f = decompressed(path, raw)
         while True:
             try:
                 block = f.read(1 << 16)
-            except _GZIP_ERRORS as e:
-                raise _not_whole(path, e) from None
+            except decompression_errors() as e:
+                raise not_whole(path, e) from None
             if not block:
                 return
             yield block
@@ -199,12 +187,9 @@ def _nul_offset(path: Path) -> int:
 
 def read_chunks(path: Path, progress: Progress | None = None) -> Iterator[str]:
     """The text of a file in chunks, CRLF (and lone CR) read as LF, as nanoGPT's open(..., 'r') reads it."""
-    try:
-        raw = open(path, "rb")  # noqa: SIM115 - closed by the with below; open errors become one line
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
-    with raw:
-        stream: BinaryIO = gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw  # type: ignore[assignment]
+    errors = decompression_errors()
+    with open_raw(path) as raw:
+        stream: BinaryIO = decompressed(path, raw)
         # utf-8-sig: a byte-order mark (Windows editors) is not text. newline="": we translate line ends
         # ourselves, since TextIOWrapper's universal newlines cost more than everything else in a char pass
         text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
@@ -218,14 +203,14 @@ def read_chunks(path: Path, progress: Progress | None = None) -> Iterator[str]:
                     f"{path} is not UTF-8 text (invalid byte at offset {_bad_utf8_offset(path)}); "
                     "convert it to UTF-8 first"
                 ) from None
-            except _GZIP_ERRORS as e:
-                raise _not_whole(path, e) from None
+            except errors as e:
+                raise not_whole(path, e) from None
             if not chunk:
                 break
             if "\x00" in chunk:
                 raise UserError(f"{path} looks like a binary file (NUL byte at offset {_nul_offset(path)}), not text")
             if progress is not None:
-                pos = stream.tell()  # bytes of text read (for .gz: uncompressed), like Doc.size counts them
+                pos = stream.tell()  # bytes of text read (decompressed), like Doc.size counts them
                 progress.advance(pos - done)
                 done = pos
             if cr or "\r" in chunk:
@@ -271,9 +256,8 @@ class CharSet:
         return [chr(c) for c in np.flatnonzero(self.seen)]
 
 
-def scan(doc: Doc, charset: CharSet | None, strip: bool, progress: Progress) -> None:
-    """Pass 1 over one file: its length in characters, its Gutenberg window, and its characters."""
-    doc.stamp = _stamp(doc.path)
+def scan_text(doc: Doc, charset: CharSet | None, strip: bool, progress: Progress) -> None:
+    """Pass 1 over one text file: its length in characters, its Gutenberg window, and its characters."""
     local = CharSet() if (charset is not None and strip) else charset
     pos = 0  # characters before the current piece
     begin, end = 0, None
@@ -317,6 +301,7 @@ def scan(doc: Doc, charset: CharSet | None, strip: bool, progress: Progress) -> 
         pos += len(carry)
     doc.begin, doc.end = begin, pos if end is None else end
     doc.chars = doc.end - doc.begin
+    doc.count, doc.empty = (1, 0) if doc.chars else (0, 1)
     if local is not None and local is not charset and charset is not None:
         charset.merge(local)
 
@@ -324,7 +309,7 @@ def scan(doc: Doc, charset: CharSet | None, strip: bool, progress: Progress) -> 
 def doc_text(doc: Doc, progress: Progress | None) -> Iterator[str]:
     """Pass 2 (and the BPE's sample): the kept text of one file, in chunks. UserError when it is not the text
     the first pass read: its split point and character table were taken from that one."""
-    _unchanged(doc)
+    unchanged(doc)
     pos = 0
     for chunk in read_chunks(doc.path, progress):
         lo, hi = max(doc.begin - pos, 0), min(doc.end - pos, len(chunk))
@@ -334,11 +319,11 @@ def doc_text(doc: Doc, progress: Progress | None) -> Iterator[str]:
         if pos >= doc.end:
             break
     if pos < doc.end:
-        raise _changed(doc, f"{pos:,} characters, the first pass read {doc.end:,}")
-    _unchanged(doc)
+        raise changed(doc, f"{pos:,} characters, the first pass read {doc.end:,}")
+    unchanged(doc)
 
 
-def _stamp(path: Path) -> tuple[int, int]:
+def stamp(path: Path) -> tuple[int, int]:
     try:
         st = path.stat()
     except OSError as e:
@@ -346,16 +331,16 @@ def _stamp(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def _unchanged(doc: Doc) -> None:
+def unchanged(doc: Doc) -> None:
     """UserError when `doc` has another size or modification time than when the first pass read it (a text
     still being written, or edited meanwhile). A rewrite of the same size within one tick of the file system's
     clock is beyond what a stamp can tell."""
-    size, _ = now = _stamp(doc.path)
+    size, _ = now = stamp(doc.path)
     if now != doc.stamp:
-        raise _changed(doc, f"{doc.stamp[0]:,} bytes, then {size:,}" if size != doc.stamp[0] else "modified")
+        raise changed(doc, f"{doc.stamp[0]:,} bytes, then {size:,}" if size != doc.stamp[0] else "modified")
 
 
-def _changed(doc: Doc, how: str) -> UserError:
+def changed(doc: Doc, how: str) -> UserError:
     return UserError(
         f"a source file changed while prepare was reading it: {doc.path} ({how}); prepare again once it is complete"
     )

@@ -190,5 +190,5 @@ def lost_peer(error: BaseException) -> str | None:
         return None
     return (
         f"a process of this run is gone ({found.lower()}): the run stops here; resume its last checkpoint with "
-        "--resume-training on the machines that remain (docs/scaling-out.md)"
+        "--resume-training on the machines that remain (docs/scaling.md)"
     )

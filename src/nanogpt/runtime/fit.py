@@ -79,7 +79,7 @@ def check_fits(
         raise UserError(f"{line}; with --shard each of the {world_size} processes needs {sharded / 2**30:,.1f} GiB")
     raise UserError(
         f"{line}; use a smaller model or batch size, or --shard it over more processes under torchrun "
-        "(docs/scaling-out.md)"
+        "(docs/scaling.md)"
     )
 
 

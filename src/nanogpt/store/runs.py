@@ -168,7 +168,7 @@ def check_exists(stem: str | Path) -> None:
     """UserError when `stem` names no checkpoint: what its folder holds, and where the runs beside it went.
 
     The default `out` moves on to `out-2`, `out-3`, ... when it is taken, so a stem typed from memory (or from
-    the README) often names the wrong one of them.
+    the docs) often names the wrong one of them.
     """
     stem = stem_of(stem)
     if weights_path(stem).is_file() or stem.with_name(stem.name + ".config.json").is_file():

@@ -23,6 +23,7 @@ from ..errors import UserError
 from ..interop import hf_import
 from ..runtime import distributed, fit, machine
 from ..store import runs
+from . import plan
 from .step import lr_at
 
 DATA_FIELDS = config.DATA_FIELDS
@@ -31,7 +32,7 @@ SCHEDULE_FIELDS = ("steps", "learning_rate", "min_learning_rate", "lr_schedule",
 
 
 class Run(NamedTuple):
-    """A run resolved: its settings, data and hardware, and what it starts from."""
+    """A run resolved: its settings, data and hardware, what it starts from, and its time budget (--time)."""
 
     model_cfg: config.ModelConfig
     train_cfg: config.TrainConfig
@@ -40,6 +41,7 @@ class Run(NamedTuple):
     saved: checkpoint.Checkpoint | None  # the checkpoint it resumes
     imported: hf_import.Imported | None  # the weights it starts from (--init-from)
     notes: list[str]  # for the user
+    budget: plan.Budget | None = None  # --time: the loop's clock
 
 
 def resolve_run(
@@ -54,6 +56,10 @@ def resolve_run(
     notes: list[str] = []
     saved = checkpoint.read(resume) if resume is not None else None
     model_cfg, train_cfg = _settings(overrides, preset, saved)
+    budget_s = plan.check_flags(train_cfg, set(overrides), resumed=saved is not None)
+    if saved is not None and budget_s is not None:  # --resume-training RUN --time 5m: five more minutes
+        saved, train_cfg, note = _extension(saved, train_cfg, budget_s)
+        notes.append(note)
     imported = None  # weights to start from (--init-from); a resumed run has its own
     if saved is None and train_cfg.init_from:
         imported = hf_import.load_source(train_cfg.init_from)
@@ -82,15 +88,31 @@ def resolve_run(
     fit.check_fits(model_cfg, train_cfg, device, world, shard=train_cfg.shard and distributed.under_torchrun())
     hardware = machine.resolve_hardware(model_cfg, train_cfg, options)  # after the vocabulary: the dtype probe needs it
     notes += [hardware.dtype_probe] if hardware.dtype_probe else []
-    notes += [fit.holding(model_cfg, train_cfg, world)] if hardware.shard else []
-    if train_cfg.shard and not hardware.shard:
-        notes.append("note: --shard shards over the processes torchrun starts; one process alone trains unsharded")
+    budget = None
+    if budget_s is not None:
+        if saved is None:  # the plan: shape, steps and evaluations for this budget, from measured step times
+            planned = plan.fit(budget_s, model_cfg, train_cfg, tokens, hardware, set(overrides))
+            model_cfg, train_cfg = planned.model_cfg, planned.train_cfg
+            notes.append(planned.line)
+            _check_counter_room(train_cfg, saved)
+        typed_interval = "validation_interval" in overrides or saved is not None
+        budget = plan.Budget(budget_s, saved.step if saved else 0, spread_evaluations=not typed_interval)
+    notes += _shard_notes(model_cfg, train_cfg, hardware)
     if train_cfg.seed == 0:
         # under torchrun every rank must use rank 0's pick
         seed = distributed.broadcast_int(secrets.randbelow(2**31 - 1) + 1, hardware.device)
         train_cfg = dataclasses.replace(train_cfg, seed=seed)
         notes.append(f"seed 0: using random seed {seed} (pass --seed {seed} to repeat)")
-    return Run(model_cfg, train_cfg, tokens, hardware, saved, imported, notes)
+    return Run(model_cfg, train_cfg, tokens, hardware, saved, imported, notes, budget)
+
+
+def _shard_notes(model_cfg: config.ModelConfig, train_cfg: config.TrainConfig, hardware: machine.Hardware) -> list[str]:
+    """What a sharded run holds per process; or that --shard without torchrun shards nothing."""
+    if hardware.shard:
+        return [fit.holding(model_cfg, train_cfg, hardware.world_size)]
+    if train_cfg.shard:
+        return ["note: --shard shards over the processes torchrun starts; one process alone trains unsharded"]
+    return []
 
 
 # ----------------------------------------------------------------------------- settings and resume checks
@@ -245,6 +267,36 @@ def _schedule_note(saved: checkpoint.Checkpoint, cfg: config.TrainConfig) -> str
         if abs(after - before) > 0.1 * before:
             note += " (a jump: --lr-schedule wsd extends a run smoothly until its decay has begun)"
     return note
+
+
+def _extension(
+    saved: checkpoint.Checkpoint, train_cfg: config.TrainConfig, budget_s: float
+) -> tuple[checkpoint.Checkpoint, config.TrainConfig, str]:
+    """`--resume-training RUN --time T`: the run trained T longer. A timed WSD run kept its last step before the
+    decay (plan.Budget.keeps): the extension goes on from there at the stable rate for T, then decays over as many
+    steps as the first decay had, so it lands on its lowest loss again. Without that checkpoint it goes on at the
+    learning rate it ended on (no warm-up again)."""
+    old = saved.train_cfg
+    durations = sorted(e["duration_ms"] for e in saved.log[-50:] if isinstance(e.get("duration_ms"), (int, float)))
+    step_ms = old.plan_step_ms or (durations[len(durations) // 2] if durations else None)
+    if not step_ms or step_ms <= 0:
+        raise UserError(f"checkpoint {saved.stem} has no step times to plan --time with: give --steps")
+    more = plan.steps_in(budget_s, step_ms / 1000, train_cfg)
+    start = schedule.decay_start(old.steps, old.decay_fraction)
+    stable = saved.stem.parent / f"model_step_{start}"
+    if old.lr_schedule == "wsd" and start < saved.step and Path(f"{stable}{checkpoint.MANIFEST}").is_file():
+        saved = checkpoint.read(str(stable))
+        total = start + more + (old.steps - start)
+        cfg = dataclasses.replace(train_cfg, steps=total, decay_fraction=(old.steps - start) / total)
+        return saved, cfg, (f"--time {train_cfg.time}: from {stable} (before its decay), {more:,} more steps at the "
+                            f"stable rate, then the decay again, to step {total:,}")
+    lr = lr_at(old, saved.step - 1)
+    scale = lr / old.learning_rate
+    cfg = dataclasses.replace(train_cfg, steps=saved.step + more, lr_schedule="constant", warmup_steps=0,
+                              learning_rate=lr, min_learning_rate=min(old.min_learning_rate, lr),
+                              muon_learning_rate=old.muon_learning_rate * scale)
+    return saved, cfg, (f"--time {train_cfg.time}: {more:,} more steps at the learning rate {saved.stem} ended on "
+                        f"({lr:.2e}, no warm-up again), to step {saved.step + more:,}")
 
 
 # ----------------------------------------------------------------------------- building the parts

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from .. import checkpoint, config, data
+from .. import config, data
 from ..runtime import distributed, machine
 from ..store import runs
 from ..errors import UserError
@@ -36,7 +36,7 @@ from ..events import (
     Stop,
 )
 from ..model import GPT
-from . import best, saving
+from . import best, plan, saving
 from .readback import LossReadback, TrainingDiverged
 from .state import RunState
 from .step import Evaluation, Halted, Stepper
@@ -60,6 +60,7 @@ class Trainer:
         stepper: Stepper,
         state: RunState,
         notes: tuple[str, ...] | list[str] = (),
+        budget: plan.Budget | None = None,
     ):
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         self.tokens = tokens
@@ -69,6 +70,7 @@ class Trainer:
         self.notes = tuple(notes)  # for the user, from building it: a front end shows them before the run
         self.readback = LossReadback(hardware.sync_every, hardware.world_size)
         self._stop = threading.Event()
+        self.budget = budget  # --time (plan.py): the loop's clock
         self.best = best.BestKeeper(train_cfg.out_dir, train_cfg.overfit_evaluations, train_cfg.stop_when_overfitting)
 
     # ------------------------------------------------------------------------- the loop
@@ -86,6 +88,8 @@ class Trainer:
         claim = None
         try:
             claim = saving.claim_out_dir(self.hardware, self.stepper.model, self.tokens.meta, cfg, state.step)
+            if self.budget is not None:
+                self.budget.started()  # --time counts from here: start-up is not the run's time
             while True:
                 # commands: between two read-back steps only; every rank agrees to stop (a signal may reach
                 # them at different steps), else they would hang
@@ -97,9 +101,12 @@ class Trainer:
                     return self._save_and_finish(emit, "completed")
                 # the step; its loss is read back at once on CPU, every few steps on an accelerator (readback.py)
                 self._step(check=self.readback.every == 1)
+                if self.budget is not None:  # --time: the end moved to land on the budget (before the decay)
+                    cfg = self._keep_to_budget(emit)
                 last = state.step == cfg.steps
                 evaluate = last or bool(cfg.validation_interval and state.step % cfg.validation_interval == 0)
                 save = not last and bool(cfg.save_interval and state.step % cfg.save_interval == 0)
+                save = save or (self.budget is not None and self.budget.keeps(state.step, cfg))
                 if evaluate or save or self.readback.due(urgent):
                     self._read_back_or_raise(emit)
                 if evaluate:  # the validation loss, and the best checkpoint kept
@@ -116,6 +123,17 @@ class Trainer:
         finally:
             if claim is not None:
                 claim.release()
+
+    def _keep_to_budget(self, emit: Callable[[Event], None]) -> config.TrainConfig:
+        """--time (plan.Budget): the end moved to land on the budget, and a stop past it."""
+        assert self.budget is not None
+        moved = self.budget.follow(self.state.step, self.train_cfg, self.state.log)
+        if moved is not None:
+            self.train_cfg = self.stepper.cfg = moved[0]
+            emit(moved[1])
+        if self.budget.over():
+            self.request_stop()
+        return self.train_cfg
 
     def request_stop(self, now: bool = False) -> None:
         """Finish the current step, save, and end the loop (safe from signal handlers and other threads); `now`:
@@ -217,22 +235,9 @@ class Trainer:
     def save(self, as_best: bool = False) -> Saved:
         """Write checkpoint model_step_N for the current step into out_dir (rank 0 only writes). `as_best`: saved
         for its validation loss alone (best.py may remove it once a better one is kept)."""
-        state = self.state
         if not as_best:
-            self.best.wanted(state.saved_stem if not state.unsaved else None)
-        if not state.unsaved and state.saved_stem is not None:
-            # saved already (or resumed from there): a set is never written twice
-            paths = tuple(state.saved_stem + suffix for suffix in checkpoint.FILES)
-            return Saved(step=state.step, stem=state.saved_stem, paths=paths, best=as_best)
-        stem = checkpoint.stem_for(self.train_cfg.out_dir, state.step)
-        # a UserError: the disk is full, or the name is taken; nothing of the set is left
-        gathered = saving.gather(self.stepper)  # every rank: a sharded model is gathered to rank 0
-        write = functools.partial(
-            saving.write, stem, gathered, self.stepper, self.state, self.model_cfg, self.train_cfg, self.tokens.meta
-        )
-        paths = saving.on_rank_zero(self.hardware, write, f"rank 0 could not write checkpoint {stem}")
-        state.saved(str(stem))
-        return Saved(step=state.step, stem=str(stem), paths=paths or (), best=as_best)
+            self.best.wanted(self.state.saved_stem if not self.state.unsaved else None)
+        return saving.save_step(self.stepper, self.state, self.model_cfg, self.train_cfg, self.tokens.meta, as_best)
 
     def _someone_waits(self, commands: queue.Queue | None) -> bool:
         """A queued command or a stop request: read the losses back now, so that it is obeyed soon."""

@@ -13,6 +13,7 @@ from .. import checkpoint, config
 from ..runtime import distributed, machine, sharding
 from ..store import runs
 from ..errors import UserError
+from ..events import Saved
 from .state import RunState
 from .step import Stepper
 
@@ -86,6 +87,29 @@ def write(
         resume_state=resume_state,
         weights=gathered.weights,
     )
+
+
+def save_step(
+    stepper: Stepper,
+    state: RunState,
+    model_cfg: config.ModelConfig,
+    train_cfg: config.TrainConfig,
+    tokenizer_meta: dict[str, Any],
+    as_best: bool,
+) -> Saved:
+    """The run's current step as checkpoint model_step_N in out_dir (rank 0 writes), or the set it was saved as
+    already: a set is never written twice. A UserError when the disk is full or the name is taken, nothing of
+    the set left."""
+    if not state.unsaved and state.saved_stem is not None:  # saved already, or resumed from there
+        paths = tuple(state.saved_stem + suffix for suffix in checkpoint.FILES)
+        return Saved(step=state.step, stem=state.saved_stem, paths=paths, best=as_best)
+    stem = checkpoint.stem_for(train_cfg.out_dir, state.step)
+    gathered = gather(stepper)  # every rank: a sharded model is gathered to rank 0
+    paths = on_rank_zero(stepper.hardware,
+                         lambda: write(stem, gathered, stepper, state, model_cfg, train_cfg, tokenizer_meta),
+                         f"rank 0 could not write checkpoint {stem}")
+    state.saved(str(stem))
+    return Saved(step=state.step, stem=str(stem), paths=paths or (), best=as_best)
 
 
 def claim_out_dir(

@@ -8,14 +8,15 @@ from typing import Any
 
 import torch
 
-from .. import checkpoint, config, data, optim
+from .. import checkpoint
 from ..interop import hf_import
 from ..model import GPT
 from ..runtime import machine, sharding
+from . import parts
 from .gate import Run, resolve_run
 from .loop import Trainer
 from .state import RunState
-from .step import Samplers, Stepper
+from .step import Stepper
 
 
 def build_trainer(
@@ -47,24 +48,14 @@ def construct(run: Run) -> Trainer:
         checkpoint.load_weights(model, run.saved.weights)
     if hardware.shard:  # before the optimizer, which must hold the shards
         sharding.shard(model, model.transformer.h, hardware)
-    optimizer = optim.build_optimizer(
-        model,
-        kind=train_cfg.optimizer,
-        lr=train_cfg.learning_rate,
-        betas=(train_cfg.beta1, train_cfg.beta2),
-        weight_decay=train_cfg.weight_decay,
-        device=device,
-        muon_lr=train_cfg.muon_learning_rate,
-        muon_momentum=train_cfg.muon_momentum,
-        ns_dtype=hardware.ns_dtype,
-    )
+    optimizer = parts.optimizer_for(model, train_cfg, hardware)
     scaler = torch.amp.GradScaler(device.type) if hardware.grad_scaler else None
     state = RunState()
     if run.saved is not None:
         state = _restore(run.saved, optimizer, scaler)
-    samplers = _samplers(run.tokens, model_cfg, train_cfg, device)
+    samplers = parts.samplers(run.tokens, model_cfg, train_cfg, device)
     stepper = Stepper(train_cfg, hardware, model, optimizer, scaler, samplers, run.tokens.tokenizer)
-    return Trainer(model_cfg, train_cfg, run.tokens, hardware, stepper, state, notes=run.notes)
+    return Trainer(model_cfg, train_cfg, run.tokens, hardware, stepper, state, notes=run.notes, budget=run.budget)
 
 
 def _restore(
@@ -76,28 +67,3 @@ def _restore(
     if scaler is not None and saved.scaler:
         scaler.load_state_dict(saved.scaler)
     return RunState(saved.step, saved.batch_counter, list(saved.log), stem=str(saved.stem))
-
-
-def _samplers(
-    tokens: data.TokenData, model_cfg: config.ModelConfig, train_cfg: config.TrainConfig, device: torch.device
-) -> Samplers:
-    """The training and validation batches (each a pure function of seed and index), and for a mixology
-    dataset each source's validation batches from its own stretch of val.bin (a source with fewer tokens than
-    a window is left out)."""
-
-    def sampler(tokens_of: Any, batch_size: int, stream: int) -> data.BatchSampler:
-        return data.BatchSampler(
-            tokens_of, block_size=model_cfg.block_size, batch_size=batch_size, seed=train_cfg.seed,
-            stream=stream, device=device,
-        )
-
-    by_source = {
-        name: sampler(tokens.val[start:stop], train_cfg.eval_batch_size, data.VAL_STREAM)
-        for name, start, stop in data.val_sources(tokens.meta, len(tokens.val))
-        if stop - start > model_cfg.block_size
-    }
-    return Samplers(
-        sampler(tokens.train, train_cfg.batch_size, data.TRAIN_STREAM),
-        sampler(tokens.val, train_cfg.eval_batch_size, data.VAL_STREAM),
-        by_source,
-    )

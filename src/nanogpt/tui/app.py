@@ -35,6 +35,7 @@ from ..events import (
     Event,
     Overfitting,
     Paused,
+    Replanned,
     Resumed,
     RunFinished,
     RunStarted,
@@ -93,7 +94,7 @@ class TrainingApp(StatusMixin, KeysMixin, App[int]):
     #sample-scroll { height: 1fr; }
     #sample-hint { height: 1; color: $text-muted; }
     """
-    # the footer shows them on one row: short enough for 80 columns (the README's table says more)
+    # the footer shows them on one row: short enough for 80 columns (docs/training.md's table says more)
     BINDINGS: ClassVar[list[Binding]] = [
         Binding("g", "sample", "sample"),
         Binding("v", "samples", "past samples"),
@@ -259,6 +260,9 @@ class TrainingApp(StatusMixin, KeysMixin, App[int]):
             self.pause_requested = False
             if self.sample_screen is None and ev.step > (self.run_info.start_step if self.run_info else 0):
                 self._notice(f"paused after step {ev.step}; p resumes")
+        elif isinstance(ev, Replanned):
+            self.total_steps = ev.total_steps
+            self._notice(f"--time: {ev.step_ms:.0f} ms a step once warm: ends at step {ev.total_steps:,}")
         elif isinstance(ev, Resumed):
             self._set_paused(False)
             self._notice(f"resumed at step {ev.step}")

@@ -1,0 +1,125 @@
+"""A source as documents, and where its validation part begins.
+
+Every text file, JSON line or Parquet row is one document. The first pass (`scan`) counts each file's
+documents and characters; the later passes (`split_stream`: the BPE's sample, the encoding) walk them again
+and say of each piece of text whether it is training or validation text.
+
+The validation part of a source is whole documents: the last ones, about `--val-fraction` of its characters
+(a document goes to validation when more than half of it lies past the split point; the first document always
+trains, the last always validates). A source that is a single document is cut inside it, at
+`int(chars * (1 - val_fraction))`: nanoGPT's own split of one text file, kept exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from .progress import Progress
+from .records import BadRecords, jsonl_texts, parquet_size, parquet_texts
+from .sources import CHUNK_CHARS, CharSet, Doc, Source, changed, doc_text, scan_text, stamp, unchanged
+
+DOC_START = None  # what split_stream yields in place of text where a document begins
+
+
+@dataclass
+class Reading:
+    """How records and text are read: prepare's --text-field, --skip-bad-records and --strip-gutenberg."""
+
+    text_field: str = "text"
+    skip_bad_records: bool = False
+    strip_gutenberg: bool = False
+
+
+def _texts(doc: Doc, reading: Reading, bad: BadRecords, progress: Progress | None) -> Iterator[str]:
+    if doc.kind == "jsonl":
+        return jsonl_texts(doc.path, reading.text_field, bad, progress)
+    return parquet_texts(doc.path, reading.text_field, bad, progress)
+
+
+def scan(doc: Doc, charset: CharSet | None, reading: Reading, progress: Progress) -> None:
+    """Pass 1 over one file: its documents and characters (and a text file's Gutenberg window); the characters
+    seen go into `charset`."""
+    doc.stamp = stamp(doc.path)
+    if doc.kind == "text":
+        scan_text(doc, charset, reading.strip_gutenberg, progress)
+        return
+    if doc.kind == "parquet":
+        doc.size = parquet_size(doc.path, reading.text_field)
+    bad = BadRecords(reading.skip_bad_records)
+    batch: list[str] = []  # CharSet.add costs per call: records are added a megabyte at a time
+    batch_chars = 0
+    for text in _texts(doc, reading, bad, progress):
+        if not text:
+            doc.empty += 1
+            continue
+        doc.count += 1
+        doc.chars += len(text)
+        if charset is not None:
+            batch.append(text)
+            batch_chars += len(text)
+            if batch_chars >= CHUNK_CHARS:
+                charset.add("".join(batch))
+                batch, batch_chars = [], 0
+    if charset is not None:
+        charset.add("".join(batch))
+    doc.bad, doc.first_bad = bad.count, bad.first
+    if doc.kind == "jsonl":
+        doc.size = bad.bytes  # a .zst may not record its size: the later passes' progress uses this count
+    doc.end = doc.chars
+
+
+def documents(doc: Doc, reading: Reading, progress: Progress | None) -> Iterator[tuple[int, Iterable[str]]]:
+    """Each document of a file with text, as (its characters, its text in pieces); UserError when the file is
+    not what the first pass read."""
+    if doc.kind == "text":
+        if doc.chars:
+            yield doc.chars, doc_text(doc, progress)
+        return
+    unchanged(doc)
+    seen = 0
+    for text in _texts(doc, reading, BadRecords(skip=True), progress):  # the first pass met every bad one
+        if text:
+            seen += 1
+            yield len(text), (text,)
+    unchanged(doc)
+    if seen != doc.count:
+        raise changed(doc, f"{seen:,} documents, the first pass read {doc.count:,}")
+
+
+def split_stream(source: Source, val_fraction: float, reading: Reading,
+                 progress: Progress | None) -> Iterator[tuple[str, str | None]]:
+    """('train' or 'val', text) for each piece of the source's text in order; (split, DOC_START) where a
+    document begins (the cut inside a single document begins one in 'val')."""
+    split = int(source.chars * (1 - val_fraction))
+    count = source.count
+    pos, k = 0, 0  # characters and documents before the current one
+    for doc in source.docs:
+        for chars, pieces in documents(doc, reading, progress):
+            if count == 1:
+                yield from _cut_inside(pieces, split)
+            else:
+                last = k == count - 1
+                name = "val" if last or (k > 0 and pos + chars / 2 >= split) else "train"
+                yield name, DOC_START
+                for text in pieces:
+                    yield name, text
+            pos += chars
+            k += 1
+
+
+def _cut_inside(pieces: Iterable[str], split: int) -> Iterator[tuple[str, str | None]]:
+    """The one document of a source, its first `split` characters training text and the rest validation."""
+    yield "train", DOC_START
+    pos, val_started = 0, False
+    for text in pieces:
+        head = text[: max(0, split - pos)]  # the whole text (no copy) while before the split
+        if head:
+            yield "train", head
+        tail = text[len(head) :]
+        if tail:
+            if not val_started:
+                yield "val", DOC_START
+                val_started = True
+            yield "val", tail
+        pos += len(text)

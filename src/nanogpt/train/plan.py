@@ -1,0 +1,238 @@
+"""`train --time`: the best run this machine can make from this text in the time given, planned before it starts.
+
+The plan is a rule applied to measurements, never a search during the user's run:
+- **Measured:** the step time of each candidate shape on this machine, on this run's hardware (device,
+  precision, CPU shards), by a short probe through the real `Stepper` (probe.py), cached per machine and shape.
+- **Tokens per parameter:** at a budget of D tokens, the largest candidate whose non-embedding parameters N
+  satisfy D >= TOKENS_PER_PARAM x N. Chinchilla's optimum is ~20 at 10^8+ parameters; at the sizes a CPU
+  trains in minutes, small models are slow per parameter and a larger model learns more per second, so the
+  ratio is lower (BENCHMARKS.md, bench/time_budget.py).
+- **Passes over the text:** at most MAX_PASSES passes. Past about four, repeated tokens are worth less than
+  new ones (Muennighoff et al. 2023) and a small model overfits a small text; so a small text gets a short,
+  smaller run, and the plan says so rather than burning the budget on overfitting.
+- **The schedule fills the time:** steps from the measured step time, less the evaluations' share; the loop
+  measures again once the first steps have run and moves the end (Budget), so WSD's decay lands on the end.
+
+Flags the user typed win: a typed shape keeps its values and the plan sizes the rest around it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from typing import NamedTuple
+
+from .. import config, data
+from ..errors import UserError
+from ..events import Replanned
+from ..runtime import fit as memory_fit
+from ..runtime import machine
+from ..schedule import decay_start, parse_duration
+
+# (layers, embedding width) from small to large; heads of 64 dimensions (32 below 128 wide)
+RUNGS = ((2, 64), (3, 96), (4, 128), (4, 192), (6, 256), (6, 384), (8, 512), (12, 768))
+TOKENS_PER_PARAM = 2.0
+MAX_PASSES = 8.0
+EVALUATIONS = 10  # validation losses over a timed run (and one at the end), so the best checkpoint is found
+MIN_STEPS = 100  # a candidate too slow for this many steps in the budget is not a plan
+EVAL_ITERS = 10  # batches per evaluation in a timed run, unless typed
+REESTIMATE_AFTER = 10  # steps before the loop first measures the step time again (warm-up and compiling over)
+OVERRUN = 0.08  # the loop stops (saving) past the budget by this share: a guard the re-estimate should never meet
+
+
+class Plan(NamedTuple):
+    model_cfg: config.ModelConfig
+    train_cfg: config.TrainConfig
+    line: str  # said before training
+
+
+def heads_for(n_embd: int) -> int:
+    return max(2, n_embd // 64) if n_embd >= 128 else max(2, n_embd // 32)
+
+
+def candidates(model_cfg: config.ModelConfig, typed: set[str]) -> list[config.ModelConfig]:
+    """The shapes to consider: the rungs, with every size the user typed kept as typed (once each)."""
+    found: dict[tuple[int, int, int], config.ModelConfig] = {}
+    for n_layer, n_embd in RUNGS:
+        shape = {"n_layer": n_layer, "n_embd": n_embd, "n_head": heads_for(n_embd)}
+        shape = {k: (getattr(model_cfg, k) if k in typed else v) for k, v in shape.items()}
+        if shape["n_embd"] % shape["n_head"]:
+            continue
+        cfg = dataclasses.replace(model_cfg, **shape)
+        found.setdefault((cfg.n_layer, cfg.n_embd, cfg.n_head), cfg)
+    return list(found.values())
+
+
+def non_embedding_params(cfg: config.ModelConfig) -> int:
+    """The blocks' parameters (Kaplan's N): what the tokens-per-parameter rule counts."""
+    return cfg.n_layer * (12 * cfg.n_embd**2 + 13 * cfg.n_embd)
+
+
+def steps_in(seconds: float, step_s: float, train_cfg: config.TrainConfig, evaluations: int = EVALUATIONS + 1) -> int:
+    """Steps that fit `seconds` with `evaluations` evaluations of eval_iters batches (a forward pass is about a
+    third of a training step's forward, backward and update)."""
+    eval_s = evaluations * train_cfg.eval_iters * step_s / 3 / max(1, train_cfg.grad_accum)
+    eval_s *= train_cfg.eval_batch_size / train_cfg.batch_size
+    return max(1, int((seconds - eval_s) / step_s))
+
+
+def choose(
+    budget_s: float,
+    shapes: list[config.ModelConfig],
+    step_s: list[float],
+    train_cfg: config.TrainConfig,
+    train_tokens: int,
+    world_size: int,
+) -> tuple[int, int, str]:
+    """The rule: (index of the chosen shape, its steps, why), from each shape's measured step time."""
+    best, why = 0, "the smallest shape: no larger one has the time"
+    steps_of = [steps_in(budget_s, t, train_cfg) for t in step_s]
+    for i, cfg in enumerate(shapes):
+        per_step = config.tokens_per_step(cfg, train_cfg, world_size)
+        tokens = min(steps_of[i] * per_step, MAX_PASSES * train_tokens)
+        if steps_of[i] >= MIN_STEPS and tokens >= TOKENS_PER_PARAM * non_embedding_params(cfg):
+            best = i
+    cfg = shapes[best]
+    per_step = config.tokens_per_step(cfg, train_cfg, world_size)
+    steps = steps_of[best]
+    passes_cap = max(1, int(MAX_PASSES * train_tokens / per_step))
+    if passes_cap < steps:
+        why = f"capped at {MAX_PASSES:g} passes over the text: more would overfit it; ends early"
+        steps = passes_cap
+    else:
+        why = f"{steps * per_step / max(1, non_embedding_params(cfg)):.1f} tokens per block parameter"
+    return best, steps, why
+
+
+def describe(budget: str, cfg: config.ModelConfig, t: config.TrainConfig, params: int, step_ms: float,
+             tokens: int, train_tokens: int, why: str) -> str:
+    return (
+        f"--time {budget} on this machine: {cfg.n_layer} layers x {cfg.n_embd} ({params / 1e6:.2f} M parameters, "
+        f"{cfg.n_head} heads), block {cfg.block_size}, batch {t.batch_size * t.grad_accum}, {t.optimizer}, "
+        f"{t.steps:,} steps at {step_ms:.0f} ms (~{tokens / 1e6:.1f} M tokens, {tokens / max(1, train_tokens):.1f} "
+        f"passes over the text); {why}"
+    )
+
+
+def timed_settings(train_cfg: config.TrainConfig, steps: int, step_s: float, typed: set[str]) -> config.TrainConfig:
+    """The training settings of the plan: its steps, a WSD schedule ending on them, evaluations spread over it."""
+    values: dict[str, object] = {"steps": steps, "plan_step_ms": round(step_s * 1000, 3)}
+    defaults = {"validation_interval": max(1, steps // EVALUATIONS), "eval_iters": EVAL_ITERS,
+                "lr_schedule": "wsd", "warmup_steps": min(train_cfg.warmup_steps, max(1, steps // 20)),
+                "save_interval": 0}
+    values.update({k: v for k, v in defaults.items() if k not in typed})
+    return dataclasses.replace(train_cfg, **values)
+
+
+def check_flags(train_cfg: config.TrainConfig, typed: set[str], resumed: bool) -> float | None:
+    """The budget in seconds (None without --time); a --time with --steps is refused: the plan sets the steps."""
+    if train_cfg.time is None or (resumed and "time" not in typed):
+        return None
+    if "steps" in typed:
+        raise UserError("--time plans the steps: give --time or --steps, not both")
+    return parse_duration(train_cfg.time)
+
+
+def fit(
+    budget_s: float,
+    model_cfg: config.ModelConfig,
+    train_cfg: config.TrainConfig,
+    tokens: data.TokenData,
+    hardware: machine.Hardware,
+    typed: set[str],
+) -> Plan:
+    """The plan for `budget_s` seconds: each candidate that fits in memory timed (probe.py, cached), smallest
+    first, until one is too slow for MIN_STEPS in the budget; then the rule (choose)."""
+    from . import probe  # builds models: imported when a run is planned, not to check flags
+
+    # the evaluations a timed run makes (EVAL_ITERS batches each, unless typed) are part of its time
+    train_cfg = dataclasses.replace(train_cfg, eval_iters=train_cfg.eval_iters if "eval_iters" in typed else EVAL_ITERS)
+    shapes, times = [], []
+    for cfg in candidates(model_cfg, typed):
+        try:
+            memory_fit.check_fits(cfg, train_cfg, hardware.device)  # unsharded: probe.py times an unsharded step
+        except UserError:
+            break
+        # the smallest shape is a plan with as few as MIN_STEPS / 10 steps; a larger one must manage MIN_STEPS
+        limit = budget_s / (MIN_STEPS if shapes else MIN_STEPS / 10)
+        seconds = probe.step_seconds(cfg, train_cfg, hardware, tokens, limit_s=limit)
+        if seconds is None:
+            break
+        shapes.append(cfg)
+        times.append(seconds)
+        if steps_in(budget_s, seconds, train_cfg) < MIN_STEPS:
+            break
+    if not shapes:
+        raise UserError(f"--time {train_cfg.time}: not even the smallest model does {MIN_STEPS // 10} steps in that "
+                        "time here; give more time")
+    train_tokens = len(tokens.train)
+    i, steps, why = choose(budget_s, shapes, times, train_cfg, train_tokens, hardware.world_size)
+    cfg = shapes[i]
+    timed = timed_settings(train_cfg, steps, times[i], typed)
+    per_step = config.tokens_per_step(cfg, timed, hardware.world_size)
+    line = describe(train_cfg.time or "", cfg, timed, cfg.parameter_count(), times[i] * 1000, steps * per_step,
+                    train_tokens, why)
+    return Plan(cfg, timed, line)
+
+
+class Budget:
+    """The loop's side of a timed run: the clock from its first step, the end moved once after the first steps
+    were measured, and a guard past the budget."""
+
+    def __init__(self, seconds: float, start_step: int, spread_evaluations: bool):
+        self.seconds, self.start_step = seconds, start_step
+        self.spread_evaluations = spread_evaluations  # the plan set --validation-interval: it follows the end
+        self.t0: float | None = None
+        self.last_estimate: int | None = None  # the step the end was last measured at
+
+    def settings(self, cfg: config.TrainConfig, steps: int) -> config.TrainConfig:
+        """`cfg` ending at `steps` instead, its evaluations spread over the new length when the plan set them."""
+        interval = max(1, steps // EVALUATIONS) if self.spread_evaluations else cfg.validation_interval
+        return dataclasses.replace(cfg, steps=steps, validation_interval=interval)
+
+    def keeps(self, step: int, cfg: config.TrainConfig) -> bool:
+        """Whether `step` is saved for itself: the last step before WSD's decay, the stable checkpoint from which
+        `--resume-training RUN --time 5m` extends the run with a new decay."""
+        return cfg.lr_schedule == "wsd" and step == decay_start(cfg.steps, cfg.decay_fraction) and step < cfg.steps
+
+    def started(self) -> None:
+        if self.t0 is None:
+            self.t0 = time.perf_counter()
+
+    def new_total(self, step: int, cfg: config.TrainConfig, step_s: float) -> int | None:
+        """The total that ends on the budget at `step_s`, the step time measured now, or None when the planned one
+        stays (within 2%). Asked REESTIMATE_AFTER steps in (compiling and warming up are over by then), and again
+        each evaluation interval until WSD's decay begins: moving the end is free in the stable phase, so a
+        machine that slows down or speeds up still gets its whole decay, landing on the budget."""
+        interval = max(REESTIMATE_AFTER, cfg.validation_interval)
+        if self.t0 is None or step - (self.last_estimate or self.start_step) < (
+            REESTIMATE_AFTER if self.last_estimate is None else interval
+        ):
+            return None
+        stable = cfg.lr_schedule != "wsd" or step < decay_start(cfg.steps, cfg.decay_fraction)
+        if not stable or not (step_s > 0 and math.isfinite(step_s)) or cfg.steps <= step:
+            return None
+        self.last_estimate = step
+        left = self.seconds - (time.perf_counter() - self.t0)
+        evaluations = math.ceil((EVALUATIONS + 1) * (cfg.steps - step) / cfg.steps)
+        new = step + max(1, min(steps_in(left, step_s, cfg, evaluations), 4 * (cfg.steps - step)))
+        if cfg.lr_schedule == "wsd":  # the decay may not start before now
+            new = max(new, math.ceil(step / (1 - cfg.decay_fraction)) + 1) if cfg.decay_fraction < 1 else new
+        return new if abs(new - cfg.steps) > max(1, cfg.steps // 50) else None
+
+    def follow(
+        self, step: int, cfg: config.TrainConfig, log: list[dict]
+    ) -> tuple[config.TrainConfig, Replanned] | None:
+        """After step `step`: the settings with the end moved (new_total, at the median of the last steps' times)
+        and the event that says so, or None."""
+        recent = [e["duration_ms"] for e in log[-REESTIMATE_AFTER:] if "duration_ms" in e]
+        step_ms = statistics.median(recent) if recent else 0.0
+        new = self.new_total(step, cfg, step_ms / 1000) if recent else None
+        if new is None:
+            return None
+        return self.settings(cfg, new), Replanned(step=step, total_steps=new, step_ms=step_ms)
+
+    def over(self) -> bool:
+        return self.t0 is not None and time.perf_counter() - self.t0 > self.seconds * (1 + OVERRUN)
