@@ -70,6 +70,8 @@ TINY = {
     "log_interval": 1,
     "validation_interval": 0,
     "warmup_steps": 5,
+    # nanoGPT's AdamW recipe: the CPU default preset's Muon one stays with any size flag (issue 34)
+    "optimizer": "adamw",
 }
 TINY_FLAGS = [
     "--layer-count",
@@ -89,6 +91,8 @@ TINY_FLAGS = [
     "--no-compile",
     "--dtype",
     "float32",
+    "--optimizer",
+    "adamw",
 ]
 
 

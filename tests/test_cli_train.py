@@ -318,7 +318,9 @@ def test_resume_with_more_steps_says_what_the_schedule_does(
     assert train(capsys, *common, *flags)[0] == 0
     resumed = tmp_path / "resumed"  # a folder of its own: tmp_path holds the first run's later steps
     start = str(tmp_path / f"model_step_{resume_at}")
-    code, out, err = train(capsys, "--resume-training", start, "--steps", "16", "--out-dir", str(resumed))
+    # --schedule-steps: a finished run extended keeps its schedule unless asked to stretch it (issue 34)
+    code, out, err = train(capsys, "--resume-training", start, "--steps", "16", "--schedule-steps", "16",
+                           "--out-dir", str(resumed))
     assert code == 0, err
     assert "note: resuming with a new schedule (--steps 8 -> 16)" in err and said in err
     # the same settings again (a checkpoint of the resumed run, into another new folder): nothing to say

@@ -233,12 +233,14 @@ def test_muon_on_two_processes_trains_like_one_with_twice_the_accumulation(
     # gradient before Muon's step, and its momentum buffers must cross world sizes in the checkpoint
     muon = ["--optimizer", "muon", "--lr-schedule", "wsd"]
     result = torchrun(2, ["--data-dir", str(shakespeare_dir), "--out-dir", str(tmp_path / "muon2"), *muon, *COMMON])
-    recipe = "recipe: Muon lr 0.02 (momentum 0.95) on the block matrices, AdamW lr 0.003 on the rest; wsd schedule"
+    # size flags keep the CPU preset's Muon recipe (issue 34): cpu-small's lr 0.03 and momentum 0.85
+    recipe = "recipe: Muon lr 0.03 (momentum 0.85) on the block matrices, AdamW lr 0.003 on the rest; wsd schedule"
     assert recipe in result.stdout
     single(shakespeare_dir, tmp_path / "muon1", grad_accum=2, optimizer="muon", lr_schedule="wsd")
     assert_same_run(tmp_path / "muon1" / f"model_step_{STEPS}", tmp_path / "muon2" / f"model_step_{STEPS}")
     # the 2-process checkpoint at step 3 goes on on one process (2 micro-batches a step) as the 1-process run did
-    resumed = single(shakespeare_dir, tmp_path / "resumed1", resume=tmp_path / "muon2" / "model_step_3")
+    resumed = single(shakespeare_dir, tmp_path / "resumed1", resume=tmp_path / "muon2" / "model_step_3",
+                     optimizer="muon")  # TINY names adamw
     assert resumed.train_cfg.grad_accum == 2 and resumed.train_cfg.optimizer == "muon"
     assert_same_run(tmp_path / "muon1" / f"model_step_{STEPS}", tmp_path / "resumed1" / f"model_step_{STEPS}")
 

@@ -269,7 +269,8 @@ def test_gpt2_streamed_pieces_equal_whole_encoding(tmp_path):
     text = shakespeare_text()
     text = text + gutenberg_book().replace("\r\n", "\n") + text
     (tmp_path / "big.txt").write_text(text, encoding="utf-8")
-    assert main(["prepare", str(tmp_path / "big.txt"), "--tokenizer", "gpt2", "--val-fraction", "0.05"]) == 0
+    assert main(["prepare", str(tmp_path / "big.txt"), "--tokenizer", "gpt2", "--val-fraction", "0.05",
+                 "--keep-gutenberg"]) == 0
     _, train, val = load(tmp_path / "data" / "big")
     enc = gpt2_encoding()
     split = int(len(text) * 0.95)
@@ -368,7 +369,8 @@ def test_mixology_percentages_must_sum_to_100(tmp_path, capsys):
 
 def test_strip_gutenberg(tmp_path):
     (tmp_path / "alice.txt").write_bytes(gutenberg_book().encode("utf-8"))  # CRLF, as gutenberg.org serves it
-    assert main([*CHAR_PREPARE, str(tmp_path / "alice.txt"), "--out-dir", str(tmp_path / "raw")]) == 0
+    assert main([*CHAR_PREPARE, str(tmp_path / "alice.txt"), "--out-dir", str(tmp_path / "raw"),
+                 "--keep-gutenberg"]) == 0
     assert (
         main(
             [
@@ -395,18 +397,29 @@ def test_strip_gutenberg(tmp_path):
     assert len(meta["itos"]) <= len(raw_meta["itos"])
 
 
-def test_a_raw_gutenberg_file_prepared_whole_says_how_to_drop_its_licence(tmp_path, capsys):
+def test_a_raw_gutenberg_file_is_stripped_by_default_and_a_kept_licence_warned_of(tmp_path, capsys):
+    # issue 34: the licence footer is the last tenth of the file, so kept it would be the validation part
     (tmp_path / "alice.txt").write_bytes(gutenberg_book().encode("utf-8"))
     (tmp_path / "plain.txt").write_text(shakespeare_text()[:20_000], encoding="utf-8")
-    assert main([*CHAR_PREPARE, str(tmp_path / "alice.txt"), "--out-dir", str(tmp_path / "raw")]) == 0
-    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
-    assert len(notes) == 1 and str(tmp_path / "alice.txt") in notes[0]
-    assert "Project Gutenberg header" in notes[0] and notes[0].endswith("add --strip-gutenberg to drop them")
-    # not said when it is stripped, nor for a text that has no header
-    stripped = tmp_path / "s"
-    assert main([*CHAR_PREPARE, str(tmp_path / "alice.txt"), "--out-dir", str(stripped), "--strip-gutenberg"]) == 0
+    assert main([*CHAR_PREPARE, str(tmp_path / "alice.txt"), "--out-dir", str(tmp_path / "default")]) == 0
+    err = capsys.readouterr().err
+    assert f"note: removed Project Gutenberg's licence header and footer from {tmp_path / 'alice.txt'}" in err
+    assert "warning" not in err
+    meta, _, val = load(tmp_path / "default")
+    assert "Gutenberg" not in decode_char(meta, val) and meta["strip_gutenberg"] is True
+    raw = ["--out-dir", str(tmp_path / "raw"), "--keep-gutenberg"]
+    assert main([*CHAR_PREPARE, str(tmp_path / "alice.txt"), *raw]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(tmp_path / "alice.txt") in warnings[0]
+    assert "of the validation part" in warnings[0] and "Project Gutenberg's licence" in warnings[0]
+    meta, _, val = load(tmp_path / "raw")
+    assert "Project Gutenberg" in decode_char(meta, val) and meta["strip_gutenberg"] is False
+    # nothing said of a text that has no header
     assert main([*CHAR_PREPARE, str(tmp_path / "plain.txt"), "--out-dir", str(tmp_path / "plain")]) == 0
-    assert "note:" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "note:" not in err and "warning:" not in err
+    code = main([*CHAR_PREPARE, str(tmp_path / "plain.txt"), "--strip-gutenberg", "--keep-gutenberg"])
+    assert code == 1 and "contradict each other" in capsys.readouterr().err
 
 
 # --- bad input ---------------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ each command names are the pages'.
 
 Left out, each for its reason (`skipped` says which):
 - the user's own text: a command naming my_text.txt, a mixology folder my_mix/, alice.txt or data/mine (what
-  the pages prepare from my_text.txt), and the commands after it in the same block, which build on what it
-  would have made; the test has no such text to give;
+  the pages prepare from my_text.txt), my_notes.txt or a config file of theirs (my_experiment.toml), and the
+  commands after it in the same block, which build on what it would have made; the test has no such text to give;
 - the trackers (--tensorboard, --wandb): optional extras, read by a second program (tensorboard, wandb sync);
 - every line that does not start with `nanogpt `: another program (pip, which would change the environment
   under test; llama-cli, ollama, tensorboard), a launcher (torchrun and srun start processes, which `main`
@@ -38,10 +38,12 @@ PAGES = {
     "docs/training.md": ["prepare", *["train"] * 9],
     "docs/generate-and-export.md": ["prepare", "train", *["generate"] * 4, *["export"] * 3],
     "docs/speed.md": ["train", "train"],
+    "docs/second-day.md": ["train", "train", "runs", "runs", "train"],
 }
 # pages linked before they land (written on a branch of their own): none now
 LANDING: set[str] = set()
-OWN_TEXT = ("my_text", "my_mix", "alice.txt", "data/mine", "my_books", "crawl.jsonl", "fineweb/", "dump.jsonl")
+OWN_TEXT = ("my_text", "my_mix", "alice.txt", "data/mine", "my_books", "crawl.jsonl", "fineweb/", "dump.jsonl",
+            "my_experiment.toml", "my_notes.txt")
 TRACKERS = ("--tensorboard", "--wandb")
 STEP_FLAGS = ("--steps", "--validation-interval", "--save-interval")
 

@@ -23,7 +23,7 @@ SUFFIXES = (".safetensors", ".config.json", ".training_log.json")
 TINY = {
     "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 4, "eval_iters": 2,
     "device": "cpu", "compile": False, "dtype": "float32", "warmup_steps": 5, "validation_interval": 0,
-    "tokens_to_generate": 40,
+    "tokens_to_generate": 40, "optimizer": "adamw",  # nanoGPT's recipe: size flags keep the preset's (issue 34)
 }
 
 
@@ -176,7 +176,9 @@ def test_last_step_saves_and_waits_for_q_then_resume_starts_paused_with_history(
     assert app.result.stem == stem
     first_losses = app.chart.train_losses
 
-    resumed = build_trainer({"steps": 40, "out_dir": str(tmp_path), "device": "cpu"}, resume=stem)
+    # --schedule-steps 40: stretched over the new length (a finished run extended keeps its schedule otherwise)
+    resumed = build_trainer({"steps": 40, "schedule_steps": 40, "out_dir": str(tmp_path), "device": "cpu"},
+                            resume=stem)
     app2 = TrainingApp(resumed, start_paused=True)
 
     async def second_run() -> None:

@@ -1,5 +1,5 @@
-"""`nanogpt prepare | train | generate | export | plot`: parse flags (flags.py), hand them to the module that
-does the work (train: train_command.py).
+"""`nanogpt prepare | train | generate | export | plot | runs`: parse flags (flags.py), hand them to the module
+that does the work (train: train_command.py).
 
 Mistakes a user can make raise `UserError`; here they become one line on stderr and exit code 1. A bare
 `nanogpt` prints the commands and exits 0 (it is a question, not a mistake).
@@ -179,9 +179,22 @@ def _out_of_memory(e: BaseException) -> bool:
     return "can't allocate memory" in text or "out of memory" in text.lower()
 
 
+def _cmd_runs(ns: argparse.Namespace) -> int:
+    from .store.listing import as_json, list_runs, table
+
+    rows = list_runs(ns.folder)
+    if ns.json:
+        print(json.dumps(as_json(rows), indent=1))
+    elif not rows:
+        print(f"no runs in {ns.folder} (a run is a folder of model_step_N checkpoints)", file=sys.stderr)
+    else:
+        print("\n".join(table(rows)))
+    return 0
+
+
 HANDLERS = {
     "prepare": _cmd_prepare, "train": _cmd_train, "generate": _cmd_generate, "export": _cmd_export,
-    "plot": _cmd_plot,
+    "plot": _cmd_plot, "runs": _cmd_runs,
 }
 
 

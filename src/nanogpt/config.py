@@ -96,6 +96,10 @@ class GenerateConfig:
     )
     prompt: str = opt("", "text to start from; \\n escapes are decoded (default: empty)")
     stop_at_end_of_text: bool = opt(True, "end a sample at <|endoftext|>, a document's end (gpt2 and bpe models)")
+    prompt_file: str | None = opt(
+        None, "read the text to start from from this file (UTF-8, taken as it is: no escapes decoded) instead of "
+        "--prompt"
+    )
     drop_unknown: bool = opt(
         False, "leave out the prompt's characters that a character-level model's vocabulary lacks, instead of "
         "refusing the prompt"
@@ -146,9 +150,10 @@ class TrainConfig:
     vocab_metadata: str | None = opt(None, "vocab.json describing the tokens (instead of --data-dir)")
     init_from: str | None = opt(
         None,
-        "start from these weights instead of random ones: a Hugging Face GPT-2 folder, a name in the Hugging "
-        "Face cache (gpt2, gpt2-medium, ...; never downloaded) or a nanoGPT ckpt.pt; the model takes their "
-        "shape (a smaller --block-size crops it); default preset: finetune",
+        "start from these weights instead of random ones: a run folder of ours (its best checkpoint) or a "
+        "checkpoint, a Hugging Face GPT-2 folder, a name in the Hugging Face cache (gpt2, gpt2-medium, ...; never "
+        "downloaded) or a nanoGPT ckpt.pt; the model takes their shape (a smaller --block-size crops it) and the "
+        "data must use their tokenizer (prepare --tokenizer-from); default preset: finetune",
         metavar="SOURCE",
     )
     # schedule
@@ -181,6 +186,11 @@ class TrainConfig:
     )
     decay_fraction: float = opt(0.5, "wsd: the share of the steps, at the end, that decay to --min-learning-rate")
     warmup_steps: int = opt(100, "linear warm-up steps")
+    schedule_steps: int | None = opt(
+        None, "steps the learning-rate schedule spans (default: --steps); past them the rate stays at its last "
+        "value. A resume that extends a finished run keeps the schedule it finished (no new warm-up or decay); "
+        "--schedule-steps N stretches it over N steps instead"
+    )
     weight_decay: float = opt(0.1, "AdamW weight decay (applied to matrices, not to biases/norms)")
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.99, "AdamW beta2")
@@ -241,6 +251,8 @@ class TrainConfig:
         for name in ("validation_interval", "validation_batch", "log_interval", "save_interval", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{flag_name(name)} must not be negative, got {getattr(self, name)}")
+        if self.schedule_steps is not None and self.schedule_steps < 1:
+            raise ConfigError(f"--schedule-steps must be a positive integer, got {self.schedule_steps}")
         if self.overfit_evaluations < 1:
             raise ConfigError(f"--overfit-evaluations must be at least 1, got {self.overfit_evaluations}")
         if self.eval_sample_tokens < 0:
@@ -313,9 +325,26 @@ class PrepareConfig:
         "data/tinyshakespeare for the bundled corpus)",
     )
     val_fraction: float = opt(0.1, "fraction of each source kept for validation (its last documents)")
-    strip_gutenberg: bool = opt(False, "remove Project Gutenberg headers and footers")
     text_field: str = opt("text", "JSON Lines field or Parquet column holding the text (a.b: nested)", metavar="NAME")
     skip_bad_records: bool = opt(False, "count and leave out bad JSON lines instead of stopping at the first one")
+    tokenizer_from: str | None = opt(
+        None, "encode with an existing tokenizer instead of choosing one: a run folder, a checkpoint, a prepared "
+        "folder or its vocab.json (so that a model can be fine-tuned on this text with --init-from); characters "
+        "a character vocabulary lacks are left out, and said", metavar="SOURCE"
+    )
+    strip_gutenberg: bool | None = opt(
+        None, "remove Project Gutenberg's licence header and footer (the default wherever their '*** START/END OF "
+        "... PROJECT GUTENBERG' lines are found; --keep-gutenberg keeps them)"
+    )
+    keep_gutenberg: bool = opt(
+        False, "keep Project Gutenberg's header and footer as text (the same as --no-strip-gutenberg); the "
+        "validation part, the end of each file, is then mostly licence"
+    )
+
+    @property
+    def strips_gutenberg(self) -> bool:
+        """Whether Gutenberg markers found are cut at: by default, unless --keep-gutenberg (--no-strip-gutenberg)."""
+        return self.strip_gutenberg is not False and not self.keep_gutenberg
 
     def validate(self) -> None:
         """Raise ConfigError with one clear line if a setting is impossible."""
@@ -324,10 +353,14 @@ class PrepareConfig:
         if self.tokenizer not in TOKENIZERS:
             raise ConfigError(f"unknown tokenizer {self.tokenizer!r}: choose {' or '.join(TOKENIZERS)}")
         if self.vocab_size is not None:
+            if self.tokenizer_from is not None:
+                raise ConfigError("--vocab-size and --tokenizer-from: the reused tokenizer's size is fixed")
             if self.tokenizer != "bpe":
                 raise ConfigError(f"--vocab-size is for --tokenizer bpe (the {self.tokenizer} vocabulary is fixed)")
             if type(self.vocab_size) is not int or not MIN_BPE_VOCAB <= self.vocab_size <= MAX_BPE_VOCAB:
                 raise ConfigError(f"--vocab-size must be {MIN_BPE_VOCAB} to {MAX_BPE_VOCAB:,}, got {self.vocab_size}")
+        if self.strip_gutenberg and self.keep_gutenberg:
+            raise ConfigError("--strip-gutenberg and --keep-gutenberg contradict each other: give one")
         if not (isinstance(self.val_fraction, (int, float)) and 0 < self.val_fraction < 1):
             raise ConfigError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
 

@@ -38,6 +38,7 @@ class RunStarted:
     train_tokens: int = 0  # tokens in the training split: one epoch
     notes: tuple[str, ...] = ()  # what building the run has to tell the user (a front end shows them first)
     resumed_from: str | None = None  # the checkpoint a resumed run continues (its last one until it saves)
+    origin: str = ""  # a new run's preset and what was typed over it ("preset cpu-small; changed: ...")
 
 
 @dataclass(frozen=True)

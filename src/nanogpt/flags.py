@@ -1,4 +1,4 @@
-"""The command line's parser: `nanogpt prepare | train | generate | export | plot` and their flags.
+"""The command line's parser: `nanogpt prepare | train | generate | export | plot | runs` and their flags.
 
 Train, prepare and generate flags come from the fields of `ModelConfig`, `TrainConfig`, `PrepareConfig` and
 `GenerateConfig` (config.py): a setting's flag, help text and saved name never drift apart. Every such flag
@@ -201,6 +201,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "Shakespeare; with no preset and no size flags it uses cpu-small on CPU/MPS and baby-gpt on CUDA.",
     )
     t.add_argument(
+        "--config", default=None, metavar="FILE", help="read settings from FILE: a TOML file whose keys are these "
+        "flags without their dashes (eval_iters = 40), or a run's saved model_step_N.config.json to train it "
+        "again; flags typed here win"
+    )
+    t.add_argument(
         "--preset", default=None, choices=list(PRESETS), help="model size and schedule in one go; explicit flags win"
     )
     t.add_argument(
@@ -218,8 +223,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument(
         "--reprobe-dtype", action="store_true", help="--dtype auto on a CPU: time the step in float32 and bfloat16 "
-        "again instead of reusing the cached verdict (one measured on a busy machine, or a near tie, is timed "
-        "again anyway; NANOGPT_REPROBE_DTYPE=1 does the same)"
+        "again instead of reusing the cached verdict, which otherwise stays (a near tie or a busy machine gave "
+        "float32); NANOGPT_REPROBE_DTYPE=1 does the same"
     )
     t.add_argument(
         "--compare", default=None, metavar="STEM", help="the UI draws this earlier run's curves faintly beside the "
@@ -260,6 +265,15 @@ def _add_export_and_plot(sub: argparse._SubParsersAction) -> None:
     pl.add_argument("-o", "--output", required=True, metavar="FILE", help="the image to write: .png or .svg")
     pl.add_argument("--size", default="1000x600", metavar="WxH", help="image size in pixels (default: 1000x600)")
     pl.add_argument("--metric", choices=("loss", "bpb"), default="loss", help="y axis: loss, or bpb (bits per byte)")
+    r = sub.add_parser(
+        "runs",
+        help="list the runs in a folder, newest first: preset or shape, tokenizer, steps, best validation, time",
+        description="List the runs (folders of checkpoints) in FOLDER, its sub-folders and theirs, newest first: "
+        "one line each with its preset (and how many settings were changed) or shape, tokenizer, steps done, "
+        "best validation (bits per byte) and the step it was reached at, time trained, and when it was saved.",
+    )
+    r.add_argument("folder", nargs="?", default=".", metavar="FOLDER", help="where to look (default: .)")
+    r.add_argument("--json", action="store_true", help="one JSON list for scripts, every field of every run")
 
 
 def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

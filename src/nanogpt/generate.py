@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from .config import GenerateConfig
 from .data import read_vocab
 from .errors import UserError
+from .store.files import check_size
 from .inference import CapturedStep, Decoder
 from .model import GPT
 from .runtime.machine import aten_kernels
@@ -260,6 +261,25 @@ def _known_prompt(tokenizer: Tokenizer, text: str, drop: bool) -> str:
     return "".join(c for c in text if c not in set(missing))
 
 
+PROMPT_FILE_LIMIT = 16 << 20  # far beyond any context window; a prompt is cropped to the last block anyway
+
+
+def _prompt_text(s: GenerateConfig) -> str:
+    """The prompt: --prompt with its escapes decoded, or the text of --prompt-file as it is (not both)."""
+    if s.prompt_file is None:
+        return decode_escapes(s.prompt)
+    if s.prompt:
+        raise UserError("give --prompt or --prompt-file, not both")
+    path = Path(s.prompt_file)
+    if not path.is_file():
+        raise UserError(f"prompt file not found: {path}" if not path.exists() else f"prompt file {path} is not a file")
+    check_size(path, "prompt file", PROMPT_FILE_LIMIT)
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"prompt file {path} is not UTF-8 text (byte {e.start})") from None
+
+
 def generate_cli(stem: str, settings: GenerateConfig | None = None) -> int:
     """`nanogpt generate`: load checkpoint `stem`, stream prompt + generated text to stdout; returns 0."""
     from .checkpoint import load_model
@@ -267,6 +287,7 @@ def generate_cli(stem: str, settings: GenerateConfig | None = None) -> int:
 
     s = settings if settings is not None else GenerateConfig()
     s.validate()
+    prompt = _prompt_text(s)  # a missing file is said before the model is loaded
     dev = resolve_device(s.device)
     model, meta = load_model(stem, dev)
     s.validate(model.config.block_size)
@@ -277,7 +298,7 @@ def generate_cli(stem: str, settings: GenerateConfig | None = None) -> int:
             f"the vocabulary has {tokenizer.vocab_size} tokens but the model was trained on "
             f"{model.config.vocab_size}"
         )
-    text = _known_prompt(tokenizer, decode_escapes(s.prompt), s.drop_unknown)
+    text = _known_prompt(tokenizer, prompt, s.drop_unknown)
     ids = start_ids(tokenizer, text)
     seed = s.seed
     if seed == 0:

@@ -97,6 +97,8 @@ class _Printer:
                 self.line(f"data: {data_use(event)}")
             for hint in hints(event):
                 self.line(f"note: {hint}")
+            if event.origin:
+                self.line(event.origin)
             self.line(f"recipe: {_recipe(event.train)}")
             if self.progress is not None:
                 self.task = self.progress.add_task(

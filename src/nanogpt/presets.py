@@ -159,14 +159,7 @@ def resolve(
     Raises ConfigError for an unknown preset, an unknown field, or invalid values.
     """
     model_cfg, train_cfg = base if base is not None else (ModelConfig(), TrainConfig())
-    values: dict[str, Any] = {}
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-        values.update(PRESETS[preset])
-        if overrides.get("optimizer") == "adamw" and preset in ADAMW_RECIPES:
-            values.update(ADAMW_RECIPES[preset])  # nanoGPT's recipe, not the one tuned for Muon; typed flags win
-    values.update(overrides)
+    values = {**preset_values(preset, overrides), **overrides}
     unknown = set(values) - MODEL_FIELDS - TRAIN_FIELDS
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
@@ -175,6 +168,19 @@ def resolve(
     model_cfg.validate()
     train_cfg.validate()
     return model_cfg, train_cfg
+
+
+def preset_values(preset: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """What `preset` sets, given the flags typed: `--optimizer adamw` on a preset tuned for Muon puts back
+    nanoGPT's recipe (ADAMW_RECIPES), not only the optimizer."""
+    if preset is None:
+        return {}
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    values = dict(PRESETS[preset])
+    if overrides.get("optimizer") == "adamw" and preset in ADAMW_RECIPES:
+        values.update(ADAMW_RECIPES[preset])  # nanoGPT's recipe, not the one tuned for Muon; typed flags win
+    return values
 
 
 def check_new_run(overrides: dict[str, Any], preset: str | None) -> None:
@@ -187,9 +193,7 @@ def check_new_run(overrides: dict[str, Any], preset: str | None) -> None:
         candidates: list[str | None] = [preset]
     elif overrides.get("init_from"):
         candidates = ["finetune"]
-    elif any(k in overrides for k in ("n_layer", "n_head", "n_embd", "block_size")):
-        candidates = [None]
-    else:
+    else:  # size flags change a default preset's shape and keep its recipe
         candidates = list(dict.fromkeys(default_preset(d) for d in ("cpu", "cuda")))
     errors = []
     for name in candidates:

@@ -23,8 +23,22 @@ def overrides_of(ns: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(ns, name) for name in names if hasattr(ns, name)}
 
 
+def with_config_file(ns: argparse.Namespace) -> argparse.Namespace:
+    """`ns` with the settings of `--config FILE` laid under the flags typed (config_file.py)."""
+    if getattr(ns, "config", None) is None:
+        return ns
+    from .config_file import merge, read_config_file
+    from .flags import build_parser, subparsers
+
+    parser = subparsers(build_parser())["train"]
+    defaults = {a.dest: a.default for a in parser._actions if a.default is not argparse.SUPPRESS}
+    merge(ns, read_config_file(ns.config, parser), defaults)
+    return ns
+
+
 def train(ns: argparse.Namespace) -> int:
     """Run `nanogpt train` to its end; the process exit code."""
+    ns = with_config_file(ns)
     overrides = overrides_of(ns)
     if ns.resume_training is None:  # a resume's settings are its checkpoint's: checked once it is read
         check_new_run(overrides, ns.preset)  # before the data is prepared or torch imported (seconds)

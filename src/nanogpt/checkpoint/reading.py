@@ -184,6 +184,7 @@ class Checkpoint:
     scaler: dict[str, Any] | None  # the float16 GradScaler's state
     log: list[dict[str, Any]]  # the training log up to `step`
     optimizer_tensors: dict[str, torch.Tensor]  # for load_optimizer
+    lineage: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # lineage.py: how it came to be
 
     @property
     def weights(self) -> Path:
@@ -214,6 +215,8 @@ def read(stem: str | Path) -> Checkpoint:
         scaler=state.get("scaler") or None,
         log=[e for e in read_log(stem) if e["step"] <= step],
         optimizer_tensors=tensors,
+        lineage=[e for e in meta.get("lineage", []) if isinstance(e, dict)] if isinstance(meta.get("lineage"), list)
+        else [],
     )
 
 

@@ -33,6 +33,7 @@ def save(
     optimizer_tensors: dict[str, torch.Tensor],
     resume_state: dict[str, Any],
     weights: dict[str, torch.Tensor] | None = None,
+    lineage: list[dict[str, Any]] | None = None,
 ) -> tuple[str, ...]:
     """Write checkpoint `stem` as one unit (its five files in WRITE_ORDER, then the manifest); returns the paths.
 
@@ -51,6 +52,8 @@ def save(
         "train": to_dict(train_cfg),
         "tokenizer": tokenizer_meta,
     }
+    if lineage:  # how the weights came to be (lineage.py); the first start's preset and changes, for `runs`
+        config.update(preset=lineage[0].get("preset"), changed=lineage[0].get("changed"), lineage=lineage)
     contents: dict[str, tuple[Any, ...]] = {
         ".resume.safetensors": (write_tensors, optimizer_tensors, {"format": "nanogpt-resume"}),
         ".resume.json": (write_json, {"format": FORMAT, "step": step, **resume_state}),

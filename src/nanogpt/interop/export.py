@@ -25,6 +25,7 @@ from . import hf
 from ..store.atomic import temp_folder, write_failure
 from ..config import ModelConfig, TrainConfig, field_flag, tokens_per_step
 from ..errors import UserError
+from .. import lineage
 from ..tokenizers import from_meta
 
 
@@ -101,6 +102,19 @@ def train_command(model_cfg: ModelConfig, train_cfg: TrainConfig) -> str:
     return " ".join(words)
 
 
+def _commands(meta: dict[str, Any], model_cfg: ModelConfig, train_cfg: TrainConfig) -> str:
+    """The commands that made the weights: each start of the run's lineage (a new run or --init-from, then each
+    resume, dated); for a checkpoint saved before lineage was kept, the one command of its final settings."""
+    history = lineage.read(meta)
+    if not history:
+        return train_command(model_cfg, train_cfg)
+    what = {"new": "a new run", "init-from": "a new run from other weights", "resume": "resumed"}
+    return "\n".join(
+        f"# {e.get('date', '')}: {what.get(str(e.get('start')), 'started')} at step {e.get('at_step', 0)}\n"
+        + lineage.command(e) for e in history
+    )
+
+
 def model_card(
     stem: Path,
     meta: dict[str, Any],
@@ -142,7 +156,7 @@ checkpoint `{stem.name}` (step {step}) as a Hugging Face GPT-2 folder.
 ## Trained with
 
 ```bash
-{train_command(model_cfg, train_cfg)}
+{_commands(meta, model_cfg, train_cfg)}
 ```
 
 ## Use

@@ -73,6 +73,9 @@ _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 def load_source(source: str) -> Imported:
     """Read `--init-from SOURCE`: a nanoGPT ckpt.pt, a Hugging Face GPT-2 folder, or a cached hub name."""
     path = Path(os.path.expanduser(source))  # os.path leaves ~nobody as it is; pathlib raises RuntimeError
+    ours = read_own_run(path)
+    if ours is not None:
+        return ours
     if path.is_file():
         return read_nanogpt_ckpt(path)
     if path.is_dir():
@@ -92,6 +95,30 @@ def load_source(source: str) -> Imported:
             f"models--{source.replace('/', '--')} folder into {cache} here (or set HF_HOME)"
         )
     raise UserError(f"--init-from {source}: no such file or folder")
+
+
+def read_own_run(path: Path) -> Imported | None:
+    """A checkpoint of ours (a stem, one of its files, or a run folder: its best by validation loss) as weights
+    to start from, with its tokenizer; None when `path` is none of these."""
+    from ..store import runs
+
+    stem = checkpoint.stem_of(path)
+    if path.is_dir():
+        if not runs.sets_in(path).whole:
+            return None
+        stem = runs.pick(path, best=True)[0]
+    elif not stem.with_name(stem.name + ".config.json").is_file():
+        return None
+    model, meta = checkpoint.load_model(stem)
+    cfg, tok = model.config, meta["tokenizer"]
+    fields = {k: getattr(cfg, k) for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias",
+                                           "activation")}
+    kind = tok.get("tokenizer")
+    return Imported(
+        source=str(stem), fields=fields, tensors=checkpoint.model_tensors(model),
+        tokenizer="gpt2" if kind == "gpt2" else None, itos=tok.get("itos") if kind == "char" else None,
+        bpe=bpe_model_key(tok) if kind == "bpe" else None,
+    )
 
 
 def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:

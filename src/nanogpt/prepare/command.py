@@ -13,6 +13,7 @@ files removed, one line, exit 1); what a kill -9 leaves is removed by the next p
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import json
 import os
@@ -32,13 +33,13 @@ from ..config import PrepareConfig
 from ..errors import UserError
 from ..store.files import cache_dir, listing, read_json
 from ..store.locks import Claim, hold
-from ..tokenizers import GPT2_EOT, TOKENIZERS, CharTokenizer, GPT2Tokenizer, default_bpe_vocab_size, token_dtype
-from .bpe import Learned, learn_bpe
+from ..tokenizers import TOKENIZERS, default_bpe_vocab_size, token_dtype
 from .documents import Reading
 from .encode import Encoder, Part, copy_prefix, shares
 from .inputs import source_name
 from .passes import SPLITS, encode_pass, read_pass
 from .progress import Progress
+from .reuse import reused_tokenizer, tokenizer_for
 from .report import DEFAULT_TOKENIZER, summary
 from .sources import Source, find_sources
 
@@ -96,17 +97,15 @@ def _run(path: Path, out: Path, cfg: PrepareConfig, report: TextIO, shown: str, 
     encoder: Encoder | None = None
     claim = _claim_folder(out, held)
     try:
-        reading = Reading(cfg.text_field, cfg.skip_bad_records, cfg.strip_gutenberg)
-        itos = read_pass(sources, path, reading, cfg.tokenizer, progress)
+        reading = Reading(cfg.text_field, cfg.skip_bad_records, cfg.strips_gutenberg)
+        reused = reused_tokenizer(cfg.tokenizer_from) if cfg.tokenizer_from is not None else None
+        cfg = dataclasses.replace(cfg, tokenizer=reused[0].name) if reused is not None else cfg
+        itos = read_pass(sources, path, reading, cfg.tokenizer, progress, cfg.val_fraction, cfg.strip_gutenberg is True)
         # the BPE is learnt before anything is encoded, from the training parts only
-        learned = (learn_bpe(sources, cfg.val_fraction, cfg.vocab_size, reading, progress)
-                   if cfg.tokenizer == "bpe" else None)
-        tok_meta = _tokenizer_meta(itos, learned)
-        dtype = token_dtype(tok_meta["vocab_size"])
-        eot = GPT2_EOT if cfg.tokenizer == "gpt2" else learned.tokenizer.eot if learned else None
-        encoder = Encoder(cfg.tokenizer, itos, dtype, bpe=learned.tokenizer if learned else None, eot=eot)
+        tok_meta, encoder = tokenizer_for(sources, cfg, itos, reused, reading, progress)
         encode_pass(sources, parts, out, cfg.val_fraction, reading, encoder, progress, temps)
         take = _take(sources, parts, cfg.val_fraction)
+        dtype = token_dtype(tok_meta["vocab_size"])
         itemsize = np.dtype(dtype).itemsize
         finals = {name: _join([p[name] for p in parts], take[name], out, name, itemsize, temps) for name in SPLITS}
         meta = _metadata(sources, parts, take, tok_meta, dtype, cfg, shown)
@@ -203,22 +202,6 @@ def _join(parts: list[Part], take: list[int], out: Path, name: str, itemsize: in
     return tmp
 
 
-def _tokenizer_meta(itos: list[str] | None, learned: Learned | None) -> dict[str, Any]:
-    """The tokenizer's part of vocab.json (the same a checkpoint stores); a BPE's says how it was learnt."""
-    if itos is not None:
-        return CharTokenizer(itos).to_meta()
-    if learned is None:
-        return {**GPT2Tokenizer().to_meta(), "eot_token": GPT2_EOT}
-    eot = {} if learned.tokenizer.eot is None else {"eot_token": learned.tokenizer.eot}
-    return {
-        **learned.tokenizer.to_meta(),
-        **eot,
-        "bpe_sample_chars": learned.sample_chars,
-        "bpe_train_chars": learned.train_chars,
-        "bpe_vocab_size_chosen": learned.chosen,
-    }
-
-
 def _metadata(
     sources: list[Source],
     parts: list[dict[str, Part]],
@@ -235,7 +218,7 @@ def _metadata(
         train_tokens=train_total,
         val_tokens=val_total,
         val_fraction=cfg.val_fraction,
-        strip_gutenberg=cfg.strip_gutenberg,
+        strip_gutenberg=cfg.strips_gutenberg,
         source=shown,
     )
     if any(d.kind != "text" for s in sources for d in s.docs):

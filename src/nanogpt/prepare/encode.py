@@ -113,13 +113,14 @@ class Encoder:
     """
 
     def __init__(self, tokenizer: str, itos: list[str] | None, dtype: str, bpe: BpeTokenizer | None = None,
-                 eot: int | None = None):
+                 eot: int | None = None, drop: dict[int, None] | None = None):
         self.tokenizer = tokenizer
         self.eot = eot  # the id written between documents (GPT-2's <|endoftext|>, a learned BPE's), or None
         self.np_dtype = np.dtype(dtype).newbyteorder("<")
         self.pending: collections.deque[tuple[Part, Future | np.ndarray]] = collections.deque()
         self.disk = _DiskWriter()
         self.pool: ThreadPoolExecutor | None = None
+        self.drop = drop or None  # a reused character vocabulary: the text's characters it lacks (str.translate)
         if tokenizer == "char":
             assert itos is not None
             self._char_tables(itos)
@@ -189,6 +190,7 @@ class Encoder:
         if not text:
             return
         if self.tokenizer == "char":
+            text = text.translate(self.drop) if self.drop else text
             self._write_char(part, text)
             return
         part.buf += text

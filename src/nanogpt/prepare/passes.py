@@ -16,9 +16,10 @@ from .sources import CharSet, Source
 SPLITS = ("train", "val")
 
 
-def read_pass(sources: list[Source], path: Path, reading: Reading, tokenizer: str,
-              progress: Progress) -> list[str] | None:
-    """Pass 1: each file's documents, length and Gutenberg window; returns the char vocabulary (None for a BPE)."""
+def read_pass(sources: list[Source], path: Path, reading: Reading, tokenizer: str, progress: Progress,
+              val_fraction: float = 0.1, asked_strip: bool = False) -> list[str] | None:
+    """Pass 1: each file's documents, length and Gutenberg window; returns the char vocabulary (None for a BPE).
+    `asked_strip`: --strip-gutenberg typed (a file without markers is then named)."""
     docs = [d for s in sources for d in s.docs]
     charset = CharSet() if tokenizer == "char" else None
     progress.start("reading", sum(d.size for d in docs))
@@ -28,27 +29,40 @@ def read_pass(sources: list[Source], path: Path, reading: Reading, tokenizer: st
     for s in sources:
         s.chars = sum(d.chars for d in s.docs)
         for d in s.docs:
-            _notes(d, reading.strip_gutenberg)
+            if d.bad:
+                print(f"note: left out {d.bad:,} bad record(s) of {d.path}; the first: {d.first_bad}", file=sys.stderr)
         if s.chars == 0:
             what = f"{path / s.label}" if path.is_dir() and s.label != path.name + "/" else str(path)
-            raise UserError(f"{what} has no text" + (" left after --strip-gutenberg" if reading.strip_gutenberg
-                                                     else ""))
+            raise UserError(f"{what} has no text" + (" left without its Project Gutenberg header and footer"
+                                                     if any(d.stripped for d in s.docs) else ""))
+    gutenberg_notes(sources, val_fraction, asked_strip)
     if charset is not None and any(s.count > 1 for s in sources):
         charset.add("\n")  # char separates documents with a line break (encode.py): it needs one in any case
     return charset.chars() if charset is not None else None
 
 
-def _notes(d, strip: bool) -> None:
-    if strip and d.kind == "text" and not d.stripped:
-        print(f"note: no Project Gutenberg header or footer found in {d.path}; kept it whole", file=sys.stderr)
-    if d.gutenberg:  # the licence would be trained on, silently
-        print(
-            f"note: {d.path} has a Project Gutenberg header ('*** START OF ... PROJECT GUTENBERG ...'); "
-            "its licence header and footer are kept as text: add --strip-gutenberg to drop them",
-            file=sys.stderr,
-        )
-    if d.bad:
-        print(f"note: left out {d.bad:,} bad record(s) of {d.path}; the first: {d.first_bad}", file=sys.stderr)
+def gutenberg_notes(sources: list[Source], val_fraction: float, asked_strip: bool) -> None:
+    """Say what was done with Project Gutenberg's licence text, and warn when the validation part, the end of each
+    source, is mostly licence (kept with --keep-gutenberg): validation would measure the licence, not the book."""
+    docs = [d for s in sources for d in s.docs if d.kind == "text"]
+    stripped = [d for d in docs if d.stripped]
+    if stripped:
+        which = str(stripped[0].path) if len(stripped) == 1 else f"{len(stripped)} files"
+        print(f"note: removed Project Gutenberg's licence header and footer from {which} (--keep-gutenberg keeps "
+              "them)", file=sys.stderr)
+    if asked_strip:  # asked for by name: say where there was nothing to remove
+        for d in (d for d in docs if not d.stripped):
+            print(f"note: no Project Gutenberg header or footer found in {d.path}; kept it whole", file=sys.stderr)
+    for s in sources:
+        last = s.docs[-1]  # the validation part is the end of the source's last files
+        val_chars = max(1, int(s.chars * val_fraction))
+        if last.footer_at is None or last.footer_at >= last.end:
+            continue
+        share = (last.end - max(last.footer_at, last.end - val_chars)) / val_chars
+        if share > 0.1:
+            print(f"warning: {share:.0%} of the validation part of {last.path} is Project Gutenberg's licence (the "
+                  "text after its END line): its validation loss would measure the licence; prepare it without "
+                  "--keep-gutenberg", file=sys.stderr)
 
 
 def encode_pass(sources: list[Source], parts: list[dict[str, Part]], out: Path, val_fraction: float,

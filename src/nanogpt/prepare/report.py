@@ -36,14 +36,16 @@ def summary(stream: TextIO, meta: dict[str, Any], out: Path, mixology: bool) -> 
         console.print(table)
     for s in meta["sources"]:
         console.print(held(s), markup=False)
-    if meta["tokenizer"] == "bpe":
+    if meta["tokenizer"] == "bpe" and "tokenizer_from" not in meta:
         console.print(summary_line(meta), markup=False)
     console.print(
         f"wrote {out / 'train.bin'} ({meta['train_tokens']:,} tokens), {out / 'val.bin'} ({meta['val_tokens']:,} "
         f"tokens) and {out / 'vocab.json'} ({meta['tokenizer']}, vocab size {meta['vocab_size']:,}, {meta['dtype']})",
         markup=False,
     )
-    console.print(tokenizer_note(meta["tokenizer"]), markup=False)
+    reused = meta.get("tokenizer_from")
+    console.print(f"tokenizer: {meta['tokenizer']}, {reused}'s" if reused else tokenizer_note(meta["tokenizer"]),
+                  markup=False)
 
 
 def tokenizer_note(tokenizer: str) -> str:

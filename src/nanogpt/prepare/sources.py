@@ -49,7 +49,8 @@ class Doc:
     begin: int = 0
     end: int = 0
     stripped: bool = False
-    gutenberg: bool = False  # without --strip-gutenberg: a START marker was seen in its first chunk
+    gutenberg: bool = False  # kept (--keep-gutenberg): a START marker was seen in its first chunk
+    footer_at: int | None = None  # kept: where its END marker line starts, in characters
     stamp: tuple[int, int] = (0, 0)  # its size and modification time when the first pass read it
 
 
@@ -285,8 +286,11 @@ def scan_text(doc: Doc, charset: CharSet | None, strip: bool, progress: Progress
             local.add(piece)
 
     for chunk in read_chunks(doc.path, progress):
-        if not strip and pos == 0:  # a raw Gutenberg file's header is in its first chunk
-            doc.gutenberg = any(m.group(1).upper() == "START" for m in _GUTENBERG.finditer(chunk))
+        if not strip:  # a raw Gutenberg file's header is in its first chunk; its footer follows the END line
+            markers = [(m.group(1).upper(), pos + m.start()) for m in _GUTENBERG.finditer(chunk)]
+            doc.gutenberg = doc.gutenberg or (pos == 0 and any(kind == "START" for kind, _ in markers))
+            ends = [at for kind, at in markers if kind == "END"]
+            doc.footer_at = ends[0] if doc.footer_at is None and ends else doc.footer_at
         if strip:  # markers are whole lines: look at complete lines only
             chunk = carry + chunk
             cut = chunk.rfind("\n") + 1

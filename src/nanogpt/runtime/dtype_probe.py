@@ -7,9 +7,10 @@ per-call batch and times forward + backward in float32 and under bfloat16 autoca
 few), and picks bfloat16 only where the step is clearly faster. The optimizer's update is float32 either
 way, so it is left out. The verdict is cached per CPU model, torch version, thread count and shape in
 `<cache root>/dtype_probe.json` (the cache root of `files.cache_dir`), so a later run decides without
-measuring; but a verdict measured on a busy machine, or a near tie, is measured again by the next run (a
-busy machine's timings say little, and a near tie can go either way), and `train --reprobe-dtype`
-(or NANOGPT_REPROBE_DTYPE=1) measures again in any case. A dtype the user names is used as given.
+measuring, and keeps deciding alike until `train --reprobe-dtype` (or NANOGPT_REPROBE_DTYPE=1) measures again:
+runs of one shape never differ in precision by chance. Where the timings cannot be trusted to stay on one side
+(a near tie, or a machine busy while measuring) the verdict is float32, the safe and reproducible side. A dtype
+the user names is used as given.
 
 `runtime.resolve_hardware` calls `resolve_cpu_dtype("auto", StepShape.of(...), ...)` only where the CPU has
 native bfloat16 at all (elsewhere float32 needs no measuring), with the threads the run's step will use.
@@ -37,8 +38,8 @@ NAMED = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.
 # bfloat16 must beat float32 by this factor: a near tie is not worth bfloat16's coarser arithmetic
 MARGIN = 0.9
 MAX_TOKENS = 4096  # a bigger per-call batch is probed at this many tokens: the ratio is what counts
-NEAR_TIE = 0.1  # a cached bfloat16/float32 ratio this close to MARGIN is measured again
-BUSY = 0.5  # runnable tasks besides this process, per core (1-min load average), above which it is measured again
+NEAR_TIE = 0.1  # a bfloat16/float32 ratio this close to MARGIN is a near tie: float32
+BUSY = 0.5  # runnable tasks besides this process, per core (1-min load average), above which timings say little
 REPROBE_ENV = "NANOGPT_REPROBE_DTYPE"  # an alias of --reprobe-dtype (machine.ProcessOptions)
 
 
@@ -51,7 +52,7 @@ class ProbeResult:
     float32_ms: float | None = None  # forward + backward of one call, in float32
     bfloat16_ms: float | None = None  # the same under bfloat16 autocast
     cache_path: Path | None = None
-    recheck: str = ""  # why the next run measures again (a busy machine, a near tie); "" when it will not
+    recheck: str = ""  # why float32 was kept though bfloat16 timed faster (a busy machine, a near tie), or ""
 
 
 @dataclass(frozen=True)
@@ -196,14 +197,16 @@ def _verdict(
     path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / CACHE_FILE
     entries = _read(path)
     hit = entries.get(key)
-    if isinstance(hit, dict) and hit.get("dtype") in ("float32", "bfloat16") and not _recheck(hit) and not reprobe:
-        return ProbeResult(NAMED[hit["dtype"]], "cached", hit.get("float32_ms"), hit.get("bfloat16_ms"), path)
+    if isinstance(hit, dict) and hit.get("dtype") in ("float32", "bfloat16") and not reprobe:
+        why = hit.get("why") if isinstance(hit.get("why"), str) else ""
+        return ProbeResult(NAMED[hit["dtype"]], "cached", hit.get("float32_ms"), hit.get("bfloat16_ms"), path, why)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     f32, bf16 = measure_both()
-    dtype = "bfloat16" if bf16 < MARGIN * f32 else "float32"
-    entries[key] = {"dtype": dtype, "float32_ms": round(f32, 3), "bfloat16_ms": round(bf16, 3),
-                    "load": round(load, 2), "cores": os.cpu_count() or 1}
-    recheck = _recheck(entries[key])
+    entries[key] = {"float32_ms": round(f32, 3), "bfloat16_ms": round(bf16, 3), "load": round(load, 2),
+                    "cores": os.cpu_count() or 1}
+    recheck = _doubt(entries[key]) if bf16 < MARGIN * f32 else ""
+    dtype = "bfloat16" if bf16 < MARGIN * f32 and not recheck else "float32"
+    entries[key].update(dtype=dtype, **({"why": recheck} if recheck else {}))
     try:
         text = json.dumps(entries, indent=1, sort_keys=True)
         atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -214,12 +217,10 @@ def _verdict(
 
 
 
-def _recheck(entry: dict) -> str:
-    """Why a verdict is not to be reused: measured on a busy machine, or a near tie; "" when it is sound.
-    An entry from before loads were recorded is measured again once."""
-    f32, bf16, load, cores = (entry.get(k) for k in ("float32_ms", "bfloat16_ms", "load", "cores"))
-    if not all(isinstance(v, (int, float)) for v in (f32, bf16, load, cores)) or f32 <= 0 or cores < 1:
-        return "no load recorded"
+def _doubt(entry: dict) -> str:
+    """Why timings in which bfloat16 won cannot be trusted to win again: taken on a busy machine, or a near tie;
+    "" when they can."""
+    f32, bf16, load, cores = (entry[k] for k in ("float32_ms", "bfloat16_ms", "load", "cores"))
     if (load - 1) / cores > BUSY:  # this process is about one of the runnable tasks
         return f"the machine was busy (load {load:.1f} on {cores} cores)"
     if abs(bf16 / f32 - MARGIN) < NEAR_TIE:
@@ -233,8 +234,8 @@ def describe(result: ProbeResult, what: str = "dtype auto", timed: str = "forwar
     if result.source == "named":
         return f"dtype {name} (as given)"
     how = "measured now" if result.source == "measured" else f"cached in {result.cache_path}"
-    if result.source == "measured" and result.recheck:
-        how += f"; {result.recheck}: measured again next run"
+    if result.recheck:
+        how += f"; float32 kept: {result.recheck} (--reprobe-dtype measures again)"
     return f"{what}: {name} ({timed}: float32 {result.float32_ms:.1f} ms, bfloat16 {result.bfloat16_ms:.1f} ms; {how})"
 
 

@@ -17,7 +17,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .. import checkpoint, config, data, presets, schedule, tokenizers
+from .. import checkpoint, config, data, lineage, presets, schedule, tokenizers
 from ..checkpoint.store import MAX_COUNTER
 from ..errors import UserError
 from ..interop import hf_import
@@ -27,8 +27,8 @@ from . import plan
 from .step import lr_at
 
 DATA_FIELDS = config.DATA_FIELDS
-SIZE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size")
-SCHEDULE_FIELDS = ("steps", "learning_rate", "min_learning_rate", "lr_schedule", "warmup_steps", "decay_fraction")
+SCHEDULE_FIELDS = ("steps", "learning_rate", "min_learning_rate", "lr_schedule", "warmup_steps", "decay_fraction",
+                   "schedule_steps")
 
 
 class Run(NamedTuple):
@@ -41,6 +41,7 @@ class Run(NamedTuple):
     saved: checkpoint.Checkpoint | None  # the checkpoint it resumes
     imported: hf_import.Imported | None  # the weights it starts from (--init-from)
     notes: list[str]  # for the user
+    lineage: list[dict[str, Any]]  # how its weights came to be, this start last (lineage.py)
     budget: plan.Budget | None = None  # --time: the loop's clock
 
 
@@ -55,7 +56,7 @@ def resolve_run(
     options = options if options is not None else machine.ProcessOptions.from_env()
     notes: list[str] = []
     saved = checkpoint.read(resume) if resume is not None else None
-    model_cfg, train_cfg = _settings(overrides, preset, saved)
+    model_cfg, train_cfg, preset = _settings(overrides, preset, saved)
     budget_s = plan.check_flags(train_cfg, set(overrides), resumed=saved is not None)
     if saved is not None and budget_s is not None:  # --resume-training RUN --time 5m: five more minutes
         saved, train_cfg, note = _extension(saved, train_cfg, budget_s)
@@ -66,6 +67,7 @@ def resolve_run(
         model_cfg = hf_import.take_architecture(model_cfg, imported, overrides)
     if saved is not None:
         train_cfg = _check_resume(saved, model_cfg, train_cfg, overrides, notes)
+    history = _lineage(saved, preset, overrides, notes, imported.source if imported is not None else None)
     _check_counter_room(train_cfg, saved)
     # the run folder: a resume writes beside its checkpoint, and no run replaces another's files (runs.py)
     out_dir, note = runs.place(
@@ -103,7 +105,7 @@ def resolve_run(
         seed = distributed.broadcast_int(secrets.randbelow(2**31 - 1) + 1, hardware.device)
         train_cfg = dataclasses.replace(train_cfg, seed=seed)
         notes.append(f"seed 0: using random seed {seed} (pass --seed {seed} to repeat)")
-    return Run(model_cfg, train_cfg, tokens, hardware, saved, imported, notes, budget)
+    return Run(model_cfg, train_cfg, tokens, hardware, saved, imported, notes, history, budget)
 
 
 def _shard_notes(model_cfg: config.ModelConfig, train_cfg: config.TrainConfig, hardware: machine.Hardware) -> list[str]:
@@ -118,13 +120,15 @@ def _shard_notes(model_cfg: config.ModelConfig, train_cfg: config.TrainConfig, h
 # ----------------------------------------------------------------------------- settings and resume checks
 def _settings(
     overrides: dict[str, Any], preset: str | None, saved: checkpoint.Checkpoint | None
-) -> tuple[config.ModelConfig, config.TrainConfig]:
-    """Defaults (or the checkpoint's), then the preset, then the flags typed."""
+) -> tuple[config.ModelConfig, config.TrainConfig, str | None]:
+    """Defaults (or the checkpoint's), then the preset, then the flags typed; and the preset applied. A new run
+    that names none gets the device's default preset, size flags or not: `--layer-count 2` changes the shape
+    and keeps the preset's recipe (optimizer, schedule, batch)."""
     base = (saved.model_cfg, saved.train_cfg) if saved is not None else None
     device = machine.resolve_device(overrides.get("device") or (saved.train_cfg.device if saved else "auto"))
     if saved is None and preset is None and overrides.get("init_from"):
         preset = "finetune"  # the weights fix the shape; the schedule is a fine-tune's
-    if saved is None and preset is None and not any(k in overrides for k in SIZE_FIELDS):
+    if saved is None and preset is None:
         preset = presets.default_preset(device.type)
     if base is not None and any(k in overrides for k in DATA_FIELDS):
         # new data options replace the saved ones as a group (a new --data-dir drops the saved file paths)
@@ -132,7 +136,22 @@ def _settings(
     resolved = presets.resolve(overrides, preset, base=base)
     if saved is not None and overrides.get("init_from"):
         raise UserError("--init-from starts a new run and --resume-training continues one: give only one")
-    return resolved
+    return (*resolved, preset)
+
+
+def _lineage(
+    saved: checkpoint.Checkpoint | None, preset: str | None, overrides: dict[str, Any], notes: list[str],
+    imported: str | None,
+) -> list[dict[str, Any]]:
+    """The run's lineage: the checkpoint's, then this start (what was typed that differs from what it had)."""
+    if saved is not None:
+        before = {**config.to_dict(saved.model_cfg), **config.to_dict(saved.train_cfg)}
+        changed = lineage.changed_from(overrides, before)
+        return [*saved.lineage, lineage.entry("resume", at_step=saved.step, source=str(saved.stem), preset=None,
+                                              changed=changed)]
+    changed = lineage.changed_from(overrides, presets.preset_values(preset, overrides))
+    start = "init-from" if overrides.get("init_from") else "new"
+    return [lineage.entry(start, at_step=0, source=imported, preset=preset, changed=changed)]
 
 
 def _check_resume(
@@ -157,9 +176,27 @@ def _check_resume(
             f"checkpoint {saved.stem} has done {saved.step} steps and --steps is {train_cfg.steps}: "
             f"give --steps above {saved.step} to train further"
         )
-    note = _schedule_note(saved, train_cfg)
+    train_cfg, note = _steps_extension(saved, train_cfg, overrides)
+    note = note or _schedule_note(saved, train_cfg)
     notes += [note] if note else []
     return train_cfg
+
+
+def _steps_extension(
+    saved: checkpoint.Checkpoint, cfg: config.TrainConfig, overrides: dict[str, Any]
+) -> tuple[config.TrainConfig, str | None]:
+    """A finished run extended (a larger --steps, no other schedule flag typed) keeps the schedule it finished:
+    it goes on at its last learning rate, where a re-stretched schedule would warm up or climb back to its peak."""
+    old, done = saved.train_cfg, saved.step
+    typed = any(f in overrides for f in SCHEDULE_FIELDS if f != "steps") or "time" in overrides  # --time: its own
+    if typed or cfg.steps <= old.steps or done < (old.schedule_steps or old.steps):
+        return cfg, None
+    cfg = dataclasses.replace(cfg, schedule_steps=old.schedule_steps or old.steps)
+    return cfg, (
+        f"note: extending finished run {saved.stem} from step {done} to {cfg.steps}: the learning rate stays at its "
+        f"last value, {lr_at(old, done - 1):.2e} (no new warm-up or decay; --schedule-steps {cfg.steps} stretches "
+        "the schedule over the new length instead)"
+    )
 
 
 def _check_counter_room(train_cfg: config.TrainConfig, saved: checkpoint.Checkpoint | None) -> None:
@@ -247,23 +284,25 @@ def _schedule_note(saved: checkpoint.Checkpoint, cfg: config.TrainConfig) -> str
     """One line on what a resume that changes the schedule (a larger --steps, most often) does to the
     learning rate: its value at the last step done and at the next one. None when nothing changed."""
     old, done = saved.train_cfg, saved.step
-    changed = [f for f in SCHEDULE_FIELDS if getattr(old, f) != getattr(cfg, f)]
+    total = {"steps": (old.schedule_steps or old.steps, cfg.schedule_steps or cfg.steps)}  # what the rate follows
+    values = {f: total.get(f, (getattr(old, f), getattr(cfg, f))) for f in SCHEDULE_FIELDS if f != "schedule_steps"}
+    changed = [f for f, (a, b) in values.items() if a != b]
     if not changed or done == 0 or done >= cfg.steps:
         return None
-    what = ", ".join(f"{config.flag_name(f)} {getattr(old, f)} -> {getattr(cfg, f)}" for f in changed)
+    what = ", ".join(f"{config.flag_name(f)} {values[f][0]} -> {values[f][1]}" for f in changed)
     before, after = lr_at(old, done - 1), lr_at(cfg, done)
     note = (
         f"note: resuming with a new schedule ({what}): the learning rate was {before:.2e} at step {done} "
         f"and is {after:.2e} at step {done + 1}"
     )
     if cfg.lr_schedule == "wsd":
-        start = schedule.decay_start(cfg.steps, cfg.decay_fraction)
-        note += f"; it decays linearly from step {max(start, done) + 1} to {cfg.steps}"
+        start = schedule.decay_start(values["steps"][1], cfg.decay_fraction)
+        note += f"; it decays linearly from step {max(start, done) + 1} to {values['steps'][1]}"
         if after > 1.1 * before:
             note += " (the checkpoint's decay had begun, so the rate climbs back up first)"
         return note
     if cfg.lr_schedule == "cosine":
-        note += f"; the cosine is re-stretched to end at step {cfg.steps}"
+        note += f"; the cosine is re-stretched to end at step {values['steps'][1]}"
         if abs(after - before) > 0.1 * before:
             note += " (a jump: --lr-schedule wsd extends a run smoothly until its decay has begun)"
     return note

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from .. import config, data
+from .. import config, data, lineage
 from ..runtime import distributed, machine
 from ..store import runs
 from ..errors import UserError
@@ -61,6 +61,7 @@ class Trainer:
         state: RunState,
         notes: tuple[str, ...] | list[str] = (),
         budget: plan.Budget | None = None,
+        lineage: list[dict] | None = None,
     ):
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         self.tokens = tokens
@@ -68,6 +69,7 @@ class Trainer:
         self.stepper = stepper
         self.state = state
         self.notes = tuple(notes)  # for the user, from building it: a front end shows them before the run
+        self.lineage = list(lineage or [])  # how its weights came to be (lineage.py), saved with each checkpoint
         self.readback = LossReadback(hardware.sync_every, hardware.world_size)
         self._stop = threading.Event()
         self.budget = budget  # --time (plan.py): the loop's clock
@@ -237,7 +239,9 @@ class Trainer:
         for its validation loss alone (best.py may remove it once a better one is kept)."""
         if not as_best:
             self.best.wanted(self.state.saved_stem if not self.state.unsaved else None)
-        return saving.save_step(self.stepper, self.state, self.model_cfg, self.train_cfg, self.tokens.meta, as_best)
+        return saving.save_step(
+            self.stepper, self.state, self.model_cfg, self.train_cfg, self.tokens.meta, as_best, self.lineage
+        )
 
     def _someone_waits(self, commands: queue.Queue | None) -> bool:
         """A queued command or a stop request: read the losses back now, so that it is obeyed soon."""
@@ -287,6 +291,8 @@ def run_started(trainer: Trainer) -> RunStarted:
         train_tokens=len(t.tokens.train),
         notes=t.notes,
         resumed_from=t.state.saved_stem,
+        origin=lineage.summary(t.lineage[-1].get("preset"), t.lineage[-1].get("changed") or {})
+        if t.lineage and t.lineage[-1].get("start") != "resume" else "",
     )
 
 

@@ -66,6 +66,7 @@ def write(
     model_cfg: config.ModelConfig,
     train_cfg: config.TrainConfig,
     tokenizer_meta: dict[str, Any],
+    lineage: list[dict[str, Any]] | None = None,
 ) -> tuple[str, ...]:
     """Write the run's current state as checkpoint `stem` (checkpoint.save) from what `gather` gathered;
     returns the paths written."""
@@ -86,6 +87,7 @@ def write(
         optimizer_tensors=gathered.optimizer,
         resume_state=resume_state,
         weights=gathered.weights,
+        lineage=lineage,
     )
 
 
@@ -96,6 +98,7 @@ def save_step(
     train_cfg: config.TrainConfig,
     tokenizer_meta: dict[str, Any],
     as_best: bool,
+    lineage: list[dict[str, Any]] | None = None,
 ) -> Saved:
     """The run's current step as checkpoint model_step_N in out_dir (rank 0 writes), or the set it was saved as
     already: a set is never written twice. A UserError when the disk is full or the name is taken, nothing of
@@ -105,9 +108,10 @@ def save_step(
         return Saved(step=state.step, stem=state.saved_stem, paths=paths, best=as_best)
     stem = checkpoint.stem_for(train_cfg.out_dir, state.step)
     gathered = gather(stepper)  # every rank: a sharded model is gathered to rank 0
-    paths = on_rank_zero(stepper.hardware,
-                         lambda: write(stem, gathered, stepper, state, model_cfg, train_cfg, tokenizer_meta),
-                         f"rank 0 could not write checkpoint {stem}")
+    paths = on_rank_zero(
+        stepper.hardware, lambda: write(stem, gathered, stepper, state, model_cfg, train_cfg, tokenizer_meta, lineage),
+        f"rank 0 could not write checkpoint {stem}",
+    )
     state.saved(str(stem))
     return Saved(step=state.step, stem=str(stem), paths=paths or (), best=as_best)
 

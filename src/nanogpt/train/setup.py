@@ -55,7 +55,10 @@ def construct(run: Run) -> Trainer:
         state = _restore(run.saved, optimizer, scaler)
     samplers = parts.samplers(run.tokens, model_cfg, train_cfg, device)
     stepper = Stepper(train_cfg, hardware, model, optimizer, scaler, samplers, run.tokens.tokenizer)
-    return Trainer(model_cfg, train_cfg, run.tokens, hardware, stepper, state, notes=run.notes, budget=run.budget)
+    return Trainer(
+        model_cfg, train_cfg, run.tokens, hardware, stepper, state, notes=run.notes, budget=run.budget,
+        lineage=run.lineage,
+    )
 
 
 def _restore(

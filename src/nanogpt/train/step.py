@@ -32,7 +32,7 @@ def lr_at(cfg: config.TrainConfig, step: int) -> float:
         peak=cfg.learning_rate,
         minimum=cfg.min_learning_rate,
         warmup=cfg.warmup_steps,
-        total=cfg.steps,
+        total=cfg.schedule_steps or cfg.steps,
         kind=cfg.lr_schedule,
         decay_fraction=cfg.decay_fraction,
     )
