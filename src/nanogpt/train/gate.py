@@ -86,8 +86,7 @@ def resolve_run(
     # every check that can refuse the run comes before resolve_hardware: its `--dtype auto` probe builds this
     # model and times a step, which an impossible size would hang in or die of
     data.check_block_size(tokens, model_cfg.block_size)
-    device, world = distributed.local_device(machine.resolve_device(train_cfg.device)), distributed.world_size()
-    fit.check_fits(model_cfg, train_cfg, device, world, shard=train_cfg.shard and distributed.under_torchrun())
+    _check_fits(model_cfg, train_cfg)
     hardware = machine.resolve_hardware(model_cfg, train_cfg, options)  # after the vocabulary: the dtype probe needs it
     notes += [hardware.dtype_probe] if hardware.dtype_probe else []
     budget = None
@@ -106,6 +105,13 @@ def resolve_run(
         train_cfg = dataclasses.replace(train_cfg, seed=seed)
         notes.append(f"seed 0: using random seed {seed} (pass --seed {seed} to repeat)")
     return Run(model_cfg, train_cfg, tokens, hardware, saved, imported, notes, history, budget)
+
+
+def _check_fits(model_cfg: config.ModelConfig, train_cfg: config.TrainConfig) -> None:
+    """The memory rule (fit.py) for this process's device; sharded when --shard is given under torchrun."""
+    device = distributed.local_device(machine.resolve_device(train_cfg.device))
+    shard = train_cfg.shard and distributed.under_torchrun()
+    fit.check_fits(model_cfg, train_cfg, device, distributed.world_size(), shard=shard)
 
 
 def _shard_notes(model_cfg: config.ModelConfig, train_cfg: config.TrainConfig, hardware: machine.Hardware) -> list[str]:
