@@ -16,7 +16,8 @@ The CUDA-only branches in src/ and the tests that run them:
 - optim's Newton-Schulz in bfloat16 on CUDA, fused AdamW: every training test here;
 - inference.CapturedStep's CUDA graph, generate's captured decode: test_graph_decode_...;
 - distributed.local_device / NCCL, DDP device_ids (train/step.step_module): test_torchrun_single_process;
-- runtime.memory_of (the GPU's own memory, for check_fits): every training test here (build_trainer).
+- runtime.fit.memory_of (the GPU's own memory, for check_fits): every training test here (build_trainer);
+- runtime.sharding on one card (FSDP2 on a CUDA mesh, blocks compiled before sharding): test_shard_on_one_card_...
 """
 
 from __future__ import annotations
@@ -191,6 +192,28 @@ def test_torchrun_single_process(data_dir: Path, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert checkpoint.weights_path(tmp_path / "model_step_10").is_file()
+
+
+def test_shard_on_one_card_trains_like_unsharded(data_dir: Path, tmp_path: Path) -> None:
+    """--shard under torchrun with one process: FSDP2 on one card (its blocks compiled) trains like the plain
+    compiled run; float32 so that the two compare closely."""
+    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+    flags = [f for f in TINY_FLAGS if f != "--no-compile"]  # CUDA's default: compiled
+    flags[flags.index("--device") + 1] = DEVICE
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "nanogpt",
+         "train", "--headless", *flags, "--steps", "10", "--shard", "--warmup-steps", str(TINY["warmup_steps"]),
+         "--data-dir", str(data_dir),
+         "--out-dir", str(tmp_path / "sharded")],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "sharded (FSDP2) over 1 processes" in done.stderr
+    collect(build_trainer(opts(data_dir, tmp_path / "plain", steps=10, dtype="float32", compile=None)))
+    sharded = [e["loss"] for e in checkpoint.read_log(tmp_path / "sharded" / "model_step_10")]
+    plain = [e["loss"] for e in checkpoint.read_log(tmp_path / "plain" / "model_step_10")]
+    assert sharded == pytest.approx(plain, abs=1e-4)  # TF32 matmuls and compiled kernels on both sides
 
 
 @pytest.mark.parametrize("mode", ["reduce-overhead"])

@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # what the system refused about a path or a file the user named: one line, not a traceback
         return _refuse(f"{command}: error: {_os_error_line(e)}")
     except (MemoryError, RuntimeError) as e:  # torch's allocators raise RuntimeErrors of their own
+        if distributed.lost_peer(e):  # under torchrun: another node or process died
+            return _refuse(f"{command}: error: {distributed.lost_peer(e)}")
         if not isinstance(e, MemoryError) and not _out_of_memory(e):
             raise  # a bug of ours: its traceback is what gets it fixed
         return _refuse(f"{command}: error: out of memory (a setting or a file asks for more than this machine has)")

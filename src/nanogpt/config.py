@@ -226,6 +226,11 @@ class TrainConfig:
         "torch.compile the model (default: on CUDA only; on CPU it pays on long runs only, after about a "
         "minute of compiling the first time)",
     )
+    shard: bool = opt(
+        False,
+        "under torchrun: shard the weights, gradients and optimizer state over the processes (FSDP2), for a model "
+        "that does not fit one device; the same run as without it (docs/scaling.md)",
+    )
     compile_mode: str = opt(
         "default",
         "torch.compile mode on CUDA (reduce-overhead and max-autotune capture the step as CUDA graphs; default "
@@ -292,19 +297,6 @@ class TrainConfig:
 def tokens_per_step(model_cfg: ModelConfig, train_cfg: TrainConfig, world_size: int = 1) -> int:
     """Tokens one optimizer step trains on: batch x accumulation (both per process) x processes x context."""
     return train_cfg.batch_size * train_cfg.grad_accum * world_size * model_cfg.block_size
-
-
-def training_memory_floor(model_cfg: ModelConfig, train_cfg: TrainConfig) -> int:
-    """Bytes one training process needs at the very least; more than the device has means it cannot run.
-
-    A lower bound, so that nothing that might fit is refused: 16 bytes per parameter (float32 weights,
-    gradients and AdamW's two moments), plus the larger of a training micro-batch (its float32 logits and a
-    2-byte copy of each layer's input, kept for the backward pass) and a validation batch (its logits).
-    """
-    tokens = model_cfg.block_size
-    train = train_cfg.batch_size * tokens * (4 * model_cfg.vocab_size + 2 * model_cfg.n_layer * model_cfg.n_embd)
-    validation = train_cfg.eval_batch_size * tokens * 4 * model_cfg.vocab_size
-    return 16 * model_cfg.parameter_count() + max(train, validation)
 
 
 @dataclass

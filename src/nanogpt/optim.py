@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from .runtime import sharding
+
 MUON_MOMENTUM = 0.95
 
 
@@ -114,20 +116,35 @@ class BatchedMuon(torch.optim.Muon):
                 by_shape[tuple(u.shape)].append(i)
             if wd:
                 torch._foreach_mul_(params, 1 - lr * wd)
-            for indices in by_shape.values():
+            for part in (chunk for indices in by_shape.values() for chunk in _parts(indices, oriented)):
+                # sharded (FSDP2): each matrix gathered whole, orthogonalised, and each rank keeps its own rows
                 ortho = newton_schulz(
-                    torch.stack([oriented[i] for i in indices]),
+                    torch.stack([sharding.whole(oriented[i]) for i in part]),
                     steps=group["ns_steps"],
                     coefficients=group["ns_coefficients"],
                     eps=group["eps"],
                     dtype=self.ns_dtype,
                 )
-                for k, i in enumerate(indices):
+                for k, i in enumerate(part):
                     p = params[i]
                     o = ortho[k] if oriented[i] is updates[i] else ortho[k].mT
                     scaled = _adjusted_lr(lr, group["adjust_lr_fn"], p.shape)
-                    p.add_(o.to(p.dtype), alpha=-scaled)
+                    p.add_(sharding.shard_like(o.to(p.dtype), p), alpha=-scaled)
         return loss
+
+
+# Sharded, the whole matrices of one batch of Newton-Schulz live on every rank at once: at most this many bytes
+# of them (float32), so that the update never holds the whole Muon part of a model that only fits sharded.
+GATHER_BYTES = 256 * 2**20
+
+
+def _parts(indices: list[int], updates: list[torch.Tensor]) -> list[list[int]]:
+    """Same-shape `indices` in batches for Newton-Schulz: all at once unsharded (as always), a few at a time
+    sharded (GATHER_BYTES)."""
+    if not sharding.is_sharded(updates[indices[0]]):
+        return [indices]
+    size = max(1, GATHER_BYTES // (4 * updates[indices[0]].numel()))
+    return [indices[i : i + size] for i in range(0, len(indices), size)]
 
 
 class OptimizerPair:

@@ -4,7 +4,7 @@ against a config, and the optimizer's state (AdamW moments, Muon momentum) by ru
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,8 +149,14 @@ def _incomplete(groups: list[dict[str, Any]], state: dict[int, dict[str, torch.T
     return None
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    """Restore the per-parameter state saved by `optimizer_tensors`; hyper-parameters stay as they are."""
+def load_optimizer(
+    optimizer: torch.optim.Optimizer,
+    tensors: dict[str, torch.Tensor],
+    place: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> None:
+    """Restore the per-parameter state saved by `optimizer_tensors`; hyper-parameters stay as they are.
+    `place(value, parameter)`: what to load for a parameter's state tensor of its shape (its shard, for a
+    sharded parameter); by default the value itself."""
     current = optimizer.state_dict()
     n_params = sum(len(g["params"]) for g in current["param_groups"])
     state: dict[int, dict[str, torch.Tensor]] = {}
@@ -177,6 +183,8 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Te
                     f"optimizer state {name} of parameter {index} has shape {tuple(value.shape)}, "
                     f"the model's is {tuple(params[index].shape)}"
                 )
+            if place is not None and value.dim() > 0:
+                entries[name] = place(value, params[index])
     current["state"] = state
     try:
         optimizer.load_state_dict(current)

@@ -32,10 +32,12 @@ def save(
     log: list[dict[str, Any]],
     optimizer_tensors: dict[str, torch.Tensor],
     resume_state: dict[str, Any],
+    weights: dict[str, torch.Tensor] | None = None,
     lineage: list[dict[str, Any]] | None = None,
 ) -> tuple[str, ...]:
     """Write checkpoint `stem` as one unit (its five files in WRITE_ORDER, then the manifest); returns the paths.
 
+    `weights`: the tensors to save as the model's (a sharded model's, gathered whole) instead of `model`'s own.
     UserError when a file of `stem` exists already (a set is never replaced) or a file cannot be written
     (e.g. a full disk); then, as on a Ctrl-C, the files written so far are removed: the set is whole or absent.
     """
@@ -55,7 +57,9 @@ def save(
     contents: dict[str, tuple[Any, ...]] = {
         ".resume.safetensors": (write_tensors, optimizer_tensors, {"format": "nanogpt-resume"}),
         ".resume.json": (write_json, {"format": FORMAT, "step": step, **resume_state}),
-        ".safetensors": (write_tensors, model_tensors(model), {"format": "pt", "step": str(step)}),
+        ".safetensors": (
+            write_tensors, model_tensors(model) if weights is None else weights, {"format": "pt", "step": str(step)}
+        ),
         ".training_log.json": (write_json, log),
         ".config.json": (write_json, config),
     }

@@ -2,7 +2,8 @@
 
 `torchrun --nproc_per_node=N -m nanogpt train ...` starts N copies of the CLI with RANK, LOCAL_RANK and
 WORLD_SIZE set. Each process drives one device (cuda:LOCAL_RANK on GPUs; the CPU with gloo otherwise),
-the engine wraps its model in DistributedDataParallel, and only rank 0 writes files and prints.
+the engine wraps its model in DistributedDataParallel (or with --shard shards it with FSDP2: sharding.py),
+and only rank 0 writes files and prints.
 Without torchrun every helper answers for a single process (rank 0 of 1) and the collectives are
 no-ops, so the engine has one code path.
 """
@@ -206,3 +207,23 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_wire(device))
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+# what gloo and NCCL say when a peer process (or its machine) is gone
+_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
+
+
+def lost_peer(error: BaseException) -> str | None:
+    """The one line for a collective that failed because another process of the run is gone (a node lost), or
+    None for any other error. The ranks that remain stop; what was saved is whole (rank 0 writes only after
+    every rank has gathered), and the last checkpoint resumes on the processes that remain."""
+    if not under_torchrun() or not isinstance(error, RuntimeError):
+        return None
+    text = str(error)
+    found = next((s for s in _LOST if s in text), None)
+    if found is None:
+        return None
+    return (
+        f"a process of this run is gone ({found.lower()}): the run stops here; resume its last checkpoint with "
+        "--resume-training on the machines that remain (docs/scaling.md)"
+    )

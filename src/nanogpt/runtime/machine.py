@@ -176,6 +176,7 @@ class Hardware:
     ns_dtype: torch.dtype | None = None  # Muon's Newton-Schulz, where measured (CPU); None: optim's default
     compile_mode: str = "default"  # torch.compile's mode (--compile-mode); other than default on CUDA only
     shard_workers: int | None = None  # ProcessOptions.shard_workers: the CPU shards' threads pinned
+    shard: bool = False  # --shard under torchrun: FSDP2 holds 1/world_size of the model per process (sharding.py)
 
     @property
     def is_main(self) -> bool:
@@ -194,8 +195,12 @@ def resolve_hardware(
     dtype = resolve_dtype(train_cfg.dtype, device)
     world = distributed.world_size()
     cores = torch.get_num_threads()  # torch's default: nothing has changed it yet in this process
-    shards = core_parallel_workers(device, batch_size=train_cfg.batch_size, dropout=model_cfg.dropout,
-                                   dtype=dtype, world_size=world, cores=cores)
+    shard = train_cfg.shard and distributed.under_torchrun()  # alone, a process has nothing to shard with
+    if shard and dtype == torch.float16:
+        raise UserError("--shard trains in bfloat16 or float32 (float16's GradScaler does not shard): give --dtype")
+    shards = 1 if shard else core_parallel_workers(
+        device, batch_size=train_cfg.batch_size, dropout=model_cfg.dropout, dtype=dtype, world_size=world, cores=cores
+    )
     probe = ""
     if device.type == "cpu" and train_cfg.dtype == "auto" and dtype == torch.bfloat16:
         dtype, probe = _measured_cpu_dtype(
@@ -220,6 +225,7 @@ def resolve_hardware(
         ns_dtype=ns_dtype,
         compile_mode=train_cfg.compile_mode if device.type == "cuda" else "default",
         shard_workers=options.shard_workers,
+        shard=shard,
     )
 
 
@@ -249,32 +255,6 @@ def _agreed(result: ProbeResult) -> torch.dtype:
     """A probe's dtype (float32 or bfloat16) as rank 0 found it: every torchrun rank must compute alike."""
     bf16 = distributed.broadcast_int(int(result.dtype == torch.bfloat16), torch.device("cpu"))
     return torch.bfloat16 if bf16 else torch.float32
-
-
-def memory_of(device: torch.device) -> int | None:
-    """Total memory of a device in bytes: the GPU's own, else the machine's RAM (MPS shares it); None
-    where the system does not say (no sysconf)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[1]
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def check_fits(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device) -> None:
-    """UserError when the run cannot fit on `device` even by config.training_memory_floor (a lower bound):
-    said before the model is built, instead of a traceback (or the machine swapping) minutes later. What
-    passes may still run out of memory; the run then ends with one line (Trainer._explain)."""
-    from ..config import training_memory_floor
-
-    need, have = training_memory_floor(model_cfg, train_cfg), memory_of(device)
-    if have is not None and need > have:
-        raise UserError(
-            f"this run will not fit: {model_cfg.parameter_count():,} parameters at batch size "
-            f"{train_cfg.batch_size} (validation {train_cfg.eval_batch_size}) need at least {need / 2**30:,.1f} "
-            f"GiB and {device.type} has {have / 2**30:,.1f} GiB; use a smaller model or batch size"
-        )
 
 
 # While a UI runs, Python hands the GIL to a waiting thread after 0.5 ms instead of 5 ms: a chart draw holds
@@ -318,8 +298,8 @@ def training_process(hardware: Hardware, *, ui: bool = False) -> Iterator[None]:
     try:
         if hardware.threads is not None:
             torch.set_num_threads(hardware.threads)
-        if hardware.device.type == "cpu":
-            keep_freed_memory()  # a step's activations are reused, not re-faulted
+        if hardware.device.type == "cpu":  # a step's activations are reused, not re-faulted; sharded, see SHARDED_MMAP
+            keep_freed_memory(SHARDED_MMAP if hardware.shard else 32 << 20)
         if ui:
             sys.setswitchinterval(UI_SWITCH_INTERVAL_S)
         yield
@@ -333,13 +313,20 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _ALLOCATOR_TUNED = False
 
 
-def keep_freed_memory() -> bool:
+# --shard on CPU: a block's weights gathered for its forward pass, and its whole gradients, are freed a moment
+# later. Kept by malloc below a 32 MiB mmap threshold, they piled up in the heap: a sharded process of a 85M-parameter
+# model peaked at 2217 MiB, more than DDP's 1963; with 1 MiB (such buffers mmapped, returned when freed) 1107.
+SHARDED_MMAP = 1 << 20
+
+
+def keep_freed_memory(mmap_threshold: int = 32 << 20) -> bool:
     """Make glibc's malloc keep freed memory for reuse instead of handing it back to the OS at once.
 
     A CPU step frees and re-allocates its activations; glibc's default trimming makes every step fault the
     same pages in again (the counts: BENCHMARKS.md, "Third round"). The cost: up to 256 MiB of freed memory
-    stays with the process while it runs. glibc (Linux) only; elsewhere a no-op. Idempotent; returns whether
-    it applied.
+    stays with the process while it runs. `mmap_threshold`: allocations from this size up are mapped and
+    returned when freed (32 MiB: above any activation). glibc (Linux) only; elsewhere a no-op. Idempotent
+    (the first call's settings stay); returns whether it applied.
     """
     global _ALLOCATOR_TUNED
     if _ALLOCATOR_TUNED:
@@ -357,7 +344,9 @@ def keep_freed_memory() -> bool:
     # trimmed only past 256 MiB of free space at the top, and heap growth in 64 MiB strides
     _ALLOCATOR_TUNED = all(
         mallopt(param, value) == 1
-        for param, value in ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 256 << 20), (_M_TOP_PAD, 64 << 20))
+        for param, value in (
+            (_M_MMAP_THRESHOLD, mmap_threshold), (_M_TRIM_THRESHOLD, 256 << 20), (_M_TOP_PAD, 64 << 20)
+        )
     )
     return _ALLOCATOR_TUNED
 

@@ -21,7 +21,7 @@ from .. import checkpoint, config, data, lineage, presets, schedule, tokenizers
 from ..checkpoint.store import MAX_COUNTER
 from ..errors import UserError
 from ..interop import hf_import
-from ..runtime import distributed, machine
+from ..runtime import distributed, fit, machine
 from ..store import runs
 from . import plan
 from .step import lr_at
@@ -86,7 +86,7 @@ def resolve_run(
     # every check that can refuse the run comes before resolve_hardware: its `--dtype auto` probe builds this
     # model and times a step, which an impossible size would hang in or die of
     data.check_block_size(tokens, model_cfg.block_size)
-    machine.check_fits(model_cfg, train_cfg, distributed.local_device(machine.resolve_device(train_cfg.device)))
+    _check_fits(model_cfg, train_cfg)
     hardware = machine.resolve_hardware(model_cfg, train_cfg, options)  # after the vocabulary: the dtype probe needs it
     notes += [hardware.dtype_probe] if hardware.dtype_probe else []
     budget = None
@@ -98,12 +98,29 @@ def resolve_run(
             _check_counter_room(train_cfg, saved)
         typed_interval = "validation_interval" in overrides or saved is not None
         budget = plan.Budget(budget_s, saved.step if saved else 0, spread_evaluations=not typed_interval)
+    notes += _shard_notes(model_cfg, train_cfg, hardware)
     if train_cfg.seed == 0:
         # under torchrun every rank must use rank 0's pick
         seed = distributed.broadcast_int(secrets.randbelow(2**31 - 1) + 1, hardware.device)
         train_cfg = dataclasses.replace(train_cfg, seed=seed)
         notes.append(f"seed 0: using random seed {seed} (pass --seed {seed} to repeat)")
     return Run(model_cfg, train_cfg, tokens, hardware, saved, imported, notes, history, budget)
+
+
+def _check_fits(model_cfg: config.ModelConfig, train_cfg: config.TrainConfig) -> None:
+    """The memory rule (fit.py) for this process's device; sharded when --shard is given under torchrun."""
+    device = distributed.local_device(machine.resolve_device(train_cfg.device))
+    shard = train_cfg.shard and distributed.under_torchrun()
+    fit.check_fits(model_cfg, train_cfg, device, distributed.world_size(), shard=shard)
+
+
+def _shard_notes(model_cfg: config.ModelConfig, train_cfg: config.TrainConfig, hardware: machine.Hardware) -> list[str]:
+    """What a sharded run holds per process; or that --shard without torchrun shards nothing."""
+    if hardware.shard:
+        return [fit.holding(model_cfg, train_cfg, hardware.world_size)]
+    if train_cfg.shard:
+        return ["note: --shard shards over the processes torchrun starts; one process alone trains unsharded"]
+    return []
 
 
 # ----------------------------------------------------------------------------- settings and resume checks

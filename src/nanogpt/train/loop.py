@@ -221,10 +221,11 @@ class Trainer:
         """The sample kept at an evaluation (rank 0; "" when --eval-sample-tokens is 0): the same empty prompt and
         seed every time, so that samples at successive steps differ only by what the model has learned."""
         n = self.train_cfg.eval_sample_tokens
-        if n == 0 or not self.hardware.is_main:
+        if n == 0 or not (self.hardware.is_main or self.hardware.shard):  # sharded: every rank helps to gather
             return ""
         text = self.sample(n, seed=self.train_cfg.seed)
-        self.state.log_at_step(sample=text)
+        if self.hardware.is_main:
+            self.state.log_at_step(sample=text)
         return text
 
     def sample(self, n_tokens: int, prompt: str = "", seed: int | None = None) -> str:

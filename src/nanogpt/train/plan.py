@@ -27,6 +27,7 @@ from typing import NamedTuple
 from .. import config, data
 from ..errors import UserError
 from ..events import Replanned
+from ..runtime import fit as memory_fit
 from ..runtime import machine
 from ..schedule import decay_start, parse_duration
 
@@ -151,7 +152,7 @@ def fit(
     shapes, times = [], []
     for cfg in candidates(model_cfg, typed):
         try:
-            machine.check_fits(cfg, train_cfg, hardware.device)
+            memory_fit.check_fits(cfg, train_cfg, hardware.device)  # unsharded: probe.py times an unsharded step
         except UserError:
             break
         # the smallest shape is a plan with as few as MIN_STEPS / 10 steps; a larger one must manage MIN_STEPS

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 
 from .. import checkpoint, config
-from ..runtime import distributed, machine
+from ..runtime import distributed, machine, sharding
 from ..store import runs
 from ..errors import UserError
 from ..events import Saved
@@ -34,8 +34,33 @@ def on_rank_zero(hardware: machine.Hardware, work: Callable[[], T], failed: str)
     return result
 
 
+class Gathered(NamedTuple):
+    """What a checkpoint saves of the model and its optimizer, whole, on rank 0 (empty elsewhere)."""
+
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, torch.Tensor]
+
+
+def gather(stepper: Stepper) -> Gathered:
+    """The weights and optimizer state to save. Every rank calls it: a sharded run gathers them to rank 0's CPU
+    one tensor at a time (sharding.py), so the set is the one any world size saves; unsharded, rank 0 reads its
+    own (nothing is copied)."""
+    hardware, model = stepper.hardware, stepper.model
+    if not hardware.shard:
+        if not hardware.is_main:
+            return Gathered({}, {})
+        return Gathered(checkpoint.model_tensors(model), checkpoint.optimizer_tensors(stepper.optimizer))
+    weights = sharding.full_weights(model, hardware.is_main)
+    dropped, kept = checkpoint.TIED
+    if model.lm_head.weight is model.transformer.wte.weight:  # stored once, as model_tensors does
+        weights.pop(dropped, None)
+    optimizer = sharding.full_tensors(checkpoint.optimizer_tensors(stepper.optimizer), hardware.is_main)
+    return Gathered(weights, optimizer)
+
+
 def write(
     stem: Path,
+    gathered: Gathered,
     stepper: Stepper,
     state: RunState,
     model_cfg: config.ModelConfig,
@@ -44,7 +69,8 @@ def write(
     lineage: list[dict[str, Any]] | None = None,
     held: runs.Claim | None = None,
 ) -> tuple[str, ...]:
-    """Write the run's current state as checkpoint `stem` (checkpoint.save); returns the paths written.
+    """Write the run's current state as checkpoint `stem` (checkpoint.save) from what `gather` gathered;
+    returns the paths written.
 
     `held`: the run's claim on its folder. A save writes by name (safetensors takes a path), so the name is
     checked to lead to the folder held before the save and after it: a folder renamed or removed under the run
@@ -65,8 +91,9 @@ def write(
         train_cfg=train_cfg,
         tokenizer_meta=tokenizer_meta,
         log=state.log,
-        optimizer_tensors=checkpoint.optimizer_tensors(stepper.optimizer),
+        optimizer_tensors=gathered.optimizer,
         resume_state=resume_state,
+        weights=gathered.weights,
         lineage=lineage,
     )
     if held is not None:
@@ -91,8 +118,10 @@ def save_step(
         paths = tuple(state.saved_stem + suffix for suffix in checkpoint.FILES)
         return Saved(step=state.step, stem=state.saved_stem, paths=paths, best=as_best)
     stem = checkpoint.stem_for(train_cfg.out_dir, state.step)
+    gathered = gather(stepper)  # every rank: a sharded model is gathered to rank 0
     paths = on_rank_zero(
-        stepper.hardware, lambda: write(stem, stepper, state, model_cfg, train_cfg, tokenizer_meta, lineage, held),
+        stepper.hardware,
+        lambda: write(stem, gathered, stepper, state, model_cfg, train_cfg, tokenizer_meta, lineage, held),
         f"rank 0 could not write checkpoint {stem}",
     )
     state.saved(str(stem))
@@ -108,7 +137,7 @@ def claim_out_dir(
 ) -> runs.Claim | None:
     """Lock out_dir and check it takes a checkpoint before the first step (runs.claim; rank 0 writes, every
     rank learns whether it could)."""
-    weights = sum(t.numel() * t.element_size() for t in checkpoint.model_tensors(model).values())
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())  # a shared (tied) one once
     # the weights and AdamW's two moments of the same size; the JSON files (vocabulary, log) are smaller
     size = 3 * weights + len(str(tokenizer_meta)) + 200 * cfg.steps + 65536
     return on_rank_zero(

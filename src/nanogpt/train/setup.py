@@ -11,7 +11,7 @@ import torch
 from .. import checkpoint
 from ..interop import hf_import
 from ..model import GPT
-from ..runtime import machine
+from ..runtime import machine, sharding
 from . import parts
 from .gate import Run, resolve_run
 from .loop import Trainer
@@ -39,14 +39,20 @@ def construct(run: Run) -> Trainer:
     """The trainer of a resolved run: model (random, imported or restored), optimizer, samplers, state."""
     model_cfg, train_cfg, hardware, device = run.model_cfg, run.train_cfg, run.hardware, run.hardware.device
     torch.manual_seed(train_cfg.seed)  # the same initial weights on every rank
-    model = GPT(model_cfg).to(device)
+    model = GPT(model_cfg)
+    if not hardware.shard:  # sharded, fully_shard moves it to the device one block at a time
+        model = model.to(device)
     if run.imported is not None:
         hf_import.load_into(model, run.imported)  # imported weights replace the random ones
+    if run.saved is not None:  # before the DDP wrapper, which spreads rank 0's weights, and before sharding
+        checkpoint.load_weights(model, run.saved.weights)
+    if hardware.shard:  # before the optimizer, which must hold the shards
+        sharding.shard(model, model.transformer.h, hardware)
     optimizer = parts.optimizer_for(model, train_cfg, hardware)
     scaler = torch.amp.GradScaler(device.type) if hardware.grad_scaler else None
     state = RunState()
-    if run.saved is not None:  # before the DDP wrapper, which spreads rank 0's weights
-        state = _restore(run.saved, model, optimizer, scaler)
+    if run.saved is not None:
+        state = _restore(run.saved, optimizer, scaler)
     samplers = parts.samplers(run.tokens, model_cfg, train_cfg, device)
     stepper = Stepper(train_cfg, hardware, model, optimizer, scaler, samplers, run.tokens.tokenizer)
     return Trainer(
@@ -56,11 +62,11 @@ def construct(run: Run) -> Trainer:
 
 
 def _restore(
-    saved: checkpoint.Checkpoint, model: GPT, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None
+    saved: checkpoint.Checkpoint, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None
 ) -> RunState:
-    """Continue from checkpoint `saved`: weights, optimizer moments and scaler loaded; its state returned."""
-    checkpoint.load_weights(model, saved.weights)
-    checkpoint.load_optimizer(optimizer, saved.optimizer_tensors)
+    """Continue from checkpoint `saved` (its weights are loaded already): optimizer moments (each cut to its
+    parameter's shard under --shard) and scaler loaded; its state returned."""
+    checkpoint.load_optimizer(optimizer, saved.optimizer_tensors, place=sharding.shard_like)
     if scaler is not None and saved.scaler:
         scaler.load_state_dict(saved.scaler)
     return RunState(saved.step, saved.batch_counter, list(saved.log), stem=str(saved.stem))

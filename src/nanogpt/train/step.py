@@ -19,7 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import config, data, optim, schedule
-from ..runtime import cores, distributed, machine
+from ..runtime import cores, distributed, machine, sharding
 from ..model import GPT
 from ..tokenizers import Tokenizer
 from .readback import FinishedStep, TrainingDiverged
@@ -66,7 +66,10 @@ class Halted(Exception):
 
 
 def step_module(model: GPT, hardware: machine.Hardware) -> torch.nn.Module:
-    """What a training step calls: `model`, compiled where that pays, wrapped in DDP on several processes."""
+    """What a training step calls: `model`, compiled where that pays, wrapped in DDP on several processes;
+    a sharded model (sharding.shard, which compiles its blocks) as it is."""
+    if hardware.shard:
+        return model
     module: torch.nn.Module = model
     if hardware.compile:
         module = machine.compile_model(model, hardware.device, hardware.shards, hardware.compile_mode)
@@ -82,7 +85,8 @@ class Stepper:
 
     Two handles on the one model: `model`, the plain GPT (saved, restored, clipped and sampled from), and
     `step_module`, what a training step calls (compiled where that pays, wrapped in DDP on several
-    processes). Evaluation calls `eval_module`: the step module without DDP.
+    processes). Evaluation calls `eval_module`: the step module without DDP. With --shard (hardware.shard)
+    the two are one FSDP2 model whose parameters are DTensor shards (runtime/sharding.py).
     """
 
     def __init__(
@@ -125,7 +129,8 @@ class Stepper:
 
     @property
     def eval_module(self) -> torch.nn.Module:
-        """The step module without its DDP wrapper: each rank evaluates its own share of the batches."""
+        """The step module without its DDP wrapper: each rank evaluates its own share of the batches (a sharded
+        model gathers each block for every rank's forward pass, so all ranks pass alike)."""
         module = self.step_module
         return module.module if isinstance(module, DistributedDataParallel) else module
 
@@ -151,9 +156,12 @@ class Stepper:
                     self.step_module, x, y, loss_scale=1 / cfg.grad_accum, device=self.device, dtype=self.dtype
                 )
                 continue
-            # under DDP only the last micro-step all-reduces the gradients
+            # under DDP only the last micro-step all-reduces the gradients; sharded, only it reduce-scatters them
             last = micro == cfg.grad_accum - 1
-            sync = contextlib.nullcontext() if last or world == 1 else self.step_module.no_sync()
+            if self.hardware.shard:
+                self.step_module.set_requires_gradient_sync(last)
+            sharded_or_last = last or world == 1 or self.hardware.shard
+            sync = contextlib.nullcontext() if sharded_or_last else self.step_module.no_sync()
             with sync:
                 with machine.autocast(self.device, self.dtype):
                     _, loss = self.step_module(x, y)
@@ -180,12 +188,15 @@ class Stepper:
         """
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        if self.cfg.grad_clip > 0:
+        if self.cfg.grad_clip > 0 and not self.hardware.shard:
             grad_norm: torch.Tensor | float = torch.nn.utils.clip_grad_norm_(
                 self.model.parameters(), self.cfg.grad_clip
             )
-        else:  # no clipping: the same norm, for the log (one pass over the gradients, no sync)
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+        else:  # the same norm, for the log (one pass over the gradients, no sync), clipped by as torch's clip does
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            grad_norm = sharding.norm(torch.nn.utils.get_total_norm(grads))  # sharded: all ranks' shards summed
+            if self.cfg.grad_clip > 0:
+                torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), self.cfg.grad_clip, grad_norm)
         if check:
             grad_norm = float(grad_norm)  # CPU: free to read, like the loss
         if self.scaler:
@@ -224,11 +235,16 @@ class Stepper:
         loss_sum = torch.zeros((), device=self.device)
         count = torch.zeros((), device=self.device)
         n_bytes = torch.zeros((), device=self.device)
-        for i in range(self.hardware.rank, self.cfg.eval_iters, self.hardware.world_size):
+        world = self.hardware.world_size
+        # sharded, every rank takes part in every forward pass: the last round is whole, its extra batches unused
+        end = -(-self.cfg.eval_iters // world) * world if self.hardware.shard else self.cfg.eval_iters
+        for i in range(self.hardware.rank, end, world):
             self._check_halt()
             x, y = batches.batch(i)
             with machine.autocast(self.device, self.dtype):
                 _, loss = self.eval_module(x, y)
+            if i >= self.cfg.eval_iters:
+                continue
             loss_sum += loss.float()
             count += 1
             n_bytes += self.token_bytes[y].sum()  # <|endoftext|> counts 0 bytes but its loss counts
@@ -244,12 +260,15 @@ class Stepper:
         from ..generate import generate_tokens, start_ids
 
         ids = start_ids(self.tokenizer, prompt)  # UserError for a character outside the vocabulary
+        model = self._whole_model() if self.hardware.shard else self.model
+        if model is None:  # sharded: rank 0 samples from the weights every rank helped to gather
+            return ""
         cpu_state = torch.get_rng_state()
         cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        generator = torch.Generator(device=self.device).manual_seed(seed)
+        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         try:
             new = []
-            for token in generate_tokens(self.model, ids, n_tokens, temperature=1.0, generator=generator):
+            for token in generate_tokens(model, ids, n_tokens, temperature=1.0, generator=generator):
                 self._check_halt()  # a second stop request: a sample of 10**17 tokens is dropped too
                 new.append(token)
         finally:
@@ -258,3 +277,15 @@ class Stepper:
             if cuda_states is not None:
                 torch.cuda.set_rng_state_all(cuda_states)
         return prompt + self.tokenizer.decode(new)
+
+    def _whole_model(self) -> GPT | None:
+        """A sharded model's weights gathered into a plain GPT in rank 0's CPU memory (None on the other ranks,
+        which must call this too: the gather is a collective); sampled from there, it never fills one device."""
+        weights = sharding.full_weights(self.model, self.hardware.is_main)
+        if not self.hardware.is_main:
+            return None
+        with torch.device("meta"):  # no memory and no random numbers spent on weights about to be replaced
+            model = GPT(self.model.config)
+        model.load_state_dict(weights, assign=True)
+        model.lm_head.weight = model.transformer.wte.weight  # tied again: assign replaced them one by one
+        return model.eval()
