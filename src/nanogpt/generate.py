@@ -269,8 +269,8 @@ def check_fits(model: GPT, s: GenerateConfig, prompt_tokens: int, device: torch.
     """UserError when generating cannot fit on `device` even by a lower bound of what it holds: per row the KV
     cache, the logits of a step (and top-p's sorted copy), and the window; with --num-samples above 1 every
     row's tokens too, kept to be printed whole. Said before anything is allocated: --num-samples 10**12 built
-    lists until memory ran out (train has the same kind of check, machine.check_fits)."""
-    from .runtime.machine import memory_of
+    lists until memory ran out (train has the same kind of check, runtime/fit.py)."""
+    from .runtime.fit import memory_of
 
     cfg, rows = model.config, s.num_samples
     element = model.transformer.wte.weight.element_size()
