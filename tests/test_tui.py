@@ -348,6 +348,9 @@ def test_p_after_the_run_finished_says_so(char_data: Path, tmp_path: Path) -> No
         async with app.run_test(size=(80, 24)) as pilot:
             await wait_for(pilot, lambda: app.finished is not None, "the one step")
             assert "finished 1 step;" in str(app.notice.render())  # not "1 steps"
+            await pilot.pause(0.1)
+            # one row at 80 columns, however long the path: what to do next stays on screen
+            assert app.notice.region.height == 1 and "Press q to leave." in screen_lines(app)[app.notice.region.y]
             await pilot.press("p")
             assert "the run has finished" in str(app.notice.render())
             assert app.badge() == "DONE"
@@ -359,7 +362,8 @@ def test_p_after_the_run_finished_says_so(char_data: Path, tmp_path: Path) -> No
             assert len(shown) == 2
             text = " ".join(row.strip() for row in shown)
             assert text.endswith(". …") and text.removesuffix(" …") == " ".join(sentences[: text.count(".")])
-            assert app.notice.text == " ".join(sentences)  # kept whole
+            assert app.notice.text == " ".join(sentences)  # kept whole, and printed whole when the UI exits
+            assert list(app.notice.shortened) == [" ".join(sentences)]
             await pilot.press("q")
 
     asyncio.run(drive())

@@ -327,6 +327,8 @@ def run_tui(
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    for text in app.notice.shortened:  # what the screen had to shorten, whole
+        print(text if text.startswith(("note:", "warning:")) else f"note: {text}", file=sys.stderr)
     result = app.result or app.finished
     if app.worker_traceback:
         print(app.worker_traceback, file=sys.stderr, end="")

@@ -2,7 +2,8 @@
 longer than its few rows, shortened between two of its sentences or parts (never inside one).
 
 At 80x24 every row counts (issue 34): a notice gets at most 2 rows on a screen of up to 30 rows, 3 above.
-A path (a save's checkpoint) is kept to one row by cutting its start, where it says the least.
+A path (a save's checkpoint) is kept to one row by cutting its start, where it says the least. A notice shown
+in part is printed whole when the UI exits (app.run_tui), so nothing it said is lost.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Notice(Widget):
         super().__init__(id=id)
         self.text = ""
         self.path: tuple[str, str, str] | None = None  # (before, path, after): one line, the path shortened
+        self.shortened: dict[str, None] = {}  # notices the screen showed in part, in order: printed whole at exit
 
     def show(self, text: str) -> None:
         self.text, self.path = text, None
@@ -77,7 +79,10 @@ class Notice(Widget):
             return []
         if self.path is not None:
             return [shorten_path(*self.path, width)]
-        return fit(self.text, width, self.max_lines())
+        lines = fit(self.text, width, self.max_lines())
+        if lines[-1].endswith(MORE) and not self.text.endswith(MORE):
+            self.shortened[self.text] = None
+        return lines
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         return len(self.lines(width))
