@@ -140,9 +140,26 @@ def test_a_small_text_is_told_that_char_level_may_write_better(tmp_path: Path) -
 
 
 def test_the_vocabulary_size_rule_grows_with_the_text() -> None:
-    sizes = [default_bpe_vocab_size(n) for n in (0, 10_000, 1_000_000, 100_000_000, 10**12)]
-    assert sizes == sorted(sizes) and sizes[0] == 512 and sizes[2] == 1024 and sizes[-1] == 32768
+    sizes = [default_bpe_vocab_size(n) for n in (131_072, 1_000_000, 100_000_000, 10**12)]
+    assert sizes == sorted(sizes) and sizes[0] == 512 and sizes[1] == 1024 and sizes[-1] == 32768
     assert all(s & (s - 1) == 0 for s in sizes)  # powers of two
+    # a small text: the 256 bytes and about the square root of its length in merges, up to 512 at 131,072 characters
+    small = [default_bpe_vocab_size(n) for n in (0, 3_150, 10_000, 36_000, 131_071)]
+    assert small == [256 + 32, 256 + 64, 256 + 128, 512, 512]
+
+
+def test_a_small_text_gets_a_smaller_bpe_and_is_told_why(tmp_path: Path) -> None:
+    text = bundled_text()[:3_500]  # 3,150 training characters: a BPE of 512 was 256 merges for ~1,200 tokens
+    (tmp_path / "tiny.txt").write_text(text, encoding="utf-8")
+    said = prepare_cli(tmp_path / "tiny.txt", tmp_path / "out")
+    meta = json.loads((tmp_path / "out" / "vocab.json").read_text(encoding="utf-8"))
+    assert meta["vocab_size"] == 320 and meta["bpe_train_chars"] == 3_150
+    assert ("learned a byte-level BPE of 320 tokens (chosen for 3,150 characters of training text: the 256 bytes "
+            "and 64 merges, about its square root; --vocab-size sets it)") in said
+    assert "--tokenizer char may write better" in said
+    tok = from_meta(meta)
+    train = np.fromfile(tmp_path / "out" / "train.bin", dtype="<u2").tolist()
+    assert tok.decode(train) == text[:3_150]
 
 
 def write_source(folder: Path, text: str) -> None:

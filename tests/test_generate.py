@@ -421,3 +421,21 @@ def test_cli_num_samples_prints_each_sample_then_a_separator(char_stem, capsys):
     assert texts == ["ab" + tok.decode([s[r] for s in steps]) for r in range(3)]
     assert main([*args, "--seed", "4"]) == 0
     assert capsys.readouterr().out == cap.out  # the same seed, the same three samples
+
+
+def test_a_model_that_writes_only_whitespace_gets_a_hint(tmp_path, char_stem, capsys):
+    """Greedy decoding of an undertrained model often prints only line breaks: generate says why (issue 34)."""
+    tok = CharTokenizer(["\n", " "])  # whatever it samples is whitespace
+    stem = save_checkpoint(tmp_path, tok, tok.vocab_size)
+    assert main(["generate", str(stem), "--temperature", "0", "--tokens-to-generate", "20", "--prompt", " "]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() == "" and len(out.out) == 21
+    assert "note: the model wrote only spaces and line breaks" in out.err and "greedy (--temperature 0)" in out.err
+    assert main(["generate", str(stem), "--tokens-to-generate", "20", "--seed", "1", "--prompt", " "]) == 0
+    err = capsys.readouterr().err
+    assert "only spaces and line breaks" in err and "--temperature" not in err  # at 1, only the real fix
+    assert main(["generate", str(stem), "--tokens-to-generate", "5", "--num-samples", "2", "--prompt", " "]) == 0
+    assert "only spaces and line breaks" in capsys.readouterr().err
+    assert main(["generate", str(char_stem), "--tokens-to-generate", "40", "--seed", "7"]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() and "only spaces" not in out.err  # text: no hint

@@ -105,7 +105,7 @@ def test_char_split_and_round_trip(tmp_path):
     assert meta["itos"] == sorted(set(text))
 
 
-def test_crlf_is_read_as_lf(tmp_path):
+def test_crlf_is_read_as_lf(tmp_path, capsys):
     (tmp_path / "unix").mkdir()
     (tmp_path / "dos").mkdir()
     text = "First line\nsecond line\n\nthird, and more text to split\n" * 20
@@ -113,12 +113,15 @@ def test_crlf_is_read_as_lf(tmp_path):
     (tmp_path / "dos" / "a.txt").write_bytes(text.replace("\n", "\r\n").encode())
     for name in ("unix", "dos"):
         assert main([*CHAR_PREPARE, str(tmp_path / name / "a.txt"), "--out-dir", str(tmp_path / name)]) == 0
+        # said, since text decoded from the tokens is then not the file byte for byte (issue 34); not said for LF
+        said = f"note: read 80 CRLF (or CR) line ends of {tmp_path / name / 'a.txt'} as LF"
+        assert (said in capsys.readouterr().err) == (name == "dos")
     for f in ("train.bin", "val.bin"):
         assert (tmp_path / "unix" / f).read_bytes() == (tmp_path / "dos" / f).read_bytes()
     assert load(tmp_path / "dos")[0]["itos"] == load(tmp_path / "unix")[0]["itos"] == sorted(set(text))
 
 
-def test_line_ends_across_chunk_boundaries(tmp_path):
+def test_line_ends_across_chunk_boundaries(tmp_path, capsys):
     from nanogpt.prepare import CHUNK_CHARS
 
     # a CRLF split across two reads, a lone CR (old Mac) and a CR at the very end of the file
@@ -129,6 +132,7 @@ def test_line_ends_across_chunk_boundaries(tmp_path):
     expected = text.replace("\r\n", "\n").replace("\r", "\n")
     assert decode_char(meta, np.concatenate([train, val])) == expected
     assert len(train) == int(len(expected) * (1 - 0.001))
+    assert "note: read 4 CRLF (or CR) line ends of" in capsys.readouterr().err  # each counted once, wherever it is
 
 
 def test_large_vocabulary_uses_uint32(tmp_path):

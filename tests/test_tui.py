@@ -267,6 +267,10 @@ def test_the_screen_lays_out_whole_fields_and_the_sample_clears_the_axes(
             header, status = app.header.region, app.status.region
             assert header.bottom <= app.chart.region.y and app.chart.region.bottom <= status.y  # nothing overlaps
             assert "RUNNING" in "".join(rows[status.y:status.bottom])
+            await pilot.press("s")  # a save notice is one row, whatever the length of its path (it took 3 of 24)
+            await wait_for(pilot, lambda: app.last_saved is not None, "the save")
+            await pilot.pause(0.1)
+            assert app.notice.region.height == 1 and "saved step " in screen_lines(app)[app.notice.region.y]
             # the footer names every key whole (at 80 columns it had cut "q quit" to "q qui")
             keys = [f"{b.key} {b.description}" for b in app.BINDINGS if b.show]
             assert len(keys) == 7 and all(key in rows[-1] for key in keys), rows[-1]
@@ -295,15 +299,46 @@ def test_the_screen_lays_out_whole_fields_and_the_sample_clears_the_axes(
                     and box.bottom < chart.bottom - 1
                 )
 
+            def covers_the_chart() -> bool:  # at 80x24 the frame has too few rows: the text takes the whole chart
+                return screen.query_one("#sample-box").region == app.chart.content_region
+
             # the axis labels are the chart's columns left of its frame and its rows below the frame
-            await wait_for(pilot, placed, "the popup inside the chart's frame, clear of the axis labels", timeout=5.0)
+            if size == (80, 24):
+                await wait_for(pilot, covers_the_chart, "the popup over the chart", timeout=5.0)
+            else:
+                await wait_for(pilot, placed, "the popup inside the chart's frame, clear of the axis labels", timeout=5)
             box = screen.query_one("#sample-box").region
             assert box.width >= SampleScreen.MIN_SIZE[0] and box.height >= SampleScreen.MIN_SIZE[1]
+            assert screen.query_one("#sample-scroll").region.height >= 8  # 8 rows of text, not ~4
+            # a text longer than the box: the border says how to scroll, and the keys scroll it
+            screen.show_text(app.step, "\n".join(f"line {i}" for i in range(60)))
+            await pilot.pause(0.2)
+            rows = screen_lines(app)
+            assert "↑/↓ PgUp/PgDn: scroll · Esc: close" in rows[box.bottom - 1]
+            assert any("line 0" in row for row in rows) and not any("line 59" in row for row in rows)
+            scroll = screen.query_one("#sample-scroll")
+            await pilot.press("pagedown")
+            await pilot.pause(0.1)
+            paged = scroll.scroll_y
+            await pilot.press("down")
+            await pilot.pause(0.1)
+            assert paged >= 8 and scroll.scroll_y == paged + 1
             await pilot.press("escape")
             await pilot.press("q")
             await wait_for(pilot, lambda: app.result is not None, "the run to stop")
 
     asyncio.run(drive())
+
+
+def test_a_notice_is_shortened_between_its_parts_and_a_path_from_its_start() -> None:
+    from nanogpt.tui.notice import fit, shorten_path
+
+    notes = "resumed at step 40 (40 logged steps); press p to continue · note: the preset's recipe applies"
+    assert fit(notes, 80, 2) == [notes[:80].rsplit(" ", 1)[0], notes[len(notes[:80].rsplit(" ", 1)[0]) + 1 :]]
+    assert fit(notes, 40, 1) == ["resumed at step 40 (40 logged steps) …"]
+    assert fit("one", 40, 1) == ["one"]
+    line = shorten_path("saved step 5: ", "/a/very/long/folder/model_step_5", " (the best so far)", 50)
+    assert line == "saved step 5: …lder/model_step_5 (the best so far)" and len(line) == 50
 
 
 def test_p_after_the_run_finished_says_so(char_data: Path, tmp_path: Path) -> None:
@@ -313,9 +348,22 @@ def test_p_after_the_run_finished_says_so(char_data: Path, tmp_path: Path) -> No
         async with app.run_test(size=(80, 24)) as pilot:
             await wait_for(pilot, lambda: app.finished is not None, "the one step")
             assert "finished 1 step;" in str(app.notice.render())  # not "1 steps"
+            await pilot.pause(0.1)
+            # one row at 80 columns, however long the path: what to do next stays on screen
+            assert app.notice.region.height == 1 and "Press q to leave." in screen_lines(app)[app.notice.region.y]
             await pilot.press("p")
             assert "the run has finished" in str(app.notice.render())
             assert app.badge() == "DONE"
+            # a notice longer than its 2 rows (at 80x24) loses whole sentences from its end, never half of one
+            sentences = [f"Sentence number {i} says a little more about the run." for i in range(8)]
+            app._notice(" ".join(sentences))
+            await pilot.pause(0.1)
+            shown = screen_lines(app)[app.notice.region.y : app.notice.region.bottom]
+            assert len(shown) == 2
+            text = " ".join(row.strip() for row in shown)
+            assert text.endswith(". …") and text.removesuffix(" …") == " ".join(sentences[: text.count(".")])
+            assert app.notice.text == " ".join(sentences)  # kept whole, and printed whole when the UI exits
+            assert list(app.notice.shortened) == [" ".join(sentences)]
             await pilot.press("q")
 
     asyncio.run(drive())
@@ -323,7 +371,11 @@ def test_p_after_the_run_finished_says_so(char_data: Path, tmp_path: Path) -> No
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)])
 def test_the_legend_names_each_mixology_source(mixology_dir: Path, tmp_path: Path, size: tuple[int, int]) -> None:
-    app = TrainingApp(make_trainer(mixology_dir, tmp_path, steps=4, validation_interval=2))
+    earlier = make_trainer(mixology_dir, tmp_path / "earlier", steps=4, validation_interval=2, eval_sample_tokens=0)
+    earlier.run(lambda event: None)
+    run = read_run(tmp_path / "earlier")
+    app = TrainingApp(make_trainer(mixology_dir, tmp_path / "live", steps=4, validation_interval=2),
+                      compare=(run.name, run.log))
 
     async def drive() -> None:
         async with app.run_test(size=size) as pilot:
@@ -338,6 +390,20 @@ def test_the_legend_names_each_mixology_source(mixology_dir: Path, tmp_path: Pat
                 return "val alice" in drawn and "val shakespeare" in drawn
 
             await wait_for(pilot, legend, "a legend naming both sources", timeout=10.0)
+            # six series (train, validation, two sources, the earlier run's two): the legend sits under the plot,
+            # on at most a third of the chart's rows (plotext's own took 6 of ~10 at 80x24), and each series has
+            # its own glyph, so that they are told apart without colour
+            chart = app.chart.content_region
+            drawn = screen_lines(app)[chart.y : chart.bottom]
+            frame_bottom = max(i for i, row in enumerate(drawn) if "└" in row)
+            labels = ["earlier train", "earlier val", "train", "validation", "val alice", "val shakespeare"]
+            legend_rows = [i for i, row in enumerate(drawn) if any(label in row for label in labels)]
+            assert min(legend_rows) > frame_bottom and len(legend_rows) <= chart.height // 3, drawn
+            entries = [e.strip().split(" ", 1) for i in legend_rows for e in drawn[i].split("   ") if e.strip()]
+            glyphs = {label: glyph for glyph, label in entries}
+            assert sorted(glyphs) == sorted(labels) and len(set(glyphs.values())) == len(labels), glyphs
+            plot = "".join(drawn[:frame_bottom])
+            assert all(glyphs[label][0] in plot for label in ("validation", "val alice", "val shakespeare")), drawn
             await pilot.press("q")
 
     asyncio.run(drive())
@@ -415,7 +481,7 @@ def test_a_run_that_overfits_says_so_in_the_notice(overfit_dir: Path, tmp_path: 
     async def drive() -> None:
         async with app.run_test(size=SIZE) as pilot:
             await wait_for(pilot, lambda: "overfitting:" in str(app.notice.render()), "the notice", timeout=120)
-            notice = str(app.notice.render())
+            notice = app.notice.text  # whole (on screen it wraps, or loses its last parts on a small one)
             assert "rose at each of the last 3 evaluations" in notice and "best kept: " in notice
             assert "--stop-when-overfitting stops a run here" in notice
             await pilot.press("q")

@@ -222,8 +222,9 @@ def _token_text(tokenizer: Tokenizer) -> tuple[Callable[[int], str], Callable[[]
     return (lambda i: decoder.decode(token_bytes(i))), (lambda: decoder.decode(b"", final=True))
 
 
-def _stream(tokens: Iterator[int], tokenizer: Tokenizer, prompt: str) -> tuple[int, float]:
-    """Write the prompt, then each generated token's text as it comes, to stdout; (count, start time)."""
+def _stream(tokens: Iterator[int], tokenizer: Tokenizer, prompt: str) -> tuple[int, float, bool]:
+    """Write the prompt, then each generated token's text as it comes, to stdout; (count, start time, whether
+    the generated text was only whitespace)."""
     next_text, rest = _token_text(tokenizer)
     out = sys.stdout
     out.write(prompt)
@@ -231,21 +232,24 @@ def _stream(tokens: Iterator[int], tokenizer: Tokenizer, prompt: str) -> tuple[i
     last = prompt  # the last non-empty text written
     started = time.perf_counter()
     count = 0
+    blank = True
     for token in tokens:
         text = next_text(token)
         out.write(text)
         out.flush()
         last = text or last
+        blank = blank and not text.strip()
         count += 1
     text = rest()
     out.write(text)
     last = text or last
+    blank = blank and not text.strip()
     # on a terminal, end the last line so that a shell prompt does not follow the text on it; pipes and
     # files get the text only
     if last and not last.endswith("\n") and out.isatty():
         out.write("\n")
     out.flush()
-    return count, started
+    return count, started, blank
 
 
 def _known_prompt(tokenizer: Tokenizer, text: str, drop: bool) -> str:
@@ -347,11 +351,11 @@ def generate_cli(stem: str, settings: GenerateConfig | None = None) -> int:
         try:
             if s.num_samples == 1:
                 tokens = (row[0] for row in rows)
-                count, started = _stream(tokens if eot is None else itertools.takewhile(lambda t: t != eot, tokens),
-                                         tokenizer, text)
+                tokens = tokens if eot is None else itertools.takewhile(lambda t: t != eot, tokens)
+                count, started, blank = _stream(tokens, tokenizer, text)
             else:
-                count, started = _print_samples(rows if eot is None else _until_all_end(rows, eot), tokenizer, text,
-                                                s.num_samples, eot)
+                count, started, blank = _print_samples(rows if eot is None else _until_all_end(rows, eot), tokenizer,
+                                                       text, s.num_samples, eot)
         except BrokenPipeError:
             raise  # `| head`: the reader had what it wanted
         except OSError as e:  # nothing is read while sampling: it is stdout that failed (`> /dev/full`)
@@ -360,7 +364,18 @@ def generate_cli(stem: str, settings: GenerateConfig | None = None) -> int:
     total = count * s.num_samples
     times = f"{s.num_samples} x {count}" if s.num_samples > 1 else f"{count}"
     print(f"{times} tokens in {seconds:.2f} s ({total / max(seconds, 1e-9):.0f} tokens/s)", file=sys.stderr)
+    if blank and count:
+        print(blank_hint(s.temperature), file=sys.stderr)
     return 0
+
+
+def blank_hint(temperature: float) -> str:
+    """What generate says when it wrote only whitespace: what usually causes it, and what to try."""
+    how = "greedy (--temperature 0)" if temperature == 0 else f"at --temperature {temperature:g}"
+    low = (f"; {how} it writes that token again and again: a higher --temperature (1 samples the model as "
+           "trained) shows more of what it learnt") if temperature < 0.7 else ""
+    return ("note: the model wrote only spaces and line breaks: an undertrained model's likeliest next token is "
+            f"often a line break or a space{low}; training longer is the real fix")
 
 
 SAMPLE_SEPARATOR = "-" * 15  # the line nanoGPT's sample.py prints after each sample
@@ -377,18 +392,20 @@ def _until_all_end(rows: Iterator[list[int]], eot: int) -> Iterator[list[int]]:
 
 
 def _print_samples(rows: Iterator[list[int]], tokenizer: Tokenizer, prompt: str, n: int,
-                   eot: int | None = None) -> tuple[int, float]:
+                   eot: int | None = None) -> tuple[int, float, bool]:
     """Sample all rows together, then print each (prompt + text, up to its <|endoftext|> when `eot` is given)
-    followed by a separator; (tokens per row, start)."""
+    followed by a separator; (tokens per row, start, whether every sample's text was only whitespace)."""
     started = time.perf_counter()
     steps = list(rows)
     out = sys.stdout
+    blank = True
     for r in range(n):
         ids = [step[r] for step in steps]
         if eot is not None and eot in ids:
             ids = ids[: ids.index(eot)]
+        blank = blank and not tokenizer.decode(ids).strip()
         text = prompt + tokenizer.decode(ids)
         out.write(text if text.endswith("\n") else text + "\n")
         out.write(SAMPLE_SEPARATOR + "\n")
     out.flush()
-    return len(steps), started
+    return len(steps), started, blank

@@ -137,16 +137,27 @@ class GPT2Tokenizer:
 
 MAX_BPE_VOCAB = 1 << 18  # --vocab-size's ceiling, and what a vocab.json may claim before anything is built
 MIN_BPE_VOCAB = 256  # the 256 bytes, which every vocabulary holds so that any text encodes
+SMALL_BPE_CHARS = 1 << 17  # 131,072 training characters: below, the default BPE is 256 bytes + about √N merges
 
 
 def default_bpe_vocab_size(train_chars: int) -> int:
     """The vocabulary `prepare --tokenizer bpe` learns when --vocab-size is left out: about the square root of
-    the training text's length in characters, rounded to a power of two, between 512 and 32,768.
+    the training text's length in characters, rounded to a power of two, between 512 and 32,768; below 131,072
+    characters, the 256 bytes and that many merges (288 to 512).
 
     Larger vocabularies pack more text into each token but need more text to fill the embedding and the head;
     the square root gives 1,024 for Tiny Shakespeare (1 M characters), where a measured BPE 1024 beat 512.
+
+    Below `SMALL_BPE_CHARS` the square root is under 362 and would round below 512, and a byte-level BPE holds the
+    256 bytes whatever its size: there the square root counts the merges learnt on top of them (256 + 64 = 320
+    tokens for 3,150 characters; 512 again at the threshold). The floor of 512 gave such a text 256 merges, as
+    many merges as it has words of a few letters, each seen a few times, and a larger embedding for nothing
+    (issue 34). Not measured against 512 on small texts; char level was (Alice, 0.12 M characters, BENCHMARKS.md
+    "Tokenizers at equal time": char 2.16 bits per byte, every BPE 2.87 or more), and prepare says so there.
     """
     root = max(1, train_chars) ** 0.5
+    if train_chars < SMALL_BPE_CHARS:
+        return MIN_BPE_VOCAB + int(max(32, 2 ** round(math.log2(root))))
     return int(min(1 << 15, max(1 << 9, 2 ** round(math.log2(root)))))
 
 

@@ -162,7 +162,9 @@ def summary_line(meta: dict[str, Any]) -> str:
     """What prepare's summary says of a learned BPE (vocab.json `meta`): its size and why, what it learnt from."""
     size = f"{meta['vocab_size']:,} tokens"
     if meta["bpe_vocab_size_chosen"]:
-        size += f" (chosen for {meta['bpe_train_chars']:,} characters of training text; --vocab-size sets it)"
+        small = meta["vocab_size"] < 512  # the rule for a small text (tokenizers.default_bpe_vocab_size)
+        rule = f": the 256 bytes and {meta['vocab_size'] - 256} merges, about its square root" if small else ""
+        size += f" (chosen for {meta['bpe_train_chars']:,} characters of training text{rule}; --vocab-size sets it)"
     sample = f"{meta['bpe_sample_chars']:,} characters of the training text"
     if meta["bpe_sample_chars"] < meta["bpe_train_chars"]:
         sample += (f" (spread over each source's, {BPE_SAMPLE_CHARS:,} in all at most; fewer where its distinct words "

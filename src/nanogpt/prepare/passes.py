@@ -36,6 +36,11 @@ def read_pass(sources: list[Source], path: Path, reading: Reading, tokenizer: st
             raise UserError(f"{what} has no text" + (" left without its Project Gutenberg header and footer"
                                                      if any(d.stripped for d in s.docs) else ""))
     gutenberg_notes(sources, val_fraction, asked_strip)
+    crlf = [d for d in docs if d.cr_line_ends]
+    if crlf:  # the tokens hold LF: text decoded from them is not byte for byte the file (docs/data.md)
+        which = str(crlf[0].path) if len(crlf) == 1 else f"{len(crlf)} files"
+        print(f"note: read {sum(d.cr_line_ends for d in crlf):,} CRLF (or CR) line ends of {which} as LF, as "
+              "Python and nanoGPT read text: decoded text has LF line ends", file=sys.stderr)
     if charset is not None and any(s.count > 1 for s in sources):
         charset.add("\n")  # char separates documents with a line break (encode.py): it needs one in any case
     return charset.chars() if charset is not None else None

@@ -52,6 +52,7 @@ class Doc:
     gutenberg: bool = False  # kept (--keep-gutenberg): a START marker was seen in its first chunk
     footer_at: int | None = None  # kept: where its END marker line starts, in characters
     stamp: tuple[int, int] = (0, 0)  # its size and modification time when the first pass read it
+    cr_line_ends: int = 0  # CRLF and lone CR line ends the first pass read as LF (prepare says so)
 
 
 @dataclass
@@ -186,8 +187,9 @@ def _nul_offset(path: Path) -> int:
     return offset
 
 
-def read_chunks(path: Path, progress: Progress | None = None) -> Iterator[str]:
-    """The text of a file in chunks, CRLF (and lone CR) read as LF, as nanoGPT's open(..., 'r') reads it."""
+def read_chunks(path: Path, progress: Progress | None = None, doc: Doc | None = None) -> Iterator[str]:
+    """The text of a file in chunks, CRLF (and lone CR) read as LF, as nanoGPT's open(..., 'r') reads it;
+    `doc`, when given, counts those line ends (`cr_line_ends`)."""
     errors = decompression_errors()
     with open_raw(path) as raw:
         stream: BinaryIO = decompressed(path, raw)
@@ -217,11 +219,15 @@ def read_chunks(path: Path, progress: Progress | None = None) -> Iterator[str]:
             if cr or "\r" in chunk:
                 chunk = cr + chunk
                 cr = "\r" if chunk.endswith("\r") else ""
+                if doc is not None:
+                    doc.cr_line_ends += chunk.count("\r") - len(cr)
                 chunk = chunk[: len(chunk) - len(cr)].replace("\r\n", "\n").replace("\r", "\n")
                 if not chunk:
                     continue
             yield chunk
         if cr:
+            if doc is not None:
+                doc.cr_line_ends += 1
             yield "\n"
 
 
@@ -285,7 +291,8 @@ def scan_text(doc: Doc, charset: CharSet | None, strip: bool, progress: Progress
         elif local is not None and end is None:
             local.add(piece)
 
-    for chunk in read_chunks(doc.path, progress):
+    doc.cr_line_ends = 0
+    for chunk in read_chunks(doc.path, progress, doc):
         if not strip:  # a raw Gutenberg file's header is in its first chunk; its footer follows the END line
             markers = [(m.group(1).upper(), pos + m.start()) for m in _GUTENBERG.finditer(chunk)]
             doc.gutenberg = doc.gutenberg or (pos == 0 and any(kind == "START" for kind, _ in markers))

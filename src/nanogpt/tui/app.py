@@ -22,7 +22,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
-from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -47,8 +46,10 @@ from ..events import (
 )
 from ..summary import hints, plural, print_end_of_run, split_log
 from .keys import KeysMixin
+from .notice import Notice
 from .status import StatusMixin
-from .widgets import LossChart, RunHeader, SampleScreen, StatusLine
+from .chart import LossChart
+from .widgets import RunHeader, SampleScreen, StatusLine
 
 if TYPE_CHECKING:
     from ..events import Engine
@@ -85,14 +86,12 @@ class TrainingApp(StatusMixin, KeysMixin, App[int]):
     #badge.stopping { background: $warning-darken-2; color: black; }
     #badge.finished { background: $primary; color: $text; }
     #badge.error { background: $error; color: $text; }
-    #notice { height: auto; max-height: 3; padding: 0 1; color: $text-muted; }
     #error { height: auto; padding: 0 1; background: $error 30%; display: none; }
     #error.shown { display: block; }
     SampleScreen { align: left top; }
-    #sample-box { border: round $accent; background: $panel; padding: 0 1; }
+    #sample-box { border: round $accent; background: $panel; padding: 0 1; border-subtitle-color: $text-muted; }
     #sample-title { text-style: bold; height: 1; }
     #sample-scroll { height: 1fr; }
-    #sample-hint { height: 1; color: $text-muted; }
     """
     # the footer shows them on one row: short enough for 80 columns (docs/training.md's table says more)
     BINDINGS: ClassVar[list[Binding]] = [
@@ -158,7 +157,7 @@ class TrainingApp(StatusMixin, KeysMixin, App[int]):
         self.status = StatusLine(id="status")
         self.badge_widget = Static("", id="badge")
         self.error_widget = Static("", id="error")
-        self.notice = Static("", id="notice")
+        self.notice = Notice(id="notice")
         yield self.header
         yield self.chart
         with Horizontal(id="status-row"):
@@ -251,8 +250,8 @@ class TrainingApp(StatusMixin, KeysMixin, App[int]):
                 self.sample_screen.show_text(ev.step, ev.text)
         elif isinstance(ev, Saved):
             self.last_saved = ev
-            best = ", the best so far" if ev.best else ""
-            self._notice(f"saved {ev.stem} (step {ev.step}: {', '.join(_suffixes(ev))}){best}")
+            # one row at any width (each save took 3 of 24 rows): the path loses its start when it must
+            self.notice.show_path(f"saved step {ev.step}: ", ev.stem, " (the best so far)" if ev.best else "")
         elif isinstance(ev, Overfitting):
             self._notice(overfitting_text(ev))
         elif isinstance(ev, Paused):
@@ -301,18 +300,13 @@ class TrainingApp(StatusMixin, KeysMixin, App[int]):
             self._notice(" · ".join(notes))
 
     def _notice(self, text: str) -> None:
-        self.notice.update(Text(text))
+        self.notice.show(text)
 
     def on_unmount(self) -> None:
         # If the UI goes away while training runs (it should not), stop the engine so its thread ends.
         if self.result is None and self.finished is None:
             self.engine.request_stop()
             self.commands.put(Stop())
-
-
-def _suffixes(ev: Saved) -> list[str]:
-    names = [p.removeprefix(ev.stem) for p in ev.paths]
-    return names or ["written"]
 
 
 def run_tui(
@@ -333,6 +327,8 @@ def run_tui(
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    for text in app.notice.shortened:  # what the screen had to shorten, whole
+        print(text if text.startswith(("note:", "warning:")) else f"note: {text}", file=sys.stderr)
     result = app.result or app.finished
     if app.worker_traceback:
         print(app.worker_traceback, file=sys.stderr, end="")

@@ -13,6 +13,8 @@ from textual.geometry import Region
 from ..events import Pause, Resume, Sample, Save, Stop
 from .widgets import SamplePager, SampleScreen
 
+SAMPLE_ROWS = 8  # rows of sampled text the popup shows at least, where the screen has them
+
 
 class KeysMixin:
     """TrainingApp's key actions (its BINDINGS name them)."""
@@ -74,8 +76,12 @@ class KeysMixin:
         chart = self.chart
         inside = chart.plot_area
         if inside is None:  # not drawn yet: plotext's usual margins (title, labels, ticks)
-            return chart.content_region.shrink((2, 1, 3, 8))
-        return inside.translate(chart.content_region.offset)
+            inside = chart.content_region.shrink((2, 1, 3, 8))
+        else:
+            inside = inside.translate(chart.content_region.offset)
+        if inside.height < SAMPLE_ROWS + 3:  # a small screen (80x24): the text matters more than the axes
+            return chart.content_region
+        return inside
 
     @work(thread=True, name="sample")
     def _sample_after_run(self, screen: SampleScreen, n: int) -> None:

@@ -102,5 +102,8 @@ class StatusMixin:
         if ev.reason == "stopped" or self.stopping:
             self.exit(0)
             return
-        where = f"; saved {ev.stem}" if ev.stem else ""
-        self._notice(f"finished {plural(ev.step, 'step')}{where}. Press q to leave.")
+        done = f"finished {plural(ev.step, 'step')}"
+        if ev.stem:  # one row, the path shortened from its start: "Press q to leave" stays on screen
+            self.notice.show_path(f"{done}; saved ", ev.stem, ". Press q to leave.")
+        else:
+            self._notice(f"{done}. Press q to leave.")

@@ -7,7 +7,6 @@ talking). No torch here.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
@@ -19,11 +18,10 @@ from textual.geometry import Region, Size
 from textual.screen import ModalScreen
 from textual.widget import Widget
 from textual.widgets import Static
-from textual_plotext import PlotextPlot
 
 from ..events import RunStarted
 from ..summary import count as human_count
-from ..summary import drawable, embedding_params, epochs, split_log, times
+from ..summary import embedding_params, epochs, times
 
 
 def clock(seconds: float | None) -> str:
@@ -138,148 +136,6 @@ class RunHeader(FieldLines):
         self.set_fields(model + data)  # one flow: at 80 columns that is three lines, not four
 
 
-SOURCE_COLORS = ["green+", "magenta+", "yellow+", "blue+", "red+", "white"]  # one per mixology source
-
-
-class LossChart(PlotextPlot):
-    """Training loss per step (a line) and validation loss (points), drawn from the data it holds.
-
-    The app adds points as they come and calls `refresh()` only a few times per second; each draw
-    rebuilds the plot from the stored series (downsampled to the chart's width), which also sidesteps
-    plotext state that does not survive a second build on a log axis.
-    """
-
-    def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(id=id)
-        self.train_steps: list[int] = []
-        self.train_losses: list[float] = []
-        self.train_not_positive = 0  # training losses <= 0, which a log axis cannot show
-        self.val_steps: list[int] = []
-        self.val_losses: list[float] = []
-        # a mixology dataset: each source's validation losses, {name: (steps, losses)}, one series each
-        self.source_val: dict[str, tuple[list[int], list[float]]] = {}
-        # --compare: an earlier run's (name, train steps, train losses, val steps, val losses), drawn faintly
-        self.compare: tuple[str, list[int], list[float], list[int], list[float]] | None = None
-        # the same validation points in bits per byte (key b): nan where a log has none; the compared run's too
-        self.val_bpb: list[float] = []
-        self.source_bpb: dict[str, tuple[list[int], list[float]]] = {}
-        self.compare_bpb: tuple[list[int], list[float]] = ([], [])
-        self.metric = "loss"  # or "bpb": what the y axis shows
-        self.log_scale = False
-        self.draws = 0  # how many times the plot was built (tests and the throttle read it)
-        self.drawn_points = 0  # train points in the last build
-        self.last_draw_s = 0.0  # CPU seconds the last build took on the UI thread (not GIL waits)
-        self.plot_area: Region | None = None  # inside the drawn frame, in the widget's own cells
-
-    def add_train(self, steps: Sequence[int], losses: Sequence[float]) -> None:
-        """Training losses: only the drawable ones are kept (filtered here, once, not at each draw)."""
-        steps, losses = drawable(steps, losses)
-        self.train_steps.extend(steps)
-        self.train_losses.extend(losses)
-        self.train_not_positive += sum(1 for v in losses if v <= 0)
-
-    def set_compare(self, name: str, log: Sequence[dict]) -> None:
-        """An earlier run's training log, drawn faintly behind the live run (--compare)."""
-        train, val = split_log(log)
-        self.compare = (name, *drawable([e["step"] for e in train], [e["loss"] for e in train]),
-                        *drawable([e["step"] for e in val], [e["validation_loss"] for e in val]))
-        with_bpb = [e for e in val if isinstance(e.get("validation_bpb"), (int, float))]
-        self.compare_bpb = drawable([e["step"] for e in with_bpb], [e["validation_bpb"] for e in with_bpb])
-
-    def add_val(
-        self,
-        step: int,
-        loss: float,
-        by_source: dict[str, float] | None = None,
-        bpb: float = math.nan,
-        source_bpb: dict[str, float] | None = None,
-    ) -> None:
-        self.val_steps.append(step)
-        self.val_losses.append(loss)
-        self.val_bpb.append(bpb)
-        for series, values in ((self.source_val, by_source), (self.source_bpb, source_bpb)):
-            for name, value in (values or {}).items():
-                steps, losses = series.setdefault(name, ([], []))
-                steps.append(step)
-                losses.append(value)
-
-    def _validation(self) -> tuple[list[int], list[float], dict[str, tuple[list[int], list[float]]]]:
-        """The drawable validation points of the metric shown (bpb: those measured), and each source's."""
-        if self.metric == "loss":
-            values, by_source = self.val_losses, self.source_val
-        else:
-            values, by_source = self.val_bpb, self.source_bpb
-        log = self.log_scale and self.metric == "loss"
-        return (*drawable(self.val_steps, values, log), {k: drawable(*v, log) for k, v in by_source.items()})
-
-    def _title(self) -> str:
-        if self.metric == "bpb":
-            return "validation bits per byte (b: loss)"
-        return "loss (log scale)" if self.log_scale else "loss"
-
-    def render(self) -> RenderResult:
-        t0 = time.thread_time()
-        plt = self.plt
-        plt.clear_data()
-        # braille packs two points per cell horizontally; more than that would only cost time
-        log = self.log_scale and self.metric == "loss"
-        train = (self.train_steps, self.train_losses)
-        if log and self.train_not_positive:
-            train = drawable(*train, log)
-        xs, ys = downsample(*train, max(2, 2 * (self.size.width - 8)))
-        if self.metric == "bpb":  # training is measured in tokens, not bytes: only validation is drawn
-            xs, ys = [], []
-        val_steps, val_values, by_source = self._validation()
-        if self.compare is not None:  # first, so the live run's curves are drawn over it
-            name, c_steps, c_losses, c_val_steps, c_val_losses = self.compare
-            if self.metric == "bpb":
-                c_steps, c_losses, (c_val_steps, c_val_losses) = [], [], self.compare_bpb
-            elif log and min(c_losses + c_val_losses, default=1) <= 0:  # a log axis shows none of those
-                c_steps, c_losses = drawable(c_steps, c_losses, log)
-                c_val_steps, c_val_losses = drawable(c_val_steps, c_val_losses, log)
-            cx, cy = downsample(c_steps, c_losses, max(2, self.size.width - 8))
-            if cx:
-                plt.plot(cx, cy, marker="dot", color="gray", label=f"{name} train")
-            if c_val_steps:
-                plt.scatter(c_val_steps, c_val_losses, marker="•", color="gray+", label=f"{name} val")
-        if xs:
-            plt.plot(xs, ys, marker="braille", color="cyan+", label="train")
-        if val_steps:
-            plt.scatter(val_steps, val_values, marker="●", color="orange+", label="validation")
-        for (name, (steps, losses)), color in zip(by_source.items(), SOURCE_COLORS * 4):
-            if steps:
-                plt.plot(steps, losses, marker="●", color=color, label=f"val {name}")
-        ends = [*xs[:1], *xs[-1:], *val_steps[:1], *val_steps[-1:]]
-        if self.compare is not None:
-            ends += [*self.compare[1][:1], *self.compare[1][-1:]] if self.metric == "loss" else self.compare_bpb[0]
-        if ends:
-            plt.xticks(step_ticks(min(ends), max(ends)))
-        plt.yscale("log" if self.log_scale and self.metric == "loss" else "linear")
-        plt.title(self._title())
-        plt.xlabel("step")
-        result = super().render()
-        area = _inside_frame(result.plain.splitlines())
-        if area != self.plot_area:
-            self.plot_area = area
-            screen = self.app.screen
-            if isinstance(screen, SampleScreen):  # an open popup follows the frame (tick labels move it)
-                self.call_after_refresh(screen.place)
-        self.draws += 1
-        self.drawn_points = len(xs)
-        self.last_draw_s = time.thread_time() - t0
-        return result
-
-
-def _inside_frame(lines: list[str]) -> Region | None:
-    """The cells inside plotext's box (┌ ┐ └), which has the axis labels outside it; None if not drawn."""
-    top = next((i for i, line in enumerate(lines) if "┌" in line), None)
-    bottom = next((i for i in range(len(lines) - 1, -1, -1) if "└" in lines[i]), None)
-    if top is None or bottom is None or bottom <= top + 1 or "┐" not in lines[top]:
-        return None
-    left, right = lines[top].index("┌"), lines[top].rindex("┐")
-    return Region(left + 1, top + 1, right - left - 1, bottom - top - 1)
-
-
 class StatusLine(FieldLines):
     """The run's numbers (a state badge sits beside it), wrapped between fields on a narrow screen."""
 
@@ -293,7 +149,13 @@ class SampleScreen(ModalScreen[None]):
     header and the status line stay readable around it.
     """
 
-    BINDINGS: ClassVar[list[Binding]] = [Binding("escape", "close", "close")]
+    SCROLL_KEYS: ClassVar[list[Binding]] = [
+        Binding("up", "scroll(-1)", "scroll"), Binding("down", "scroll(1)", "scroll"),
+        Binding("pageup", "scroll(-8)", "scroll"), Binding("pagedown", "scroll(8)", "scroll"),
+    ]
+    BINDINGS: ClassVar[list[Binding]] = [*SCROLL_KEYS, Binding("escape", "close", "close")]
+    AUTO_FOCUS = None  # the keys are the screen's: a focused scroll box would take ← and → from the pager
+    HINT = "Esc: close"
     MIN_SIZE = (24, 6)  # below this the popup takes the whole screen rather than be unreadable
 
     def __init__(self, step: int, n_tokens: int, area: Callable[[], Region | None] = lambda: None) -> None:
@@ -302,9 +164,6 @@ class SampleScreen(ModalScreen[None]):
         self.n_tokens = n_tokens
         self.text: str | None = None
         self.area = area
-
-    def on_mount(self) -> None:
-        self.place()
 
     def on_resize(self) -> None:
         self.place()
@@ -323,13 +182,26 @@ class SampleScreen(ModalScreen[None]):
             yield Static(f"Sampling {self.n_tokens} tokens at step {self.step}…", id="sample-title")
             with VerticalScroll(id="sample-scroll"):
                 yield Static("(waiting for the current step to finish)", id="sample-text", markup=False)
-            yield Static("Esc: close", id="sample-hint")
+
+    def on_mount(self) -> None:
+        self.place()
+        self.update_hint()
+
+    def update_hint(self) -> None:
+        """The box's bottom border says the keys, scrolling among them when the text is longer than the box."""
+        scroll = self.query_one("#sample-scroll", VerticalScroll)
+        more = "↑/↓ PgUp/PgDn: scroll · " if scroll.max_scroll_y > 0 else ""
+        self.query_one("#sample-box").border_subtitle = more + self.HINT
+
+    def action_scroll(self, rows: int) -> None:
+        self.query_one("#sample-scroll", VerticalScroll).scroll_relative(y=rows, animate=False)
 
     def show_text(self, step: int, text: str) -> None:
         """Put the sampled text in the popup."""
         self.text = text
         self.query_one("#sample-title", Static).update(f"Sample at step {step} ({self.n_tokens} tokens)")
         self.query_one("#sample-text", Static).update(Text(text))
+        self.call_after_refresh(self.update_hint)
 
     def action_close(self) -> None:
         self.dismiss(None)
@@ -342,6 +214,7 @@ class SamplePager(SampleScreen):
     """
 
     BINDINGS: ClassVar[list[Binding]] = [
+        *SampleScreen.SCROLL_KEYS,
         Binding("left", "page(-1)", "earlier"),
         Binding("right", "page(1)", "later"),
         Binding("escape", "close", "close"),
@@ -357,7 +230,8 @@ class SamplePager(SampleScreen):
             yield Static("", id="sample-title")
             with VerticalScroll(id="sample-scroll"):
                 yield Static("", id="sample-text", markup=False)
-            yield Static("←/→: earlier/later step · Esc: close", id="sample-hint")
+
+    HINT = "←/→: earlier/later step · Esc: close"
 
     def on_mount(self) -> None:
         super().on_mount()
@@ -369,6 +243,7 @@ class SamplePager(SampleScreen):
         title = f"Sample at step {self.step} ({self.index + 1} of {len(self.samples)}, same prompt and seed)"
         self.query_one("#sample-title", Static).update(title)
         self.query_one("#sample-text", Static).update(Text(self.text))
+        self.call_after_refresh(self.update_hint)
 
     def action_page(self, delta: int) -> None:
         self.index = min(max(self.index + delta, 0), len(self.samples) - 1)
