@@ -32,6 +32,7 @@ from .store.files import read_bytes
 from .inference import CapturedStep, Decoder
 from .model import GPT
 from .store.files import listing
+from .runtime.fit import check_generation_fits
 from .runtime.machine import aten_kernels
 from .tokenizers import BpeTokenizer, CharTokenizer, GPT2Tokenizer, Tokenizer, from_meta
 
@@ -269,27 +270,6 @@ def _known_prompt(tokenizer: Tokenizer, text: str, drop: bool) -> str:
     return "".join(c for c in text if c in known)
 
 
-def check_fits(model: GPT, s: GenerateConfig, prompt_tokens: int, device: torch.device) -> None:
-    """UserError when generating cannot fit on `device` even by a lower bound of what it holds: per row the KV
-    cache, the logits of a step (and top-p's sorted copy), and the window; with --num-samples above 1 every
-    row's tokens too, kept to be printed whole. Said before anything is allocated: --num-samples 10**12 built
-    lists until memory ran out (train has the same kind of check, runtime/fit.py)."""
-    from .runtime.fit import memory_of
-
-    cfg, rows = model.config, s.num_samples
-    element = model.transformer.wte.weight.element_size()
-    per_row = 2 * cfg.n_layer * cfg.block_size * cfg.n_embd * element + 3 * cfg.vocab_size * 4
-    per_row += 8 * (min(prompt_tokens, cfg.block_size) + 2 * cfg.block_size)
-    if rows > 1:
-        per_row += 36 * s.tokens_to_generate  # a Python int in a list, per token kept
-    need, have = rows * per_row, memory_of(device)
-    if have is not None and need > have:
-        raise UserError(
-            f"--num-samples {rows:,} x --tokens-to-generate {s.tokens_to_generate:,} would run out of memory: they "
-            f"need at least {need / 2**30:,.1f} GiB and {device.type} has {have / 2**30:,.1f} GiB; ask for fewer"
-        )
-
-
 PROMPT_FILE_LIMIT = 16 << 20  # far beyond any context window; a prompt is cropped to the last block anyway
 
 
@@ -328,7 +308,7 @@ def generate_cli(stem: str, settings: GenerateConfig | None = None) -> int:
         )
     text = _known_prompt(tokenizer, prompt, s.drop_unknown)
     ids = start_ids(tokenizer, text)
-    check_fits(model, s, len(ids), dev)
+    check_generation_fits(model.config, model.transformer.wte.weight.element_size(), s, len(ids), dev)
     seed = s.seed
     if seed == 0:
         seed = secrets.randbelow(2**31 - 1) + 1

@@ -15,7 +15,7 @@ import torch
 from ..errors import UserError
 
 if TYPE_CHECKING:
-    from ..config import ModelConfig, TrainConfig
+    from ..config import GenerateConfig, ModelConfig, TrainConfig
 
 GATHERED_BYTES = 2  # a gathered weight in the lowest precision FSDP2 may gather in (bfloat16): a lower bound
 
@@ -95,3 +95,22 @@ def holding(model_cfg: ModelConfig, train_cfg: TrainConfig, world_size: int) -> 
 
 def _size(n: float) -> str:
     return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
+
+
+def check_generation_fits(cfg: ModelConfig, element: int, s: GenerateConfig, prompt_tokens: int,
+                          device: torch.device) -> None:
+    """UserError when `generate` cannot fit on `device` even by a lower bound of what it holds: per row the KV
+    cache (`element` bytes a value), the logits of a step (and top-p's sorted copy), and the window; with
+    --num-samples above 1 every row's tokens too, kept to be printed whole. Said before anything is allocated:
+    --num-samples 10**12 built lists until memory ran out."""
+    rows = s.num_samples
+    per_row = 2 * cfg.n_layer * cfg.block_size * cfg.n_embd * element + 3 * cfg.vocab_size * 4
+    per_row += 8 * (min(prompt_tokens, cfg.block_size) + 2 * cfg.block_size)
+    if rows > 1:
+        per_row += 36 * s.tokens_to_generate  # a Python int in a list, per token kept
+    need, have = rows * per_row, memory_of(device)
+    if have is not None and need > have:
+        raise UserError(
+            f"--num-samples {rows:,} x --tokens-to-generate {s.tokens_to_generate:,} would run out of memory: they "
+            f"need at least {need / 2**30:,.1f} GiB and {device.type} has {have / 2**30:,.1f} GiB; ask for fewer"
+        )
