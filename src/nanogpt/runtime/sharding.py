@@ -7,8 +7,8 @@ Where the dtype is not float32, FSDP2's MixedPrecisionPolicy gathers the weights
 gradients in float32.
 
 What leaves the run whole is gathered here with PyTorch's own collectives, one tensor at a time, to rank 0's
-CPU memory: the weights (`torch.distributed.checkpoint.state_dict.get_model_state_dict` with a full state
-dict and CPU offload) and the optimizer state (DTensor.full_tensor per tensor), so a checkpoint is the same
+CPU memory: the weights (the sharded `get_model_state_dict`, each DTensor's full_tensor copied on rank 0) and
+the optimizer state (DTensor.full_tensor per tensor), so a checkpoint is the same
 set whatever the world size. A whole tensor read back (a resume) is cut to the process's own shard by
 `distribute_tensor` from the copy every process holds (no communication).
 """
@@ -76,11 +76,21 @@ def norm(total: torch.Tensor) -> torch.Tensor:
 
 def full_weights(model: torch.nn.Module, main: bool) -> dict[str, torch.Tensor]:
     """The model's whole weights on rank 0's CPU (`main`), gathered one tensor at a time; {} on the others.
-    Every rank must call it (a collective)."""
+    Every rank must call it (a collective).
+
+    The sharded state dict (its clean names: no wrapper prefixes) is gathered here tensor by tensor and copied on
+    rank 0, rather than through get_model_state_dict's `cpu_offload`: on a CPU-only run that offload is a no-op
+    `.to("cpu")`, and a rank crashed (SIGSEGV) now and then inside it during a save, as the FSDP1 form of it did
+    (Lightning-AI/pytorch-lightning#21804: the gathered result aliasing a freed buffer)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return dict(state) if main else {}
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=False))
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        full = whole(tensor)
+        if main:
+            out[name] = full.detach().to("cpu", copy=True)
+    return out
 
 
 def full_tensors(tensors: dict[str, torch.Tensor], main: bool) -> dict[str, torch.Tensor]:
@@ -90,5 +100,5 @@ def full_tensors(tensors: dict[str, torch.Tensor], main: bool) -> dict[str, torc
     for name, tensor in tensors.items():
         full = whole(tensor)
         if main:
-            out[name] = full.detach().cpu()
+            out[name] = full.detach().to("cpu", copy=True)  # its own storage, never a view of a gather buffer
     return out
