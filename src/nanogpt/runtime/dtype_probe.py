@@ -195,33 +195,27 @@ def _verdict(
     """The cached verdict under `key`, or `measure_both()`'s (bfloat16 only when clearly faster), cached;
     `reprobe` (--reprobe-dtype): measured again whatever the cache holds."""
     path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / CACHE_FILE
-    entries = _read(path)
+    entries = read_cache(path, "dtype probe cache")
     hit = entries.get(key)
     if isinstance(hit, dict) and hit.get("dtype") in ("float32", "bfloat16") and not reprobe:
         why = hit.get("why") if isinstance(hit.get("why"), str) else ""
         return ProbeResult(NAMED[hit["dtype"]], "cached", hit.get("float32_ms"), hit.get("bfloat16_ms"), path, why)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    load = current_load()
     f32, bf16 = measure_both()
     entries[key] = {"float32_ms": round(f32, 3), "bfloat16_ms": round(bf16, 3), "load": round(load, 2),
                     "cores": os.cpu_count() or 1}
     recheck = _doubt(entries[key]) if bf16 < MARGIN * f32 else ""
     dtype = "bfloat16" if bf16 < MARGIN * f32 and not recheck else "float32"
     entries[key].update(dtype=dtype, **({"why": recheck} if recheck else {}))
-    try:
-        text = json.dumps(entries, indent=1, sort_keys=True)
-        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    except OSError:  # a read-only home must not stop training; the next run measures again
-        path = None
+    path = path if write_cache(path, entries) else None
     return ProbeResult(NAMED[dtype], "measured", round(f32, 3), round(bf16, 3), path, recheck)
-
-
 
 
 def _doubt(entry: dict) -> str:
     """Why timings in which bfloat16 won cannot be trusted to win again: taken on a busy machine, or a near tie;
     "" when they can."""
     f32, bf16, load, cores = (entry[k] for k in ("float32_ms", "bfloat16_ms", "load", "cores"))
-    if (load - 1) / cores > BUSY:  # this process is about one of the runnable tasks
+    if busy(load, cores):
         return f"the machine was busy (load {load:.1f} on {cores} cores)"
     if abs(bf16 / f32 - MARGIN) < NEAR_TIE:
         return f"a near tie (bfloat16/float32 {bf16 / f32:.2f}, the bar {MARGIN})"
@@ -239,9 +233,33 @@ def describe(result: ProbeResult, what: str = "dtype auto", timed: str = "forwar
     return f"{what}: {name} ({timed}: float32 {result.float32_ms:.1f} ms, bfloat16 {result.bfloat16_ms:.1f} ms; {how})"
 
 
-def _read(path: Path) -> dict:
+def current_load() -> float:
+    """The 1-minute load average (0 where the system does not say)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+
+
+def busy(load: float, cores: int) -> bool:
+    """Whether timings taken at `load` on `cores` cores say little: this process is about one of the runnable
+    tasks, and more than BUSY others per core were running beside it."""
+    return (load - 1) / cores > BUSY
+
+
+def read_cache(path: Path, what: str) -> dict:
+    """A probe's cache of measurements (this one's verdicts, train/probe.py's step times); {} when it is absent
+    or damaged (even nested 200,000 deep): measured again and rewritten."""
     try:
-        data = read_json(path, "dtype probe cache")
-    except UserError:  # absent or damaged (even nested 200,000 deep): measure again and rewrite it
+        data = read_json(path, what)
+    except UserError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def write_cache(path: Path, entries: dict) -> bool:
+    """Write a probe's cache; False where it cannot be (a read-only home must not stop training: the next run
+    measures again)."""
+    try:
+        text = json.dumps(entries, indent=1, sort_keys=True)
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    except OSError:
+        return False
+    return True

@@ -87,7 +87,7 @@ def choose(
     world_size: int,
 ) -> tuple[int, int, str]:
     """The rule: (index of the chosen shape, its steps, why), from each shape's measured step time."""
-    best, why = 0, "the smallest shape: no larger one has the time"
+    best = 0  # the smallest shape, when no larger one gets its tokens in the time
     steps_of = [steps_in(budget_s, t, train_cfg) for t in step_s]
     for i, cfg in enumerate(shapes):
         per_step = config.tokens_per_step(cfg, train_cfg, world_size)
@@ -206,10 +206,9 @@ class Budget:
         stays (within 2%). Asked REESTIMATE_AFTER steps in (compiling and warming up are over by then), and again
         each evaluation interval until WSD's decay begins: moving the end is free in the stable phase, so a
         machine that slows down or speeds up still gets its whole decay, landing on the budget."""
-        interval = max(REESTIMATE_AFTER, cfg.validation_interval)
-        if self.t0 is None or step - (self.last_estimate or self.start_step) < (
-            REESTIMATE_AFTER if self.last_estimate is None else interval
-        ):
+        since = self.start_step if self.last_estimate is None else self.last_estimate
+        wait = REESTIMATE_AFTER if self.last_estimate is None else max(REESTIMATE_AFTER, cfg.validation_interval)
+        if self.t0 is None or step - since < wait:
             return None
         stable = cfg.lr_schedule != "wsd" or step < decay_start(cfg.steps, cfg.decay_fraction)
         if not stable or not (step_s > 0 and math.isfinite(step_s)) or cfg.steps <= step:
@@ -218,8 +217,8 @@ class Budget:
         left = self.seconds - (time.perf_counter() - self.t0)
         evaluations = math.ceil((EVALUATIONS + 1) * (cfg.steps - step) / cfg.steps)
         new = step + max(1, min(steps_in(left, step_s, cfg, evaluations), 4 * (cfg.steps - step)))
-        if cfg.lr_schedule == "wsd":  # the decay may not start before now
-            new = max(new, math.ceil(step / (1 - cfg.decay_fraction)) + 1) if cfg.decay_fraction < 1 else new
+        if cfg.lr_schedule == "wsd" and cfg.decay_fraction < 1:  # the decay may not start before now
+            new = max(new, math.ceil(step / (1 - cfg.decay_fraction)) + 1)
         return new if abs(new - cfg.steps) > max(1, cfg.steps // 50) else None
 
     def follow(

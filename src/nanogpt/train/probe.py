@@ -15,12 +15,10 @@ from pathlib import Path
 import torch
 
 from .. import config, data
-from ..errors import UserError
 from ..model import GPT
 from ..runtime import distributed, machine
-from ..runtime.dtype_probe import BUSY, cpu_model
-from ..store.atomic import atomic_write
-from ..store.files import cache_dir, json_bytes, read_json
+from ..runtime.dtype_probe import busy, cpu_model, current_load, read_cache, write_cache
+from ..store.files import cache_dir
 from . import parts
 from .step import Stepper
 
@@ -48,12 +46,12 @@ def step_seconds(
     """Seconds per optimizer step of this shape (cached, else timed); None when a step takes more than `limit_s`
     (the first, with its warm-up, may take FIRST_STEP_SLACK times that): too slow to be a plan."""
     path = Path(cache_dir()) / CACHE_FILE
-    entries = _read(path)
+    entries = read_cache(path, "speed probe cache")
     name = key(model_cfg, train_cfg, hardware)
     hit = entries.get(name)
     if isinstance(hit, dict) and isinstance(hit.get("ms"), (int, float)) and hit["ms"] > 0 and not _busy(hit):
         return float(hit["ms"]) / 1000
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    load = current_load()
     seconds = _time_steps(model_cfg, train_cfg, hardware, tokens, limit_s)
     # every rank plans alike: rank 0's measurement is the plan's (-1: too slow)
     ms = distributed.broadcast_int(round(seconds * 1e6) if seconds is not None else -1, hardware.device) / 1000
@@ -61,10 +59,7 @@ def step_seconds(
         return None
     entries[name] = {"ms": ms, "load": round(load, 2), "cores": os.cpu_count() or 1}
     if hardware.is_main:
-        try:
-            atomic_write(path, lambda tmp: tmp.write_bytes(json_bytes(entries)))
-        except OSError:  # a read-only home must not stop training; the next run measures again
-            pass
+        write_cache(path, entries)
     return ms / 1000
 
 
@@ -91,15 +86,8 @@ def _time_steps(
 
 
 def _busy(entry: dict) -> bool:
+    """A cached time taken on a busy machine (or with no load recorded) is measured again."""
     load, cores = entry.get("load"), entry.get("cores")
     if not isinstance(load, (int, float)) or not isinstance(cores, int) or cores < 1:
         return True
-    return (load - 1) / cores > BUSY
-
-
-def _read(path: Path) -> dict:
-    try:
-        found = read_json(path, "speed probe cache")
-    except UserError:  # absent or damaged: measured again and rewritten
-        return {}
-    return found if isinstance(found, dict) else {}
+    return busy(load, cores)
