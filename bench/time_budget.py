@@ -4,7 +4,8 @@ For each text and budget, every run is the real CLI (`nanogpt train --time T --h
 its own, one at a time, and scores its best validation bits per byte (the log's lowest `validation_bpb`, the one
 scale whatever the tokenizer):
 - frontier: each shape of a coarse grid typed (`--layer-count/--embedding-size/--head-count`, so the plan only
-  sets its steps), at the default preset's recipe (Muon, WSD, batch 24, block 64);
+  sets its steps, bounded by --max-passes as for any timed run), at the default preset's recipe (Muon, WSD,
+  batch 24, block 64);
 - pick: `--time T` alone (the rule chooses the shape);
 - fixed plan A: the default preset's shape and recipe (cpu-small: 4 x 128) with its steps set to fill the budget;
 - fixed plan B: nanoGPT's train_shakespeare_char shape and recipe (6 x 384, block 256, batch 64, dropout 0.2,
@@ -18,6 +19,7 @@ stripped), and a ~10 M-character text assembled from this machine's Python stand
 default tokenizer (a learned BPE of 1,024 tokens) into --work.
 
     python bench/time_budget.py --budgets 1m 3m                      # the sweep (one run at a time: ~1.5 h)
+    python bench/time_budget.py --budgets 10m --texts shakespeare        # the pick and the fixed plans at 10 min
     python bench/time_budget.py --budgets 1m --texts shakespeare alice --shapes 2x64 4x128 6x256
     python bench/time_budget.py --budgets 10s --texts alice --shapes 2x64 --no-fixed   # smoke test
 """
@@ -37,12 +39,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from nanogpt.train.plan import heads_for  # noqa: E402 - after the path
 SHARED = ROOT.parent / "shared" / "data"
-GRID = ("2x64", "3x96", "4x128", "4x192", "6x256", "6x384")
+# the frontier's shapes at each budget: the rungs a 2-core CPU can train usefully in that time (a run of 6 x 384
+# gets ~150 steps in a minute there; 2 x 64 learns little in three)
+GRID = {"1m": ("2x64", "3x96", "4x128", "4x192"), "3m": ("3x96", "4x128", "4x192", "6x256")}
+FILL = ["--max-passes", "0"]  # steps fill the budget, however many passes over the text that is
 FIXED = {
     "A: cpu-small, steps to fit": ["--preset", "cpu-small", "--layer-count", "4", "--embedding-size", "128",
-                                   "--head-count", "4"],
+                                   "--head-count", "4", *FILL],
     "B: nanoGPT baby GPT (AdamW)": ["--preset", "baby-gpt", "--optimizer", "adamw", "--lr-schedule", "cosine",
-                                    "--layer-count", "6", "--embedding-size", "384", "--head-count", "6"],
+                                    "--layer-count", "6", "--embedding-size", "384", "--head-count", "6", *FILL],
 }
 
 
@@ -101,6 +106,13 @@ def timed_run(data: Path, budget: str, flags: list[str], out: Path, cache: Path)
             "first_step": first.get("step"), "steps_s": sum(e.get("duration_ms", 0) for e in log) / 1000}
 
 
+def plan_of(data: Path, budget: str, flags: list[str], cache: Path) -> str:
+    """The plan `--time budget` would train, without the budget's name (ending early, it is the same at two)."""
+    done = cli("train", "--headless", "--data-dir", str(data), "--time", budget, "--plan", *flags, cache=cache)
+    line = next((x for x in done.stdout.splitlines() if "on this machine: " in x), done.stderr[-200:])
+    return line.split(" on this machine: ", 1)[-1] if "capped at" in line else f"{budget} {line}"
+
+
 def shape_flags(shape: str) -> list[str]:
     """The default preset's recipe at shape LAYERSxWIDTH (heads as the plan gives them)."""
     layers, width = (int(v) for v in shape.split("x"))
@@ -112,24 +124,37 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budgets", nargs="+", default=["1m", "3m"])
     ap.add_argument("--texts", nargs="+", default=["shakespeare", "alice", "code"])
-    ap.add_argument("--shapes", nargs="+", default=list(GRID), help="LAYERSxWIDTH of the frontier's grid")
+    ap.add_argument("--shapes", nargs="*", default=None, help="LAYERSxWIDTH of the frontier's grid (default: GRID's "
+                    "for the budget; none for another budget)")
     ap.add_argument("--no-fixed", action="store_true", help="leave out the two fixed plans")
+    ap.add_argument("--no-pick", action="store_true", help="leave out the rule's pick (measure the grid to fit it)")
     ap.add_argument("--code-chars", type=int, default=10_000_000)
     ap.add_argument("--work", type=Path, default=Path("/tmp/nanogpt-time-budget"))
     ap.add_argument("--out", type=Path, default=None, help="append the tables (markdown) to this file")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     cache = args.work / "cache"
+    store = args.work / "measured.json"  # every run measured, by text and plan: a later call reuses them
+    measured: dict[str, dict] = json.loads(store.read_text()) if store.is_file() else {}
     for text in args.texts:
         data = prepared(text, args.work, args.code_chars)
         for budget in args.budgets:
             rows: list[tuple[str, dict]] = []
-            runs = [(f"shape {s}", shape_flags(s)) for s in args.shapes]
-            runs.append(("pick (--time alone)", []))
+            shapes = GRID.get(budget, ()) if args.shapes is None else args.shapes
+            runs = [(f"shape {s}", shape_flags(s)) for s in shapes]
             if not args.no_fixed:
                 runs += list(FIXED.items())
+            if not args.no_pick:
+                runs.append(("pick (--time alone)", []))
             for i, (name, flags) in enumerate(runs):
-                result = timed_run(data, budget, flags, args.work / f"run-{text}-{budget}-{i}", cache)
+                # a run that ends at its passes well inside two budgets has one plan: it is measured once
+                key = f"{text}: {plan_of(data, budget, flags, cache)}"
+                if key in measured:
+                    result = {**measured[key], "same_as": True}
+                else:
+                    result = timed_run(data, budget, flags, args.work / f"run-{text}-{budget}-{name[:8]}-{i}", cache)
+                    measured[key] = result
+                    store.write_text(json.dumps(measured, indent=1))
                 rows.append((name, result))
                 print(f"{text} {budget} {name}: {result}", flush=True)
             table = report(text, budget, rows)
@@ -143,6 +168,8 @@ def report(text: str, budget: str, rows: list[tuple[str, dict]]) -> str:
     lines = [f"\n**{text}, --time {budget}**\n", "| run | best val bpb | steps | whole command (s) | plan |",
              "|---|---|---|---|---|"]
     for name, r in rows:
+        if r.get("same_as"):
+            name += " (the plan of a run above: measured once)"
         if "error" in r:
             lines.append(f"| {name} | - | - | {r['wall']:.0f} | {r['error'][:80]} |")
         else:
@@ -151,7 +178,7 @@ def report(text: str, budget: str, rows: list[tuple[str, dict]]) -> str:
     ok = {n: r["bpb"] for n, r in rows if "bpb" in r}
     pick = ok.get("pick (--time alone)")
     fixed = [v for n, v in ok.items() if n.startswith(("A:", "B:"))]
-    frontier = [v for n, v in ok.items() if n.startswith("shape")]
+    frontier = list(ok.values())  # every run measured: the grid, the pick and the fixed plans
     if pick is not None and fixed:
         lines.append(f"\npick vs the better fixed plan: {100 * (pick / min(fixed) - 1):+.1f}% bpb")
     if pick is not None and frontier:

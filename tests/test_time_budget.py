@@ -78,14 +78,31 @@ def test_plan_says_the_plan_and_trains_nothing(shakespeare_dir: Path, tmp_path: 
 
 
 def test_a_small_text_is_not_trained_into_overfitting(tmp_path: Path, capsys) -> None:
-    """A 6 KB text: the plan stops at MAX_PASSES passes over it and says so, whatever the budget would allow."""
+    """A 6 KB text: the plan stops at --max-passes (8) passes over it and says so, whatever the budget would allow;
+    --max-passes 0 fills the time instead."""
     data = prepare_char(shakespeare_text()[:6000], tmp_path / "small")
     code, out, _ = run(capsys, *TINY_FLAGS, "--data-dir", str(data), "--time", "1h", "--plan")
     line = next(line for line in out.splitlines() if line.startswith("--time 1h"))
-    assert code == 0 and f"capped at {plan.MAX_PASSES:g} passes over the text" in line, line
+    assert code == 0 and f"capped at {8:g} passes over the text" in line, line
     steps = int(re.search(r"([\d,]+) steps at", line)[1].replace(",", ""))
     train_tokens = (data / "train.bin").stat().st_size // 2
-    assert steps * 8 * 32 <= plan.MAX_PASSES * train_tokens + 8 * 32
+    assert steps * 8 * 32 <= 8 * train_tokens + 8 * 32
+    code, out, _ = run(capsys, *TINY_FLAGS, "--data-dir", str(data), "--time", "1h", "--plan", "--max-passes", "0")
+    line = next(line for line in out.splitlines() if line.startswith("--time 1h"))
+    assert code == 0 and "capped" not in line and int(re.search(r"([\d,]+) steps at", line)[1].replace(",", "")) > steps
+
+
+def test_a_run_capped_by_passes_ends_there_though_time_is_left(tmp_path: Path, capsys) -> None:
+    """The loop's re-estimate moves the end to fill the time, but never past --max-passes passes: 2 passes over a
+    6 KB text take well under the minute given."""
+    data = prepare_char(shakespeare_text()[:6000], tmp_path / "small")
+    out = tmp_path / "o"
+    code, _, err = run(capsys, *TINY_FLAGS, "--data-dir", str(data), "--out-dir", str(out), "--time", "1m",
+                       "--max-passes", "2", "--log-interval", "1")
+    assert code == 0, err
+    train_tokens = (data / "train.bin").stat().st_size // 2
+    last = max(int(p.name.split("_")[2].split(".")[0]) for p in out.glob("model_step_*.manifest.json"))
+    assert 1 <= last <= 2 * train_tokens // (8 * 32)
 
 
 def test_a_timed_run_saves_its_plan_and_resumes_exactly(shakespeare_dir: Path, tmp_path: Path, capsys) -> None:

@@ -162,6 +162,8 @@ class TrainConfig:
     time: str | None = opt(None, "train for this long instead (90s, 10m, 1h30m; start-up aside): the plan sizes the "
                            "model, the steps and the evaluations for this machine and this text (flags you give win; "
                            "--plan prints it)", metavar="DURATION")
+    max_passes: float = opt(8.0, "with --time: at most this many passes over the training text, so a small text is "
+                            "not trained into overfitting (0: no bound; fill the time)")
     plan_step_ms: float | None = opt(None, "the step time the --time plan measured (for an exact resume)", cli=False)
     batch_size: int = opt(12, "micro-batch size (sequences per forward pass)")
     grad_accum: int = opt(1, "micro-batches accumulated per optimizer step")
@@ -277,6 +279,8 @@ class TrainConfig:
             raise ConfigError(f"--seed must be in [0, {MAX_SEED}], got {self.seed}")
         if not 0.0 <= self.decay_fraction <= 1.0:
             raise ConfigError(f"--decay-fraction must be in [0, 1], got {self.decay_fraction}")
+        if not 0 <= self.max_passes < math.inf:
+            raise ConfigError(f"--max-passes must be a number >= 0 (0: no bound), got {self.max_passes}")
         if self.time is not None:
             try:
                 parse_duration(self.time)

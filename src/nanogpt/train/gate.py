@@ -97,7 +97,8 @@ def resolve_run(
             notes.append(planned.line)
             _check_counter_room(train_cfg, saved)
         typed_interval = "validation_interval" in overrides or saved is not None
-        budget = plan.Budget(budget_s, saved.step if saved else 0, spread_evaluations=not typed_interval)
+        most = plan.passes_steps(train_cfg, model_cfg, len(tokens.train), hardware.world_size)
+        budget = plan.Budget(budget_s, saved.step if saved else 0, not typed_interval, most)
     notes += _shard_notes(model_cfg, train_cfg, hardware)
     if train_cfg.seed == 0:
         # under torchrun every rank must use rank 0's pick

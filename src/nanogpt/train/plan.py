@@ -7,9 +7,10 @@ The plan is a rule applied to measurements, never a search during the user's run
   satisfy D >= TOKENS_PER_PARAM x N. Chinchilla's optimum is ~20 at 10^8+ parameters; at the sizes a CPU
   trains in minutes, small models are slow per parameter and a larger model learns more per second, so the
   ratio is lower (BENCHMARKS.md, bench/time_budget.py).
-- **Passes over the text:** at most MAX_PASSES passes. Past about four, repeated tokens are worth less than
-  new ones (Muennighoff et al. 2023) and a small model overfits a small text; so a small text gets a short,
-  smaller run, and the plan says so rather than burning the budget on overfitting.
+- **Passes over the text:** at most --max-passes passes (8 unless typed; 0 fills the time). Past about four,
+  repeated tokens are worth less than new ones (Muennighoff et al. 2023) and a small model overfits a small
+  text; so a small text gets a short run that decays on its last pass, and the plan says so rather than burning
+  the budget on overfitting. The loop's re-estimate never moves the end past that bound.
 - **The schedule fills the time:** steps from the measured step time, less the evaluations' share; the loop
   measures again once the first steps have run and moves the end (Budget), so WSD's decay lands on the end.
 
@@ -34,7 +35,6 @@ from ..schedule import decay_start, parse_duration
 # (layers, embedding width) from small to large; heads of 64 dimensions (32 below 128 wide)
 RUNGS = ((2, 64), (3, 96), (4, 128), (4, 192), (6, 256), (6, 384), (8, 512), (12, 768))
 TOKENS_PER_PARAM = 2.0
-MAX_PASSES = 8.0
 EVALUATIONS = 10  # validation losses over a timed run (and one at the end), so the best checkpoint is found
 MIN_STEPS = 100  # a candidate too slow for this many steps in the budget is not a plan
 EVAL_ITERS = 10  # batches per evaluation in a timed run, unless typed
@@ -88,18 +88,19 @@ def choose(
 ) -> tuple[int, int, str]:
     """The rule: (index of the chosen shape, its steps, why), from each shape's measured step time."""
     best = 0  # the smallest shape, when no larger one gets its tokens in the time
+    max_passes = train_cfg.max_passes or math.inf
     steps_of = [steps_in(budget_s, t, train_cfg) for t in step_s]
     for i, cfg in enumerate(shapes):
         per_step = config.tokens_per_step(cfg, train_cfg, world_size)
-        tokens = min(steps_of[i] * per_step, MAX_PASSES * train_tokens)
+        tokens = min(steps_of[i] * per_step, max_passes * train_tokens)
         if steps_of[i] >= MIN_STEPS and tokens >= TOKENS_PER_PARAM * non_embedding_params(cfg):
             best = i
     cfg = shapes[best]
     per_step = config.tokens_per_step(cfg, train_cfg, world_size)
     steps = steps_of[best]
-    passes_cap = max(1, int(MAX_PASSES * train_tokens / per_step))
+    passes_cap = passes_steps(train_cfg, cfg, train_tokens, world_size) or steps
     if passes_cap < steps:
-        why = f"capped at {MAX_PASSES:g} passes over the text: more would overfit it; ends early"
+        why = f"capped at {max_passes:g} passes over the text (--max-passes): more would overfit it; ends early"
         steps = passes_cap
     else:
         why = f"{steps * per_step / max(1, non_embedding_params(cfg)):.1f} tokens per block parameter"
@@ -124,6 +125,14 @@ def timed_settings(train_cfg: config.TrainConfig, steps: int, step_s: float, typ
                 "save_interval": 0}
     values.update({k: v for k, v in defaults.items() if k not in typed})
     return dataclasses.replace(train_cfg, **values)
+
+
+def passes_steps(train_cfg: config.TrainConfig, model_cfg: config.ModelConfig, train_tokens: int,
+                 world_size: int) -> int | None:
+    """The steps --max-passes allows a timed run (None: no bound)."""
+    if not train_cfg.max_passes:
+        return None
+    return max(1, int(train_cfg.max_passes * train_tokens / config.tokens_per_step(model_cfg, train_cfg, world_size)))
 
 
 def check_flags(train_cfg: config.TrainConfig, typed: set[str], resumed: bool) -> float | None:
@@ -181,8 +190,11 @@ class Budget:
     """The loop's side of a timed run: the clock from its first step, the end moved once after the first steps
     were measured, and a guard past the budget."""
 
-    def __init__(self, seconds: float, start_step: int, spread_evaluations: bool):
+    def __init__(self, seconds: float, start_step: int, spread_evaluations: bool, most_steps: int | None = None):
         self.seconds, self.start_step = seconds, start_step
+        # --max-passes: the end never moves past this many steps from the start (None: no bound); the plan's
+        # bound on overfitting a small text holds whatever the re-estimate finds time for
+        self.last_allowed = None if most_steps is None else start_step + most_steps
         self.spread_evaluations = spread_evaluations  # the plan set --validation-interval: it follows the end
         self.t0: float | None = None
         self.last_estimate: int | None = None  # the step the end was last measured at
@@ -217,6 +229,8 @@ class Budget:
         left = self.seconds - (time.perf_counter() - self.t0)
         evaluations = math.ceil((EVALUATIONS + 1) * (cfg.steps - step) / cfg.steps)
         new = step + max(1, min(steps_in(left, step_s, cfg, evaluations), 4 * (cfg.steps - step)))
+        if self.last_allowed is not None:
+            new = max(step + 1, min(new, self.last_allowed))
         if cfg.lr_schedule == "wsd" and cfg.decay_fraction < 1:  # the decay may not start before now
             new = max(new, math.ceil(step / (1 - cfg.decay_fraction)) + 1)
         return new if abs(new - cfg.steps) > max(1, cfg.steps // 50) else None
