@@ -16,7 +16,6 @@ import importlib.util
 import json
 import math
 import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -186,10 +185,10 @@ class BpeTokenizer:
     name = "bpe"
 
     def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]]):
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer, decoders, models
 
         self.tok = Tokenizer(models.BPE(vocab, merges))
-        self.tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        self.tok.pre_tokenizer = _pre_tokenizer()
         self.tok.decoder = decoders.ByteLevel()
         self.vocab_size = len(vocab)
         byte_of = {c: b for b, c in enumerate(byte_chars())}
@@ -204,20 +203,23 @@ class BpeTokenizer:
     def encode(self, text: str) -> list[int]:
         if not text.isascii():
             _check_utf8(text)
-        return self.encode_many([text])[0]
+        return self.encode_many([text])[0].tolist()
 
-    def encode_many(self, texts: list[str]) -> list[list[int]]:
-        """Several texts at once, on the `tokenizers` thread pool (without the offsets, where it can skip them).
-        A run longer than MAX_RUN is encoded in MAX_RUN pieces, as the BPE learnt it (split_long_runs): whole, one
-        pre-token of 1 M letters took gigabytes and superlinear time to encode."""
+    def encode_many(self, texts: list[str]) -> list[np.ndarray]:
+        """Several texts at once (uint32 ids each), on the `tokenizers` thread pool, without the offsets where it
+        can skip them. The texts go to `tokenizers` in groups of about ENCODE_GROUP bytes (a character outside ASCII
+        counted as 4): its encodings hold some 150 bytes a token, and a token is at least a byte, so a whole
+        1 M-character job at once held ~90 MB for every thread encoding, 4 times that for other scripts."""
         batch = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)  # _fast: tokenizers >= 0.20
-        split = [split_long_runs(t) if LONG_RUN.search(t) else None for t in texts]
-        if not any(split):
-            return [e.ids for e in batch(texts, add_special_tokens=False)]
-        done = []
-        for text, parts in zip(texts, split):
-            encoded = batch(parts or [text], add_special_tokens=False)
-            done.append([i for e in encoded for i in e.ids])
+        done: list[np.ndarray] = []
+        group: list[str] = []
+        chars = 0
+        for i, text in enumerate(texts):
+            group.append(text)
+            chars += len(text) if text.isascii() else 4 * len(text)
+            if chars >= ENCODE_GROUP or i == len(texts) - 1:
+                done += [np.array(e.ids, dtype=np.uint32) for e in batch(group, add_special_tokens=False)]
+                group, chars = [], 0
         return done
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -240,25 +242,24 @@ class BpeTokenizer:
 
 
 # Characters of one run without a space (or of spaces) that a learned BPE takes as one pre-token at most; a longer
-# run is cut into pieces of this length, when learning and when encoding alike. The work on one pre-token grows
-# faster than its length (a line of 450 K random letters took 45 s to learn, 900 K 400 s: BENCHMARKS.md,
-# "Learning a BPE on hostile text"), and no token of a useful vocabulary is that long: GPT-2's longest is 128 bytes.
+# run is cut into pieces of this length from its start, before GPT-2's regex, when learning and when encoding
+# alike. The work on one pre-token grows faster than its length (a line of 450 K random letters took 45 s to learn,
+# 900 K 400 s: BENCHMARKS.md, "Learning a BPE on hostile text"), and no token of a useful vocabulary is that long:
+# GPT-2's longest is 128 bytes. The cut is a `tokenizers` Split in the tokenizer's own pipeline, so the
+# tokenizer.json that `export` writes cuts alike (a cut made in Python before was lost there: issue 33).
 MAX_RUN = 256
-LONG_RUN = re.compile(r"\S{%d,}|\s{%d,}" % (MAX_RUN + 1, MAX_RUN + 1))
+_RUN_PIECE = r"\S{%d}(?=\S)|\s{%d}(?=\s)" % (MAX_RUN, MAX_RUN)  # MAX_RUN characters of a run that goes on
+ENCODE_GROUP = 1 << 18  # bytes a call of the `tokenizers` batch encoder gets at most (BpeTokenizer.encode_many)
 
 
-def split_long_runs(text: str) -> list[str]:
-    """`text` in pieces, each run of more than MAX_RUN characters without a space (or of spaces) cut into pieces
-    of MAX_RUN: no pre-token is longer. A text without such runs is one piece."""
-    pieces, pos = [], 0
-    for run in LONG_RUN.finditer(text):
-        if run.start() > pos:
-            pieces.append(text[pos : run.start()])
-        pieces += [text[i : min(i + MAX_RUN, run.end())] for i in range(run.start(), run.end(), MAX_RUN)]
-        pos = run.end()
-    if pos < len(text):
-        pieces.append(text[pos:] if pos else text)
-    return pieces
+def _pre_tokenizer():
+    """A learned BPE's pre-tokenizer: runs cut at MAX_RUN characters (isolated pieces), then GPT-2's regex."""
+    from tokenizers import Regex, pre_tokenizers
+
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_RUN_PIECE), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
 
 
 def _check_utf8(text: str) -> None:
@@ -277,10 +278,10 @@ def train_bpe(texts: Iterable[str], vocab_size: int, end_of_text: bool = True) -
     """Learn a byte-level BPE of (at most) `vocab_size` tokens from `texts`, streamed (word counts are kept,
     not the text); a text with fewer distinct pairs than that stops short. With `end_of_text` the last of
     those ids is <|endoftext|>, the separator of documents, and the merges fill the others."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, models, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.pre_tokenizer = _pre_tokenizer()
     trainer = trainers.BpeTrainer(
         vocab_size=max(MIN_BPE_VOCAB, vocab_size - end_of_text), initial_alphabet=list(byte_chars()),
         special_tokens=[], show_progress=False,

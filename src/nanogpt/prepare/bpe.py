@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..tokenizers import LONG_RUN, BpeTokenizer, default_bpe_vocab_size, split_long_runs, train_bpe
+from ..tokenizers import BpeTokenizer, default_bpe_vocab_size, train_bpe
 from .encode import shares
 from .documents import Reading, split_stream
 from .progress import Progress
@@ -58,29 +58,23 @@ def learn_bpe(sources: list[Source], val_fraction: float, vocab_size: int | None
     texts = (piece for s, want, train in zip(sources, sizes, train_chars(sources, val_fraction))
              for piece in spread(split_stream(s, val_fraction, reading, progress), want, train))
     learnt = [0]  # characters the trainer took: the sample, or less where distinct_bounded stopped it
-    tokenizer = _obeying_signals(lambda: train_bpe(distinct_bounded(bounded_runs(texts), counted=learnt), size))
+    tokenizer = _obeying_signals(lambda: train_bpe(distinct_bounded(texts, counted=learnt), size))
     progress.finish()
     return Learned(tokenizer, learnt[0], used, chosen=vocab_size is None)
 
 
-def bounded_runs(texts: Iterable[str]) -> Iterator[str]:
-    """`texts` with every run of more than MAX_RUN characters cut into texts of its own (split_long_runs, as
-    BpeTokenizer encodes them): no pre-token the trainer sees is longer, so its work is linear in the text."""
-    for text in texts:
-        yield from split_long_runs(text) if LONG_RUN.search(text) else (text,)
+# Bytes (UTF-8) of distinct words the BPE learns from at most. The byte-level trainer keeps each distinct word
+# with its pairs' positions, about 80 bytes a byte of it (measured: 8 MB of random letters took 650 MB), and a text
+# of random words or letters is all distinct words: 32 M characters of it took 3 GB. English text reaches this
+# bound late, if at all: its distinct words are few, each seen many times. 2 MB keeps prepare's peak under 400 MB
+# on such texts (issue 33).
+DISTINCT_BYTES = 2 << 20
 
 
-# Characters of distinct words the BPE learns from at most. The trainer keeps each distinct word with its pairs'
-# positions, about 80 bytes a character (measured: 8 MB of random letters took 650 MB), and a text of random words
-# or letters is all distinct words: 32 M characters of it took 3 GB. English text reaches this bound late, if at
-# all: its distinct words are few, each seen many times.
-DISTINCT_CHARS = 4 << 20
-
-
-def distinct_bounded(texts: Iterable[str], limit: int = DISTINCT_CHARS, counted: list[int] | None = None
+def distinct_bounded(texts: Iterable[str], limit: int = DISTINCT_BYTES, counted: list[int] | None = None
                      ) -> Iterator[str]:
     """`texts` until their distinct words (split at spaces, as the trainer's pre-tokens nearly are) hold `limit`
-    characters: the trainer's memory follows the distinct words, not the text. Only words' hashes are kept.
+    bytes: the trainer's memory follows the distinct words' bytes, not the text. Only words' hashes are kept.
     `counted[0]` adds up the characters passed on."""
     seen: set[int] = set()
     held = 0
@@ -91,7 +85,7 @@ def distinct_bounded(texts: Iterable[str], limit: int = DISTINCT_CHARS, counted:
             key = hash(word)
             if key not in seen:
                 seen.add(key)
-                held += len(word)
+                held += len(word) if word.isascii() else len(word.encode("utf-8", "surrogatepass"))
         yield text
         if held >= limit:
             return
@@ -168,7 +162,7 @@ def summary_line(meta: dict[str, Any]) -> str:
     sample = f"{meta['bpe_sample_chars']:,} characters of the training text"
     if meta["bpe_sample_chars"] < meta["bpe_train_chars"]:
         sample += (f" (spread over each source's, {BPE_SAMPLE_CHARS:,} in all at most; fewer where its distinct words "
-                   f"hold {DISTINCT_CHARS:,} characters)")
+                   f"hold {DISTINCT_BYTES:,} bytes)")
     line = f"learned a byte-level BPE of {size} from {sample}, none of the validation text"
     if meta["bpe_train_chars"] < SMALL_TEXT_CHARS:
         line += (

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gzip
+import io
 import json
 import os
 import re
@@ -111,8 +112,9 @@ def _run(path: Path, out: Path, cfg: PrepareConfig, report: TextIO, shown: str, 
         meta = _metadata(sources, parts, take, tok_meta, dtype, cfg, shown)
         fh, vocab_tmp = temp_file(out, "vocab.json")
         temps.append(vocab_tmp)
-        with fh:
-            fh.write((json.dumps(meta, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
+        with io.TextIOWrapper(fh, encoding="utf-8") as text:  # written as it is made: json.dumps of a character
+            json.dump(meta, text, ensure_ascii=False, indent=1)  # vocabulary of 1 M held ~300 MB of pieces at once
+            text.write("\n")
         # one unit: no vocab.json while the bins change, so that it only ever describes complete bins; and in
         # the folder locked: renamed meanwhile, its name may lead to another dataset now (locks.Claim)
         claim.check()

@@ -8,7 +8,6 @@ Each source's train and val text goes into a part file of its own (`Part`); once
 from __future__ import annotations
 
 import collections
-import itertools
 import os
 import queue
 import threading
@@ -20,7 +19,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ..errors import UserError
-from ..tokenizers import BpeTokenizer, gpt2_encoding
+from ..tokenizers import MAX_RUN, BpeTokenizer, gpt2_encoding
 from .sources import CHUNK_CHARS
 
 
@@ -51,6 +50,15 @@ def safe_cut(text: str) -> int:
                 return i
             i = text.rfind(ws, 0, i)
     return 0
+
+
+def run_cut(text: str) -> int:
+    """For a learned BPE, where safe_cut finds no place (`text` is whitespace, then one run without any): an index
+    i > 0 on the run's grid of MAX_RUN characters, or 0. The BPE encodes such a run in pieces of MAX_RUN from its
+    start (tokenizers.MAX_RUN), so a cut on that grid changes nothing, and what follows starts the grid anew."""
+    start = len(text) - len(text.lstrip())
+    cut = start + (len(text) - start - 1) // MAX_RUN * MAX_RUN
+    return cut if cut > start else 0
 
 
 UNKNOWN_ASCII = 0xFF
@@ -145,9 +153,11 @@ class Encoder:
         ) + bytes(128)
 
     def _pieces(self, text: str) -> list[str]:
-        """A learned BPE's text cut at safe places, so that `tokenizers` spreads the pieces over its threads."""
+        """A learned BPE's text cut at safe places, so that `tokenizers` spreads the pieces over its threads, and
+        each holds a bounded share of the memory its encodings take."""
         pieces, start = [], 0
-        while len(text) - start > _BPE_PIECE and (cut := safe_cut(text[start : start + _BPE_PIECE])):
+        while len(text) - start > _BPE_PIECE and (cut := safe_cut(window := text[start : start + _BPE_PIECE])
+                                                   or run_cut(window)):
             pieces.append(text[start : start + cut])
             start += cut
         pieces.append(text[start:])
@@ -164,8 +174,9 @@ class Encoder:
         # one call for all of the job's texts: the `tokenizers` batch encoder runs them on every core
         pieces = [self._pieces(text) if text is not None else None for text in batch]
         ids = iter(self.bpe.encode_many([p for ps in pieces if ps is not None for p in ps]))
-        lists = [eot if ps is None else [i for _ in ps for i in next(ids)] for ps in pieces]
-        return np.fromiter(itertools.chain.from_iterable(lists), dtype=np.uint32, count=sum(map(len, lists)))
+        separator = np.array(eot, dtype=np.uint32)
+        arrays = [separator if ps is None else next(ids) for ps in pieces for _ in (ps or [None])]
+        return np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.uint32)
 
     def start_document(self, part: Part) -> None:
         """A new document begins in `part`: after the last one's text, its separator (<|endoftext|>, or for char
@@ -186,20 +197,23 @@ class Encoder:
             self._flush(part)
 
     def write(self, part: Part, text: str) -> None:
-        """Append text to the current document of `part`."""
-        if not text:
-            return
-        if self.tokenizer == "char":
-            text = text.translate(self.drop) if self.drop else text
-            self._write_char(part, text)
-            return
+        """Append text to the current document of `part`, a piece of CHUNK_CHARS at a time: a document of any size
+        (one JSON line of 30 M characters) is copied and encoded in bounded pieces, never whole."""
+        for start in range(0, len(text), CHUNK_CHARS):
+            piece = text if len(text) <= CHUNK_CHARS else text[start : start + CHUNK_CHARS]
+            if self.tokenizer == "char":
+                self._write_char(part, piece.translate(self.drop) if self.drop else piece)
+            else:
+                self._write_text(part, piece)
+
+    def _write_text(self, part: Part, text: str) -> None:
         part.buf += text
         while len(part.buf) >= CHUNK_CHARS:
-            cut = safe_cut(part.buf)
-            if cut == 0:  # one enormous "word": keep reading until a safe place to cut comes along,
-                if len(part.buf) < 16 * CHUNK_CHARS:
+            cut = safe_cut(part.buf) or (self.bpe is not None and run_cut(part.buf))
+            if cut == 0:  # GPT-2 and one enormous "word": keep reading until a safe place to cut comes along,
+                if len(part.buf) < 2 * CHUNK_CHARS:
                     break
-                cut = CHUNK_CHARS  # but bound the memory: text with no whitespace for 16M characters is not prose
+                cut = CHUNK_CHARS  # but bound the memory: 2 M characters with no whitespace are not prose
             self._add(part, part.buf[:cut])
             part.buf = part.buf[cut:]
             self._flush(part)
