@@ -272,3 +272,82 @@ def test_a_bpe_of_one_line_of_letters_is_learnt_in_bounded_memory_and_encodes_lo
 
 
 ADDRESS_SPACE_1G = "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))"
+
+
+def peak_of_prepare(*args: str) -> tuple[int, int, str]:
+    """(exit code, peak resident MB, stderr) of `nanogpt prepare ARGS` in a process of its own (ru_maxrss of the
+    child, measured by a parent that runs nothing else)."""
+    parent = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+              "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024); "
+              "sys.stdout.write(p.stderr)")
+    done = subprocess.run([sys.executable, "-c", parent, sys.executable, "-m", "nanogpt", "prepare", *args],
+                          capture_output=True, text=True, env=ENV, check=True, timeout=600)
+    code, peak = done.stdout.split("\n", 1)[0].split()
+    return int(code), int(peak), done.stdout.split("\n", 1)[1]
+
+
+PREPARE_PEAK_MB = 500  # issue 33: prepare's peak memory for any input
+
+
+@pytest.mark.parametrize(
+    ("kind", "tokenizer"),
+    [("letters", "bpe"), ("letters", "gpt2"), ("code points", "bpe"), ("code points", "char"),
+     ("one JSON line", "bpe")],
+)
+def test_prepare_stays_in_bounded_memory_on_text_without_spaces(kind: str, tokenizer: str, tmp_path: Path) -> None:
+    """Text without a space to cut at: 8 M random letters (one enormous pre-token: 1,085 MB with a learned BPE
+    before), 4 M random code points (a character vocabulary of ~1 M; 4 bytes a character), and 8 M letters as one
+    JSON Lines record. Peak resident memory stays under 500 MB, and the bins are written."""
+    import random
+    import string
+
+    rng = random.Random(0)
+    if kind == "code points":
+        text = "".join(chr(rng.choice([rng.randint(0x20, 0xD7FF), rng.randint(0xE000, 0x10FFFF)]))
+                       for _ in range(4_000_000))
+    else:
+        text = "".join(rng.choices(string.ascii_lowercase, k=8_000_000))
+    source = tmp_path / ("big.jsonl" if kind == "one JSON line" else "big.txt")
+    source.write_text(json.dumps({"text": text}) + "\n" if kind == "one JSON line" else text, encoding="utf-8")
+    code, peak, err = peak_of_prepare(str(source), "--tokenizer", tokenizer, "--out-dir", str(tmp_path / "data"))
+    assert code == 0, err
+    assert peak < PREPARE_PEAK_MB, f"{kind}, {tokenizer}: peak {peak} MB"
+    assert (tmp_path / "data" / "train.bin").stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def text_of_62_mb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny Shakespeare 56 times: its training part over the 50 MiB from which prepare says each phase's start in
+    a log."""
+    from engine_fixtures import shakespeare_text
+
+    path = tmp_path_factory.mktemp("big") / "big.txt"
+    path.write_text(shakespeare_text() * 56, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("phase", ["reading", "learning BPE", "tokenizing"])
+def test_sigterm_stops_prepare_within_each_phase(phase: str, text_of_62_mb: Path, tmp_path: Path) -> None:
+    """SIGTERM as soon as a phase says it started: prepare stops inside it (the phase never says it ended, where
+    before the BPE's learning ran to its end first), removes its temporary files and exits 1 with one line."""
+    import signal
+
+    out = tmp_path / "new" / "data"
+    proc = subprocess.Popen([sys.executable, "-m", "nanogpt", "prepare", str(text_of_62_mb), "--tokenizer", "bpe",
+                             "--out-dir", str(out)], env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    said = []
+    try:
+        while (line := proc.stderr.readline()) and not line.startswith(f"{phase}: "):
+            said.append(line)
+        assert line.startswith(f"{phase}: ") and line.rstrip().endswith("..."), (line, said)
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, rest
+    assert f"{phase}: " not in rest, rest  # it did not finish the phase
+    last = rest.strip().splitlines()[-1]
+    assert last == "nanogpt prepare: error: stopped by SIGTERM (its temporary files are removed)"
+    assert not (tmp_path / "new").exists()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..tokenizers import BpeTokenizer, default_bpe_vocab_size, train_bpe
-from .encode import shares
+from .encode import shares, signals_held
 from .documents import Reading, split_stream
 from .progress import Progress
 from .sources import Source
@@ -105,7 +105,8 @@ def _obeying_signals(work: Callable[[], T]) -> T:
             done["error"] = e
 
     thread = threading.Thread(target=target, name="bpe-trainer", daemon=True)
-    thread.start()
+    with signals_held():
+        thread.start()
     while thread.is_alive():
         thread.join(0.1)
     if "error" in done:

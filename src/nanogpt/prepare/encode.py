@@ -8,8 +8,10 @@ Each source's train and val text goes into a part file of its own (`Part`); once
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import queue
+import signal
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,6 +54,21 @@ def safe_cut(text: str) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def signals_held():
+    """SIGTERM and SIGINT held back (delivered on the way out) while a thread starts: the handler of `prepare`
+    raises, and raised inside `Thread.start` once the thread had begun, the thread died with a KeyError traceback
+    printed beside the one-line error. A thread started so keeps them blocked: they go to the main thread."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def run_cut(text: str) -> int:
     """For a learned BPE, where safe_cut finds no place (`text` is whitespace, then one run without any): an index
     i > 0 on the run's grid of MAX_RUN characters, or 0. The BPE encodes such a run in pieces of MAX_RUN from its
@@ -80,7 +97,8 @@ class _DiskWriter:
         self.queue: queue.Queue[tuple[BinaryIO, np.ndarray] | None] = queue.Queue(maxsize=4)
         self.error: OSError | None = None
         self.thread = threading.Thread(target=self._run, name="nanogpt-writer", daemon=True)
-        self.thread.start()
+        with signals_held():
+            self.thread.start()
 
     def _run(self) -> None:
         while (item := self.queue.get()) is not None:
@@ -231,7 +249,9 @@ class Encoder:
 
     def _flush(self, part: Part) -> None:
         if part.batch:
-            self._submit(part, self.pool.submit(self._encode_batch, part.batch))  # type: ignore[union-attr]
+            with signals_held():  # the pool starts its threads on the first submits
+                job = self.pool.submit(self._encode_batch, part.batch)  # type: ignore[union-attr]
+            self._submit(part, job)
             part.batch, part.batch_chars = [], 0
 
     def _write_char(self, part: Part, text: str) -> None:
