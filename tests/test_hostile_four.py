@@ -351,3 +351,29 @@ def test_sigterm_stops_prepare_within_each_phase(phase: str, text_of_62_mb: Path
     last = rest.strip().splitlines()[-1]
     assert last == "nanogpt prepare: error: stopped by SIGTERM (its temporary files are removed)"
     assert not (tmp_path / "new").exists()
+
+
+# ----------------------------------------------------------------------------- cause 6: accepted silently
+def test_a_folder_linked_into_a_mixology_source_is_read_and_a_loop_once(tmp_path: Path, capsys) -> None:
+    """A sub-folder that is a symbolic link (to text kept elsewhere) was left out without a word; now it is read,
+    and a link back up the tree (a loop) or a second link to a folder already read is read once and said."""
+    from engine_fixtures import shakespeare_text
+
+    text = shakespeare_text()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "b.txt").write_text(text[100_000:200_000], encoding="utf-8")
+    for share, cut in (("60_plays", (0, 100_000)), ("40_more", (200_000, 300_000))):
+        (tmp_path / "mix" / share).mkdir(parents=True)
+        (tmp_path / "mix" / share / "a.txt").write_text(text[cut[0] : cut[1]], encoding="utf-8")
+    (tmp_path / "mix" / "60_plays" / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (tmp_path / "mix" / "60_plays" / "loop").symlink_to(tmp_path / "mix" / "60_plays", target_is_directory=True)
+    code, err = run(capsys, "prepare", str(tmp_path / "mix"), "--tokenizer", "char", "--out-dir", str(tmp_path / "d"))
+    assert code == 0, err
+    sources = json.loads((tmp_path / "d" / "vocab.json").read_text())["sources"]
+    plays = next(s for s in sources if s["path"] == "60_plays/")
+    assert plays["files"] == 2 and plays["bytes"] == 200_000  # a.txt and linked/b.txt, each once
+    assert plays["skipped_files"]["repeated_folders"] == 1
+    from nanogpt.prepare.report import held
+
+    assert held(plays).endswith("left out: 1 folders linked again (read once)")  # the summary's line for it

@@ -240,7 +240,7 @@ def _metadata(
             "bytes": sum(d.size for d in s.docs),
             "empty_documents": sum(d.empty for d in s.docs),
             "skipped_records": sum(d.bad for d in s.docs),
-            "skipped_files": {"hidden": s.hidden, "binary": s.binary},
+            "skipped_files": {"hidden": s.hidden, "binary": s.binary, "repeated_folders": s.repeated},
             "chars": s.chars,
             "train_tokens": t,
             "val_tokens": v,

@@ -167,20 +167,28 @@ class Tree:
     files: list[Path] = field(default_factory=list)
     hidden: int = 0  # files and folders whose name starts with a dot (.git/ counts once)
     binary: int = 0  # files whose first bytes are not UTF-8 text
+    repeated: int = 0  # links to a folder already walked (a second link to it, or a loop): read once
 
 
 def walk(folder: Path) -> Tree:
-    """Every file under `folder` (sub-folders too), in a stable sorted order; hidden entries and binary files left
-    out and counted. UserError for a folder that cannot be read (Path.rglob would skip it silently, and a corpus
+    """Every file under `folder` (sub-folders too, and folders linked there: os.walk left them out without a word),
+    in a stable sorted order; hidden entries and binary files left out and counted, a folder reached twice through
+    links read once. UserError for a folder that cannot be read (Path.rglob would skip it silently, and a corpus
     would quietly lose its text)."""
     tree = Tree()
+    walked = {_identity(folder)}
 
     def fail(e: OSError) -> None:
         raise UserError(f"cannot read the folder {e.filename}: {e.strerror or e}")
 
-    for root, dirs, names in os.walk(folder, onerror=fail):
+    for root, dirs, names in os.walk(folder, onerror=fail, followlinks=True):
         tree.hidden += sum(d.startswith(".") for d in dirs) + sum(n.startswith(".") for n in names)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # os.walk descends in this order
+        for d in list(dirs):
+            if (key := _identity(Path(root) / d)) in walked:
+                dirs.remove(d)
+                tree.repeated += 1
+            walked.add(key)
         for name in sorted(n for n in names if not n.startswith(".")):
             path = Path(root) / name
             if not path.is_file():  # a text the corpus counts on, which it would lose without a word
@@ -192,6 +200,15 @@ def walk(folder: Path) -> Tree:
             else:
                 tree.files.append(path)
     return tree
+
+
+def _identity(folder: Path) -> tuple[int, int]:
+    """What a folder is, whatever path (or link) leads to it: its device and inode."""
+    try:
+        st = folder.stat()
+    except OSError as e:
+        raise UserError(f"cannot read the folder {folder}: {e.strerror or e}") from None
+    return st.st_dev, st.st_ino
 
 
 def is_binary(path: Path) -> bool:

@@ -66,6 +66,7 @@ def held(s: dict[str, Any]) -> str:
             (s["skipped_records"], "bad records"),
             (s["skipped_files"]["hidden"], "hidden files or folders"),
             (s["skipped_files"]["binary"], "binary files"),
+            (s["skipped_files"].get("repeated_folders", 0), "folders linked again (read once)"),
         )
         if n
     ]

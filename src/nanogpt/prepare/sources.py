@@ -66,6 +66,7 @@ class Source:
     chars: int = 0
     hidden: int = 0  # hidden files and folders left out of a folder tree
     binary: int = 0  # binary files left out of a folder tree
+    repeated: int = 0  # folders reached again through a link, read once
     mixed: bool = False  # one of a mixology folder's NN_name/ sources
 
     @property
@@ -124,7 +125,8 @@ def _tree_source(folder: Path, name: str, label: str, percent: int) -> Source:
     tree = walk(folder)
     for f in tree.files:
         _check_name(f)
-    source = Source(name, label, percent, [_doc(f) for f in tree.files], hidden=tree.hidden, binary=tree.binary)
+    source = Source(name, label, percent, [_doc(f) for f in tree.files], hidden=tree.hidden, binary=tree.binary,
+                    repeated=tree.repeated)
     if not source.docs:
         left = f" ({tree.hidden} hidden, {tree.binary} binary left out)" if tree.hidden or tree.binary else ""
         raise UserError(f"source {folder} has no text files (nor .jsonl or .parquet){left}")
