@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -147,14 +148,19 @@ def main() -> None:
             if not args.no_pick:
                 runs.append(("pick (--time alone)", []))
             for i, (name, flags) in enumerate(runs):
+                while (args.work / "pause").exists():  # other work on the machine: runs wait for it
+                    time.sleep(2)
                 # a run that ends at its passes well inside two budgets has one plan: it is measured once
                 key = f"{text}: {plan_of(data, budget, flags, cache)}"
                 if key in measured:
                     result = {**measured[key], "same_as": True}
                 else:
-                    result = timed_run(data, budget, flags, args.work / f"run-{text}-{budget}-{name[:8]}-{i}", cache)
-                    measured[key] = result
-                    store.write_text(json.dumps(measured, indent=1))
+                    out = args.work / f"run-{text}-{budget}-{i}"
+                    shutil.rmtree(out, ignore_errors=True)  # a run of an earlier call, stopped part-way
+                    result = timed_run(data, budget, flags, out, cache)
+                    if "error" not in result:
+                        measured[key] = result
+                        store.write_text(json.dumps(measured, indent=1))
                 rows.append((name, result))
                 print(f"{text} {budget} {name}: {result}", flush=True)
             table = report(text, budget, rows)
