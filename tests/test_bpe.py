@@ -327,6 +327,9 @@ def test_export_gives_our_ids_in_transformers_and_init_from_takes_it_back(
     capsys.readouterr()
     tok = transformers.AutoTokenizer.from_pretrained(out)
     ours = from_meta(checkpoint.read_meta(bpe_stem)["tokenizer"])
+    # the model's configs name <|endoftext|> (its last id), so that transformers' generate stops at it as ours does
+    for name in ("config.json", "generation_config.json"):
+        assert json.loads((out / name).read_text())["eos_token_id"] == ours.eot == ours.vocab_size - 1
     rng = random.Random(11)
     texts = ["ROMEO:\nWhat,  say'st   thou?\n\n", "naïve café — 日本語 😀\r\n", "   lead\t\ttrail   ", "<|endoftext|>"]
     # runs longer than MAX_RUN (256) are cut as when the BPE learnt them, in the exported pipeline too (issue 33)

@@ -28,7 +28,7 @@ from .tokenizers import CharTokenizer, Tokenizer, from_meta, token_dtype
 VOCAB_KEYS = (
     "tokenizer", "vocab_size", "itos", "stoi", "tokenizer_json", "bpe_sample_chars", "bpe_train_chars",
     "bpe_vocab_size_chosen", "eot_token", "dtype", "train_tokens", "val_tokens", "val_fraction", "strip_gutenberg",
-    "source", "sources", "tokenizer_from",
+    "source", "sources", "tokenizer_from", "text_field",
 )
 
 # prepare writes one source per NN_name/ folder, each NN a positive integer and all summing to 100; a folder's

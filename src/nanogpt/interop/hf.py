@@ -89,7 +89,7 @@ def check_exportable(cfg: ModelConfig) -> None:
 
 def hf_config(cfg: ModelConfig, tokenizer_meta: dict[str, Any]) -> dict[str, Any]:
     """config.json of the `GPT2LMHeadModel` that computes what `cfg`'s GPT computes."""
-    eot = GPT2_EOT if tokenizer_meta.get("tokenizer") == "gpt2" else None  # a char vocabulary has no EOT
+    eot = end_of_text_id(tokenizer_meta)
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -118,9 +118,20 @@ def hf_config(cfg: ModelConfig, tokenizer_meta: dict[str, Any]) -> dict[str, Any
     }
 
 
+def end_of_text_id(tokenizer_meta: dict[str, Any]) -> int | None:
+    """The id of <|endoftext|>: GPT-2's, or a learned BPE's last id (prepare puts it between documents); None for
+    a char vocabulary or a BPE learned before it had one. Only the model's configs name it: the tokenizer keeps
+    the text "<|endoftext|>" ordinary bytes, as ours does."""
+    if tokenizer_meta.get("tokenizer") == "gpt2":
+        return GPT2_EOT
+    if tokenizer_meta.get("tokenizer") == "bpe":
+        return from_meta(tokenizer_meta).eot  # type: ignore[union-attr]
+    return None
+
+
 def generation_config(tokenizer_meta: dict[str, Any]) -> dict[str, Any]:
-    """generation_config.json: the end-of-text token of GPT-2 BPE; none for a char vocabulary."""
-    eot = GPT2_EOT if tokenizer_meta.get("tokenizer") == "gpt2" else None
+    """generation_config.json: the end-of-text token, so that `generate` stops at it as ours does."""
+    eot = end_of_text_id(tokenizer_meta)
     return {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}
 
 
