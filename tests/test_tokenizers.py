@@ -89,3 +89,46 @@ def test_safe_cut_finds_nothing_without_a_word_boundary():
     assert safe_cut("nospaceshere") == 0
     assert safe_cut("   \n\n  ") == 0
     assert safe_cut("word\n\nnext") == 4
+
+
+def hostile_texts(rng: random.Random) -> list[str]:
+    """Prose, code-like text, every kind of whitespace, runs longer than MAX_RUN, scripts of 1 to 4 bytes."""
+    from nanogpt.tokenizers import WHITESPACE
+
+    def soup(n: int) -> str:
+        return "".join(rng.choice(["a", "Z", "7", "'", "s", " ", "\n", "é", "日", "😀", "--", "ll", *WHITESPACE])
+                       for _ in range(n))
+
+    return [
+        shakespeare_text()[:200_000], gutenberg_book()[:40_000], soup(50_000), "x" * 1000 + " y", " " * 700 + "z",
+        "\u3000" * 300 + "\u2003" * 257 + "q", "ab" + "".join(rng.choices("xyz019!?", k=3000)) + " cd " + "é" * 600,
+        "".join(chr(rng.choice([rng.randint(0x20, 0xD7FF), rng.randint(0xE000, 0x10FFFF)])) for _ in range(20_000)),
+    ]
+
+
+@pytest.mark.parametrize("vocab_size", [300, 2048])
+def test_a_learned_bpe_encodes_by_tiktoken_exactly_as_by_tokenizers(vocab_size: int) -> None:
+    """A learned BPE encodes by tiktoken (about 8 times as fast), and the ids are those of its own `tokenizers`
+    pipeline (the Split of long runs, GPT-2's regex, its merges) on any text."""
+    from nanogpt.tokenizers import train_bpe
+
+    rng = random.Random(vocab_size)
+    tok = train_bpe([shakespeare_text(), *hostile_texts(random.Random(1))[2:]], vocab_size)
+    assert tok.fast is not None
+    for text in hostile_texts(rng):
+        assert tok.encode(text) == tok.tok.encode(text, add_special_tokens=False).ids, text[:40]
+
+
+def test_a_bpe_whose_ids_do_not_follow_its_merges_keeps_the_exact_path() -> None:
+    """Two merged tokens' ids swapped (a hand-edited vocab.json): tiktoken would merge in another order, so the
+    `tokenizers` pipeline encodes, and the ids are still its own."""
+    from nanogpt.tokenizers import train_bpe
+
+    meta = train_bpe([shakespeare_text()], 400).to_meta()
+    vocab = meta["tokenizer_json"]["model"]["vocab"]
+    a, b = (t for t, i in vocab.items() if i in (300, 301))
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    tok = from_meta(meta)
+    assert tok.fast is None
+    text = shakespeare_text()[:20_000]
+    assert tok.encode(text) == tok.tok.encode(text, add_special_tokens=False).ids
