@@ -3,10 +3,11 @@
 The plan is a rule applied to measurements, never a search during the user's run:
 - **Measured:** the step time of each candidate shape on this machine, on this run's hardware (device,
   precision, CPU shards), by a short probe through the real `Stepper` (probe.py), cached per machine and shape.
-- **Tokens per parameter:** at a budget of D tokens, the largest candidate whose non-embedding parameters N
-  satisfy D >= TOKENS_PER_PARAM x N. Chinchilla's optimum is ~20 at 10^8+ parameters; at the sizes a CPU
-  trains in minutes, small models are slow per parameter and a larger model learns more per second, so the
-  ratio is lower (BENCHMARKS.md, bench/time_budget.py).
+- **Tokens per parameter:** at a budget of D tokens (no more than --max-passes passes over the text), the
+  largest candidate whose non-embedding parameters N satisfy D >= TOKENS_PER_PARAM x N. Chinchilla's optimum is
+  ~20 at 10^8+ parameters; at the sizes a CPU trains in minutes the sweep's frontier lies at 0.3-4 tokens a
+  parameter, and 0.5 lands within 2% of its best at every point measured, where 2 picked a model too small for
+  a small text (BENCHMARKS.md, "The best model in the time you give", bench/time_budget.py).
 - **Passes over the text:** at most --max-passes passes (8 unless typed; 0 fills the time). Past about four,
   repeated tokens are worth less than new ones (Muennighoff et al. 2023) and a small model overfits a small
   text; so a small text gets a short run that decays on its last pass, and the plan says so rather than burning
@@ -34,7 +35,7 @@ from ..schedule import decay_start, parse_duration
 
 # (layers, embedding width) from small to large; heads of 64 dimensions (32 below 128 wide)
 RUNGS = ((2, 64), (3, 96), (4, 128), (4, 192), (6, 256), (6, 384), (8, 512), (12, 768))
-TOKENS_PER_PARAM = 2.0
+TOKENS_PER_PARAM = 0.5
 EVALUATIONS = 10  # validation losses over a timed run (and one at the end), so the best checkpoint is found
 MIN_STEPS = 100  # a candidate too slow for this many steps in the budget is not a plan
 EVAL_ITERS = 10  # batches per evaluation in a timed run, unless typed
