@@ -19,7 +19,7 @@ stripped), and a ~10 M-character text assembled from this machine's Python stand
 default tokenizer (a learned BPE of 1,024 tokens) into --work.
 
     python bench/time_budget.py --budgets 1m 3m                      # the sweep (one run at a time: ~1.5 h)
-    python bench/time_budget.py --budgets 10m --texts shakespeare        # the pick and the fixed plans at 10 min
+    python bench/time_budget.py --budgets 10m --texts shakespeare --fixed A   # the pick and plan A at 10 min
     python bench/time_budget.py --budgets 1m --texts shakespeare alice --shapes 2x64 4x128 6x256
     python bench/time_budget.py --budgets 10s --texts alice --shapes 2x64 --no-fixed   # smoke test
 """
@@ -128,6 +128,7 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="*", default=None, help="LAYERSxWIDTH of the frontier's grid (default: GRID's "
                     "for the budget; none for another budget)")
     ap.add_argument("--no-fixed", action="store_true", help="leave out the two fixed plans")
+    ap.add_argument("--fixed", nargs="+", default=["A", "B"], choices=["A", "B"], help="which fixed plans to run")
     ap.add_argument("--no-pick", action="store_true", help="leave out the rule's pick (measure the grid to fit it)")
     ap.add_argument("--code-chars", type=int, default=10_000_000)
     ap.add_argument("--work", type=Path, default=Path("/tmp/nanogpt-time-budget"))
@@ -144,7 +145,7 @@ def main() -> None:
             shapes = GRID.get(budget, ()) if args.shapes is None else args.shapes
             runs = [(f"shape {s}", shape_flags(s)) for s in shapes]
             if not args.no_fixed:
-                runs += list(FIXED.items())
+                runs += [(name, flags) for name, flags in FIXED.items() if name[0] in args.fixed]
             if not args.no_pick:
                 runs.append(("pick (--time alone)", []))
             for i, (name, flags) in enumerate(runs):
