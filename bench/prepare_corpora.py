@@ -120,6 +120,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=float, default=256)
     ap.add_argument("--tree-mb", type=float, default=20, help="MB of the .txt folder checked against the .jsonl")
+    ap.add_argument("--speed-only", action="store_true", help="only the speed runs (no .zst, .parquet, tree checks)")
     ap.add_argument("--build-only", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.build_only:
@@ -145,6 +146,8 @@ def main() -> None:
             wall, rss = prepare(paths["jsonl"], folder / f"out-{tok}", tok)
             print(f"nanogpt prepare --tokenizer {tok}: {wall:.1f} s, {mb / wall:.1f} MB/s "
                   f"({base / wall:.2f}x nanoGPT's way), peak RSS {rss:.0f} MB", flush=True)
+        if args.speed_only:
+            return
         bins = {}
         for kind in ("jsonl.zst", "parquet"):
             wall, rss = prepare(paths[kind], folder / f"out-{kind}", "gpt2")
