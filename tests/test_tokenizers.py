@@ -96,7 +96,9 @@ def hostile_texts(rng: random.Random) -> list[str]:
     from nanogpt.tokenizers import WHITESPACE
 
     def soup(n: int) -> str:
-        return "".join(rng.choice(["a", "Z", "7", "'", "s", " ", "\n", "é", "日", "😀", "--", "ll", *WHITESPACE])
+        # and the characters whose whitespace-ness engines disagree on (Python's isspace says yes to \x1c-\x1f)
+        odd = ["\x1c", "\x1d", "\x1e", "\x1f", "\u180e", "\u200b", "\ufeff"]
+        return "".join(rng.choice(["a", "Z", "7", "'", "s", " ", "\n", "é", "日", "😀", "--", "ll", *WHITESPACE, *odd])
                        for _ in range(n))
 
     return [

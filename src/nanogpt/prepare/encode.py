@@ -21,7 +21,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ..errors import UserError
-from ..tokenizers import MAX_RUN, BpeTokenizer, gpt2_encoding
+from ..tokenizers import MAX_RUN, WHITESPACE, BpeTokenizer, gpt2_encoding
 from .sources import CHUNK_CHARS
 
 
@@ -73,7 +73,7 @@ def run_cut(text: str) -> int:
     """For a learned BPE, where safe_cut finds no place (`text` is whitespace, then one run without any): an index
     i > 0 on the run's grid of MAX_RUN characters, or 0. The BPE encodes such a run in pieces of MAX_RUN from its
     start (tokenizers.MAX_RUN), so a cut on that grid changes nothing, and what follows starts the grid anew."""
-    start = len(text) - len(text.lstrip())
+    start = len(text) - len(text.lstrip(WHITESPACE))
     cut = start + (len(text) - start - 1) // MAX_RUN * MAX_RUN
     return cut if cut > start else 0
 
