@@ -257,7 +257,8 @@ def test_a_bpe_of_one_line_of_letters_is_learnt_in_bounded_memory_and_encodes_lo
     import string
 
     from nanogpt.data import read_vocab
-    from nanogpt.tokenizers import MAX_RUN, from_meta
+    from nanogpt.bpe_pipeline import MAX_RUN
+    from nanogpt.tokenizers import from_meta
 
     text = "".join(random.Random(0).choices(string.ascii_lowercase, k=600_000))
     (tmp_path / "letters.txt").write_text(text, encoding="utf-8")

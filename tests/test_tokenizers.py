@@ -93,7 +93,7 @@ def test_safe_cut_finds_nothing_without_a_word_boundary():
 
 def hostile_texts(rng: random.Random) -> list[str]:
     """Prose, code-like text, every kind of whitespace, runs longer than MAX_RUN, scripts of 1 to 4 bytes."""
-    from nanogpt.tokenizers import WHITESPACE
+    from nanogpt.bpe_pipeline import WHITESPACE
 
     def soup(n: int) -> str:
         # and the characters whose whitespace-ness engines disagree on (Python's isspace says yes to \x1c-\x1f)

@@ -16,13 +16,13 @@ import importlib.util
 import json
 import math
 import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .bpe_pipeline import LONG_RUN, ENCODE_GROUP, pre_tokenizer, run_pieces, tiktoken_twin
 from .errors import UserError
 
 TOKENIZERS = ("char", "gpt2", "bpe")  # the names vocab.json and `--tokenizer` use
@@ -192,7 +192,7 @@ class BpeTokenizer:
         from tokenizers import Tokenizer, decoders, models
 
         self.tok = Tokenizer(models.BPE(vocab, merges))
-        self.tok.pre_tokenizer = _pre_tokenizer()
+        self.tok.pre_tokenizer = pre_tokenizer()
         self.tok.decoder = decoders.ByteLevel()
         self.vocab_size = len(vocab)
         self.byte_of = {c: b for b, c in enumerate(byte_chars())}
@@ -233,38 +233,16 @@ class BpeTokenizer:
         """tiktoken's ids of `text`, its long runs cut first as the Split of `tokenizers` cuts them (run_pieces).
         tiktoken releases the GIL: prepare's encoding threads run it on every core."""
         assert self.fast is not None
-        if not _LONG_RUN.search(text):
+        if not LONG_RUN.search(text):
             return self.fast.encode_to_numpy(text, disallowed_special=()).astype(np.uint32, copy=False)
         ids = [self.fast.encode_to_numpy(p, disallowed_special=()) for p in run_pieces(text)]
         return np.concatenate(ids).astype(np.uint32, copy=False)
 
     @functools.cached_property
     def fast(self) -> Any:
-        """A tiktoken Encoding that gives exactly these ids, or None (then `tokenizers` encodes).
-
-        tiktoken merges the adjacent pair whose join has the lowest id; `tokenizers` applies the merge earliest in
-        the list. They agree when every token's id follows its merge's place and each token, spelled out in bytes
-        and merged by tiktoken's rule among lower ids only, comes back as exactly its own merge's two halves (as
-        transformers' tiktoken-to-tokenizers conversion derives merges). A BPE learned by prepare passes; a
-        hand-edited vocabulary may not, and keeps the slower exact path."""
-        import tiktoken
-
-        data = json.loads(self.tok.to_str())["model"]
-        ranks = {self.pieces[i]: i for i in range(self.vocab_size) if i != self.eot}
-        if len(ranks) != self.vocab_size - (self.eot is not None):
-            return None  # two tokens of the same bytes
-        made = 0
-        last = -1
-        for merge in data["merges"]:
-            a, b = merge.split(" ") if isinstance(merge, str) else merge
-            halves = [bytes(self.byte_of[c] for c in a), bytes(self.byte_of[c] for c in b)]
-            rank = ranks[halves[0] + halves[1]]
-            if rank <= last or _merged_below(halves[0] + halves[1], ranks, rank) != halves:
-                return None
-            last, made = rank, made + 1
-        if made + 256 != len(ranks):
-            return None  # a token no merge makes: tiktoken could reach it, `tokenizers` never does
-        return tiktoken.Encoding(name="nanogpt-bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={})
+        """A tiktoken Encoding that gives exactly these ids, or None (then `tokenizers` encodes): bpe_pipeline."""
+        merges = json.loads(self.tok.to_str())["model"]["merges"]
+        return tiktoken_twin(self.pieces, self.byte_of, merges, self.eot)
 
     def decode(self, ids: Iterable[int]) -> str:
         return b"".join(self.pieces[i] for i in ids).decode("utf-8", errors="replace")
@@ -283,60 +261,6 @@ class BpeTokenizer:
 
     def to_meta(self) -> dict[str, Any]:
         return {"tokenizer": "bpe", "vocab_size": self.vocab_size, "tokenizer_json": json.loads(self.tok.to_str())}
-
-
-# Characters of one run without a space (or of spaces) that a learned BPE takes as one pre-token at most; a longer
-# run is cut into pieces of this length from its start, before GPT-2's regex, when learning and when encoding
-# alike. The work on one pre-token grows faster than its length (a line of 450 K random letters took 45 s to learn,
-# 900 K 400 s: BENCHMARKS.md, "Learning a BPE on hostile text"), and no token of a useful vocabulary is that long:
-# GPT-2's longest is 128 bytes. The cut is a `tokenizers` Split in the tokenizer's own pipeline, so the
-# tokenizer.json that `export` writes cuts alike (a cut made in Python before was lost there: issue 33).
-MAX_RUN = 256
-# whitespace spelled out (the Unicode White_Space characters), so that `tokenizers`' regex engine and Python's
-# cut runs at the same places whatever either takes \s to mean
-WHITESPACE = "".join(map(chr, [*range(9, 14), 32, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F,
-                                0x205F, 0x3000]))
-_WS = "".join(f"\\u{ord(c):04x}" for c in WHITESPACE)
-_RUN_PIECE = f"[^{_WS}]{{{MAX_RUN}}}(?=[^{_WS}])|[{_WS}]{{{MAX_RUN}}}(?=[{_WS}])"  # MAX_RUN characters of a run
-_LONG_RUN = re.compile(f"[^{_WS}]{{{MAX_RUN + 1}}}|[{_WS}]{{{MAX_RUN + 1}}}")  # that goes on: in a longer run
-_RUN_PIECES = re.compile(_RUN_PIECE)
-ENCODE_GROUP = 1 << 18  # bytes a call of the `tokenizers` batch encoder gets at most (BpeTokenizer.encode_many)
-
-
-def run_pieces(text: str) -> list[str]:
-    """`text` cut as the learned BPE's Split cuts it: each MAX_RUN characters of a run that goes on, isolated."""
-    pieces, pos = [], 0
-    for m in _RUN_PIECES.finditer(text):
-        if m.start() > pos:
-            pieces.append(text[pos : m.start()])
-        pieces.append(m.group())
-        pos = m.end()
-    if pos < len(text):
-        pieces.append(text[pos:])
-    return pieces
-
-
-def _merged_below(token: bytes, ranks: dict[bytes, int], limit: int) -> list[bytes]:
-    """`token`'s bytes merged by tiktoken's rule (the adjacent pair whose join has the lowest id, leftmost first)
-    among ids below `limit`, until none applies."""
-    parts = [token[i : i + 1] for i in range(len(token))]
-    while len(parts) > 1:
-        found = [(r, i) for i in range(len(parts) - 1) if (r := ranks.get(parts[i] + parts[i + 1], limit)) < limit]
-        if not found:
-            break
-        _, i = min(found)
-        parts[i : i + 2] = [parts[i] + parts[i + 1]]
-    return parts
-
-
-def _pre_tokenizer():
-    """A learned BPE's pre-tokenizer: runs cut at MAX_RUN characters (isolated pieces), then GPT-2's regex."""
-    from tokenizers import Regex, pre_tokenizers
-
-    return pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_RUN_PIECE), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
 
 
 def _check_utf8(text: str) -> None:
@@ -358,7 +282,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, end_of_text: bool = True) -
     from tokenizers import Tokenizer, models, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = _pre_tokenizer()
+    tok.pre_tokenizer = pre_tokenizer()
     trainer = trainers.BpeTrainer(
         vocab_size=max(MIN_BPE_VOCAB, vocab_size - end_of_text), initial_alphabet=list(byte_chars()),
         special_tokens=[], show_progress=False,

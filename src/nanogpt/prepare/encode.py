@@ -21,7 +21,8 @@ from typing import BinaryIO
 import numpy as np
 
 from ..errors import UserError
-from ..tokenizers import MAX_RUN, WHITESPACE, BpeTokenizer, gpt2_encoding
+from ..bpe_pipeline import MAX_RUN, WHITESPACE
+from ..tokenizers import BpeTokenizer, gpt2_encoding
 from .sources import CHUNK_CHARS
 
 

@@ -70,12 +70,8 @@ def resolve_run(
     history = _lineage(saved, preset, overrides, notes, imported.source if imported is not None else None)
     _check_counter_room(train_cfg, saved)
     # the run folder: a resume writes beside its checkpoint, and no run replaces another's files (runs.py)
-    out_dir, note = runs.place(
-        train_cfg.out_dir,
-        typed="out_dir" in overrides,
-        resumed=saved.stem if saved is not None else None,
-        step=saved.step if saved is not None else 0,
-    )
+    out_dir, note = runs.place(train_cfg.out_dir, typed="out_dir" in overrides,
+                               resumed=saved.stem if saved is not None else None, step=saved.step if saved else 0)
     notes += [note] if note else []
     train_cfg, tokens = _open_data(dataclasses.replace(train_cfg, out_dir=out_dir))
     if saved is not None:
