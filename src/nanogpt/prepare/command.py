@@ -29,7 +29,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from ..store.atomic import publish, remove_stale_temps, temp_file
+from ..store.atomic import listed_temp_file, publish, remove_stale_temps, temp_file
 from ..config import PrepareConfig
 from ..errors import UserError
 from ..store.files import cache_dir, listing, read_json
@@ -110,8 +110,8 @@ def _run(path: Path, out: Path, cfg: PrepareConfig, report: TextIO, shown: str, 
         itemsize = np.dtype(dtype).itemsize
         finals = {name: _join([p[name] for p in parts], take[name], out, name, itemsize, temps) for name in SPLITS}
         meta = _metadata(sources, parts, take, tok_meta, dtype, cfg, shown)
-        fh, vocab_tmp = temp_file(out, "vocab.json")
-        temps.append(vocab_tmp)
+        fh = listed_temp_file(out, "vocab.json", temps)
+        vocab_tmp = temps[-1]
         with io.TextIOWrapper(fh, encoding="utf-8") as text:  # written as it is made: json.dumps of a character
             json.dump(meta, text, ensure_ascii=False, indent=1)  # vocabulary of 1 M held ~300 MB of pieces at once
             text.write("\n")
@@ -198,8 +198,8 @@ def _join(parts: list[Part], take: list[int], out: Path, name: str, itemsize: in
     """The first `take[i]` tokens of each part, one after the other, in a temporary file; returns its path."""
     if len(parts) == 1 and take[0] == parts[0].tokens:
         return parts[0].path  # a single file: its part already is the whole result
-    fh, tmp = temp_file(out, f"{name}.bin")
-    temps.append(tmp)
+    fh = listed_temp_file(out, f"{name}.bin", temps)
+    tmp = temps[-1]
     with fh:
         for part, n in zip(parts, take):
             copy_prefix(part.path, fh, n * itemsize)

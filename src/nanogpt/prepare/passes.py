@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..store.atomic import temp_file
+from ..store.atomic import listed_temp_file
 from ..errors import UserError
 from .documents import DOC_START, Reading, scan, split_stream
 from .encode import Encoder, Part
@@ -78,10 +78,9 @@ def encode_pass(sources: list[Source], parts: list[dict[str, Part]], out: Path, 
         pair: dict[str, Part] = {}
         parts.append(pair)
         for name in SPLITS:
-            fh, tmp = temp_file(out, f"{name}-{i}")
-            temps.append(tmp)
+            fh = listed_temp_file(out, f"{name}-{i}", temps)
             # <|endoftext|> also separates one source from the next in the joined file
-            pair[name] = Part(tmp, fh, started=(i > 0 and encoder.eot is not None))
+            pair[name] = Part(temps[-1], fh, started=(i > 0 and encoder.eot is not None))
         for name, text in split_stream(s, val_fraction, reading, progress):
             if text is DOC_START:
                 encoder.start_document(pair[name])

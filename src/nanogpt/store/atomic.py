@@ -48,6 +48,18 @@ def temp_file(folder: Path, name: str) -> tuple[BinaryIO, Path]:
             continue
 
 
+def listed_temp_file(folder: Path, name: str, temps: list[Path]) -> BinaryIO:
+    """temp_file, its path put in `temps` before the file exists: an interrupt (SIGTERM, a second Ctrl-C) at any
+    point leaves nothing that `temps` does not name, and whoever removes `temps` removes it (missing_ok)."""
+    while True:
+        tmp = _temp_path(folder, name)
+        temps.append(tmp)
+        try:
+            return open(tmp, "xb")  # noqa: SIM115 - the caller closes it
+        except FileExistsError:
+            temps.remove(tmp)
+
+
 def temp_folder(folder: Path, name: str) -> Path:
     """A new hidden folder named like temp_file's files, for a writer that makes temporary files of its own."""
     while True:
@@ -69,6 +81,8 @@ def _remove_temp_folder(box: Path) -> bool:
     """Remove temporary folder `box` with what a writer left in it; True when it is gone. A file of another
     name in it (put there by hand) is kept, and so the folder too."""
     match = _TEMP_NAME.match(box.name)
+    if not box.is_dir():
+        return True  # not made: an interrupt came before its mkdir
     for path in box.iterdir():
         # the file's name is the folder's NAME, or starts with it where _temp_path cut a long name
         if match and (path.name.startswith(match.group(1)) or _WRITER_TEMP.match(path.name)) and path.is_file():
@@ -131,14 +145,21 @@ def atomic_write(path: Path, write: Callable[[Path], object], *, writer_temps: b
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    box = temp_folder(path.parent, path.name) if writer_temps else None
-    tmp = None
+    made: list[Path] = []  # named before it exists (listed_temp_file): an interrupt anywhere leaves nothing behind
+    box = tmp = None
     try:
-        if box is None:
-            fh, tmp = temp_file(path.parent, path.name)
-        else:
+        if writer_temps:
+            while not made:
+                made.append(box := _temp_path(path.parent, path.name))
+                try:
+                    box.mkdir()
+                except FileExistsError:
+                    made.clear()
             tmp = box / path.name
             fh = open(tmp, "xb")  # noqa: SIM115 - closed at once
+        else:
+            fh = listed_temp_file(path.parent, path.name, made)
+            tmp = made[0]
         fh.close()
         mode = os.stat(tmp).st_mode & 0o777  # what the umask gives a new file
         write(tmp)
@@ -149,10 +170,12 @@ def atomic_write(path: Path, write: Callable[[Path], object], *, writer_temps: b
     except BaseException:  # includes KeyboardInterrupt: never leave a half-written file behind
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+        if not writer_temps and made:
+            made[0].unlink(missing_ok=True)
         raise
     finally:
-        if box is not None:
-            _remove_temp_folder(box)
+        if writer_temps and made:
+            _remove_temp_folder(made[0])
 
 
 def atomic_write_at(dir_fd: int, name: str, data: bytes) -> None:
