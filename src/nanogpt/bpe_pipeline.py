@@ -63,7 +63,7 @@ def pre_tokenizer():
 
 def tiktoken_twin(pieces: list[bytes], byte_of: dict[str, int], merges: list[Any], eot: int | None) -> Any:
     """A tiktoken Encoding that gives exactly the ids of the BPE whose tokens are `pieces` (bytes, by id) and whose
-    merges are `merges` (tokenizer.json's), or None.
+    merges are `merges` (pairs of token strings, or tokenizer.json's "a b" strings, in order), or None.
 
     tiktoken merges the adjacent pair whose join has the lowest id; `tokenizers` applies the merge earliest in
     the list. They agree when every token's id follows its merge's place and each token, spelled out in bytes

@@ -192,6 +192,7 @@ class BpeTokenizer:
         from tokenizers import Tokenizer, decoders, models
 
         self.tok = Tokenizer(models.BPE(vocab, merges))
+        self.merges = merges  # in their order: BpeTokenizer.fast checks tiktoken's against it
         self.tok.pre_tokenizer = pre_tokenizer()
         self.tok.decoder = decoders.ByteLevel()
         self.vocab_size = len(vocab)
@@ -241,8 +242,7 @@ class BpeTokenizer:
     @functools.cached_property
     def fast(self) -> Any:
         """A tiktoken Encoding that gives exactly these ids, or None (then `tokenizers` encodes): bpe_pipeline."""
-        merges = json.loads(self.tok.to_str())["model"]["merges"]
-        return tiktoken_twin(self.pieces, self.byte_of, merges, self.eot)
+        return tiktoken_twin(self.pieces, self.byte_of, self.merges, self.eot)
 
     def decode(self, ids: Iterable[int]) -> str:
         return b"".join(self.pieces[i] for i in ids).decode("utf-8", errors="replace")

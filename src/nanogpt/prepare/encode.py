@@ -228,7 +228,7 @@ class Encoder:
     def _write_text(self, part: Part, text: str) -> None:
         part.buf += text
         while len(part.buf) >= CHUNK_CHARS:
-            cut = safe_cut(part.buf) or (self.bpe is not None and run_cut(part.buf))
+            cut = safe_cut(part.buf) or (run_cut(part.buf) if self.bpe is not None else 0)
             if cut == 0:  # GPT-2 and one enormous "word": keep reading until a safe place to cut comes along,
                 if len(part.buf) < 2 * CHUNK_CHARS:
                     break

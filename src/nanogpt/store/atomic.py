@@ -15,7 +15,7 @@ import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from safetensors import SafetensorError
 
@@ -33,42 +33,48 @@ def _temp_path(folder: Path, name: str) -> Path:
     return Path(folder) / f".{short}{tail}"
 
 
+T = TypeVar("T")
+
+
+def _listed(folder: Path, name: str, temps: list[Path], make: Callable[[Path], T]) -> T:
+    """`make(path)` on a new temporary path, the path put in `temps` before it exists: an interrupt (SIGTERM, a
+    second Ctrl-C) at any point leaves nothing that `temps` does not name, and whoever removes `temps` removes it
+    (missing_ok). `make` raises FileExistsError for a path taken: another is drawn."""
+    while True:
+        tmp = _temp_path(folder, name)
+        temps.append(tmp)
+        try:
+            return make(tmp)
+        except FileExistsError:
+            temps.remove(tmp)
+
+
+def _create(path: Path) -> BinaryIO:
+    # "x": created here or refused; Python's open owns the descriptor from the start, so an interrupt can never
+    # leave it closed twice
+    return open(path, "xb")  # noqa: SIM115 - the caller closes it
+
+
 def temp_file(folder: Path, name: str) -> tuple[BinaryIO, Path]:
     """A new hidden file `.NAME.PID-XXXXXXXX.tmp` in `folder`, open for binary writing, and its path.
 
     It lives in the folder of its final name, so that os.replace onto that name is atomic.
     """
-    while True:
-        tmp = _temp_path(folder, name)
-        try:
-            # "x": created here or refused; Python's open owns the descriptor from the start, so an interrupt
-            # can never leave it closed twice
-            return open(tmp, "xb"), tmp
-        except FileExistsError:
-            continue
+    temps: list[Path] = []
+    return _listed(folder, name, temps, _create), temps[0]
 
 
 def listed_temp_file(folder: Path, name: str, temps: list[Path]) -> BinaryIO:
-    """temp_file, its path put in `temps` before the file exists: an interrupt (SIGTERM, a second Ctrl-C) at any
-    point leaves nothing that `temps` does not name, and whoever removes `temps` removes it (missing_ok)."""
-    while True:
-        tmp = _temp_path(folder, name)
-        temps.append(tmp)
-        try:
-            return open(tmp, "xb")  # noqa: SIM115 - the caller closes it
-        except FileExistsError:
-            temps.remove(tmp)
+    """temp_file, its path put in `temps` before the file exists (_listed)."""
+    return _listed(folder, name, temps, _create)
 
 
-def temp_folder(folder: Path, name: str) -> Path:
-    """A new hidden folder named like temp_file's files, for a writer that makes temporary files of its own."""
-    while True:
-        box = _temp_path(folder, name)
-        try:
-            box.mkdir()
-            return box
-        except FileExistsError:
-            continue
+def temp_folder(folder: Path, name: str, temps: list[Path] | None = None) -> Path:
+    """A new hidden folder named like temp_file's files, for a writer that makes temporary files of its own;
+    listed in `temps` before it exists, when given (_listed)."""
+    temps = [] if temps is None else temps
+    _listed(folder, name, temps, Path.mkdir)
+    return temps[-1]
 
 
 _TEMP_NAME = re.compile(r"^\.(.+)\.(\d+)-[0-9a-f]{8}\.tmp$")  # our temporary names; group 2 is the writer's pid
@@ -145,17 +151,11 @@ def atomic_write(path: Path, write: Callable[[Path], object], *, writer_temps: b
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    made: list[Path] = []  # named before it exists (listed_temp_file): an interrupt anywhere leaves nothing behind
-    box = tmp = None
+    made: list[Path] = []  # named before it exists (_listed): an interrupt anywhere leaves nothing behind
+    tmp = None
     try:
         if writer_temps:
-            while not made:
-                made.append(box := _temp_path(path.parent, path.name))
-                try:
-                    box.mkdir()
-                except FileExistsError:
-                    made.clear()
-            tmp = box / path.name
+            tmp = temp_folder(path.parent, path.name, made) / path.name
             fh = open(tmp, "xb")  # noqa: SIM115 - closed at once
         else:
             fh = listed_temp_file(path.parent, path.name, made)
