@@ -72,7 +72,7 @@ def tiktoken_twin(pieces: list[bytes], byte_of: dict[str, int], merges: list[Any
     hand-edited vocabulary may not, and keeps the slower exact path."""
     import tiktoken
 
-    from .tokenizers import GPT2_PATTERN
+    from .tokenizers import END_OF_TEXT, GPT2_PATTERN
 
     ranks = {piece: i for i, piece in enumerate(pieces) if i != eot}
     if len(ranks) != len(pieces) - (eot is not None):
@@ -87,4 +87,6 @@ def tiktoken_twin(pieces: list[bytes], byte_of: dict[str, int], merges: list[Any
         last, made = rank, made + 1
     if made + 256 != len(ranks):
         return None  # a token no merge makes: tiktoken could reach it, `tokenizers` never does
-    return tiktoken.Encoding(name="nanogpt-bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={})
+    # <|endoftext|> as tiktoken's special token: prepare's encoder joins a job's documents with it (encode.py)
+    special = {} if eot is None else {END_OF_TEXT: eot}
+    return tiktoken.Encoding(name="nanogpt-bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=special)

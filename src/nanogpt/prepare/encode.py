@@ -13,7 +13,8 @@ import os
 import queue
 import signal
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -23,6 +24,7 @@ import numpy as np
 from ..errors import UserError
 from ..bpe_pipeline import MAX_RUN, WHITESPACE
 from ..tokenizers import BpeTokenizer, gpt2_encoding
+from .jobs import process_pool, submit_job, tiktoken_ids, use_processes
 from .sources import CHUNK_CHARS
 
 
@@ -154,9 +156,18 @@ class Encoder:
         else:
             # a learned BPE has GPT-2's pre-tokenizer regex, so GPT-2's safe cuts hold for it too
             self.bpe = bpe
-            self.enc = gpt2_encoding() if bpe is None else None
+            self.fast = gpt2_encoding() if bpe is None else bpe.fast  # tiktoken, or None: `tokenizers` encodes
             self.threads = workers()
+            self.processes: ProcessPoolExecutor | None = None
             self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nanogpt-bpe")
+
+    def begin(self, nbytes: int) -> None:
+        """`nbytes` of text are to be encoded: tiktoken's jobs go to worker processes if that many pay for them."""
+        if self.tokenizer != "char" and self.fast is not None and self.eot is not None \
+                and use_processes(nbytes, self.threads):
+            with signals_held():
+                self.processes = process_pool(self.fast, self.eot, self.bpe is not None, self.np_dtype,
+                                              self.threads)
 
     def _char_tables(self, itos: list[str]) -> None:
         codes = np.array([ord(c) for c in itos], dtype=np.int64)
@@ -185,11 +196,8 @@ class Encoder:
     def _encode_batch(self, batch: list[str | None]) -> np.ndarray:
         """The ids of a job's texts one after another, <|endoftext|> where an entry is None."""
         eot = [self.eot if self.eot is not None else 0]
-        if self.bpe is None:
-            arrays = [np.array(eot, dtype=np.uint32) if text is None
-                      else self.enc.encode_to_numpy(text, disallowed_special=()).astype(np.uint32, copy=False)
-                      for text in batch]  # encode_to_numpy == encode_ordinary, without a Python list
-            return np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.uint32)
+        if self.fast is not None:
+            return tiktoken_ids(self.fast, batch, eot[0], self.bpe is not None)
         # one call for all of the job's texts: the `tokenizers` batch encoder runs them on every core
         pieces = [self._pieces(text) if text is not None else None for text in batch]
         ids = iter(self.bpe.encode_many([p for ps in pieces if ps is not None for p in ps]))
@@ -250,8 +258,9 @@ class Encoder:
 
     def _flush(self, part: Part) -> None:
         if part.batch:
-            with signals_held():  # the pool starts its threads on the first submits
-                job = self.pool.submit(self._encode_batch, part.batch)  # type: ignore[union-attr]
+            with signals_held():  # the pool starts its threads (or processes) on the first submits
+                job = (submit_job(self.processes, part.batch) if self.processes is not None
+                       else self.pool.submit(self._encode_batch, part.batch))  # type: ignore[union-attr]
             self._submit(part, job)
             part.batch, part.batch_chars = [], 0
 
@@ -283,20 +292,26 @@ class Encoder:
     def _drain(self, keep: int = 0) -> None:
         while len(self.pending) > keep:
             part, job = self.pending.popleft()
-            ids = job.result() if isinstance(job, Future) else job
+            try:
+                ids = job.result() if isinstance(job, Future) else job
+            except BrokenProcessPool:
+                raise UserError("a process encoding the text was killed (by a signal, or for memory): nothing was "
+                                "written; run prepare again (NANOGPT_PREPARE_PROCESSES=0 encodes on threads)") from None
             self._write_ids(part, ids.astype(self.np_dtype, copy=False))
 
     def close(self) -> None:
         """Write everything still in flight."""
         self._drain()
-        if self.pool is not None:
-            self.pool.shutdown()
+        for pool in (self.pool, getattr(self, "processes", None)):
+            if pool is not None:
+                pool.shutdown()
         self.disk.close()
 
     def abort(self) -> None:
         """Stop all threads (after an error); safe to call after close()."""
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        for pool in (self.pool, getattr(self, "processes", None)):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         try:
             self.disk.close()
         except OSError:

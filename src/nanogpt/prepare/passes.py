@@ -73,7 +73,9 @@ def gutenberg_notes(sources: list[Source], val_fraction: float, asked_strip: boo
 def encode_pass(sources: list[Source], parts: list[dict[str, Part]], out: Path, val_fraction: float,
                 reading: Reading, encoder: Encoder, progress: Progress, temps: list[Path]) -> None:
     """Pass 2: encode each source's train and val documents into part files (appended to `parts` as they open)."""
-    progress.start("tokenizing", sum(d.size for s in sources for d in s.docs))
+    total = sum(d.size for s in sources for d in s.docs)
+    encoder.begin(total)
+    progress.start("tokenizing", total)
     for i, s in enumerate(sources):
         pair: dict[str, Part] = {}
         parts.append(pair)
