@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 import signal
 import subprocess
@@ -239,29 +240,36 @@ def test_the_bpe_learns_from_all_of_a_corpus_sorted_by_topic(tmp_path):
     assert all(len(tok.encode(" " + t)) == 1 for t in topics)  # the last topics too, not only the first
 
 
-def test_bins_do_not_depend_on_the_number_of_workers(tmp_path):
+def test_bins_do_not_depend_on_the_number_of_workers_nor_on_threads_or_processes(tmp_path):
     docs = documents(400, seed=10) + ["word " * 300_000]  # many short documents and one of several jobs
+    docs[7] += " it said <|endoftext|> as text"  # a job whose documents cannot be joined by that text
+    docs[300] += " " + "x" * 700  # a run a learned BPE cuts (bpe_pipeline.run_pieces)
     path = write_all_kinds(tmp_path / "in", docs)["jsonl.zst"]
     results = []
-    for workers in ("1", "2"):
+    for workers, processes in (("1", "0"), ("2", "0"), ("2", "1")):
         for tokenizer in ("gpt2", "bpe"):
-            out = tmp_path / f"{tokenizer}-{workers}"
+            out = tmp_path / f"{tokenizer}-{workers}-{processes}"
             proc = subprocess.run(
                 [sys.executable, "-m", "nanogpt", "prepare", str(path), "--tokenizer", tokenizer,
                  "--out-dir", str(out)],
-                env={"PYTHONPATH": str(SRC), "NANOGPT_PREPARE_WORKERS": workers, "PATH": "/usr/bin:/bin"},
+                env={"PYTHONPATH": str(SRC), "NANOGPT_PREPARE_WORKERS": workers,
+                     "NANOGPT_PREPARE_PROCESSES": processes, "PATH": "/usr/bin:/bin"},
                 capture_output=True, text=True, timeout=300, check=False,
             )
             assert proc.returncode == 0, proc.stderr
             results.append((tokenizer, (out / "train.bin").read_bytes(), (out / "val.bin").read_bytes()))
-    assert results[:2] == results[2:]
+    assert results[:2] == results[2:4] == results[4:]
+    train, val = (np.frombuffer(b, dtype=np.uint16) for b in results[0][1:])
+    # the text <|endoftext|> stayed text: the token comes once between two documents of a split, never inside one
+    assert (train == GPT2_EOT).sum() + (val == GPT2_EOT).sum() == len(docs) - 2
 
 
-def test_sigterm_while_threads_encode_records_publishes_nothing(tmp_path):
+@pytest.mark.parametrize("processes", ["0", "1"])
+def test_sigterm_while_threads_or_processes_encode_records_publishes_nothing(tmp_path, processes):
     path = tmp_path / "big.jsonl.zst"  # about 25 MB of JSON Lines: pass 2 is well under way when it is stopped
     path.write_bytes(zstandard.ZstdCompressor().compress(jsonl_bytes(documents(300, seed=11) * 300)))
     out = tmp_path / "new" / "out"
-    env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}
+    env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "NANOGPT_PREPARE_PROCESSES": processes}
     proc = subprocess.Popen([sys.executable, "-m", "nanogpt", "prepare", str(path), "--tokenizer", "gpt2",
                              "--out-dir", str(out)], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -277,6 +285,37 @@ def test_sigterm_while_threads_encode_records_publishes_nothing(tmp_path):
     last = stderr.strip().splitlines()[-1]
     assert last == "nanogpt prepare: error: stopped by SIGTERM (its temporary files are removed)"
     assert not (tmp_path / "new").exists()
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+    except OSError:  # it ended meanwhile
+        return ""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="finds the worker processes with pgrep")
+def test_kill_9_leaves_no_encoding_process_behind(tmp_path):
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(jsonl_bytes(documents(300, seed=11) * 300))
+    env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "NANOGPT_PREPARE_PROCESSES": "1",
+           "NANOGPT_PREPARE_WORKERS": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "nanogpt", "prepare", str(path), "--tokenizer", "gpt2",
+                             "--out-dir", str(tmp_path / "out")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    workers: list[str] = []
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and len(workers) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the two workers and the resource tracker of multiprocessing, once started
+        listed = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        workers = [p for p in listed if "spawn_main" in _cmdline(p)]
+    assert proc.poll() is None and len(workers) == 2, "prepare ended before its workers started: give it more text"
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{p}").exists() for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{p}").exists() for p in workers)
 
 
 def test_generate_stops_at_end_of_text_unless_told_not_to(capsys):
@@ -330,3 +369,37 @@ def test_a_training_set_past_4_gib_trains_and_resumes(tmp_path: Path) -> None:
     assert main(["train", "--headless", "--data-dir", str(folder), *tiny, "--steps", "2", "--out-dir", str(out)]) == 0
     assert main(["train", "--headless", "--resume-training", str(out / "model_step_2"), "--steps", "3"]) == 0
     assert (out / "model_step_3.manifest.json").is_file()
+
+
+def _bytes_read() -> int:
+    return int(next(line for line in Path("/proc/self/io").read_text().splitlines()
+                    if line.startswith("rchar:")).split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="counts the bytes read in /proc/self/io (Linux)")
+def test_the_bpe_sample_reads_only_near_what_it_takes_and_takes_the_same(tmp_path):
+    from nanogpt.prepare.bpe import spread
+    from nanogpt.prepare.documents import Cursor, Reading, split_stream
+    from nanogpt.prepare.passes import read_pass
+    from nanogpt.prepare.progress import Progress
+    from nanogpt.prepare.sources import find_sources
+
+    paths = write_all_kinds(tmp_path / "in", documents(4000, seed=12))
+
+    def sample(path: Path, skip: bool) -> tuple[list[str], int]:
+        sources, _ = find_sources(path)
+        read_pass(sources, path, Reading(), "gpt2", Progress(open(os.devnull, "w")))  # noqa: SIM115
+        source, cursor = sources[0], (Cursor() if skip else None)
+        before = _bytes_read()
+        # 4,000 characters of ~500,000: blocks of 1,024 one in ~100 (bpe.spread), marks every 65,536 (records.py)
+        taken = list(spread(split_stream(source, 0.1, Reading(), None, cursor), 4000, int(source.chars * 0.9),
+                            cursor))
+        return taken, _bytes_read() - before
+
+    for kind in ("jsonl", "tree", "parquet", "jsonl.zst"):  # (the tree's files sort in another order)
+        expected, whole = sample(paths[kind], skip=False)
+        assert 3000 < sum(map(len, expected)) <= 4000
+        taken, read = sample(paths[kind], skip=True)
+        assert taken == expected, kind
+        if kind in ("jsonl", "tree"):  # a plain .jsonl jumps to its marks; a folder leaves whole files unread
+            assert read < whole // 3, (kind, read, whole)

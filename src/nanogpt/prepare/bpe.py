@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from ..tokenizers import BpeTokenizer, default_bpe_vocab_size, train_bpe
 from .encode import shares, signals_held
-from .documents import Reading, split_stream
+from .documents import Cursor, Reading, split_stream
 from .progress import Progress
 from .sources import Source
 
@@ -56,7 +56,8 @@ def learn_bpe(sources: list[Source], val_fraction: float, vocab_size: int | None
     progress.start("learning BPE", sum(int(d.size * (1 - val_fraction)) for s in sources for d in s.docs))
     size = vocab_size if vocab_size is not None else default_bpe_vocab_size(used)
     texts = (piece for s, want, train in zip(sources, sizes, train_chars(sources, val_fraction))
-             for piece in spread(split_stream(s, val_fraction, reading, progress), want, train))
+             for cursor in (Cursor(),)
+             for piece in spread(split_stream(s, val_fraction, reading, progress, cursor), want, train, cursor))
     learnt = [0]  # characters the trainer took: the sample, or less where distinct_bounded stopped it
     tokenizer = _obeying_signals(lambda: train_bpe(distinct_bounded(texts, counted=learnt), size))
     progress.finish()
@@ -120,9 +121,11 @@ def sample_block(want: int) -> int:
     return min(1 << 16, max(1 << 10, want // 256))
 
 
-def spread(stream: Iterator[tuple[str, str | None]], want: int, train: int) -> Iterator[str]:
+def spread(stream: Iterator[tuple[str, str | None]], want: int, train: int, cursor: Cursor | None = None
+           ) -> Iterator[str]:
     """About `want` characters of the training text of `stream` (split_stream's pieces, about `train` characters
-    of training text in all): every `stride`-th block of `sample_block(want)` characters, from the first."""
+    of training text in all): every `stride`-th block of `sample_block(want)` characters, from the first. With
+    the stream's `cursor`, it says where the next block begins, so the stream skips what lies before."""
     if want <= 0:
         return
     block = sample_block(want)
@@ -132,6 +135,8 @@ def spread(stream: Iterator[tuple[str, str | None]], want: int, train: int) -> I
         if name == "val":
             return  # the validation documents come last: nothing after this is learnt from
         if text is None:
+            if cursor is not None:
+                pos = cursor.at  # documents before it may have been skipped
             continue
         end = pos + len(text)
         b = -(-(pos // block) // stride) * stride  # the first chosen block that ends after pos
@@ -145,6 +150,8 @@ def spread(stream: Iterator[tuple[str, str | None]], want: int, train: int) -> I
         pos = end
         if left <= 0:
             return
+        if cursor is not None:
+            cursor.wanted = -(-(pos // block) // stride) * stride * block
 
 
 # Below this many training characters a learned BPE can write worse than char level once the run is long: the

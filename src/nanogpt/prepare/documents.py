@@ -12,11 +12,13 @@ trains, the last always validates). A source that is a single document is cut in
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import bisect
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from .progress import Progress
-from .records import BadRecords, jsonl_texts, parquet_size, parquet_texts
+from .inputs import compression
+from .records import MARK_CHARS, BadRecords, jsonl_texts, parquet_size, parquet_texts
 from .sources import CHUNK_CHARS, CharSet, Doc, Source, changed, doc_text, scan_text, stamp, unchanged
 
 DOC_START = None  # what split_stream yields in place of text where a document begins
@@ -49,12 +51,16 @@ def scan(doc: Doc, charset: CharSet | None, reading: Reading, progress: Progress
     bad = BadRecords(reading.skip_bad_records)
     batch: list[str] = []  # CharSet.add costs per call: records are added a megabyte at a time
     batch_chars = 0
+    marked, marks = 0, (doc.marks if doc.kind == "jsonl" and not compression(doc.path) else None)
     for text in _texts(doc, reading, bad, progress):
         if not text:
             doc.empty += 1
             continue
         doc.count += 1
         doc.chars += len(text)
+        if marks is not None and doc.chars - marked >= MARK_CHARS:  # the next line starts after this document
+            marks.extend((bad.bytes, bad.line, doc.count, doc.chars))
+            marked = doc.chars
         if charset is not None:
             batch.append(text)
             batch_chars += len(text)
@@ -87,15 +93,70 @@ def documents(doc: Doc, reading: Reading, progress: Progress | None) -> Iterator
         raise changed(doc, f"{seen:,} documents, the first pass read {doc.count:,}")
 
 
-def split_stream(source: Source, val_fraction: float, reading: Reading,
-                 progress: Progress | None) -> Iterator[tuple[str, str | None]]:
+@dataclass
+class Cursor:
+    """How a reader of split_stream that wants only some of its training text (the BPE's sample) skips the rest:
+    it sets `wanted`, where in the source's characters the next text it wants begins; at each DOC_START the
+    stream sets `at`, where that document begins. What the stream skips lies wholly before `wanted`, and before
+    the validation part: a whole file left unread, or in a plain .jsonl a jump to a mark (Doc.marks)."""
+
+    wanted: int = 0
+    at: int = 0
+
+
+def _marked(doc: Doc, reading: Reading, progress: Progress | None, wanted: Callable[[], int]
+            ) -> Iterator[tuple[int, int, str]]:
+    """(documents before, characters before, text) of the records of a marked .jsonl, reading on from the last
+    mark before `wanted()` (characters from the file's start) whenever one lies ahead of the next record."""
+    at = doc.marks[3::4]  # each mark's characters before
+    k, pos, start = 0, 0, (0, 0)
+    while True:
+        bad = BadRecords(skip=True)  # the first pass met every bad one
+        for text in jsonl_texts(doc.path, reading.text_field, bad, progress, start):
+            if not text:
+                continue
+            yield k, pos, text
+            k, pos = k + 1, pos + len(text)
+            j = bisect.bisect_right(at, wanted()) - 1
+            if j >= 0 and at[j] > pos:
+                offset, line, k, pos = doc.marks[4 * j : 4 * j + 4]
+                if progress is not None:
+                    progress.advance(offset - bad.bytes)
+                start = (offset, line)
+                break
+        else:
+            return
+
+
+def split_stream(source: Source, val_fraction: float, reading: Reading, progress: Progress | None,
+                 cursor: Cursor | None = None) -> Iterator[tuple[str, str | None]]:
     """('train' or 'val', text) for each piece of the source's text in order; (split, DOC_START) where a
-    document begins (the cut inside a single document begins one in 'val')."""
+    document begins (the cut inside a single document begins one in 'val'). With a `cursor`, text before
+    `cursor.wanted` may be skipped."""
     split = int(source.chars * (1 - val_fraction))
     count = source.count
     pos, k = 0, 0  # characters and documents before the current one
     for doc in source.docs:
+        if cursor is not None and count > 1:
+            if k + doc.count < count and pos + doc.chars <= min(cursor.wanted, split):
+                pos, k = pos + doc.chars, k + doc.count  # all training text before the wanted: not read
+                if progress is not None:
+                    progress.advance(doc.size)
+                continue
+            if len(doc.marks):
+                base_k, base_pos = k, pos
+                for k_in, pos_in, text in _marked(doc, reading, progress,
+                                                  lambda base=base_pos: min(cursor.wanted, split) - base):
+                    k, pos = base_k + k_in, base_pos + pos_in
+                    name = "val" if k == count - 1 or (k > 0 and pos + len(text) / 2 >= split) else "train"
+                    cursor.at = pos
+                    yield name, DOC_START
+                    yield name, text
+                pos, k = base_pos + doc.chars, base_k + doc.count
+                continue
         for chars, pieces in documents(doc, reading, progress):
+            if cursor is not None:
+                cursor.at = pos
             if count == 1:
                 yield from _cut_inside(pieces, split)
             else:

@@ -24,6 +24,9 @@ def lf(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
+MARK_CHARS = 1 << 16  # characters of documents between two of the places pass 1 marks in a plain .jsonl
+
+
 class BadRecords:
     """How one file's bad records are met: the first stops prepare, or (--skip-bad-records) each is counted."""
 
@@ -32,6 +35,7 @@ class BadRecords:
         self.count = 0
         self.first = ""  # the first one skipped, for the report
         self.bytes = 0  # bytes of the file's text read (decompressed): what progress counts in
+        self.line = 0  # the number of the last line read
 
     def bad(self, where: str, problem: str) -> None:
         if not self.skip:
@@ -57,20 +61,25 @@ def _fields(obj: dict) -> str:
     return ", ".join(names) + (", ..." if len(obj) > 12 else "") if names else "none"
 
 
-def jsonl_texts(path: Path, field: str, bad: BadRecords, progress: Progress | None) -> Iterator[str]:
+def jsonl_texts(path: Path, field: str, bad: BadRecords, progress: Progress | None,
+                start: tuple[int, int] = (0, 0)) -> Iterator[str]:
     """The text of each record of a JSON Lines file ('' for an empty one), CRLF read as LF; blank lines are no
-    records."""
+    records. `start`: (byte offset, lines before it) where a plain file is read from (one of its marks)."""
     errors = decompression_errors()
     with open_raw(path) as raw:
         stream = decompressed(path, raw)
-        number, done, pending = 0, 0, 0
+        if start[0]:
+            stream.seek(start[0])
+        number, pending = start[1], 0
+        bad.bytes = start[0]
         try:
             for line in stream:
                 number += 1
+                bad.line = number
                 pending += len(line)
                 if pending >= 1 << 20 and progress is not None:
                     progress.advance(pending)
-                    done, pending = done + pending, 0
+                    pending = 0
                 bad.bytes += len(line)
                 if not line.strip():
                     continue
@@ -79,8 +88,9 @@ def jsonl_texts(path: Path, field: str, bad: BadRecords, progress: Progress | No
                     yield text
         except errors as e:
             raise not_whole(path, e) from None
-        if progress is not None:
-            progress.advance(pending)
+        finally:  # also when the reader stops early (the BPE's sample jumps ahead)
+            if progress is not None:
+                progress.advance(pending)
 
 
 def _record_text(line: bytes, field: str, where: str, bad: BadRecords) -> str | None:

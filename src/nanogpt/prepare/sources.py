@@ -9,13 +9,14 @@ Records (JSON Lines, Parquet) are read by records.py; documents.py walks both ki
 
 from __future__ import annotations
 
+import array
 import codecs
 import io
 import itertools
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -53,6 +54,9 @@ class Doc:
     footer_at: int | None = None  # kept: where its END marker line starts, in characters
     stamp: tuple[int, int] = (0, 0)  # its size and modification time when the first pass read it
     cr_line_ends: int = 0  # CRLF and lone CR line ends the first pass read as LF (prepare says so)
+    # a plain .jsonl: places to start reading it (records.MARK_CHARS apart), 4 numbers each: byte offset, line
+    # number, documents and characters before; the BPE's sample seeks past what it does not take (documents.py)
+    marks: array.array = field(default_factory=lambda: array.array("q"))
 
 
 @dataclass
