@@ -134,3 +134,19 @@ def test_a_bpe_whose_ids_do_not_follow_its_merges_keeps_the_exact_path() -> None
     assert tok.fast is None
     text = shakespeare_text()[:20_000]
     assert tok.encode(text) == tok.tok.encode(text, add_special_tokens=False).ids
+
+
+def test_the_quick_long_run_check_agrees_with_the_pattern():
+    from nanogpt.bpe_pipeline import LONG_RUN, MAX_RUN, has_long_run
+
+    rng = random.Random(5)
+    # ASCII and not, every kind of whitespace, astral and lone surrogates, runs on either side of the bound
+    alphabet = ["a", "é", "\u3000", " ", "\n", "\x1c", "\U0001f600", "\u2028", "\ud800", "\U00100000", "\x85"]
+    lengths = [1, 2, 100, MAX_RUN // 2 - 1, MAX_RUN // 2, MAX_RUN // 2 + 1, MAX_RUN - 1, MAX_RUN, MAX_RUN + 1, 600]
+    seen = set()
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) * rng.choice(lengths) for _ in range(rng.randint(0, 6)))
+        expected = LONG_RUN.search(text) is not None
+        assert has_long_run(text) == expected, [(c, text.count(c)) for c in set(text)]
+        seen.add(expected)
+    assert seen == {True, False}

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import numpy as np
+
 # Characters of one run without a space (or of spaces) that a learned BPE takes as one pre-token at most; a longer
 # run is cut into pieces of this length from its start, before GPT-2's regex, when learning and when encoding
 # alike. The work on one pre-token grows faster than its length (a line of 450 K random letters took 45 s to learn,
@@ -22,6 +24,28 @@ _RUN_PIECE = f"[^{_WS}]{{{MAX_RUN}}}(?=[^{_WS}])|[{_WS}]{{{MAX_RUN}}}(?=[{_WS}])
 LONG_RUN = re.compile(f"[^{_WS}]{{{MAX_RUN + 1}}}|[{_WS}]{{{MAX_RUN + 1}}}")  # that goes on: in a longer run
 _RUN_PIECES = re.compile(_RUN_PIECE)
 ENCODE_GROUP = 1 << 18  # bytes a call of the `tokenizers` batch encoder gets at most (BpeTokenizer.encode_many)
+_WS_CODES = np.zeros(0x3002, dtype=np.uint8)  # 1 for whitespace, by code point; the last entry for all above U+3000
+_WS_CODES[[ord(c) for c in WHITESPACE]] = 1
+_WS_BYTES = _WS_CODES[:256].tobytes()  # the same for ASCII text's bytes (bytes.translate)
+_BLOCK = (MAX_RUN + 1) // 2  # a run longer than MAX_RUN holds a whole block of this many aligned characters
+
+
+def has_long_run(text: str) -> bool:
+    """Whether `text` holds a run that the learned BPE cuts: LONG_RUN.search, asked only where a block of _BLOCK
+    aligned characters is all whitespace or holds none (never, in prose). The regex alone tries a word's length at
+    each character of it, as slow as encoding, and prepare asks this of every job."""
+    if len(text) <= MAX_RUN:
+        return False
+    if text.isascii():
+        space = np.frombuffer(text.encode("ascii").translate(_WS_BYTES), dtype=np.uint8)
+    else:
+        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        space = _WS_CODES[np.minimum(codes, len(_WS_CODES) - 1)]
+    whole = len(space) // _BLOCK * _BLOCK
+    counts = space[:whole].reshape(-1, _BLOCK).sum(axis=1, dtype=np.int32)
+    if not ((counts == 0) | (counts == _BLOCK)).any():
+        return False
+    return LONG_RUN.search(text) is not None
 
 
 def run_pieces(text: str) -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .bpe_pipeline import LONG_RUN, ENCODE_GROUP, pre_tokenizer, run_pieces, tiktoken_twin
+from .bpe_pipeline import ENCODE_GROUP, has_long_run, pre_tokenizer, run_pieces, tiktoken_twin
 from .errors import UserError
 
 TOKENIZERS = ("char", "gpt2", "bpe")  # the names vocab.json and `--tokenizer` use
@@ -234,7 +234,7 @@ class BpeTokenizer:
         """tiktoken's ids of `text`, its long runs cut first as the Split of `tokenizers` cuts them (run_pieces).
         tiktoken releases the GIL: prepare's encoding threads run it on every core."""
         assert self.fast is not None
-        if not LONG_RUN.search(text):
+        if not has_long_run(text):
             return self.fast.encode_to_numpy(text, disallowed_special=()).astype(np.uint32, copy=False)
         ids = [self.fast.encode_to_numpy(p, disallowed_special=()) for p in run_pieces(text)]
         return np.concatenate(ids).astype(np.uint32, copy=False)

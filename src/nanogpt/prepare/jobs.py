@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bpe_pipeline import LONG_RUN, run_pieces
+from ..bpe_pipeline import has_long_run, run_pieces
 from ..tokenizers import END_OF_TEXT
 
 PROCESS_BYTES = 32 << 20  # text to encode from which worker processes pay for their start (~0.5 s)
@@ -35,7 +35,7 @@ def tiktoken_ids(enc: Any, batch: list[str | None], eot: int, learned: bool) -> 
     for text in batch:
         if text is None:
             arrays.append(separator)
-        elif learned and LONG_RUN.search(text):
+        elif learned and has_long_run(text):
             arrays += [enc.encode_to_numpy(p, disallowed_special=()) for p in run_pieces(text)]
         else:
             arrays.append(enc.encode_to_numpy(text, disallowed_special=()))  # == encode_ordinary, no list
@@ -60,7 +60,7 @@ def _one_call(enc: Any, batch: list[str | None], eot: int, learned: bool) -> np.
         else:
             texts.append(text)
     joined = "".join(texts)
-    if learned and LONG_RUN.search(joined):
+    if learned and has_long_run(joined):
         return None
     return enc.encode_to_numpy(joined, allowed_special={END_OF_TEXT}).astype(np.uint32, copy=False)
 
