@@ -377,7 +377,9 @@ def _bytes_read() -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="counts the bytes read in /proc/self/io (Linux)")
-def test_the_bpe_sample_reads_only_near_what_it_takes_and_takes_the_same(tmp_path):
+@pytest.mark.parametrize("processes", ["0", "1"])  # 1: a plain .jsonl is marked by scan_ranges' workers
+def test_the_bpe_sample_reads_only_near_what_it_takes_and_takes_the_same(tmp_path, monkeypatch, processes):
+    monkeypatch.setenv("NANOGPT_PREPARE_PROCESSES", processes)
     from nanogpt.prepare.bpe import spread
     from nanogpt.prepare.documents import Cursor, Reading, split_stream
     from nanogpt.prepare.passes import read_pass
@@ -391,15 +393,46 @@ def test_the_bpe_sample_reads_only_near_what_it_takes_and_takes_the_same(tmp_pat
         read_pass(sources, path, Reading(), "gpt2", Progress(open(os.devnull, "w")))  # noqa: SIM115
         source, cursor = sources[0], (Cursor() if skip else None)
         before = _bytes_read()
-        # 4,000 characters of ~500,000: blocks of 1,024 one in ~100 (bpe.spread), marks every 65,536 (records.py)
-        taken = list(spread(split_stream(source, 0.1, Reading(), None, cursor), 4000, int(source.chars * 0.9),
+        # 2,000 characters of ~550,000: blocks of 1,024 one in ~270 (bpe.spread), marks every 65,536 (records.py)
+        taken = list(spread(split_stream(source, 0.1, Reading(), None, cursor), 2000, int(source.chars * 0.9),
                             cursor))
         return taken, _bytes_read() - before
 
     for kind in ("jsonl", "tree", "parquet", "jsonl.zst"):  # (the tree's files sort in another order)
         expected, whole = sample(paths[kind], skip=False)
-        assert 3000 < sum(map(len, expected)) <= 4000
+        assert 1000 < sum(map(len, expected)) <= 2000
         taken, read = sample(paths[kind], skip=True)
         assert taken == expected, kind
         if kind in ("jsonl", "tree"):  # a plain .jsonl jumps to its marks; a folder leaves whole files unread
             assert read < whole // 3, (kind, read, whole)
+
+
+def test_the_first_pass_on_processes_finds_what_one_reader_finds(tmp_path):
+    # a plain .jsonl is counted in ranges on worker processes (scan_ranges.py): blank lines, empty and bad
+    # records, CRLF and characters outside ASCII spread over the ranges
+    rng = random.Random(13)
+    lines = []
+    for i, doc in enumerate(documents(6000, seed=13)):
+        kind = rng.random()
+        lines.append("" if kind < 0.02 else '{"text": ""}' if kind < 0.04 else "not json" if kind < 0.05 and i > 4000
+                     else json.dumps({"text": doc.replace("\n", "\r\n") + "ÿ" * (i % 3)}, ensure_ascii=i % 2 == 0))
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    seen = {}
+    for processes in ("0", "1"):
+        env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "NANOGPT_PREPARE_PROCESSES": processes,
+               "NANOGPT_PREPARE_WORKERS": "2"}
+        run = [sys.executable, "-m", "nanogpt", "prepare", str(path), "--tokenizer", "char"]
+        failed = subprocess.run([*run, "--out-dir", str(tmp_path / f"x{processes}")], env=env,
+                                capture_output=True, text=True, timeout=300, check=False)
+        out = tmp_path / f"out{processes}"
+        done = subprocess.run([*run, "--skip-bad-records", "--out-dir", str(out)], env=env, capture_output=True,
+                              text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stderr
+        meta = json.loads((out / "vocab.json").read_text(encoding="utf-8"))
+        note = [line for line in done.stderr.splitlines() if "bad record" in line]  # how many, and the first
+        seen[processes] = (failed.returncode, failed.stderr.strip().splitlines()[-1], note,
+                           (out / "train.bin").read_bytes(), (out / "val.bin").read_bytes(), meta["itos"],
+                           meta["sources"])
+    assert seen["0"] == seen["1"]
+    assert seen["1"][0] == 1 and f"{path}, line 40" in seen["1"][1]  # in a later range than the first

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 from .progress import Progress
 from .inputs import compression
+from .encode import workers
 from .records import MARK_CHARS, BadRecords, jsonl_texts, parquet_size, parquet_texts
+from .scan_ranges import parallel, scan_jsonl
 from .sources import CHUNK_CHARS, CharSet, Doc, Source, changed, doc_text, scan_text, stamp, unchanged
 
 DOC_START = None  # what split_stream yields in place of text where a document begins
@@ -48,6 +50,9 @@ def scan(doc: Doc, charset: CharSet | None, reading: Reading, progress: Progress
         return
     if doc.kind == "parquet":
         doc.size = parquet_size(doc.path, reading.text_field)
+    if parallel(doc, workers()):
+        scan_jsonl(doc, reading.text_field, reading.skip_bad_records, charset, progress, workers())
+        return
     bad = BadRecords(reading.skip_bad_records)
     batch: list[str] = []  # CharSet.add costs per call: records are added a megabyte at a time
     batch_chars = 0
@@ -112,7 +117,8 @@ def _marked(doc: Doc, reading: Reading, progress: Progress | None, wanted: Calla
     k, pos, start = 0, 0, (0, 0)
     while True:
         bad = BadRecords(skip=True)  # the first pass met every bad one
-        for text in jsonl_texts(doc.path, reading.text_field, bad, progress, start):
+        # read a little at a time: a jump goes on a few blocks of MARK_CHARS
+        for text in jsonl_texts(doc.path, reading.text_field, bad, progress, start, buffer=1 << 14):
             if not text:
                 continue
             yield k, pos, text

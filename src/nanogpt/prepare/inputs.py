@@ -63,9 +63,11 @@ def not_whole(path: Path, error: BaseException) -> UserError:
     return UserError(f"{path} is not a whole {what} file ({error}); compress it again")
 
 
-def open_raw(path: Path) -> BinaryIO:
+def open_raw(path: Path, buffer: int = 1 << 20) -> BinaryIO:
     try:
-        return open(path, "rb")  # noqa: SIM115 - the caller closes it
+        # a megabyte at a time: with the default buffer (a few KB) a JSON Lines file iterated at ~700 MB/s, a pass
+        # over 1 GB took a second and a half of the thread that feeds the encoders
+        return open(path, "rb", buffering=buffer)  # noqa: SIM115 - the caller closes it
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
 

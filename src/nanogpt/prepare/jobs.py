@@ -79,12 +79,17 @@ _worker: tuple[Any, int, bool, np.dtype] | None = None  # in a worker process: i
 
 def _start(enc: Any, eot: int, learned: bool, dtype: np.dtype) -> None:
     global _worker
+    start_worker()
+    _worker = (enc, eot, learned, dtype)
+
+
+def start_worker() -> None:
+    """What every worker process of prepare does first."""
     # Ctrl-C reaches the whole process group: the parent stops the workers; SIGTERM kills one without a word
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if hasattr(signal, "pthread_sigmask"):  # started while prepare held them (encode.signals_held): inherited
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
-    _worker = (enc, eot, learned, dtype)
     parent = multiprocessing.parent_process()
     if parent is not None:  # a parent killed with -9 says nothing to its pool: a worker would wait for jobs forever
         threading.Thread(target=_end_with, args=(parent.sentinel,), daemon=True).start()

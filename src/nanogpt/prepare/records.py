@@ -62,11 +62,12 @@ def _fields(obj: dict) -> str:
 
 
 def jsonl_texts(path: Path, field: str, bad: BadRecords, progress: Progress | None,
-                start: tuple[int, int] = (0, 0)) -> Iterator[str]:
+                start: tuple[int, int] = (0, 0), stop: int | None = None, buffer: int = 1 << 20) -> Iterator[str]:
     """The text of each record of a JSON Lines file ('' for an empty one), CRLF read as LF; blank lines are no
-    records. `start`: (byte offset, lines before it) where a plain file is read from (one of its marks)."""
+    records. `start`: (byte offset, lines before it) where a plain file is read from (one of its marks); `stop`:
+    the byte offset of a line start where reading stops; `buffer`: bytes read at a time."""
     errors = decompression_errors()
-    with open_raw(path) as raw:
+    with open_raw(path, buffer) as raw:
         stream = decompressed(path, raw)
         if start[0]:
             stream.seek(start[0])
@@ -74,6 +75,8 @@ def jsonl_texts(path: Path, field: str, bad: BadRecords, progress: Progress | No
         bad.bytes = start[0]
         try:
             for line in stream:
+                if stop is not None and bad.bytes >= stop:
+                    break
                 number += 1
                 bad.line = number
                 pending += len(line)

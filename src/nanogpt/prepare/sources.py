@@ -257,6 +257,11 @@ class CharSet:
             self.seen[np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)] = True
             self.known_ascii = bytes(np.flatnonzero(self.seen[:128]).astype(np.uint8))
 
+    def add_codes(self, codes: np.ndarray) -> None:
+        """Characters given as code points (what a worker process saw)."""
+        self.seen[codes] = True
+        self.known_ascii = bytes(np.flatnonzero(self.seen[:128]).astype(np.uint8))
+
     def clear(self) -> None:
         self.seen[:] = False
         self.known_ascii = b""
