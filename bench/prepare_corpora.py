@@ -15,6 +15,7 @@ itself, which only flatters the baseline.)
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -110,10 +111,35 @@ def run(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     return time.perf_counter() - t, usage.ru_maxrss / 1024
 
 
-def prepare(source: Path, out: Path, tokenizer: str) -> tuple[float, float]:
+def prepare(source: Path, out: Path, tokenizer: str, *flags: str) -> tuple[float, float]:
     env = {"PYTHONPATH": str(ROOT / "src")}
     return run([sys.executable, "-m", "nanogpt", "prepare", str(source), "--tokenizer", tokenizer,
-                "--out-dir", str(out)], env)
+                "--out-dir", str(out), *flags], env)
+
+
+def digest(path: Path) -> str:
+    """The file's SHA-256, read a megabyte at a time: this process stays small, and its children's peak RSS
+    (wait4) does not count bins it held (a child inherits the parent's memory until it execs)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def speed(jsonl: Path, folder: Path, mb: float, cores: int) -> None:
+    """nanoGPT's way, then prepare with gpt2 and with a learned BPE, on the same .jsonl."""
+    script = folder / "nanogpt_way.py"
+    script.write_text(NANOGPT_WAY.format(src=str(ROOT / "src"), path=str(jsonl), procs=cores,
+                                         out=str(folder / "nanogpt_way.bin")))
+    base, base_rss = run([sys.executable, str(script)])
+    print(f"nanoGPT's way (gpt2, {cores} processes): {base:.1f} s, {mb / base:.1f} MB/s, "
+          f"peak RSS {base_rss:.0f} MB (parent)", flush=True)
+    (folder / "nanogpt_way.bin").unlink()
+    for tok in ("gpt2", "bpe"):
+        wall, rss = prepare(jsonl, folder / f"out-{tok}", tok)
+        print(f"nanogpt prepare --tokenizer {tok}: {wall:.1f} s, {mb / wall:.1f} MB/s "
+              f"({base / wall:.2f}x nanoGPT's way), peak RSS {rss:.0f} MB", flush=True)
 
 
 def main() -> None:
@@ -121,6 +147,8 @@ def main() -> None:
     ap.add_argument("--mb", type=float, default=256)
     ap.add_argument("--tree-mb", type=float, default=20, help="MB of the .txt folder checked against the .jsonl")
     ap.add_argument("--speed-only", action="store_true", help="only the speed runs (no .zst, .parquet, tree checks)")
+    ap.add_argument("--kinds-only", action="store_true", help="only the .zst, .parquet and tree checks (and the "
+                    ".jsonl prepare they compare with)")
     ap.add_argument("--build-only", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.build_only:
@@ -136,33 +164,28 @@ def main() -> None:
                  "parquet": folder / "corpus.parquet", "tree": folder / "tree"}
         mb = paths["jsonl"].stat().st_size / 1e6
         print(f"corpus: {mb:.0f} MB of JSON Lines; {cores} cores", flush=True)
-        script = folder / "nanogpt_way.py"
-        script.write_text(NANOGPT_WAY.format(src=str(ROOT / "src"), path=str(paths["jsonl"]), procs=cores,
-                                             out=str(folder / "nanogpt_way.bin")))
-        base, base_rss = run([sys.executable, str(script)])
-        print(f"nanoGPT's way (gpt2, {cores} processes): {base:.1f} s, {mb / base:.1f} MB/s, "
-              f"peak RSS {base_rss:.0f} MB (parent)", flush=True)
-        for tok in ("gpt2", "bpe"):
-            wall, rss = prepare(paths["jsonl"], folder / f"out-{tok}", tok)
-            print(f"nanogpt prepare --tokenizer {tok}: {wall:.1f} s, {mb / wall:.1f} MB/s "
-                  f"({base / wall:.2f}x nanoGPT's way), peak RSS {rss:.0f} MB", flush=True)
+        if not args.kinds_only:
+            speed(paths["jsonl"], folder, mb, cores)
         if args.speed_only:
             return
-        bins = {}
+        if args.kinds_only:
+            prepare(paths["jsonl"], folder / "out-gpt2", "gpt2")
+        reference = [digest(folder / "out-gpt2" / n) for n in ("train.bin", "val.bin")]
+        same = True
         for kind in ("jsonl.zst", "parquet"):
             wall, rss = prepare(paths[kind], folder / f"out-{kind}", "gpt2")
             print(f"  {kind}: {wall:.1f} s, peak RSS {rss:.0f} MB", flush=True)
-            bins[kind] = (folder / f"out-{kind}" / "train.bin").read_bytes()
-        same = all(b == (folder / "out-gpt2" / "train.bin").read_bytes() for b in bins.values())
+            same &= [digest(folder / f"out-{kind}" / n) for n in ("train.bin", "val.bin")] == reference
         print(f".jsonl, .jsonl.zst, .parquet give byte-identical bins: {same}")
         head = folder / "head.jsonl"  # the tree's documents (the corpus's first ones) as JSON Lines
         with open(paths["jsonl"], "rb") as src, open(head, "wb") as dst:
             for _ in range(sum(1 for _ in paths["tree"].rglob("*.txt"))):
                 dst.write(src.readline())
         prepare(head, folder / "out-head", "gpt2")
-        wall, rss = prepare(paths["tree"], folder / "out-tree", "gpt2")
-        same = all((folder / "out-tree" / n).read_bytes() == (folder / "out-head" / n).read_bytes()
-                   for n in ("train.bin", "val.bin"))
+        # --keep-gutenberg: documents cut from the raw Alice text hold its licence lines, which prepare removes from
+        # text files (not from records) unless told to keep them
+        wall, rss = prepare(paths["tree"], folder / "out-tree", "gpt2", "--keep-gutenberg")
+        same = all(digest(folder / "out-tree" / n) == digest(folder / "out-head" / n) for n in ("train.bin", "val.bin"))
         print(f"  folder of .txt ({args.tree_mb:.0f} MB): {wall:.1f} s, peak RSS {rss:.0f} MB; "
               f"byte-identical to the same documents as .jsonl: {same}")
 
