@@ -150,3 +150,23 @@ def test_the_quick_long_run_check_agrees_with_the_pattern():
         assert has_long_run(text) == expected, [(c, text.count(c)) for c in set(text)]
         seen.add(expected)
     assert seen == {True, False}
+
+
+def test_a_job_in_one_tiktoken_call_gives_each_documents_own_ids():
+    from nanogpt.prepare.jobs import tiktoken_ids
+    from nanogpt.tokenizers import train_bpe
+
+    docs = ["  starts with spaces and ends with them  ", "ends in a half <|endof", "text|> begins it", "\n\n",
+            "it says <|endoftext|> as text", "word " * 40 + "x" * 600 + "   " + " " * 300 + "end", "café naïve 東京 "]
+    learned = train_bpe([shakespeare_text()[:200_000], *docs], 400)
+    for enc, eot, is_learned in ((gpt2_encoding(), GPT2_EOT, False), (learned.fast, learned.eot, True)):
+        assert enc is not None
+        # the slower way (a document holds the text <|endoftext|>, or a long run), and one call
+        for chosen in (docs, [d for d in docs if "<|endoftext|>" not in d and "x" * 300 not in d]):
+            batch: list[str | None] = []
+            for doc in chosen:
+                batch += [doc, None]
+            expected: list[int] = []
+            for doc in chosen:
+                expected += (learned.encode(doc) if is_learned else enc.encode_ordinary(doc)) + [eot]
+            assert tiktoken_ids(enc, batch, eot, is_learned).tolist() == expected
