@@ -149,6 +149,7 @@ class Encoder:
         self.pending: collections.deque[tuple[Part, Future | np.ndarray]] = collections.deque()
         self.disk = _DiskWriter()
         self.pool: ThreadPoolExecutor | None = None
+        self.processes: ProcessPoolExecutor | None = None  # tiktoken's jobs on a large text (begin)
         self.drop = drop or None  # a reused character vocabulary: the text's characters it lacks (str.translate)
         if tokenizer == "char":
             assert itos is not None
@@ -158,7 +159,6 @@ class Encoder:
             self.bpe = bpe
             self.fast = gpt2_encoding() if bpe is None else bpe.fast  # tiktoken, or None: `tokenizers` encodes
             self.threads = workers()
-            self.processes: ProcessPoolExecutor | None = None
             self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nanogpt-bpe")
 
     def begin(self, nbytes: int) -> None:
@@ -302,14 +302,14 @@ class Encoder:
     def close(self) -> None:
         """Write everything still in flight."""
         self._drain()
-        for pool in (self.pool, getattr(self, "processes", None)):
+        for pool in (self.pool, self.processes):
             if pool is not None:
                 pool.shutdown()
         self.disk.close()
 
     def abort(self) -> None:
         """Stop all threads (after an error); safe to call after close()."""
-        for pool in (self.pool, getattr(self, "processes", None)):
+        for pool in (self.pool, self.processes):
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
         try:

@@ -49,7 +49,7 @@ def _one_call(enc: Any, batch: list[str | None], eot: int, learned: bool) -> np.
     would. One call releases the GIL once a job, not once a document. None when a document holds that text
     itself (it is text there, not the token), when the separator is not that id, or for a learned BPE's long
     runs."""
-    if enc._special_tokens.get(END_OF_TEXT) != eot:
+    if END_OF_TEXT not in enc.special_tokens_set or enc.encode_single_token(END_OF_TEXT) != eot:
         return None
     texts: list[str] = []
     for text in batch:
