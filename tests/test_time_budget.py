@@ -146,3 +146,18 @@ def test_extending_a_timed_run_decays_again_from_its_stable_checkpoint(
     log = json.loads(Path(tmp_path / "more" / f"model_step_{ended['step']}.training_log.json").read_text())
     assert [e["step"] for e in log if e["step"] > start][0] == start + 1
     assert ended["train"]["time"] == "4s" and ended["train"]["steps"] > start
+
+
+def test_a_slow_step_gets_fewer_evaluation_batches_not_fewer_steps() -> None:
+    from nanogpt.config import TrainConfig
+
+    cfg = TrainConfig(batch_size=64, eval_iters=plan.EVAL_ITERS)
+    # nanoGPT's baby GPT on a 2-core CPU: ~7 s a step. Ten batches an evaluation took the whole three minutes
+    slow = plan.with_eval_iters(180, 7.2, cfg, typed=set())
+    assert plan.steps_in(180, 7.2, cfg) == 1
+    assert slow.eval_iters == 1 and plan.steps_in(180, 7.2, slow) >= 20
+    eval_s = (plan.EVALUATIONS + 1) * slow.eval_iters * 7.2 / 3
+    assert eval_s <= plan.EVAL_SHARE * 180
+    # an ordinary step keeps its ten batches; a typed --eval-iters is the user's to keep
+    assert plan.with_eval_iters(60, 0.07, cfg, typed=set()).eval_iters == plan.EVAL_ITERS
+    assert plan.with_eval_iters(180, 7.2, cfg, typed={"eval_iters"}).eval_iters == plan.EVAL_ITERS

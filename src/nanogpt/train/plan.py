@@ -39,6 +39,7 @@ TOKENS_PER_PARAM = 0.5
 EVALUATIONS = 10  # validation losses over a timed run (and one at the end), so the best checkpoint is found
 MIN_STEPS = 100  # a candidate too slow for this many steps in the budget is not a plan
 EVAL_ITERS = 10  # batches per evaluation in a timed run, unless typed
+EVAL_SHARE = 0.2  # of the budget the evaluations take at most, unless --eval-iters is typed (fewer batches each)
 REESTIMATE_AFTER = 10  # steps before the loop first measures the step time again (warm-up and compiling over)
 OVERRUN = 0.08  # the loop stops (saving) past the budget by this share: a guard the re-estimate should never meet
 
@@ -71,12 +72,27 @@ def non_embedding_params(cfg: config.ModelConfig) -> int:
     return cfg.n_layer * (12 * cfg.n_embd**2 + 13 * cfg.n_embd)
 
 
+def _eval_batch_s(step_s: float, train_cfg: config.TrainConfig) -> float:
+    """Seconds of one evaluation batch: a forward pass is about a third of a training step's forward, backward and
+    update (over grad_accum micro-batches), scaled by the evaluation's batch size."""
+    return step_s / 3 / max(1, train_cfg.grad_accum) * train_cfg.eval_batch_size / train_cfg.batch_size
+
+
 def steps_in(seconds: float, step_s: float, train_cfg: config.TrainConfig, evaluations: int = EVALUATIONS + 1) -> int:
-    """Steps that fit `seconds` with `evaluations` evaluations of eval_iters batches (a forward pass is about a
-    third of a training step's forward, backward and update)."""
-    eval_s = evaluations * train_cfg.eval_iters * step_s / 3 / max(1, train_cfg.grad_accum)
-    eval_s *= train_cfg.eval_batch_size / train_cfg.batch_size
+    """Steps that fit `seconds` with `evaluations` evaluations of eval_iters batches."""
+    eval_s = evaluations * train_cfg.eval_iters * _eval_batch_s(step_s, train_cfg)
     return max(1, int((seconds - eval_s) / step_s))
+
+
+def with_eval_iters(budget_s: float, step_s: float, train_cfg: config.TrainConfig, typed: set[str]
+                    ) -> config.TrainConfig:
+    """`train_cfg` with the batches per evaluation of a timed run at this step time: EVAL_ITERS, fewer (at least 1)
+    where the evaluations would take more than EVAL_SHARE of the budget. A large model on a CPU had its plan's
+    evaluations take the whole budget: one step of training, then evaluations. A typed --eval-iters is kept."""
+    if "eval_iters" in typed:
+        return train_cfg
+    fit_in = EVAL_SHARE * budget_s / ((EVALUATIONS + 1) * _eval_batch_s(step_s, train_cfg))
+    return dataclasses.replace(train_cfg, eval_iters=max(1, min(EVAL_ITERS, int(fit_in))))
 
 
 def choose(
@@ -86,11 +102,12 @@ def choose(
     train_cfg: config.TrainConfig,
     train_tokens: int,
     world_size: int,
+    typed: frozenset[str] | set[str] = frozenset(),
 ) -> tuple[int, int, str]:
     """The rule: (index of the chosen shape, its steps, why), from each shape's measured step time."""
     best = 0  # the smallest shape, when no larger one gets its tokens in the time
     max_passes = train_cfg.max_passes or math.inf
-    steps_of = [steps_in(budget_s, t, train_cfg) for t in step_s]
+    steps_of = [steps_in(budget_s, t, with_eval_iters(budget_s, t, train_cfg, typed)) for t in step_s]
     for i, cfg in enumerate(shapes):
         per_step = config.tokens_per_step(cfg, train_cfg, world_size)
         tokens = min(steps_of[i] * per_step, max_passes * train_tokens)
@@ -121,7 +138,7 @@ def describe(budget: str, cfg: config.ModelConfig, t: config.TrainConfig, params
 def timed_settings(train_cfg: config.TrainConfig, steps: int, step_s: float, typed: set[str]) -> config.TrainConfig:
     """The training settings of the plan: its steps, a WSD schedule ending on them, evaluations spread over it."""
     values: dict[str, object] = {"steps": steps, "plan_step_ms": round(step_s * 1000, 3)}
-    defaults = {"validation_interval": max(1, steps // EVALUATIONS), "eval_iters": EVAL_ITERS,
+    defaults = {"validation_interval": max(1, steps // EVALUATIONS), "eval_iters": train_cfg.eval_iters,
                 "lr_schedule": "wsd", "warmup_steps": min(train_cfg.warmup_steps, max(1, steps // 20)),
                 "save_interval": 0}
     values.update({k: v for k, v in defaults.items() if k not in typed})
@@ -172,15 +189,15 @@ def fit(
             break
         shapes.append(cfg)
         times.append(seconds)
-        if steps_in(budget_s, seconds, train_cfg) < MIN_STEPS:
+        if steps_in(budget_s, seconds, with_eval_iters(budget_s, seconds, train_cfg, typed)) < MIN_STEPS:
             break
     if not shapes:
         raise UserError(f"--time {train_cfg.time}: not even the smallest model does {MIN_STEPS // 10} steps in that "
                         "time here; give more time")
     train_tokens = len(tokens.train)
-    i, steps, why = choose(budget_s, shapes, times, train_cfg, train_tokens, hardware.world_size)
+    i, steps, why = choose(budget_s, shapes, times, train_cfg, train_tokens, hardware.world_size, typed)
     cfg = shapes[i]
-    timed = timed_settings(train_cfg, steps, times[i], typed)
+    timed = timed_settings(with_eval_iters(budget_s, times[i], train_cfg, typed), steps, times[i], typed)
     per_step = config.tokens_per_step(cfg, timed, hardware.world_size)
     line = describe(train_cfg.time or "", cfg, timed, cfg.parameter_count(), times[i] * 1000, steps * per_step,
                     train_tokens, why)
