@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import UserError
 from ..bpe_pipeline import MAX_RUN, WHITESPACE
 from ..tokenizers import BpeTokenizer, gpt2_encoding
-from .jobs import process_pool, submit_job, tiktoken_ids, use_processes
+from .jobs import process_pool, submit_job, tiktoken_ids, use_processes, worker_died
 from .sources import CHUNK_CHARS
 
 
@@ -295,8 +295,7 @@ class Encoder:
             try:
                 ids = job.result() if isinstance(job, Future) else job
             except BrokenProcessPool:
-                raise UserError("a process encoding the text was killed (by a signal, or for memory): nothing was "
-                                "written; run prepare again (NANOGPT_PREPARE_PROCESSES=0 encodes on threads)") from None
+                raise worker_died() from None
             self._write_ids(part, ids.astype(self.np_dtype, copy=False))
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..bpe_pipeline import has_long_run, run_pieces
+from ..errors import UserError
 from ..tokenizers import END_OF_TEXT
 
 PROCESS_BYTES = 32 << 20  # text to encode from which worker processes pay for their start (~0.5 s)
@@ -63,6 +64,12 @@ def _one_call(enc: Any, batch: list[str | None], eot: int, learned: bool) -> np.
     if learned and has_long_run(joined):
         return None
     return enc.encode_to_numpy(joined, allowed_special={END_OF_TEXT}).astype(np.uint32, copy=False)
+
+
+def worker_died() -> UserError:
+    """What prepare says when one of its worker processes was killed (the pool is broken: nothing is written)."""
+    return UserError("a worker process of prepare was killed (by a signal, or for memory): nothing was written; "
+                     "run prepare again (NANOGPT_PREPARE_PROCESSES=0 works on threads)")
 
 
 def use_processes(nbytes: int, workers: int) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 from ..errors import UserError
 from .encode import signals_held
 from .inputs import compression
-from .jobs import start_worker, use_processes
+from .jobs import start_worker, use_processes, worker_died
 from .progress import Progress
 from .records import MARK_CHARS, BadRecords, jsonl_texts
 from .sources import CharSet, Doc
@@ -104,7 +105,10 @@ def scan_jsonl(doc: Doc, text_field: str, skip_bad: bool, charset: CharSet | Non
                     for a, b in ranges(doc.path, doc.size, min(RANGE_BYTES, max(1 << 16, doc.size // (4 * workers))))]
         lines = 0
         for job in jobs:
-            part = job.result()
+            try:
+                part = job.result()
+            except BrokenProcessPool:
+                raise worker_died() from None
             if part.first_bad is not None and not skip_bad:
                 line, problem = part.first_bad
                 raise UserError(f"{doc.path}, line {lines + line}: {problem} (--skip-bad-records leaves such "
