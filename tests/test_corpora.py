@@ -318,6 +318,30 @@ def test_kill_9_leaves_no_encoding_process_behind(tmp_path):
     assert not any(Path(f"/proc/{p}").exists() for p in workers)
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="finds the worker processes with pgrep")
+def test_a_worker_killed_is_one_line_and_publishes_nothing(tmp_path):
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(jsonl_bytes(documents(300, seed=11) * 300))
+    env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "NANOGPT_PREPARE_PROCESSES": "1",
+           "NANOGPT_PREPARE_WORKERS": "2"}
+    out = tmp_path / "new" / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "nanogpt", "prepare", str(path), "--tokenizer", "gpt2",
+                             "--out-dir", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    workers: list[str] = []
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and not workers and time.monotonic() < deadline:
+        time.sleep(0.02)
+        listed = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        workers = [p for p in listed if "spawn_main" in _cmdline(p)]
+    assert proc.poll() is None and workers, "prepare ended before its workers started: give it more text"
+    subprocess.run(["kill", "-9", workers[0]], check=False)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert stderr.strip().splitlines()[-1].startswith("nanogpt prepare: error: a worker process of prepare was killed")
+    assert not (tmp_path / "new").exists()
+
+
 def test_generate_stops_at_end_of_text_unless_told_not_to(capsys):
     from nanogpt.generate import _until_all_end
 
