@@ -161,3 +161,19 @@ def test_a_slow_step_gets_fewer_evaluation_batches_not_fewer_steps() -> None:
     # an ordinary step keeps its ten batches; a typed --eval-iters is the user's to keep
     assert plan.with_eval_iters(60, 0.07, cfg, typed=set()).eval_iters == plan.EVAL_ITERS
     assert plan.with_eval_iters(180, 7.2, cfg, typed={"eval_iters"}).eval_iters == plan.EVAL_ITERS
+
+
+def test_a_model_large_for_its_text_gets_half_the_passes_unless_the_text_is_tiny_or_they_are_typed() -> None:
+    from nanogpt.config import ModelConfig, TrainConfig
+
+    train = TrainConfig(batch_size=24, max_passes=8.0)
+    small, large = (ModelConfig(n_layer=n, n_embd=w, n_head=2, block_size=64, vocab_size=512)
+                    for n, w in ((4, 128), (4, 192)))  # 0.79 M and 1.78 M block parameters
+    text = 411_000  # tokens: Tiny Shakespeare's training part as the default BPE cuts it
+    assert plan.passes_for(small, train, text, 1, set()) == 8  # under LARGE_FOR_TEXT block parameters a token
+    assert plan.passes_for(large, train, text, 1, set()) == 4
+    assert plan.passes_for(large, train, text, 1, {"max_passes"}) == 8  # typed: as typed
+    assert plan.passes_for(large, train, 58_000, 1, set()) == 8  # 4 passes of Alice: 150 steps, too few
+    # the rule then picks the larger shape at 4 passes where it gets its tokens, and says why it ends early
+    best, steps, passes, why = plan.choose(600, [small, large], [0.057, 0.099], train, text, 1)
+    assert (best, passes) == (1, 4) and steps == int(4 * text / (24 * 64)) and "half of --max-passes" in why

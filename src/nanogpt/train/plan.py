@@ -11,7 +11,9 @@ The plan is a rule applied to measurements, never a search during the user's run
 - **Passes over the text:** at most --max-passes passes (8 unless typed; 0 fills the time). Past about four,
   repeated tokens are worth less than new ones (Muennighoff et al. 2023) and a small model overfits a small
   text; so a small text gets a short run that decays on its last pass, and the plan says so rather than burning
-  the budget on overfitting. The loop's re-estimate never moves the end past that bound.
+  the budget on overfitting. A model large for its text gets half as many unless they are typed (passes_for):
+  the larger the model, the sooner its extra passes overfit. The loop's re-estimate never moves the end past that
+  bound.
 - **The schedule fills the time:** steps from the measured step time, less the evaluations' share; the loop
   measures again once the first steps have run and moves the end (Budget), so WSD's decay lands on the end.
 
@@ -39,6 +41,12 @@ TOKENS_PER_PARAM = 0.5
 EVALUATIONS = 10  # validation losses over a timed run (and one at the end), so the best checkpoint is found
 MIN_STEPS = 100  # a candidate too slow for this many steps in the budget is not a plan
 EVAL_ITERS = 10  # batches per evaluation in a timed run, unless typed
+# A model of more block parameters than LARGE_FOR_TEXT a training token gets half the --max-passes, unless typed
+# or unless the halved run would be shorter than DATA_STEPS steps (on a tiny text a short run is starved of steps
+# more than a long one overfits). Fitted on Tiny Shakespeare and the Alice text (BENCHMARKS.md): 4 x 128 paid
+# best at 8 passes, the larger shapes at 4; at 4 passes (150 steps) the Alice text's small shapes lost 8%.
+LARGE_FOR_TEXT = 3
+DATA_STEPS = 500
 EVAL_SHARE = 0.2  # of the budget the evaluations take at most, unless --eval-iters is typed (fewer batches each)
 REESTIMATE_AFTER = 10  # steps before the loop first measures the step time again (warm-up and compiling over)
 OVERRUN = 0.08  # the loop stops (saving) past the budget by this share: a guard the re-estimate should never meet
@@ -104,25 +112,39 @@ def choose(
     world_size: int,
     typed: frozenset[str] | set[str] = frozenset(),
 ) -> tuple[int, int, str]:
-    """The rule: (index of the chosen shape, its steps, why), from each shape's measured step time."""
+    """The rule: (index of the chosen shape, its steps, its passes bound, why), from each shape's measured step
+    time."""
     best = 0  # the smallest shape, when no larger one gets its tokens in the time
-    max_passes = train_cfg.max_passes or math.inf
     steps_of = [steps_in(budget_s, t, with_eval_iters(budget_s, t, train_cfg, typed)) for t in step_s]
+    passes_of = [passes_for(cfg, train_cfg, train_tokens, world_size, typed) for cfg in shapes]
     for i, cfg in enumerate(shapes):
         per_step = config.tokens_per_step(cfg, train_cfg, world_size)
-        tokens = min(steps_of[i] * per_step, max_passes * train_tokens)
+        tokens = min(steps_of[i] * per_step, (passes_of[i] or math.inf) * train_tokens)
         if steps_of[i] >= MIN_STEPS and tokens >= TOKENS_PER_PARAM * non_embedding_params(cfg):
             best = i
-    cfg = shapes[best]
+    cfg, passes = shapes[best], passes_of[best]
     per_step = config.tokens_per_step(cfg, train_cfg, world_size)
     steps = steps_of[best]
-    passes_cap = passes_steps(train_cfg, cfg, train_tokens, world_size) or steps
-    if passes_cap < steps:
-        why = f"capped at {max_passes:g} passes over the text (--max-passes): more would overfit it; ends early"
+    passes_cap = passes_steps(dataclasses.replace(train_cfg, max_passes=passes), cfg, train_tokens, world_size)
+    if passes_cap is not None and passes_cap < steps:
+        halved = " (half of --max-passes, for a model this large for its text)" \
+            if passes < train_cfg.max_passes else " (--max-passes)"
+        why = f"capped at {passes:g} passes over the text{halved}: more would overfit it; ends early"
         steps = passes_cap
     else:
         why = f"{steps * per_step / max(1, non_embedding_params(cfg)):.1f} tokens per block parameter"
-    return best, steps, why
+    return best, steps, passes, why
+
+
+def passes_for(cfg: config.ModelConfig, train_cfg: config.TrainConfig, train_tokens: int, world_size: int,
+               typed: frozenset[str] | set[str]) -> float:
+    """The passes over the text `cfg` may make: --max-passes, or half of it for a model large for its text
+    (LARGE_FOR_TEXT) whose halved run still has DATA_STEPS steps. A typed --max-passes is kept; 0 is no bound."""
+    passes = train_cfg.max_passes
+    if not passes or "max_passes" in typed or non_embedding_params(cfg) <= LARGE_FOR_TEXT * train_tokens:
+        return passes
+    half_steps = passes / 2 * train_tokens / config.tokens_per_step(cfg, train_cfg, world_size)
+    return passes / 2 if half_steps >= DATA_STEPS else passes
 
 
 def describe(budget: str, cfg: config.ModelConfig, t: config.TrainConfig, params: int, step_ms: float,
@@ -195,9 +217,11 @@ def fit(
         raise UserError(f"--time {train_cfg.time}: not even the smallest model does {MIN_STEPS // 10} steps in that "
                         "time here; give more time")
     train_tokens = len(tokens.train)
-    i, steps, why = choose(budget_s, shapes, times, train_cfg, train_tokens, hardware.world_size, typed)
+    i, steps, passes, why = choose(budget_s, shapes, times, train_cfg, train_tokens, hardware.world_size, typed)
     cfg = shapes[i]
-    timed = timed_settings(with_eval_iters(budget_s, times[i], train_cfg, typed), steps, times[i], typed)
+    # the passes bound goes into the run's settings: the loop's re-estimate and a resume keep to it
+    timed = timed_settings(with_eval_iters(budget_s, times[i], dataclasses.replace(train_cfg, max_passes=passes),
+                                           typed), steps, times[i], typed)
     per_step = config.tokens_per_step(cfg, timed, hardware.world_size)
     line = describe(train_cfg.time or "", cfg, timed, cfg.parameter_count(), times[i] * 1000, steps * per_step,
                     train_tokens, why)
