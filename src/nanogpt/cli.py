@@ -19,7 +19,7 @@ import sys
 
 from .runtime import distributed
 from .config import GenerateConfig, PrepareConfig
-from .errors import UserError
+from .errors import ABANDONED, UserError
 from .store.files import discard_output, flush_output
 from .flags import FlagError, build_parser, reject_extras, subparsers
 
@@ -199,6 +199,19 @@ HANDLERS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    if argv is None and any(t.is_alive() for t in ABANDONED):
+        # a thread running foreign code was left behind by a stop (Ctrl-C, SIGTERM): the interpreter's shutdown
+        # would end it by unwinding through that code, which aborts the process ("FATAL: exception not
+        # rethrown", exit -6) after the one-line error. Its files are cleaned up already: end here.
+        try:
+            flush_output()
+        finally:
+            os._exit(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = sys.argv[1:] if argv is None else argv
     if not args:  # a bare `nanogpt`: what can it do?

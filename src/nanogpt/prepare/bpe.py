@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ..errors import ABANDONED
 from ..tokenizers import BpeTokenizer, default_bpe_vocab_size, train_bpe
 from .encode import shares, signals_held
 from .documents import Cursor, Reading, split_stream
@@ -108,8 +109,12 @@ def _obeying_signals(work: Callable[[], T]) -> T:
     thread = threading.Thread(target=target, name="bpe-trainer", daemon=True)
     with signals_held():
         thread.start()
-    while thread.is_alive():
-        thread.join(0.1)
+    try:
+        while thread.is_alive():
+            thread.join(0.1)
+    except BaseException:
+        ABANDONED.append(thread)  # stopped: the trainer runs on until the process ends (cli.main)
+        raise
     if "error" in done:
         raise done["error"]
     return done["value"]

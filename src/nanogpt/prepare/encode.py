@@ -165,9 +165,7 @@ class Encoder:
         """`nbytes` of text are to be encoded: tiktoken's jobs go to worker processes if that many pay for them."""
         if self.tokenizer != "char" and self.fast is not None and self.eot is not None \
                 and use_processes(nbytes, self.threads):
-            with signals_held():
-                self.processes = process_pool(self.fast, self.eot, self.bpe is not None, self.np_dtype,
-                                              self.threads)
+            self.processes = process_pool(self.fast, self.eot, self.bpe is not None, self.np_dtype, self.threads)
 
     def _char_tables(self, itos: list[str]) -> None:
         codes = np.array([ord(c) for c in itos], dtype=np.int64)

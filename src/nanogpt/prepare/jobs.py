@@ -8,10 +8,12 @@ Which runs a job never changes its ids.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -114,10 +116,38 @@ def _job(batch: list[str | None]) -> np.ndarray:
 
 
 def process_pool(enc: Any, eot: int, learned: bool, dtype: np.dtype, workers: int) -> ProcessPoolExecutor:
-    """`workers` processes, each with its own copy of `enc` (a tiktoken Encoding pickles as its ranks); started
-    by spawn: prepare holds threads already, and forking a process with threads can deadlock."""
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start,
-                               initargs=(enc, eot, learned, dtype))
+    """`workers` processes, each with its own copy of `enc` (a tiktoken Encoding pickles as its ranks)."""
+    return start_pool(workers, _start, (enc, eot, learned, dtype))
+
+
+def start_pool(workers: int, initializer: Any, initargs: tuple = ()) -> ProcessPoolExecutor:
+    """A pool of `workers` processes, all started now, by spawn (prepare holds threads already, and forking a
+    process with threads can deadlock), with SIGTERM and SIGINT held meanwhile and their stderr on /dev/null:
+    prepare says what went wrong in one line, and a worker still starting when prepare stops (its semaphore gone)
+    printed a traceback after that line."""
+    from .encode import signals_held
+
+    with signals_held(), _stderr_quiet():
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=initializer,
+                                   initargs=initargs)
+        for _ in range(workers):
+            pool.submit(int)  # each submit starts a process while none is idle
+    return pool
+
+
+@contextlib.contextmanager
+def _stderr_quiet():
+    """File descriptor 2 on /dev/null (what a process started meanwhile inherits), restored on the way out."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(quiet, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(quiet)
 
 
 def submit_job(pool: ProcessPoolExecutor, batch: list[str | None]) -> Any:

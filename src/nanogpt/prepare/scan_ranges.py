@@ -8,9 +8,7 @@ records with the first bad one's line number, the characters seen (char level), 
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .encode import signals_held
 from .inputs import compression
-from .jobs import start_worker, use_processes, worker_died
+from .jobs import start_pool, start_worker, use_processes, worker_died
 from .progress import Progress
 from .records import MARK_CHARS, BadRecords, jsonl_texts
 from .sources import CharSet, Doc
@@ -98,11 +95,11 @@ class _Bad(BadRecords):
 def scan_jsonl(doc: Doc, text_field: str, skip_bad: bool, charset: CharSet | None, progress: Progress,
                workers: int) -> None:
     """documents.scan of a plain .jsonl, its ranges counted on `workers` processes."""
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker)
+    pool = start_pool(workers, start_worker)
     try:
-        with signals_held():
-            jobs = [pool.submit(_count, os.fspath(doc.path), a, b, text_field, charset is not None)
-                    for a, b in ranges(doc.path, doc.size, min(RANGE_BYTES, max(1 << 16, doc.size // (4 * workers))))]
+        step = min(RANGE_BYTES, max(1 << 16, doc.size // (4 * workers)))
+        jobs = [pool.submit(_count, os.fspath(doc.path), a, b, text_field, charset is not None)
+                for a, b in ranges(doc.path, doc.size, step)]
         lines = 0
         for job in jobs:
             try:
