@@ -294,22 +294,27 @@ def _cmdline(pid: str) -> str:
         return ""
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="finds the worker processes with pgrep")
-def test_kill_9_leaves_no_encoding_process_behind(tmp_path):
+def _prepare_on_processes(tmp_path: Path, out: Path, stderr: int) -> tuple[subprocess.Popen, list[str]]:
+    """`prepare` of ~25 MB of JSON Lines on 2 worker processes, once both have started: (it, their pids)."""
     path = tmp_path / "big.jsonl"
     path.write_bytes(jsonl_bytes(documents(300, seed=11) * 300))
     env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "NANOGPT_PREPARE_PROCESSES": "1",
            "NANOGPT_PREPARE_WORKERS": "2"}
     proc = subprocess.Popen([sys.executable, "-m", "nanogpt", "prepare", str(path), "--tokenizer", "gpt2",
-                             "--out-dir", str(tmp_path / "out")], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                             "--out-dir", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
     workers: list[str] = []
     deadline = time.monotonic() + 120
     while proc.poll() is None and len(workers) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)  # the two workers and the resource tracker of multiprocessing, once started
+        time.sleep(0.02)  # its children: the two workers, and multiprocessing's resource tracker
         listed = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
         workers = [p for p in listed if "spawn_main" in _cmdline(p)]
     assert proc.poll() is None and len(workers) == 2, "prepare ended before its workers started: give it more text"
+    return proc, workers
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="finds the worker processes with pgrep")
+def test_kill_9_leaves_no_encoding_process_behind(tmp_path):
+    proc, workers = _prepare_on_processes(tmp_path, tmp_path / "out", subprocess.DEVNULL)
     proc.kill()
     proc.wait()
     deadline = time.monotonic() + 10
@@ -320,21 +325,7 @@ def test_kill_9_leaves_no_encoding_process_behind(tmp_path):
 
 @pytest.mark.skipif(sys.platform != "linux", reason="finds the worker processes with pgrep")
 def test_a_worker_killed_is_one_line_and_publishes_nothing(tmp_path):
-    path = tmp_path / "big.jsonl"
-    path.write_bytes(jsonl_bytes(documents(300, seed=11) * 300))
-    env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "NANOGPT_PREPARE_PROCESSES": "1",
-           "NANOGPT_PREPARE_WORKERS": "2"}
-    out = tmp_path / "new" / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "nanogpt", "prepare", str(path), "--tokenizer", "gpt2",
-                             "--out-dir", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    workers: list[str] = []
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and not workers and time.monotonic() < deadline:
-        time.sleep(0.02)
-        listed = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-        workers = [p for p in listed if "spawn_main" in _cmdline(p)]
-    assert proc.poll() is None and workers, "prepare ended before its workers started: give it more text"
+    proc, workers = _prepare_on_processes(tmp_path, tmp_path / "new" / "out", subprocess.PIPE)
     subprocess.run(["kill", "-9", workers[0]], check=False)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 1

@@ -61,6 +61,15 @@ def run_pieces(text: str) -> list[str]:
     return pieces
 
 
+def twin_ids(enc: Any, text: str) -> np.ndarray:
+    """The ids (uint32) of `text` by a learned BPE's tiktoken twin: its long runs cut first as the Split of
+    `tokenizers` cuts them (run_pieces)."""
+    if not has_long_run(text):
+        return enc.encode_to_numpy(text, disallowed_special=()).astype(np.uint32, copy=False)
+    ids = [enc.encode_to_numpy(p, disallowed_special=()) for p in run_pieces(text)]
+    return np.concatenate(ids).astype(np.uint32, copy=False)
+
+
 def _merged_below(token: bytes, ranks: dict[bytes, int], limit: int) -> list[bytes]:
     """`token`'s bytes merged by tiktoken's rule (the adjacent pair whose join has the lowest id, leftmost first)
     among ids below `limit`, until none applies."""

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .bpe_pipeline import ENCODE_GROUP, has_long_run, pre_tokenizer, run_pieces, tiktoken_twin
+from .bpe_pipeline import ENCODE_GROUP, pre_tokenizer, tiktoken_twin, twin_ids
 from .errors import UserError
 
 TOKENIZERS = ("char", "gpt2", "bpe")  # the names vocab.json and `--tokenizer` use
@@ -217,7 +217,7 @@ class BpeTokenizer:
         encodings hold some 150 bytes a token, and a token is at least a byte, so a whole 1 M-character job at once
         held ~90 MB for every thread encoding, 4 times that for other scripts."""
         if self.fast is not None:
-            return [self._fast_ids(text) for text in texts]
+            return [twin_ids(self.fast, text) for text in texts]  # tiktoken releases the GIL
         batch = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)  # _fast: tokenizers >= 0.20
         done: list[np.ndarray] = []
         group: list[str] = []
@@ -229,15 +229,6 @@ class BpeTokenizer:
                 done += [np.array(e.ids, dtype=np.uint32) for e in batch(group, add_special_tokens=False)]
                 group, chars = [], 0
         return done
-
-    def _fast_ids(self, text: str) -> np.ndarray:
-        """tiktoken's ids of `text`, its long runs cut first as the Split of `tokenizers` cuts them (run_pieces).
-        tiktoken releases the GIL: prepare's encoding threads run it on every core."""
-        assert self.fast is not None
-        if not has_long_run(text):
-            return self.fast.encode_to_numpy(text, disallowed_special=()).astype(np.uint32, copy=False)
-        ids = [self.fast.encode_to_numpy(p, disallowed_special=()) for p in run_pieces(text)]
-        return np.concatenate(ids).astype(np.uint32, copy=False)
 
     @functools.cached_property
     def fast(self) -> Any:

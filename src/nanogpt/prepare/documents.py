@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from .progress import Progress
 from .inputs import compression
 from .encode import workers
-from .records import MARK_CHARS, BadRecords, jsonl_texts, parquet_size, parquet_texts
+from .records import BadRecords, jsonl_texts, parquet_size, parquet_texts, tally
 from .scan_ranges import parallel, scan_jsonl
-from .sources import CHUNK_CHARS, CharSet, Doc, Source, changed, doc_text, scan_text, stamp, unchanged
+from .sources import CharSet, Doc, Source, changed, doc_text, scan_text, stamp, unchanged
 
 DOC_START = None  # what split_stream yields in place of text where a document begins
 
@@ -54,26 +54,8 @@ def scan(doc: Doc, charset: CharSet | None, reading: Reading, progress: Progress
         scan_jsonl(doc, reading.text_field, reading.skip_bad_records, charset, progress, workers())
         return
     bad = BadRecords(reading.skip_bad_records)
-    batch: list[str] = []  # CharSet.add costs per call: records are added a megabyte at a time
-    batch_chars = 0
-    marked, marks = 0, (doc.marks if doc.kind == "jsonl" and not compression(doc.path) else None)
-    for text in _texts(doc, reading, bad, progress):
-        if not text:
-            doc.empty += 1
-            continue
-        doc.count += 1
-        doc.chars += len(text)
-        if marks is not None and doc.chars - marked >= MARK_CHARS:  # the next line starts after this document
-            marks.extend((bad.bytes, bad.line, doc.count, doc.chars))
-            marked = doc.chars
-        if charset is not None:
-            batch.append(text)
-            batch_chars += len(text)
-            if batch_chars >= CHUNK_CHARS:
-                charset.add("".join(batch))
-                batch, batch_chars = [], 0
-    if charset is not None:
-        charset.add("".join(batch))
+    marks = doc.marks if doc.kind == "jsonl" and not compression(doc.path) else None  # where a plain file seeks
+    tally(_texts(doc, reading, bad, progress), bad, doc, charset, marks)
     doc.bad, doc.first_bad = bad.count, bad.first
     if doc.kind == "jsonl":
         doc.size = bad.bytes  # a .zst may not record its size: the later passes' progress uses this count
@@ -154,7 +136,7 @@ def split_stream(source: Source, val_fraction: float, reading: Reading, progress
                 for k_in, pos_in, text in _marked(doc, reading, progress,
                                                   lambda base=base_pos: min(cursor.wanted, split) - base):
                     k, pos = base_k + k_in, base_pos + pos_in
-                    name = "val" if k == count - 1 or (k > 0 and pos + len(text) / 2 >= split) else "train"
+                    name = _split_of(k, pos, len(text), count, split)
                     cursor.at = pos
                     yield name, DOC_START
                     yield name, text
@@ -166,13 +148,18 @@ def split_stream(source: Source, val_fraction: float, reading: Reading, progress
             if count == 1:
                 yield from _cut_inside(pieces, split)
             else:
-                last = k == count - 1
-                name = "val" if last or (k > 0 and pos + chars / 2 >= split) else "train"
+                name = _split_of(k, pos, chars, count, split)
                 yield name, DOC_START
                 for text in pieces:
                     yield name, text
             pos += chars
             k += 1
+
+
+def _split_of(k: int, pos: int, chars: int, count: int, split: int) -> str:
+    """Where the k-th of `count` documents goes, `pos` characters in and `chars` long: validation when more than
+    half of it lies past `split`, the first always training and the last always validation."""
+    return "val" if k == count - 1 or (k > 0 and pos + chars / 2 >= split) else "train"
 
 
 def _cut_inside(pieces: Iterable[str], split: int) -> Iterator[tuple[str, str | None]]:

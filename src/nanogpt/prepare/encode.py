@@ -256,7 +256,7 @@ class Encoder:
 
     def _flush(self, part: Part) -> None:
         if part.batch:
-            with signals_held():  # the pool starts its threads (or processes) on the first submits
+            with signals_held():  # the thread pool starts its threads on the first submits
                 job = (submit_job(self.processes, part.batch) if self.processes is not None
                        else self.pool.submit(self._encode_batch, part.batch))  # type: ignore[union-attr]
             self._submit(part, job)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bpe_pipeline import has_long_run, run_pieces
+from ..bpe_pipeline import has_long_run, twin_ids
 from ..errors import UserError
 from ..tokenizers import END_OF_TEXT
 
@@ -29,7 +29,7 @@ PROCESS_BYTES = 32 << 20  # text to encode from which worker processes pay for t
 
 def tiktoken_ids(enc: Any, batch: list[str | None], eot: int, learned: bool) -> np.ndarray:
     """The ids (uint32) of a job's texts one after another, `eot` where an entry is None; `learned`: `enc` is a
-    learned BPE's twin, whose long runs are cut as its Split cuts them (bpe_pipeline.run_pieces)."""
+    learned BPE's twin, whose long runs are cut as its Split cuts them (bpe_pipeline.twin_ids)."""
     ids = _one_call(enc, batch, eot, learned)
     if ids is not None:
         return ids
@@ -38,8 +38,8 @@ def tiktoken_ids(enc: Any, batch: list[str | None], eot: int, learned: bool) -> 
     for text in batch:
         if text is None:
             arrays.append(separator)
-        elif learned and has_long_run(text):
-            arrays += [enc.encode_to_numpy(p, disallowed_special=()) for p in run_pieces(text)]
+        elif learned:
+            arrays.append(twin_ids(enc, text))
         else:
             arrays.append(enc.encode_to_numpy(text, disallowed_special=()))  # == encode_ordinary, no list
     return np.concatenate(arrays).astype(np.uint32, copy=False) if arrays else np.zeros(0, dtype=np.uint32)

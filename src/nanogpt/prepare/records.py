@@ -10,13 +10,14 @@ A null or empty text is an empty document: left out and counted, never an error.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
 from .inputs import decompressed, decompression_errors, not_whole, open_raw
 from .progress import Progress
+from .sources import CHUNK_CHARS, CharSet
 
 
 def lf(text: str) -> str:
@@ -94,6 +95,32 @@ def jsonl_texts(path: Path, field: str, bad: BadRecords, progress: Progress | No
         finally:  # also when the reader stops early (the BPE's sample jumps ahead)
             if progress is not None:
                 progress.advance(pending)
+
+
+def tally(texts: Iterable[str], bad: BadRecords, into: Any, charset: CharSet | None, marks: Any) -> None:
+    """Count `texts` (a records reader's, with `bad` its BadRecords) into `into`'s count, chars and empty; the
+    characters seen into `charset`, a megabyte at a time (CharSet.add costs per call); and into `marks` (None: no
+    marks), every MARK_CHARS characters, where the next line starts: byte offset, line, documents and characters
+    before it, from where `into` began counting."""
+    batch: list[str] = []
+    batch_chars = marked = 0
+    for text in texts:
+        if not text:
+            into.empty += 1
+            continue
+        into.count += 1
+        into.chars += len(text)
+        if marks is not None and into.chars - marked >= MARK_CHARS:  # the next line starts after this document
+            marks.extend((bad.bytes, bad.line, into.count, into.chars))
+            marked = into.chars
+        if charset is not None:
+            batch.append(text)
+            batch_chars += len(text)
+            if batch_chars >= CHUNK_CHARS:
+                charset.add("".join(batch))
+                batch, batch_chars = [], 0
+    if charset is not None:
+        charset.add("".join(batch))
 
 
 def _record_text(line: bytes, field: str, where: str, bad: BadRecords) -> str | None:

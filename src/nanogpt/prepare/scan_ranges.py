@@ -19,7 +19,7 @@ from ..errors import UserError
 from .inputs import compression
 from .jobs import start_pool, start_worker, use_processes, worker_died
 from .progress import Progress
-from .records import MARK_CHARS, BadRecords, jsonl_texts
+from .records import BadRecords, jsonl_texts, tally
 from .sources import CharSet, Doc
 
 RANGE_BYTES = 16 << 20  # bytes of the file one worker counts at a time, at most (4 ranges a worker, at least)
@@ -57,23 +57,7 @@ def _count(path: str, start: int, end: int, text_field: str, chars: bool) -> Cou
     counted = Counted(end - start)
     bad = _Bad()
     charset = CharSet() if chars else None
-    marked, batch = 0, []  # CharSet.add costs per call: texts are added a megabyte at a time
-    for text in jsonl_texts(Path(path), text_field, bad, None, (start, 0), stop=end):
-        if not text:
-            counted.empty += 1
-            continue
-        counted.count += 1
-        counted.chars += len(text)
-        if charset is not None:
-            batch.append(text)
-            if counted.chars - marked >= MARK_CHARS:
-                charset.add("".join(batch))
-                batch = []
-        if counted.chars - marked >= MARK_CHARS:
-            counted.marks += [bad.bytes, bad.line, counted.count, counted.chars]
-            marked = counted.chars
-    if charset is not None:
-        charset.add("".join(batch))
+    tally(jsonl_texts(Path(path), text_field, bad, None, (start, 0), stop=end), bad, counted, charset, counted.marks)
     counted.lines, counted.bad, counted.first_bad = bad.line, bad.count, bad.first_at
     counted.seen = np.flatnonzero(charset.seen).astype(np.uint32) if charset is not None else None
     return counted
