@@ -177,3 +177,16 @@ def test_a_model_large_for_its_text_gets_half_the_passes_unless_the_text_is_tiny
     # the rule then picks the larger shape at 4 passes where it gets its tokens, and says why it ends early
     best, steps, passes, why = plan.choose(600, [small, large], [0.057, 0.099], train, text, 1)
     assert (best, passes) == (1, 4) and steps == int(4 * text / (24 * 64)) and "half of --max-passes" in why
+
+
+def test_a_timed_run_from_weights_keeps_their_shape_and_context(shakespeare_dir: Path, tmp_path: Path, capsys) -> None:
+    """--init-from with --time: the plan sizes the steps around the weights' shape and context; it used to pick a
+    rung and a context of its own, whose model the weights do not fit."""
+    model = ["--layer-count", "2", "--head-count", "2", "--embedding-size", "48", "--block-size", "64"]
+    common = ["--device", "cpu", "--dtype", "float32", "--data-dir", str(shakespeare_dir)]
+    code, _, err = run(capsys, *model, *common, "--steps", "2", "--out-dir", str(tmp_path / "first"))
+    assert code == 0, err
+    code, out, err = run(capsys, *common, "--init-from", str(tmp_path / "first" / "model_step_2"), "--time", "10m",
+                         "--max-passes", "0.1", "--plan")
+    line = next((line for line in out.splitlines() if "on this machine: " in line), err)
+    assert code == 0 and "2 layers x 48 " in line and "block 64," in line and "short run" not in line, line

@@ -88,7 +88,9 @@ def resolve_run(
     budget = None
     if budget_s is not None:
         if saved is None:  # the plan: shape, steps and evaluations for this budget, from measured step times
-            planned = plan.fit(budget_s, model_cfg, train_cfg, tokens, hardware, set(overrides))
+            # a model started from weights keeps their shape and context: the plan sizes only the rest
+            kept = plan.SHAPE_FIELDS if imported is not None else set()
+            planned = plan.fit(budget_s, model_cfg, train_cfg, tokens, hardware, set(overrides) | kept)
             model_cfg, train_cfg = planned.model_cfg, planned.train_cfg
             notes.append(planned.line)
             _check_counter_room(train_cfg, saved)
