@@ -4,8 +4,8 @@ For each text and budget, every run is the real CLI (`nanogpt train --time T --h
 its own, one at a time, and scores its best validation bits per byte (the log's lowest `validation_bpb`, the one
 scale whatever the tokenizer):
 - frontier: each shape of a coarse grid typed (`--layer-count/--embedding-size/--head-count`, so the plan only
-  sets its steps, bounded by --max-passes as for any timed run), at the default preset's recipe (Muon, WSD,
-  batch 24, block 64);
+  sets its steps, bounded by --max-passes as for any timed run), at the plan's recipe: the default preset's (Muon,
+  WSD, batch 24, block 64), on contexts half as long and twice as many a step in a short run (plan.short_context);
 - pick: `--time T` alone (the rule chooses the shape);
 - fixed plan A: the default preset's shape and recipe (cpu-small: 4 x 128) with its steps set to fill the budget;
 - fixed plan B: nanoGPT's train_shakespeare_char shape and recipe (6 x 384, block 256, batch 64, dropout 0.2,
@@ -44,11 +44,13 @@ SHARED = ROOT.parent / "shared" / "data"
 # gets ~150 steps in a minute there; 2 x 64 learns little in three)
 GRID = {"1m": ("2x64", "3x96", "4x128", "4x192"), "3m": ("3x96", "4x128", "4x192", "6x256")}
 FILL = ["--max-passes", "0"]  # steps fill the budget, however many passes over the text that is
+# the fixed plans type their preset's context and batch: a plan keeps them (the rule would shorten a short run's)
 FIXED = {
     "A: cpu-small, steps to fit": ["--preset", "cpu-small", "--layer-count", "4", "--embedding-size", "128",
-                                   "--head-count", "4", *FILL],
+                                   "--head-count", "4", "--block-size", "64", "--batch-size", "24", *FILL],
     "B: nanoGPT baby GPT (AdamW)": ["--preset", "baby-gpt", "--optimizer", "adamw", "--lr-schedule", "cosine",
-                                    "--layer-count", "6", "--embedding-size", "384", "--head-count", "6", *FILL],
+                                    "--layer-count", "6", "--embedding-size", "384", "--head-count", "6",
+                                    "--block-size", "256", "--batch-size", "64", *FILL],
 }
 
 

@@ -179,6 +179,36 @@ def test_a_model_large_for_its_text_gets_half_the_passes_unless_the_text_is_tiny
     assert (best, passes) == (1, 4) and steps == int(4 * text / (24 * 64)) and "half of --max-passes" in why
 
 
+def test_a_short_run_trains_on_half_the_context_twice_as_many_a_step_unless_either_is_typed() -> None:
+    from nanogpt.config import ModelConfig, TrainConfig, tokens_per_step
+
+    cfg = ModelConfig(n_layer=4, n_embd=128, n_head=2, block_size=64, vocab_size=1024)
+    train = TrainConfig(batch_size=24)
+    short_cfg, short_train = plan.short_context(cfg, train, plan.SHORT_RUN_TOKENS - 1, set())
+    assert (short_cfg.block_size, short_train.batch_size) == (32, 48)
+    assert tokens_per_step(short_cfg, short_train, 1) == tokens_per_step(cfg, train, 1)  # the same tokens a step
+    assert plan.short_context(cfg, train, plan.SHORT_RUN_TOKENS, set()) is None  # a longer run keeps its context
+    assert plan.short_context(cfg, train, 1000, {"block_size"}) is None  # typed: the user's
+    assert plan.short_context(cfg, train, 1000, {"batch_size"}) is None
+    shortest = ModelConfig(n_layer=4, n_embd=128, n_head=2, block_size=plan.SHORTEST_CONTEXT, vocab_size=1024)
+    assert plan.short_context(shortest, train, 1000, set()) is None
+
+
+def test_a_short_timed_run_says_it_halves_the_context(tmp_path: Path, capsys) -> None:
+    """Through the CLI: the plan of a short run (8 passes over a 90 K-token text are under SHORT_RUN_TOKENS,
+    however fast the machine) of a model whose context is not typed trains on half the preset's (cpu-small: 64)
+    with twice its batch (24), and says so; typing the context keeps both as they are."""
+    data = prepare_char(shakespeare_text()[:100_000], tmp_path / "small")
+    shape = ["--layer-count", "2", "--head-count", "2", "--embedding-size", "32", "--device", "cpu",
+             "--dtype", "float32", "--data-dir", str(data), "--time", "10m", "--plan"]
+    code, out, _ = run(capsys, *shape)
+    line = next(line for line in out.splitlines() if line.startswith("--time 10m on this machine: "))
+    assert code == 0 and "block 32, batch 48," in line and "contexts of 32 tokens for a short run" in line, line
+    code, out, _ = run(capsys, *shape, "--block-size", "64")
+    line = next(line for line in out.splitlines() if line.startswith("--time 10m on this machine: "))
+    assert code == 0 and "block 64, batch 24," in line and "short run" not in line, line
+
+
 def test_a_timed_run_from_weights_keeps_their_shape_and_context(shakespeare_dir: Path, tmp_path: Path, capsys) -> None:
     """--init-from with --time: the plan sizes the steps around the weights' shape and context; it used to pick a
     rung and a context of its own, whose model the weights do not fit."""
@@ -190,3 +220,4 @@ def test_a_timed_run_from_weights_keeps_their_shape_and_context(shakespeare_dir:
                          "--max-passes", "0.1", "--plan")
     line = next((line for line in out.splitlines() if "on this machine: " in line), err)
     assert code == 0 and "2 layers x 48 " in line and "block 64," in line and "short run" not in line, line
+

@@ -3,6 +3,7 @@
 The plan is a rule applied to measurements, never a search during the user's run:
 - **Measured:** the step time of each candidate shape on this machine, on this run's hardware (device,
   precision, CPU shards), by a short probe through the real `Stepper` (probe.py), cached per machine and shape.
+  The precision `--dtype auto` chose for the preset's step is measured again for the plan's (gate.py).
 - **Tokens per parameter:** at a budget of D tokens (no more than --max-passes passes over the text), the
   largest candidate whose non-embedding parameters N satisfy D >= TOKENS_PER_PARAM x N. Chinchilla's optimum is
   ~20 at 10^8+ parameters; at the sizes a CPU trains in minutes the sweep's frontier lies at 0.3-4 tokens a
@@ -14,6 +15,9 @@ The plan is a rule applied to measurements, never a search during the user's run
   the budget on overfitting. A model large for its text gets half as many unless they are typed (passes_for):
   the larger the model, the sooner its extra passes overfit. The loop's re-estimate never moves the end past that
   bound.
+- **Context for a short run:** a run of fewer than SHORT_RUN_TOKENS tokens trains on contexts half its preset's,
+  twice as many a step (short_context): a small model in a short run learns mostly local statistics, and more
+  sequences a step steady its gradient. Its step time is measured again, and its steps planned from it.
 - **The schedule fills the time:** steps from the measured step time, less the evaluations' share; the loop
   measures again once the first steps have run and moves the end (Budget), so WSD's decay lands on the end.
 
@@ -48,6 +52,13 @@ EVAL_ITERS = 10  # batches per evaluation in a timed run, unless typed
 # best at 8 passes, the larger shapes at 4; at 4 passes (150 steps) the Alice text's small shapes lost 8%.
 LARGE_FOR_TEXT = 3
 DATA_STEPS = 500
+# A run of fewer than SHORT_RUN_TOKENS tokens trains on contexts half its preset's, twice as many a step (the same
+# tokens a step), unless --block-size or --batch-size is typed: in a short run a small model learns mostly local
+# statistics, and more, shorter sequences give a steadier gradient for less attention. Measured on 2-core CPU
+# runs of 0.46-3.3 M tokens on four texts (BENCHMARKS.md): block 32 x batch 48 beat 64 x 24 by 0.8-2.3% on the
+# Alice text, Tiny Shakespeare (BPE) and code, equalled it on Shakespeare by characters, and lost 0.5% at 3.3 M.
+SHORT_RUN_TOKENS = 3_000_000
+SHORTEST_CONTEXT = 32  # tokens: a context is not halved below this (16 lost 0.9% to 32 on Shakespeare in a minute)
 EVAL_SHARE = 0.2  # of the budget the evaluations take at most, unless --eval-iters is typed (fewer batches each)
 REESTIMATE_AFTER = 10  # steps before the loop first measures the step time again (warm-up and compiling over)
 OVERRUN = 0.08  # the loop stops (saving) past the budget by this share: a guard the re-estimate should never meet
@@ -148,6 +159,18 @@ def passes_for(cfg: config.ModelConfig, train_cfg: config.TrainConfig, train_tok
     return passes / 2 if half_steps >= DATA_STEPS else passes
 
 
+def short_context(cfg: config.ModelConfig, train_cfg: config.TrainConfig, run_tokens: int,
+                  typed: frozenset[str] | set[str]) -> tuple[config.ModelConfig, config.TrainConfig] | None:
+    """The plan's shape on contexts half as long, twice as many a step, for a run of fewer than SHORT_RUN_TOKENS
+    tokens; None when the run is longer, the context is too short to halve, or the user typed either."""
+    if {"block_size", "batch_size"} & set(typed):
+        return None
+    if run_tokens >= SHORT_RUN_TOKENS or cfg.block_size < 2 * SHORTEST_CONTEXT:
+        return None
+    return (dataclasses.replace(cfg, block_size=cfg.block_size // 2),
+            dataclasses.replace(train_cfg, batch_size=train_cfg.batch_size * 2))
+
+
 def describe(budget: str, cfg: config.ModelConfig, t: config.TrainConfig, params: int, step_ms: float,
              tokens: int, train_tokens: int, why: str) -> str:
     return (
@@ -219,12 +242,21 @@ def fit(
                         "time here; give more time")
     train_tokens = len(tokens.train)
     i, steps, passes, why = choose(budget_s, shapes, times, train_cfg, train_tokens, hardware.world_size, typed)
-    cfg = shapes[i]
+    cfg, step_s = shapes[i], times[i]
+    shorter = short_context(cfg, train_cfg, steps * config.tokens_per_step(cfg, train_cfg, hardware.world_size),
+                            typed)
+    if shorter is not None:  # the same shape on shorter contexts: its own step time, its steps planned again
+        seconds = probe.step_seconds(*shorter, hardware, tokens, limit_s=budget_s / MIN_STEPS)
+        if seconds is not None:
+            (cfg, train_cfg), step_s = shorter, seconds
+            _, steps, passes, why = choose(budget_s, [cfg], [step_s], train_cfg, train_tokens, hardware.world_size,
+                                           typed)
+            why += f"; contexts of {cfg.block_size} tokens for a short run (half the preset's, batch doubled)"
     # the passes bound goes into the run's settings: the loop's re-estimate and a resume keep to it
-    timed = timed_settings(with_eval_iters(budget_s, times[i], dataclasses.replace(train_cfg, max_passes=passes),
-                                           typed), steps, times[i], typed)
+    timed = timed_settings(with_eval_iters(budget_s, step_s, dataclasses.replace(train_cfg, max_passes=passes),
+                                           typed), steps, step_s, typed)
     per_step = config.tokens_per_step(cfg, timed, hardware.world_size)
-    line = describe(train_cfg.time or "", cfg, timed, cfg.parameter_count(), times[i] * 1000, steps * per_step,
+    line = describe(train_cfg.time or "", cfg, timed, cfg.parameter_count(), step_s * 1000, steps * per_step,
                     train_tokens, why)
     return Plan(cfg, timed, line)
 
