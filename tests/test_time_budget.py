@@ -221,3 +221,34 @@ def test_a_timed_run_from_weights_keeps_their_shape_and_context(shakespeare_dir:
     line = next((line for line in out.splitlines() if "on this machine: " in line), err)
     assert code == 0 and "2 layers x 48 " in line and "block 64," in line and "short run" not in line, line
 
+
+def test_the_plan_steps_in_the_precision_measured_for_its_own_shape(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """`--dtype auto` on a CPU with native bfloat16 is measured for the preset's step before the plan; a plan that
+    trains another step (here the short run's halved context) has that step measured too, and is planned in the
+    precision faster for it. Any CPU: torch is told it has native bfloat16, and the verdicts are set in the cache."""
+    import ast
+
+    import torch
+
+    from nanogpt.runtime import dtype_probe
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    data = prepare_char(shakespeare_text()[:100_000], tmp_path / "small")
+    args = ["--layer-count", "2", "--head-count", "2", "--embedding-size", "32", "--device", "cpu",
+            "--data-dir", str(data), "--time", "10m", "--plan"]
+    assert run(capsys, *args)[0] == 0
+    verdicts = tmp_path / "cache" / dtype_probe.CACHE_FILE
+    entries = json.loads(verdicts.read_text())
+    steps = {k: v for k, v in entries.items() if "block_size=" in k}
+    assert {"block_size=64" in k for k in steps} == {True, False}  # the preset's step and the plan's, measured
+    # the preset's step is faster in float32, the plan's in bfloat16: the plan is made again in bfloat16
+    entries.update({k: {**v, "dtype": "float32" if "block_size=64" in k else "bfloat16"} for k, v in steps.items()})
+    verdicts.write_text(json.dumps(entries))
+    (tmp_path / "cache" / "speed_probe.json").unlink()
+    code, out, err = run(capsys, *args)
+    assert code == 0 and "contexts of 32 tokens for a short run" in out, out + err
+    timed = json.loads((tmp_path / "cache" / "speed_probe.json").read_text())
+    shapes = {(k.split("|")[3], ast.literal_eval(k.rsplit("|", 1)[1])[3]) for k in timed}
+    assert ("torch.bfloat16", 32) in shapes and ("torch.float32", 64) in shapes, shapes

@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 from ..store.atomic import atomic_write
-from ..config import ModelConfig
+from . import distributed, machine
+from ..config import ModelConfig, TrainConfig
 from ..errors import UserError
 from ..store.files import cache_dir as default_cache_dir, read_json
 
@@ -263,3 +264,42 @@ def write_cache(path: Path, entries: dict) -> bool:
     except OSError:
         return False
     return True
+
+
+# ----------------------------------------------------------------------------- resolving `--dtype auto` on a CPU
+def cpu_dtypes(model_cfg: ModelConfig, train_cfg: TrainConfig, dtype: torch.dtype, shards: int, cores: int,
+               reprobe: bool) -> tuple[torch.dtype, torch.dtype | None, str]:
+    """On a CPU: the step's precision and Muon's Newton-Schulz one (None: optim's default), each the faster
+    measured (or cached) for this shape where `--dtype auto` meets native bfloat16; and what was measured now."""
+    probe = ns_probe = ""
+    if train_cfg.dtype == "auto" and dtype == torch.bfloat16:
+        dtype, probe = _measured_cpu_dtype(model_cfg, -(-train_cfg.batch_size // shards), max(1, cores // shards),
+                                           reprobe)
+    ns_dtype = None
+    if train_cfg.optimizer == "muon" and train_cfg.dtype == "auto" and machine.cpu_has_fast_bf16():
+        ns_dtype, ns_probe = _measured_ns_dtype(model_cfg, reprobe)
+    return dtype, ns_dtype, "; ".join(x for x in (probe, ns_probe) if x)
+
+
+def _measured_ns_dtype(model_cfg: ModelConfig, reprobe: bool) -> tuple[torch.dtype, str]:
+    """Muon's Newton-Schulz dtype on a CPU with native bfloat16, timed (or cached) on every core (the update
+    runs on all of them, see all_cores). A named --dtype skips this."""
+    result = resolve_ns_dtype(model_cfg, reprobe=reprobe)
+    line = describe(result, "Muon's Newton-Schulz", "one update") if result.source == "measured" else ""
+    return _agreed(result), line
+
+
+def _measured_cpu_dtype(
+    model_cfg: ModelConfig, batch_size: int, threads: int, reprobe: bool
+) -> tuple[torch.dtype, str]:
+    """bfloat16 or float32 for `--dtype auto` on a CPU with native bfloat16: the faster of the two for this
+    run's step, timed (or cached) with the threads one shard will use."""
+    with machine.intra_op_threads(threads):
+        result = resolve_cpu_dtype("auto", StepShape.of(model_cfg, batch_size), reprobe=reprobe)
+    return _agreed(result), describe(result) if result.source == "measured" else ""
+
+
+def _agreed(result: ProbeResult) -> torch.dtype:
+    """A probe's dtype (float32 or bfloat16) as rank 0 found it: every torchrun rank must compute alike."""
+    bf16 = distributed.broadcast_int(int(result.dtype == torch.bfloat16), torch.device("cpu"))
+    return torch.bfloat16 if bf16 else torch.float32

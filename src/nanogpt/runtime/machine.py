@@ -25,7 +25,6 @@ from ..errors import UserError
 
 if TYPE_CHECKING:
     from ..config import ModelConfig, TrainConfig
-    from .dtype_probe import ProbeResult
 
 
 def resolve_device(name: str) -> torch.device:
@@ -201,14 +200,12 @@ def resolve_hardware(
     shards = 1 if shard else core_parallel_workers(
         device, batch_size=train_cfg.batch_size, dropout=model_cfg.dropout, dtype=dtype, world_size=world, cores=cores
     )
-    probe = ""
-    if device.type == "cpu" and train_cfg.dtype == "auto" and dtype == torch.bfloat16:
-        dtype, probe = _measured_cpu_dtype(
-            model_cfg, -(-train_cfg.batch_size // shards), max(1, cores // shards), options.reprobe_dtype
-        )
-    ns_dtype, ns_probe = None, ""  # None: optim's default for the device
-    if device.type == "cpu" and train_cfg.optimizer == "muon" and train_cfg.dtype == "auto" and cpu_has_fast_bf16():
-        ns_dtype, ns_probe = _measured_ns_dtype(model_cfg, options.reprobe_dtype)
+    ns_dtype, probe = None, ""  # None: optim's default for the device
+    if device.type == "cpu":
+        from . import dtype_probe  # builds models to time them: imported where a CPU run needs it
+
+        dtype, ns_dtype, probe = dtype_probe.cpu_dtypes(model_cfg, train_cfg, dtype, shards, cores,
+                                                        options.reprobe_dtype)
     sync_every = options.sync_every or (1 if device.type == "cpu" else max(1, train_cfg.log_interval))
     return Hardware(
         device=device,
@@ -221,7 +218,7 @@ def resolve_hardware(
         threads=max(1, cores // shards) if device.type == "cpu" else None,
         grad_scaler=dtype == torch.float16,
         sync_every=sync_every,
-        dtype_probe="; ".join(p for p in (probe, ns_probe) if p),
+        dtype_probe=probe,
         ns_dtype=ns_dtype,
         compile_mode=train_cfg.compile_mode if device.type == "cuda" else "default",
         shard_workers=options.shard_workers,
@@ -229,32 +226,19 @@ def resolve_hardware(
     )
 
 
-def _measured_ns_dtype(model_cfg: ModelConfig, reprobe: bool) -> tuple[torch.dtype, str]:
-    """Muon's Newton-Schulz dtype on a CPU with native bfloat16, timed (or cached) on every core (the update
-    runs on all of them, see all_cores). A named --dtype skips this."""
+def for_shape(hardware: Hardware, model_cfg: ModelConfig, train_cfg: TrainConfig, reprobe: bool = False) -> Hardware:
+    """`hardware` with `--dtype auto`'s CPU measurements made again for another shape: a timed run's plan picks
+    its shape after the hardware was resolved for the preset's, and the faster precision differs between them
+    (on a CPU with native bfloat16, 4 x 192 on a 4,096-token vocabulary stepped a quarter faster in bfloat16
+    where the preset's shape was a near tie, kept in float32)."""
+    if hardware.device.type != "cpu" or train_cfg.dtype != "auto":
+        return hardware
     from . import dtype_probe
 
-    result = dtype_probe.resolve_ns_dtype(model_cfg, reprobe=reprobe)
-    line = dtype_probe.describe(result, "Muon's Newton-Schulz", "one update") if result.source == "measured" else ""
-    return _agreed(result), line
-
-
-def _measured_cpu_dtype(
-    model_cfg: ModelConfig, batch_size: int, threads: int, reprobe: bool
-) -> tuple[torch.dtype, str]:
-    """bfloat16 or float32 for `--dtype auto` on a CPU with native bfloat16: the faster of the two for this
-    run's step, timed (or cached) with the threads one shard will use."""
-    from . import dtype_probe
-
-    with intra_op_threads(threads):
-        result = dtype_probe.resolve_cpu_dtype("auto", dtype_probe.StepShape.of(model_cfg, batch_size), reprobe=reprobe)
-    return _agreed(result), dtype_probe.describe(result) if result.source == "measured" else ""
-
-
-def _agreed(result: ProbeResult) -> torch.dtype:
-    """A probe's dtype (float32 or bfloat16) as rank 0 found it: every torchrun rank must compute alike."""
-    bf16 = distributed.broadcast_int(int(result.dtype == torch.bfloat16), torch.device("cpu"))
-    return torch.bfloat16 if bf16 else torch.float32
+    cores = hardware.shards * (hardware.threads or 1)
+    dtype, ns_dtype, probe = dtype_probe.cpu_dtypes(model_cfg, train_cfg, resolve_dtype("auto", hardware.device),
+                                                    hardware.shards, cores, reprobe)
+    return dataclasses.replace(hardware, dtype=dtype, ns_dtype=ns_dtype, dtype_probe=probe)
 
 
 # While a UI runs, Python hands the GIL to a waiting thread after 0.5 ms instead of 5 ms: a chart draw holds

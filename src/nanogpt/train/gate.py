@@ -89,10 +89,9 @@ def resolve_run(
     if budget_s is not None:
         if saved is None:  # the plan: shape, steps and evaluations for this budget, from measured step times
             # a model started from weights keeps their shape and context: the plan sizes only the rest
-            kept = plan.SHAPE_FIELDS if imported is not None else set()
-            planned = plan.fit(budget_s, model_cfg, train_cfg, tokens, hardware, set(overrides) | kept)
-            model_cfg, train_cfg = planned.model_cfg, planned.train_cfg
-            notes.append(planned.line)
+            typed = set(overrides) | (plan.SHAPE_FIELDS if imported is not None else set())
+            model_cfg, train_cfg, hardware = _timed_plan(budget_s, model_cfg, train_cfg, tokens, hardware, typed,
+                                                         options.reprobe_dtype, notes)
             _check_counter_room(train_cfg, saved)
         typed_interval = "validation_interval" in overrides or saved is not None
         most = plan.passes_steps(train_cfg, model_cfg, len(tokens.train), hardware.world_size)
@@ -104,6 +103,22 @@ def resolve_run(
         train_cfg = dataclasses.replace(train_cfg, seed=seed)
         notes.append(f"seed 0: using random seed {seed} (pass --seed {seed} to repeat)")
     return Run(model_cfg, train_cfg, tokens, hardware, saved, imported, notes, history, budget)
+
+
+def _timed_plan(budget_s: float, model_cfg: config.ModelConfig, train_cfg: config.TrainConfig, tokens: data.TokenData,
+                hardware: machine.Hardware, typed: set[str], reprobe: bool, notes: list[str]
+                ) -> tuple[config.ModelConfig, config.TrainConfig, machine.Hardware]:
+    """--time's plan (plan.fit), said in `notes`, with the hardware it trains on. `--dtype auto` measured the
+    preset's step; the plan's may be faster in the other precision: then the plan is made again with step times in
+    that one (cached per precision)."""
+    planned = plan.fit(budget_s, model_cfg, train_cfg, tokens, hardware, typed)
+    for_plan = machine.for_shape(hardware, planned.model_cfg, planned.train_cfg, reprobe)
+    if (for_plan.dtype, for_plan.ns_dtype) != (hardware.dtype, hardware.ns_dtype):
+        hardware = for_plan
+        notes += [hardware.dtype_probe] if hardware.dtype_probe else []
+        planned = plan.fit(budget_s, model_cfg, train_cfg, tokens, hardware, typed)
+    notes.append(planned.line)
+    return planned.model_cfg, planned.train_cfg, hardware
 
 
 def _check_fits(model_cfg: config.ModelConfig, train_cfg: config.TrainConfig) -> None:
