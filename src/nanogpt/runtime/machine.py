@@ -228,9 +228,8 @@ def resolve_hardware(
 
 def for_shape(hardware: Hardware, model_cfg: ModelConfig, train_cfg: TrainConfig, reprobe: bool = False) -> Hardware:
     """`hardware` with `--dtype auto`'s CPU measurements made again for another shape: a timed run's plan picks
-    its shape after the hardware was resolved for the preset's, and the faster precision differs between them
-    (on a CPU with native bfloat16, 4 x 192 on a 4,096-token vocabulary stepped a quarter faster in bfloat16
-    where the preset's shape was a near tie, kept in float32)."""
+    its shape after the hardware was resolved for the preset's, and the faster precision can differ between them
+    (BENCHMARKS.md, "The best model in the time you give")."""
     if hardware.device.type != "cpu" or train_cfg.dtype != "auto":
         return hardware
     from . import dtype_probe
