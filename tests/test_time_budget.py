@@ -30,6 +30,11 @@ def run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def plan_line(out: str, budget: str) -> str:
+    """The plan `--time budget` said in `out`."""
+    return next(line for line in out.splitlines() if line.startswith(f"--time {budget} on this machine: "))
+
+
 def config_of(stem: Path) -> dict:
     return json.loads(Path(f"{stem}.config.json").read_text())["train"]
 
@@ -63,7 +68,7 @@ def test_plan_says_the_plan_and_trains_nothing(shakespeare_dir: Path, tmp_path: 
     args = [*OPEN_WIDTH, "--data-dir", str(shakespeare_dir), "--out-dir", str(tmp_path / "o"), "--time", "20s"]
     code, out, _ = run(capsys, *args, "--plan")
     assert code == 0 and not (tmp_path / "o").exists()
-    line = next(line for line in out.splitlines() if line.startswith("--time 20s on this machine: "))
+    line = plan_line(out, "20s")
     shape = re.search(r": (\d+) layers x (\d+) .*, (\d+) heads\), block (\d+), batch (\d+), .*, ([\d,]+) steps", line)
     assert shape is not None, line
     layers, width, heads, block, batch, steps = (int(g.replace(",", "")) for g in shape.groups())
@@ -82,13 +87,13 @@ def test_a_small_text_is_not_trained_into_overfitting(tmp_path: Path, capsys) ->
     --max-passes 0 fills the time instead."""
     data = prepare_char(shakespeare_text()[:6000], tmp_path / "small")
     code, out, _ = run(capsys, *TINY_FLAGS, "--data-dir", str(data), "--time", "1h", "--plan")
-    line = next(line for line in out.splitlines() if line.startswith("--time 1h"))
+    line = plan_line(out, "1h")
     assert code == 0 and f"capped at {8:g} passes over the text" in line, line
     steps = int(re.search(r"([\d,]+) steps at", line)[1].replace(",", ""))
     train_tokens = (data / "train.bin").stat().st_size // 2
     assert steps * 8 * 32 <= 8 * train_tokens + 8 * 32
     code, out, _ = run(capsys, *TINY_FLAGS, "--data-dir", str(data), "--time", "1h", "--plan", "--max-passes", "0")
-    line = next(line for line in out.splitlines() if line.startswith("--time 1h"))
+    line = plan_line(out, "1h")
     assert code == 0 and "capped" not in line and int(re.search(r"([\d,]+) steps at", line)[1].replace(",", "")) > steps
 
 
@@ -202,10 +207,10 @@ def test_a_short_timed_run_says_it_halves_the_context(tmp_path: Path, capsys) ->
     shape = ["--layer-count", "2", "--head-count", "2", "--embedding-size", "32", "--device", "cpu",
              "--dtype", "float32", "--data-dir", str(data), "--time", "10m", "--plan"]
     code, out, _ = run(capsys, *shape)
-    line = next(line for line in out.splitlines() if line.startswith("--time 10m on this machine: "))
+    line = plan_line(out, "10m")
     assert code == 0 and "block 32, batch 48," in line and "contexts of 32 tokens for a short run" in line, line
     code, out, _ = run(capsys, *shape, "--block-size", "64")
-    line = next(line for line in out.splitlines() if line.startswith("--time 10m on this machine: "))
+    line = plan_line(out, "10m")
     assert code == 0 and "block 64, batch 24," in line and "short run" not in line, line
 
 

@@ -112,7 +112,9 @@ def _timed_plan(budget_s: float, model_cfg: config.ModelConfig, train_cfg: confi
     preset's step; the plan's may be faster in the other precision: then the plan is made again with step times in
     that one (cached per precision)."""
     planned = plan.fit(budget_s, model_cfg, train_cfg, tokens, hardware, typed)
-    for_plan = machine.for_shape(hardware, planned.model_cfg, planned.train_cfg, reprobe)
+    # the preset's step was measured already (with --reprobe-dtype, measuring it again would only repeat that)
+    other_step = (planned.model_cfg, planned.train_cfg.batch_size) != (model_cfg, train_cfg.batch_size)
+    for_plan = machine.for_shape(hardware, planned.model_cfg, planned.train_cfg, reprobe) if other_step else hardware
     if (for_plan.dtype, for_plan.ns_dtype) != (hardware.dtype, hardware.ns_dtype):
         hardware = for_plan
         notes += [hardware.dtype_probe] if hardware.dtype_probe else []

@@ -123,7 +123,7 @@ def choose(
     train_tokens: int,
     world_size: int,
     typed: frozenset[str] | set[str] = frozenset(),
-) -> tuple[int, int, str]:
+) -> tuple[int, int, float, str]:
     """The rule: (index of the chosen shape, its steps, its passes bound, why), from each shape's measured step
     time."""
     best = 0  # the smallest shape, when no larger one gets its tokens in the time
