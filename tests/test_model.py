@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nanogpt.config import ModelConfig
-from nanogpt.model import GPT, KVCache
+from nanogpt.model import EXPLICIT_ATTENTION_MAX_T, GPT, KVCache, causal_attention
 
 
 def tiny(bias: bool = False, block_size: int = 16, vocab_size: int = 37, seed: int = 0) -> GPT:
@@ -96,3 +97,36 @@ def test_num_params_counts_every_weight_once_but_the_position_embeddings():
     every = sum(t.numel() for t in model.state_dict().values())  # lm_head.weight listed besides wte.weight
     assert model.num_params() == every - 37 * 32 - 16 * 32
     assert model.num_params(non_embedding=False) == every - 37 * 32
+
+
+@pytest.mark.parametrize("T", [16, EXPLICIT_ATTENTION_MAX_T, EXPLICIT_ATTENTION_MAX_T + 1])
+def test_bfloat16_attention_on_cpu_matches_float32_attention(T):
+    """bfloat16 on a CPU writes attention out up to EXPLICIT_ATTENTION_MAX_T positions (torch's kernel is slow
+    there); its values and gradients are float32 attention's to bfloat16's precision, either side of the bound."""
+    g = torch.Generator().manual_seed(T)
+    q, k, v, grad = (torch.randn(2, 3, T, 16, generator=g) for _ in range(4))
+    exact = [t.clone().requires_grad_() for t in (q, k, v)]
+    reference = F.scaled_dot_product_attention(*exact, is_causal=True)
+    reference.backward(grad)
+    low = [t.to(torch.bfloat16).requires_grad_() for t in (q, k, v)]
+    out = causal_attention(*low, dropout_p=0.0)
+    out.backward(grad.to(torch.bfloat16))
+    torch.testing.assert_close(out.float(), reference, atol=3e-2, rtol=3e-2)
+    for a, b in zip(low, exact, strict=True):
+        torch.testing.assert_close(a.grad.float(), b.grad, atol=6e-2, rtol=6e-2)
+
+
+def test_bfloat16_attention_on_cpu_stays_causal_and_drops_out():
+    model = tiny()
+    idx = torch.randint(0, 37, (2, 16), generator=torch.Generator().manual_seed(1))
+    changed = idx.clone()
+    changed[:, 10:] = (changed[:, 10:] + 5) % 37
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = all_logits(model, idx), all_logits(model, changed)
+    torch.testing.assert_close(a[:, :10], b[:, :10])
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+    q = torch.randn(1, 2, 16, 8).to(torch.bfloat16)
+    torch.manual_seed(0)
+    dropped = causal_attention(q, q, q, dropout_p=0.5)
+    assert torch.isfinite(dropped.float()).all()
+    assert not torch.allclose(dropped, causal_attention(q, q, q, dropout_p=0.0))

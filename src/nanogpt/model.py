@@ -53,6 +53,25 @@ class KVCache:
         self.pos = 0
 
 
+# torch's CPU flash attention runs bfloat16 2-4x slower than float32 at short contexts, its backward above all, where
+# the scores written out run on the CPU's bfloat16 matmuls; past ~128 positions the (T, T) scores cost what the
+# kernel saves (BENCHMARKS.md, "Attention in bfloat16 on a CPU"). float32 and other devices keep the kernel.
+EXPLICIT_ATTENTION_MAX_T = 128
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    """Causal self-attention of (B, nh, T, hs) queries, keys and values: torch's fused kernel, or for bfloat16 on a
+    CPU at contexts up to EXPLICIT_ATTENTION_MAX_T the same sum written out, its softmax in float32 as the
+    kernel's is."""
+    T = q.size(-2)
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or T > EXPLICIT_ATTENTION_MAX_T:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    scores = (q * (1.0 / math.sqrt(q.size(-1)))) @ k.transpose(-2, -1)
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(diagonal=1)
+    weights = scores.float().masked_fill(future, float("-inf")).softmax(dim=-1).to(v.dtype)
+    return F.dropout(weights, dropout_p) @ v if dropout_p else weights @ v
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -71,9 +90,7 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
         if cache is None:
-            y = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-            )
+            y = causal_attention(q, k, v, self.dropout if self.training else 0.0)
         else:
             p = cache.pos
             cache.k[layer, :B, :, p : p + T] = k

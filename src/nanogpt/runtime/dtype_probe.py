@@ -86,9 +86,13 @@ def cpu_model() -> str:
 
 
 def cache_key(shape: StepShape) -> str:
-    """What the verdict depends on: CPU model, torch version, intra-op threads and the step's shape."""
+    """What the verdict depends on: CPU model, torch version, intra-op threads, how attention is computed (a verdict
+    taken with torch's kernel alone is measured again) and the step's shape."""
+    from ..model import EXPLICIT_ATTENTION_MAX_T
+
     dims = ",".join(f"{k}={v}" for k, v in asdict(shape).items())
-    return f"{cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}|{dims}"
+    return (f"{cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}|"
+            f"explicit attention to {EXPLICIT_ATTENTION_MAX_T}|{dims}")
 
 
 def measure(shape: StepShape, repeats: int = 3) -> tuple[float, float]:

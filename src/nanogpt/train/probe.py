@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .. import config, data
-from ..model import GPT
+from ..model import EXPLICIT_ATTENTION_MAX_T, GPT
 from ..runtime import distributed, machine
 from ..runtime.dtype_probe import busy, cpu_model, current_load, read_cache, write_cache
 from ..store.files import cache_dir
@@ -32,6 +32,8 @@ def key(model_cfg: config.ModelConfig, train_cfg: config.TrainConfig, hardware: 
     shape = (model_cfg.n_layer, model_cfg.n_head, model_cfg.n_embd, model_cfg.block_size, model_cfg.vocab_size,
              train_cfg.batch_size, train_cfg.grad_accum, train_cfg.optimizer)
     where = f"{hardware.device.type}|{hardware.dtype}|shards {hardware.shards}|threads {hardware.threads}"
+    if hardware.device.type == "cpu":  # times taken before bfloat16's explicit attention are measured again
+        where += f"|explicit attention to {EXPLICIT_ATTENTION_MAX_T}"
     name = torch.cuda.get_device_name(hardware.device) if hardware.device.type == "cuda" else cpu_model()
     return f"{name}|torch {torch.__version__}|{where}|world {hardware.world_size}|{shape}"
 
