@@ -18,6 +18,9 @@ The plan is a rule applied to measurements, never a search during the user's run
 - **Context for a short run:** a run of fewer than SHORT_RUN_TOKENS tokens trains on contexts half its preset's,
   twice as many a step (short_context): a small model in a short run learns mostly local statistics, and more
   sequences a step steady its gradient. Its step time is measured again, and its steps planned from it.
+- **Depth for a short run on new text:** a run of fewer than SHORT_RUN_TOKENS tokens that does not see its whole
+  text once trains its width at SHALLOW_LAYERS layers (shallow): nothing bounds it but compute, and on a CPU a
+  shallow wide model makes more steps of it. Its step time is measured again, and its steps planned from it.
 - **The schedule fills the time:** steps from the measured step time, less the evaluations' share; the loop
   measures again once the first steps have run and moves the end (Budget), so WSD's decay lands on the end.
 
@@ -58,6 +61,12 @@ DATA_STEPS = 500
 # runs of 0.46-3.3 M tokens on four texts (BENCHMARKS.md): block 32 x batch 48 beat 64 x 24 by 0.8-2.3% on the
 # Alice text, Tiny Shakespeare (BPE) and code, equalled it on Shakespeare by characters, and lost 0.5% at 3.3 M.
 SHORT_RUN_TOKENS = 3_000_000
+# A short run (fewer than SHORT_RUN_TOKENS) that does not see its whole text once trains its width at SHALLOW_LAYERS
+# layers, unless --layer-count is typed: every token is new, nothing bounds the run but compute, and on a CPU a
+# shallow wide model makes more steps of it. Code at 1 minute (0.5 passes): 2 x 192 1.7586 against the ladder's
+# 4 x 192 1.8094 and 3 x 192 1.7865; where the text repeats or the run is longer, depth paid (Tiny Shakespeare at 1
+# minute, 3.5 passes: 2 x 256 2.1611 against 4 x 192 2.1557; code at 3 minutes: 2 x 192 1.6738 against 1.6560).
+SHALLOW_LAYERS = 2
 SHORTEST_CONTEXT = 32  # tokens: a context is not halved below this (16 lost 0.9% to 32 on Shakespeare in a minute)
 EVAL_SHARE = 0.2  # of the budget the evaluations take at most, unless --eval-iters is typed (fewer batches each)
 REESTIMATE_AFTER = 10  # steps before the loop first measures the step time again (warm-up and compiling over)
@@ -171,6 +180,31 @@ def short_context(cfg: config.ModelConfig, train_cfg: config.TrainConfig, run_to
             dataclasses.replace(train_cfg, batch_size=train_cfg.batch_size * 2))
 
 
+def shallow(cfg: config.ModelConfig, run_tokens: int, train_tokens: int, typed: frozenset[str] | set[str]
+            ) -> config.ModelConfig | None:
+    """The plan's width at SHALLOW_LAYERS layers, for a run of fewer than SHORT_RUN_TOKENS tokens that does not
+    see its whole text once; None otherwise, for a shape that shallow already, or where --layer-count was typed."""
+    if "n_layer" in typed or cfg.n_layer <= SHALLOW_LAYERS:
+        return None
+    if run_tokens >= min(SHORT_RUN_TOKENS, train_tokens):
+        return None
+    return dataclasses.replace(cfg, n_layer=SHALLOW_LAYERS)
+
+
+def _plan_alone(budget_s: float, cfg: config.ModelConfig, train_cfg: config.TrainConfig, hardware: machine.Hardware,
+                tokens: data.TokenData, typed: set[str]) -> tuple[float, int, float, str] | None:
+    """(step seconds, steps, passes bound, why) of one more shape, probed and planned alone; None when its step is
+    too slow to be a plan."""
+    from . import probe
+
+    seconds = probe.step_seconds(cfg, train_cfg, hardware, tokens, limit_s=budget_s / MIN_STEPS)
+    if seconds is None:
+        return None
+    _, steps, passes, why = choose(budget_s, [cfg], [seconds], train_cfg, len(tokens.train), hardware.world_size,
+                                   typed)
+    return seconds, steps, passes, why
+
+
 def describe(budget: str, cfg: config.ModelConfig, t: config.TrainConfig, params: int, step_ms: float,
              tokens: int, train_tokens: int, why: str) -> str:
     return (
@@ -243,15 +277,18 @@ def fit(
     train_tokens = len(tokens.train)
     i, steps, passes, why = choose(budget_s, shapes, times, train_cfg, train_tokens, hardware.world_size, typed)
     cfg, step_s = shapes[i], times[i]
+    said = ""
+    # then the two rules for a short run, each a variant of the shape with its own step time and steps
+    wider = shallow(cfg, steps * config.tokens_per_step(cfg, train_cfg, hardware.world_size), train_tokens, typed)
+    if wider is not None and (planned := _plan_alone(budget_s, wider, train_cfg, hardware, tokens, typed)):
+        cfg, (step_s, steps, passes, why) = wider, planned
+        said += f"; {cfg.n_layer} layers for a short run on new text"
     shorter = short_context(cfg, train_cfg, steps * config.tokens_per_step(cfg, train_cfg, hardware.world_size),
                             typed)
-    if shorter is not None:  # the same shape on shorter contexts: its own step time, its steps planned again
-        seconds = probe.step_seconds(*shorter, hardware, tokens, limit_s=budget_s / MIN_STEPS)
-        if seconds is not None:
-            (cfg, train_cfg), step_s = shorter, seconds
-            _, steps, passes, why = choose(budget_s, [cfg], [step_s], train_cfg, train_tokens, hardware.world_size,
-                                           typed)
-            why += f"; contexts of {cfg.block_size} tokens for a short run (half the preset's, batch doubled)"
+    if shorter is not None and (planned := _plan_alone(budget_s, *shorter, hardware, tokens, typed)):
+        (cfg, train_cfg), (step_s, steps, passes, why) = shorter, planned
+        said += f"; contexts of {cfg.block_size} tokens for a short run (half the preset's, batch doubled)"
+    why += said
     # the passes bound goes into the run's settings: the loop's re-estimate and a resume keep to it
     timed = timed_settings(with_eval_iters(budget_s, step_s, dataclasses.replace(train_cfg, max_passes=passes),
                                            typed), steps, step_s, typed)
