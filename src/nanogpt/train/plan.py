@@ -279,9 +279,9 @@ def fit(
     cfg, step_s = shapes[i], times[i]
     said = ""
     # then the two rules for a short run, each a variant of the shape with its own step time and steps
-    wider = shallow(cfg, steps * config.tokens_per_step(cfg, train_cfg, hardware.world_size), train_tokens, typed)
-    if wider is not None and (planned := _plan_alone(budget_s, wider, train_cfg, hardware, tokens, typed)):
-        cfg, (step_s, steps, passes, why) = wider, planned
+    shallower = shallow(cfg, steps * config.tokens_per_step(cfg, train_cfg, hardware.world_size), train_tokens, typed)
+    if shallower is not None and (planned := _plan_alone(budget_s, shallower, train_cfg, hardware, tokens, typed)):
+        cfg, (step_s, steps, passes, why) = shallower, planned
         said += f"; {cfg.n_layer} layers for a short run on new text"
     shorter = short_context(cfg, train_cfg, steps * config.tokens_per_step(cfg, train_cfg, hardware.world_size),
                             typed)
