@@ -214,29 +214,26 @@ def test_a_short_timed_run_says_it_halves_the_context(tmp_path: Path, capsys) ->
     assert code == 0 and "block 64, batch 24," in line and "short run" not in line, line
 
 
-def test_a_short_run_on_new_text_trains_its_width_shallow_unless_the_layers_are_typed() -> None:
-    from nanogpt.config import ModelConfig
-
-    cfg = ModelConfig(n_layer=4, n_embd=192, n_head=3, block_size=64, vocab_size=4096)
-    wide = plan.shallow(cfg, 1_000_000, 2_650_000, set())  # code at 1 minute: under half its text, under 3 M
-    assert wide is not None and (wide.n_layer, wide.n_embd, wide.n_head) == (plan.SHALLOW_LAYERS, 192, 3)
-    assert plan.shallow(cfg, 1_000_000, 400_000, set()) is None  # the text repeats: depth pays
-    assert plan.shallow(cfg, plan.SHORT_RUN_TOKENS, 10**9, set()) is None  # a longer run keeps its depth
-    assert plan.shallow(cfg, 1000, 10**6, {"n_layer"}) is None  # typed: the user's
-    assert plan.shallow(wide, 1000, 10**6, set()) is None  # shallow already
+def test_a_run_on_new_text_is_planned_on_a_ladder_of_half_the_depth_unless_the_layers_are_typed() -> None:
+    assert plan.NEW_TEXT_RUNGS[:5] == ((2, 64), (2, 96), (2, 128), (2, 192), (3, 256))  # 4 x 192 -> 2 x 192, ...
+    assert [w for _, w in plan.NEW_TEXT_RUNGS] == [w for _, w in plan.RUNGS]  # the same widths
+    assert plan.on_new_text(1_000_000, 2_650_000, set())  # code at 1 minute: under half its text
+    assert plan.on_new_text(2_800_000, 2_650_000, set())  # code at 3 minutes: about once
+    assert not plan.on_new_text(1_200_000, 420_000, set())  # Tiny Shakespeare at 1 minute: 2.8 passes, depth pays
+    assert not plan.on_new_text(plan.NEW_TEXT_TOKENS, 10**9, set())  # longer than measured: the ladder's depth
+    assert not plan.on_new_text(1000, 10**6, {"n_layer"})  # typed: the user's
 
 
-def test_a_short_timed_run_on_new_text_says_it_trains_shallow(tmp_path: Path, capsys) -> None:
-    """Through the CLI: half a pass over a 270 K-token text (--max-passes 0.5) is a short run on new text however
-    fast the machine, so the rung the ladder picks at width 64 trains at SHALLOW_LAYERS layers, and the plan says
-    so; a typed --layer-count keeps its depth."""
-    data = prepare_char(shakespeare_text()[:300_000], tmp_path / "text")
+def test_a_timed_run_on_new_text_says_it_trains_half_the_depth(tmp_path: Path, capsys) -> None:
+    """Through the CLI: half a pass over a 720 K-token text (--max-passes 0.5) is a run on new text however fast the
+    machine. At width 64 the ladder's deepest rung (12 layers, 0.6 M block parameters) gets its 0.3 M tokens, so the
+    plan trains the rung at half its depth, 6 layers, and says so; a typed --layer-count keeps its depth."""
+    data = prepare_char(shakespeare_text()[:800_000], tmp_path / "text")
     args = ["--embedding-size", "64", "--head-count", "2", "--device", "cpu", "--dtype", "float32",
             "--data-dir", str(data), "--time", "10m", "--max-passes", "0.5", "--plan"]
     code, out, _ = run(capsys, *args)
     line = plan_line(out, "10m")
-    assert code == 0 and f"{plan.SHALLOW_LAYERS} layers x 64 " in line, line
-    assert f"{plan.SHALLOW_LAYERS} layers for a short run on new text" in line, line
+    assert code == 0 and "6 layers x 64 " in line and "half the ladder's depth for a run on new text" in line, line
     code, out, _ = run(capsys, *args, "--layer-count", "4")
     line = plan_line(out, "10m")
     assert code == 0 and "4 layers x 64 " in line and "new text" not in line, line

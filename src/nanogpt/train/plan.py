@@ -18,9 +18,9 @@ The plan is a rule applied to measurements, never a search during the user's run
 - **Context for a short run:** a run of fewer than SHORT_RUN_TOKENS tokens trains on contexts half its preset's,
   twice as many a step (short_context): a small model in a short run learns mostly local statistics, and more
   sequences a step steady its gradient. Its step time is measured again, and its steps planned from it.
-- **Depth for a short run on new text:** a run of fewer than SHORT_RUN_TOKENS tokens that does not see its whole
-  text once trains its width at SHALLOW_LAYERS layers (shallow): nothing bounds it but compute, and on a CPU a
-  shallow wide model makes more steps of it. Its step time is measured again, and its steps planned from it.
+- **Depth for a run on new text:** a run of fewer than NEW_TEXT_TOKENS tokens that sees its text fewer than
+  NEW_TEXT_PASSES times is planned again on a ladder of half the depth (NEW_TEXT_RUNGS): nothing bounds it but
+  compute, and on a CPU a shallower, wider model makes more steps of it. Where the text repeats, depth pays.
 - **The schedule fills the time:** steps from the measured step time, less the evaluations' share; the loop
   measures again once the first steps have run and moves the end (Budget), so WSD's decay lands on the end.
 
@@ -44,6 +44,16 @@ from ..schedule import decay_start, parse_duration
 
 # (layers, embedding width) from small to large; heads of 64 dimensions (32 below 128 wide)
 RUNGS = ((2, 64), (3, 96), (4, 128), (4, 192), (6, 256), (6, 384), (8, 512), (12, 768))
+# A run on new text, fewer than NEW_TEXT_TOKENS tokens seeing its text fewer than NEW_TEXT_PASSES times, is planned
+# on the ladder at half its depth (at least 2 layers; unless --layer-count is typed): every token is new, nothing
+# bounds the run but compute, and on a CPU a shallower, wider model makes more steps of it. Measured on ~10 M
+# characters of code on a 2-core CPU (BENCHMARKS.md): at 1 minute (0.5 passes) 2 x 192 1.7586 against the ladder's
+# 4 x 192 1.8094 and 3 x 192 1.7865; at 3 minutes (1-1.2 passes) 3 x 256 1.6312 and 1.6390 against 4 x 192 1.6560.
+# Where the text repeats depth paid (Tiny Shakespeare at 1 minute, 2.8-3.5 passes: 4 x 192 2.1557 against 3 x 256
+# 2.1621 and 2 x 256 2.1611). Runs of more tokens than were measured keep the ladder's depth.
+NEW_TEXT_RUNGS = tuple((max(2, n_layer // 2), n_embd) for n_layer, n_embd in RUNGS)
+NEW_TEXT_PASSES = 2
+NEW_TEXT_TOKENS = 4_000_000
 TOKENS_PER_PARAM = 0.5
 SHAPE_FIELDS = {"n_layer", "n_embd", "n_head", "block_size"}  # what --init-from's weights fix (as if typed)
 EVALUATIONS = 10  # validation losses over a timed run (and one at the end), so the best checkpoint is found
@@ -59,14 +69,9 @@ DATA_STEPS = 500
 # tokens a step), unless --block-size or --batch-size is typed: in a short run a small model learns mostly local
 # statistics, and more, shorter sequences give a steadier gradient for less attention. Measured on 2-core CPU
 # runs of 0.46-3.3 M tokens on four texts (BENCHMARKS.md): block 32 x batch 48 beat 64 x 24 by 0.8-2.3% on the
-# Alice text, Tiny Shakespeare (BPE) and code, equalled it on Shakespeare by characters, and lost 0.5% at 3.3 M.
-SHORT_RUN_TOKENS = 3_000_000
-# A short run (fewer than SHORT_RUN_TOKENS) that does not see its whole text once trains its width at SHALLOW_LAYERS
-# layers, unless --layer-count is typed: every token is new, nothing bounds the run but compute, and on a CPU a
-# shallow wide model makes more steps of it. Code at 1 minute (0.5 passes): 2 x 192 1.7586 against the ladder's
-# 4 x 192 1.8094 and 3 x 192 1.7865; where the text repeats or the run is longer, depth paid (Tiny Shakespeare at 1
-# minute, 3.5 passes: 2 x 256 2.1611 against 4 x 192 2.1557; code at 3 minutes: 2 x 192 1.6738 against 1.6560).
-SHALLOW_LAYERS = 2
+# Alice text, Tiny Shakespeare (BPE) and code at 0.5-1.6 M tokens, equalled it on Shakespeare by characters, and
+# lost 0.5% at 3.3 M and 0.9-1.3% at 2.8 M (code, 3 x 256).
+SHORT_RUN_TOKENS = 2_000_000
 SHORTEST_CONTEXT = 32  # tokens: a context is not halved below this (16 lost 0.9% to 32 on Shakespeare in a minute)
 EVAL_SHARE = 0.2  # of the budget the evaluations take at most, unless --eval-iters is typed (fewer batches each)
 REESTIMATE_AFTER = 10  # steps before the loop first measures the step time again (warm-up and compiling over)
@@ -83,10 +88,11 @@ def heads_for(n_embd: int) -> int:
     return max(2, n_embd // 64) if n_embd >= 128 else max(2, n_embd // 32)
 
 
-def candidates(model_cfg: config.ModelConfig, typed: set[str]) -> list[config.ModelConfig]:
+def candidates(model_cfg: config.ModelConfig, typed: set[str], rungs: tuple[tuple[int, int], ...] = RUNGS
+               ) -> list[config.ModelConfig]:
     """The shapes to consider: the rungs, with every size the user typed kept as typed (once each)."""
     found: dict[tuple[int, int, int], config.ModelConfig] = {}
-    for n_layer, n_embd in RUNGS:
+    for n_layer, n_embd in rungs:
         shape = {"n_layer": n_layer, "n_embd": n_embd, "n_head": heads_for(n_embd)}
         shape = {k: (getattr(model_cfg, k) if k in typed else v) for k, v in shape.items()}
         if shape["n_embd"] % shape["n_head"]:
@@ -180,15 +186,10 @@ def short_context(cfg: config.ModelConfig, train_cfg: config.TrainConfig, run_to
             dataclasses.replace(train_cfg, batch_size=train_cfg.batch_size * 2))
 
 
-def shallow(cfg: config.ModelConfig, run_tokens: int, train_tokens: int, typed: frozenset[str] | set[str]
-            ) -> config.ModelConfig | None:
-    """The plan's width at SHALLOW_LAYERS layers, for a run of fewer than SHORT_RUN_TOKENS tokens that does not
-    see its whole text once; None otherwise, for a shape that shallow already, or where --layer-count was typed."""
-    if "n_layer" in typed or cfg.n_layer <= SHALLOW_LAYERS:
-        return None
-    if run_tokens >= min(SHORT_RUN_TOKENS, train_tokens):
-        return None
-    return dataclasses.replace(cfg, n_layer=SHALLOW_LAYERS)
+def on_new_text(run_tokens: int, train_tokens: int, typed: frozenset[str] | set[str]) -> bool:
+    """Whether a plan of `run_tokens` is a run on new text, planned again on NEW_TEXT_RUNGS: fewer than
+    NEW_TEXT_TOKENS tokens, fewer than NEW_TEXT_PASSES passes over the text, and --layer-count not typed."""
+    return "n_layer" not in typed and run_tokens < min(NEW_TEXT_TOKENS, NEW_TEXT_PASSES * train_tokens)
 
 
 def _plan_alone(budget_s: float, cfg: config.ModelConfig, train_cfg: config.TrainConfig, hardware: machine.Hardware,
@@ -242,6 +243,34 @@ def check_flags(train_cfg: config.TrainConfig, typed: set[str], resumed: bool) -
     return parse_duration(train_cfg.time)
 
 
+def _ladder(budget_s: float, shapes: list[config.ModelConfig], train_cfg: config.TrainConfig,
+            hardware: machine.Hardware, tokens: data.TokenData, typed: set[str]
+            ) -> tuple[list[config.ModelConfig], list[float]]:
+    """The shapes that fit in memory and their measured step times (probe.py, cached), smallest first, until one is
+    too slow for MIN_STEPS in the budget; refused when not even the first is fast enough."""
+    from . import probe  # builds models: imported when a run is planned, not to check flags
+
+    timed, times = [], []
+    for cfg in shapes:
+        try:
+            memory_fit.check_fits(cfg, train_cfg, hardware.device)  # unsharded: probe.py times an unsharded step
+        except UserError:
+            break
+        # the smallest shape is a plan with as few as MIN_STEPS / 10 steps; a larger one must manage MIN_STEPS
+        limit = budget_s / (MIN_STEPS if timed else MIN_STEPS / 10)
+        seconds = probe.step_seconds(cfg, train_cfg, hardware, tokens, limit_s=limit)
+        if seconds is None:
+            break
+        timed.append(cfg)
+        times.append(seconds)
+        if steps_in(budget_s, seconds, with_eval_iters(budget_s, seconds, train_cfg, typed)) < MIN_STEPS:
+            break
+    if not timed:
+        raise UserError(f"--time {train_cfg.time}: not even the smallest model does {MIN_STEPS // 10} steps in that "
+                        "time here; give more time")
+    return timed, times
+
+
 def fit(
     budget_s: float,
     model_cfg: config.ModelConfig,
@@ -251,38 +280,21 @@ def fit(
     typed: set[str],
 ) -> Plan:
     """The plan for `budget_s` seconds: each candidate that fits in memory timed (probe.py, cached), smallest
-    first, until one is too slow for MIN_STEPS in the budget; then the rule (choose)."""
-    from . import probe  # builds models: imported when a run is planned, not to check flags
-
+    first, until one is too slow for MIN_STEPS in the budget; then the rule (choose), on the ladder of half the depth
+    for a run on new text, then short_context."""
     # the evaluations a timed run makes (EVAL_ITERS batches each, unless typed) are part of its time
     train_cfg = dataclasses.replace(train_cfg, eval_iters=train_cfg.eval_iters if "eval_iters" in typed else EVAL_ITERS)
-    shapes, times = [], []
-    for cfg in candidates(model_cfg, typed):
-        try:
-            memory_fit.check_fits(cfg, train_cfg, hardware.device)  # unsharded: probe.py times an unsharded step
-        except UserError:
-            break
-        # the smallest shape is a plan with as few as MIN_STEPS / 10 steps; a larger one must manage MIN_STEPS
-        limit = budget_s / (MIN_STEPS if shapes else MIN_STEPS / 10)
-        seconds = probe.step_seconds(cfg, train_cfg, hardware, tokens, limit_s=limit)
-        if seconds is None:
-            break
-        shapes.append(cfg)
-        times.append(seconds)
-        if steps_in(budget_s, seconds, with_eval_iters(budget_s, seconds, train_cfg, typed)) < MIN_STEPS:
-            break
-    if not shapes:
-        raise UserError(f"--time {train_cfg.time}: not even the smallest model does {MIN_STEPS // 10} steps in that "
-                        "time here; give more time")
+    shapes, times = _ladder(budget_s, candidates(model_cfg, typed), train_cfg, hardware, tokens, typed)
     train_tokens = len(tokens.train)
     i, steps, passes, why = choose(budget_s, shapes, times, train_cfg, train_tokens, hardware.world_size, typed)
-    cfg, step_s = shapes[i], times[i]
     said = ""
-    # then the two rules for a short run, each a variant of the shape with its own step time and steps
-    shallower = shallow(cfg, steps * config.tokens_per_step(cfg, train_cfg, hardware.world_size), train_tokens, typed)
-    if shallower is not None and (planned := _plan_alone(budget_s, shallower, train_cfg, hardware, tokens, typed)):
-        cfg, (step_s, steps, passes, why) = shallower, planned
-        said += f"; {cfg.n_layer} layers for a short run on new text"
+    if on_new_text(steps * config.tokens_per_step(shapes[i], train_cfg, hardware.world_size), train_tokens, typed):
+        shapes, times = _ladder(budget_s, candidates(model_cfg, typed, NEW_TEXT_RUNGS), train_cfg, hardware, tokens,
+                                typed)
+        i, steps, passes, why = choose(budget_s, shapes, times, train_cfg, train_tokens, hardware.world_size, typed)
+        said += "; half the ladder's depth for a run on new text"
+    cfg, step_s = shapes[i], times[i]
+    # then the rule for a short run, a variant of the shape with its own step time and steps
     shorter = short_context(cfg, train_cfg, steps * config.tokens_per_step(cfg, train_cfg, hardware.world_size),
                             typed)
     if shorter is not None and (planned := _plan_alone(budget_s, *shorter, hardware, tokens, typed)):
