@@ -16,7 +16,8 @@ to the best fixed plan and to the frontier's best, and the whole command's wall 
 Texts: Tiny Shakespeare and the Alice text from ../shared/data (Project Gutenberg's header and footer
 stripped), and a ~10 M-character text assembled from this machine's Python standard library sources
 (real code, the same on every machine with the same Python: `--code-chars`), each prepared once with the
-default tokenizer (a learned BPE of 1,024 tokens) into --work.
+default tokenizer (a learned BPE of 1,024 tokens) into --work. `--texts manual` adds a second large text to check
+a rule fitted on the others: Vim's help files (~9 M characters of English manual prose, where Vim is installed).
 
     python bench/time_budget.py --budgets 1m 3m                      # the sweep (one run at a time: ~1.5 h)
     python bench/time_budget.py --budgets 10m --texts shakespeare --fixed A   # the pick and plan A at 10 min
@@ -76,14 +77,22 @@ def code_text(chars: int) -> str:
     return "\n".join(parts)[:chars]
 
 
+def manual_text() -> str:
+    """Real prose already on many machines: Vim's help files (/usr/share/vim/vim*/doc/*.txt), in sorted order."""
+    paths = sorted(Path("/usr/share/vim").glob("vim*/doc/*.txt"))
+    if not paths:
+        sys.exit("--texts manual: Vim's help files (/usr/share/vim/vim*/doc/*.txt) are not on this machine")
+    return "\n".join(path.read_text(encoding="utf-8", errors="replace") for path in paths)
+
+
 def prepared(name: str, work: Path, code_chars: int) -> Path:
     folder = work / f"data-{name}"
     if (folder / "vocab.json").is_file():
         return folder
     source = {"shakespeare": SHARED / "tinyshakespeare.txt", "alice": SHARED / "gutenberg_alice.txt"}.get(name)
     if source is None:
-        source = work / "code.txt"
-        source.write_text(code_text(code_chars), encoding="utf-8")
+        source = work / f"{name}.txt"
+        source.write_text(manual_text() if name == "manual" else code_text(code_chars), encoding="utf-8")
     extra = ["--strip-gutenberg"] if name == "alice" else []
     done = cli("prepare", str(source), "--out-dir", str(folder), *extra, cache=work / "cache")
     if done.returncode:

@@ -214,29 +214,30 @@ def test_a_short_timed_run_says_it_halves_the_context(tmp_path: Path, capsys) ->
     assert code == 0 and "block 64, batch 24," in line and "short run" not in line, line
 
 
-def test_a_run_on_new_text_is_planned_on_a_ladder_of_half_the_depth_unless_the_layers_are_typed() -> None:
+def test_a_run_on_new_text_is_planned_on_a_ladder_of_half_the_depth() -> None:
     assert plan.NEW_TEXT_RUNGS[:5] == ((2, 64), (2, 96), (2, 128), (2, 192), (3, 256))  # 4 x 192 -> 2 x 192, ...
     assert [w for _, w in plan.NEW_TEXT_RUNGS] == [w for _, w in plan.RUNGS]  # the same widths
-    assert plan.on_new_text(1_000_000, 2_650_000, set())  # code at 1 minute: under half its text
-    assert plan.on_new_text(2_800_000, 2_650_000, set())  # code at 3 minutes: about once
-    assert not plan.on_new_text(1_200_000, 420_000, set())  # Tiny Shakespeare at 1 minute: 2.8 passes, depth pays
-    assert not plan.on_new_text(plan.NEW_TEXT_TOKENS, 10**9, set())  # longer than measured: the ladder's depth
-    assert not plan.on_new_text(1000, 10**6, {"n_layer"})  # typed: the user's
+    assert plan.on_new_text(1_000_000, 2_650_000)  # code at 1 minute: under half its text
+    assert plan.on_new_text(2_800_000, 2_650_000)  # code at 3 minutes: about once
+    assert not plan.on_new_text(1_200_000, 420_000)  # Tiny Shakespeare at 1 minute: 2.8 passes, depth pays
+    assert not plan.on_new_text(plan.NEW_TEXT_TOKENS, 10**9)  # longer than measured: the ladder's depth
 
 
 def test_a_timed_run_on_new_text_says_it_trains_half_the_depth(tmp_path: Path, capsys) -> None:
     """Through the CLI: half a pass over a 720 K-token text (--max-passes 0.5) is a run on new text however fast the
     machine. At width 64 the ladder's deepest rung (12 layers, 0.6 M block parameters) gets its 0.3 M tokens, so the
-    plan trains the rung at half its depth, 6 layers, and says so; a typed --layer-count keeps its depth."""
+    plan trains the rung at half its depth, 6 layers, at the preset's context (short runs on new text keep it), and
+    says so; a typed --layer-count keeps its depth (and the context)."""
     data = prepare_char(shakespeare_text()[:800_000], tmp_path / "text")
     args = ["--embedding-size", "64", "--head-count", "2", "--device", "cpu", "--dtype", "float32",
             "--data-dir", str(data), "--time", "10m", "--max-passes", "0.5", "--plan"]
     code, out, _ = run(capsys, *args)
     line = plan_line(out, "10m")
     assert code == 0 and "6 layers x 64 " in line and "half the ladder's depth for a run on new text" in line, line
+    assert "block 64, batch 24," in line and "contexts of" not in line, line  # new text keeps the preset's context
     code, out, _ = run(capsys, *args, "--layer-count", "4")
     line = plan_line(out, "10m")
-    assert code == 0 and "4 layers x 64 " in line and "new text" not in line, line
+    assert code == 0 and "4 layers x 64 " in line and "new text" not in line and "block 64," in line, line
 
 
 def test_a_timed_run_from_weights_keeps_their_shape_and_context(shakespeare_dir: Path, tmp_path: Path, capsys) -> None:

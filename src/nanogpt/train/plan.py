@@ -15,12 +15,14 @@ The plan is a rule applied to measurements, never a search during the user's run
   the budget on overfitting. A model large for its text gets half as many unless they are typed (passes_for):
   the larger the model, the sooner its extra passes overfit. The loop's re-estimate never moves the end past that
   bound.
-- **Context for a short run:** a run of fewer than SHORT_RUN_TOKENS tokens trains on contexts half its preset's,
-  twice as many a step (short_context): a small model in a short run learns mostly local statistics, and more
-  sequences a step steady its gradient. Its step time is measured again, and its steps planned from it.
 - **Depth for a run on new text:** a run of fewer than NEW_TEXT_TOKENS tokens that sees its text fewer than
   NEW_TEXT_PASSES times is planned again on a ladder of half the depth (NEW_TEXT_RUNGS): nothing bounds it but
   compute, and on a CPU a shallower, wider model makes more steps of it. Where the text repeats, depth pays.
+- **Context for a short run on a text it repeats:** a run of fewer than SHORT_RUN_TOKENS tokens that is not on new
+  text trains on contexts half its preset's, twice as many a step (short_context): a small model going over a
+  small text again learns mostly local statistics, and more sequences a step steady its gradient. On new text the
+  context lost cost more than that gained (the manual text). Its step time is measured again, and its steps
+  planned from it.
 - **The schedule fills the time:** steps from the measured step time, less the evaluations' share; the loop
   measures again once the first steps have run and moves the end (Budget), so WSD's decay lands on the end.
 
@@ -65,13 +67,15 @@ EVAL_ITERS = 10  # batches per evaluation in a timed run, unless typed
 # best at 8 passes, the larger shapes at 4; at 4 passes (150 steps) the Alice text's small shapes lost 8%.
 LARGE_FOR_TEXT = 3
 DATA_STEPS = 500
-# A run of fewer than SHORT_RUN_TOKENS tokens trains on contexts half its preset's, twice as many a step (the same
-# tokens a step), unless --block-size or --batch-size is typed: in a short run a small model learns mostly local
-# statistics, and more, shorter sequences give a steadier gradient for less attention. Measured on 2-core CPU
-# runs of 0.46-3.3 M tokens on four texts (BENCHMARKS.md): block 32 x batch 48 beat 64 x 24 by 0.8-2.3% on the
-# Alice text, Tiny Shakespeare (BPE) and code at 0.5-1.6 M tokens, equalled it on Shakespeare by characters, and
-# lost 0.5% at 3.3 M and 0.9-1.3% at 2.8 M (code, 3 x 256).
-SHORT_RUN_TOKENS = 2_000_000
+# A run of fewer than SHORT_RUN_TOKENS tokens, not on new text, trains on contexts half its preset's, twice as many
+# a step (the same tokens a step), unless --block-size or --batch-size is typed: in a short run a small model
+# learns mostly local statistics, and more, shorter sequences give a steadier gradient for less attention.
+# Measured on 2-core CPU runs of 0.46-3.3 M tokens (BENCHMARKS.md): block 32 x batch 48 beat 64 x 24 by 0.8-2.3%
+# on the Alice text, Tiny Shakespeare (BPE) and code at 0.5-2.5 M tokens, equalled it on Shakespeare by
+# characters, and lost 0.5% at 3.3 M (Shakespeare, 4 x 128) and 0.9-1.3% at 2.8 M (code, 3 x 256). On new text
+# it is not applied: on Vim's help files (~9 M characters, half a pass in a minute) it lost 3.6-5.8% (2 x 192:
+# 1.1307 against 1.0686 at 64 x 24), and on code it was mixed (-0.8% to +0.7%).
+SHORT_RUN_TOKENS = 2_500_000
 SHORTEST_CONTEXT = 32  # tokens: a context is not halved below this (16 lost 0.9% to 32 on Shakespeare in a minute)
 EVAL_SHARE = 0.2  # of the budget the evaluations take at most, unless --eval-iters is typed (fewer batches each)
 REESTIMATE_AFTER = 10  # steps before the loop first measures the step time again (warm-up and compiling over)
@@ -186,10 +190,11 @@ def short_context(cfg: config.ModelConfig, train_cfg: config.TrainConfig, run_to
             dataclasses.replace(train_cfg, batch_size=train_cfg.batch_size * 2))
 
 
-def on_new_text(run_tokens: int, train_tokens: int, typed: frozenset[str] | set[str]) -> bool:
-    """Whether a plan of `run_tokens` is a run on new text, planned again on NEW_TEXT_RUNGS: fewer than
-    NEW_TEXT_TOKENS tokens, fewer than NEW_TEXT_PASSES passes over the text, and --layer-count not typed."""
-    return "n_layer" not in typed and run_tokens < min(NEW_TEXT_TOKENS, NEW_TEXT_PASSES * train_tokens)
+def on_new_text(run_tokens: int, train_tokens: int) -> bool:
+    """Whether a plan of `run_tokens` is a run on new text: fewer than NEW_TEXT_TOKENS tokens, fewer than
+    NEW_TEXT_PASSES passes over the text. It is planned again on NEW_TEXT_RUNGS (unless --layer-count is typed) and
+    keeps its preset's context."""
+    return run_tokens < min(NEW_TEXT_TOKENS, NEW_TEXT_PASSES * train_tokens)
 
 
 def _plan_alone(budget_s: float, cfg: config.ModelConfig, train_cfg: config.TrainConfig, hardware: machine.Hardware,
@@ -281,26 +286,25 @@ def fit(
 ) -> Plan:
     """The plan for `budget_s` seconds: each candidate that fits in memory timed (probe.py, cached), smallest
     first, until one is too slow for MIN_STEPS in the budget; then the rule (choose), on the ladder of half the depth
-    for a run on new text, then short_context."""
+    for a run on new text, or short_context for a short run on a text it repeats."""
     # the evaluations a timed run makes (EVAL_ITERS batches each, unless typed) are part of its time
     train_cfg = dataclasses.replace(train_cfg, eval_iters=train_cfg.eval_iters if "eval_iters" in typed else EVAL_ITERS)
     shapes, times = _ladder(budget_s, candidates(model_cfg, typed), train_cfg, hardware, tokens, typed)
     train_tokens = len(tokens.train)
     i, steps, passes, why = choose(budget_s, shapes, times, train_cfg, train_tokens, hardware.world_size, typed)
-    said = ""
-    if on_new_text(steps * config.tokens_per_step(shapes[i], train_cfg, hardware.world_size), train_tokens, typed):
+    new_text = on_new_text(steps * config.tokens_per_step(shapes[i], train_cfg, hardware.world_size), train_tokens)
+    if new_text and "n_layer" not in typed:  # the ladder of half the depth, at the preset's context
         shapes, times = _ladder(budget_s, candidates(model_cfg, typed, NEW_TEXT_RUNGS), train_cfg, hardware, tokens,
                                 typed)
         i, steps, passes, why = choose(budget_s, shapes, times, train_cfg, train_tokens, hardware.world_size, typed)
-        said += "; half the ladder's depth for a run on new text"
+        why += "; half the ladder's depth for a run on new text"
     cfg, step_s = shapes[i], times[i]
-    # then the rule for a short run, a variant of the shape with its own step time and steps
-    shorter = short_context(cfg, train_cfg, steps * config.tokens_per_step(cfg, train_cfg, hardware.world_size),
-                            typed)
+    # or, where the text repeats, the rule for a short run: a variant of the shape with its own step time and steps
+    shorter = None if new_text else short_context(
+        cfg, train_cfg, steps * config.tokens_per_step(cfg, train_cfg, hardware.world_size), typed)
     if shorter is not None and (planned := _plan_alone(budget_s, *shorter, hardware, tokens, typed)):
         (cfg, train_cfg), (step_s, steps, passes, why) = shorter, planned
-        said += f"; contexts of {cfg.block_size} tokens for a short run (half the preset's, batch doubled)"
-    why += said
+        why += f"; contexts of {cfg.block_size} tokens for a short run (half the preset's, batch doubled)"
     # the passes bound goes into the run's settings: the loop's re-estimate and a resume keep to it
     timed = timed_settings(with_eval_iters(budget_s, step_s, dataclasses.replace(train_cfg, max_passes=passes),
                                            typed), steps, step_s, typed)
