@@ -21,7 +21,7 @@ The plan is a rule applied to measurements, never a search during the user's run
 - **Context for a short run on a text it repeats:** a run of fewer than SHORT_RUN_TOKENS tokens that is not on new
   text trains on contexts half its preset's, twice as many a step (short_context): a small model going over a
   small text again learns mostly local statistics, and more sequences a step steady its gradient. On new text the
-  context lost cost more than that gained (the manual text). Its step time is measured again, and its steps
+  context lost cost more than that gained (Vim's help files). Its step time is measured again, and its steps
   planned from it.
 - **The schedule fills the time:** steps from the measured step time, less the evaluations' share; the loop
   measures again once the first steps have run and moves the end (Budget), so WSD's decay lands on the end.
@@ -48,9 +48,10 @@ from ..schedule import decay_start, parse_duration
 RUNGS = ((2, 64), (3, 96), (4, 128), (4, 192), (6, 256), (6, 384), (8, 512), (12, 768))
 # A run on new text, fewer than NEW_TEXT_TOKENS tokens seeing its text fewer than NEW_TEXT_PASSES times, is planned
 # on the ladder at half its depth (at least 2 layers; unless --layer-count is typed): every token is new, nothing
-# bounds the run but compute, and on a CPU a shallower, wider model makes more steps of it. Measured on ~10 M
-# characters of code on a 2-core CPU (BENCHMARKS.md): at 1 minute (0.5 passes) 2 x 192 1.7586 against the ladder's
-# 4 x 192 1.8094 and 3 x 192 1.7865; at 3 minutes (1-1.2 passes) 3 x 256 1.6312 and 1.6390 against 4 x 192 1.6560.
+# bounds the run but compute, and on a CPU a shallower, wider model makes more steps of it. Measured on a 2-core
+# CPU (BENCHMARKS.md): on ~10 M characters of code at 1 minute (0.5 passes, block 32) 2 x 192 1.7586 against the
+# ladder's 4 x 192 1.8094 and 3 x 192 1.7865, at 3 minutes (1-1.2 passes) 3 x 256 1.6312-1.6412 against 4 x 192
+# 1.6560; on Vim's help files (9.5 M characters) at 1 minute 2 x 192 1.0686 against 4 x 192 1.1176, at 3 a tie.
 # Where the text repeats depth paid (Tiny Shakespeare at 1 minute, 2.8-3.5 passes: 4 x 192 2.1557 against 3 x 256
 # 2.1621 and 2 x 256 2.1611). Runs of more tokens than were measured keep the ladder's depth.
 NEW_TEXT_RUNGS = tuple((max(2, n_layer // 2), n_embd) for n_layer, n_embd in RUNGS)
