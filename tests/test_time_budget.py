@@ -199,6 +199,19 @@ def test_a_short_run_trains_on_half_the_context_twice_as_many_a_step_unless_eith
     assert plan.short_context(shortest, train, 1000, set()) is None
 
 
+def test_the_ladder_is_probed_only_up_to_the_first_shape_too_large_for_its_tokens(tmp_path: Path, capsys) -> None:
+    """A larger shape is slower and wants more tokens, so the plan stops timing shapes at the first that does not
+    get its tokens: on a 90 K-token text (at most 8 passes) the rungs of 512 and 768 are never probed, however fast
+    the machine (each probe of a large shape is seconds of the user's start-up)."""
+    data = prepare_char(shakespeare_text()[:100_000], tmp_path / "small")
+    code, out, _ = run(capsys, "--device", "cpu", "--dtype", "float32", "--data-dir", str(data), "--time", "10m",
+                       "--plan")
+    assert code == 0 and plan_line(out, "10m"), out
+    probed = json.loads((tmp_path / "cache" / "speed_probe.json").read_text())
+    widths = {int(k.rsplit("|", 1)[-1].strip("()").split(",")[2]) for k in probed}
+    assert widths and max(widths) <= 384 and not widths & {512, 768}, widths
+
+
 def test_a_short_timed_run_says_it_halves_the_context(tmp_path: Path, capsys) -> None:
     """Through the CLI: the plan of a short run (8 passes over a 90 K-token text are under SHORT_RUN_TOKENS,
     however fast the machine) of a model whose context is not typed trains on half the preset's (cpu-small: 64)

@@ -135,6 +135,16 @@ def with_eval_iters(budget_s: float, step_s: float, train_cfg: config.TrainConfi
     return dataclasses.replace(train_cfg, eval_iters=max(1, min(EVAL_ITERS, int(fit_in))))
 
 
+def gets_its_tokens(budget_s: float, cfg: config.ModelConfig, step_s: float, train_cfg: config.TrainConfig,
+                    train_tokens: int, world_size: int, typed: frozenset[str] | set[str] = frozenset()) -> bool:
+    """Whether `cfg` at `step_s` a step makes MIN_STEPS steps and gets TOKENS_PER_PARAM tokens a block parameter
+    in the budget, counting no more than its passes over the text: the test the rule's pick is the largest to pass."""
+    steps = steps_in(budget_s, step_s, with_eval_iters(budget_s, step_s, train_cfg, typed))
+    passes = passes_for(cfg, train_cfg, train_tokens, world_size, typed)
+    tokens = min(steps * config.tokens_per_step(cfg, train_cfg, world_size), (passes or math.inf) * train_tokens)
+    return steps >= MIN_STEPS and tokens >= TOKENS_PER_PARAM * non_embedding_params(cfg)
+
+
 def choose(
     budget_s: float,
     shapes: list[config.ModelConfig],
@@ -145,15 +155,11 @@ def choose(
     typed: frozenset[str] | set[str] = frozenset(),
 ) -> tuple[int, int, float, str]:
     """The rule: (index of the chosen shape, its steps, its passes bound, why), from each shape's measured step
-    time."""
-    best = 0  # the smallest shape, when no larger one gets its tokens in the time
+    time: the largest shape that gets its tokens, else the smallest."""
+    best = max((i for i, (cfg, t) in enumerate(zip(shapes, step_s))
+                if gets_its_tokens(budget_s, cfg, t, train_cfg, train_tokens, world_size, typed)), default=0)
     steps_of = [steps_in(budget_s, t, with_eval_iters(budget_s, t, train_cfg, typed)) for t in step_s]
     passes_of = [passes_for(cfg, train_cfg, train_tokens, world_size, typed) for cfg in shapes]
-    for i, cfg in enumerate(shapes):
-        per_step = config.tokens_per_step(cfg, train_cfg, world_size)
-        tokens = min(steps_of[i] * per_step, (passes_of[i] or math.inf) * train_tokens)
-        if steps_of[i] >= MIN_STEPS and tokens >= TOKENS_PER_PARAM * non_embedding_params(cfg):
-            best = i
     cfg, passes = shapes[best], passes_of[best]
     per_step = config.tokens_per_step(cfg, train_cfg, world_size)
     steps = steps_of[best]
@@ -252,8 +258,8 @@ def check_flags(train_cfg: config.TrainConfig, typed: set[str], resumed: bool) -
 def _ladder(budget_s: float, shapes: list[config.ModelConfig], train_cfg: config.TrainConfig,
             hardware: machine.Hardware, tokens: data.TokenData, typed: set[str]
             ) -> tuple[list[config.ModelConfig], list[float]]:
-    """The shapes that fit in memory and their measured step times (probe.py, cached), smallest first, until one is
-    too slow for MIN_STEPS in the budget; refused when not even the first is fast enough."""
+    """The shapes that fit in memory and their measured step times (probe.py, cached), smallest first, up to the
+    first that does not get its tokens (gets_its_tokens); refused when not even the first is fast enough."""
     from . import probe  # builds models: imported when a run is planned, not to check flags
 
     timed, times = [], []
@@ -269,7 +275,8 @@ def _ladder(budget_s: float, shapes: list[config.ModelConfig], train_cfg: config
             break
         timed.append(cfg)
         times.append(seconds)
-        if steps_in(budget_s, seconds, with_eval_iters(budget_s, seconds, train_cfg, typed)) < MIN_STEPS:
+        # a larger shape is slower and wants more tokens: once one does not get them, none after it will
+        if not gets_its_tokens(budget_s, cfg, seconds, train_cfg, len(tokens.train), hardware.world_size, typed):
             break
     if not timed:
         raise UserError(f"--time {train_cfg.time}: not even the smallest model does {MIN_STEPS // 10} steps in that "
@@ -285,9 +292,8 @@ def fit(
     hardware: machine.Hardware,
     typed: set[str],
 ) -> Plan:
-    """The plan for `budget_s` seconds: each candidate that fits in memory timed (probe.py, cached), smallest
-    first, until one is too slow for MIN_STEPS in the budget; then the rule (choose), on the ladder of half the depth
-    for a run on new text, or short_context for a short run on a text it repeats."""
+    """The plan for `budget_s` seconds: the ladder's shapes timed (_ladder) and the rule (choose); then, for a run
+    on new text, the same on the ladder of half the depth, or short_context for a short run on a text it repeats."""
     # the evaluations a timed run makes (EVAL_ITERS batches each, unless typed) are part of its time
     train_cfg = dataclasses.replace(train_cfg, eval_iters=train_cfg.eval_iters if "eval_iters" in typed else EVAL_ITERS)
     shapes, times = _ladder(budget_s, candidates(model_cfg, typed), train_cfg, hardware, tokens, typed)
@@ -295,8 +301,9 @@ def fit(
     i, steps, passes, why = choose(budget_s, shapes, times, train_cfg, train_tokens, hardware.world_size, typed)
     new_text = on_new_text(steps * config.tokens_per_step(shapes[i], train_cfg, hardware.world_size), train_tokens)
     if new_text and "n_layer" not in typed:  # the ladder of half the depth, at the preset's context
-        shapes, times = _ladder(budget_s, candidates(model_cfg, typed, NEW_TEXT_RUNGS), train_cfg, hardware, tokens,
-                                typed)
+        # from the width chosen up: that width at half the depth is faster and smaller, so it gets its tokens too
+        wider = [c for c in candidates(model_cfg, typed, NEW_TEXT_RUNGS) if c.n_embd >= shapes[i].n_embd]
+        shapes, times = _ladder(budget_s, wider, train_cfg, hardware, tokens, typed)
         i, steps, passes, why = choose(budget_s, shapes, times, train_cfg, train_tokens, hardware.world_size, typed)
         why += "; half the ladder's depth for a run on new text"
     cfg, step_s = shapes[i], times[i]
