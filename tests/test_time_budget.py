@@ -227,26 +227,36 @@ def test_a_short_timed_run_says_it_halves_the_context(tmp_path: Path, capsys) ->
     assert code == 0 and "block 64, batch 24," in line and "short run" not in line, line
 
 
-def test_a_run_on_new_text_is_planned_on_a_ladder_of_half_the_depth() -> None:
-    assert plan.NEW_TEXT_RUNGS[:5] == ((2, 64), (2, 96), (2, 128), (2, 192), (3, 256))  # 4 x 192 -> 2 x 192, ...
+def test_a_run_on_new_text_is_planned_shallow_on_the_ladders_widths() -> None:
+    from nanogpt.config import ModelConfig, TrainConfig
+
     assert [w for _, w in plan.NEW_TEXT_RUNGS] == [w for _, w in plan.RUNGS]  # the same widths
+    assert {n for n, _ in plan.NEW_TEXT_RUNGS} == {plan.NEW_TEXT_LAYERS}
     assert plan.on_new_text(1_000_000, 2_650_000)  # code at 1 minute: under half its text
     assert plan.on_new_text(2_800_000, 2_650_000)  # code at 3 minutes: about once
     assert not plan.on_new_text(1_200_000, 420_000)  # Tiny Shakespeare at 1 minute: 2.8 passes, depth pays
     assert not plan.on_new_text(plan.NEW_TEXT_TOKENS, 10**9)  # longer than measured: the ladder's depth
+    # code at 1 minute: 2 x 256 gets 0.8 tokens a block parameter, enough for the ladder's rule but not for the
+    # new-text one, which keeps 2 x 192 (1.7)
+    train = TrainConfig(batch_size=24, eval_iters=plan.EVAL_ITERS)
+    shapes = [ModelConfig(n_layer=2, n_embd=w, n_head=plan.heads_for(w), block_size=64, vocab_size=1024)
+              for w in (192, 256)]
+    assert plan.choose(60, shapes, [0.060, 0.069], train, 2_650_000, 1)[0] == 1
+    assert plan.choose(60, shapes, [0.060, 0.069], train, 2_650_000, 1, set(), plan.NEW_TEXT_TOKENS_PER_PARAM)[0] == 0
 
 
-def test_a_timed_run_on_new_text_says_it_trains_half_the_depth(tmp_path: Path, capsys) -> None:
+def test_a_timed_run_on_new_text_says_it_trains_shallow(tmp_path: Path, capsys) -> None:
     """Through the CLI: half a pass over a 720 K-token text (--max-passes 0.5) is a run on new text however fast the
-    machine. At width 64 the ladder's deepest rung (12 layers, 0.6 M block parameters) gets its 0.3 M tokens, so the
-    plan trains the rung at half its depth, 6 layers, at the preset's context (short runs on new text keep it), and
-    says so; a typed --layer-count keeps its depth (and the context)."""
+    machine. At width 64 the ladder's deepest rung (12 layers, 0.6 M block parameters) gets its 0.3 M tokens; the
+    plan trains the width at NEW_TEXT_LAYERS layers instead, at the preset's context (short runs on new text keep
+    it), and says so; a typed --layer-count keeps its depth (and the context)."""
     data = prepare_char(shakespeare_text()[:800_000], tmp_path / "text")
     args = ["--embedding-size", "64", "--head-count", "2", "--device", "cpu", "--dtype", "float32",
             "--data-dir", str(data), "--time", "10m", "--max-passes", "0.5", "--plan"]
     code, out, _ = run(capsys, *args)
     line = plan_line(out, "10m")
-    assert code == 0 and "6 layers x 64 " in line and "half the ladder's depth for a run on new text" in line, line
+    assert code == 0 and f"{plan.NEW_TEXT_LAYERS} layers x 64 " in line, line
+    assert f"{plan.NEW_TEXT_LAYERS} layers for a run on new text" in line, line
     assert "block 64, batch 24," in line and "contexts of" not in line, line  # new text keeps the preset's context
     code, out, _ = run(capsys, *args, "--layer-count", "4")
     line = plan_line(out, "10m")

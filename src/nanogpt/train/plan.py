@@ -16,8 +16,9 @@ The plan is a rule applied to measurements, never a search during the user's run
   the larger the model, the sooner its extra passes overfit. The loop's re-estimate never moves the end past that
   bound.
 - **Depth for a run on new text:** a run of fewer than NEW_TEXT_TOKENS tokens that sees its text fewer than
-  NEW_TEXT_PASSES times is planned again on a ladder of half the depth (NEW_TEXT_RUNGS): nothing bounds it but
-  compute, and on a CPU a shallower, wider model makes more steps of it. Where the text repeats, depth pays.
+  NEW_TEXT_PASSES times is planned again on the ladder's widths at NEW_TEXT_LAYERS layers, the widest that gets
+  NEW_TEXT_TOKENS_PER_PARAM tokens a block parameter: nothing bounds it but compute, and on a CPU a shallow, wide
+  model makes more steps of it. Where the text repeats, depth pays.
 - **Context for a short run on a text it repeats:** a run of fewer than SHORT_RUN_TOKENS tokens that is not on new
   text trains on contexts half its preset's, twice as many a step (short_context): a small model going over a
   small text again learns mostly local statistics, and more sequences a step steady its gradient. On new text the
@@ -47,14 +48,18 @@ from ..schedule import decay_start, parse_duration
 # (layers, embedding width) from small to large; heads of 64 dimensions (32 below 128 wide)
 RUNGS = ((2, 64), (3, 96), (4, 128), (4, 192), (6, 256), (6, 384), (8, 512), (12, 768))
 # A run on new text, fewer than NEW_TEXT_TOKENS tokens seeing its text fewer than NEW_TEXT_PASSES times, is planned
-# on the ladder at half its depth (at least 2 layers; unless --layer-count is typed): every token is new, nothing
-# bounds the run but compute, and on a CPU a shallower, wider model makes more steps of it. Measured on a 2-core
-# CPU (BENCHMARKS.md): on ~10 M characters of code at 1 minute (0.5 passes, block 32) 2 x 192 1.7586 against the
-# ladder's 4 x 192 1.8094 and 3 x 192 1.7865, at 3 minutes (1-1.2 passes) 3 x 256 1.6312-1.6412 against 4 x 192
-# 1.6560; on Vim's help files (9.5 M characters) at 1 minute 2 x 192 1.0686 against 4 x 192 1.1176, at 3 a tie.
-# Where the text repeats depth paid (Tiny Shakespeare at 1 minute, 2.8-3.5 passes: 4 x 192 2.1557 against 3 x 256
-# 2.1621 and 2 x 256 2.1611). Runs of more tokens than were measured keep the ladder's depth.
-NEW_TEXT_RUNGS = tuple((max(2, n_layer // 2), n_embd) for n_layer, n_embd in RUNGS)
+# again on the ladder's widths at NEW_TEXT_LAYERS layers (unless --layer-count is typed), the widest that gets
+# NEW_TEXT_TOKENS_PER_PARAM tokens a block parameter: every token is new, nothing bounds the run but compute, and on
+# a CPU a shallow, wide model makes more steps of it. Measured on a 2-core CPU (BENCHMARKS.md), on ~10 M characters
+# of code and on Vim's help files (9.5 M): at 1 minute (0.5 passes) 2 x 192 1.7717 and 1.0686-1.0735 against the
+# ladder's 4 x 192 1.8094 (block 32) and 1.1176, and 2 x 256 (0.8 tokens a parameter) 1.7838 and 1.0810; at 3
+# minutes (1-1.4 passes) 2 x 256 (2.5 tokens a parameter) 1.6434-1.6445 and 0.9642 against 4 x 192 1.6560 and
+# 0.9856, 3 x 256 1.6312-1.6412 and 0.9856. Where the text repeats depth paid (Tiny Shakespeare at 1 minute,
+# 2.8-3.5 passes: 4 x 192 2.1557 against 2 x 256 2.1611 and 2 x 192 2.1742). Runs of more tokens than were
+# measured keep the ladder's depth.
+NEW_TEXT_LAYERS = 2
+NEW_TEXT_RUNGS = tuple((NEW_TEXT_LAYERS, n_embd) for _, n_embd in RUNGS)
+NEW_TEXT_TOKENS_PER_PARAM = 1.0
 NEW_TEXT_PASSES = 2
 NEW_TEXT_TOKENS = 4_000_000
 TOKENS_PER_PARAM = 0.5
@@ -136,13 +141,14 @@ def with_eval_iters(budget_s: float, step_s: float, train_cfg: config.TrainConfi
 
 
 def gets_its_tokens(budget_s: float, cfg: config.ModelConfig, step_s: float, train_cfg: config.TrainConfig,
-                    train_tokens: int, world_size: int, typed: frozenset[str] | set[str] = frozenset()) -> bool:
-    """Whether `cfg` at `step_s` a step makes MIN_STEPS steps and gets TOKENS_PER_PARAM tokens a block parameter
+                    train_tokens: int, world_size: int, typed: frozenset[str] | set[str] = frozenset(),
+                    tokens_per_param: float = TOKENS_PER_PARAM) -> bool:
+    """Whether `cfg` at `step_s` a step makes MIN_STEPS steps and gets `tokens_per_param` tokens a block parameter
     in the budget, counting no more than its passes over the text: the test the rule's pick is the largest to pass."""
     steps = steps_in(budget_s, step_s, with_eval_iters(budget_s, step_s, train_cfg, typed))
     passes = passes_for(cfg, train_cfg, train_tokens, world_size, typed)
     tokens = min(steps * config.tokens_per_step(cfg, train_cfg, world_size), (passes or math.inf) * train_tokens)
-    return steps >= MIN_STEPS and tokens >= TOKENS_PER_PARAM * non_embedding_params(cfg)
+    return steps >= MIN_STEPS and tokens >= tokens_per_param * non_embedding_params(cfg)
 
 
 def choose(
@@ -153,11 +159,13 @@ def choose(
     train_tokens: int,
     world_size: int,
     typed: frozenset[str] | set[str] = frozenset(),
+    tokens_per_param: float = TOKENS_PER_PARAM,
 ) -> tuple[int, int, float, str]:
     """The rule: (index of the chosen shape, its steps, its passes bound, why), from each shape's measured step
     time: the largest shape that gets its tokens, else the smallest."""
     best = max((i for i, (cfg, t) in enumerate(zip(shapes, step_s))
-                if gets_its_tokens(budget_s, cfg, t, train_cfg, train_tokens, world_size, typed)), default=0)
+                if gets_its_tokens(budget_s, cfg, t, train_cfg, train_tokens, world_size, typed, tokens_per_param)),
+               default=0)
     steps_of = [steps_in(budget_s, t, with_eval_iters(budget_s, t, train_cfg, typed)) for t in step_s]
     passes_of = [passes_for(cfg, train_cfg, train_tokens, world_size, typed) for cfg in shapes]
     cfg, passes = shapes[best], passes_of[best]
@@ -256,8 +264,8 @@ def check_flags(train_cfg: config.TrainConfig, typed: set[str], resumed: bool) -
 
 
 def _ladder(budget_s: float, shapes: list[config.ModelConfig], train_cfg: config.TrainConfig,
-            hardware: machine.Hardware, tokens: data.TokenData, typed: set[str]
-            ) -> tuple[list[config.ModelConfig], list[float]]:
+            hardware: machine.Hardware, tokens: data.TokenData, typed: set[str],
+            tokens_per_param: float = TOKENS_PER_PARAM) -> tuple[list[config.ModelConfig], list[float]]:
     """The shapes that fit in memory and their measured step times (probe.py, cached), smallest first, up to the
     first that does not get its tokens (gets_its_tokens); refused when not even the first is fast enough."""
     from . import probe  # builds models: imported when a run is planned, not to check flags
@@ -276,7 +284,8 @@ def _ladder(budget_s: float, shapes: list[config.ModelConfig], train_cfg: config
         timed.append(cfg)
         times.append(seconds)
         # a larger shape is slower and wants more tokens: once one does not get them, none after it will
-        if not gets_its_tokens(budget_s, cfg, seconds, train_cfg, len(tokens.train), hardware.world_size, typed):
+        if not gets_its_tokens(budget_s, cfg, seconds, train_cfg, len(tokens.train), hardware.world_size, typed,
+                               tokens_per_param):
             break
     if not timed:
         raise UserError(f"--time {train_cfg.time}: not even the smallest model does {MIN_STEPS // 10} steps in that "
@@ -293,19 +302,19 @@ def fit(
     typed: set[str],
 ) -> Plan:
     """The plan for `budget_s` seconds: the ladder's shapes timed (_ladder) and the rule (choose); then, for a run
-    on new text, the same on the ladder of half the depth, or short_context for a short run on a text it repeats."""
+    on new text, the same on the shallow ladder, or short_context for a short run on a text it repeats."""
     # the evaluations a timed run makes (EVAL_ITERS batches each, unless typed) are part of its time
     train_cfg = dataclasses.replace(train_cfg, eval_iters=train_cfg.eval_iters if "eval_iters" in typed else EVAL_ITERS)
     shapes, times = _ladder(budget_s, candidates(model_cfg, typed), train_cfg, hardware, tokens, typed)
     train_tokens = len(tokens.train)
     i, steps, passes, why = choose(budget_s, shapes, times, train_cfg, train_tokens, hardware.world_size, typed)
     new_text = on_new_text(steps * config.tokens_per_step(shapes[i], train_cfg, hardware.world_size), train_tokens)
-    if new_text and "n_layer" not in typed:  # the ladder of half the depth, at the preset's context
-        # from the width chosen up: that width at half the depth is faster and smaller, so it gets its tokens too
-        wider = [c for c in candidates(model_cfg, typed, NEW_TEXT_RUNGS) if c.n_embd >= shapes[i].n_embd]
-        shapes, times = _ladder(budget_s, wider, train_cfg, hardware, tokens, typed)
-        i, steps, passes, why = choose(budget_s, shapes, times, train_cfg, train_tokens, hardware.world_size, typed)
-        why += "; half the ladder's depth for a run on new text"
+    if new_text and "n_layer" not in typed:  # the shallow ladder, at the preset's context
+        shapes, times = _ladder(budget_s, candidates(model_cfg, typed, NEW_TEXT_RUNGS), train_cfg, hardware, tokens,
+                                typed, NEW_TEXT_TOKENS_PER_PARAM)
+        i, steps, passes, why = choose(budget_s, shapes, times, train_cfg, train_tokens, hardware.world_size, typed,
+                                       NEW_TEXT_TOKENS_PER_PARAM)
+        why += f"; {NEW_TEXT_LAYERS} layers for a run on new text"
     cfg, step_s = shapes[i], times[i]
     # or, where the text repeats, the rule for a short run: a variant of the shape with its own step time and steps
     shorter = None if new_text else short_context(
