@@ -53,8 +53,8 @@ RUNGS = ((2, 64), (3, 96), (4, 128), (4, 192), (6, 256), (6, 384), (8, 512), (12
 # a CPU a shallow, wide model makes more steps of it. Measured on a 2-core CPU (BENCHMARKS.md), on ~10 M characters
 # of code and on Vim's help files (9.5 M): at 1 minute (0.5 passes) 2 x 192 1.7717 and 1.0686-1.0735 against the
 # ladder's 4 x 192 1.8094 (block 32) and 1.1176, and 2 x 256 (0.8 tokens a parameter) 1.7838 and 1.0810; at 3
-# minutes (1-1.4 passes) 2 x 256 (2.5 tokens a parameter) 1.6434-1.6445 and 0.9642 against 4 x 192 1.6560 and
-# 0.9856, 3 x 256 1.6312-1.6412 and 0.9856. Where the text repeats depth paid (Tiny Shakespeare at 1 minute,
+# minutes (1-1.5 passes) 2 x 256 (2.5 tokens a parameter) 1.6325-1.6445 and 0.9642-0.9686 against 4 x 192 1.6560
+# and 0.9856, 3 x 256 1.6312-1.6412 and 0.9856. Where the text repeats depth paid (Tiny Shakespeare at 1 minute,
 # 2.8-3.5 passes: 4 x 192 2.1557 against 2 x 256 2.1611 and 2 x 192 2.1742). Runs of more tokens than were
 # measured keep the ladder's depth.
 NEW_TEXT_LAYERS = 2
