@@ -29,6 +29,8 @@ from nanogpt import data  # noqa: E402 - after the path
 from nanogpt.checkpoint.reading import load_model  # noqa: E402
 from nanogpt.train.plan import heads_for  # noqa: E402
 
+PICKS = {"code": "2x192", "manual": "2x192", "shakespeare": "4x192", "alice": "4x128"}
+
 
 def trained(folder: Path, shape: str, steps: int, out: Path, cache: Path) -> Path:
     """The checkpoint stem of a --steps run of `shape` (LAYERSxWIDTH) at the default recipe, block 64 x batch 24."""
@@ -68,8 +70,8 @@ def noise_scale(stem: Path, folder: Path, small: int, batches: int, seed: int) -
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--texts", nargs="+", default=["code", "manual", "shakespeare", "alice"])
-    ap.add_argument("--shapes", nargs="+", default=["2x192", "2x192", "4x192", "4x128"],
-                    help="LAYERSxWIDTH per text (default: each text's pick at 1 minute on a 2-core CPU)")
+    ap.add_argument("--shapes", nargs="+", default=None,
+                    help="LAYERSxWIDTH per text (default: each text's pick at 1 minute on a 2-core CPU, PICKS)")
     ap.add_argument("--steps", nargs="+", type=int, default=[150, 300])
     ap.add_argument("--small", type=int, default=4, help="sequences in a small batch")
     ap.add_argument("--batches", type=int, default=32)
@@ -77,7 +79,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/nanogpt-time-budget"))
     args = ap.parse_args()
     print("| text | shape | steps | |G|^2 | tr(Sigma) | B_simple (sequences of 64) |\n|---|---|---:|---:|---:|---:|")
-    for text, shape in zip(args.texts, args.shapes):
+    for text, shape in zip(args.texts, args.shapes or [PICKS.get(t, "2x192") for t in args.texts]):
         folder = args.work / f"data-{text}"
         if not (folder / "vocab.json").is_file():
             sys.exit(f"{folder}: not prepared; run bench/time_budget.py --texts {text} first")
