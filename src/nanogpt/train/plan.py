@@ -166,11 +166,10 @@ def choose(
     best = max((i for i, (cfg, t) in enumerate(zip(shapes, step_s))
                 if gets_its_tokens(budget_s, cfg, t, train_cfg, train_tokens, world_size, typed, tokens_per_param)),
                default=0)
-    steps_of = [steps_in(budget_s, t, with_eval_iters(budget_s, t, train_cfg, typed)) for t in step_s]
-    passes_of = [passes_for(cfg, train_cfg, train_tokens, world_size, typed) for cfg in shapes]
-    cfg, passes = shapes[best], passes_of[best]
+    cfg, seconds = shapes[best], step_s[best]
+    passes = passes_for(cfg, train_cfg, train_tokens, world_size, typed)
     per_step = config.tokens_per_step(cfg, train_cfg, world_size)
-    steps = steps_of[best]
+    steps = steps_in(budget_s, seconds, with_eval_iters(budget_s, seconds, train_cfg, typed))
     passes_cap = passes_steps(dataclasses.replace(train_cfg, max_passes=passes), cfg, train_tokens, world_size)
     if passes_cap is not None and passes_cap < steps:
         halved = " (half of --max-passes, for a model this large for its text)" \
