@@ -4,8 +4,8 @@ batch size, in sequences, beyond which a larger batch stops paying, measured on 
 For each text: the real CLI trains the shape for --steps steps at the default recipe, then the saved model's
 gradient is taken on --batches small batches of --small sequences; from the mean squared norm of the small
 batches' gradients and the squared norm of their mean, B_simple = tr(Sigma) / |G|^2 (their Appendix A). One
-estimate per text and seed, noisy; it grows as the loss falls. The texts are those of bench/time_budget.py,
-prepared there first (its --work folder).
+estimate per text and seed, noisy; it grows as the loss falls. The texts and their preparation are
+bench/time_budget.py's (its --work folder).
 
     python bench/noise_scale.py --texts code manual --steps 150 300
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,24 +22,24 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-# bench/tokenizers.py would shadow Hugging Face's tokenizers package, which a learned BPE's vocabulary loads
+# bench/ goes last: its tokenizers.py would otherwise shadow Hugging Face's package, which a learned BPE loads
 sys.path[:] = [str(ROOT / "src")] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-from nanogpt import data  # noqa: E402 - after the path
+sys.path.append(str(ROOT / "bench"))
+import time_budget  # noqa: E402 - after the path
+from nanogpt import data  # noqa: E402
 from nanogpt.checkpoint.reading import load_model  # noqa: E402
-from nanogpt.train.plan import heads_for  # noqa: E402
 
 PICKS = {"code": "2x192", "manual": "2x192", "shakespeare": "4x192", "alice": "4x128"}
 
 
 def trained(folder: Path, shape: str, steps: int, out: Path, cache: Path) -> Path:
     """The checkpoint stem of a --steps run of `shape` (LAYERSxWIDTH) at the default recipe, block 64 x batch 24."""
-    layers, width = (int(v) for v in shape.split("x"))
     shutil.rmtree(out, ignore_errors=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "NANOGPT_CACHE_DIR": str(cache)}
-    subprocess.run([sys.executable, "-m", "nanogpt", "train", "--headless", "--data-dir", str(folder),
-                    "--preset", "cpu-small", "--layer-count", str(layers), "--embedding-size", str(width),
-                    "--head-count", str(heads_for(width)), "--block-size", "64", "--batch-size", "24",
-                    "--steps", str(steps), "--out-dir", str(out)], env=env, capture_output=True, check=True)
+    done = time_budget.cli("train", "--headless", "--data-dir", str(folder), *time_budget.shape_flags(shape),
+                           "--block-size", "64", "--batch-size", "24", "--steps", str(steps), "--out-dir", str(out),
+                           cache=cache)
+    if done.returncode:
+        sys.exit(f"train {folder.name} {shape}: {done.stderr.strip()[-300:]}")
     return max(out.glob("*.safetensors"), key=os.path.getmtime).with_suffix("")
 
 
@@ -76,13 +75,12 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=4, help="sequences in a small batch")
     ap.add_argument("--batches", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--code-chars", type=int, default=10_000_000)
     ap.add_argument("--work", type=Path, default=Path("/tmp/nanogpt-time-budget"))
     args = ap.parse_args()
     print("| text | shape | steps | |G|^2 | tr(Sigma) | B_simple (sequences of 64) |\n|---|---|---:|---:|---:|---:|")
     for text, shape in zip(args.texts, args.shapes or [PICKS.get(t, "2x192") for t in args.texts]):
-        folder = args.work / f"data-{text}"
-        if not (folder / "vocab.json").is_file():
-            sys.exit(f"{folder}: not prepared; run bench/time_budget.py --texts {text} first")
+        folder = time_budget.prepared(text, args.work, args.code_chars)
         for steps in args.steps:
             out = args.work / f"noise-{text}"
             stem = trained(folder, shape, steps, out, args.work / "cache")
