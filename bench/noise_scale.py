@@ -22,9 +22,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-# bench/ goes last: its tokenizers.py would otherwise shadow Hugging Face's package, which a learned BPE loads
-sys.path[:] = [str(ROOT / "src")] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-sys.path.append(str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "src"))
 import time_budget  # noqa: E402 - after the path
 from nanogpt import data  # noqa: E402
 from nanogpt.checkpoint.reading import load_model  # noqa: E402

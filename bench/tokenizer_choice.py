@@ -16,9 +16,9 @@ tokenizes (the bench checks that the val.bin of every tokenizer covers the same 
 evaluated on every non-overlapping block of its val.bin: bits per byte = the summed loss in nats over all
 target tokens / ln 2 / the UTF-8 bytes of those targets (GPT-2's <|endoftext|> counts 0 bytes).
 
-    PYTHONPATH=src python bench/tokenizers.py                    # 20 s per run, seeds 1337 1 2 (about 20 min)
-    PYTHONPATH=src python bench/tokenizers.py --seconds 60 --vocab-sizes 1024 2048
-    PYTHONPATH=src python bench/tokenizers.py --quick             # a smoke run: a few seconds per run, one seed
+    PYTHONPATH=src python bench/tokenizer_choice.py                    # 20 s per run, seeds 1337 1 2 (about 20 min)
+    PYTHONPATH=src python bench/tokenizer_choice.py --seconds 60 --vocab-sizes 1024 2048
+    PYTHONPATH=src python bench/tokenizer_choice.py --quick             # a smoke run: a few seconds per run, one seed
 
 Prints a markdown table for BENCHMARKS.md: bpb is the mean over seeds +- their sample standard deviation.
 """
