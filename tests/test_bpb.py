@@ -49,8 +49,8 @@ def direct_bpb(stem: Path, data_dir: Path) -> tuple[float, float]:
     meta = json.loads((data_dir / "vocab.json").read_text(encoding="utf-8"))
     cfg = checkpoint.read(stem).train_cfg
     val = data.load(data_dir).val
-    batches = data.BatchSampler(val, block_size=model.config.block_size, batch_size=cfg.eval_batch_size,
-                                seed=cfg.seed, stream=data.VAL_STREAM, device=torch.device("cpu"))
+    batches = data.SpreadSampler(val, block_size=model.config.block_size, batch_size=cfg.eval_batch_size,
+                                 windows=cfg.eval_iters * cfg.eval_batch_size, device=torch.device("cpu"))
     sizes = byte_lengths(meta)
     nats, n_bytes, n_targets = 0.0, 0, 0
     with torch.no_grad():

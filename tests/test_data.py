@@ -42,6 +42,33 @@ def test_windows_come_from_the_data(shakespeare_dir: Path) -> None:
         assert row.tolist() == tokens.train[start : start + 16].astype(int).tolist()
 
 
+def spread(tokens: np.ndarray, batch_size: int, windows: int) -> data.SpreadSampler:
+    return data.SpreadSampler(tokens, block_size=16, batch_size=batch_size, windows=windows,
+                              device=torch.device("cpu"))
+
+
+def test_validation_windows_are_spread_over_the_whole_split(shakespeare_dir: Path) -> None:
+    val = data.load(shakespeare_dir).val
+    s = spread(val, batch_size=4, windows=12)
+    starts = np.concatenate([s.offsets(i) for i in range(3)])
+    assert starts[0] == 0 and starts[-1] == len(val) - 17  # the last window's targets end on the last token
+    gaps = np.diff(starts)
+    assert gaps.min() >= len(val) // 12 - 1 and gaps.max() <= len(val) // 11 + 1
+    x, y = s.batch(2)
+    for row, start in zip(x, starts[8:], strict=True):
+        assert row.tolist() == val[start : start + 16].astype(int).tolist()
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    assert np.array_equal(s.offsets(3), starts[:4])  # past the end (a sharded run's last round) it wraps
+
+
+def test_validation_windows_do_not_depend_on_the_batch_size(shakespeare_dir: Path) -> None:
+    # the same windows in batches of 4 or of 6: runs that differ in batch size are scored on the same text
+    val = data.load(shakespeare_dir).val
+    by4, by6 = spread(val, 4, 24), spread(val, 6, 24)
+    assert np.array_equal(np.concatenate([by4.offsets(i) for i in range(6)]),
+                          np.concatenate([by6.offsets(i) for i in range(4)]))
+
+
 def test_ranks_split_the_single_process_stream() -> None:
     # 2 ranks x 2 micro-steps draw exactly the micro-batches one process with 4 micro-steps draws
     single = [data.global_batch_index(8, m, 0, 1) for m in range(4)]

@@ -428,9 +428,10 @@ def test_unexpected_error_with_deferred_loss_reads_keeps_every_finished_step(
 # ----------------------------------------------------------------------------- what the model learns
 def direct_validation_loss(model, tokens, trainer) -> float:
     """A source's validation loss computed here, from its own stretch of val.bin, as the engine draws batches."""
-    batches = data.BatchSampler(
-        tokens, block_size=trainer.model_cfg.block_size, batch_size=trainer.train_cfg.eval_batch_size,
-        seed=trainer.train_cfg.seed, stream=data.VAL_STREAM, device=torch.device("cpu"),
+    cfg = trainer.train_cfg
+    batches = data.SpreadSampler(
+        tokens, block_size=trainer.model_cfg.block_size, batch_size=cfg.eval_batch_size,
+        windows=cfg.eval_iters * cfg.eval_batch_size, device=torch.device("cpu"),
     )
     with torch.no_grad():
         return sum(model(*batches.batch(i))[1].item() for i in range(trainer.train_cfg.eval_iters)) / (

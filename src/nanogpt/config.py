@@ -201,7 +201,7 @@ class TrainConfig:
     # evaluation and logging
     validation_interval: int = opt(250, "steps between validation-loss evaluations (0: only at the end)")
     validation_batch: int = opt(0, "batch size for validation (0: same as --batch-size)")
-    eval_iters: int = opt(20, "batches averaged per validation-loss evaluation")
+    eval_iters: int = opt(20, "batches averaged per evaluation (windows spread evenly over val.bin)")
     overfit_evaluations: int = opt(
         3, "say the run overfits when the validation loss rose at this many evaluations in a row while the "
         "training loss fell"

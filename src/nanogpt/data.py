@@ -294,12 +294,13 @@ class BatchSampler:
         self.device = device
         self._window = np.arange(block_size + 1)
 
+    def offsets(self, index: int) -> np.ndarray:
+        """Start offsets of batch `index`'s windows."""
+        return batch_offsets(self.seed, self.stream, index, self.batch_size, len(self.tokens), self.block_size)
+
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and next-token targets, both (batch_size, block_size) int64 on the device."""
-        offsets = batch_offsets(
-            self.seed, self.stream, index, self.batch_size, len(self.tokens), self.block_size
-        )
-        read = self.tokens[offsets[:, None] + self._window]
+        read = self.tokens[self.offsets(index)[:, None] + self._window]
         if self.vocab_size is not None and int(read.max()) >= self.vocab_size:
             top = int(read.max())
             raise UserError(
@@ -314,6 +315,27 @@ class BatchSampler:
         else:
             windows = windows.to(self.device)
         return windows[:, :-1], windows[:, 1:]
+
+
+class SpreadSampler(BatchSampler):
+    """Validation batches: `windows` windows spread evenly over the split, from its first token to its last, batch
+    i holding windows i*B to i*B+B-1 (wrapping to the first ones past the end).
+
+    Spread, not drawn at random: on a text whose parts differ (source code, a manual's chapters) a random draw of a
+    few hundred windows moves the loss by several percent from one draw to the next, and the draw depended on the
+    batch size, so two runs that differed only in batch size were scored on different text. Spread evenly, every
+    part of the split counts by its length, and runs with the same context and windows are scored on the same ones.
+    """
+
+    def __init__(self, tokens: np.ndarray, *, block_size: int, batch_size: int, windows: int, device: torch.device,
+                 vocab_size: int | None = None):
+        super().__init__(tokens, block_size=block_size, batch_size=batch_size, seed=0, stream=VAL_STREAM,
+                         device=device, vocab_size=vocab_size)
+        # the last window's targets end on the split's last token, as a random draw's can
+        self.starts = np.linspace(0, len(tokens) - block_size - 1, max(1, windows)).round().astype(np.int64)
+
+    def offsets(self, index: int) -> np.ndarray:
+        return self.starts[(index * self.batch_size + np.arange(self.batch_size)) % len(self.starts)]
 
 
 def global_batch_index(counter: int, micro_step: int, rank: int, world_size: int) -> int:

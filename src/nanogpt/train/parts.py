@@ -30,23 +30,23 @@ def optimizer_for(model: GPT, train_cfg: config.TrainConfig, hardware: machine.H
 def samplers(
     tokens: data.TokenData, model_cfg: config.ModelConfig, train_cfg: config.TrainConfig, device: torch.device
 ) -> Samplers:
-    """The training and validation batches (each a pure function of seed and index), and for a mixology
-    dataset each source's validation batches from its own stretch of val.bin (a source with fewer tokens than
-    a window is left out)."""
+    """The training batches (each a pure function of seed and index), the validation batches (windows spread
+    evenly over val.bin, data.SpreadSampler), and for a mixology dataset each source's validation batches, spread
+    over its own stretch of val.bin (a source with fewer tokens than a window is left out)."""
 
-    def sampler(tokens_of: Any, batch_size: int, stream: int) -> data.BatchSampler:
-        return data.BatchSampler(
-            tokens_of, block_size=model_cfg.block_size, batch_size=batch_size, seed=train_cfg.seed,
-            stream=stream, device=device, vocab_size=tokens.vocab_size,
+    def spread(tokens_of: Any) -> data.SpreadSampler:
+        return data.SpreadSampler(
+            tokens_of, block_size=model_cfg.block_size, batch_size=train_cfg.eval_batch_size,
+            windows=train_cfg.eval_iters * train_cfg.eval_batch_size, device=device, vocab_size=tokens.vocab_size,
         )
 
     by_source = {
-        name: sampler(tokens.val[start:stop], train_cfg.eval_batch_size, data.VAL_STREAM)
+        name: spread(tokens.val[start:stop])
         for name, start, stop in data.val_sources(tokens.meta, len(tokens.val))
         if stop - start > model_cfg.block_size
     }
-    return Samplers(
-        sampler(tokens.train, train_cfg.batch_size, data.TRAIN_STREAM),
-        sampler(tokens.val, train_cfg.eval_batch_size, data.VAL_STREAM),
-        by_source,
+    train = data.BatchSampler(
+        tokens.train, block_size=model_cfg.block_size, batch_size=train_cfg.batch_size, seed=train_cfg.seed,
+        stream=data.TRAIN_STREAM, device=device, vocab_size=tokens.vocab_size,
     )
+    return Samplers(train, spread(tokens.val), by_source)
