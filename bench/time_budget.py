@@ -40,7 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-from nanogpt.train.plan import heads_for  # noqa: E402 - after the path
+from nanogpt.train.rules import heads_for  # noqa: E402 - after the path
 from whole_split import whole_split_bpb  # noqa: E402
 SHARED = ROOT.parent / "shared" / "data"
 # the frontier's shapes at each budget: the rungs a 2-core CPU can train usefully in that time (a run of 6 x 384

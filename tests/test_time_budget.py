@@ -13,7 +13,7 @@ from engine_fixtures import TINY_FLAGS, prepare_char, shakespeare_text
 
 from nanogpt.cli import main
 from nanogpt.schedule import decay_start, parse_duration
-from nanogpt.train import plan
+from nanogpt.train import plan, rules
 
 # the tiny model with its width left to the plan (its depth and heads typed: the plan keeps them)
 OPEN_WIDTH = [f for i, f in enumerate(TINY_FLAGS) if "--embedding-size" not in (f, TINY_FLAGS[i - 1])]
@@ -73,7 +73,7 @@ def test_plan_says_the_plan_and_trains_nothing(shakespeare_dir: Path, tmp_path: 
     assert shape is not None, line
     layers, width, heads, block, batch, steps = (int(g.replace(",", "")) for g in shape.groups())
     # the typed flags win (depth, heads, context, batch); the width is one of the plan's rungs
-    assert (layers, heads, block, batch) == (2, 2, 32, 8) and width in {w for _, w in plan.RUNGS}
+    assert (layers, heads, block, batch) == (2, 2, 32, 8) and width in {w for _, w in rules.RUNGS}
     assert steps >= 1
     # the same machine, text and budget: the same plan from the probe's cached times. A time measured on a busy
     # machine is measured again (and the test runs beside others): here each is marked as measured idle
@@ -175,10 +175,10 @@ def test_a_model_large_for_its_text_gets_half_the_passes_unless_the_text_is_tiny
     small, large = (ModelConfig(n_layer=n, n_embd=w, n_head=2, block_size=64, vocab_size=512)
                     for n, w in ((4, 128), (4, 192)))  # 0.79 M and 1.78 M block parameters
     text = 411_000  # tokens: Tiny Shakespeare's training part as the default BPE cuts it
-    assert plan.passes_for(small, train, text, 1, set()) == 8  # under LARGE_FOR_TEXT block parameters a token
-    assert plan.passes_for(large, train, text, 1, set()) == 4
-    assert plan.passes_for(large, train, text, 1, {"max_passes"}) == 8  # typed: as typed
-    assert plan.passes_for(large, train, 58_000, 1, set()) == 8  # 4 passes of Alice: 150 steps, too few
+    assert rules.passes_for(small, train, text, 1, set()) == 8  # under LARGE_FOR_TEXT block parameters a token
+    assert rules.passes_for(large, train, text, 1, set()) == 4
+    assert rules.passes_for(large, train, text, 1, {"max_passes"}) == 8  # typed: as typed
+    assert rules.passes_for(large, train, 58_000, 1, set()) == 8  # 4 passes of Alice: 150 steps, too few
     # the rule then picks the larger shape at 4 passes where it gets its tokens, and says why it ends early
     best, steps, passes, why = plan.choose(600, [small, large], [0.057, 0.099], train, text, 1)
     assert (best, passes) == (1, 4) and steps == int(4 * text / (24 * 64)) and "half of --max-passes" in why
@@ -189,14 +189,14 @@ def test_a_short_run_trains_on_half_the_context_twice_as_many_a_step_unless_eith
 
     cfg = ModelConfig(n_layer=4, n_embd=128, n_head=2, block_size=64, vocab_size=1024)
     train = TrainConfig(batch_size=24)
-    short_cfg, short_train = plan.short_context(cfg, train, plan.SHORT_RUN_TOKENS - 1, set())
+    short_cfg, short_train = rules.short_context(cfg, train, rules.SHORT_RUN_TOKENS - 1, set())
     assert (short_cfg.block_size, short_train.batch_size) == (32, 48)
     assert tokens_per_step(short_cfg, short_train, 1) == tokens_per_step(cfg, train, 1)  # the same tokens a step
-    assert plan.short_context(cfg, train, plan.SHORT_RUN_TOKENS, set()) is None  # a longer run keeps its context
-    assert plan.short_context(cfg, train, 1000, {"block_size"}) is None  # typed: the user's
-    assert plan.short_context(cfg, train, 1000, {"batch_size"}) is None
-    shortest = ModelConfig(n_layer=4, n_embd=128, n_head=2, block_size=plan.SHORTEST_CONTEXT, vocab_size=1024)
-    assert plan.short_context(shortest, train, 1000, set()) is None
+    assert rules.short_context(cfg, train, rules.SHORT_RUN_TOKENS, set()) is None  # a longer run keeps its context
+    assert rules.short_context(cfg, train, 1000, {"block_size"}) is None  # typed: the user's
+    assert rules.short_context(cfg, train, 1000, {"batch_size"}) is None
+    shortest = ModelConfig(n_layer=4, n_embd=128, n_head=2, block_size=rules.SHORTEST_CONTEXT, vocab_size=1024)
+    assert rules.short_context(shortest, train, 1000, set()) is None
 
 
 def test_the_ladder_is_probed_only_up_to_the_first_shape_too_large_for_its_tokens(tmp_path: Path, capsys) -> None:
@@ -230,37 +230,45 @@ def test_a_short_timed_run_says_it_halves_the_context(tmp_path: Path, capsys) ->
 def test_a_run_on_new_text_is_planned_shallow_on_the_ladders_widths() -> None:
     from nanogpt.config import ModelConfig, TrainConfig
 
-    assert [w for _, w in plan.NEW_TEXT_RUNGS] == [w for _, w in plan.RUNGS]  # the same widths
-    assert {n for n, _ in plan.NEW_TEXT_RUNGS} == {plan.NEW_TEXT_LAYERS}
-    assert plan.on_new_text(1_000_000, 2_650_000)  # code at 1 minute: under half its text
-    assert plan.on_new_text(2_800_000, 2_650_000)  # code at 3 minutes: about once
-    assert not plan.on_new_text(1_200_000, 420_000)  # Tiny Shakespeare at 1 minute: 2.8 passes, depth pays
-    assert not plan.on_new_text(plan.NEW_TEXT_TOKENS, 10**9)  # longer than measured: the ladder's depth
+    assert [w for _, w in rules.NEW_TEXT_RUNGS] == [w for _, w in rules.RUNGS]  # the same widths
+    assert {n for n, _ in rules.NEW_TEXT_RUNGS} == {rules.NEW_TEXT_LAYERS}
+    assert rules.on_new_text(1_000_000, 2_650_000)  # code at 1 minute: under half its text
+    assert rules.on_new_text(2_800_000, 2_650_000)  # code at 3 minutes: about once
+    assert not rules.on_new_text(1_200_000, 420_000)  # Tiny Shakespeare at 1 minute: 2.8 passes, depth pays
+    assert not rules.on_new_text(rules.NEW_TEXT_TOKENS, 10**9)  # longer than measured: the ladder's depth
     # code at 1 minute: 2 x 256 gets 0.8 tokens a block parameter, enough for the ladder's rule but not for the
     # new-text one, which keeps 2 x 192 (1.7)
     train = TrainConfig(batch_size=24, eval_iters=plan.EVAL_ITERS)
-    shapes = [ModelConfig(n_layer=2, n_embd=w, n_head=plan.heads_for(w), block_size=64, vocab_size=1024)
+    shapes = [ModelConfig(n_layer=2, n_embd=w, n_head=rules.heads_for(w), block_size=64, vocab_size=1024)
               for w in (192, 256)]
     assert plan.choose(60, shapes, [0.060, 0.069], train, 2_650_000, 1)[0] == 1
-    assert plan.choose(60, shapes, [0.060, 0.069], train, 2_650_000, 1, set(), plan.NEW_TEXT_TOKENS_PER_PARAM)[0] == 0
+    assert plan.choose(60, shapes, [0.060, 0.069], train, 2_650_000, 1, set(), rules.NEW_TEXT_TOKENS_PER_PARAM)[0] == 0
 
 
-def test_a_timed_run_on_new_text_says_it_trains_shallow(tmp_path: Path, capsys) -> None:
+def test_a_timed_run_on_new_text_says_it_trains_shallow_on_a_larger_batch(tmp_path: Path, capsys) -> None:
     """Through the CLI: half a pass over a 720 K-token text (--max-passes 0.5) is a run on new text however fast the
     machine. At width 64 the ladder's deepest rung (12 layers, 0.6 M block parameters) gets its 0.3 M tokens; the
-    plan trains the width at NEW_TEXT_LAYERS layers instead, at the preset's context (short runs on new text keep
-    it), and says so; a typed --layer-count keeps its depth (and the context)."""
+    plan trains the width at NEW_TEXT_LAYERS layers instead, with NEW_TEXT_BATCH times the batch, at the preset's
+    context (short runs on new text keep it), and says so; a typed --layer-count or --batch-size is kept."""
     data = prepare_char(shakespeare_text()[:800_000], tmp_path / "text")
     args = ["--embedding-size", "64", "--head-count", "2", "--device", "cpu", "--dtype", "float32",
             "--data-dir", str(data), "--time", "10m", "--max-passes", "0.5", "--plan"]
     code, out, _ = run(capsys, *args)
     line = plan_line(out, "10m")
-    assert code == 0 and f"{plan.NEW_TEXT_LAYERS} layers x 64 " in line, line
-    assert f"{plan.NEW_TEXT_LAYERS} layers for a run on new text" in line, line
-    assert "block 64, batch 24," in line and "contexts of" not in line, line  # new text keeps the preset's context
-    code, out, _ = run(capsys, *args, "--layer-count", "4")
+    assert code == 0 and f"{rules.NEW_TEXT_LAYERS} layers x 64 " in line, line
+    assert f"{rules.NEW_TEXT_LAYERS} layers and {rules.NEW_TEXT_BATCH}x the batch for a run on new text" in line, line
+    # twice the preset's batch (cpu-small: 24), at its context: short runs on new text keep it
+    assert f"block 64, batch {24 * rules.NEW_TEXT_BATCH}," in line and "contexts of" not in line, line
+    code, out, _ = run(capsys, *args, "--layer-count", "4")  # a typed depth is kept; the batch still grows
     line = plan_line(out, "10m")
-    assert code == 0 and "4 layers x 64 " in line and "new text" not in line and "block 64," in line, line
+    assert code == 0 and "4 layers x 64 " in line and f"; {rules.NEW_TEXT_BATCH}x the batch for a run on new" in line
+    assert f"block 64, batch {24 * rules.NEW_TEXT_BATCH}," in line, line
+    code, out, _ = run(capsys, *args, "--batch-size", "16")  # a typed batch is kept; the depth is still shallow
+    line = plan_line(out, "10m")
+    assert code == 0 and "batch 16," in line and f"; {rules.NEW_TEXT_LAYERS} layers for a run on new" in line, line
+    code, out, _ = run(capsys, *args, "--batch-size", "16", "--layer-count", "4")  # both typed: nothing to change
+    line = plan_line(out, "10m")
+    assert code == 0 and "4 layers x 64 " in line and "batch 16," in line and "new text" not in line, line
 
 
 def test_a_timed_run_from_weights_keeps_their_shape_and_context(shakespeare_dir: Path, tmp_path: Path, capsys) -> None:

@@ -4,26 +4,9 @@ The plan is a rule applied to measurements, never a search during the user's run
 - **Measured:** the step time of each candidate shape on this machine, on this run's hardware (device,
   precision, CPU shards), by a short probe through the real `Stepper` (probe.py), cached per machine and shape.
   The precision `--dtype auto` chose for the preset's step is measured again for the plan's (gate.py).
-- **Tokens per parameter:** at a budget of D tokens (no more than --max-passes passes over the text), the
-  largest candidate whose non-embedding parameters N satisfy D >= TOKENS_PER_PARAM x N. Chinchilla's optimum is
-  ~20 at 10^8+ parameters; at the sizes a CPU trains in minutes the sweep's frontier lies at 0.3-4 tokens a
-  parameter, and 0.5 lands within 2% of its best at every point measured, where 2 picked a model too small for
-  a small text (BENCHMARKS.md, "The best model in the time you give", bench/time_budget.py).
-- **Passes over the text:** at most --max-passes passes (8 unless typed; 0 fills the time). Past about four,
-  repeated tokens are worth less than new ones (Muennighoff et al. 2023) and a small model overfits a small
-  text; so a small text gets a short run that decays on its last pass, and the plan says so rather than burning
-  the budget on overfitting. A model large for its text gets half as many unless they are typed (passes_for):
-  the larger the model, the sooner its extra passes overfit. The loop's re-estimate never moves the end past that
-  bound.
-- **Depth for a run on new text:** a run of fewer than NEW_TEXT_TOKENS tokens that sees its text fewer than
-  NEW_TEXT_PASSES times is planned again on the ladder's widths at NEW_TEXT_LAYERS layers, the widest that gets
-  NEW_TEXT_TOKENS_PER_PARAM tokens a block parameter: nothing bounds it but compute, and on a CPU a shallow, wide
-  model makes more steps of it. Where the text repeats, depth pays.
-- **Context for a short run on a text it repeats:** a run of fewer than SHORT_RUN_TOKENS tokens that is not on new
-  text trains on contexts half its preset's, twice as many a step (short_context): a small model going over a
-  small text again learns mostly local statistics, and more sequences a step steady its gradient. On new text the
-  context lost cost more than that gained (Vim's help files). Its step time is measured again, and its steps
-  planned from it.
+- **The rules** (rules.py): the largest shape that gets TOKENS_PER_PARAM tokens a block parameter in the time,
+  at most --max-passes passes over the text, shallow with a larger batch on new text, shorter contexts for a short
+  run on a text it repeats.
 - **The schedule fills the time:** steps from the measured step time, less the evaluations' share; the loop
   measures again once the first steps have run and moves the end (Budget), so WSD's decay lands on the end.
 
@@ -44,45 +27,13 @@ from ..events import Replanned
 from ..runtime import fit as memory_fit
 from ..runtime import machine
 from ..schedule import decay_start, parse_duration
+from .rules import (NEW_TEXT_BATCH, NEW_TEXT_LAYERS, NEW_TEXT_RUNGS, NEW_TEXT_TOKENS_PER_PARAM, RUNGS, TOKENS_PER_PARAM,
+                    heads_for, non_embedding_params, on_new_text, passes_for, short_context)
 
-# (layers, embedding width) from small to large; heads of 64 dimensions (32 below 128 wide)
-RUNGS = ((2, 64), (3, 96), (4, 128), (4, 192), (6, 256), (6, 384), (8, 512), (12, 768))
-# A run on new text, fewer than NEW_TEXT_TOKENS tokens seeing its text fewer than NEW_TEXT_PASSES times, is planned
-# again on the ladder's widths at NEW_TEXT_LAYERS layers (unless --layer-count is typed), the widest that gets
-# NEW_TEXT_TOKENS_PER_PARAM tokens a block parameter: every token is new, nothing bounds the run but compute, and on
-# a CPU a shallow, wide model makes more steps of it. Measured on a 2-core CPU (BENCHMARKS.md), on ~10 M characters
-# of code and on Vim's help files (9.5 M): at 1 minute (0.5 passes) 2 x 192 1.7717 and 1.0686-1.0735 against the
-# ladder's 4 x 192 1.8094 (block 32) and 1.1176, and 2 x 256 (0.8 tokens a parameter) 1.7838 and 1.0810; at 3
-# minutes (1-1.5 passes) 2 x 256 (2.5 tokens a parameter) 1.6325-1.6445 and 0.9642-0.9686 against 4 x 192 1.6560
-# and 0.9856, 3 x 256 1.6312-1.6412 and 0.9856. Where the text repeats depth paid (Tiny Shakespeare at 1 minute,
-# 2.8-3.5 passes: 4 x 192 2.1557 against 2 x 256 2.1611 and 2 x 192 2.1742). Runs of more tokens than were
-# measured keep the ladder's depth.
-NEW_TEXT_LAYERS = 2
-NEW_TEXT_RUNGS = tuple((NEW_TEXT_LAYERS, n_embd) for _, n_embd in RUNGS)
-NEW_TEXT_TOKENS_PER_PARAM = 1.0
-NEW_TEXT_PASSES = 2
-NEW_TEXT_TOKENS = 4_000_000
-TOKENS_PER_PARAM = 0.5
 SHAPE_FIELDS = {"n_layer", "n_embd", "n_head", "block_size"}  # what --init-from's weights fix (as if typed)
 EVALUATIONS = 10  # validation losses over a timed run (and one at the end), so the best checkpoint is found
 MIN_STEPS = 100  # a candidate too slow for this many steps in the budget is not a plan
 EVAL_ITERS = 10  # batches per evaluation in a timed run, unless typed
-# A model of more block parameters than LARGE_FOR_TEXT a training token gets half the --max-passes, unless typed
-# or unless the halved run would be shorter than DATA_STEPS steps (on a tiny text a short run is starved of steps
-# more than a long one overfits). Fitted on Tiny Shakespeare and the Alice text (BENCHMARKS.md): 4 x 128 paid
-# best at 8 passes, the larger shapes at 4; at 4 passes (150 steps) the Alice text's small shapes lost 8%.
-LARGE_FOR_TEXT = 3
-DATA_STEPS = 500
-# A run of fewer than SHORT_RUN_TOKENS tokens, not on new text, trains on contexts half its preset's, twice as many
-# a step (the same tokens a step), unless --block-size or --batch-size is typed: in a short run a small model
-# learns mostly local statistics, and more, shorter sequences give a steadier gradient for less attention.
-# Measured on 2-core CPU runs of 0.46-3.3 M tokens (BENCHMARKS.md): block 32 x batch 48 beat 64 x 24 by 0.8-2.3%
-# on the Alice text, Tiny Shakespeare (BPE) and code at 0.5-2.5 M tokens, equalled it on Shakespeare by
-# characters, and lost 0.5% at 3.3 M (Shakespeare, 4 x 128) and 0.9-1.3% at 2.8 M (code, 3 x 256). On new text
-# it is not applied: on Vim's help files (~9 M characters, half a pass in a minute) it lost 3.6-5.8% (2 x 192:
-# 1.1307 against 1.0686 at 64 x 24), and on code it was mixed (-0.8% to +0.7%).
-SHORT_RUN_TOKENS = 2_500_000
-SHORTEST_CONTEXT = 32  # tokens: a context is not halved below this (16 lost 0.9% to 32 on Shakespeare in a minute)
 EVAL_SHARE = 0.2  # of the budget the evaluations take at most, unless --eval-iters is typed (fewer batches each)
 REESTIMATE_AFTER = 10  # steps before the loop first measures the step time again (warm-up and compiling over)
 OVERRUN = 0.08  # the loop stops (saving) past the budget by this share: a guard the re-estimate should never meet
@@ -92,10 +43,6 @@ class Plan(NamedTuple):
     model_cfg: config.ModelConfig
     train_cfg: config.TrainConfig
     line: str  # said before training
-
-
-def heads_for(n_embd: int) -> int:
-    return max(2, n_embd // 64) if n_embd >= 128 else max(2, n_embd // 32)
 
 
 def candidates(model_cfg: config.ModelConfig, typed: set[str], rungs: tuple[tuple[int, int], ...] = RUNGS
@@ -110,11 +57,6 @@ def candidates(model_cfg: config.ModelConfig, typed: set[str], rungs: tuple[tupl
         cfg = dataclasses.replace(model_cfg, **shape)
         found.setdefault((cfg.n_layer, cfg.n_embd, cfg.n_head), cfg)
     return list(found.values())
-
-
-def non_embedding_params(cfg: config.ModelConfig) -> int:
-    """The blocks' parameters (Kaplan's N): what the tokens-per-parameter rule counts."""
-    return cfg.n_layer * (12 * cfg.n_embd**2 + 13 * cfg.n_embd)
 
 
 def _eval_batch_s(step_s: float, train_cfg: config.TrainConfig) -> float:
@@ -179,36 +121,6 @@ def choose(
     else:
         why = f"{steps * per_step / max(1, non_embedding_params(cfg)):.1f} tokens per block parameter"
     return best, steps, passes, why
-
-
-def passes_for(cfg: config.ModelConfig, train_cfg: config.TrainConfig, train_tokens: int, world_size: int,
-               typed: frozenset[str] | set[str]) -> float:
-    """The passes over the text `cfg` may make: --max-passes, or half of it for a model large for its text
-    (LARGE_FOR_TEXT) whose halved run still has DATA_STEPS steps. A typed --max-passes is kept; 0 is no bound."""
-    passes = train_cfg.max_passes
-    if not passes or "max_passes" in typed or non_embedding_params(cfg) <= LARGE_FOR_TEXT * train_tokens:
-        return passes
-    half_steps = passes / 2 * train_tokens / config.tokens_per_step(cfg, train_cfg, world_size)
-    return passes / 2 if half_steps >= DATA_STEPS else passes
-
-
-def short_context(cfg: config.ModelConfig, train_cfg: config.TrainConfig, run_tokens: int,
-                  typed: frozenset[str] | set[str]) -> tuple[config.ModelConfig, config.TrainConfig] | None:
-    """The plan's shape on contexts half as long, twice as many a step, for a run of fewer than SHORT_RUN_TOKENS
-    tokens; None when the run is longer, the context is too short to halve, or the user typed either."""
-    if {"block_size", "batch_size"} & set(typed):
-        return None
-    if run_tokens >= SHORT_RUN_TOKENS or cfg.block_size < 2 * SHORTEST_CONTEXT:
-        return None
-    return (dataclasses.replace(cfg, block_size=cfg.block_size // 2),
-            dataclasses.replace(train_cfg, batch_size=train_cfg.batch_size * 2))
-
-
-def on_new_text(run_tokens: int, train_tokens: int) -> bool:
-    """Whether a plan of `run_tokens` is a run on new text: fewer than NEW_TEXT_TOKENS tokens, fewer than
-    NEW_TEXT_PASSES passes over the text. It is planned again on NEW_TEXT_RUNGS (unless --layer-count is typed) and
-    keeps its preset's context."""
-    return run_tokens < min(NEW_TEXT_TOKENS, NEW_TEXT_PASSES * train_tokens)
 
 
 def _plan_alone(budget_s: float, cfg: config.ModelConfig, train_cfg: config.TrainConfig, hardware: machine.Hardware,
@@ -308,12 +220,17 @@ def fit(
     train_tokens = len(tokens.train)
     i, steps, passes, why = choose(budget_s, shapes, times, train_cfg, train_tokens, hardware.world_size, typed)
     new_text = on_new_text(steps * config.tokens_per_step(shapes[i], train_cfg, hardware.world_size), train_tokens)
-    if new_text and "n_layer" not in typed:  # the shallow ladder, at the preset's context
-        shapes, times = _ladder(budget_s, candidates(model_cfg, typed, NEW_TEXT_RUNGS), train_cfg, hardware, tokens,
-                                typed, NEW_TEXT_TOKENS_PER_PARAM)
+    if new_text and not {"n_layer", "batch_size"} <= typed:  # the shallow ladder, a larger batch, the same context
+        shallow, larger = "n_layer" not in typed, "batch_size" not in typed
+        if larger:
+            train_cfg = dataclasses.replace(train_cfg, batch_size=train_cfg.batch_size * NEW_TEXT_BATCH)
+        per_param = NEW_TEXT_TOKENS_PER_PARAM if shallow else TOKENS_PER_PARAM
+        shapes, times = _ladder(budget_s, candidates(model_cfg, typed, NEW_TEXT_RUNGS if shallow else RUNGS),
+                                train_cfg, hardware, tokens, typed, per_param)
         i, steps, passes, why = choose(budget_s, shapes, times, train_cfg, train_tokens, hardware.world_size, typed,
-                                       NEW_TEXT_TOKENS_PER_PARAM)
-        why += f"; {NEW_TEXT_LAYERS} layers for a run on new text"
+                                       per_param)
+        changes = [f"{NEW_TEXT_LAYERS} layers"] * shallow + [f"{NEW_TEXT_BATCH}x the batch"] * larger
+        why += f"; {' and '.join(changes)} for a run on new text"
     cfg, step_s = shapes[i], times[i]
     # or, where the text repeats, the rule for a short run: a variant of the shape with its own step time and steps
     shorter = None if new_text else short_context(
