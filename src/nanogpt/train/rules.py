@@ -1,7 +1,7 @@
 """The rules of `train --time`'s plan (plan.py measures each candidate's step and applies them): how large a model
 for the tokens the time buys, how many passes over the text, and what depth, batch and context, each fitted on the
-bench's sweep (bench/time_budget.py; BENCHMARKS.md, "The best model in the time you give"), 2-core CPU runs scored
-on the whole validation split.
+bench's sweep (bench/time_budget.py; BENCHMARKS.md, "The best model in the time you give") of 2-core CPU runs,
+scored on the whole validation split since its seventh session (the depth and batch on new text were fitted there).
 
 - **Tokens per parameter:** at a budget of D tokens (no more than --max-passes passes over the text), the
   largest candidate whose non-embedding parameters N satisfy D >= TOKENS_PER_PARAM x N. Chinchilla's optimum is
