@@ -1,4 +1,5 @@
-"""Token data for training: the bins as np.memmap, checked against vocab.json, and a seeded batch sampler.
+"""Token data for training: the bins as np.memmap, checked against vocab.json, a seeded batch sampler for the
+training batches and a sampler of windows spread evenly over the split for the evaluations (SpreadSampler).
 
 Batch `i` of a stream is a pure function of (seed, stream, i): numpy's counter-based Philox generator is
 keyed by (seed, stream) and its counter starts at `i` in a high word, so no generator state has to be
@@ -329,6 +330,7 @@ class SpreadSampler(BatchSampler):
 
     def __init__(self, tokens: np.ndarray, *, block_size: int, batch_size: int, windows: int, device: torch.device,
                  vocab_size: int | None = None):
+        # seed and stream go unused: their only reader is BatchSampler.offsets, overridden below (fixed windows)
         super().__init__(tokens, block_size=block_size, batch_size=batch_size, seed=0, stream=VAL_STREAM,
                          device=device, vocab_size=vocab_size)
         # the last window's targets end on the split's last token, as a random draw's can
