@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -180,10 +183,45 @@ def test_train_keeps_its_verdict_until_asked_to_measure_again(
 def test_a_near_tie_or_a_busy_machine_takes_float32(
     tmp_path: Path, monkeypatch, bfloat16_ms: float, load: float, dtype: str, why: str  # noqa: ANN001
 ) -> None:
-    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(dtype_probe, "PROC_STAT", tmp_path / "no-proc-stat")  # as on a system without /proc/stat:
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))  # the load average, set here
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     result = dtype_probe._verdict("shape", lambda: (100.0, bfloat16_ms), tmp_path, reprobe=False)
     assert result.dtype == dtype_probe.NAMED[dtype] and result.recheck.startswith(why)
     assert ("float32 kept: " + why in dtype_probe.describe(result)) == bool(why)
     again = dtype_probe._verdict("shape", lambda: (100.0, 1.0), tmp_path, reprobe=False)  # not measured: kept
     assert (again.source, again.dtype, again.recheck) == ("cached", result.dtype, result.recheck)
+
+
+def _spinners(n: int) -> list[subprocess.Popen]:
+    """`n` other processes keeping a core busy each, running by the time this returns."""
+    procs = [subprocess.Popen([sys.executable, "-c", "print(flush=True)\nwhile True: pass"], stdout=subprocess.PIPE)
+             for _ in range(n)]
+    for proc in procs:
+        proc.stdout.readline()
+    return procs
+
+
+@pytest.mark.skipif(not dtype_probe.PROC_STAT.exists(), reason="reads /proc/stat (Linux)")
+def test_the_load_counts_other_processes_now_and_not_this_ones_own_work() -> None:
+    quiet = dtype_probe.current_load()
+    procs = _spinners(2)
+    try:
+        loaded = dtype_probe.current_load()
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    assert loaded >= quiet + 1.0  # two other busy processes: more than a core's worth more
+    stop = threading.Event()
+    matrix = torch.ones(256, 256)
+    worker = threading.Thread(target=lambda: [matrix @ matrix for _ in iter(stop.is_set, True)])
+    worker.start()
+    try:
+        own = dtype_probe.current_load()  # this process busy on every core it has: not another task
+    finally:
+        stop.set()
+        worker.join()
+    assert own < loaded and own < 1 + dtype_probe.BUSY * (os.cpu_count() or 1)
+    # and, unlike the 1-minute load average, other work is forgotten the moment it ends
+    assert dtype_probe.current_load() < loaded

@@ -40,10 +40,9 @@ NAMED = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.
 MARGIN = 0.9
 MAX_TOKENS = 4096  # a bigger per-call batch is probed at this many tokens: the ratio is what counts
 NEAR_TIE = 0.1  # a bfloat16/float32 ratio this close to MARGIN is a near tie: float32
-BUSY = 0.5  # runnable tasks besides this process, per core (1-min load average), above which timings say little
+BUSY = 0.5  # runnable tasks besides this process, per core (current_load), above which timings say little
 # a bfloat16 step in at most this share of float32's is trusted even when timed on a busy machine: load slows both
-# sides of the interleaved race alike, and the 1-minute load average still counts a run that has just ended (a
-# 2-core box reads ~2 for a minute after one), which kept float32 at 2.3x the time (BENCHMARKS.md)
+# sides of the interleaved race alike, so other work cannot make a win this large
 CLEAR_WIN = 0.6
 REPROBE_ENV = "NANOGPT_REPROBE_DTYPE"  # an alias of --reprobe-dtype (machine.ProcessOptions)
 
@@ -242,9 +241,35 @@ def describe(result: ProbeResult, what: str = "dtype auto", timed: str = "forwar
     return f"{what}: {name} ({timed}: float32 {result.float32_ms:.1f} ms, bfloat16 {result.bfloat16_ms:.1f} ms; {how})"
 
 
+PROC_STAT = Path("/proc/stat")  # Linux: every core's time since boot, busy and idle, in clock ticks
+LOAD_WINDOW = 0.2  # seconds over which current_load watches the other processes' CPU time
+
+
 def current_load() -> float:
-    """The 1-minute load average (0 where the system does not say)."""
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    """The runnable tasks now, this process counted as one: 1 + the cores' worth of CPU time that other processes
+    used over the last LOAD_WINDOW seconds (Linux, /proc/stat less this process's own time), else the 1-minute load
+    average (0 where the system says neither). The load average lags both ways: a minute after a run ends it still
+    counts it (the next run, started at once on an idle machine, read busy and kept float32 at 2.3x the time), and
+    20 s into two other busy processes on 2 cores it read 1.29, not busy (BENCHMARKS.md)."""
+    try:
+        busy0, own0, t0 = _busy_seconds(), _own_seconds(), time.perf_counter()
+        time.sleep(LOAD_WINDOW)
+        busy1, own1, t1 = _busy_seconds(), _own_seconds(), time.perf_counter()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return 1 + max(0.0, (busy1 - busy0) - (own1 - own0)) / (t1 - t0)
+
+
+def _busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (user, nice, system, irq, softirq and steal: a hypervisor
+    that takes the core is as busy as a neighbour)."""
+    fields = [int(v) for v in PROC_STAT.read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait
+
+
+def _own_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def busy(load: float, cores: int) -> bool:
