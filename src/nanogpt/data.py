@@ -36,8 +36,7 @@ VOCAB_KEYS = (
 # name (the source's) is at most 255 bytes on every common file system
 MAX_SOURCES = 100
 MAX_SOURCE_NAME = 255
-TRAIN_STREAM = 0
-VAL_STREAM = 1
+TRAIN_STREAM = 0  # the training batches' Philox stream (batch_offsets); another stream is another draw
 _SCAN_CHUNK = 1 << 24  # tokens per chunk when checking ids against the vocabulary
 _FULL_SCAN_LIMIT = (
     1 << 26
@@ -270,34 +269,24 @@ def batch_offsets(
     return np.random.Generator(bitgen).integers(0, n_tokens - block_size, size=batch_size)
 
 
-class BatchSampler:
-    """Batches (x, y) of `batch_size` random windows from one split, batch i a pure function of (seed, i)."""
+class WindowReader:
+    """Batches (x, y) of `batch_size` windows of one split, read where `offsets(i)` says; each batch's ids checked
+    against the vocabulary as it is read. The two samplers below say where."""
 
-    def __init__(
-        self,
-        tokens: np.ndarray,
-        *,
-        block_size: int,
-        batch_size: int,
-        seed: int,
-        stream: int,
-        device: torch.device,
-        vocab_size: int | None = None,
-    ):
+    def __init__(self, tokens: np.ndarray, *, block_size: int, batch_size: int, device: torch.device,
+                 vocab_size: int | None = None):
         self.tokens = tokens
         # open_bin checks a large file's ids in spread-out chunks only: each batch is checked as it is read, so
         # that an id past the vocabulary elsewhere is one line, not an IndexError (or a CUDA assert) mid-run
         self.vocab_size = vocab_size
         self.block_size = block_size
         self.batch_size = batch_size
-        self.seed = seed
-        self.stream = stream
         self.device = device
         self._window = np.arange(block_size + 1)
 
     def offsets(self, index: int) -> np.ndarray:
         """Start offsets of batch `index`'s windows."""
-        return batch_offsets(self.seed, self.stream, index, self.batch_size, len(self.tokens), self.block_size)
+        raise NotImplementedError
 
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and next-token targets, both (batch_size, block_size) int64 on the device."""
@@ -318,7 +307,29 @@ class BatchSampler:
         return windows[:, :-1], windows[:, 1:]
 
 
-class SpreadSampler(BatchSampler):
+class BatchSampler(WindowReader):
+    """Training batches: random windows, batch i a pure function of (seed, stream, i)."""
+
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        *,
+        block_size: int,
+        batch_size: int,
+        seed: int,
+        stream: int,
+        device: torch.device,
+        vocab_size: int | None = None,
+    ):
+        super().__init__(tokens, block_size=block_size, batch_size=batch_size, device=device, vocab_size=vocab_size)
+        self.seed = seed
+        self.stream = stream
+
+    def offsets(self, index: int) -> np.ndarray:
+        return batch_offsets(self.seed, self.stream, index, self.batch_size, len(self.tokens), self.block_size)
+
+
+class SpreadSampler(WindowReader):
     """Validation batches: `windows` windows spread evenly over the split, from its first token to its last, batch
     i holding windows i*B to i*B+B-1 (wrapping to the first ones past the end).
 
@@ -330,9 +341,7 @@ class SpreadSampler(BatchSampler):
 
     def __init__(self, tokens: np.ndarray, *, block_size: int, batch_size: int, windows: int, device: torch.device,
                  vocab_size: int | None = None):
-        # seed and stream go unused: their only reader is BatchSampler.offsets, overridden below (fixed windows)
-        super().__init__(tokens, block_size=block_size, batch_size=batch_size, seed=0, stream=VAL_STREAM,
-                         device=device, vocab_size=vocab_size)
+        super().__init__(tokens, block_size=block_size, batch_size=batch_size, device=device, vocab_size=vocab_size)
         # the last window's targets end on the split's last token, as a random draw's can
         self.starts = np.linspace(0, len(tokens) - block_size - 1, max(1, windows)).round().astype(np.int64)
 

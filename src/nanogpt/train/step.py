@@ -57,8 +57,8 @@ class Samplers(NamedTuple):
     """The training batches, the validation batches, and a mixology dataset's validation batches by source."""
 
     train: data.BatchSampler
-    val: data.BatchSampler
-    by_source: dict[str, data.BatchSampler]
+    val: data.WindowReader
+    by_source: dict[str, data.WindowReader]
 
 
 class Halted(Exception):
@@ -229,7 +229,7 @@ class Stepper:
         names = list(self.source_val_batches)
         return Evaluation(losses[0], bpbs[0], dict(zip(names, losses[1:])), dict(zip(names, bpbs[1:])))
 
-    def _eval_sums(self, batches: data.BatchSampler) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _eval_sums(self, batches: data.WindowReader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Over this rank's share of batches 0..eval_iters-1 of `batches`: the sum of the batch losses (each the
         mean over its targets, none ignored), the batches, and the targets' UTF-8 bytes; on the device (no sync)."""
         loss_sum = torch.zeros((), device=self.device)
