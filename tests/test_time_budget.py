@@ -4,16 +4,19 @@ assertions are on the plan's rules and the saved settings, never on how long any
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
 
 import pytest
-from engine_fixtures import TINY_FLAGS, prepare_char, shakespeare_text
+from engine_fixtures import TINY, TINY_FLAGS, prepare_char, shakespeare_text
 
 from nanogpt.cli import main
+from nanogpt.config import ModelConfig, TrainConfig
 from nanogpt.schedule import decay_start, parse_duration
 from nanogpt.train import plan, rules
+from nanogpt.train.gate import resolve_run
 
 # the tiny model with its width left to the plan (its depth and heads typed: the plan keeps them)
 OPEN_WIDTH = [f for i, f in enumerate(TINY_FLAGS) if "--embedding-size" not in (f, TINY_FLAGS[i - 1])]
@@ -83,18 +86,71 @@ def test_plan_says_the_plan_and_trains_nothing(shakespeare_dir: Path, tmp_path: 
 
 
 def test_a_small_text_is_not_trained_into_overfitting(tmp_path: Path, capsys) -> None:
-    """A 6 KB text: the plan stops at --max-passes (8) passes over it and says so, whatever the budget would allow;
+    """A 6 KB text with an hour: the passes bound would end the run in seconds, so the plan trains with dropout and
+    up to four times --max-passes passes, and says so; with --dropout 0 typed it stops at --max-passes (8) passes;
     --max-passes 0 fills the time instead."""
     data = prepare_char(shakespeare_text()[:6000], tmp_path / "small")
-    code, out, _ = run(capsys, *TINY_FLAGS, "--data-dir", str(data), "--time", "1h", "--plan")
-    line = plan_line(out, "1h")
-    assert code == 0 and f"capped at {8:g} passes over the text" in line, line
-    steps = int(re.search(r"([\d,]+) steps at", line)[1].replace(",", ""))
     train_tokens = (data / "train.bin").stat().st_size // 2
-    assert steps * 8 * 32 <= 8 * train_tokens + 8 * 32
-    code, out, _ = run(capsys, *TINY_FLAGS, "--data-dir", str(data), "--time", "1h", "--plan", "--max-passes", "0")
-    line = plan_line(out, "1h")
-    assert code == 0 and "capped" not in line and int(re.search(r"([\d,]+) steps at", line)[1].replace(",", "")) > steps
+
+    def planned(*extra: str) -> tuple[str, int]:
+        code, out, _ = run(capsys, *TINY_FLAGS, "--data-dir", str(data), "--time", "1h", "--plan", *extra)
+        line = plan_line(out, "1h")
+        assert code == 0, line
+        return line, int(re.search(r"([\d,]+) steps at", line)[1].replace(",", ""))
+
+    line, steps = planned()
+    passes = rules.DROPOUT_PASSES * 8
+    assert f"dropout {rules.REPEAT_DROPOUT:g} for more passes over a text it repeats (at most {passes:g})" in line
+    assert "ends early" in line and steps * 8 * 32 <= passes * train_tokens + 8 * 32
+    line, bounded = planned("--dropout", "0")
+    assert f"capped at {8:g} passes over the text" in line and "dropout" not in line, line
+    assert bounded * 8 * 32 <= 8 * train_tokens + 8 * 32 and bounded < steps
+    line, filled = planned("--max-passes", "0")
+    assert "capped" not in line and "dropout" not in line and filled > steps
+
+
+def test_dropout_is_for_a_run_its_passes_bound_would_end_early_unless_typed() -> None:
+    shape, train = ModelConfig(n_layer=4, n_embd=192, n_head=3), TrainConfig(max_passes=8.0)
+    cfg, regular = rules.with_dropout(shape, train, 60, 180, set())  # a minute of training in three: time is left
+    assert (cfg.dropout, regular.max_passes) == (rules.REPEAT_DROPOUT, 8 * rules.DROPOUT_PASSES)
+    assert rules.with_dropout(shape, train, 100, 180, set()) is None  # the run takes most of its time already
+    for typed in ({"dropout"}, {"max_passes"}):
+        assert rules.with_dropout(shape, train, 60, 180, typed) is None
+    assert rules.with_dropout(dataclasses.replace(shape, dropout=0.2), train, 60, 180, set()) is None  # baby-gpt
+    assert rules.with_dropout(shape, TrainConfig(max_passes=0), 60, 180, set()) is None  # no bound: fills its time
+
+
+def test_a_timed_run_with_dropout_trains_on_one_shard_and_resumes_exactly(tmp_path: Path, capsys) -> None:
+    """The plan's dropout (a 6 KB text, time to spare) runs on one shard of every core, the way a resume of it is
+    resolved, and its stable checkpoint resumes loss for loss: dropout's masks are seeded per step."""
+    data = prepare_char(shakespeare_text()[:6000], tmp_path / "small")
+    out = tmp_path / "timed"
+    flags = [f if f != "float32" else "auto" for f in TINY_FLAGS]  # the precision is the plan's to measure
+    code, _, err = run(capsys, *flags, "--data-dir", str(data), "--out-dir", str(out), "--time", "20s",
+                       "--log-interval", "1")
+    assert code == 0, err
+    finals = sorted(out.glob("model_step_*.manifest.json"), key=lambda p: int(p.name.split("_")[2].split(".")[0]))
+    final = Path(str(finals[-1]).removesuffix(".manifest.json"))
+    saved = json.loads(Path(f"{final}.config.json").read_text())
+    assert saved["model"]["dropout"] == rules.REPEAT_DROPOUT and saved["train"]["max_passes"] == 32
+    start = decay_start(saved["train"]["steps"], saved["train"]["decay_fraction"])
+    log = json.loads(Path(f"{final}.training_log.json").read_text())
+    code, _, err = run(capsys, "--resume-training", str(out / f"model_step_{start}"), "--out-dir", str(tmp_path / "r"))
+    assert code == 0, err
+    again = max((tmp_path / "r").glob("model_step_*.training_log.json"), key=lambda p: len(p.read_text()))
+    replayed = {e["step"]: e["loss"] for e in json.loads(again.read_text()) if e["step"] > start}
+    timed = {e["step"]: e["loss"] for e in log if e["step"] > start and "loss" in e}
+    assert timed and {k: replayed.get(k) for k in timed} == timed
+
+
+    # the hardware the gate gives it: one shard on the cores that two would have had (a preset without dropout)
+    given = {**{k: v for k, v in TINY.items() if k not in ("log_interval", "validation_interval")}, "dtype": "auto",
+             "time": "20s", "data_dir": str(data)}
+    planned = resolve_run({**given, "out_dir": str(tmp_path / "a")})
+    plain = resolve_run({**given, "dropout": 0.0, "out_dir": str(tmp_path / "b")})
+    assert planned.model_cfg.dropout == rules.REPEAT_DROPOUT and plain.model_cfg.dropout == 0
+    assert planned.hardware.shards == 1
+    assert planned.hardware.threads == plain.hardware.shards * (plain.hardware.threads or 1)
 
 
 def test_a_run_capped_by_passes_ends_there_though_time_is_left(tmp_path: Path, capsys) -> None:

@@ -240,6 +240,17 @@ def for_shape(hardware: Hardware, model_cfg: ModelConfig, train_cfg: TrainConfig
     return dataclasses.replace(hardware, dtype=dtype, ns_dtype=ns_dtype, dtype_probe=probe)
 
 
+def for_dropout(hardware: Hardware, model_cfg: ModelConfig, train_cfg: TrainConfig, reprobe: bool = False
+                ) -> Hardware:
+    """`hardware` for a model with dropout, which trains as one pass on every core (core_parallel_workers), with
+    `--dtype auto` measured for that step (for_shape): what resolve_hardware gives a resume of such a run. A timed
+    run's plan turns dropout on after the hardware was resolved for the preset's (train/rules.py, with_dropout)."""
+    if model_cfg.dropout == 0 or hardware.shards == 1:
+        return hardware
+    whole = dataclasses.replace(hardware, shards=1, threads=hardware.shards * (hardware.threads or 1))
+    return for_shape(whole, model_cfg, train_cfg, reprobe)
+
+
 # While a UI runs, Python hands the GIL to a waiting thread after 0.5 ms instead of 5 ms: a chart draw holds
 # the GIL for ~10-30 ms of pure Python, and the engine's threads would wait up to 5 ms at a time for it
 # between two operators (BENCHMARKS.md, the UI's overhead).

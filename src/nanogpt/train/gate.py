@@ -120,7 +120,9 @@ def _timed_plan(budget_s: float, model_cfg: config.ModelConfig, train_cfg: confi
         notes += [hardware.dtype_probe] if hardware.dtype_probe else []
         planned = plan.fit(budget_s, model_cfg, train_cfg, tokens, hardware, typed)
     notes.append(planned.line)
-    return planned.model_cfg, planned.train_cfg, hardware
+    # a plan with dropout (rules.with_dropout) trains on one shard, as its probe timed it and as a resume will
+    return planned.model_cfg, planned.train_cfg, machine.for_dropout(hardware, planned.model_cfg, planned.train_cfg,
+                                                                     reprobe)
 
 
 def _check_fits(model_cfg: config.ModelConfig, train_cfg: config.TrainConfig) -> None:

@@ -6,7 +6,7 @@ The plan is a rule applied to measurements, never a search during the user's run
   The precision `--dtype auto` chose for the preset's step is measured again for the plan's (gate.py).
 - **The rules** (rules.py): the largest shape that gets TOKENS_PER_PARAM tokens a block parameter in the time,
   at most --max-passes passes over the text, shallow with a larger batch on new text, shorter contexts for a short
-  run on a text it repeats.
+  run on a text it repeats, and dropout with more passes where that bound would end a run early.
 - **The schedule fills the time:** steps from the measured step time, less the evaluations' share; the loop
   measures again once the first steps have run and moves the end (Budget), so WSD's decay lands on the end.
 
@@ -28,7 +28,7 @@ from ..runtime import fit as memory_fit
 from ..runtime import machine
 from ..schedule import decay_start, parse_duration
 from .rules import (NEW_TEXT_BATCH, NEW_TEXT_LAYERS, NEW_TEXT_RUNGS, NEW_TEXT_TOKENS_PER_PARAM, RUNGS, TOKENS_PER_PARAM,
-                    heads_for, non_embedding_params, on_new_text, passes_for, short_context)
+                    heads_for, non_embedding_params, on_new_text, passes_for, short_context, with_dropout)
 
 SHAPE_FIELDS = {"n_layer", "n_embd", "n_head", "block_size"}  # what --init-from's weights fix (as if typed)
 EVALUATIONS = 10  # validation losses over a timed run (and one at the end), so the best checkpoint is found
@@ -213,7 +213,8 @@ def fit(
     typed: set[str],
 ) -> Plan:
     """The plan for `budget_s` seconds: the ladder's shapes timed (_ladder) and the rule (choose); then, for a run
-    on new text, the same on the shallow ladder, or short_context for a short run on a text it repeats."""
+    on new text, the same on the shallow ladder, or, on a text it repeats, short_context for a short run and
+    with_dropout where the passes bound would end it early."""
     # the evaluations a timed run makes (EVAL_ITERS batches each, unless typed) are part of its time
     train_cfg = dataclasses.replace(train_cfg, eval_iters=train_cfg.eval_iters if "eval_iters" in typed else EVAL_ITERS)
     shapes, times = _ladder(budget_s, candidates(model_cfg, typed), train_cfg, hardware, tokens, typed)
@@ -235,9 +236,19 @@ def fit(
     # or, where the text repeats, the rule for a short run: a variant of the shape with its own step time and steps
     shorter = None if new_text else short_context(
         cfg, train_cfg, steps * config.tokens_per_step(cfg, train_cfg, hardware.world_size), typed)
+    context = ""
     if shorter is not None and (planned := _plan_alone(budget_s, *shorter, hardware, tokens, typed)):
         (cfg, train_cfg), (step_s, steps, passes, why) = shorter, planned
-        why += f"; contexts of {cfg.block_size} tokens for a short run (half the preset's, batch doubled)"
+        context = f"; contexts of {cfg.block_size} tokens for a short run (half the preset's, batch doubled)"
+        why += context
+    # where the passes bound ends a run on a text it repeats early: dropout, and more passes (on one shard, as
+    # dropout trains: machine.for_dropout); the passes are as given, not halved for a large model
+    regular = None if new_text else with_dropout(cfg, train_cfg, steps * step_s, budget_s, typed)
+    if regular is not None and (planned := _plan_alone(
+            budget_s, *regular, machine.for_dropout(hardware, *regular), tokens, typed | {"max_passes"})):
+        (cfg, train_cfg), (step_s, steps, passes, why) = regular, planned
+        ends = "; ends early" if "capped at" in why else ""
+        why = f"dropout {cfg.dropout:g} for more passes over a text it repeats (at most {passes:g}){ends}{context}"
     # the passes bound goes into the run's settings: the loop's re-estimate and a resume keep to it
     timed = timed_settings(with_eval_iters(budget_s, step_s, dataclasses.replace(train_cfg, max_passes=passes),
                                            typed), steps, step_s, typed)

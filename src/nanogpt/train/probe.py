@@ -32,6 +32,8 @@ def key(model_cfg: config.ModelConfig, train_cfg: config.TrainConfig, hardware: 
     shape = (model_cfg.n_layer, model_cfg.n_head, model_cfg.n_embd, model_cfg.block_size, model_cfg.vocab_size,
              train_cfg.batch_size, train_cfg.grad_accum, train_cfg.optimizer)
     where = f"{hardware.device.type}|{hardware.dtype}|shards {hardware.shards}|threads {hardware.threads}"
+    if model_cfg.dropout:  # its masks cost time (~25% of a small CPU step); a run without keeps its key as it was
+        where += f"|dropout {model_cfg.dropout:g}"
     if hardware.device.type == "cpu":  # times taken before bfloat16's explicit attention are measured again
         where += f"|explicit attention to {EXPLICIT_ATTENTION_MAX_T}"
     name = torch.cuda.get_device_name(hardware.device) if hardware.device.type == "cuda" else cpu_model()

@@ -18,6 +18,8 @@ scored on the whole validation split since its seventh session (the depth and ba
   the ladder's widths at NEW_TEXT_LAYERS layers, the widest that gets NEW_TEXT_TOKENS_PER_PARAM tokens a block
   parameter: nothing bounds it but compute; a shallow, wide model makes more steps of it and a larger batch more
   tokens a second. Where the text repeats, depth and more updates pay.
+- **Dropout where the text repeats and time is left** (with_dropout): a run whose passes bound would end it before
+  half its time trains with dropout and four times the passes, so more time still buys a better model.
 - **Context for a short run on a text it repeats** (short_context): contexts half its preset's, twice as many a
   step: a small model going over a small text again learns mostly local statistics, and more sequences a step
   steady its gradient. On new text the context lost costs more than that gained.
@@ -64,6 +66,19 @@ DATA_STEPS = 500
 # against 1.7418 (2 x 192). Runs of 2.8-3.3 M tokens lost 0.5-1.3% with it (by their own evaluations).
 SHORT_RUN_TOKENS = 2_500_000
 SHORTEST_CONTEXT = 32  # tokens: a context is not halved below this (16 lost 0.9% to 32 on Shakespeare in a minute)
+# A run on a text it repeats whose passes bound would end it before SPARE_SHARE of its time trains with dropout
+# REPEAT_DROPOUT and up to DROPOUT_PASSES times --max-passes passes, not halved for a large model (unless --dropout or
+# --max-passes is typed, or the preset has dropout): dropout is what keeps more passes from overfitting, so the time
+# the user gave buys a better model instead of ending early. Measured on 2-core CPU runs (BENCHMARKS.md, eighth
+# session), whole-split bits per byte, the plan's shape with dropout 0.1 filling the time against the plan: Tiny
+# Shakespeare 4 x 192 at 3 minutes 2.1346 (8 passes) against 2.1520 (4 passes, 1 minute of training), at 10 minutes
+# 2.1269 (28 passes) against 2.1456; the Alice text 4 x 128 at 1 minute 2.1265 (30 passes) against 2.1472 (8). Past
+# that it overfits again: 95 passes of the Alice text (3 minutes) were best at 19 and ended at 2.60. Where the bound
+# does not end the run early it is not applied: dropout 0.1 at 1 minute on Tiny Shakespeare, which fills its time
+# at 3.6 passes, lost 5.7% (its steps cost ~25% more, the same model learns less from each).
+REPEAT_DROPOUT = 0.1
+DROPOUT_PASSES = 4
+SPARE_SHARE = 0.5
 
 
 def heads_for(n_embd: int) -> int:
@@ -103,3 +118,16 @@ def on_new_text(run_tokens: int, train_tokens: int) -> bool:
     NEW_TEXT_PASSES passes over the text. It is planned again on NEW_TEXT_RUNGS (unless --layer-count is typed) with
     NEW_TEXT_BATCH times the batch (unless --batch-size is typed), and keeps its preset's context."""
     return run_tokens < min(NEW_TEXT_TOKENS, NEW_TEXT_PASSES * train_tokens)
+
+
+def with_dropout(cfg: config.ModelConfig, train_cfg: config.TrainConfig, planned_s: float, budget_s: float,
+                 typed: frozenset[str] | set[str]) -> tuple[config.ModelConfig, config.TrainConfig] | None:
+    """The plan's shape with REPEAT_DROPOUT and DROPOUT_PASSES times --max-passes, for a plan whose training takes
+    `planned_s` of `budget_s` seconds: under SPARE_SHARE of it, the passes bound ends it early; None where it does
+    not, or where dropout or --max-passes is typed, the preset has dropout or the passes are unbounded."""
+    if {"dropout", "max_passes"} & set(typed) or cfg.dropout > 0 or not train_cfg.max_passes:
+        return None
+    if planned_s >= SPARE_SHARE * budget_s:
+        return None
+    return (dataclasses.replace(cfg, dropout=REPEAT_DROPOUT),
+            dataclasses.replace(train_cfg, max_passes=train_cfg.max_passes * DROPOUT_PASSES))
