@@ -141,8 +141,6 @@ def test_a_timed_run_with_dropout_trains_on_one_shard_and_resumes_exactly(tmp_pa
     replayed = {e["step"]: e["loss"] for e in json.loads(again.read_text()) if e["step"] > start}
     timed = {e["step"]: e["loss"] for e in log if e["step"] > start and "loss" in e}
     assert timed and {k: replayed.get(k) for k in timed} == timed
-
-
     # the hardware the gate gives it: one shard on the cores that two would have had (a preset without dropout)
     given = {**{k: v for k, v in TINY.items() if k not in ("log_interval", "validation_interval")}, "dtype": "auto",
              "time": "20s", "data_dir": str(data)}
