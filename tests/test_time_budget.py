@@ -42,6 +42,25 @@ def config_of(stem: Path) -> dict:
     return json.loads(Path(f"{stem}.config.json").read_text())["train"]
 
 
+def last_checkpoint(out: Path) -> Path:
+    """The stem of the last checkpoint a run saved in `out`."""
+    finals = sorted(out.glob("model_step_*.manifest.json"), key=lambda p: int(p.name.split("_")[2].split(".")[0]))
+    return Path(str(finals[-1]).removesuffix(".manifest.json"))
+
+
+def assert_resume_replays(capsys: pytest.CaptureFixture, final: Path, start: int, again: Path) -> None:
+    """Resuming the run's checkpoint at step `start` (into `again`, without --time: the saved plan's steps) replays
+    the losses the run logged after it, step for step (a run that met the budget's guard under load stopped short
+    of its steps: the steps it did are compared)."""
+    log = json.loads(Path(f"{final}.training_log.json").read_text())
+    code, _, err = run(capsys, "--resume-training", str(final.parent / f"model_step_{start}"), "--out-dir", str(again))
+    assert code == 0, err
+    resumed = max(again.glob("model_step_*.training_log.json"), key=lambda p: len(p.read_text()))
+    replayed = {e["step"]: e["loss"] for e in json.loads(resumed.read_text()) if e["step"] > start}
+    timed = {e["step"]: e["loss"] for e in log if e["step"] > start and "loss" in e}
+    assert timed and {k: replayed.get(k) for k in timed} == timed
+
+
 def test_durations_are_read_as_typed() -> None:
     assert [parse_duration(t) for t in ("90s", "10m", "1h30m", "2h", "45", "1m30s")] == [
         90, 600, 5400, 7200, 45, 90]
@@ -129,18 +148,11 @@ def test_a_timed_run_with_dropout_trains_on_one_shard_and_resumes_exactly(tmp_pa
     code, _, err = run(capsys, *flags, "--data-dir", str(data), "--out-dir", str(out), "--time", "20s",
                        "--log-interval", "1")
     assert code == 0, err
-    finals = sorted(out.glob("model_step_*.manifest.json"), key=lambda p: int(p.name.split("_")[2].split(".")[0]))
-    final = Path(str(finals[-1]).removesuffix(".manifest.json"))
+    final = last_checkpoint(out)
     saved = json.loads(Path(f"{final}.config.json").read_text())
     assert saved["model"]["dropout"] == rules.REPEAT_DROPOUT and saved["train"]["max_passes"] == 32
-    start = decay_start(saved["train"]["steps"], saved["train"]["decay_fraction"])
-    log = json.loads(Path(f"{final}.training_log.json").read_text())
-    code, _, err = run(capsys, "--resume-training", str(out / f"model_step_{start}"), "--out-dir", str(tmp_path / "r"))
-    assert code == 0, err
-    again = max((tmp_path / "r").glob("model_step_*.training_log.json"), key=lambda p: len(p.read_text()))
-    replayed = {e["step"]: e["loss"] for e in json.loads(again.read_text()) if e["step"] > start}
-    timed = {e["step"]: e["loss"] for e in log if e["step"] > start and "loss" in e}
-    assert timed and {k: replayed.get(k) for k in timed} == timed
+    assert_resume_replays(capsys, final, decay_start(saved["train"]["steps"], saved["train"]["decay_fraction"]),
+                          tmp_path / "r")
     # the hardware the gate gives it: one shard on the cores that two would have had (a preset without dropout)
     given = {**{k: v for k, v in TINY.items() if k not in ("log_interval", "validation_interval")}, "dtype": "auto",
              "time": "20s", "data_dir": str(data)}
@@ -171,22 +183,12 @@ def test_a_timed_run_saves_its_plan_and_resumes_exactly(shakespeare_dir: Path, t
     code, _, err = run(capsys, *TINY_FLAGS, "--data-dir", str(shakespeare_dir), "--out-dir", str(out),
                        "--time", "8s", "--log-interval", "1")
     assert code == 0, err
-    finals = sorted(out.glob("model_step_*.manifest.json"), key=lambda p: int(p.name.split("_")[2].split(".")[0]))
-    final = Path(str(finals[-1]).removesuffix(".manifest.json"))
+    final = last_checkpoint(out)
     saved = config_of(final)
     assert saved["time"] == "8s" and saved["plan_step_ms"] > 0 and saved["lr_schedule"] == "wsd"
     start = decay_start(saved["steps"], saved["decay_fraction"])
-    stable = out / f"model_step_{start}"
-    assert Path(f"{stable}.manifest.json").is_file()  # kept for an extension
-    log = json.loads(Path(f"{final}.training_log.json").read_text())
-    # resumed without --time: the saved plan's steps (a run that met the budget's guard under load stopped short
-    # of them: the steps it did are compared)
-    code, _, err = run(capsys, "--resume-training", str(stable), "--out-dir", str(tmp_path / "again"))
-    assert code == 0, err
-    again = max((tmp_path / "again").glob("model_step_*.training_log.json"), key=lambda p: len(p.read_text()))
-    replayed = {e["step"]: e["loss"] for e in json.loads(again.read_text()) if e["step"] > start}
-    timed = {e["step"]: e["loss"] for e in log if e["step"] > start and "loss" in e}
-    assert timed and {k: replayed.get(k) for k in timed} == timed
+    assert Path(f"{out / f'model_step_{start}'}.manifest.json").is_file()  # kept for an extension
+    assert_resume_replays(capsys, final, start, tmp_path / "again")
 
 
 def test_extending_a_timed_run_decays_again_from_its_stable_checkpoint(
