@@ -111,18 +111,20 @@ def _timed_plan(budget_s: float, model_cfg: config.ModelConfig, train_cfg: confi
     """--time's plan (plan.fit), said in `notes`, with the hardware it trains on. `--dtype auto` measured the
     preset's step; the plan's may be faster in the other precision: then the plan is made again with step times in
     that one (cached per precision)."""
-    planned = plan.fit(budget_s, model_cfg, train_cfg, tokens, hardware, typed)
+    planned = plan.fit(budget_s, model_cfg, train_cfg, tokens, hardware, typed, reprobe)
     # the preset's step was measured already (with --reprobe-dtype, measuring it again would only repeat that)
     other_step = (planned.model_cfg, planned.train_cfg.batch_size) != (model_cfg, train_cfg.batch_size)
     for_plan = machine.for_shape(hardware, planned.model_cfg, planned.train_cfg, reprobe) if other_step else hardware
     if (for_plan.dtype, for_plan.ns_dtype) != (hardware.dtype, hardware.ns_dtype):
         hardware = for_plan
         notes += [hardware.dtype_probe] if hardware.dtype_probe else []
-        planned = plan.fit(budget_s, model_cfg, train_cfg, tokens, hardware, typed)
+        planned = plan.fit(budget_s, model_cfg, train_cfg, tokens, hardware, typed, reprobe)
+    # a plan with dropout (rules.with_dropout) trains on one shard, as its probe timed it and as a resume will, in
+    # the precision measured for that step: said here, as the preset's is
+    if planned.hardware is not hardware and planned.hardware.dtype_probe:
+        notes.append(planned.hardware.dtype_probe)
     notes.append(planned.line)
-    # a plan with dropout (rules.with_dropout) trains on one shard, as its probe timed it and as a resume will
-    return planned.model_cfg, planned.train_cfg, machine.for_dropout(hardware, planned.model_cfg, planned.train_cfg,
-                                                                     reprobe)
+    return planned.model_cfg, planned.train_cfg, planned.hardware
 
 
 def _check_fits(model_cfg: config.ModelConfig, train_cfg: config.TrainConfig) -> None:

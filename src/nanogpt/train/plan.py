@@ -43,6 +43,7 @@ class Plan(NamedTuple):
     model_cfg: config.ModelConfig
     train_cfg: config.TrainConfig
     line: str  # said before training
+    hardware: machine.Hardware  # what it trains on: the one given, or one shard for dropout (machine.for_dropout)
 
 
 def candidates(model_cfg: config.ModelConfig, typed: set[str], rungs: tuple[tuple[int, int], ...] = RUNGS
@@ -211,6 +212,7 @@ def fit(
     tokens: data.TokenData,
     hardware: machine.Hardware,
     typed: set[str],
+    reprobe: bool = False,
 ) -> Plan:
     """The plan for `budget_s` seconds: the ladder's shapes timed (_ladder) and the rule (choose); then, for a run
     on new text, the same on the shallow ladder, or, on a text it repeats, short_context for a short run and
@@ -244,10 +246,12 @@ def fit(
     # where the passes bound ends a run on a text it repeats early: dropout, and more passes (on one shard, as
     # dropout trains: machine.for_dropout); the passes are as given, not halved for a large model
     regular = None if new_text else with_dropout(cfg, train_cfg, steps * step_s, budget_s, typed)
-    if regular is not None and (planned := _plan_alone(
-            budget_s, *regular, machine.for_dropout(hardware, *regular), tokens, typed | {"max_passes"})):
-        (cfg, train_cfg), (step_s, steps, passes, why) = regular, planned
-        ends = "; ends early" if "capped at" in why else ""
+    dropped = hardware if regular is None else machine.for_dropout(hardware, *regular, reprobe)
+    if regular is not None and (planned := _plan_alone(budget_s, *regular, dropped, tokens, typed | {"max_passes"})):
+        (cfg, train_cfg), (step_s, steps, passes, why), hardware = regular, planned, dropped
+        # the passes bound ends it early when it allows fewer steps than the time would
+        full = steps_in(budget_s, step_s, with_eval_iters(budget_s, step_s, train_cfg, typed))
+        ends = "; ends early" if steps < full else ""
         why = f"dropout {cfg.dropout:g} for more passes over a text it repeats (at most {passes:g}){ends}{context}"
     # the passes bound goes into the run's settings: the loop's re-estimate and a resume keep to it
     timed = timed_settings(with_eval_iters(budget_s, step_s, dataclasses.replace(train_cfg, max_passes=passes),
@@ -255,7 +259,7 @@ def fit(
     per_step = config.tokens_per_step(cfg, timed, hardware.world_size)
     line = describe(train_cfg.time or "", cfg, timed, cfg.parameter_count(), step_s * 1000, steps * per_step,
                     train_tokens, why)
-    return Plan(cfg, timed, line)
+    return Plan(cfg, timed, line, hardware)
 
 
 class Budget:
