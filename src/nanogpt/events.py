@@ -105,7 +105,8 @@ class Paused:
 
 @dataclass(frozen=True)
 class Replanned:
-    """--time: the run's end moved, once, to the step that lands on the budget at the step time measured now."""
+    """--time: the run's end moved to the step that lands on the budget at the step time measured now (after the
+    first steps, then each evaluation interval until WSD's decay; from the second on, evaluations included)."""
 
     step: int
     total_steps: int

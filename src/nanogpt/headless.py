@@ -135,7 +135,7 @@ class _Printer:
             self.total = event.total_steps
             if self.progress is not None:
                 self.progress.update(self.task, total=event.total_steps)
-            self.line(f"step {event.step:>6}/{self.total} | --time: {event.step_ms:.0f} ms a step once warm, so the "
+            self.line(f"step {event.step:>6}/{self.total} | --time: {event.step_ms:.0f} ms a step measured now, so the "
                       f"run ends at step {event.total_steps:,} to land on its budget")
 
 

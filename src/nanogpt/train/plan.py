@@ -274,6 +274,7 @@ class Budget:
         self.spread_evaluations = spread_evaluations  # the plan set --validation-interval: it follows the end
         self.t0: float | None = None
         self.last_estimate: int | None = None  # the step the end was last measured at
+        self.estimated_at = 0.0  # and the clock then
 
     def settings(self, cfg: config.TrainConfig, steps: int) -> config.TrainConfig:
         """`cfg` ending at `steps` instead, its evaluations spread over the new length when the plan set them."""
@@ -289,11 +290,13 @@ class Budget:
         if self.t0 is None:
             self.t0 = time.perf_counter()
 
-    def new_total(self, step: int, cfg: config.TrainConfig, step_s: float) -> int | None:
+    def new_total(self, step: int, cfg: config.TrainConfig, step_s: float, evaluations: int | None = None
+                  ) -> int | None:
         """The total that ends on the budget at `step_s`, the step time measured now, or None when the planned one
         stays (within 2%). Asked REESTIMATE_AFTER steps in (compiling and warming up are over by then), and again
         each evaluation interval until WSD's decay begins: moving the end is free in the stable phase, so a
-        machine that slows down or speeds up still gets its whole decay, landing on the budget."""
+        machine that slows down or speeds up still gets its whole decay, landing on the budget. `evaluations`:
+        those still to come that `step_s` leaves out (None: as the plan spreads them)."""
         since = self.start_step if self.last_estimate is None else self.last_estimate
         wait = REESTIMATE_AFTER if self.last_estimate is None else max(REESTIMATE_AFTER, cfg.validation_interval)
         if self.t0 is None or step - since < wait:
@@ -301,9 +304,10 @@ class Budget:
         stable = cfg.lr_schedule != "wsd" or step < decay_start(cfg.steps, cfg.decay_fraction)
         if not stable or not (step_s > 0 and math.isfinite(step_s)) or cfg.steps <= step:
             return None
-        self.last_estimate = step
-        left = self.seconds - (time.perf_counter() - self.t0)
-        evaluations = math.ceil((EVALUATIONS + 1) * (cfg.steps - step) / cfg.steps)
+        self.last_estimate, self.estimated_at = step, time.perf_counter()
+        left = self.seconds - (self.estimated_at - self.t0)
+        if evaluations is None:
+            evaluations = math.ceil((EVALUATIONS + 1) * (cfg.steps - step) / cfg.steps)
         new = step + max(1, min(steps_in(left, step_s, cfg, evaluations), 4 * (cfg.steps - step)))
         if self.last_allowed is not None:
             new = max(step + 1, min(new, self.last_allowed))
@@ -314,11 +318,19 @@ class Budget:
     def follow(
         self, step: int, cfg: config.TrainConfig, log: list[dict]
     ) -> tuple[config.TrainConfig, Replanned] | None:
-        """After step `step`: the settings with the end moved (new_total, at the median of the last steps' times)
-        and the event that says so, or None."""
-        recent = [e["duration_ms"] for e in log[-REESTIMATE_AFTER:] if "duration_ms" in e]
-        step_ms = statistics.median(recent) if recent else 0.0
-        new = self.new_total(step, cfg, step_ms / 1000) if recent else None
+        """After step `step`: the settings with the end moved (new_total) and the event that says so, or None.
+        The first estimate reads the median of the last steps' times (warm-up's slow steps left out). Later ones
+        read the clock since the one before, per step: evaluations, their samples and saves are in it as they
+        took, and a slow spell weighs as long as it lasted. A median of step times alone, which leaves all of that
+        out, ran a noisy 2-core machine into the overrun guard mid-decay (BENCHMARKS.md, ninth session)."""
+        if self.last_estimate is None:
+            recent = [e["duration_ms"] for e in log[-REESTIMATE_AFTER:] if "duration_ms" in e]
+            step_ms, evaluations = (statistics.median(recent) if recent else 0.0), None
+        else:
+            done = step - self.last_estimate
+            step_ms = 1000 * (time.perf_counter() - self.estimated_at) / done if done > 0 else 0.0
+            evaluations = 1  # the last one, at the end: the rest are in the rate
+        new = self.new_total(step, cfg, step_ms / 1000, evaluations) if step_ms > 0 else None
         if new is None:
             return None
         return self.settings(cfg, new), Replanned(step=step, total_steps=new, step_ms=step_ms)

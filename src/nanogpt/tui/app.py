@@ -261,7 +261,7 @@ class TrainingApp(StatusMixin, KeysMixin, App[int]):
                 self._notice(f"paused after step {ev.step}; p resumes")
         elif isinstance(ev, Replanned):
             self.total_steps = ev.total_steps
-            self._notice(f"--time: {ev.step_ms:.0f} ms a step once warm: ends at step {ev.total_steps:,}")
+            self._notice(f"--time: {ev.step_ms:.0f} ms a step measured now: ends at step {ev.total_steps:,}")
         elif isinstance(ev, Resumed):
             self._set_paused(False)
             self._notice(f"resumed at step {ev.step}")
