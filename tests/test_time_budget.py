@@ -75,6 +75,10 @@ def test_durations_are_read_as_typed() -> None:
         (["--time", "banana"], "--time must be a duration such as 90s, 10m or 1h30m, got 'banana'"),
         (["--time", "30s", "--steps", "50"], "--time plans the steps: give --time or --steps, not both"),
         (["--plan"], "--plan prints the plan of --time: give --time too"),
+        # a typed shape far too slow for the time (~260 GFLOP a step: 0.3 s on 16 cores, seconds on 2) is refused
+        # after its first probe step, before anything is written
+        (["--time", "1s", "--layer-count", "6", "--embedding-size", "384", "--head-count", "6", "--block-size", "128",
+          "--batch-size", "32"], "--time 1s: not even the smallest model does 10 steps in that time here; give more"),
     ],
 )
 def test_a_time_that_cannot_be_planned_is_one_line(
