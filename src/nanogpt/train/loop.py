@@ -39,7 +39,7 @@ from ..model import GPT
 from . import best, plan, saving
 from .readback import LossReadback, TrainingDiverged
 from .state import RunState
-from .step import Evaluation, Halted, Stepper
+from .step import Evaluation, EvaluationCut, Halted, Stepper
 
 
 class Trainer:
@@ -104,7 +104,7 @@ class Trainer:
                 # the step; its loss is read back at once on CPU, every few steps on an accelerator (readback.py)
                 self._step(check=self.readback.every == 1)
                 if self.budget is not None:  # --time: the end moved to land on the budget (before the decay)
-                    cfg = self._keep_to_budget(emit)
+                    cfg = keep_to_budget(self, emit)
                 last = state.step == cfg.steps
                 evaluate = last or bool(cfg.validation_interval and state.step % cfg.validation_interval == 0)
                 save = not last and bool(cfg.save_interval and state.step % cfg.save_interval == 0)
@@ -127,21 +127,12 @@ class Trainer:
                 self.claim.release()
                 self.claim = None
 
-    def _keep_to_budget(self, emit: Callable[[Event], None]) -> config.TrainConfig:
-        """--time (plan.Budget): the end moved to land on the budget, and a stop past it."""
-        assert self.budget is not None
-        moved = self.budget.follow(self.state.step, self.train_cfg, self.state.log)
-        if moved is not None:
-            self.train_cfg = self.stepper.cfg = moved[0]
-            emit(moved[1])
-        if self.budget.over():
-            self.request_stop()
-        return self.train_cfg
-
     def request_stop(self, now: bool = False) -> None:
-        """Finish the current step, save, and end the loop (safe from signal handlers and other threads); `now`:
-        end it at its next batch instead, the step or evaluation in progress dropped, nothing more saved."""
+        """Finish the current step, save, and end the loop (safe from signal handlers and other threads; an
+        evaluation in progress is dropped, Stepper.cut); `now`: end it at its next batch instead, the step or
+        evaluation in progress dropped, nothing more saved."""
         self._stop.set()
+        self.stepper.cut.set()
         if now:
             self.stepper.halt.set()
 
@@ -198,8 +189,12 @@ class Trainer:
 
     def _evaluate(self, emit: Callable[[Event], None], keep: bool) -> None:
         """Evaluate the step just done and keep a sample; keep the step as the best when it is (`keep`: it is
-        saved for another reason too); say once when the run overfits, and stop there if asked to."""
-        result = self.evaluate_all()
+        saved for another reason too); say once when the run overfits, and stop there if asked to. Dropped when a
+        stop is asked for during it: the loop saves next."""
+        try:
+            result = self.evaluate_all()
+        except EvaluationCut:
+            return
         text = self.evaluation_sample()
         emit(EvalDone(step=self.state.step, val_loss=result.loss, source_losses=result.source_losses, sample=text,
                       val_bpb=result.bpb, source_bpb=result.source_bpb))
@@ -223,7 +218,10 @@ class Trainer:
         n = self.train_cfg.eval_sample_tokens
         if n == 0 or not (self.hardware.is_main or self.hardware.shard):  # sharded: every rank helps to gather
             return ""
-        text = self.sample(n, seed=self.train_cfg.seed)
+        try:
+            text = self.stepper.sample(n, "", self.train_cfg.seed, cuttable=True)
+        except EvaluationCut:  # a stop asked for during it: the sample is dropped, the evaluation kept
+            text = ""
         if self.hardware.is_main:
             self.state.log_at_step(sample=text)
         return text
@@ -267,6 +265,20 @@ class Trainer:
         event = RunFinished(step=self.state.step, reason=reason, stem=self.state.saved_stem, message=message)
         emit(event)
         return event
+
+
+def keep_to_budget(trainer: Trainer, emit: Callable[[Event], None]) -> config.TrainConfig:
+    """--time (plan.Budget): the end moved to land on the budget, and a stop past it (an evaluation due at this
+    step is then dropped, Stepper.cut)."""
+    budget = trainer.budget
+    assert budget is not None
+    moved = budget.follow(trainer.state.step, trainer.train_cfg, trainer.state.log)
+    if moved is not None:
+        trainer.train_cfg = trainer.stepper.cfg = moved[0]
+        emit(moved[1])
+    if budget.over():
+        trainer.request_stop()
+    return trainer.train_cfg
 
 
 def run_started(trainer: Trainer) -> RunStarted:

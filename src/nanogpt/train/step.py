@@ -65,6 +65,10 @@ class Halted(Exception):
     """The run was told to stop at once (`Stepper.halt`): the step or evaluation in progress is dropped."""
 
 
+class EvaluationCut(Exception):
+    """The run was told to stop and save (`Stepper.cut`) during an evaluation: it is dropped, the save is not."""
+
+
 def step_module(model: GPT, hardware: machine.Hardware) -> torch.nn.Module:
     """What a training step calls: `model`, compiled where that pays, wrapped in DDP on several processes;
     a sharded model (sharding.shard, which compiles its blocks) as it is."""
@@ -117,6 +121,10 @@ class Stepper:
         # set (from any thread) to drop the step or evaluation in progress at its next batch: a second stop
         # request, for a step that would take too long to finish (a huge --grad-accum, --eval-iters)
         self.halt = threading.Event()
+        # set by a stop request that saves: an evaluation in progress is dropped at its next batch, so Ctrl-C
+        # saves in a moment, not after 200 batches of baby-gpt on a slow CPU (~23 min). One process only: under
+        # torchrun every rank must finish the evaluation's all-reduce, and a signal reaches them at different batches
+        self.cut = threading.Event()
 
     def _check_halt(self) -> None:
         if self.halt.is_set():
@@ -240,6 +248,8 @@ class Stepper:
         end = -(-self.cfg.eval_iters // world) * world if self.hardware.shard else self.cfg.eval_iters
         for i in range(self.hardware.rank, end, world):
             self._check_halt()
+            if self.cut.is_set() and world == 1:
+                raise EvaluationCut
             x, y = batches.batch(i)
             with machine.autocast(self.device, self.dtype):
                 _, loss = self.eval_module(x, y)
@@ -251,8 +261,9 @@ class Stepper:
         return loss_sum, count, n_bytes
 
     @torch.no_grad()
-    def sample(self, n_tokens: int, prompt: str, seed: int) -> str:
-        """Text sampled from the current weights (prompt + continuation); leaves the run unchanged.
+    def sample(self, n_tokens: int, prompt: str, seed: int, cuttable: bool = False) -> str:
+        """Text sampled from the current weights (prompt + continuation); leaves the run unchanged. `cuttable`: an
+        evaluation's, dropped (EvaluationCut) at a stop request that saves, as the evaluation's batches are.
 
         Uses generate.py's sampler (temperature 1) in eval mode with its own generator seeded with `seed`, and
         restores train mode and the global RNG state, so a run that samples trains exactly like one that does not.
@@ -270,6 +281,8 @@ class Stepper:
             new = []
             for token in generate_tokens(model, ids, n_tokens, temperature=1.0, generator=generator):
                 self._check_halt()  # a second stop request: a sample of 10**17 tokens is dropped too
+                if cuttable and self.cut.is_set():  # rank 0 samples alone: no other rank waits on it
+                    raise EvaluationCut
                 new.append(token)
         finally:
             self.model.train()

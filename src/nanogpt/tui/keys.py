@@ -117,6 +117,7 @@ class KeysMixin:
             self._notice("still stopping: finishing the current step and saving…")
             return
         self.stopping = True
+        self.engine.request_stop()  # drops an evaluation in progress (Stepper.cut), as Ctrl-C does
         self.commands.put(Stop())
         self._notice("stopping: finishing the current step and saving…")
         self._render_status()
