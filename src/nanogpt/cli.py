@@ -130,12 +130,19 @@ def _os_error_line(e: OSError) -> str:
     return f"{names}: {reason}"
 
 
+OTHER_RANK_WAIT_S = 10  # how long a rank other than 0 waits before it exits on a refusal (_refuse)
+
+
 def _refuse(line: str) -> int:
     """Say `line` once (under torchrun every rank fails alike: rank 0 says it) and tell torchrun's report."""
     _settle_stdout()
     if distributed.is_main():
         print(line, file=sys.stderr)
     _tell_torchrun(line)
+    if not distributed.is_main():
+        # the moment one rank exits, torchrun stops the others: this one waits (stopped as soon as rank 0 exits) so
+        # that rank 0, failing alike, says the line first; a CI run lost it when rank 1 got there a second sooner
+        time.sleep(OTHER_RANK_WAIT_S)
     return 1
 
 
